@@ -1,0 +1,1 @@
+"""Model plugins: where the weights of each known model come from."""

@@ -1,0 +1,1 @@
+"""Agent protocols: react, rewoo and native tool calling."""

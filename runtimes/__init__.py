@@ -1,0 +1,1 @@
+"""Inference backends (runtimes). Each subpackage registers itself through the plugin manager."""

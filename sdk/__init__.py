@@ -1,0 +1,52 @@
+"""hanlin: an agent-centric SDK for open language models.
+
+The public API is re-exported here. Importing hanlin stays light: pydantic and
+pluggy only; runtimes, tools and their heavy libraries load on first use
+through the plugin manager.
+"""
+
+from hanlin.agent import Agent, RunResult, load_traces
+from hanlin.chat_model import Capabilities, ChatModel, Chunk, Completion, Constraint, GenerationParams
+from hanlin.errors import (
+    ConfigurationError,
+    ContextOverflowError,
+    HanlinError,
+    ModelError,
+    ModelNotInstalledError,
+    ParseError,
+    PluginError,
+    ProtocolError,
+    ToolError,
+)
+from hanlin.events import (
+    ErrorEvent,
+    Event,
+    FinalAnswer,
+    RunFinished,
+    StepStarted,
+    TokenDelta,
+    ToolCallEvent,
+    ToolResultEvent,
+    parse_event,
+)
+from hanlin.hookspecs import hookimpl
+from hanlin.loading import load_model, load_protocol, load_tool, load_tools, resolve_model
+from hanlin.messages import Message, ToolCall, Usage
+from hanlin.plugin_manager import PluginManager, plugins
+from hanlin.protocols import AgentProtocol, RunContext, StepProtocol
+from hanlin.scripted import ScriptedModel
+from hanlin.specs import ComponentSpec, ModelSpec, RuntimeSpec, ToolSpec
+from hanlin.tools import Tool, Toolkit, ToolResult, tool
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agent", "AgentProtocol", "Capabilities", "ChatModel", "Chunk", "Completion", "ComponentSpec",
+    "ConfigurationError", "Constraint", "ContextOverflowError", "ErrorEvent", "Event", "FinalAnswer",
+    "GenerationParams", "HanlinError", "Message", "ModelError", "ModelNotInstalledError", "ModelSpec",
+    "ParseError", "PluginError", "PluginManager", "ProtocolError", "RunContext", "RunFinished", "RunResult",
+    "RuntimeSpec", "ScriptedModel", "StepProtocol", "StepStarted", "TokenDelta", "Tool", "ToolCall",
+    "ToolCallEvent", "ToolError", "ToolResult", "ToolResultEvent", "ToolSpec", "Toolkit", "Usage",
+    "hookimpl", "load_model", "load_protocol", "load_tool", "load_tools", "load_traces", "parse_event",
+    "plugins", "resolve_model", "tool",
+]

@@ -1,0 +1,303 @@
+"""Agent: a model, tools and a protocol, run as a loop that always ends in a clear state.
+
+Every run ends ``answered``, ``gave_up`` (step or retry budget spent) or
+``error`` (the model itself failed), with the full transcript and events kept.
+The async path is the real one; the sync methods drive it on a private event
+loop so scripts and notebooks get the same behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from hanlin.chat_model import ChatModel, GenerationParams
+from hanlin.errors import ConfigurationError, HanlinError
+from hanlin.events import ErrorEvent, Event, RunFinished, RunStatus, parse_event
+from hanlin.messages import Message, Usage, to_messages
+from hanlin.protocols.base import AgentProtocol
+from hanlin.protocols.context import RunContext, RunOptions
+from hanlin.tools import Tool, as_tools
+
+
+class RunResult(BaseModel):
+    """The outcome of one agent run, and the trace it can be saved as."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    status: RunStatus
+    output: Any = None
+    output_text: str = ""
+    messages: list[Message] = Field(default_factory=list)
+    events: list[Event] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    steps: int = 0
+    error: str | None = None
+
+    @property
+    def tool_calls(self) -> list[Any]:
+        return [c for m in self.messages if m.role == "assistant" for c in m.tool_calls]
+
+    def to_record(self) -> dict[str, Any]:
+        """One JSON line of a trace file: ``messages`` is the same schema finetuners train on."""
+        output = self.output.model_dump(mode="json") if isinstance(self.output, BaseModel) else self.output
+        return {
+            "messages": [m.model_dump(mode="json", exclude_defaults=True) for m in self.messages],
+            "status": self.status,
+            "output": output,
+            "error": self.error,
+            "steps": self.steps,
+            "usage": self.usage.model_dump(mode="json"),
+            "events": [e.model_dump(mode="json") for e in self.events],
+        }
+
+    def save_trace(self, path: str | Path, *, append: bool = True) -> Path:
+        """Write this run as one JSONL line (appending builds a dataset of runs)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a" if append else "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(self.to_record(), ensure_ascii=False, default=str) + "\n")
+        return path
+
+
+def load_traces(path: str | Path) -> list[RunResult]:
+    """Read a trace file written by ``save_trace``; a bad line is an error naming its number."""
+    results = []
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            results.append(
+                RunResult(
+                    status=record["status"],
+                    output=record.get("output"),
+                    messages=to_messages(record["messages"]),
+                    events=[parse_event(e) for e in record.get("events", [])],
+                    usage=Usage(**record.get("usage", {})),
+                    steps=record.get("steps", 0),
+                    error=record.get("error"),
+                )
+            )
+        except Exception as exc:
+            raise ConfigurationError(f"{path}:{lineno}: not a hanlin trace record ({exc})") from None
+    return results
+
+
+class Agent:
+    """A model that uses tools through a protocol.
+
+    ``model`` is a ChatModel or a model name for ``load_model``; ``protocol`` is
+    "react", "rewoo", "tools" (native calling) or an ``AgentProtocol``.
+    ``session_id`` on a run keeps a conversation's memory across runs.
+    """
+
+    def __init__(
+        self,
+        model: ChatModel | str,
+        tools: Iterable[Any] | Tool | None = None,
+        protocol: str | AgentProtocol = "react",
+        *,
+        instructions: str | None = None,
+        max_steps: int = 10,
+        max_retries: int = 2,
+        output_type: type[BaseModel] | None = None,
+        constrained: bool | None = None,
+        params: GenerationParams | dict[str, Any] | None = None,
+    ) -> None:
+        from hanlin.loading import load_model, load_protocol
+
+        if max_steps < 1:
+            raise ConfigurationError(f"max_steps must be at least 1, got {max_steps}")
+        if max_retries < 0:
+            raise ConfigurationError(f"max_retries must be 0 or more, got {max_retries}")
+        self.model = load_model(model) if isinstance(model, str) else model
+        self.tools = as_tools(tools)
+        self.protocol = load_protocol(protocol) if isinstance(protocol, str) else protocol
+        if not isinstance(self.protocol, AgentProtocol):
+            raise ConfigurationError(f"protocol must be a name or an AgentProtocol, got {self.protocol!r}")
+        self.protocol.check_model(self.model)
+        self.options = RunOptions(
+            max_steps=max_steps,
+            max_retries=max_retries,
+            constrained=constrained,
+            instructions=instructions,
+            output_type=output_type,
+        )
+        if params is None:
+            params = GenerationParams()
+        elif isinstance(params, dict):
+            params = GenerationParams(**params)
+        self.params = params
+        self._sessions: dict[str, list[Message]] = {}
+        self._session_lock = threading.Lock()
+
+    # ---- sessions --------------------------------------------------------------------
+    def history(self, session_id: str) -> list[Message]:
+        with self._session_lock:
+            return list(self._sessions.get(session_id, []))
+
+    def reset(self, session_id: str | None = None) -> None:
+        with self._session_lock:
+            if session_id is None:
+                self._sessions.clear()
+            else:
+                self._sessions.pop(session_id, None)
+
+    # ---- running -----------------------------------------------------------------------
+    async def astream(self, task: str | Message, *, session_id: str | None = None) -> AsyncIterator[Event]:
+        """Run the agent, yielding events as they happen; the last one is ``RunFinished``."""
+        async for event in self._astream(task, session_id, None):
+            yield event
+
+    async def _astream(
+        self, task: str | Message, session_id: str | None, sink: list[RunResult] | None
+    ) -> AsyncIterator[Event]:
+        history = self.history(session_id) if session_id else []
+        message = task if isinstance(task, Message) else Message.user(task)
+        events: asyncio.Queue[Event | None] = asyncio.Queue()
+        seen: list[Event] = []
+        ctx = RunContext(
+            model=self.model,
+            tools={t.name: t for t in self.tools},
+            messages=[*history, message],
+            params=self.params,
+            options=self.options,
+            emit=events.put_nowait,
+        )
+        error: str | None = None
+
+        async def drive() -> None:
+            nonlocal error
+            try:
+                await self.protocol.run(ctx)
+            except HanlinError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # a runtime bug must still end the run cleanly
+                error = f"unexpected {type(exc).__name__} from the model or protocol: {exc}"
+            if error is not None:
+                ctx.emit(ErrorEvent(step=ctx.step, kind="model", message=error, recoverable=False))
+            await events.put(None)
+
+        task_handle = asyncio.ensure_future(drive())
+        try:
+            while (event := await events.get()) is not None:
+                seen.append(event)
+                yield event
+            await task_handle
+            status: RunStatus = "error" if error else ("answered" if ctx.answered else "gave_up")
+            finished = RunFinished(step=ctx.step, status=status, usage=ctx.usage)
+            seen.append(finished)
+            if session_id:
+                with self._session_lock:
+                    self._sessions[session_id] = list(ctx.messages)
+            if sink is not None:
+                sink.append(
+                    RunResult(
+                        status=status,
+                        output=ctx.output,
+                        output_text=ctx.output_text,
+                        messages=list(ctx.messages),
+                        events=seen,
+                        usage=ctx.usage,
+                        steps=ctx.step,
+                        error=error or ctx.gave_up_reason,
+                    )
+                )
+            yield finished
+        finally:
+            if not task_handle.done():
+                task_handle.cancel()
+                await asyncio.gather(task_handle, return_exceptions=True)
+
+    async def arun(self, task: str | Message, *, session_id: str | None = None) -> RunResult:
+        sink: list[RunResult] = []
+        async for _ in self._astream(task, session_id, sink):
+            pass
+        return sink[0]
+
+    def run(self, task: str | Message, *, session_id: str | None = None) -> RunResult:
+        """Run to the end and return the result (works inside a running event loop too)."""
+        return _run_sync(self.arun(task, session_id=session_id))
+
+    def stream(self, task: str | Message, *, session_id: str | None = None) -> Iterator[Event]:
+        """Sync event stream: the run happens on a background event loop while you iterate."""
+        return _iterate_sync(self.astream(task, session_id=session_id))
+
+    def __repr__(self) -> str:
+        return f"<Agent model={self.model.name!r} protocol={self.protocol.name!r} tools={[t.name for t in self.tools]}>"
+
+
+def _run_sync(coro: Any) -> Any:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    result: list[Any] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(asyncio.run(coro))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="hanlin-agent-run")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+_DONE = object()
+
+
+def _iterate_sync(agen: AsyncIterator[Event]) -> Iterator[Event]:
+    """Drive an async generator on a background thread; stop it if the consumer stops early."""
+    items: queue.Queue[Any] = queue.Queue(maxsize=256)
+    stop = threading.Event()
+
+    async def pump() -> None:
+        try:
+            async for item in agen:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        await asyncio.sleep(0)
+                if stop.is_set():
+                    break
+        except BaseException as exc:
+            items.put(exc)
+            return
+        finally:
+            await agen.aclose()  # type: ignore[attr-defined]
+        items.put(_DONE)
+
+    thread = threading.Thread(target=asyncio.run, args=(pump(),), name="hanlin-agent-stream", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # drain so the producer is never stuck on a full queue
+            try:
+                items.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()

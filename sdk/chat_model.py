@@ -1,0 +1,201 @@
+"""The ChatModel protocol every runtime implements.
+
+A runtime subclass writes two methods, ``_stream`` (sync, yields Chunks) and
+optionally ``_generate``; the base class derives the other six entry points
+(sync/async x stream/non-stream) so each runtime writes its decoding loop once.
+Async variants run the sync loop in a worker thread by default, which keeps
+the event loop free for runtimes built on blocking C libraries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from hanlin.errors import ConfigurationError
+from hanlin.messages import MessageLike, Message, ToolCall, Usage, to_messages
+
+
+class Constraint(BaseModel):
+    """Constrained decoding asked of a runtime: exactly one of a JSON schema or a GBNF grammar.
+
+    GBNF (llama.cpp's grammar format) is hanlin's common grammar language: the
+    protocols build their step grammars in it, and ``hanlin.grammar`` turns
+    JSON schemas into it.
+    """
+
+    json_schema: dict[str, Any] | None = None
+    grammar: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Constraint:
+        if (self.json_schema is None) == (self.grammar is None):
+            raise ValueError("a Constraint needs exactly one of json_schema or grammar")
+        return self
+
+    @property
+    def kind(self) -> Literal["json_schema", "grammar"]:
+        return "json_schema" if self.json_schema is not None else "grammar"
+
+
+class GenerationParams(BaseModel):
+    """Sampling and control parameters of one call. ``None`` means the runtime's default."""
+
+    max_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    constraint: Constraint | None = None
+    tools: list[dict[str, Any]] | None = None  # OpenAI-style function specs, for native tool calling
+    tool_choice: str | dict[str, Any] | None = None
+
+
+class Completion(BaseModel):
+    """The result of a non-streaming call."""
+
+    text: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    finish_reason: Literal["stop", "length", "tool_calls"] = "stop"
+    usage: Usage = Field(default_factory=Usage)
+
+    def to_message(self) -> Message:
+        return Message.assistant(self.text, self.tool_calls)
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One streamed piece: a text delta, and on the last chunk the finish reason, usage and tool calls."""
+
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
+    usage: Usage | None = None
+
+
+@dataclass(slots=True)
+class Capabilities:
+    """What a model can do beyond plain generation; protocols read this to choose how to ask."""
+
+    constraints: frozenset[str] = frozenset()  # subset of {"json_schema", "grammar"}
+    native_tools: bool = False
+    chat_template: bool = True
+    context_length: int | None = None
+
+
+def completion_from_chunks(chunks: Iterable[Chunk]) -> Completion:
+    """Join a stream into the Completion a non-streaming call would return."""
+    parts: list[str] = []
+    last = Chunk()
+    for chunk in chunks:
+        parts.append(chunk.text)
+        if chunk.finish_reason is not None or chunk.usage is not None or chunk.tool_calls:
+            last = chunk
+    return Completion(
+        text="".join(parts),
+        tool_calls=last.tool_calls,
+        finish_reason=last.finish_reason or "stop",
+        usage=last.usage or Usage(),
+    )
+
+
+def _coerce_params(params: GenerationParams | None, overrides: dict[str, Any]) -> GenerationParams:
+    if params is None:
+        if "stop" in overrides and isinstance(overrides["stop"], str):
+            overrides = {**overrides, "stop": [overrides["stop"]]}
+        try:
+            return GenerationParams(**overrides)
+        except Exception as exc:  # pydantic ValidationError or unknown keyword
+            raise ConfigurationError(f"invalid generation parameters {overrides!r}: {exc}") from None
+    if overrides:
+        return params.model_copy(update=overrides)
+    return params
+
+
+class ChatModel:
+    """Base class of every model hanlin can talk to.
+
+    Subclasses implement ``_stream(messages, params)``; they may also override
+    ``_generate`` when a non-streaming path is cheaper, and ``_astream`` when
+    they have a native async client.
+    """
+
+    name: str = "model"
+    capabilities: Capabilities = Capabilities()
+
+    # ---- what runtimes implement -------------------------------------------------
+    def _stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Chunk]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement _stream")
+
+    def _generate(self, messages: list[Message], params: GenerationParams) -> Completion:
+        return completion_from_chunks(self._stream(messages, params))
+
+    async def _astream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Chunk]:
+        """Run the sync stream in a thread and hand chunks to the event loop as they come."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def produce() -> None:
+            try:
+                for chunk in self._stream(messages, params):
+                    if cancelled.is_set():
+                        break
+                    loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
+            except BaseException as exc:  # handed to the consumer, re-raised there
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+            else:
+                loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+
+        worker = loop.run_in_executor(None, produce)
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "chunk":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    break
+        finally:
+            cancelled.set()
+            await asyncio.shield(worker)
+
+    # ---- the public API ------------------------------------------------------------
+    def generate(
+        self, messages: str | Iterable[MessageLike], params: GenerationParams | None = None, **kwargs: Any
+    ) -> Completion:
+        """Complete a conversation. Keyword arguments are ``GenerationParams`` fields."""
+        return self._generate(to_messages(messages), _coerce_params(params, kwargs))
+
+    def stream(
+        self, messages: str | Iterable[MessageLike], params: GenerationParams | None = None, **kwargs: Any
+    ) -> Iterator[Chunk]:
+        return self._stream(to_messages(messages), _coerce_params(params, kwargs))
+
+    async def agenerate(
+        self, messages: str | Iterable[MessageLike], params: GenerationParams | None = None, **kwargs: Any
+    ) -> Completion:
+        chunks = [chunk async for chunk in self.astream(messages, params, **kwargs)]
+        return completion_from_chunks(chunks)
+
+    async def astream(
+        self, messages: str | Iterable[MessageLike], params: GenerationParams | None = None, **kwargs: Any
+    ) -> AsyncIterator[Chunk]:
+        async for chunk in self._astream(to_messages(messages), _coerce_params(params, kwargs)):
+            yield chunk
+
+    def supports(self, constraint: Constraint | None) -> bool:
+        return constraint is None or constraint.kind in self.capabilities.constraints
+
+    def close(self) -> None:
+        """Release weights, contexts or connections. Safe to call twice."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

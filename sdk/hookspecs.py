@@ -1,0 +1,51 @@
+"""The hooks a hanlin plugin can implement: one registration callback per kind.
+
+Each hook receives a ``register`` function and calls it once per thing the
+plugin provides, so one plugin can add any number of models or tools without
+returning lists, and hanlin can attribute each registration to its plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+PROJECT = "hanlin"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Register = Callable[..., Any]
+
+KINDS = ("models", "runtimes", "tools", "protocols", "finetuners", "evaluators")
+
+
+@hookspec
+def register_models(register: Register) -> None:
+    """Call ``register(ModelSpec(...))`` for each model this plugin knows how to locate."""
+
+
+@hookspec
+def register_runtimes(register: Register) -> None:
+    """Call ``register(RuntimeSpec(...))`` for each inference backend."""
+
+
+@hookspec
+def register_tools(register: Register) -> None:
+    """Call ``register(tool)`` with a Tool, or ``register(ToolSpec(...))`` for a configurable one."""
+
+
+@hookspec
+def register_protocols(register: Register) -> None:
+    """Call ``register(ProtocolClass)`` for each agent protocol (a class with a ``name``)."""
+
+
+@hookspec
+def register_finetuners(register: Register) -> None:
+    """Call ``register(ComponentSpec(...))`` for each training method."""
+
+
+@hookspec
+def register_evaluators(register: Register) -> None:
+    """Call ``register(ComponentSpec(...))`` for each dataset or metric."""

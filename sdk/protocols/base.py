@@ -1,0 +1,132 @@
+"""The protocol contract, and StepProtocol: the think-act-observe loop ReAct and native calling share.
+
+A protocol renders the prompt, parses what the model wrote, and decides the
+next step. ``AgentProtocol.run`` is free-form (ReWOO plans, works, then
+solves); ``StepProtocol`` implements the common loop once so a new step-style
+protocol only writes ``render`` and ``parse``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from hanlin.chat_model import ChatModel, Completion, Constraint
+from hanlin.errors import ParseError
+from hanlin.messages import Message, ToolCall
+from hanlin.protocols.context import RunContext, ToolOutcome
+
+
+@dataclass(slots=True)
+class Action:
+    """The model asked for one or more tool calls."""
+
+    calls: list[ToolCall]
+    thought: str = ""
+
+
+@dataclass(slots=True)
+class Final:
+    """The model gave its final answer."""
+
+    text: str
+    thought: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ParsedStep = Action | Final
+
+
+class AgentProtocol(ABC):
+    """An agent style. Subclasses set ``name`` and implement ``run``.
+
+    ``run`` ends by calling ``ctx.answer(...)`` or ``ctx.give_up(...)``; if it
+    simply returns, the run counts as given up. Exceptions from the model end
+    the run with status ``error``; the agent catches them, the protocol need not.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def check_model(self, model: ChatModel) -> None:
+        """Raise ProtocolError when this protocol cannot drive ``model``."""
+
+    @abstractmethod
+    async def run(self, ctx: RunContext) -> None: ...
+
+
+class StepProtocol(AgentProtocol):
+    """Render, generate, parse, act, observe — until a final answer, the step limit or the retry limit."""
+
+    # ---- what subclasses write ------------------------------------------------------------
+    @abstractmethod
+    def render(self, ctx: RunContext) -> list[Message]:
+        """The messages to send to the model for the next step."""
+
+    @abstractmethod
+    def parse(self, completion: Completion, ctx: RunContext) -> ParsedStep:
+        """Turn the model's reply into an Action or a Final, or raise ParseError with a hint."""
+
+    def stop_sequences(self, ctx: RunContext) -> list[str] | None:
+        return None
+
+    def constraint(self, ctx: RunContext) -> Constraint | None:
+        """A grammar/schema admitting only well-formed steps, when the model can honour one."""
+        return None
+
+    def native_tools(self, ctx: RunContext) -> list[dict[str, Any]] | None:
+        return None
+
+    def assistant_message(self, completion: Completion, parsed: ParsedStep | None) -> Message:
+        calls = parsed.calls if isinstance(parsed, Action) else []
+        return Message.assistant(completion.text, calls)
+
+    def observation(self, outcome: ToolOutcome) -> Message:
+        return Message.tool(
+            outcome.result.content, tool_call_id=outcome.call.id, name=outcome.call.name, is_error=outcome.result.is_error
+        )
+
+    def correction(self, hint: str) -> Message:
+        """How a mistake is shown back to the model."""
+        return Message.user(f"Your last reply could not be used: {hint}")
+
+    # ---- the loop -------------------------------------------------------------------------
+    async def run(self, ctx: RunContext) -> None:
+        while ctx.steps_left:
+            ctx.start_step()
+            constraint = self.constraint(ctx) if ctx.use_constraints else None
+            completion = await ctx.generate(
+                self.render(ctx), stop=self.stop_sequences(ctx), constraint=constraint, tools=self.native_tools(ctx)
+            )
+            try:
+                parsed = self.parse(completion, ctx)
+            except ParseError as exc:
+                ctx.messages.append(self.assistant_message(completion, None))
+                ctx.messages.append(self.correction(exc.hint))
+                if not ctx.record_failure("parse", str(exc)):
+                    return ctx.give_up("parse", f"the model's output could not be parsed {ctx.retries} times in a row: {exc}")
+                continue
+            ctx.messages.append(self.assistant_message(completion, parsed))
+            if isinstance(parsed, Final):
+                value, problem = ctx.parse_output(parsed.text)
+                if problem is None:
+                    return ctx.answer(value, parsed.text)
+                ctx.messages.append(self.correction(problem))
+                if not ctx.record_failure("output_invalid", problem):
+                    return ctx.give_up("output_invalid", f"the final answer never matched the output type: {problem}")
+                continue
+            outcomes = await asyncio.gather(*(ctx.call_tool(call) for call in parsed.calls))
+            ctx.messages.extend(self.observation(o) for o in outcomes)
+            failures = [o for o in outcomes if o.failure]
+            if not failures:
+                ctx.record_success()
+            elif not ctx.record_failure(failures[0].failure or "tool_failed", failures[0].result.content):
+                return ctx.give_up(
+                    failures[0].failure or "tool_failed",
+                    f"the model made {ctx.retries} invalid tool calls in a row; last: {failures[0].result.content}",
+                )
+        ctx.give_up("max_steps", f"reached max_steps={ctx.options.max_steps} without a final answer")

@@ -1,0 +1,183 @@
+"""RunContext: what a protocol uses to talk to the model and the tools during one run.
+
+It is the agent loop's machinery, shared by every protocol: it streams model
+calls into token events, checks tool names and arguments, runs tools under
+their timeouts, counts usage, and keeps the transcript. Protocols decide
+*what* to do; the context makes sure every outcome becomes an event.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from hanlin.chat_model import ChatModel, Completion, Constraint, GenerationParams, completion_from_chunks
+from hanlin.events import ErrorEvent, Event, FinalAnswer, StepStarted, TokenDelta, ToolCallEvent, ToolResultEvent
+from hanlin.messages import Message, ToolCall, Usage
+from hanlin.tools import Tool, ToolResult, _format_validation_error
+
+
+@dataclass(slots=True)
+class RunOptions:
+    max_steps: int = 10
+    max_retries: int = 2  # consecutive malformed/unknown/invalid steps tolerated before giving up
+    constrained: bool | None = None  # None: use constrained decoding when the model supports it
+    instructions: str | None = None  # the app's system prompt, merged into the protocol's own
+    output_type: type[BaseModel] | None = None
+
+
+@dataclass(slots=True)
+class ToolOutcome:
+    call: ToolCall
+    result: ToolResult
+    failure: str | None = None  # "unknown_tool" / "invalid_arguments" count as the model's mistake
+
+
+@dataclass
+class RunContext:
+    model: ChatModel
+    tools: dict[str, Tool]
+    messages: list[Message]  # the transcript: history + this run, without the protocol's system prompt
+    params: GenerationParams
+    options: RunOptions
+    emit: Callable[[Event], None]
+    step: int = 0
+    usage: Usage = field(default_factory=Usage)
+    retries: int = 0  # consecutive failures so far
+    answered: bool = False
+    output: Any = None
+    output_text: str = ""
+    gave_up_reason: str | None = None
+
+    # ---- steps and failures --------------------------------------------------------------
+    def start_step(self, phase: str = "act") -> None:
+        self.step += 1
+        self.emit(StepStarted(step=self.step, phase=phase))
+
+    @property
+    def steps_left(self) -> bool:
+        return self.step < self.options.max_steps
+
+    def record_failure(self, kind: str, message: str) -> bool:
+        """Note a model mistake shown back to it; returns False once the retry budget is spent."""
+        self.retries += 1
+        ok = self.retries <= self.options.max_retries
+        self.emit(ErrorEvent(step=self.step, kind=kind, message=message, recoverable=ok))  # type: ignore[arg-type]
+        return ok
+
+    def record_success(self) -> None:
+        self.retries = 0
+
+    # ---- the model -----------------------------------------------------------------------
+    @property
+    def use_constraints(self) -> bool:
+        if self.options.constrained is False:
+            return False
+        return bool(self.model.capabilities.constraints)
+
+    async def generate(
+        self,
+        messages: list[Message],
+        *,
+        stop: list[str] | None = None,
+        constraint: Constraint | None = None,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> Completion:
+        """Call the model, streaming its text out as token events."""
+        update: dict[str, Any] = {}
+        if stop is not None:
+            update["stop"] = list(dict.fromkeys([*self.params.stop, *stop]))
+        if constraint is not None and self.use_constraints and self.model.supports(constraint):
+            update["constraint"] = constraint
+        if tools is not None:
+            update["tools"] = tools
+        params = self.params.model_copy(update=update)
+        chunks = []
+        async for chunk in self.model.astream(messages, params):
+            if chunk.text:
+                self.emit(TokenDelta(step=self.step, text=chunk.text))
+            chunks.append(chunk)
+        completion = completion_from_chunks(chunks)
+        self.usage = self.usage + completion.usage
+        return completion
+
+    # ---- tools ---------------------------------------------------------------------------
+    def tool_specs(self) -> list[dict[str, Any]]:
+        return [t.spec for t in self.tools.values()]
+
+    def check_call(self, call: ToolCall) -> ToolOutcome | None:
+        """Reject an unknown tool or invalid arguments before running anything."""
+        tool = self.tools.get(call.name)
+        if tool is None:
+            known = ", ".join(self.tools) or "(no tools)"
+            msg = f"there is no tool named '{call.name}'. Available tools: {known}."
+            return ToolOutcome(call, ToolResult.error(msg), "unknown_tool")
+        try:
+            tool.validate(call.arguments)
+        except ValidationError as exc:
+            return ToolOutcome(call, ToolResult.error(_format_validation_error(call.name, exc)), "invalid_arguments")
+        return None
+
+    async def call_tool(self, call: ToolCall) -> ToolOutcome:
+        """Run one call and emit its events. Never raises for anything the model or the tool did."""
+        self.emit(ToolCallEvent(step=self.step, call=call))
+        started = time.perf_counter()
+        outcome = self.check_call(call)
+        if outcome is None:
+            result = await self.tools[call.name].ainvoke(call.arguments)
+            outcome = ToolOutcome(call, result)
+            if result.is_error:
+                self.emit(ErrorEvent(step=self.step, kind="tool_failed", message=result.content))
+        self.emit(
+            ToolResultEvent(
+                step=self.step,
+                call_id=call.id,
+                name=call.name,
+                content=outcome.result.content,
+                is_error=outcome.result.is_error,
+                duration_s=time.perf_counter() - started,
+            )
+        )
+        return outcome
+
+    def answer(self, output: Any, text: str) -> None:
+        """Record the final answer and emit it."""
+        self.answered, self.output, self.output_text = True, output, text
+        self.emit(FinalAnswer(step=self.step, output=output, text=text))
+
+    def give_up(self, kind: str, reason: str) -> None:
+        """End the run without an answer; everything so far stays in the transcript."""
+        self.gave_up_reason = reason
+        self.emit(ErrorEvent(step=self.step, kind=kind, message=reason, recoverable=False))  # type: ignore[arg-type]
+
+    # ---- the final answer ----------------------------------------------------------------
+    def parse_output(self, text: str) -> tuple[Any, str | None]:
+        """Validate a final answer against ``output_type``: (value, None) or (None, what was wrong)."""
+        output_type = self.options.output_type
+        if output_type is None:
+            return text.strip(), None
+        candidate = _extract_json(text)
+        try:
+            return output_type.model_validate_json(candidate), None
+        except ValidationError as exc:
+            schema = json.dumps(output_type.model_json_schema())
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()[:5])
+            return None, f"the final answer must be JSON matching this schema: {schema}. Problems: {problems}"
+
+    def output_schema(self) -> dict[str, Any] | None:
+        return self.options.output_type.model_json_schema() if self.options.output_type else None
+
+
+def _extract_json(text: str) -> str:
+    """The JSON object inside a reply that may wrap it in prose or a code fence."""
+    stripped = text.strip()
+    if stripped.startswith("```"):
+        stripped = stripped.strip("`")
+        stripped = stripped.split("\n", 1)[1] if "\n" in stripped else stripped
+    start, end = stripped.find("{"), stripped.rfind("}")
+    return stripped[start : end + 1] if 0 <= start < end else stripped

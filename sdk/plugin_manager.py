@@ -36,6 +36,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "hanlin.plugins.protocols.rewoo",
     "hanlin.plugins.protocols.native",
     "hanlin.plugins.tools.calculator",
+    "hanlin.plugins.models.catalog",
+    "hanlin.runtimes.cpu.plugin",
+    "hanlin.runtimes.transformers.plugin",
 )
 
 Source = Literal["builtin", "entry_point", "registered"]

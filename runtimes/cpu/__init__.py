@@ -1,0 +1,1 @@
+"""CPU runtime: llama.cpp through llama-cpp-python."""

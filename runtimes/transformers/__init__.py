@@ -1,0 +1,1 @@
+"""Transformers runtime: the torch reference backend."""

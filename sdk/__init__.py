@@ -32,7 +32,8 @@ from hanlin.events import (
 from hanlin.hookspecs import hookimpl
 from hanlin.loading import load_model, load_protocol, load_tool, load_tools, resolve_model
 from hanlin.messages import Message, ToolCall, Usage
-from hanlin.plugin_manager import PluginManager, plugins
+from hanlin.plugin_manager import PluginManager
+from hanlin.plugin_manager import plugins as get_plugin_manager  # `hanlin.plugins` is the plugins package
 from hanlin.protocols import AgentProtocol, RunContext, StepProtocol
 from hanlin.scripted import ScriptedModel
 from hanlin.specs import ComponentSpec, ModelSpec, RuntimeSpec, ToolSpec
@@ -48,5 +49,5 @@ __all__ = [
     "RuntimeSpec", "ScriptedModel", "StepProtocol", "StepStarted", "TokenDelta", "Tool", "ToolCall",
     "ToolCallEvent", "ToolError", "ToolResult", "ToolResultEvent", "ToolSpec", "Toolkit", "Usage",
     "hookimpl", "load_model", "load_protocol", "load_tool", "load_tools", "load_traces", "parse_event",
-    "plugins", "resolve_model", "tool",
+    "get_plugin_manager", "resolve_model", "tool",
 ]

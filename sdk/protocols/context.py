@@ -155,6 +155,12 @@ class RunContext:
         self.gave_up_reason = reason
         self.emit(ErrorEvent(step=self.step, kind=kind, message=reason, recoverable=False))  # type: ignore[arg-type]
 
+    def skip_tool(self, call: ToolCall, reason: str) -> ToolOutcome:
+        """Report a call that was planned but not run (e.g. its input failed)."""
+        self.emit(ToolCallEvent(step=self.step, call=call))
+        self.emit(ToolResultEvent(step=self.step, call_id=call.id, name=call.name, content=reason, is_error=True))
+        return ToolOutcome(call, ToolResult.error(reason))
+
     # ---- the final answer ----------------------------------------------------------------
     def parse_output(self, text: str) -> tuple[Any, str | None]:
         """Validate a final answer against ``output_type``: (value, None) or (None, what was wrong)."""

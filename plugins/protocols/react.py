@@ -1,0 +1,106 @@
+"""ReAct: Thought / Action / Action Input / Observation, until Final Answer.
+
+Observations go back to the model as user turns ("Observation: ..."), so the
+rendered prompt of step n+1 extends the prompt of step n token for token and a
+runtime with prefix caching only pays for the new turn. When the runtime can
+take a grammar, each step is constrained so the tool name is a registered one
+and Action Input is JSON valid for that tool's schema.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hanlin import Completion, Constraint, Message, ParseError, StepProtocol, ToolCall, hookimpl
+from hanlin.protocols import Action, Final, ParsedStep, RunContext
+from hanlin.plugins.protocols.react_parser import parse_react
+
+STOP = ["\nObservation:", "Observation:"]
+
+
+def describe_tools(ctx: RunContext) -> str:
+    lines = []
+    for tool in ctx.tools.values():
+        summary = tool.description.split("\n\n", 1)[0].replace("\n", " ").strip()
+        lines.append(f"- {tool.name}: {summary}\n  Arguments (JSON schema): {json.dumps(tool.parameters, ensure_ascii=False)}")
+    return "\n".join(lines) or "(no tools: answer directly)"
+
+
+class ReAct(StepProtocol):
+    name = "react"
+
+    def system_prompt(self, ctx: RunContext) -> str:
+        names = ", ".join(ctx.tools) or "none"
+        final = "the answer"
+        if ctx.options.output_type is not None:
+            final = "a JSON object matching this schema: " + json.dumps(ctx.output_schema())
+        parts = [ctx.options.instructions or "You are a helpful assistant that solves tasks step by step."]
+        parts.append(f"You can use these tools:\n{describe_tools(ctx)}")
+        parts.append(
+            "Use exactly this format:\n"
+            "Thought: what you will do next and why\n"
+            f"Action: the tool to use, one of [{names}]\n"
+            "Action Input: the tool's arguments as one JSON object\n"
+            "Then stop; the tool's result comes back as 'Observation: ...'. Repeat as needed. "
+            "When you know the answer, write:\n"
+            "Thought: I know the final answer\n"
+            f"Final Answer: {final}"
+        )
+        return "\n\n".join(parts)
+
+    def render(self, ctx: RunContext) -> list[Message]:
+        out = [Message.system(self.system_prompt(ctx))]
+        for m in ctx.messages:
+            if m.role == "tool":
+                prefix = "Error: " if m.is_error else ""
+                out.append(Message.user(f"Observation: {prefix}{m.content}"))
+            elif m.role == "system":
+                continue  # the app's instructions are part of our own system prompt
+            else:
+                out.append(Message(role=m.role, content=m.content))
+        return out
+
+    def stop_sequences(self, ctx: RunContext) -> list[str]:
+        return STOP
+
+    def parse(self, completion: Completion, ctx: RunContext) -> ParsedStep:
+        step = parse_react(completion.text, ctx.tools)
+        if step.final is not None:
+            return Final(step.final, thought=step.thought)
+        assert step.action is not None
+        return Action([ToolCall(name=step.action, arguments=step.arguments)], thought=step.thought)
+
+    def correction(self, hint: str) -> Message:
+        return Message.user(f"Observation: Error: {hint}")
+
+    def constraint(self, ctx: RunContext) -> Constraint | None:
+        if "grammar" not in ctx.model.capabilities.constraints:
+            return None
+        return Constraint(grammar=react_grammar(ctx))
+
+
+def react_grammar(ctx: RunContext) -> str:
+    """GBNF for one step: a thought line, then one valid action or the final answer."""
+    from hanlin.grammar import GrammarBuilder, gbnf_literal
+
+    g = GrammarBuilder()
+    g.add("thought", "[^\\n]{1,400}")
+    actions = []
+    for i, tool in enumerate(ctx.tools.values()):
+        args = g.schema(tool.parameters, f"args{i}")
+        actions.append(f"{gbnf_literal(tool.name)} {gbnf_literal(chr(10) + 'Action Input: ')} {args}")
+    schema = ctx.output_schema()
+    final_body = g.schema(schema, "answer") if schema else "[^\\n]{1,2000}"
+    g.add("final", f"{gbnf_literal('Final Answer: ')} {final_body}")
+    alternatives = ["final"]
+    if actions:
+        g.add("action", f"{gbnf_literal('Action: ')} ( {' | '.join(actions)} )")
+        alternatives.insert(0, "action")
+    g.add("root", f"{gbnf_literal('Thought: ')} thought {gbnf_literal(chr(10))} ( {' | '.join(alternatives)} )")
+    return g.render("root")
+
+
+@hookimpl
+def register_protocols(register: Any) -> None:
+    register(ReAct)

@@ -1,0 +1,143 @@
+"""ReWOO: plan all tool calls up front, run them (independent ones concurrently), then solve.
+
+One model call plans, the worker runs the plan as a dependency graph (a step
+starts as soon as the steps it mentions have finished), and one model call
+writes the answer from the evidence. Fewer model calls than ReAct, and the
+tools of independent steps overlap in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from hanlin import AgentProtocol, Constraint, Message, ParseError, ToolCall, hookimpl
+from hanlin.protocols import RunContext
+
+from hanlin.plugins.protocols.react import describe_tools
+from hanlin.plugins.protocols.rewoo_parser import PlanStep, parse_plan, substitute
+
+
+class ReWOO(AgentProtocol):
+    name = "rewoo"
+
+    def __init__(self, *, max_plan_steps: int = 12, **options: Any) -> None:
+        super().__init__(**options)
+        self.max_plan_steps = max_plan_steps
+
+    # ---- prompts ---------------------------------------------------------------------------
+    def planner_prompt(self, ctx: RunContext) -> list[Message]:
+        first_tool = next(iter(ctx.tools), "tool")
+        system = "\n\n".join(
+            [
+                ctx.options.instructions or "You are a planner that solves tasks with tools.",
+                f"Tools:\n{describe_tools(ctx)}",
+                "Write a plan that gets the evidence needed for the task. For each step write two lines:\n"
+                "Plan: <what this step does>\n"
+                f"#E<n> = <tool>[<arguments as one JSON object>]\n"
+                "Number steps #E1, #E2, ... A later step may use an earlier result by writing #E<n> inside a "
+                "string argument. Write only the plan; do not answer the task. Example:\n"
+                "Plan: look up the first value\n"
+                f'#E1 = {first_tool}[{{"...": "..."}}]\n'
+                "Plan: use it in the next step\n"
+                f'#E2 = {first_tool}[{{"...": "#E1 ..."}}]',
+            ]
+        )
+        history = [m for m in ctx.messages[:-1] if m.role == "user" or (m.role == "assistant" and not m.tool_calls)]
+        return [Message.system(system), *history, ctx.messages[-1]]
+
+    def solver_prompt(self, ctx: RunContext, task: str, plan: list[PlanStep], evidence: dict[int, str]) -> list[Message]:
+        lines = []
+        for step in plan:
+            lines.append(f"Plan: {step.description or '(no description)'}")
+            lines.append(f"{step.label} = {step.tool}[{json.dumps(step.arguments, ensure_ascii=False)}]")
+            lines.append(f"Evidence: {evidence.get(step.id, '(not run)')}")
+        final = "the answer"
+        if ctx.options.output_type is not None:
+            final = "only a JSON object matching this schema: " + json.dumps(ctx.output_schema())
+        system = (ctx.options.instructions or "You solve tasks from evidence.") + (
+            f"\n\nSolve the task using the plan and the evidence below. Reply with {final}."
+        )
+        body = f"Task: {task}\n\n" + ("\n".join(lines) if lines else "(no tools were needed)") + "\n\nAnswer:"
+        return [Message.system(system), Message.user(body)]
+
+    def plan_constraint(self, ctx: RunContext) -> Constraint | None:
+        if not ctx.use_constraints or "grammar" not in ctx.model.capabilities.constraints or not ctx.tools:
+            return None
+        from hanlin.grammar import GrammarBuilder, gbnf_literal
+
+        g = GrammarBuilder()
+        args = g.schema({"type": "object"}, "args")
+        names = " | ".join(gbnf_literal(n) for n in ctx.tools)
+        g.add("step", f'{gbnf_literal("Plan: ")} [^\\n]{{1,200}} "\\n#E" [1-9] [0-9]? " = " ( {names} ) "[" {args} "]"')
+        g.add("root", f'step ( "\\n" step ){{0,{self.max_plan_steps - 1}}}')
+        return Constraint(grammar=g.render("root"))
+
+    # ---- the run ---------------------------------------------------------------------------
+    async def run(self, ctx: RunContext) -> None:
+        task = ctx.messages[-1].content
+        plan: list[PlanStep] | None = None
+        while plan is None:
+            if not ctx.steps_left:
+                return ctx.give_up("max_steps", f"reached max_steps={ctx.options.max_steps} without a usable plan")
+            ctx.start_step("plan")
+            completion = await ctx.generate(self.planner_prompt(ctx), constraint=self.plan_constraint(ctx))
+            try:
+                plan = parse_plan(completion.text, ctx.tools, max_steps=self.max_plan_steps)
+            except ParseError as exc:
+                ctx.messages.append(Message.assistant(completion.text))
+                ctx.messages.append(Message.user(f"That plan could not be used: {exc}. {exc.hint}"))
+                if not ctx.record_failure("parse", str(exc)):
+                    return ctx.give_up("parse", f"no valid plan after {ctx.retries} attempts: {exc}")
+            else:
+                ids = {s.id: ToolCall(name=s.tool, arguments=s.arguments) for s in plan}
+                ctx.messages.append(Message.assistant(completion.text, list(ids.values())))
+        ctx.record_success()
+
+        if plan:
+            ctx.start_step("work")
+        evidence = await self.work(ctx, plan, ids)
+        for step in plan:
+            call = ids[step.id]
+            outcome_text, is_error = evidence[step.id]
+            ctx.messages.append(Message.tool(outcome_text, tool_call_id=call.id, name=call.name, is_error=is_error))
+
+        texts = {k: v[0] for k, v in evidence.items()}
+        while ctx.steps_left:
+            ctx.start_step("solve")
+            completion = await ctx.generate(self.solver_prompt(ctx, task, plan, texts))
+            text = completion.text.strip()
+            value, problem = ctx.parse_output(text) if text else (None, "the answer was empty")
+            ctx.messages.append(Message.assistant(completion.text))
+            if problem is None:
+                return ctx.answer(value, text)
+            ctx.messages.append(Message.user(f"That answer could not be used: {problem}"))
+            if not ctx.record_failure("output_invalid", problem):
+                return ctx.give_up("output_invalid", f"the solver never produced a valid answer: {problem}")
+        ctx.give_up("max_steps", f"reached max_steps={ctx.options.max_steps} before the solver answered")
+
+    async def work(self, ctx: RunContext, plan: list[PlanStep], calls: dict[int, ToolCall]) -> dict[int, tuple[str, bool]]:
+        """Run every step once its dependencies are done; independent steps overlap."""
+        done: dict[int, asyncio.Future[tuple[str, bool]]] = {
+            s.id: asyncio.get_running_loop().create_future() for s in plan
+        }
+
+        async def run_step(step: PlanStep) -> None:
+            deps = {d: await done[d] for d in sorted(step.depends_on)}
+            failed = [f"#E{d}" for d, (_, err) in deps.items() if err]
+            call = calls[step.id]
+            if failed:
+                outcome = ctx.skip_tool(call, f"skipped: it depends on {', '.join(failed)}, which failed")
+            else:
+                arguments = substitute(step.arguments, {d: t for d, (t, _) in deps.items()})
+                outcome = await ctx.call_tool(call.model_copy(update={"arguments": arguments}))
+            done[step.id].set_result((outcome.result.content, outcome.result.is_error))
+
+        await asyncio.gather(*(run_step(s) for s in plan))
+        return {sid: fut.result() for sid, fut in done.items()}
+
+
+@hookimpl
+def register_protocols(register: Any) -> None:
+    register(ReWOO)

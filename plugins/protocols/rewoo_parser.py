@@ -1,0 +1,132 @@
+"""Parse a ReWOO plan: ``Plan:`` lines, each followed by ``#En = tool[{json args}]``.
+
+A step's arguments may mention earlier evidence (``#E1``) inside string
+values; the worker substitutes it. The parser checks everything that can be
+checked before running anything: ids unique, references only to earlier
+steps, tools known, arguments a JSON object. Any other outcome is a
+``ParseError`` with a hint for the re-plan.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hanlin.errors import ParseError
+
+_STEP = re.compile(r"^\s*[*`]*#E(\d+)[*`]*\s*[:=]\s*([A-Za-z_][\w\-]*)\s*\[(.*)\]\s*[*`]*\s*$")
+_STEP_START = re.compile(r"^\s*[*`]*#E\d+", re.IGNORECASE)
+_PLAN = re.compile(r"^\s*[*_]*plan[*_]*\s*(\d+)?\s*:[*_]*\s*(.*)$", re.IGNORECASE)
+_REF = re.compile(r"#E(\d+)")
+
+PLAN_HINT = (
+    "Write the plan as pairs of lines:\nPlan: <what this step does>\n#E1 = <tool>[<JSON object of arguments>]\n"
+    "Later steps may use an earlier result by writing #E1 inside a string argument."
+)
+
+
+@dataclass(slots=True)
+class PlanStep:
+    id: int
+    tool: str
+    arguments: dict[str, Any]
+    description: str = ""
+    depends_on: set[int] = field(default_factory=set)
+
+    @property
+    def label(self) -> str:
+        return f"#E{self.id}"
+
+
+def parse_plan(text: str, tools: Mapping[str, Any] | None = None, *, max_steps: int = 20) -> list[PlanStep]:
+    """The plan's steps in order; an empty list means the planner needs no tools."""
+    if not isinstance(text, str):
+        raise ParseError(f"expected plan text, got {type(text).__name__}", hint=PLAN_HINT)
+    steps: list[PlanStep] = []
+    description = ""
+    for lineno, line in enumerate(text.replace("```", "").splitlines(), start=1):
+        plan_m = _PLAN.match(line)
+        if plan_m:
+            description = plan_m.group(2).strip()
+            continue
+        if not _STEP_START.match(line):
+            continue
+        m = _STEP.match(line)
+        if m is None:
+            raise ParseError(f"line {lineno} is not a valid step: {line.strip()[:120]!r}", hint=PLAN_HINT, text=text)
+        step_id, tool, raw_args = int(m.group(1)), m.group(2), m.group(3)
+        if any(s.id == step_id for s in steps):
+            raise ParseError(f"#E{step_id} is defined twice (line {lineno})", hint="Number the steps #E1, #E2, ... once each.", text=text)
+        if tools is not None and tool not in tools:
+            known = ", ".join(tools) or "(none)"
+            raise ParseError(f"step #E{step_id} uses unknown tool '{tool}'", hint=f"Use only these tools: {known}.", text=text)
+        arguments = _parse_args(raw_args, step_id, tool, tools, text)
+        refs = {int(r) for r in _REF.findall(json.dumps(arguments))}
+        bad = sorted(r for r in refs if r not in {s.id for s in steps})
+        if bad:
+            raise ParseError(
+                f"step #E{step_id} refers to {', '.join(f'#E{b}' for b in bad)} before it is defined",
+                hint="A step may only use the results of steps written above it.",
+                text=text,
+            )
+        steps.append(PlanStep(step_id, tool, arguments, description, refs))
+        description = ""
+    if len(steps) > max_steps:
+        raise ParseError(f"the plan has {len(steps)} steps; at most {max_steps} are allowed", hint="Make a shorter plan.", text=text)
+    if not steps and not text.strip():
+        raise ParseError("the planner returned an empty reply", hint=PLAN_HINT, text=text)
+    return steps
+
+
+def _parse_args(raw: str, step_id: int, tool: str, tools: Mapping[str, Any] | None, text: str) -> dict[str, Any]:
+    raw = raw.strip()
+    if raw.startswith("{"):
+        try:
+            value, end = json.JSONDecoder().raw_decode(raw)
+        except json.JSONDecodeError as exc:
+            raise ParseError(
+                f"arguments of #E{step_id} are not valid JSON: {exc.msg} (at char {exc.pos})",
+                hint="Write the arguments as one JSON object inside the brackets, e.g. calculator[{\"expression\": \"2 + 2\"}].",
+                text=text,
+            ) from None
+        if raw[end:].strip():
+            raise ParseError(
+                f"unexpected text after the JSON arguments of #E{step_id}: {raw[end:].strip()[:40]!r}",
+                hint=PLAN_HINT,
+                text=text,
+            )
+        return value
+    tool_obj = (tools or {}).get(tool)
+    if tool_obj is not None:
+        props = tool_obj.parameters.get("properties", {})
+        required = tool_obj.parameters.get("required", [])
+        if len(props) == 1 and len(required) == 1:  # tool[2 + 2] for a one-argument tool
+            return {required[0]: raw.strip("'\"")}
+    raise ParseError(
+        f"arguments of #E{step_id} must be a JSON object, got {raw[:60]!r}", hint=PLAN_HINT, text=text
+    )
+
+
+def substitute(value: Any, evidence: Mapping[int, str]) -> Any:
+    """Replace ``#En`` in string values with the evidence text of step n.
+
+    A string that is exactly ``#En`` becomes the evidence parsed as JSON when it
+    is a number or other JSON value, so a numeric argument gets a number.
+    """
+    if isinstance(value, str):
+        whole = _REF.fullmatch(value.strip())
+        if whole and int(whole.group(1)) in evidence:
+            text = evidence[int(whole.group(1))]
+            try:
+                return json.loads(text)
+            except (json.JSONDecodeError, ValueError):
+                return text
+        return _REF.sub(lambda m: evidence.get(int(m.group(1)), m.group(0)), value)
+    if isinstance(value, dict):
+        return {k: substitute(v, evidence) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, evidence) for v in value]
+    return value

@@ -185,8 +185,8 @@ class PluginManager:
                     info.error = None
             for kind in hookspecs.KINDS:
                 hook = getattr(self._pm.hook, f"register_{kind}")
-                # pluggy calls the last-registered first; reverse so built-ins register first.
-                for impl in reversed(hook.get_hookimpls()):
+                # get_hookimpls() lists in registration order: built-ins first, so they win name clashes.
+                for impl in hook.get_hookimpls():
                     plugin_name = self._pm.get_name(impl.plugin) or "?"
                     register = self._registrar(kind, registry[kind], plugin_name)
                     try:

@@ -17,6 +17,7 @@ import json
 import re
 import time
 import traceback
+import types
 from collections.abc import Awaitable, Callable
 from typing import Any, get_type_hints
 
@@ -200,12 +201,25 @@ def _run_coroutine_sync(coro: Awaitable[ToolResult]) -> ToolResult:
     return _pool.submit(asyncio.run, coro).result()  # type: ignore[arg-type]
 
 
-def _args_model_from_signature(fn: Callable[..., Any], name: str, arg_docs: dict[str, str]) -> type[BaseModel]:
-    sig = inspect.signature(fn)
+def _parameter_hints(fn: Callable[..., Any], name: str) -> dict[str, Any]:
+    """Resolve the parameters' type hints; the return annotation is irrelevant and may not resolve."""
     try:
-        hints = get_type_hints(fn)
+        return get_type_hints(fn)
+    except Exception:
+        pass
+    raw = dict(getattr(fn, "__annotations__", {}))
+    raw.pop("return", None)
+    # get_type_hints reads __annotations__ and __globals__ from any object: give it the parameters only.
+    shim = types.SimpleNamespace(__annotations__=raw, __globals__=getattr(fn, "__globals__", {}))
+    try:
+        return get_type_hints(shim)
     except Exception as exc:
         raise ToolError(f"cannot read the type hints of tool '{name}': {exc}") from None
+
+
+def _args_model_from_signature(fn: Callable[..., Any], name: str, arg_docs: dict[str, str]) -> type[BaseModel]:
+    sig = inspect.signature(fn)
+    hints = _parameter_hints(fn, name)
     fields: dict[str, Any] = {}
     for pname, param in sig.parameters.items():
         if pname in ("self", "cls"):

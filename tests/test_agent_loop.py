@@ -1,0 +1,359 @@
+"""The agent loop end to end with ScriptedModel: every protocol, every way a step can go wrong.
+
+ScriptedModel stands in for the model only to drive the loop's logic here; the
+real-model agent tests live with the runtimes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+from pydantic import BaseModel
+
+from hanlin import (
+    Agent,
+    Completion,
+    ConfigurationError,
+    ErrorEvent,
+    FinalAnswer,
+    Message,
+    ProtocolError,
+    RunFinished,
+    ScriptedModel,
+    StepStarted,
+    TokenDelta,
+    ToolCall,
+    ToolCallEvent,
+    ToolResultEvent,
+    load_traces,
+    tool,
+)
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers.
+
+    Args:
+        a: the first number
+        b: the second number
+    """
+    return a + b
+
+
+@tool
+def explode(reason: str) -> str:
+    """Always fails.
+
+    Args:
+        reason: why
+    """
+    raise RuntimeError(f"boom: {reason}")
+
+
+@tool(timeout=0.2)
+def slow(seconds: float) -> str:
+    """Sleeps.
+
+    Args:
+        seconds: how long
+    """
+    time.sleep(seconds)
+    return "woke up"
+
+
+def react(action: str, args: dict) -> str:
+    return f"Thought: I will use {action}\nAction: {action}\nAction Input: {json.dumps(args)}"
+
+
+def kinds(events) -> list[str]:
+    return [e.type for e in events if e.type != "token"]
+
+
+# ---- ReAct ----------------------------------------------------------------------------------------
+
+
+def test_react_calls_tool_feeds_observation_and_answers() -> None:
+    model = ScriptedModel([react("add", {"a": 2, "b": 3}), "Thought: done\nFinal Answer: 5"])
+    result = Agent(model, [add]).run("What is 2 + 3?")
+    assert result.status == "answered" and result.output == "5"
+    assert kinds(result.events) == [
+        "step_started", "tool_call", "tool_result", "step_started", "final_answer", "run_finished"
+    ]
+    call = next(e for e in result.events if isinstance(e, ToolCallEvent)).call
+    assert call.name == "add" and call.arguments == {"a": 2, "b": 3}
+    # the observation reached the model in its second prompt
+    second_prompt = model.calls[1][0]
+    assert second_prompt[-1].role == "user" and second_prompt[-1].content == "Observation: 5"
+    # the trace keeps the tool call structured, and the tool turn answers it
+    roles = [m.role for m in result.messages]
+    assert roles == ["user", "assistant", "tool", "assistant"]
+    assert result.messages[2].tool_call_id == result.messages[1].tool_calls[0].id
+    # tokens were streamed, and joined they are the model's text
+    tokens = "".join(e.text for e in result.events if isinstance(e, TokenDelta) and e.step == 1)
+    assert tokens == result.messages[1].content
+
+
+def test_react_asks_for_stop_sequence_and_grammar() -> None:
+    model = ScriptedModel(["Thought: x\nFinal Answer: ok"])
+    Agent(model, [add]).run("hi")
+    params = model.calls[0][1]
+    assert "Observation:" in "".join(params.stop)
+    assert params.constraint is not None and params.constraint.grammar is not None
+    assert '"add"' in params.constraint.grammar
+    # with constraints switched off, none is sent
+    model = ScriptedModel(["Thought: x\nFinal Answer: ok"])
+    Agent(model, [add], constrained=False).run("hi")
+    assert model.calls[0][1].constraint is None
+
+
+def test_sync_and_async_agree() -> None:
+    script = [react("add", {"a": 1, "b": 1}), "Thought: ok\nFinal Answer: 2"]
+    sync = Agent(ScriptedModel(script), [add]).run("1+1")
+    async_ = asyncio.run(Agent(ScriptedModel(script), [add]).arun("1+1"))
+    streamed = list(Agent(ScriptedModel(script), [add]).stream("1+1"))
+
+    async def collect():
+        return [e async for e in Agent(ScriptedModel(script), [add]).astream("1+1")]
+
+    astreamed = asyncio.run(collect())
+    assert sync.output == async_.output == "2"
+    assert kinds(sync.events) == kinds(async_.events) == kinds(streamed) == kinds(astreamed)
+    assert [m.content for m in sync.messages] == [m.content for m in async_.messages]
+
+
+def test_run_works_inside_a_running_event_loop() -> None:
+    async def main():
+        return Agent(ScriptedModel(["Thought: x\nFinal Answer: yes"]), [add]).run("q")
+
+    assert asyncio.run(main()).output == "yes"
+
+
+def test_stream_can_be_abandoned_early() -> None:
+    agent = Agent(ScriptedModel([react("add", {"a": 1, "b": 2}), "Final Answer: 3"]), [add])
+    stream = agent.stream("q")
+    first = next(stream)
+    assert isinstance(first, StepStarted)
+    stream.close()  # must not hang or leak the background loop
+
+
+# ---- failures the loop must survive ---------------------------------------------------------------
+
+
+def test_tool_that_raises_becomes_an_observation() -> None:
+    model = ScriptedModel([react("explode", {"reason": "test"}), "Thought: it failed\nFinal Answer: could not"])
+    result = Agent(model, [explode]).run("go")
+    assert result.status == "answered"
+    tool_msg = result.messages[2]
+    assert tool_msg.is_error and "RuntimeError: boom: test" in tool_msg.content
+    assert model.calls[1][0][-1].content.startswith("Observation: Error: tool 'explode' raised RuntimeError")
+    assert any(isinstance(e, ErrorEvent) and e.kind == "tool_failed" for e in result.events)
+
+
+def test_tool_timeout_becomes_an_observation() -> None:
+    model = ScriptedModel([react("slow", {"seconds": 2}), "Final Answer: gave up waiting"])
+    started = time.perf_counter()
+    result = Agent(model, [slow]).run("go")
+    assert time.perf_counter() - started < 1.5
+    assert result.status == "answered"
+    assert "did not finish within 0.2 s" in result.messages[2].content
+
+
+def test_unknown_tool_and_invalid_arguments_are_corrected() -> None:
+    model = ScriptedModel(
+        [
+            react("multiply", {"a": 2}),
+            react("add", {"a": "two", "b": 3}),
+            react("add", {"a": 2, "b": 3}),
+            "Final Answer: 5",
+        ]
+    )
+    result = Agent(model, [add]).run("2+3")
+    assert result.status == "answered" and result.output == "5"
+    errors = [e for e in result.events if isinstance(e, ErrorEvent)]
+    assert [e.kind for e in errors] == ["unknown_tool", "invalid_arguments"]
+    assert "no tool named 'multiply'. Available tools: add" in model.calls[1][0][-1].content
+    assert "invalid arguments for tool 'add': a:" in model.calls[2][0][-1].content
+
+
+def test_arguments_are_coerced_before_the_call() -> None:
+    model = ScriptedModel([react("add", {"a": "2", "b": 3.0}), "Final Answer: 5"])
+    result = Agent(model, [add]).run("2+3")
+    assert result.messages[2].content == "5"
+
+
+def test_malformed_output_retries_then_gives_up_keeping_everything() -> None:
+    model = ScriptedModel(["I think it's 5", "Still 5", "5!"])
+    result = Agent(model, [add], max_retries=2).run("2+3")
+    assert result.status == "gave_up"
+    assert "could not be parsed 3 times" in (result.error or "")
+    assert len(model.calls) == 3
+    # every attempt and every correction is in the transcript
+    assert [m.content for m in result.messages if m.role == "assistant"] == ["I think it's 5", "Still 5", "5!"]
+    final_errors = [e for e in result.events if isinstance(e, ErrorEvent) and not e.recoverable]
+    assert len(final_errors) == 1 and result.events[-1].status == "gave_up"
+
+
+def test_a_good_step_resets_the_retry_budget() -> None:
+    model = ScriptedModel(["nonsense", react("add", {"a": 1, "b": 1}), "nonsense", "Final Answer: 2"])
+    result = Agent(model, [add], max_retries=1).run("1+1")
+    assert result.status == "answered"
+
+
+def test_model_looping_until_max_steps() -> None:
+    model = ScriptedModel(lambda messages, params: react("add", {"a": 1, "b": 1}))
+    result = Agent(model, [add], max_steps=4).run("loop")
+    assert result.status == "gave_up" and result.steps == 4
+    assert "max_steps=4" in result.error
+    assert sum(1 for m in result.messages if m.role == "tool") == 4
+
+
+def test_model_failure_ends_in_error_state() -> None:
+    model = ScriptedModel([react("add", {"a": 1, "b": 1})])  # runs out after one reply
+    result = Agent(model, [add]).run("q")
+    assert result.status == "error"
+    assert "ScriptedModel 'scripted' was called 2 times" in result.error
+    assert [m.role for m in result.messages] == ["user", "assistant", "tool"]
+
+
+def test_bad_agent_configuration() -> None:
+    with pytest.raises(ConfigurationError, match="max_steps"):
+        Agent(ScriptedModel([]), [add], max_steps=0)
+    with pytest.raises(ConfigurationError, match="unknown protocol 'reactt'.*Did you mean 'react'"):
+        Agent(ScriptedModel([]), [add], protocol="reactt")
+
+
+# ---- structured output ------------------------------------------------------------------------
+
+
+class Answer(BaseModel):
+    value: int
+    unit: str
+
+
+def test_output_type_validates_and_retries() -> None:
+    model = ScriptedModel(
+        ['Final Answer: {"value": "lots"}', 'Thought: fix\nFinal Answer: ```json\n{"value": 5, "unit": "kg"}\n```']
+    )
+    result = Agent(model, [add], output_type=Answer).run("weight?")
+    assert result.status == "answered"
+    assert result.output == Answer(value=5, unit="kg")
+    assert "must be JSON matching this schema" in model.calls[1][0][-1].content
+    record = result.to_record()
+    assert record["output"] == {"value": 5, "unit": "kg"}
+
+
+# ---- sessions and traces ----------------------------------------------------------------------
+
+
+def test_session_memory_across_runs(tmp_path) -> None:
+    model = ScriptedModel(["Final Answer: Hello Ada", "Final Answer: Your name is Ada"])
+    agent = Agent(model, [add])
+    agent.run("My name is Ada", session_id="s1")
+    second = agent.run("What is my name?", session_id="s1")
+    prompt = model.calls[1][0]
+    assert any(m.content == "My name is Ada" for m in prompt)
+    assert [m.content for m in second.messages if m.role == "user"] == ["My name is Ada", "What is my name?"]
+    agent.reset("s1")
+    assert agent.history("s1") == []
+
+
+def test_trace_roundtrip(tmp_path) -> None:
+    model = ScriptedModel([react("add", {"a": 2, "b": 2}), "Final Answer: 4"])
+    result = Agent(model, [add]).run("2+2")
+    path = result.save_trace(tmp_path / "runs.jsonl")
+    result.save_trace(path)  # appending builds a dataset
+    loaded = load_traces(path)
+    assert len(loaded) == 2
+    assert loaded[0].messages == result.messages
+    assert [e.type for e in loaded[0].events] == [e.type for e in result.events]
+    # the messages are OpenAI-convertible as they are
+    assert loaded[0].messages[1].to_openai()["tool_calls"][0]["function"]["name"] == "add"
+    (tmp_path / "bad.jsonl").write_text('{"messages": []}\nnot json\n')
+    with pytest.raises(ConfigurationError, match="bad.jsonl:1"):
+        load_traces(tmp_path / "bad.jsonl")
+
+
+# ---- ReWOO ------------------------------------------------------------------------------------
+
+
+def test_rewoo_runs_independent_steps_concurrently() -> None:
+    spans: dict[str, tuple[float, float]] = {}
+
+    @tool
+    async def fetch(key: str) -> str:
+        """Fetch a value.
+
+        Args:
+            key: which value
+        """
+        start = time.perf_counter()
+        await asyncio.sleep(0.3)
+        spans[key] = (start, time.perf_counter())
+        return {"a": "3", "b": "4"}[key]
+
+    plan = (
+        'Plan: get a\n#E1 = fetch[{"key": "a"}]\n'
+        'Plan: get b\n#E2 = fetch[{"key": "b"}]\n'
+        'Plan: add\n#E3 = add[{"a": "#E1", "b": "#E2"}]'
+    )
+    model = ScriptedModel([plan, "7"])
+    result = Agent(model, [fetch, add], protocol="rewoo").run("a + b?")
+    assert result.status == "answered" and result.output == "7"
+    (a0, a1), (b0, b1) = spans["a"], spans["b"]
+    assert a0 < b1 and b0 < a1, "the two independent fetches did not overlap"
+    tool_msgs = [m for m in result.messages if m.role == "tool"]
+    assert [m.content for m in tool_msgs] == ["3", "4", "7"]
+    solver_prompt = model.calls[1][0][-1].content
+    assert "#E3 = add" in solver_prompt and "Evidence: 7" in solver_prompt
+    phases = [e.phase for e in result.events if isinstance(e, StepStarted)]
+    assert phases == ["plan", "work", "solve"]
+
+
+def test_rewoo_replans_after_malformed_plan_and_skips_dependents_of_failures() -> None:
+    plan = 'Plan: fail\n#E1 = explode[{"reason": "x"}]\nPlan: use it\n#E2 = add[{"a": "#E1", "b": 1}]'
+    model = ScriptedModel(["#E1 = nothing here", plan, "it failed"])
+    result = Agent(model, [explode, add], protocol="rewoo").run("q")
+    assert result.status == "answered"
+    tool_msgs = [m for m in result.messages if m.role == "tool"]
+    assert tool_msgs[0].is_error and "boom" in tool_msgs[0].content
+    assert tool_msgs[1].is_error and "depends on #E1, which failed" in tool_msgs[1].content
+    assert "That plan could not be used" in model.calls[1][0][-1].content
+
+
+def test_rewoo_gives_up_after_bounded_replans() -> None:
+    model = ScriptedModel(["#E1 bad"] * 3)
+    result = Agent(model, [add], protocol="rewoo", max_retries=2).run("q")
+    assert result.status == "gave_up" and len(model.calls) == 3
+
+
+# ---- native tool calling --------------------------------------------------------------------------
+
+
+def test_native_tool_calling() -> None:
+    calls = [ToolCall(name="add", arguments={"a": 20, "b": 22}), ToolCall(name="add", arguments={"a": 1, "b": 1})]
+    model = ScriptedModel([Completion(tool_calls=calls), "42 and 2"])
+    result = Agent(model, [add], protocol="tools").run("sums")
+    assert result.status == "answered" and result.output == "42 and 2"
+    params = model.calls[0][1]
+    assert params.tools[0]["function"]["name"] == "add"
+    second = model.calls[1][0]
+    assert [m.role for m in second[-3:]] == ["assistant", "tool", "tool"]
+    assert [m.content for m in second[-2:]] == ["42", "2"]
+
+
+def test_native_protocol_refuses_a_model_without_tool_calls() -> None:
+    with pytest.raises(ProtocolError, match="use protocol='react'"):
+        Agent(ScriptedModel([], native_tools=False), [add], protocol="tools")
+
+
+def test_openai_dict_messages_are_accepted_by_models() -> None:
+    model = ScriptedModel(["hi"])
+    completion = model.generate([{"role": "user", "content": "hello"}], stop="x", max_tokens=5)
+    assert completion.text == "hi" and model.calls[0][0] == [Message.user("hello")]
+    with pytest.raises(ConfigurationError, match="role must be one of"):
+        model.generate([{"role": "robot", "content": "x"}])

@@ -1,0 +1,102 @@
+"""ReWOO plan parsing and evidence substitution."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hanlin import ParseError, tool
+from hanlin.plugins.protocols.rewoo_parser import parse_plan, substitute
+
+
+@tool
+def calculator(expression: str) -> str:
+    """Evaluate arithmetic.
+
+    Args:
+        expression: the expression
+    """
+    return expression
+
+
+@tool
+def lookup(key: str, field: str = "value") -> str:
+    """Look up a key.
+
+    Args:
+        key: the key
+        field: which field
+    """
+    return key
+
+
+TOOLS = {"calculator": calculator, "lookup": lookup}
+
+
+def test_plan_with_dependencies() -> None:
+    text = (
+        "Plan: find a\n#E1 = lookup[{\"key\": \"a\"}]\n"
+        "Plan: find b\n#E2 = lookup[{\"key\": \"b\"}]\n"
+        "Plan: add them\n#E3 = calculator[{\"expression\": \"#E1 + #E2\"}]"
+    )
+    steps = parse_plan(text, TOOLS)
+    assert [s.id for s in steps] == [1, 2, 3]
+    assert [s.depends_on for s in steps] == [set(), set(), {1, 2}]
+    assert steps[2].description == "add them"
+
+
+def test_bare_argument_for_one_parameter_tool() -> None:
+    steps = parse_plan("#E1 = calculator[2 + 2]", TOOLS)
+    assert steps[0].arguments == {"expression": "2 + 2"}
+
+
+def test_no_steps_means_no_tools_needed() -> None:
+    assert parse_plan("Plan: I can answer directly.", TOOLS) == []
+
+
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("", "empty"),
+        ("#E1 = calculator{\"expression\": \"1\"}", "not a valid step"),
+        ("#E1 = calculator[{\"expression\": \"1\"}]\n#E1 = calculator[{\"expression\": \"2\"}]", "defined twice"),
+        ("#E1 = weather[{\"city\": \"x\"}]", "unknown tool 'weather'"),
+        ("#E1 = calculator[{\"expression\": \"#E2\"}]\n#E2 = calculator[{\"expression\": \"1\"}]", "before it is defined"),
+        ("#E1 = lookup[{\"key\": \"a\"]", "not valid JSON"),
+        ("#E1 = lookup[just words]", "must be a JSON object"),
+        ("#E1 = lookup[{\"key\": \"a\"} extra]", "unexpected text"),
+    ],
+)
+def test_bad_plans(text: str, fragment: str) -> None:
+    with pytest.raises(ParseError) as info:
+        parse_plan(text, TOOLS)
+    assert fragment in str(info.value)
+
+
+def test_too_many_steps() -> None:
+    text = "\n".join(f'#E{i} = calculator[{{"expression": "{i}"}}]' for i in range(1, 6))
+    with pytest.raises(ParseError, match="at most 3"):
+        parse_plan(text, TOOLS, max_steps=3)
+
+
+def test_substitute() -> None:
+    evidence = {1: "12", 2: "Paris", 12: "x"}
+    assert substitute({"a": "#E1", "b": "#E2 is big", "c": ["#E12"], "d": 3}, evidence) == {
+        "a": 12,  # a whole-string reference to a number becomes a number
+        "b": "Paris is big",
+        "c": ["x"],
+        "d": 3,
+    }
+    assert substitute("#E9 stays", evidence) == "#E9 stays"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=15), st.sampled_from(["#E1", "#E2", " = ", "calculator", "[", "]", "{", "}", "Plan:", "\n", '"'])), max_size=14).map("".join))
+def test_any_text_parses_or_raises_parse_error(text: str) -> None:
+    try:
+        steps = parse_plan(text, TOOLS)
+    except ParseError:
+        return
+    for step in steps:
+        assert step.tool in TOOLS and isinstance(step.arguments, dict)

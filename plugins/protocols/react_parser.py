@@ -53,7 +53,8 @@ def parse_react(text: str, tools: Mapping[str, Any] | None = None) -> ReactStep:
     thought = _thought(body, min(m.start() for m in (action_m, final_m) if m) if (action_m or final_m) else len(body))
 
     if final_m and (action_m is None or final_m.start() < action_m.start()):
-        answer = body[final_m.end() :].strip()
+        end = action_m.start() if action_m else len(body)  # an action after the answer is invented
+        answer = body[final_m.end() : end].strip()
         if not answer:
             raise ParseError("'Final Answer:' is followed by nothing", hint="Write the answer after 'Final Answer:'.", text=text)
         return ReactStep(thought=thought, final=answer)

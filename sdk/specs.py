@@ -57,6 +57,8 @@ class RuntimeSpec:
     description: str = ""
     extra: str = ""
     priority: int = 100
+    # `hanlin bench NAME` calls bench(**options) -> list of result tables (BenchTable); None: no benchmarks.
+    bench: Callable[..., Any] | None = None
 
 
 @dataclass(slots=True)

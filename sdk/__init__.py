@@ -17,6 +17,7 @@ from hanlin.errors import (
     PluginError,
     ProtocolError,
     ToolError,
+    ToolInputError,
 )
 from hanlin.events import (
     ErrorEvent,
@@ -47,7 +48,7 @@ __all__ = [
     "GenerationParams", "HanlinError", "Message", "ModelError", "ModelNotInstalledError", "ModelSpec",
     "ParseError", "PluginError", "PluginManager", "ProtocolError", "RunContext", "RunFinished", "RunResult",
     "RuntimeSpec", "ScriptedModel", "StepProtocol", "StepStarted", "TokenDelta", "Tool", "ToolCall",
-    "ToolCallEvent", "ToolError", "ToolResult", "ToolResultEvent", "ToolSpec", "Toolkit", "Usage",
+    "ToolCallEvent", "ToolError", "ToolInputError", "ToolResult", "ToolResultEvent", "ToolSpec", "Toolkit", "Usage",
     "hookimpl", "load_model", "load_protocol", "load_tool", "load_tools", "load_traces", "parse_event",
     "get_plugin_manager", "resolve_model", "tool",
 ]

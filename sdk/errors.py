@@ -41,6 +41,10 @@ class ToolError(HanlinError):
     """
 
 
+class ToolInputError(HanlinError, ValueError):
+    """Raised inside a tool for input it cannot use; the message goes to the model as-is, without a traceback."""
+
+
 class ParseError(HanlinError):
     """Model output that does not follow the protocol's format.
 

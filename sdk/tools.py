@@ -24,7 +24,7 @@ from typing import Any, get_type_hints
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from hanlin.docstrings import parse_docstring
-from hanlin.errors import ToolError
+from hanlin.errors import ToolError, ToolInputError
 
 DEFAULT_TIMEOUT_S = 30.0
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
@@ -140,6 +140,8 @@ class Tool:
         return ToolResult(content=_to_text(value), data=value)
 
     def _failure(self, exc: BaseException) -> ToolResult:
+        if isinstance(exc, ToolInputError):
+            return ToolResult.error(f"{self.name}: {exc}")
         frames = traceback.extract_tb(exc.__traceback__)[-3:]
         where = "".join(traceback.format_list(frames)).rstrip()
         return ToolResult.error(

@@ -57,12 +57,27 @@ def test_two_schemas_with_same_def_names_coexist() -> None:
     assert a != b and builder.rules[a] != builder.rules[b]
 
 
-@requires_llama
-@pytest.mark.parametrize("name", sorted(SCHEMAS))
-def test_llama_cpp_accepts_every_grammar(name: str) -> None:
+def assert_parses(llm, grammar: str) -> None:
+    """Compile the grammar in llama.cpp itself (LlamaGrammar.from_string only stores the text)."""
     import llama_cpp
 
-    llama_cpp.LlamaGrammar.from_string(json_schema_grammar(SCHEMAS[name]), verbose=False)
+    sampler = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, grammar.encode(), b"root")
+    assert sampler, f"llama.cpp rejected the grammar:\n{grammar}"
+    llama_cpp.llama_sampler_free(sampler)
+
+
+@requires_llama
+@requires_smollm2
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_llama_cpp_accepts_every_grammar(raw_smollm2, name: str) -> None:
+    assert_parses(raw_smollm2, json_schema_grammar(SCHEMAS[name]))
+
+
+@requires_llama
+@requires_smollm2
+def test_llama_cpp_rejects_a_broken_grammar(raw_smollm2) -> None:
+    with pytest.raises(AssertionError, match="rejected"):
+        assert_parses(raw_smollm2, "root ::= undefined-rule")
 
 
 def _validate(schema_name: str, value) -> None:
@@ -115,9 +130,8 @@ simple_schemas = st.recursive(
 
 
 @requires_llama
+@requires_smollm2
 @settings(max_examples=60, deadline=None)
-@given(simple_schemas)
-def test_random_schemas_always_give_a_grammar_llama_cpp_parses(schema) -> None:
-    import llama_cpp
-
-    llama_cpp.LlamaGrammar.from_string(json_schema_grammar(schema), verbose=False)
+@given(schema=simple_schemas)
+def test_random_schemas_always_give_a_grammar_llama_cpp_parses(raw_smollm2, schema) -> None:
+    assert_parses(raw_smollm2, json_schema_grammar(schema))

@@ -88,7 +88,7 @@ def test_react_calls_tool_feeds_observation_and_answers() -> None:
     assert call.name == "add" and call.arguments == {"a": 2, "b": 3}
     # the observation reached the model in its second prompt
     second_prompt = model.calls[1][0]
-    assert second_prompt[-1].role == "user" and second_prompt[-1].content == "Observation: 5"
+    assert second_prompt[-1].role == "user" and second_prompt[-1].content.startswith("Observation: 5\n")
     # the trace keeps the tool call structured, and the tool turn answers it
     roles = [m.role for m in result.messages]
     assert roles == ["user", "assistant", "tool", "assistant"]

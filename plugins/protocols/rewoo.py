@@ -28,20 +28,20 @@ class ReWOO(AgentProtocol):
 
     # ---- prompts ---------------------------------------------------------------------------
     def planner_prompt(self, ctx: RunContext) -> list[Message]:
-        first_tool = next(iter(ctx.tools), "tool")
         system = "\n\n".join(
             [
                 ctx.options.instructions or "You are a planner that solves tasks with tools.",
                 f"Tools:\n{describe_tools(ctx)}",
                 "Write a plan that gets the evidence needed for the task. For each step write two lines:\n"
                 "Plan: <what this step does>\n"
-                f"#E<n> = <tool>[<arguments as one JSON object>]\n"
+                "#E<n> = <tool>[<arguments as one JSON object>]\n"
                 "Number steps #E1, #E2, ... A later step may use an earlier result by writing #E<n> inside a "
-                "string argument. Write only the plan; do not answer the task. Example:\n"
-                "Plan: look up the first value\n"
-                f'#E1 = {first_tool}[{{"...": "..."}}]\n'
-                "Plan: use it in the next step\n"
-                f'#E2 = {first_tool}[{{"...": "#E1 ..."}}]',
+                "string argument. Use as few steps as the task needs. Write only the plan; do not answer.\n\n"
+                "Example, for another task and with tools you may not have:\n"
+                "Plan: find the population of France\n"
+                '#E1 = search[{"query": "population of France"}]\n'
+                "Plan: express it in millions\n"
+                '#E2 = calculator[{"expression": "#E1 / 1000000"}]',
             ]
         )
         history = [m for m in ctx.messages[:-1] if m.role == "user" or (m.role == "assistant" and not m.tool_calls)]

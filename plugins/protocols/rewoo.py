@@ -70,7 +70,7 @@ class ReWOO(AgentProtocol):
         g = GrammarBuilder()
         args = g.schema({"type": "object"}, "args")
         names = " | ".join(gbnf_literal(n) for n in ctx.tools)
-        g.add("step", f'{gbnf_literal("Plan: ")} [^\\n]{{1,200}} "\\n#E" [1-9] [0-9]? " = " ( {names} ) "[" {args} "]"')
+        g.add("step", f'{gbnf_literal("Plan: ")} [^\\n]+ "\\n#E" [1-9] [0-9]? " = " ( {names} ) "[" {args} "]"')
         g.add("root", f'step ( "\\n" step ){{0,{self.max_plan_steps - 1}}}')
         return Constraint(grammar=g.render("root"))
 

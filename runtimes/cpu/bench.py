@@ -97,9 +97,11 @@ class _Recorder(ChatModel):
 
 def _actions_only(steps: int):
     """A ReAct variant whose grammar forbids the final answer before step ``steps``."""
-    from hanlin.plugins.protocols.react import ReAct
+    from hanlin import get_plugin_manager
 
-    class ActionsFirst(ReAct):
+    react = get_plugin_manager().get("protocols", "react")  # runtimes reach plugins only through the manager
+
+    class ActionsFirst(react):  # type: ignore[misc, valid-type]
         def constraint(self, ctx: RunContext) -> Constraint | None:
             constraint = super().constraint(ctx)
             if constraint is None or ctx.step >= steps:

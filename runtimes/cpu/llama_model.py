@@ -32,6 +32,7 @@ from hanlin import (
 from hanlin.grammar import json_schema_grammar
 
 from hanlin.runtimes.chat_format import parse_hermes_tool_calls, render_chat, render_plain
+from hanlin.runtimes.cpu.sampling import GrammarFirstSampler, decode
 from hanlin.runtimes.text_stream import StopScanner
 
 DEFAULT_MAX_TOKENS = 512
@@ -124,14 +125,14 @@ class LlamaChatModel(ChatModel):
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
     # ---- constraints -------------------------------------------------------------------------
-    def _grammar(self, params: GenerationParams) -> Any:
+    def _grammar(self, params: GenerationParams) -> str | None:
+        """The GBNF text to decode under, checked once per distinct grammar."""
         import llama_cpp
 
         if params.constraint is None:
             return None
         text = params.constraint.grammar or json_schema_grammar(params.constraint.json_schema or {})
         if text not in self._valid_grammars:
-            # LlamaGrammar only stores the text; compile it here so a bad grammar is an error, not a crash.
             sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, text.encode("utf-8"), b"root")
             if not sampler:
                 raise ConfigurationError(
@@ -140,7 +141,7 @@ class LlamaChatModel(ChatModel):
                 )
             llama_cpp.llama_sampler_free(sampler)
             self._valid_grammars.add(text)
-        return llama_cpp.LlamaGrammar.from_string(text, verbose=False)
+        return text
 
     # ---- the KV cache ------------------------------------------------------------------------
     def _reuse_prefix(self, tokens: list[int]) -> int:
@@ -176,7 +177,7 @@ class LlamaChatModel(ChatModel):
             yield from self._decode(tokens, params, grammar, temperature, max_tokens)
 
     def _decode(
-        self, tokens: list[int], params: GenerationParams, grammar: Any, temperature: float, max_tokens: int
+        self, tokens: list[int], params: GenerationParams, grammar: str | None, temperature: float, max_tokens: int
     ) -> Iterator[Chunk]:
         import llama_cpp
 
@@ -184,51 +185,53 @@ class LlamaChatModel(ChatModel):
         llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
         reused = self._reuse_prefix(tokens)
         scanner = StopScanner(list(params.stop))
-        generated = 0
-        finish = "length"
-        text_parts: list[str] = []
-        stream_text = not self._hermes or not params.tools
-        for token in llm.generate(
-            tokens[reused:],
-            reset=False,
-            temp=temperature,
-            top_p=params.top_p if params.top_p is not None else 0.95,
+        parts: list[str] = []
+        stream_text = not self._hermes or not params.tools  # tool-call output is parsed whole, then sent
+        sampler = GrammarFirstSampler(
+            llm, self._vocab, grammar, temperature=temperature,
             top_k=params.top_k if params.top_k is not None else 40,
-            min_p=0.05 if temperature > 0 else 0.0,
-            repeat_penalty=self.repeat_penalty,
-            grammar=grammar,
-        ):
-            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                finish = "stop"
-                break
-            generated += 1
-            delta = scanner.feed(llm.detokenize([token], special=True))  # keep <tool_call> and similar markers
-            if delta:
-                text_parts.append(delta)
-                if stream_text:
-                    yield Chunk(text=delta)
-            if scanner.stopped:
-                finish = "stop"
-                break
-            if generated >= max_tokens:
-                break
+            top_p=params.top_p if params.top_p is not None else 0.95,
+            min_p=0.05 if temperature > 0 else 0.0, repeat_penalty=self.repeat_penalty,
+        )
+        sampled = decode(llm, sampler, tokens[reused:], max_tokens + 1)
+        generated, finish = 0, "length"
+        try:
+            for token in sampled:
+                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                    finish = "stop"
+                    break
+                generated += 1
+                # special=True keeps markers such as <tool_call> that the tool-call parser needs
+                delta = scanner.feed(llm.detokenize([token], special=True))
+                if delta:
+                    parts.append(delta)
+                    if stream_text:
+                        yield Chunk(text=delta)
+                if scanner.stopped:
+                    finish = "stop"
+                    break
+                if generated >= max_tokens:
+                    break
+        finally:
+            sampled.close()
+            sampler.close()
         tail = scanner.finish()
         if tail:
-            text_parts.append(tail)
+            parts.append(tail)
             if stream_text:
                 yield Chunk(text=tail)
+        tool_calls = []
+        if not stream_text:
+            names = [t.get("function", t).get("name") for t in params.tools or []]
+            text, tool_calls = parse_hermes_tool_calls("".join(parts), names)
+            if text:
+                yield Chunk(text=text)
         usage = Usage(
             prompt_tokens=len(tokens),
             completion_tokens=generated,
             prompt_tokens_evaluated=len(tokens) - reused,
             prompt_tokens_reused=reused,
         )
-        tool_calls = []
-        if not stream_text:
-            names = [t.get("function", t).get("name") for t in params.tools or []]
-            text, tool_calls = parse_hermes_tool_calls("".join(text_parts), names)
-            if text:
-                yield Chunk(text=text)
         yield Chunk(finish_reason="tool_calls" if tool_calls else finish, usage=usage, tool_calls=tool_calls)
 
     def close(self) -> None:

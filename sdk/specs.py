@@ -39,6 +39,7 @@ class ModelSpec:
     provenance: str = ""
     aliases: tuple[str, ...] = ()
     default_params: dict[str, Any] = field(default_factory=dict)
+    where: Callable[[], str] | None = None  # where the weights are (or will be), cheaply, for listings
 
 
 @dataclass(slots=True)

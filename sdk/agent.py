@@ -152,15 +152,22 @@ class Agent:
                 self._sessions.pop(session_id, None)
 
     # ---- running -----------------------------------------------------------------------
-    async def astream(self, task: str | Message, *, session_id: str | None = None) -> AsyncIterator[Event]:
-        """Run the agent, yielding events as they happen; the last one is ``RunFinished``."""
-        async for event in self._astream(task, session_id, None):
+    async def astream(
+        self, task: str | Message, *, session_id: str | None = None, history: list[Message] | None = None
+    ) -> AsyncIterator[Event]:
+        """Run the agent, yielding events as they happen; the last one is ``RunFinished``.
+
+        ``history`` gives earlier turns explicitly (e.g. from an API request) instead of a stored session.
+        """
+        async for event in self._astream(task, session_id, None, history):
             yield event
 
     async def _astream(
-        self, task: str | Message, session_id: str | None, sink: list[RunResult] | None
+        self, task: str | Message, session_id: str | None, sink: list[RunResult] | None,
+        history: list[Message] | None = None,
     ) -> AsyncIterator[Event]:
-        history = self.history(session_id) if session_id else []
+        if history is None:
+            history = self.history(session_id) if session_id else []
         message = task if isinstance(task, Message) else Message.user(task)
         events: asyncio.Queue[Event | None] = asyncio.Queue()
         seen: list[Event] = []
@@ -218,11 +225,12 @@ class Agent:
                 await asyncio.gather(task_handle, return_exceptions=True)
 
     async def arun(
-        self, task: str | Message, *, session_id: str | None = None, on_event: Callable[[Event], None] | None = None
+        self, task: str | Message, *, session_id: str | None = None, on_event: Callable[[Event], None] | None = None,
+        history: list[Message] | None = None,
     ) -> RunResult:
         """Run to the end; ``on_event`` sees every event as it happens (for progress display)."""
         sink: list[RunResult] = []
-        async for event in self._astream(task, session_id, sink):
+        async for event in self._astream(task, session_id, sink, history):
             if on_event is not None:
                 on_event(event)
         return sink[0]

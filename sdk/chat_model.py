@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -105,6 +105,38 @@ def completion_from_chunks(chunks: Iterable[Chunk]) -> Completion:
     )
 
 
+async def _threaded(make: Callable[[], Iterator[Chunk]]) -> AsyncIterator[Chunk]:
+    """Drive a blocking chunk iterator in a worker thread; stop it when the consumer goes away."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    cancelled = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in make():
+                if cancelled.is_set():
+                    break
+                loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
+        except BaseException as exc:  # handed to the consumer, re-raised there
+            loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+        else:
+            loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+
+    worker = loop.run_in_executor(None, produce)
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == "chunk":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                break
+    finally:
+        cancelled.set()
+        await asyncio.shield(worker)
+
+
 def _coerce_params(params: GenerationParams | None, overrides: dict[str, Any]) -> GenerationParams:
     if params is None:
         if "stop" in overrides and isinstance(overrides["stop"], str):
@@ -138,34 +170,8 @@ class ChatModel:
 
     async def _astream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Chunk]:
         """Run the sync stream in a thread and hand chunks to the event loop as they come."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        cancelled = threading.Event()
-
-        def produce() -> None:
-            try:
-                for chunk in self._stream(messages, params):
-                    if cancelled.is_set():
-                        break
-                    loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
-            except BaseException as exc:  # handed to the consumer, re-raised there
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
-            else:
-                loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
-
-        worker = loop.run_in_executor(None, produce)
-        try:
-            while True:
-                kind, value = await queue.get()
-                if kind == "chunk":
-                    yield value
-                elif kind == "error":
-                    raise value
-                else:
-                    break
-        finally:
-            cancelled.set()
-            await asyncio.shield(worker)
+        async for chunk in _threaded(lambda: self._stream(messages, params)):
+            yield chunk
 
     # ---- the public API ------------------------------------------------------------
     def generate(
@@ -189,6 +195,19 @@ class ChatModel:
         self, messages: str | Iterable[MessageLike], params: GenerationParams | None = None, **kwargs: Any
     ) -> AsyncIterator[Chunk]:
         async for chunk in self._astream(to_messages(messages), _coerce_params(params, kwargs)):
+            yield chunk
+
+    # ---- raw text completion (optional: runtimes that own their tokenizer) -----------------------
+    def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
+        raise NotImplementedError(f"model '{self.name}' ({type(self).__name__}) does not support raw text completion")
+
+    def stream_prompt(self, prompt: str, params: GenerationParams | None = None, **kwargs: Any) -> Iterator[Chunk]:
+        """Continue ``prompt`` as plain text, with no chat template."""
+        return self._stream_prompt(prompt, _coerce_params(params, kwargs))
+
+    async def astream_prompt(self, prompt: str, params: GenerationParams | None = None, **kwargs: Any) -> AsyncIterator[Chunk]:
+        params = _coerce_params(params, kwargs)
+        async for chunk in _threaded(lambda: self._stream_prompt(prompt, params)):
             yield chunk
 
     def supports(self, constraint: Constraint | None) -> bool:

@@ -126,9 +126,18 @@ def _default_tools() -> list[str]:
     return [name for name, entry in plugins().tools().items() if isinstance(entry, ToolSpec) and entry.default]
 
 
+def _model_config(base_url: str | None, api_key: str | None) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    if base_url:
+        config["base_url"] = base_url
+    if api_key:
+        config["api_key"] = api_key
+    return config
+
+
 def _build_agent(model: str, runtime: str | None, protocol: str, tool: list[str] | None, max_steps: int,
-                 constrain: bool, temperature: float | None, seed: int | None) -> Agent:
-    chat_model = load_model(model, runtime=runtime)
+                 constrain: bool, temperature: float | None, seed: int | None, config: dict[str, Any] | None = None) -> Agent:
+    chat_model = load_model(model, runtime=runtime, **(config or {}))
     params: dict[str, Any] = {}
     if temperature is not None:
         params["temperature"] = temperature
@@ -142,6 +151,8 @@ def _build_agent(model: str, runtime: str | None, protocol: str, tool: list[str]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model name, alias, .gguf file or HF folder.")]
 RuntimeOpt = Annotated[str | None, typer.Option("--runtime", "-r", help="Runtime to use (default: best available).")]
 ProtocolOpt = Annotated[str, typer.Option("--protocol", "-p", help="Agent protocol: react, rewoo or tools.")]
+BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="Endpoint for --runtime remote, e.g. http://127.0.0.1:8000/v1.")]
+ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", help="API key for --runtime remote.")]
 ToolOpt = Annotated[list[str] | None, typer.Option("--tool", "-t", help="Tool to offer (repeatable; default: the default tools).")]
 
 
@@ -158,10 +169,13 @@ def run_cmd(
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
     trace: Annotated[Path | None, typer.Option(help="Append the run to this JSONL trace file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print only the final result and trace as JSON.")] = False,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Run an agent on one task, streaming its thoughts, tool calls and observations."""
     try:
-        agent = _build_agent(model, runtime, protocol, tool, max_steps, constrain, temperature, seed)
+        agent = _build_agent(model, runtime, protocol, tool, max_steps, constrain, temperature, seed,
+                             _model_config(base_url, api_key))
         result = agent.run(task, on_event=None if as_json else EventPrinter())
     except HanlinError as exc:
         fail(str(exc))
@@ -209,6 +223,41 @@ def chat_cmd(
                     printer(event)
         except HanlinError as exc:
             typer.echo(f"error: {exc}", err=True)
+
+
+# ---- serving -------------------------------------------------------------------------------
+@app.command("serve")
+def serve_cmd(
+    model: ModelOpt = DEFAULT_MODEL,
+    runtime: RuntimeOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    api_key: Annotated[str | None, typer.Option("--api-key", help="Require 'Authorization: Bearer KEY'.")] = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="Also serve an agent under this model name (protocol react, default tools).")] = None,
+    tool: ToolOpt = None,
+    max_queue: Annotated[int, typer.Option(help="Requests queued before answering 429.")] = 32,
+    base_url: BaseUrlOpt = None,
+) -> None:
+    """Serve a model (and optionally an agent) over an OpenAI-compatible API."""
+    try:
+        import uvicorn
+
+        from hanlin.server import create_app
+    except ImportError as exc:
+        fail(f"serving needs the serve extra ({exc.name} is missing): pip install 'hanlin[serve]'")
+        return
+    try:
+        chat_model = load_model(model, runtime=runtime, **_model_config(base_url, None))
+        served_agent = None
+        if agent:
+            served_agent = Agent(chat_model, load_tools(tool if tool else _default_tools()), protocol="react")
+        application = create_app(chat_model, model_name=model, api_key=api_key, agent=served_agent,
+                                 agent_name=agent or "hanlin-agent", max_queue=max_queue)
+    except HanlinError as exc:
+        fail(str(exc))
+        return
+    typer.echo(f"serving {model} at http://{host}:{port}/v1" + (f" (agent: {agent})" if agent else ""), err=True)
+    uvicorn.run(application, host=host, port=port, log_level="warning")
 
 
 # ---- benchmarks -----------------------------------------------------------------------------

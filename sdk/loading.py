@@ -49,8 +49,11 @@ def load_model(name: str | Path | ChatModel, runtime: str | None = None, **confi
     """
     if isinstance(name, ChatModel):
         return name
-    spec = resolve_model(name)
     pm = plugins()
+    if runtime is not None and pm.get("runtimes", runtime).accepts_any_name:
+        remote = ModelSpec(name=str(name), format="remote", locate=lambda: Path(str(name)), installed=lambda: True)
+        return pm.get("runtimes", runtime).load(remote, None, **config)
+    spec = resolve_model(name)
     if runtime is not None:
         chosen = pm.get("runtimes", runtime)
         if spec.format not in chosen.formats:

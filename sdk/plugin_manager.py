@@ -39,6 +39,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "hanlin.plugins.models.catalog",
     "hanlin.runtimes.cpu.plugin",
     "hanlin.runtimes.transformers.plugin",
+    "hanlin.runtimes.remote.plugin",
 )
 
 Source = Literal["builtin", "entry_point", "registered"]

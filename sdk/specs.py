@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from hanlin.chat_model import ChatModel
     from hanlin.tools import Tool
 
-ModelFormat = Literal["gguf", "hf"]
+ModelFormat = Literal["gguf", "hf", "remote"]
 
 
 @dataclass(slots=True)
@@ -60,6 +60,9 @@ class RuntimeSpec:
     priority: int = 100
     # `hanlin bench NAME` calls bench(**options) -> list of result tables (BenchTable); None: no benchmarks.
     bench: Callable[..., Any] | None = None
+    # True for runtimes that serve models by a name someone else resolves (a remote endpoint): load_model then
+    # hands them the name as it is instead of looking it up in the local model catalog.
+    accepts_any_name: bool = False
 
 
 @dataclass(slots=True)

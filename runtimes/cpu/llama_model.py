@@ -162,8 +162,12 @@ class LlamaChatModel(ChatModel):
 
     # ---- generation --------------------------------------------------------------------------
     def _stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Chunk]:
-        prompt = self.render(messages, params.tools)
-        tokens = self.tokenize(prompt)
+        return self._stream_tokens(self.tokenize(self.render(messages, params.tools)), params)
+
+    def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
+        return self._stream_tokens(self.tokenize(prompt), params)
+
+    def _stream_tokens(self, tokens: list[int], params: GenerationParams) -> Iterator[Chunk]:
         n_ctx = self._llm.n_ctx()
         if len(tokens) >= n_ctx:
             raise ContextOverflowError(

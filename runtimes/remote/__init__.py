@@ -1,0 +1,1 @@
+"""Remote runtime: any OpenAI-compatible endpoint (hanlin serve, vLLM, LMDeploy) as a ChatModel."""

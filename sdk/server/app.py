@@ -139,9 +139,16 @@ def create_app(
             served = [name] + ([agent_name] if agent else [])
             raise APIError(404, f"model '{requested}' is not served here; available: {', '.join(served)}",
                            param="model", code="model_not_found")
+
+    def admit() -> None:
+        """Take a slot for one generation, or refuse with 429; every admit is paired with one release."""
         if metrics.queue_depth >= max_queue:
             raise APIError(429, f"server busy: {metrics.queue_depth} requests queued (limit {max_queue}); retry shortly",
                            type="rate_limit_error", code="overloaded")
+        metrics.queue_depth += 1
+
+    def release() -> None:
+        metrics.queue_depth -= 1
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -161,8 +168,7 @@ def create_app(
         return {"object": "list", "data": data}
 
     async def generate(messages: list[Message], params: GenerationParams, *, raw: str | None = None) -> AsyncIterator[Chunk]:
-        """Stream from the model, keeping the queue-depth gauge and metrics right even on cancellation."""
-        metrics.queue_depth += 1
+        """Stream from the model on an admitted slot, releasing it however the stream ends (cancellation too)."""
         started = time.perf_counter()
         first = True
         try:
@@ -184,7 +190,6 @@ def create_app(
         except HanlinError as exc:
             raise APIError(500, str(exc), type="server_error") from None
         finally:
-            metrics.queue_depth -= 1
             metrics.latency.observe(time.perf_counter() - started)
 
     @app.post("/v1/chat/completions")
@@ -196,7 +201,11 @@ def create_app(
         except (ConfigurationError, ValidationError) as exc:
             raise APIError(400, f"invalid messages: {exc}", param="messages") from None
         if agent is not None and req.model == agent_name:
-            return await _agent_reply(agent, messages, req, metrics, request)
+            admit()
+            try:
+                return await _agent_reply(agent, messages, req, metrics)
+            finally:
+                release()
         forced = _forced_tool(req) if req.tool_choice != "none" else None
         constraint = _constraint(req, model)
         tools = None
@@ -219,8 +228,12 @@ def create_app(
         )
         completion_id = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
+        admit()
         if not req.stream:
-            chunks = [c async for c in generate(messages, params)]
+            try:
+                chunks = [c async for c in generate(messages, params)]
+            finally:
+                release()
             completion = completion_from_chunks(chunks)
             text, calls = completion.text, completion.tool_calls
             if constraint is not None and forced is not None:
@@ -246,9 +259,9 @@ def create_app(
                         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
                 return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
-            yield chunk({"role": "assistant", "content": ""})
             collected: list[Chunk] = []
             try:
+                yield chunk({"role": "assistant", "content": ""})
                 async for piece in generate(messages, params):
                     collected.append(piece)
                     if piece.text and not forced_json:
@@ -257,6 +270,8 @@ def create_app(
                 yield f"data: {json.dumps({'error': {'message': exc.message, 'type': exc.type, 'code': exc.code}})}\n\n"
                 yield "data: [DONE]\n\n"
                 return
+            finally:
+                release()  # also when the client went away: the slot is free for the next request
             completion = completion_from_chunks(collected)
             calls = _as_call(completion.text) if forced_json else completion.tool_calls
             if calls:
@@ -281,21 +296,25 @@ def create_app(
         params = GenerationParams(max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=stop)
         completion_id = "cmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
+        admit()
         if not req.stream:
-            completion = completion_from_chunks([c async for c in generate([], params, raw=req.prompt)])
+            try:
+                completion = completion_from_chunks([c async for c in generate([], params, raw=req.prompt)])
+            finally:
+                release()
             metrics.requests[("/v1/completions", 200)] += 1
             return {"id": completion_id, "object": "text_completion", "created": created, "model": req.model,
                     "choices": [{"index": 0, "text": completion.text, "logprobs": None, "finish_reason": completion.finish_reason}],
                     "usage": _usage(completion.usage)}
 
         async def events() -> AsyncIterator[str]:
-            collected: list[Chunk] = []
-            async for piece in generate([], params, raw=req.prompt):
-                collected.append(piece)
-                finish = piece.finish_reason
-                body = {"id": completion_id, "object": "text_completion", "created": created, "model": req.model,
-                        "choices": [{"index": 0, "text": piece.text, "logprobs": None, "finish_reason": finish}]}
-                yield f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+            try:
+                async for piece in generate([], params, raw=req.prompt):
+                    body = {"id": completion_id, "object": "text_completion", "created": created, "model": req.model,
+                            "choices": [{"index": 0, "text": piece.text, "logprobs": None, "finish_reason": piece.finish_reason}]}
+                    yield f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+            finally:
+                release()
             metrics.requests[("/v1/completions", 200)] += 1
             yield "data: [DONE]\n\n"
 
@@ -319,15 +338,11 @@ def _usage(usage: Any) -> dict[str, Any]:
     return out
 
 
-async def _agent_reply(agent: Agent, messages: list[Message], req: ChatRequest, metrics: Metrics, request: Request) -> Any:
+async def _agent_reply(agent: Agent, messages: list[Message], req: ChatRequest, metrics: Metrics) -> Any:
     """Run the agent on the last user message, with the earlier messages as its memory."""
     if messages[-1].role != "user":
         raise APIError(400, "the last message for an agent must be a user message", param="messages")
-    metrics.queue_depth += 1
-    try:
-        result = await agent.arun(messages[-1], history=[m for m in messages[:-1] if m.role != "system"])
-    finally:
-        metrics.queue_depth -= 1
+    result = await agent.arun(messages[-1], history=[m for m in messages[:-1] if m.role != "system"])
     steps = [e.model_dump(mode="json") for e in result.events if e.type in ("tool_call", "tool_result", "error")]
     text = result.output_text if result.status == "answered" else f"(agent {result.status}: {result.error})"
     metrics.requests[("/v1/chat/completions", 200)] += 1

@@ -91,6 +91,14 @@ def test_json_schema_response_format(client) -> None:
     assert isinstance(data["city"], str) and isinstance(data["population"], int)
 
 
+def test_forced_tool_call_cut_by_max_tokens_is_not_an_error(client) -> None:
+    tools = [load_tool("calculator").to_openai()]
+    reply = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "What is 6 times 7?"}],
+                                           tools=tools, tool_choice="required", max_tokens=5, temperature=0)
+    assert reply.choices[0].finish_reason == "length" and not reply.choices[0].message.tool_calls
+    assert reply.choices[0].message.content.startswith("{")
+
+
 def test_forced_tool_call_under_constrained_decoding(client) -> None:
     tools = [load_tool("calculator").to_openai()]
     reply = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "What is 6 times 7?"}],
@@ -175,3 +183,17 @@ def test_remote_runtime_against_the_server(server) -> None:
 
     with pytest.raises(ModelError, match="401"):
         bad.generate(HELLO)
+
+
+def test_langchain_chat_openai_against_the_server(server) -> None:
+    lc_openai = pytest.importorskip("langchain_openai")
+    llm = lc_openai.ChatOpenAI(base_url=server + "/v1", api_key=KEY, model="smollm2", temperature=0, max_tokens=16, max_retries=0)
+    whole = llm.invoke("Name two colours.")
+    assert isinstance(whole.content, str) and whole.content
+    streamed = "".join(chunk.content for chunk in llm.stream("Name two colours."))
+    assert streamed == whole.content
+    roomy = lc_openai.ChatOpenAI(base_url=server + "/v1", api_key=KEY, model="smollm2", temperature=0, max_tokens=80, max_retries=0)
+    bound = roomy.bind_tools([load_tool("calculator").to_openai()], tool_choice="required")
+    reply = bound.invoke("What is 6 times 7?")
+    assert reply.tool_calls and reply.tool_calls[0]["name"] == "calculator"
+    assert isinstance(reply.tool_calls[0]["args"]["expression"], str)

@@ -238,7 +238,7 @@ def create_app(
             text, calls = completion.text, completion.tool_calls
             if constraint is not None and forced is not None:
                 calls = _as_call(text)
-                text = ""
+                text = "" if calls else text  # a call cut short by max_tokens stays visible as text
             metrics.requests[("/v1/chat/completions", 200)] += 1
             message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
             if calls:
@@ -324,9 +324,13 @@ def create_app(
 
 
 def _as_call(text: str) -> list[Any]:
+    """The forced call the grammar produced; none if generation stopped early (max_tokens) and the JSON is cut."""
     from hanlin.messages import ToolCall
 
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return []
     return [ToolCall(name=data["name"], arguments=data.get("arguments") or {})]
 
 

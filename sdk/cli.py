@@ -16,7 +16,7 @@ import typer
 
 from hanlin.agent import Agent
 from hanlin.cli_render import EventPrinter
-from hanlin.errors import HanlinError
+from hanlin.errors import ConfigurationError, HanlinError
 from hanlin.events import RunFinished
 from hanlin.loading import load_model, load_tools
 from hanlin.plugin_manager import plugins
@@ -225,7 +225,30 @@ def chat_cmd(
             typer.echo(f"error: {exc}", err=True)
 
 
-# ---- serving -------------------------------------------------------------------------------
+# ---- serving ----
+AGENT_KEYS = {"name", "protocol", "tools", "instructions", "max_steps"}
+
+
+def _agent_from_option(value: str, model: Any, tools: list[str] | None) -> tuple[str, Agent]:
+    """``--agent NAME`` (react, default tools) or ``--agent file.json`` with name/protocol/tools/instructions/max_steps."""
+    path = Path(value)
+    if not value.endswith(".json"):
+        return value, Agent(model, load_tools(tools if tools else _default_tools()), protocol="react")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigurationError(f"cannot read the agent config {value!r}: {exc}") from None
+    unknown = set(config) - AGENT_KEYS if isinstance(config, dict) else set()
+    if not isinstance(config, dict) or unknown or "name" not in config:
+        raise ConfigurationError(
+            f"agent config {value!r} must be a JSON object with 'name' and optionally {sorted(AGENT_KEYS - {'name'})}"
+            + (f"; unknown keys: {sorted(unknown)}" if unknown else "")
+        )
+    agent = Agent(model, load_tools(config.get("tools") or _default_tools()), protocol=config.get("protocol", "react"),
+                  instructions=config.get("instructions"), max_steps=config.get("max_steps", 10))
+    return config["name"], agent
+
+
 @app.command("serve")
 def serve_cmd(
     model: ModelOpt = DEFAULT_MODEL,
@@ -233,7 +256,7 @@ def serve_cmd(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
     api_key: Annotated[str | None, typer.Option("--api-key", help="Require 'Authorization: Bearer KEY'.")] = None,
-    agent: Annotated[str | None, typer.Option("--agent", help="Also serve an agent under this model name (protocol react, default tools).")] = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="Also serve an agent: a model name (react, default tools) or a JSON config file.")] = None,
     tool: ToolOpt = None,
     max_queue: Annotated[int, typer.Option(help="Requests queued before answering 429.")] = 32,
     base_url: BaseUrlOpt = None,
@@ -248,15 +271,15 @@ def serve_cmd(
         return
     try:
         chat_model = load_model(model, runtime=runtime, **_model_config(base_url, None))
-        served_agent = None
+        served_agent, agent_name = None, "hanlin-agent"
         if agent:
-            served_agent = Agent(chat_model, load_tools(tool if tool else _default_tools()), protocol="react")
+            agent_name, served_agent = _agent_from_option(agent, chat_model, tool)
         application = create_app(chat_model, model_name=model, api_key=api_key, agent=served_agent,
-                                 agent_name=agent or "hanlin-agent", max_queue=max_queue)
+                                 agent_name=agent_name, max_queue=max_queue)
     except HanlinError as exc:
         fail(str(exc))
         return
-    typer.echo(f"serving {model} at http://{host}:{port}/v1" + (f" (agent: {agent})" if agent else ""), err=True)
+    typer.echo(f"serving {model} at http://{host}:{port}/v1" + (f" (agent: {agent_name})" if agent else ""), err=True)
     uvicorn.run(application, host=host, port=port, log_level="warning")
 
 

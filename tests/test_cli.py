@@ -80,3 +80,10 @@ def test_chat_session_with_reset_and_exit() -> None:
     assert "── step 1 (act) ──" in out.stdout and "(history cleared)" in out.stdout
     eof = hanlin("chat", "--model", "smollm2", stdin="")
     assert eof.returncode == 0
+
+
+def test_serve_rejects_a_bad_agent_config(tmp_path) -> None:
+    bad = tmp_path / "agent.json"
+    bad.write_text('{"nme": "x"}')
+    out = hanlin("serve", "--model", "smollm2", "--agent", str(bad))
+    assert out.returncode == 2 and "unknown keys: ['nme']" in out.stderr

@@ -51,8 +51,10 @@ def _start(*args: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    yield from _start("--model", "smollm2", "--api-key", KEY, "--agent", "calc-agent", "--max-queue", "1")
+def server(tmp_path_factory) -> Iterator[str]:
+    config = tmp_path_factory.mktemp("agent") / "calc.json"
+    config.write_text(json.dumps({"name": "calc-agent", "protocol": "react", "tools": ["calculator"], "max_steps": 3}))
+    yield from _start("--model", "smollm2", "--api-key", KEY, "--agent", str(config), "--max-queue", "1")
 
 
 @pytest.fixture(scope="module")

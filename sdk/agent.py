@@ -245,6 +245,11 @@ class Agent:
         """Sync event stream: the run happens on a background event loop while you iterate."""
         return _iterate_sync(self.astream(task, session_id=session_id))
 
+    def close(self) -> None:
+        """Release what the tools hold (kernels, sessions): each toolkit once."""
+        for kit in {id(t.toolkit): t.toolkit for t in self.tools if t.toolkit is not None}.values():
+            kit.close()
+
     def __repr__(self) -> str:
         return f"<Agent model={self.model.name!r} protocol={self.protocol.name!r} tools={[t.name for t in self.tools]}>"
 

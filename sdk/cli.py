@@ -176,7 +176,10 @@ def run_cmd(
     try:
         agent = _build_agent(model, runtime, protocol, tool, max_steps, constrain, temperature, seed,
                              _model_config(base_url, api_key))
-        result = agent.run(task, on_event=None if as_json else EventPrinter())
+        try:
+            result = agent.run(task, on_event=None if as_json else EventPrinter())
+        finally:
+            agent.close()
     except HanlinError as exc:
         fail(str(exc))
         return
@@ -201,8 +204,14 @@ def chat_cmd(
     except HanlinError as exc:
         fail(str(exc))
         return
-    printer = EventPrinter()
     typer.echo(f"hanlin chat with {agent.model.name} ({agent.protocol.name}); /reset, /exit")
+    try:
+        _chat_loop(agent, EventPrinter())
+    finally:
+        agent.close()  # tools holding kernels or sessions release them however the chat ends
+
+
+def _chat_loop(agent: Agent, printer: EventPrinter) -> None:
     while True:
         try:
             line = input("you> ").strip()

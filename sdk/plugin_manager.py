@@ -36,6 +36,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "hanlin.plugins.protocols.rewoo",
     "hanlin.plugins.protocols.native",
     "hanlin.plugins.tools.calculator",
+    "hanlin.plugins.tools.python",
     "hanlin.plugins.models.catalog",
     "hanlin.runtimes.cpu.plugin",
     "hanlin.runtimes.transformers.plugin",

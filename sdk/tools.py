@@ -96,6 +96,7 @@ class Tool:
         self.args_model = args_model or _args_model_from_signature(fn, self.name, doc.args)
         self.timeout = timeout
         self.is_async = inspect.iscoroutinefunction(fn)
+        self.toolkit: Toolkit | None = None  # set when the tool is a method of a Toolkit (close() lives there)
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
     # ---- specs ---------------------------------------------------------------------
@@ -273,7 +274,9 @@ class Toolkit:
             if options is None:
                 continue
             bound = getattr(self, attr)
-            found.append(Tool(bound, **options))
+            made = Tool(bound, **options)
+            made.toolkit = self
+            found.append(made)
         return found
 
     def close(self) -> None:

@@ -61,13 +61,13 @@ def test_clear_errors_and_exit_code_2() -> None:
 @requires_smollm2
 def test_run_streams_events_and_saves_a_trace(tmp_path) -> None:
     trace = tmp_path / "trace.jsonl"
-    out = hanlin("run", "What is 6 * 7? Use the calculator.", "--model", "smollm2", "--max-steps", "2", "--trace", str(trace))
+    out = hanlin("run", "What is 6 * 7? Use the calculator.", "--model", "smollm2", "--tool", "calculator", "--max-steps", "2", "--trace", str(trace))
     assert out.returncode in (0, 1), out.stderr  # answered, or gave up at the step limit: both are explicit
     assert "── step 1 (act) ──" in out.stdout and "→ calculator(" in out.stdout and "← calculator:" in out.stdout
     assert ("answered after" in out.stdout) == (out.returncode == 0)
     (run,) = load_traces(trace)
     assert run.messages[0].content == "What is 6 * 7? Use the calculator."
-    as_json = json.loads(hanlin("run", "What is 6 * 7? Use the calculator.", "-m", "smollm2", "--max-steps", "2", "--json").stdout)
+    as_json = json.loads(hanlin("run", "What is 6 * 7? Use the calculator.", "-m", "smollm2", "-t", "calculator", "--max-steps", "2", "--json").stdout)
     assert as_json["status"] in ("answered", "gave_up") and as_json["messages"][1]["tool_calls"][0]["name"] == "calculator"
 
 

@@ -73,6 +73,43 @@ print(json.dumps({"status": result.status, "observation": result.messages[2].con
     assert json.loads(out.stdout) == {"status": "answered", "observation": "nilnah", "output": "nilnah"}
 
 
+def test_hanlin_run_uses_the_plugin_model_runtime_and_tool(site) -> None:
+    """`hanlin run` end to end through entry points: the plugin's model, on its runtime, calling its tool."""
+    question = "How many words are in 'the quick brown fox jumps'?"
+    out = run(site, "run", question, "--model", "demo-scripted", "--tool", "word_count")
+    assert out.returncode == 0, out.stderr
+    assert '→ word_count({"text": "the quick brown fox jumps"})' in out.stdout
+    assert "← word_count: 5" in out.stdout
+    assert "Final answer: The text has 5 words." in out.stdout
+    record = json.loads(run(site, "run", question, "-m", "demo-scripted", "-r", "scripted-demo", "-t", "word_count", "--json").stdout)
+    assert record["status"] == "answered" and record["output"] == "The text has 5 words."
+    assert [m["role"] for m in record["messages"]] == ["user", "assistant", "tool", "assistant"]
+    assert record["messages"][2]["content"] == "5"
+    models = {m["name"]: m for m in json.loads(run(site, "models", "--json").stdout)}
+    assert models["demo-scripted"]["plugin"] == "demo-scripted-model" and models["demo-scripted"]["installed"] is True
+    infos = {i["name"]: i for i in json.loads(run(site, "plugins", "--json").stdout)}
+    assert infos["demo-scripted-model"]["kinds"] == ["models", "runtimes"]
+    # The plugin's model without its tool is a clear error, not a crash.
+    missing = run(site, "run", question, "-m", "demo-scripted", "-t", "no_such_tool")
+    assert missing.returncode == 2 and "unknown tool 'no_such_tool'" in missing.stderr
+
+
+def test_hanlin_chat_keeps_a_session_through_the_plugin_model(site) -> None:
+    environ = {k: v for k, v in os.environ.items() if k not in ("HANLIN_PLUGINS", "HANLIN_DISABLE_PLUGINS")}
+    environ["PYTHONPATH"] = str(site)
+    turns = "Count 'one two'\nCount 'a b c d'\n/reset\nCount 'x'\n/exit\n"
+    out = subprocess.run([sys.executable, "-m", "hanlin.cli", "chat", "-m", "demo-scripted", "-t", "word_count"],
+                         input=turns, capture_output=True, text=True, env=environ, timeout=120)
+    assert out.returncode == 0, out.stderr
+    # The model sees the earlier turn (question 2), and nothing of it after /reset (question 1 again).
+    answers = [line for line in out.stdout.splitlines() if line.startswith("Final answer:")]
+    assert answers == ["Final answer: The text has 2 words.", "Final answer: The text has 4 words.",
+                       "Final answer: The text has 1 word."]
+    asked = [line.split("(question ")[1].split(" ")[0] for line in out.stdout.splitlines() if "(question " in line]
+    assert asked == ["1", "2", "1"]
+    assert "(history cleared)" in out.stdout and "error" not in out.stderr
+
+
 def test_hanlin_plugins_env_restricts_third_party_plugins(site) -> None:
     out = run(site, "plugins", "--json", env={"HANLIN_PLUGINS": "broken"})
     infos = {i["name"]: i for i in json.loads(out.stdout)}

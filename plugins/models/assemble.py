@@ -18,7 +18,6 @@ from pathlib import Path
 from hanlin import ModelError, ModelNotInstalledError
 
 
-
 def package_dir(module: str) -> Path | None:
     """Where an installed package's files are, found without importing it."""
     try:
@@ -52,11 +51,18 @@ def require(module: str, requirement: str, model: str) -> Path:
 def assemble(parts: Sequence[Path], target: Path, *, sha256: str, size: int | None = None) -> Path:
     """Join ``parts`` into ``target`` once, verifying ``sha256``; reuse a verified target after that."""
     marker = target.with_name(target.name + ".sha256")
-    if target.is_file() and marker.is_file() and marker.read_text().strip() == sha256:
-        return target
     missing = [str(p) for p in parts if not p.is_file()]
     if missing:
         raise ModelNotInstalledError(f"missing weight chunks for {target.name}: {missing}; reinstall the packages")
+    expected_size = sum(p.stat().st_size for p in parts)
+    # the marker is written only after a verified join; the size check catches a cached file cut short since
+    if (
+        target.is_file()
+        and marker.is_file()
+        and marker.read_text().strip() == sha256
+        and target.stat().st_size == expected_size
+    ):
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     written = 0

@@ -11,8 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hanlin import ModelSpec, hookimpl
-
+from hanlin import ModelNotInstalledError, ModelSpec, hookimpl
 from hanlin.paths import cache_dir
 from hanlin.plugins.models.assemble import assemble, installed, package_dir, require
 
@@ -32,7 +31,10 @@ def _find(module: str, filename: str, requirement: str, model: str) -> Path:
             return candidate
     found = next(root.rglob(filename), None)
     if found is None:
-        raise FileNotFoundError(f"{filename} is missing from the installed package {module} at {root}; reinstall it")
+        raise ModelNotInstalledError(
+            f"{filename} is missing from the installed package {module} at {root}: "
+            f"reinstall it (pip install --force-reinstall {requirement})"
+        )
     return found
 
 

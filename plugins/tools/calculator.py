@@ -3,8 +3,22 @@
 Expressions are parsed with ``ast`` and evaluated by walking the tree: no
 eval, no names but the listed constants and functions, and size limits
 checked *before* computing, so ``9**9**9`` is refused in microseconds instead
-of hanging the agent. Integers stay exact (big integers included); floats are
-printed with up to 15 significant digits so 0.1 + 0.2 reads 0.3.
+of hanging the agent.
+
+Decisions, because models write arithmetic the way people do:
+
+- ``^`` means power (``2^10`` is 1024). Python's XOR is never what a model
+  asking a calculator means. ``×``, ``·``, ``÷`` and ``−`` are * / and -.
+- Thousands separators: ``1,000,000`` is one million, but only where a comma
+  cannot separate arguments: outside function-call parentheses, groups of
+  exactly three digits. Inside a call commas always separate arguments
+  (``max(1,000)`` is max(1, 0)), and the error for a miscount says so.
+- A trailing ``=`` ("37*91+5 =") is ignored.
+- Integers are exact, big ones included; ``/`` of two integers is exact when
+  it divides evenly (``2**200 / 2`` stays an integer), otherwise a float.
+- Floats are printed with 15 significant digits, the precision a double
+  always carries, so 0.1 + 0.2 reads 0.3 and not 0.30000000000000004.
+- Comparisons work and give ``true``/``false``.
 """
 
 from __future__ import annotations
@@ -13,14 +27,16 @@ import ast
 import math
 import operator
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 from hanlin import ToolInputError, ToolSpec, hookimpl, tool
 
 MAX_EXPRESSION_CHARS = 500
-MAX_RESULT_DIGITS = 5000  # integers longer than this are refused
+MAX_RESULT_DIGITS = 4000  # below CPython's 4300-digit int<->str limit, so every allowed result can be printed
 MAX_FACTORIAL = 1000
+MAX_ROUND_DIGITS = 1000  # round(5, -10**9) would compute 10**(10**9)
 
 
 class CalculatorError(ToolInputError):
@@ -31,7 +47,7 @@ def _factorial(n: Any) -> int:
     if isinstance(n, float) and n.is_integer():
         n = int(n)
     if not isinstance(n, int) or n < 0:
-        raise CalculatorError(f"factorial needs a non-negative integer, got {n!r}")
+        raise CalculatorError(f"factorial needs a non-negative integer, got {_show(n)}")
     if n > MAX_FACTORIAL:
         raise CalculatorError(f"factorial({n}) is too large; the limit is factorial({MAX_FACTORIAL})")
     return math.factorial(n)
@@ -41,14 +57,21 @@ def _log(x: Any, base: Any = None) -> float:
     return math.log(x) if base is None else math.log(x, base)
 
 
+def _round(x: Any, ndigits: Any = None) -> Any:
+    if ndigits is not None and isinstance(ndigits, int) and abs(ndigits) > MAX_ROUND_DIGITS:
+        raise CalculatorError(f"round() digits must be between -{MAX_ROUND_DIGITS} and {MAX_ROUND_DIGITS}")
+    return round(x) if ndigits is None else round(x, ndigits)
+
+
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "sqrt": math.sqrt, "exp": math.exp, "log": _log, "ln": math.log, "log10": math.log10, "log2": math.log2,
     "sin": math.sin, "cos": math.cos, "tan": math.tan, "asin": math.asin, "acos": math.acos, "atan": math.atan,
     "atan2": math.atan2, "sinh": math.sinh, "cosh": math.cosh, "tanh": math.tanh, "floor": math.floor,
-    "ceil": math.ceil, "round": round, "abs": abs, "min": min, "max": max, "factorial": _factorial,
+    "ceil": math.ceil, "round": _round, "abs": abs, "min": min, "max": max, "factorial": _factorial,
     "gcd": math.gcd, "lcm": math.lcm, "hypot": math.hypot, "degrees": math.degrees, "radians": math.radians,
 }
 CONSTANTS: dict[str, float] = {"pi": math.pi, "e": math.e, "tau": math.tau, "inf": math.inf}
+_ALLOWED = f"Constants: {', '.join(CONSTANTS)}. Functions: {', '.join(FUNCTIONS)}"
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -58,36 +81,100 @@ _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
     ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
     ast.Eq: operator.eq, ast.NotEq: operator.ne,
 }
+_SYMBOLS = {"×": "*", "·": "*", "÷": "/", "−": "-", "^": "**", "≤": "<=", "≥": ">=", "≠": "!="}
+_NOT_ARITHMETIC = {
+    ast.Attribute: "attribute access", ast.Subscript: "indexing", ast.Lambda: "a lambda", ast.IfExp: "an if-expression",
+    ast.ListComp: "a comprehension", ast.SetComp: "a comprehension", ast.DictComp: "a comprehension",
+    ast.GeneratorExp: "a comprehension", ast.List: "a list", ast.Dict: "a dict", ast.Set: "a set",
+    ast.BoolOp: "and/or logic", ast.NamedExpr: "an assignment", ast.Starred: "unpacking",
+}
+_GROUPED = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w.,])")  # 1,234,567 or 1,234.5, not 1,2345 or 1,000,00
 
 
+# ---- reading the expression ---------------------------------------------------------------------
 def _normalise(expression: str) -> str:
-    """Accept the spellings models use: ^ for power, × and ÷, 1,000 as a thousands separator."""
-    text = expression.strip().replace("×", "*").replace("÷", "/").replace("−", "-").replace("^", "**")
-    # "1,000,000" -> "1000000": only digit groups of exactly three after a comma, so max(1,2) is untouched.
-    text = re.sub(r"(?<![\w.])(\d{1,3})((?:,\d{3})+)(?![\d.]|\s*\))", lambda m: m.group(1) + m.group(2).replace(",", ""), text)
-    return text
+    text = expression.strip()
+    for symbol, python in _SYMBOLS.items():
+        text = text.replace(symbol, python)
+    return _drop_thousands_separators(text.rstrip("= \t\n"))
 
 
+def _drop_thousands_separators(text: str) -> str:
+    """Remove commas in digit groups, except inside a call's parentheses where they separate arguments."""
+    out: list[str] = []
+    in_call: list[bool] = []  # one entry per open parenthesis
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "(":
+            before = text[:i].rstrip()
+            in_call.append(bool(before) and (before[-1].isalnum() or before[-1] in "_)"))
+        elif ch == ")" and in_call:
+            in_call.pop()
+        elif ch.isdigit() and not (i and (text[i - 1].isalnum() or text[i - 1] in "_.")):
+            match = None if (in_call and in_call[-1]) else _GROUPED.match(text, i)
+            if match:
+                out.append(match.group().replace(",", ""))
+                i = match.end()
+                continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _parse(expression: str, text: str) -> ast.Expression:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "'int' object is not callable" SyntaxWarnings for 2(3+4)
+            return ast.parse(text, mode="eval")
+    except SyntaxError as exc:
+        where = ""
+        if exc.lineno == 1 and "\n" not in text:
+            column = exc.offset if exc.offset and exc.offset <= len(text) else len(text) + 1  # 0: ran out of input
+            where = f"\n  {text}\n  {' ' * (column - 1)}^"
+        shown = f"'{expression}'" + (f" (read as '{text}')" if text != expression.strip() else "")
+        raise CalculatorError(f"{shown} is not a valid expression: {exc.msg}{where}") from None
+    except ValueError as exc:  # e.g. null bytes
+        raise CalculatorError(f"'{expression}' is not a valid expression: {exc}") from None
+
+
+# ---- limits, checked before the work --------------------------------------------------------------
 def _digits(n: int) -> int:
-    return len(str(abs(n))) if n.bit_length() < 20000 else int(n.bit_length() * 0.30103) + 1
+    """Decimal digits of ``n``, estimated from its bit length where printing would be slow or refused."""
+    bits = abs(n).bit_length()
+    return len(str(abs(n))) if bits < 13000 else int(bits * math.log10(2)) + 1
 
 
-def _check_power(base: Any, exp: Any) -> None:
-    if isinstance(base, int) and isinstance(exp, int) and exp > 0 and abs(base) > 1:
-        estimated = exp * math.log10(abs(base))
-        if estimated > MAX_RESULT_DIGITS:
-            raise CalculatorError(
-                f"{base}**{exp} would have about {estimated:,.0f} digits; the limit is {MAX_RESULT_DIGITS}"
-            )
+def _show(value: Any) -> str:
+    """A value for an error message: huge integers are summarised, never printed in full."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value).bit_length() > 100:
+        return f"<a {_digits(value)}-digit integer>"
+    return _format(value)
 
 
-def _check_product(a: Any, b: Any) -> None:
-    if isinstance(a, int) and isinstance(b, int) and a and b:
-        if a.bit_length() + b.bit_length() > MAX_RESULT_DIGITS * 3.33:
-            raise CalculatorError(f"the product has more than {MAX_RESULT_DIGITS} digits; the limit is {MAX_RESULT_DIGITS}")
+def _too_big(what: str, digits: float) -> CalculatorError:
+    about = f"about {digits:,.0f}" if math.isfinite(digits) else "astronomically many"
+    return CalculatorError(f"{what} would have {about} digits; the limit is {MAX_RESULT_DIGITS}")
 
 
+def _check(op: ast.operator, left: Any, right: Any) -> None:
+    if not (isinstance(left, int) and isinstance(right, int)):
+        return
+    if isinstance(op, ast.Pow) and right > 0 and abs(left) > 1:
+        digits = right * math.log10(abs(left)) if right.bit_length() < 64 else math.inf
+        if digits > MAX_RESULT_DIGITS:
+            raise _too_big(f"{_show(left)}**{_show(right)}", digits)
+    if isinstance(op, ast.Mult) and left and right:
+        digits = (abs(left).bit_length() + abs(right).bit_length() - 1) * math.log10(2)
+        if digits > MAX_RESULT_DIGITS + 1:
+            raise _too_big("the product", digits)
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
 class _Evaluator:
+    def __init__(self, expression: str) -> None:
+        self.expression = expression
+
     def visit(self, node: ast.AST) -> Any:
         if isinstance(node, ast.Expression):
             return self.visit(node.body)
@@ -99,12 +186,7 @@ class _Evaluator:
             value = self.visit(node.operand)
             return -value if isinstance(node.op, ast.USub) else +value
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-            left, right = self.visit(node.left), self.visit(node.right)
-            if isinstance(node.op, ast.Pow):
-                _check_power(left, right)
-            if isinstance(node.op, ast.Mult):
-                _check_product(left, right)
-            return _BINARY[type(node.op)](left, right)
+            return self._binary(node.op, self.visit(node.left), self.visit(node.right))
         if isinstance(node, ast.Compare) and all(type(op) in _COMPARE for op in node.ops):
             left = self.visit(node.left)
             for op, comparator in zip(node.ops, node.comparators):
@@ -116,23 +198,63 @@ class _Evaluator:
         if isinstance(node, ast.Name):
             if node.id in CONSTANTS:
                 return CONSTANTS[node.id]
-            raise CalculatorError(
-                f"unknown name '{node.id}'. Constants: {', '.join(CONSTANTS)}. Functions: {', '.join(FUNCTIONS)}"
-            )
+            if node.id in FUNCTIONS:
+                raise CalculatorError(f"'{node.id}' is a function: call it with parentheses, e.g. {node.id}(2)")
+            raise CalculatorError(f"unknown name '{node.id}'. {_ALLOWED}")
         if isinstance(node, ast.Call):
-            if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
-                name = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
-                raise CalculatorError(f"unknown function '{name}'. Functions: {', '.join(FUNCTIONS)}")
-            if node.keywords:
-                raise CalculatorError(f"{node.func.id}() takes positional arguments only")
-            args = [self.visit(a) for a in node.args]
-            try:
-                return FUNCTIONS[node.func.id](*args)
-            except CalculatorError:
-                raise
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise CalculatorError(f"{node.func.id}({', '.join(map(_format, args))}): {exc}") from None
-        raise CalculatorError(f"'{ast.unparse(node)}' is not arithmetic; use numbers, + - * / // % **, and functions")
+            return self._call(node)
+        if isinstance(node, ast.Tuple):
+            raise CalculatorError(
+                f"'{self.expression}' is a comma-separated list, not one number: commas separate function "
+                "arguments, or thousands in groups of three digits (1,000,000)"
+            )
+        what = _NOT_ARITHMETIC.get(type(node), "a construct")
+        raise CalculatorError(
+            f"'{ast.unparse(node)}' is {what}, which the calculator does not allow; use numbers, "
+            "+ - * / // % ** (or ^), comparisons, parentheses and the listed functions"
+        )
+
+    def _binary(self, op: ast.operator, left: Any, right: Any) -> Any:
+        _check(op, left, right)
+        if isinstance(op, ast.Div) and _is_int(left) and _is_int(right) and right and left % right == 0:
+            return left // right  # exact, even where a float could not hold the quotient
+        value = _BINARY[type(op)](left, right)
+        if isinstance(value, complex):
+            raise CalculatorError(
+                f"({_show(left)}) ** {_show(right)} is not a real number (a negative base needs a whole exponent)"
+            )
+        return value
+
+    def _call(self, node: ast.Call) -> Any:
+        func = node.func
+        if not isinstance(func, ast.Name):
+            target = ast.unparse(func)
+            raise CalculatorError(
+                f"'{target}' is not a function and cannot be called; for multiplication write "
+                f"{target} * ({', '.join(ast.unparse(a) for a in node.args)})"
+            )
+        if func.id in CONSTANTS:
+            raise CalculatorError(
+                f"'{func.id}' is a constant, not a function; for multiplication write {func.id} * (...)"
+            )
+        if func.id not in FUNCTIONS:
+            raise CalculatorError(f"unknown function '{func.id}'. {_ALLOWED}")
+        if node.keywords:
+            raise CalculatorError(f"{func.id}() takes positional arguments only")
+        args = [self.visit(a) for a in node.args]
+        try:
+            return FUNCTIONS[func.id](*args)
+        except CalculatorError:
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:
+            hint = ""
+            if re.search(r"\d,\d{3}(?!\d)", self.expression):
+                hint = " (inside a function call commas separate arguments: write 1000000, not 1,000,000)"
+            raise CalculatorError(f"{func.id}({', '.join(map(_show, args))}): {exc}{hint}") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _format(value: Any) -> str:
@@ -155,22 +277,19 @@ def evaluate(expression: str) -> str:
         raise CalculatorError("the expression is empty; write arithmetic such as '37 * 91 + 5'")
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise CalculatorError(f"the expression is {len(expression)} characters; the limit is {MAX_EXPRESSION_CHARS}")
-    text = _normalise(expression)
+    tree = _parse(expression, _normalise(expression))
     try:
-        tree = ast.parse(text, mode="eval")
-    except SyntaxError as exc:
-        where = f" near column {exc.offset}" if exc.offset else ""
-        raise CalculatorError(f"'{expression}' is not a valid expression{where}: {exc.msg}") from None
-    try:
-        value = _Evaluator().visit(tree)
+        value = _Evaluator(expression).visit(tree)
     except ZeroDivisionError:
         raise CalculatorError(f"division by zero in '{expression}'") from None
     except OverflowError:
-        raise CalculatorError(f"the result of '{expression}' is too large for a float") from None
+        raise CalculatorError(
+            f"a number in '{expression}' is too large for a float; use integers or smaller values"
+        ) from None
     except RecursionError:
         raise CalculatorError("the expression is nested too deeply") from None
-    if isinstance(value, int) and not isinstance(value, bool) and _digits(value) > MAX_RESULT_DIGITS:
-        raise CalculatorError(f"the result has more than {MAX_RESULT_DIGITS} digits")
+    if _is_int(value) and _digits(value) > MAX_RESULT_DIGITS:
+        raise CalculatorError(f"the result has {_digits(value):,} digits; the limit is {MAX_RESULT_DIGITS}")
     return _format(value)
 
 
@@ -178,9 +297,11 @@ def evaluate(expression: str) -> str:
 def calculator(expression: str) -> str:
     """Evaluate an arithmetic expression exactly and return the result.
 
-    Supports + - * / // % ** (or ^), parentheses, big integers, the constants
-    pi, e, tau, and functions such as sqrt, log, sin, cos, floor, round, abs,
-    min, max, factorial, gcd.
+    Supports + - * / // % ** (or ^), parentheses, comparisons, big integers,
+    the constants pi, e, tau, and the functions sqrt, exp, log (log(x) or
+    log(x, base)), log10, log2, sin, cos, tan, asin, acos, atan, atan2, sinh,
+    cosh, tanh, floor, ceil, round, abs, min, max, factorial, gcd, lcm, hypot,
+    degrees, radians. Angles are in radians.
 
     Args:
         expression: The arithmetic to evaluate, e.g. "37 * 91 + 5" or "sqrt(2) * 10".

@@ -32,27 +32,25 @@ from hanlin import (
 from hanlin.grammar import json_schema_grammar
 
 from hanlin.runtimes.chat_format import parse_hermes_tool_calls, render_chat, render_plain
+from hanlin.runtimes.cpu.gguf_header import context_length
 from hanlin.runtimes.cpu.sampling import GrammarFirstSampler, decode
 from hanlin.runtimes.text_stream import StopScanner
 
 DEFAULT_MAX_TOKENS = 512
-GGUF_MAGIC = b"GGUF"
+DEFAULT_N_CTX = 4096
 
 
-def check_gguf(path: Path) -> None:
-    """Fail early, and clearly, on a file llama.cpp would reject with a bare ValueError."""
+def check_gguf(path: Path) -> int | None:
+    """Fail early, and clearly, on a file llama.cpp would reject with a bare ValueError.
+
+    Returns the model's trained context length (None when the header does not say).
+    """
     if not path.is_file():
         raise ModelError(f"GGUF file {str(path)!r} does not exist")
     size = path.stat().st_size
-    with path.open("rb") as fh:
-        magic = fh.read(4)
-    if magic != GGUF_MAGIC:
-        raise ModelError(
-            f"{str(path)!r} is not a GGUF file (starts with {magic!r}, expected b'GGUF'); "
-            "point --model at a .gguf file or an HF folder"
-        )
     if size < 1024:
-        raise ModelError(f"{str(path)!r} is only {size} bytes: the GGUF file is truncated; reinstall or re-download it")
+        raise ModelError(f"{str(path)!r} is only {size} bytes: the GGUF file is truncated; reinstall or re-copy it")
+    return context_length(path)  # raises ModelError for a non-GGUF file or a header cut short
 
 
 class LlamaChatModel(ChatModel):
@@ -71,17 +69,23 @@ class LlamaChatModel(ChatModel):
     ) -> None:
         import llama_cpp
 
-        check_gguf(path)
+        for key, value in (("n_ctx", n_ctx), ("n_threads", n_threads), ("n_batch", n_batch)):
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ConfigurationError(f"{key} must be a positive integer, got {value!r}")
+        trained = check_gguf(path)
+        if n_ctx is None:  # a context longer than the model was trained on only produces garbage past that point
+            n_ctx = min(DEFAULT_N_CTX, trained or DEFAULT_N_CTX)
         self.spec = spec
         self.name = spec.name
         self.path = path
         self.prefix_reuse = prefix_reuse
         self.repeat_penalty = repeat_penalty
+        self.seed = seed  # the default of calls that give no seed: a fixed load seed makes every call repeatable
         self._lock = threading.Lock()
         try:
             self._llm = llama_cpp.Llama(
                 model_path=str(path),
-                n_ctx=n_ctx or 4096,  # all catalog models were trained on >= 8192
+                n_ctx=n_ctx,
                 n_threads=n_threads or os.cpu_count() or 2,
                 n_batch=n_batch,
                 seed=seed if seed is not None else llama_cpp.LLAMA_DEFAULT_SEED,
@@ -121,6 +125,8 @@ class LlamaChatModel(ChatModel):
         )
 
     def tokenize(self, text: str) -> list[int]:
+        if self._llm is None:
+            raise ModelError(f"model '{self.name}' was closed; load it again with hanlin.load_model")
         add_bos = self._add_bos and not (self._bos and text.startswith(self._bos))
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
@@ -154,11 +160,21 @@ class LlamaChatModel(ChatModel):
                 break
             shared += 1
         shared = min(shared, len(tokens) - 1)  # the last prompt token is always evaluated: it yields the logits
-        if shared > 0 and llm._ctx.kv_cache_seq_rm(-1, shared, -1):
+        if shared > 0 and llm._ctx.kv_cache_seq_rm(-1, shared, -1) and self._cache_starts_at_zero():
             llm.n_tokens = shared
             return shared
         llm.reset()
         return 0
+
+    def _cache_starts_at_zero(self) -> bool:
+        """False when a sliding-window cache has dropped early positions, so the kept prefix is incomplete.
+
+        llama-cpp-python allocates full-size SWA caches by default (then this is always True); the check
+        keeps reuse correct should a model ever be loaded with a pruning window cache.
+        """
+        import llama_cpp
+
+        return llama_cpp.llama_memory_seq_pos_min(self._llm._ctx.memory, 0) <= 0
 
     # ---- generation --------------------------------------------------------------------------
     def _stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Chunk]:
@@ -186,7 +202,8 @@ class LlamaChatModel(ChatModel):
         import llama_cpp
 
         llm = self._llm
-        llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
+        seed = params.seed if params.seed is not None else self.seed
+        llm.set_seed(seed if seed is not None else random.randrange(2**31))
         reused = self._reuse_prefix(tokens)
         scanner = StopScanner(list(params.stop))
         parts: list[str] = []
@@ -239,7 +256,12 @@ class LlamaChatModel(ChatModel):
         yield Chunk(finish_reason="tool_calls" if tool_calls else finish, usage=usage, tool_calls=tool_calls)
 
     def close(self) -> None:
-        llm = getattr(self, "_llm", None)
-        if llm is not None and hasattr(llm, "close"):
-            llm.close()
-        self._llm = None  # type: ignore[assignment]
+        """Free the weights and context; waits for a running call, since llama.cpp would crash under it."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:  # __init__ failed before the context existed
+            return
+        with lock:
+            llm = getattr(self, "_llm", None)
+            if llm is not None and hasattr(llm, "close"):
+                llm.close()
+            self._llm = None  # type: ignore[assignment]

@@ -1,15 +1,20 @@
 """A ChatModel on transformers: the reference backend, and the one the finetuners share.
 
-The decode loop is ours (KV cache via past_key_values) so sampling, stop
-sequences and streaming behave exactly like the other runtimes. There is no
-constrained decoding here: protocols fall back to parsing and retries.
+The decode loop is ours (KV cache via past_key_values) rather than
+``model.generate`` so sampling, stop sequences, streaming and usage counts
+behave exactly like the other runtimes. There is no constrained decoding here
+(capabilities.constraints is empty): protocols fall back to parsing and
+retries. Every call evaluates its whole prompt (no prefix reuse), which the
+usage counts say. Native tool calls are offered exactly where the cpu runtime
+offers them (hermes-style models whose template renders tools, i.e. Qwen), so
+a protocol behaves the same on either backend.
 """
 
 from __future__ import annotations
 
-import math
+import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,7 @@ from hanlin import (
     Capabilities,
     ChatModel,
     Chunk,
+    ConfigurationError,
     ContextOverflowError,
     GenerationParams,
     Message,
@@ -24,115 +30,158 @@ from hanlin import (
     ModelSpec,
     Usage,
 )
-
-from hanlin.runtimes.chat_format import parse_hermes_tool_calls, render_plain, template_messages
+from hanlin.messages import MessageLike, to_messages
+from hanlin.runtimes.chat_format import (
+    parse_hermes_tool_calls,
+    render_plain,
+    template_knows_tools,
+    template_messages,
+)
 from hanlin.runtimes.text_stream import StopScanner
 from hanlin.runtimes.transformers.convert import convert_gguf
+from hanlin.runtimes.transformers.decoding import Detokenizer, sample_token
 
 DEFAULT_MAX_TOKENS = 512
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 class TransformersChatModel(ChatModel):
-    def __init__(self, spec: ModelSpec, path: Path, *, device: str = "cpu", dtype: str = "float32", threads: int | None = None) -> None:
+    """One HF causal LM and its tokenizer. ``path`` is an HF folder or a .gguf file (converted once, cached).
+
+    ``threads`` sets torch's intra-op threads for the whole process (torch has
+    no per-model setting); on a machine whose cores are busy, fewer threads
+    than cores is much faster, because torch's OpenMP workers spin-wait.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        path: Path,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        threads: int | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if dtype not in DTYPES:
+            raise ConfigurationError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if threads is not None and (not isinstance(threads, int) or threads <= 0):
+            raise ConfigurationError(f"threads must be a positive integer, got {threads!r}")
         if threads:
             torch.set_num_threads(threads)
-        folder = convert_gguf(path) if path.suffix == ".gguf" else path
-        self.spec, self.name, self.folder = spec, spec.name, folder
+        path = Path(path)
+        folder = convert_gguf(path, Path(cache_dir) if cache_dir else None) if path.suffix == ".gguf" else path
+        self.spec, self.name, self.path, self.folder, self.device = spec, spec.name, path, folder, device
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
             self.model = AutoModelForCausalLM.from_pretrained(
                 str(folder), local_files_only=True, dtype=getattr(torch, dtype)
             ).to(device)
-        except OSError as exc:
-            raise ModelError(f"transformers could not load {str(folder)!r}: {exc}") from None
+        except Exception as exc:  # OSError, safetensors errors, a config transformers cannot map, a bad device
+            raise ModelError(
+                f"transformers could not load {str(folder)!r} ({type(exc).__name__}: {exc}); check that it is a "
+                "complete HF model folder (config.json, weights, tokenizer)"
+            ) from None
         self.model.eval()
-        self.device = device
         self._lock = threading.Lock()
         template = getattr(self.tokenizer, "chat_template", None)
         self._use_template = bool(template) and spec.chat_template
+        self._tool_roles = bool(template) and template_knows_tools(template)
         self._hermes = spec.tool_call_style == "hermes" and self._use_template and "tools" in (template or "")
-        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
+        self._eos = self._eos_ids()
         self.capabilities = Capabilities(
             constraints=frozenset(), native_tools=self._hermes, chat_template=self._use_template,
             context_length=self.context_length,
         )
 
+    def _eos_ids(self) -> frozenset[int]:
+        """End-of-generation tokens: the tokenizer's and the generation config's (which may list several)."""
+        found: set[int] = set()
+        for value in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(value, int):
+                found.add(value)
+            elif isinstance(value, (list, tuple)):
+                found.update(v for v in value if isinstance(v, int))
+        return frozenset(found)
+
+    # ---- prompt ------------------------------------------------------------------------------
     def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str:
         if not self._use_template:
             return render_plain(messages)
-        return self.tokenizer.apply_chat_template(
-            template_messages(messages), tools=tools if self._hermes else None, add_generation_prompt=True, tokenize=False
-        )
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=not self._use_template)["input_ids"]
-
-    def _sample(self, logits: Any, params: GenerationParams, generator: Any) -> int:
-        import torch
-
-        temperature = 0.0 if params.temperature is None else params.temperature
-        if temperature == 0:
-            return int(torch.argmax(logits))
-        logits = logits / temperature
-        if params.top_k:
-            kth = torch.topk(logits, min(params.top_k, logits.numel())).values[-1]
-            logits = torch.where(logits < kth, torch.full_like(logits, -math.inf), logits)
-        probs = torch.softmax(logits, dim=-1)
-        if params.top_p is not None and params.top_p < 1:
-            ordered, index = torch.sort(probs, descending=True)
-            keep = torch.cumsum(ordered, dim=-1) - ordered < params.top_p
-            probs = torch.zeros_like(probs).scatter(0, index[keep], ordered[keep])
-            probs = probs / probs.sum()
-        return int(torch.multinomial(probs, 1, generator=generator))
-
-    def _stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Chunk]:
-        import torch
-
-        prompt = self.tokenize(self.render(messages, params.tools))
-        if len(prompt) >= self.context_length:
-            raise ContextOverflowError(
-                f"the prompt is {len(prompt)} tokens but model '{self.name}' has a context of {self.context_length}; "
-                "shorten the conversation"
+        try:
+            return self.tokenizer.apply_chat_template(
+                template_messages(messages, tool_roles=self._tool_roles), tools=tools if self._hermes else None,
+                add_generation_prompt=True, tokenize=False,
             )
+        except Exception as exc:  # jinja errors and the template's own raise_exception
+            raise ModelError(f"the chat template of model '{self.name}' failed: {type(exc).__name__}: {exc}") from None
+
+    def tokenize(self, text: str, *, templated: bool | None = None) -> list[int]:
+        """Token ids; text rendered by the chat template already holds its special tokens, so none are added."""
+        templated = self._use_template if templated is None else templated
+        return self.tokenizer(text, add_special_tokens=not templated)["input_ids"]
+
+    def _check_fits(self, n_tokens: int) -> None:
+        if n_tokens >= self.context_length:
+            raise ContextOverflowError(
+                f"the prompt is {n_tokens} tokens but model '{self.name}' has a context of {self.context_length}; "
+                "shorten the conversation or lower max_steps"
+            )
+
+    # ---- generation --------------------------------------------------------------------------
+    def _stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Chunk]:
+        hold = self._hermes and bool(params.tools)  # tool-call output is parsed whole, then sent
+        return self._stream_tokens(self.tokenize(self.render(messages, params.tools)), params, hold)
+
+    def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
+        return self._stream_tokens(self.tokenize(prompt, templated=False), params, False)
+
+    def _stream_tokens(self, prompt: list[int], params: GenerationParams, hold: bool) -> Iterator[Chunk]:
+        self._check_fits(len(prompt))  # raised by the stream() call itself, before any generator runs
+        return self._decode(prompt, params, hold)
+
+    def _forward(self, ids: list[int], past: Any) -> tuple[Any, Any]:
+        """One model step: logits of the last position, and the grown KV cache."""
+        import torch
+
+        model = self._loaded()
+        with self._lock, torch.inference_mode():
+            out = model(input_ids=torch.tensor([ids], device=self.device), past_key_values=past, use_cache=True)
+        return out.logits[0, -1], out.past_key_values
+
+    def _decode(self, prompt: list[int], params: GenerationParams, hold: bool) -> Iterator[Chunk]:
+        import torch
+
         max_tokens = min(params.max_tokens or DEFAULT_MAX_TOKENS, self.context_length - len(prompt))
-        eos = set(filter(lambda t: t is not None, [self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)]))
-        eos = {t for e in eos for t in (e if isinstance(e, list) else [e])}
-        generator = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed() % 2**31)
+        temperature = 0.0 if params.temperature is None else params.temperature
+        generator = torch.Generator().manual_seed(params.seed if params.seed is not None else random.randrange(2**31))
         scanner = StopScanner(list(params.stop))
-        hold = self._hermes and bool(params.tools)
-        generated: list[int] = []
-        text_so_far = ""
+        text = Detokenizer(self.tokenizer)
         parts: list[str] = []
         finish = "length"
-        with self._lock, torch.inference_mode():
-            ids = torch.tensor([prompt], device=self.device)
-            past = None
-            for _ in range(max_tokens):
-                out = self.model(input_ids=ids, past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                token = self._sample(out.logits[0, -1].float(), params, generator)
-                if token in eos:
-                    finish = "stop"
-                    break
-                generated.append(token)
-                text = self.tokenizer.decode(generated, skip_special_tokens=False)
-                if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
-                    ids = torch.tensor([[token]], device=self.device)
-                    continue
-                delta = scanner.feed_text(text[len(text_so_far):])
-                text_so_far = text
-                if delta:
-                    parts.append(delta)
-                    if not hold:
-                        yield Chunk(text=delta)
-                if scanner.stopped:
-                    finish = "stop"
-                    break
-                ids = torch.tensor([[token]], device=self.device)
-        tail = scanner.finish()
+        step, past = prompt, None
+        # The lock is taken per forward step, not per call: each call owns its KV cache, so concurrent
+        # callers interleave safely, and a consumer that stops reading a stream never blocks the others.
+        for _ in range(max_tokens):
+            logits, past = self._forward(step, past)
+            token = sample_token(logits, temperature, params.top_k, params.top_p, generator)
+            if token in self._eos:
+                finish = "stop"
+                break
+            delta = scanner.feed_text(text.add(token))
+            if delta:
+                parts.append(delta)
+                if not hold:
+                    yield Chunk(text=delta)
+            if scanner.stopped:
+                finish = "stop"
+                break
+            step = [token]
+        tail = scanner.feed_text(text.flush()) + scanner.finish()
         if tail:
             parts.append(tail)
             if not hold:
@@ -140,24 +189,47 @@ class TransformersChatModel(ChatModel):
         calls = []
         if hold:
             names = [t.get("function", t).get("name") for t in params.tools or []]
-            text, calls = parse_hermes_tool_calls("".join(parts), names)
-            if text:
-                yield Chunk(text=text)
-        usage = Usage(prompt_tokens=len(prompt), completion_tokens=len(generated),
+            reply, calls = parse_hermes_tool_calls("".join(parts), names)
+            if reply:
+                yield Chunk(text=reply)
+        usage = Usage(prompt_tokens=len(prompt), completion_tokens=len(text.tokens),
                       prompt_tokens_evaluated=len(prompt), prompt_tokens_reused=0)
         yield Chunk(finish_reason="tool_calls" if calls else finish, usage=usage, tool_calls=calls)
 
-    def logprobs(self, context: str, continuation: str) -> list[float]:
-        """Log-probability of each token of ``continuation`` after ``context`` (for likelihood scoring)."""
+    # ---- scoring -----------------------------------------------------------------------------
+    def logprobs(self, context: str | Iterable[MessageLike], continuation: str) -> list[float]:
+        """Log-probability of each token of ``continuation`` after ``context`` (for likelihood scoring).
+
+        ``context`` is plain text (scored as is) or messages (rendered with the
+        chat template and its assistant prompt, so the continuation is scored
+        as the model's reply).
+        """
         import torch
 
-        ctx_ids = self.tokenizer(context, add_special_tokens=not self._use_template)["input_ids"]
-        full_ids = self.tokenizer(context + continuation, add_special_tokens=not self._use_template)["input_ids"]
-        if full_ids[: len(ctx_ids)] != ctx_ids:  # the boundary merged into one token: tokenize separately
-            full_ids = ctx_ids + self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        if not continuation:
+            raise ConfigurationError("logprobs needs a non-empty continuation to score")
+        templated = not isinstance(context, str) and self._use_template
+        text = context if isinstance(context, str) else self.render(to_messages(context))
+        ctx_ids = self.tokenize(text, templated=templated)
+        full_ids = self.tokenize(text + continuation, templated=templated)
+        if not ctx_ids:
+            raise ConfigurationError("logprobs needs a non-empty context: the first token has no prediction to score")
+        if full_ids[: len(ctx_ids)] != ctx_ids or len(full_ids) == len(ctx_ids):
+            # the boundary merged into one token: score the pieces tokenized apart
+            full_ids = ctx_ids + self.tokenize(continuation, templated=True)
+        self._check_fits(len(full_ids))
+        model = self._loaded()
         with self._lock, torch.inference_mode():
-            logits = self.model(input_ids=torch.tensor([full_ids], device=self.device)).logits[0].float()
-        logp = torch.log_softmax(logits[:-1], dim=-1)
-        targets = torch.tensor(full_ids[1:], device=self.device)
-        picked = logp.gather(1, targets[:, None])[:, 0]
-        return picked[len(ctx_ids) - 1 :].tolist()
+            logits = model(input_ids=torch.tensor([full_ids], device=self.device)).logits[0]
+        logp = torch.log_softmax(logits[len(ctx_ids) - 1 : -1].float(), dim=-1)
+        targets = torch.tensor(full_ids[len(ctx_ids) :], device=logp.device)
+        return logp.gather(1, targets[:, None])[:, 0].tolist()
+
+    def _loaded(self) -> Any:
+        if self.model is None:
+            raise ModelError(f"model '{self.name}' was closed; load it again with hanlin.load_model")
+        return self.model
+
+    def close(self) -> None:
+        """Drop the weights; the model cannot be used afterwards."""
+        self.model = None  # type: ignore[assignment]

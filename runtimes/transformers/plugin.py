@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from hanlin import ChatModel, ModelSpec, RuntimeSpec, hookimpl
+from hanlin import ChatModel, ConfigurationError, ModelSpec, RuntimeSpec, hookimpl
 
 
 def available() -> str | None:
@@ -16,7 +16,15 @@ def available() -> str | None:
     return None
 
 
+OPTIONS = ("device", "dtype", "threads", "cache_dir")
+
+
 def load(spec: ModelSpec, path: Path, **config: Any) -> ChatModel:
+    unknown = sorted(set(config) - set(OPTIONS))
+    if unknown:  # e.g. llama.cpp's n_ctx passed to this runtime: say so instead of a TypeError
+        raise ConfigurationError(
+            f"the transformers runtime does not take {', '.join(unknown)}; its options are {', '.join(OPTIONS)}"
+        )
     from hanlin.runtimes.transformers.model import TransformersChatModel
 
     return TransformersChatModel(spec, path, **config)

@@ -106,14 +106,15 @@ def render_plain(messages: Sequence[Message]) -> str:
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
-def parse_hermes_tool_calls(text: str, tool_names: Sequence[str] = ()) -> tuple[str, list[ToolCall]]:
+def parse_hermes_tool_calls(text: str, tools: Sequence[dict[str, Any]] = ()) -> tuple[str, list[ToolCall]]:
     """Split Qwen/Hermes-style output into (text before the calls, calls).
 
     ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks; a block
     that is not valid JSON is left in the text so nothing the model wrote is lost.
     Small models sometimes drop the tags: a reply that is nothing but such an
-    object, naming one of ``tool_names``, counts as a call too.
+    object, naming one of ``tools`` (OpenAI-style specs), counts as a call too.
     """
+    tool_names = [t.get("function", t).get("name") for t in tools]
     bare = text.strip()
     if bare.startswith("{") and "<tool_call>" not in bare:
         try:

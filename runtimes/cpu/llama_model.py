@@ -243,8 +243,7 @@ class LlamaChatModel(ChatModel):
                 yield Chunk(text=tail)
         tool_calls = []
         if not stream_text:
-            names = [t.get("function", t).get("name") for t in params.tools or []]
-            text, tool_calls = parse_hermes_tool_calls("".join(parts), names)
+            text, tool_calls = parse_hermes_tool_calls("".join(parts), params.tools or [])
             if text:
                 yield Chunk(text=text)
         usage = Usage(

@@ -188,8 +188,7 @@ class TransformersChatModel(ChatModel):
                 yield Chunk(text=tail)
         calls = []
         if hold:
-            names = [t.get("function", t).get("name") for t in params.tools or []]
-            reply, calls = parse_hermes_tool_calls("".join(parts), names)
+            reply, calls = parse_hermes_tool_calls("".join(parts), params.tools or [])
             if reply:
                 yield Chunk(text=reply)
         usage = Usage(prompt_tokens=len(prompt), completion_tokens=len(text.tokens),

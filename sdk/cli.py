@@ -349,6 +349,7 @@ def _run_bench(runtime: str, as_json: bool, **options: Any) -> None:
 
 
 def main() -> None:
+    plugins().add_commands(app)
     app()
 
 

@@ -19,6 +19,8 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 Register = Callable[..., Any]
 
 KINDS = ("models", "runtimes", "tools", "protocols", "finetuners", "evaluators")
+# Hooks that extend hanlin itself rather than register a component of some kind.
+EXTENSION_HOOKS = ("register_commands",)
 
 
 @hookspec
@@ -49,3 +51,11 @@ def register_finetuners(register: Register) -> None:
 @hookspec
 def register_evaluators(register: Register) -> None:
     """Call ``register(ComponentSpec(...))`` for each dataset or metric."""
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add sub-commands to the ``hanlin`` CLI: ``cli`` is the typer app (e.g. ``cli.add_typer(kb_app, name="kb")``).
+
+    Called only when the CLI starts, so a plugin's command code (and its imports) costs nothing to API users.
+    """

@@ -86,6 +86,7 @@ class PluginManager:
         self._registry: dict[str, dict[str, tuple[Any, str]]] | None = None
         self._loaded = False
         self._lock = threading.RLock()
+        self._extended_clis: set[int] = set()
 
     # ---- loading -----------------------------------------------------------------------
     def load(self) -> None:
@@ -143,11 +144,26 @@ class PluginManager:
         info.kinds = [
             kind for kind in hookspecs.KINDS if any(i.plugin is plugin for i in getattr(self._pm.hook, f"register_{kind}").get_hookimpls())
         ]
+        if any(i.plugin is plugin for i in self._pm.hook.register_commands.get_hookimpls()):
+            info.kinds.append("commands")
         self._infos[name] = info
         self._registry = None
 
     def _hook_names(self) -> list[str]:
-        return [f"register_{k}" for k in hookspecs.KINDS]
+        return [f"register_{k}" for k in hookspecs.KINDS] + list(hookspecs.EXTENSION_HOOKS)
+
+    def add_commands(self, cli: Any) -> None:
+        """Let plugins add CLI sub-commands; a plugin whose hook raises is recorded as failed, the CLI still starts."""
+        self.load()
+        if id(cli) in self._extended_clis:  # typer would list a twice-added group twice
+            return
+        self._extended_clis.add(id(cli))
+        for impl in self._pm.hook.register_commands.get_hookimpls():
+            plugin_name = self._pm.get_name(impl.plugin) or "?"
+            try:
+                impl.function(cli=cli)
+            except Exception as exc:
+                self._record_error(plugin_name, f"register_commands raised {_short_error(exc)}")
 
     # ---- temporary registration (tests, apps) ----------------------------------------
     def register(self, plugin: Any, name: str | None = None) -> str:

@@ -152,3 +152,37 @@ def test_disable_builtin_by_name_from_env() -> None:
     ).stdout.splitlines()
     assert '"hanlin.plugins.protocols.rewoo": "disabled"' in out[0]
     assert "rewoo" not in out[1] and "react" in out[1]
+
+
+def test_plugins_add_cli_commands_and_a_raising_one_is_recorded() -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    class CommandPlugin:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command("hello")
+            def hello(name: str) -> None:
+                typer.echo(f"hello {name}")
+
+    class RaisingCommandPlugin:
+        @hookimpl
+        def register_commands(self, cli):
+            raise RuntimeError("no commands today")
+
+    pm = PluginManager(builtins=(), entry_points=False)
+    pm.register(CommandPlugin(), "cmds")
+    pm.register(RaisingCommandPlugin(), "raising")
+    app = typer.Typer()
+
+    @app.command("base")
+    def base() -> None:
+        typer.echo("base")
+
+    pm.add_commands(app)
+    pm.add_commands(app)  # idempotent: a group added twice would be listed twice
+    result = CliRunner().invoke(app, ["hello", "ada"])
+    assert result.exit_code == 0 and result.stdout.strip() == "hello ada"
+    infos = {i.name: i for i in pm.infos()}
+    assert infos["cmds"].kinds == ["commands"] and infos["cmds"].status == "loaded"
+    assert infos["raising"].status == "failed" and "no commands today" in infos["raising"].error

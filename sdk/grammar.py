@@ -48,7 +48,21 @@ _DEPENDS = {
     "value": ("object", "array", "string", "number", "boolean", "null"),
 }
 _TYPE_RULE = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean", "null": "null"}
-_MAX_BOUNDED = 32  # larger length/count bounds are left open: llama.cpp expands {m,n} into m..n copies
+_MAX_BOUNDED = 32  # larger item-count bounds are left open: llama.cpp expands {m,n} into m..n copies of the item
+# A string is repeated *characters*: llama.cpp's expansion of char{0,n} stays cheap there (measured: 1,000 bounded
+# characters cost the same per token as an unbounded string on SmolLM2), so string lengths keep much larger bounds.
+_MAX_BOUNDED_CHARS = 4096
+# Bounds for agent steps (see GrammarBuilder): generous for real use, short enough that a runaway line or
+# argument string on a small model ends within a few hundred tokens instead of at max_tokens.
+STEP_LINE_CHARS = 500  # a Thought / Plan line
+STEP_STRING_CHARS = 3000  # one JSON string in a tool's arguments (a python cell fits) or a final answer line
+
+
+def line_rule(max_chars: int = STEP_LINE_CHARS) -> str:
+    """GBNF for one non-empty line of at most ``max_chars`` characters (no newline)."""
+    return f"[^\\n]{{1,{max_chars}}}"
+
+
 _IDENT = re.compile(r"[A-Za-z0-9-]+")
 _NOT_RULE_NAMES = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|\{[^}]*\}')  # literals, classes, repeats
 
@@ -96,22 +110,30 @@ def _count(schema: dict[str, Any], key: str) -> int | None:
     return value
 
 
-def _bounds(schema: dict[str, Any], low_key: str, high_key: str) -> tuple[int, int | None]:
+def _bounds(schema: dict[str, Any], low_key: str, high_key: str, limit: int = _MAX_BOUNDED) -> tuple[int, int | None]:
     """(low, high) as a repetition can enforce them; bounds too large to expand are dropped (more permissive)."""
     low, high = _count(schema, low_key) or 0, _count(schema, high_key)
     if high is not None and low > high:
         raise ConfigurationError(f"{low_key}={low} is larger than {high_key}={high}: no value can match")
-    if high is not None and high > _MAX_BOUNDED:
+    if high is not None and high > limit:
         high = None
-    if low > _MAX_BOUNDED:
+    if low > limit:
         low = 0
     return low, high
 
 
 class GrammarBuilder:
-    """Collects named rules and renders them as one grammar."""
+    """Collects named rules and renders them as one grammar.
 
-    def __init__(self) -> None:
+    ``max_string_chars`` bounds every JSON string the schemas leave open. A grammar forces the *shape* of the
+    output but cannot make a small model stop a runaway string; a bound can, so an agent step always finishes as
+    a well-formed call (whose odd argument the tool then reports) instead of running until max_tokens.
+    """
+
+    def __init__(self, max_string_chars: int | None = None) -> None:
+        if max_string_chars is not None and not 1 <= max_string_chars <= _MAX_BOUNDED_CHARS:
+            raise ConfigurationError(f"max_string_chars must be between 1 and {_MAX_BOUNDED_CHARS}, got {max_string_chars}")
+        self.max_string_chars = max_string_chars
         self.rules: dict[str, str] = {}
         self._root_schema: dict[str, Any] = {}
         self._refs: dict[str, str] = {}  # $ref -> rule, for the schema being added
@@ -160,6 +182,8 @@ class GrammarBuilder:
     def _primitive(self, name: str) -> str:
         if name not in self.rules:
             self.rules[name] = _PRIMITIVES[name]
+            if name == "string" and self.max_string_chars is not None:
+                self.rules[name] = f'"\\"" char{{0,{self.max_string_chars}}} "\\""'
             for dep in _DEPENDS.get(name, ()):
                 self._primitive(dep)
         return name
@@ -327,8 +351,10 @@ class GrammarBuilder:
 
     def _string(self, schema: dict[str, Any]) -> str:
         string = self._primitive("string")
-        low, high = _bounds(schema, "minLength", "maxLength")
-        if not low and high is None:
+        low, high = _bounds(schema, "minLength", "maxLength", _MAX_BOUNDED_CHARS)
+        if self.max_string_chars is not None and high is None:  # an explicit maxLength or minLength wins over the cap
+            high = max(low, self.max_string_chars)
+        if not low and high in (None, self.max_string_chars):
             return string
         reps = f"{{{low},{high}}}" if high is not None else f"{{{low},}}"
         return f'"\\"" char{reps} "\\""'

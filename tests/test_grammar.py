@@ -287,6 +287,21 @@ def test_several_tool_schemas_in_one_grammar(matcher) -> None:
     assert not m.accepts('add {"name": "n", "age": 1, "role": "user", "address": {"city": "c"}}')
 
 
+@requires_llama
+@requires_smollm2
+def test_max_string_chars_bounds_open_strings_only(matcher) -> None:
+    builder = GrammarBuilder(max_string_chars=5)
+    schema = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string", "minLength": 7},
+                                               "c": {"additionalProperties": True}}}
+    builder.schema(schema, "root")
+    m = matcher(builder.render())
+    assert m.accepts('{"a": "12345"}') and not m.accepts('{"a": "123456"}')
+    assert m.accepts('{"b": "1234567"}')  # the schema's own minLength wins over the cap
+    assert m.accepts('{"c": {"k": "abcde"}}') and not m.accepts('{"c": {"k": "abcdef"}}')  # free values too
+    with pytest.raises(ConfigurationError, match="max_string_chars"):
+        GrammarBuilder(max_string_chars=0)
+
+
 # ---- SmolLM2 under the grammar writes JSON that validates ----------------------------------------
 @pytest.mark.parametrize("name", sorted(GENERATED))
 @requires_llama

@@ -86,16 +86,16 @@ class ReAct(StepProtocol):
 
 def react_grammar(ctx: RunContext) -> str:
     """GBNF for one step: a thought line, then one valid action or the final answer."""
-    from hanlin.grammar import GrammarBuilder, gbnf_literal
+    from hanlin.grammar import STEP_STRING_CHARS, GrammarBuilder, gbnf_literal, line_rule
 
-    g = GrammarBuilder()
-    g.add("thought", "[^\\n]+")
+    g = GrammarBuilder(max_string_chars=STEP_STRING_CHARS)  # bounded: a runaway string still ends as a valid step
+    g.add("thought", line_rule())
     actions = []
     for i, tool in enumerate(ctx.tools.values()):
         args = g.schema(tool.parameters, f"args{i}")
         actions.append(f"{gbnf_literal(tool.name)} {gbnf_literal(chr(10) + 'Action Input: ')} {args}")
     schema = ctx.output_schema()
-    final_body = g.schema(schema, "answer") if schema else "[^\\n]+"
+    final_body = g.schema(schema, "answer") if schema else line_rule(STEP_STRING_CHARS)
     g.add("final", f"{gbnf_literal('Final Answer: ')} {final_body}")
     alternatives = ["final"]
     if actions:

@@ -65,12 +65,12 @@ class ReWOO(AgentProtocol):
     def plan_constraint(self, ctx: RunContext) -> Constraint | None:
         if not ctx.use_constraints or "grammar" not in ctx.model.capabilities.constraints or not ctx.tools:
             return None
-        from hanlin.grammar import GrammarBuilder, gbnf_literal
+        from hanlin.grammar import STEP_STRING_CHARS, GrammarBuilder, gbnf_literal, line_rule
 
-        g = GrammarBuilder()
+        g = GrammarBuilder(max_string_chars=STEP_STRING_CHARS)
         args = g.schema({"type": "object"}, "args")
         names = " | ".join(gbnf_literal(n) for n in ctx.tools)
-        g.add("step", f'{gbnf_literal("Plan: ")} [^\\n]+ "\\n#E" [1-9] [0-9]? " = " ( {names} ) "[" {args} "]"')
+        g.add("step", f'{gbnf_literal("Plan: ")} {line_rule()} "\\n#E" [1-9] [0-9]? " = " ( {names} ) "[" {args} "]"')
         g.add("root", f'step ( "\\n" step ){{0,{self.max_plan_steps - 1}}}')
         return Constraint(grammar=g.render("root"))
 

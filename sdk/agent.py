@@ -12,6 +12,7 @@ import asyncio
 import json
 import queue
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,7 @@ from hanlin.events import ErrorEvent, Event, RunFinished, RunStatus, parse_event
 from hanlin.messages import Message, Usage, to_messages
 from hanlin.protocols.base import AgentProtocol
 from hanlin.protocols.context import RunContext, RunOptions
-from hanlin.tools import Tool, as_tools
+from hanlin.tools import Tool, as_tools, tool_session
 
 
 class RunResult(BaseModel):
@@ -145,11 +146,20 @@ class Agent:
             return list(self._sessions.get(session_id, []))
 
     def reset(self, session_id: str | None = None) -> None:
+        """Forget a session's history and what its tools hold for it (e.g. its Python kernel); None: all sessions."""
         with self._session_lock:
             if session_id is None:
                 self._sessions.clear()
             else:
                 self._sessions.pop(session_id, None)
+        self._end_tool_sessions(session_id)
+
+    def _toolkits(self) -> list[Any]:
+        return list({id(t.toolkit): t.toolkit for t in self.tools if t.toolkit is not None}.values())
+
+    def _end_tool_sessions(self, session_id: str | None) -> None:
+        for kit in self._toolkits():
+            kit.end_session(session_id)
 
     # ---- running -----------------------------------------------------------------------
     async def astream(
@@ -193,7 +203,10 @@ class Agent:
                 ctx.emit(ErrorEvent(step=ctx.step, kind="model", message=error, recoverable=False))
             await events.put(None)
 
-        task_handle = asyncio.ensure_future(drive())
+        # Tool calls of this run belong to its session; a run without one gets its own, ended with the run.
+        tool_key = session_id or f"run-{uuid.uuid4().hex[:12]}"
+        with tool_session(tool_key):
+            task_handle = asyncio.ensure_future(drive())  # the task copies the context, session included
         try:
             while (event := await events.get()) is not None:
                 seen.append(event)
@@ -223,6 +236,8 @@ class Agent:
             if not task_handle.done():
                 task_handle.cancel()
                 await asyncio.gather(task_handle, return_exceptions=True)
+            if session_id is None:
+                await asyncio.to_thread(self._end_tool_sessions, tool_key)
 
     async def arun(
         self, task: str | Message, *, session_id: str | None = None, on_event: Callable[[Event], None] | None = None,
@@ -247,7 +262,7 @@ class Agent:
 
     def close(self) -> None:
         """Release what the tools hold (kernels, sessions): each toolkit once."""
-        for kit in {id(t.toolkit): t.toolkit for t in self.tools if t.toolkit is not None}.values():
+        for kit in self._toolkits():
             kit.close()
 
     def __repr__(self) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import contextvars
 import functools
 import inspect
 import json
@@ -33,6 +35,24 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 # is abandoned and finishes in the background. Tools that must stop for real
 # (the Python kernel) implement their own interruption.
 _pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="hanlin-tool")
+# Which agent session a tool call belongs to. Toolkits with per-conversation state (a Python kernel) key it by this;
+# tool calls copy the context into their worker thread, so the value follows the call.
+_session: contextvars.ContextVar[str | None] = contextvars.ContextVar("hanlin_tool_session", default=None)
+
+
+def current_session() -> str | None:
+    """The agent session the running tool call belongs to (None outside an agent run)."""
+    return _session.get()
+
+
+@contextlib.contextmanager
+def tool_session(session_id: str | None) -> Any:
+    """Make tool calls inside the block belong to ``session_id`` (the Agent does this around each run)."""
+    token = _session.set(session_id)
+    try:
+        yield
+    finally:
+        _session.reset(token)
 
 
 class ToolResult(BaseModel):
@@ -162,7 +182,7 @@ class Tool:
             return kwargs
         if self.is_async:
             return _run_coroutine_sync(self.ainvoke(arguments))
-        future = _pool.submit(self.fn, **kwargs)
+        future = _pool.submit(contextvars.copy_context().run, functools.partial(self.fn, **kwargs))
         try:
             return self._wrap(future.result(timeout=self.timeout))
         except concurrent.futures.TimeoutError:
@@ -179,7 +199,8 @@ class Tool:
             call: Awaitable[Any] = self.fn(**kwargs)
         else:
             loop = asyncio.get_running_loop()
-            call = loop.run_in_executor(_pool, functools.partial(self.fn, **kwargs))
+            context = contextvars.copy_context()
+            call = loop.run_in_executor(_pool, functools.partial(context.run, functools.partial(self.fn, **kwargs)))
         try:
             return self._wrap(await asyncio.wait_for(call, timeout=self.timeout))
         except TimeoutError:
@@ -279,8 +300,12 @@ class Toolkit:
             found.append(made)
         return found
 
+    def end_session(self, session_id: str | None) -> None:
+        """Drop what one agent session holds (its kernel); ``None``: every session. Agents call this when a
+        session is reset and when a run without a ``session_id`` ends."""
+
     def close(self) -> None:
-        """Release what the toolkit holds (processes, files). Called when its agent session ends."""
+        """Release everything the toolkit holds (processes, files). Called by ``Agent.close()``."""
 
 
 def as_tools(items: Any) -> list[Tool]:

@@ -10,7 +10,9 @@ import zlib
 
 import pytest
 
-from hanlin import Agent, ScriptedModel, load_tool
+import json
+
+from hanlin import Agent, ScriptedModel, load_tool, load_tools, tool_session
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("jupyter_client") is None or importlib.util.find_spec("ipykernel") is None,
@@ -103,4 +105,112 @@ def test_agent_uses_the_python_tool(tmp_path) -> None:
         assert result.status == "answered" and result.messages[2].content == "5050"
     finally:
         agent.close()
-    assert tool.toolkit.session._km is None  # closed: no kernel left behind
+    assert tool.toolkit.sessions() == []  # the run had no session_id: its kernel ended with the run
+
+
+def _kernel_pids(toolkit) -> set[int]:
+    return {k._km.provisioner.process.pid for k in toolkit._kernels.values() if k._km is not None}
+
+
+def test_sessions_get_their_own_kernels_and_folders(tmp_path) -> None:
+    (tool,) = load_tools(["python"], workdir=tmp_path, max_kernels=2)
+    kit = tool.toolkit
+
+    def step(code: str) -> str:
+        return f'Thought: run\nAction: python\nAction Input: {json.dumps({"code": code})}'
+
+    script = ScriptedModel([
+        step("secret = 'ada'; open('mine.txt', 'w').write('a')"), "Thought: ok\nFinal Answer: set",  # session a
+        step("print(globals().get('secret', 'unset'))"), "Thought: ok\nFinal Answer: checked",      # session b
+        step("print(secret)"), "Thought: ok\nFinal Answer: again",                                  # a again
+        step("print(1)"), "Thought: ok\nFinal Answer: c",                                           # c evicts b
+        step("print(globals().get('secret', 'unset'))"), "Thought: ok\nFinal Answer: b back",       # b back
+    ])
+    agent = Agent(script, [tool])
+    try:
+        assert agent.run("set", session_id="a").status == "answered"
+        def observed(result) -> str:
+            return [m for m in result.messages if m.role == "tool"][-1].content
+
+        assert "unset" in observed(agent.run("check", session_id="b"))  # no leak between sessions
+        assert "ada" in observed(agent.run("again", session_id="a"))  # state kept across runs
+        assert (tmp_path / "a" / "mine.txt").exists() and not (tmp_path / "b" / "mine.txt").exists()
+        assert kit.sessions() == ["b", "a"]
+        agent.run("c", session_id="c")  # pool of 2: b, least recently used, is shut down
+        assert kit.sessions() == ["a", "c"]
+        back = observed(agent.run("b again", session_id="b"))
+        assert "state was discarded" in back and "unset" in back
+        pids = _kernel_pids(kit)
+        agent.reset("a")
+        assert "a" not in kit.sessions()
+    finally:
+        agent.close()
+    assert kit.sessions() == []
+    for pid in pids:  # the kernel processes are gone, not orphaned
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_concurrent_sessions_run_in_parallel(tmp_path) -> None:
+    import threading
+    import time
+
+    (tool,) = load_tools(["python"], workdir=tmp_path)
+    kit = tool.toolkit
+    for key in ("s1", "s2"):  # start both kernels first: startup time is not what is measured
+        with tool_session(key):
+            assert tool.invoke({"code": "1"}).content.strip() == "1"
+    spans: dict[str, tuple[float, float]] = {}
+
+    def work(key: str) -> None:
+        with tool_session(key):
+            start = time.perf_counter()
+            result = tool.invoke({"code": "import time; time.sleep(1.0); print('done')"})
+            spans[key] = (start, time.perf_counter())
+            assert "done" in result.content
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in ("s1", "s2")]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        (a0, a1), (b0, b1) = spans["s1"], spans["s2"]
+        assert max(a0, b0) < min(a1, b1)  # the two cells overlapped in time
+    finally:
+        kit.close()
+
+
+def test_ctrl_c_leaves_no_kernel_behind(tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import time\n"
+        "from hanlin import load_tool\n"
+        "tool = load_tool('python')\n"
+        "tool.invoke({'code': '1'})\n"
+        "(kernel,) = tool.toolkit._kernels.values()\n"
+        "print(kernel._km.provisioner.process.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        kernel_pid = int(proc.stdout.readline())
+        os.kill(kernel_pid, 0)  # alive while the program runs
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        assert "KeyboardInterrupt" in proc.stderr.read()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(kernel_pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"kernel {kernel_pid} outlived its program after Ctrl-C")
+    finally:
+        proc.kill()

@@ -68,6 +68,11 @@ class KernelSession:
         self._images = 0
         _LIVE.add(self)
 
+    @property
+    def busy(self) -> bool:
+        """True while code runs: a pool must not shut this kernel down under it."""
+        return self._lock.locked()
+
     # ---- lifecycle ---------------------------------------------------------------------------
     def _start(self) -> None:
         from jupyter_client import KernelManager

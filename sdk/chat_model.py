@@ -31,6 +31,9 @@ class Constraint(BaseModel):
 
     json_schema: dict[str, Any] | None = None
     grammar: str | None = None
+    # The token budget the grammar was sized for (its open strings and lines are bounded so that a step always
+    # ends inside it); used as the call's max_tokens when the caller set none.
+    max_tokens: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Constraint:

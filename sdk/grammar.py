@@ -52,10 +52,14 @@ _MAX_BOUNDED = 32  # larger item-count bounds are left open: llama.cpp expands {
 # A string is repeated *characters*: llama.cpp's expansion of char{0,n} stays cheap there (measured: 1,000 bounded
 # characters cost the same per token as an unbounded string on SmolLM2), so string lengths keep much larger bounds.
 _MAX_BOUNDED_CHARS = 4096
-# Bounds for agent steps (see GrammarBuilder): generous for real use, short enough that a runaway line or
-# argument string on a small model ends within a few hundred tokens instead of at max_tokens.
-STEP_LINE_CHARS = 500  # a Thought / Plan line
-STEP_STRING_CHARS = 3000  # one JSON string in a tool's arguments (a python cell fits) or a final answer line
+# Bounds for agent steps (see GrammarBuilder). A small model's runaway is one line or one argument string that
+# repeats itself; bounded, it ends as a well-formed step. An ASCII character is at least one token's worth of text,
+# so a step of one bounded line plus one runaway string always fits in STEP_MAX_TOKENS (measured: SmolLM2 looped
+# inside "expression" until the runtime's default 512 tokens on 15 of 29 constrained steps before these bounds;
+# with 1,000-character strings its 2,048-token context then filled after two runaway steps).
+STEP_LINE_CHARS = 300  # a Thought / Plan line
+STEP_STRING_CHARS = 500  # an open JSON string in a tool's arguments (a tool's own maxLength wins), a final answer
+STEP_MAX_TOKENS = 2048  # the step's max_tokens when the app sets none (Constraint.max_tokens)
 
 
 def line_rule(max_chars: int = STEP_LINE_CHARS) -> str:

@@ -228,7 +228,7 @@ def _run_coroutine_sync(coro: Awaitable[ToolResult]) -> ToolResult:
 def _parameter_hints(fn: Callable[..., Any], name: str) -> dict[str, Any]:
     """Resolve the parameters' type hints; the return annotation is irrelevant and may not resolve."""
     try:
-        return get_type_hints(fn)
+        return get_type_hints(fn, include_extras=True)  # keep Annotated[..., Field(...)] constraints
     except Exception:
         pass
     raw = dict(getattr(fn, "__annotations__", {}))
@@ -236,7 +236,7 @@ def _parameter_hints(fn: Callable[..., Any], name: str) -> dict[str, Any]:
     # get_type_hints reads __annotations__ and __globals__ from any object: give it the parameters only.
     shim = types.SimpleNamespace(__annotations__=raw, __globals__=getattr(fn, "__globals__", {}))
     try:
-        return get_type_hints(shim)
+        return get_type_hints(shim, include_extras=True)
     except Exception as exc:
         raise ToolError(f"cannot read the type hints of tool '{name}': {exc}") from None
 

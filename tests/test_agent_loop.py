@@ -357,3 +357,21 @@ def test_openai_dict_messages_are_accepted_by_models() -> None:
     assert completion.text == "hi" and model.calls[0][0] == [Message.user("hello")]
     with pytest.raises(ConfigurationError, match="role must be one of"):
         model.generate([{"role": "robot", "content": "x"}])
+
+
+def test_constrained_steps_get_the_grammar_budget_unless_the_app_sets_max_tokens() -> None:
+    from hanlin import Constraint
+    from hanlin.grammar import STEP_MAX_TOKENS
+
+    seen: list[tuple[int | None, Constraint | None]] = []
+
+    def reply(messages, params):
+        seen.append((params.max_tokens, params.constraint))
+        return "Thought: done\nFinal Answer: ok"
+
+    Agent(ScriptedModel(reply), [add]).run("hi")
+    Agent(ScriptedModel(reply), [add], params={"max_tokens": 64}).run("hi")
+    Agent(ScriptedModel(reply), [add], constrained=False).run("hi")
+    (budget, constraint), (app_set, _), (unconstrained, none) = seen
+    assert budget == STEP_MAX_TOKENS and 'thought ::= [^\\n]{1,300}' in constraint.grammar
+    assert app_set == 64 and unconstrained is None and none is None

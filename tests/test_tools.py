@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from hanlin import Tool, ToolError, Toolkit, ToolResult, load_tool, tool
 from hanlin.tools import as_tools
@@ -195,3 +195,20 @@ def test_load_tool_unknown_name() -> None:
 
     with pytest.raises(ConfigurationError, match="unknown tool 'nope'"):
         load_tool("nope")
+
+
+def test_annotated_field_constraints_reach_the_schema_and_validation() -> None:
+    @tool
+    def shout(text: Annotated[str, Field(max_length=5)]) -> str:
+        """Shout.
+
+        Args:
+            text: what to shout
+        """
+        return text.upper()
+
+    assert shout.parameters["properties"]["text"]["maxLength"] == 5
+    assert shout.parameters["properties"]["text"]["description"] == "what to shout"
+    assert shout.invoke({"text": "hey"}).content == "HEY"
+    result = shout.invoke({"text": "too long"})
+    assert result.is_error and "text" in result.content and "5" in result.content

@@ -31,6 +31,11 @@ def describe_tools(ctx: RunContext) -> str:
 class ReAct(StepProtocol):
     name = "react"
 
+    def __init__(self, *, max_string_chars: int | None = None, **options: Any) -> None:
+        """``max_string_chars``: bound on open JSON strings in constrained steps (default STEP_STRING_CHARS)."""
+        super().__init__(**options)
+        self.max_string_chars = max_string_chars
+
     def system_prompt(self, ctx: RunContext) -> str:
         names = ", ".join(ctx.tools) or "none"
         final = "the final answer"
@@ -81,14 +86,17 @@ class ReAct(StepProtocol):
     def constraint(self, ctx: RunContext) -> Constraint | None:
         if "grammar" not in ctx.model.capabilities.constraints:
             return None
-        return Constraint(grammar=react_grammar(ctx))
+        from hanlin.grammar import STEP_MAX_TOKENS
+
+        return Constraint(grammar=react_grammar(ctx, self.max_string_chars), max_tokens=STEP_MAX_TOKENS)
 
 
-def react_grammar(ctx: RunContext) -> str:
+def react_grammar(ctx: RunContext, max_string_chars: int | None = None) -> str:
     """GBNF for one step: a thought line, then one valid action or the final answer."""
     from hanlin.grammar import STEP_STRING_CHARS, GrammarBuilder, gbnf_literal, line_rule
 
-    g = GrammarBuilder(max_string_chars=STEP_STRING_CHARS)  # bounded: a runaway string still ends as a valid step
+    # Bounded: a runaway string still ends as a valid step (see hanlin.grammar).
+    g = GrammarBuilder(max_string_chars=max_string_chars or STEP_STRING_CHARS)
     g.add("thought", line_rule())
     actions = []
     for i, tool in enumerate(ctx.tools.values()):

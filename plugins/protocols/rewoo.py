@@ -22,9 +22,10 @@ from hanlin.plugins.protocols.rewoo_parser import PlanStep, parse_plan, substitu
 class ReWOO(AgentProtocol):
     name = "rewoo"
 
-    def __init__(self, *, max_plan_steps: int = 12, **options: Any) -> None:
+    def __init__(self, *, max_plan_steps: int = 12, max_string_chars: int | None = None, **options: Any) -> None:
         super().__init__(**options)
         self.max_plan_steps = max_plan_steps
+        self.max_string_chars = max_string_chars  # bound on open JSON strings in a constrained plan
 
     # ---- prompts ---------------------------------------------------------------------------
     def planner_prompt(self, ctx: RunContext) -> list[Message]:
@@ -65,14 +66,15 @@ class ReWOO(AgentProtocol):
     def plan_constraint(self, ctx: RunContext) -> Constraint | None:
         if not ctx.use_constraints or "grammar" not in ctx.model.capabilities.constraints or not ctx.tools:
             return None
-        from hanlin.grammar import STEP_STRING_CHARS, GrammarBuilder, gbnf_literal, line_rule
+        from hanlin.grammar import STEP_MAX_TOKENS, STEP_STRING_CHARS, GrammarBuilder, gbnf_literal, line_rule
 
-        g = GrammarBuilder(max_string_chars=STEP_STRING_CHARS)
+        g = GrammarBuilder(max_string_chars=self.max_string_chars or STEP_STRING_CHARS)
         args = g.schema({"type": "object"}, "args")
         names = " | ".join(gbnf_literal(n) for n in ctx.tools)
         g.add("step", f'{gbnf_literal("Plan: ")} {line_rule()} "\\n#E" [1-9] [0-9]? " = " ( {names} ) "[" {args} "]"')
         g.add("root", f'step ( "\\n" step ){{0,{self.max_plan_steps - 1}}}')
-        return Constraint(grammar=g.render("root"))
+        # A plan has several steps; each is bounded like a ReAct step.
+        return Constraint(grammar=g.render("root"), max_tokens=STEP_MAX_TOKENS * 2)
 
     # ---- the run ---------------------------------------------------------------------------
     async def run(self, ctx: RunContext) -> None:

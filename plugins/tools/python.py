@@ -8,7 +8,9 @@ import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from hanlin import Tool, ToolResult, ToolSpec, Toolkit, current_session, hookimpl, tool
 
@@ -70,7 +72,7 @@ class PythonToolkit(Toolkit):
             return session, note
 
     @tool(timeout=None)  # the kernel enforces its own timeout and interrupts the code
-    def python(self, code: str) -> ToolResult:
+    def python(self, code: Annotated[str, Field(max_length=8000)]) -> ToolResult:
         """Run Python code in a persistent Jupyter kernel and return what it printed and its last value.
 
         Variables and imports persist between calls. Images (e.g. matplotlib) are saved as files.

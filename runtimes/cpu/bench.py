@@ -154,7 +154,7 @@ def _actions_only(steps: int):
             if constraint is None or ctx.step >= steps:
                 return constraint
             grammar = constraint.grammar.replace("( action | final )", "( action )")
-            return Constraint(grammar=grammar)
+            return constraint.model_copy(update={"grammar": grammar})
 
     return ActionsFirst()
 

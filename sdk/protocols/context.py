@@ -95,6 +95,8 @@ class RunContext:
             update["stop"] = list(dict.fromkeys([*self.params.stop, *stop]))
         if constraint is not None and self.use_constraints and self.model.supports(constraint):
             update["constraint"] = constraint
+            if constraint.max_tokens is not None and self.params.max_tokens is None:
+                update["max_tokens"] = constraint.max_tokens
         if tools is not None:
             update["tools"] = tools
         params = self.params.model_copy(update=update)

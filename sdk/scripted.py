@@ -67,16 +67,11 @@ class ScriptedModel(ChatModel):
             yield Chunk(text=text[i : i + self._chunk_size])
         tool_calls: list[ToolCall] = reply.tool_calls
         finish_reason = "tool_calls" if tool_calls else (finish or reply.finish_reason)
-        yield Chunk(
-            tool_calls=tool_calls,
-            finish_reason=finish_reason,
-            usage=Usage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=_count_tokens(text),
-                prompt_tokens_evaluated=prompt_tokens,
-                prompt_tokens_reused=0,
-            ),
-        )
+        usage = reply.usage  # a scripted Completion may state its usage (e.g. to test a full context)
+        if not (usage.prompt_tokens or usage.completion_tokens):
+            usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=_count_tokens(text),
+                          prompt_tokens_evaluated=prompt_tokens, prompt_tokens_reused=0)
+        yield Chunk(tool_calls=tool_calls, finish_reason=finish_reason, usage=usage)
 
 
 def _apply_stop(text: str, stop: list[str]) -> tuple[str, str | None]:

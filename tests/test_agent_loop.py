@@ -375,3 +375,29 @@ def test_constrained_steps_get_the_grammar_budget_unless_the_app_sets_max_tokens
     (budget, constraint), (app_set, _), (unconstrained, none) = seen
     assert budget == STEP_MAX_TOKENS and 'thought ::= [^\\n]{1,300}' in constraint.grammar
     assert app_set == 64 and unconstrained is None and none is None
+
+
+def test_a_full_context_ends_the_run_with_a_clear_error_not_retries() -> None:
+    import dataclasses
+
+    from hanlin import Completion, Usage
+
+    calls = []
+
+    def reply(messages, params):
+        calls.append(1)
+        return Completion(text="Thought: and so on and so on", finish_reason="length",
+                          usage=Usage(prompt_tokens=95, completion_tokens=5))
+
+    model = ScriptedModel(reply)
+    model.capabilities = dataclasses.replace(model.capabilities, context_length=100)
+    result = Agent(model, [add]).run("hi")
+    assert result.status == "error" and len(calls) == 1
+    assert "filled the model's context (100 of 100 tokens)" in result.error and "new session" in result.error
+
+    # cut by max_tokens with room left in the context is the model's mistake: retried as usual
+    calls.clear()
+    model = ScriptedModel(lambda m, p: (calls.append(1), Completion(
+        text="Thought: and so on", finish_reason="length", usage=Usage(prompt_tokens=10, completion_tokens=5)))[1])
+    model.capabilities = dataclasses.replace(model.capabilities, context_length=100)
+    assert Agent(model, [add], max_retries=2).run("hi").status == "gave_up" and len(calls) == 3

@@ -209,21 +209,23 @@ def load_prompts(limit: int | None = None) -> list[dict[str, Any]]:
 
 
 def bench_validity(models: list[str], limit: int | None = None, max_steps: int = 4) -> BenchTable:
-    """Each model step is: valid (a known tool with valid arguments, or a final answer), malformed, or cut by
-    max_tokens before it could finish (a grammar can force the format, not an end to a runaway string)."""
+    """Each model step is: valid (a known tool with valid arguments, or a final answer), malformed, cut by
+    max_tokens before it could finish, or stopped because the transcript filled the context (the run then ends with
+    ContextOverflowError). Constrained steps bound their strings so that they finish inside their token budget."""
     prompts = load_prompts(limit)
     table = BenchTable(
         title=f"3. format validity: {len(prompts)} tool-use prompts, ReAct, max {max_steps} steps",
-        columns=["model", "constrained", "steps", "valid", "malformed", "cut by max_tokens", "valid % of finished",
-                 "runs right", "right %", "seconds"],
-        target="100% of finished steps valid with constraints, on every model",
+        columns=["model", "constrained", "steps", "valid", "malformed", "cut by max_tokens", "context full",
+                 "valid % of finished", "runs right", "right %", "seconds"],
+        target="100% of finished steps valid and none cut by max_tokens with constraints, on every model",
     )
     met = True
     calculator = load_tool("calculator")
     for name in models:
         model = _Recorder(_load(name))
+        limit = model.capabilities.context_length or 0
         for constrained in (True, False):
-            steps = malformed = cut = right = 0
+            steps = malformed = cut = full = right = 0
             started = time.perf_counter()
             for row in prompts:
                 model.calls.clear()
@@ -231,16 +233,20 @@ def bench_validity(models: list[str], limit: int | None = None, max_steps: int =
                 bad_steps = {e.step for e in result.events
                              if e.type == "error" and e.kind in ("parse", "unknown_tool", "invalid_arguments")}
                 lengths = {i + 1 for i, call in enumerate(model.calls) if call["finish"] == "length"}
+                # the transcript filled the context: the run ends with ContextOverflowError, not a format failure
+                filled = {i + 1 for i, call in enumerate(model.calls) if call["finish"] == "length"
+                          and call["usage"].prompt_tokens + call["usage"].completion_tokens >= limit - 1}
                 steps += len(model.calls)
-                cut += len(bad_steps & lengths)
+                full += len(filled)
+                cut += len((bad_steps & lengths) - filled)
                 malformed += len(bad_steps - lengths)
                 right += result.status == "answered" and row["answer"] in str(result.output)
-            finished = steps - cut
+            finished = steps - cut - full
             valid = finished - malformed
-            table.rows.append([name, constrained, steps, valid, malformed, cut, 100 * valid / max(finished, 1), right,
-                               100 * right / len(prompts), time.perf_counter() - started])
+            table.rows.append([name, constrained, steps, valid, malformed, cut, full, 100 * valid / max(finished, 1),
+                               right, 100 * right / len(prompts), time.perf_counter() - started])
             if constrained:
-                met = met and malformed == 0
+                met = met and malformed == 0 and cut == 0
         model.inner.close()
     table.met = met
     return table

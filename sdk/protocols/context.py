@@ -107,7 +107,22 @@ class RunContext:
             chunks.append(chunk)
         completion = completion_from_chunks(chunks)
         self.usage = self.usage + completion.usage
+        self._check_context(completion)
         return completion
+
+    def _check_context(self, completion: Completion) -> None:
+        """A reply cut because the transcript filled the context is not a model mistake to retry: every retry
+        would be cut the same way. End the run with a clear error instead (the run's documented policy)."""
+        limit = self.model.capabilities.context_length
+        used = completion.usage.prompt_tokens + completion.usage.completion_tokens
+        if completion.finish_reason != "length" or not limit or used < limit - 1:
+            return
+        from hanlin.errors import ContextOverflowError
+
+        raise ContextOverflowError(
+            f"the transcript filled the model's context ({used} of {limit} tokens) at step {self.step}; "
+            "start a new session, lower max_steps, return shorter tool results, or use a model with a longer context"
+        )
 
     # ---- tools ---------------------------------------------------------------------------
     def tool_specs(self) -> list[dict[str, Any]]:

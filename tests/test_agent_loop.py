@@ -401,3 +401,32 @@ def test_a_full_context_ends_the_run_with_a_clear_error_not_retries() -> None:
         text="Thought: and so on", finish_reason="length", usage=Usage(prompt_tokens=10, completion_tokens=5)))[1])
     model.capabilities = dataclasses.replace(model.capabilities, context_length=100)
     assert Agent(model, [add], max_retries=2).run("hi").status == "gave_up" and len(calls) == 3
+
+
+def test_a_call_repeated_from_the_previous_step_is_not_rerun_and_only_the_answer_is_left() -> None:
+    runs: list[int] = []
+
+    @tool
+    def counter(n: int) -> int:
+        """Count.
+
+        Args:
+            n: a number
+        """
+        runs.append(n)
+        return n + 1
+
+    grammars: list[str] = []
+
+    def reply(messages, params):
+        grammars.append(params.constraint.grammar)
+        if len(grammars) <= 2:
+            return 'Thought: count\nAction: counter\nAction Input: {"n": 1}'
+        return "Thought: done\nFinal Answer: 2"
+
+    result = Agent(ScriptedModel(reply), [counter]).run("count from 1")
+    assert result.status == "answered" and runs == [1]  # the repeat was answered from the first result
+    observations = [m.content for m in result.messages if m.role == "tool"]
+    assert observations[0] == "2" and observations[1].startswith("2\n[The same counter call as in your previous step")
+    assert "Action: " in grammars[0] and "Action: " in grammars[1] and "Action: " not in grammars[2]
+    assert "Final Answer: " in grammars[2]

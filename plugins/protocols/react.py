@@ -99,7 +99,8 @@ def react_grammar(ctx: RunContext, max_string_chars: int | None = None) -> str:
     g = GrammarBuilder(max_string_chars=max_string_chars or STEP_STRING_CHARS)
     g.add("thought", line_rule())
     actions = []
-    for i, tool in enumerate(ctx.tools.values()):
+    # Stuck re-issuing the previous step's call (see RunContext.repeated): only the answer is left to give.
+    for i, tool in enumerate(ctx.tools.values() if not ctx.repeated else []):
         args = g.schema(tool.parameters, f"args{i}")
         actions.append(f"{gbnf_literal(tool.name)} {gbnf_literal(chr(10) + 'Action Input: ')} {args}")
     schema = ctx.output_schema()

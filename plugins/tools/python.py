@@ -105,7 +105,7 @@ def register_tools(register: Any) -> None:
     register(ToolSpec(
         name="python", factory=make_python,
         description="Run Python in a persistent Jupyter kernel per agent session (timeouts, rlimits, restart on crash).",
-        # Not a default tool yet: with both calculator and python offered, Qwen2.5-Coder-0.5B loops on the
-        # calculator for the README's question (measured); the tools issue tunes the prompt for both.
+        # Not a default tool: it needs the [tools] extra (a Jupyter kernel), which `hanlin run`'s minimal install
+        # lacks; `--tool python` adds it. With both tools, Qwen2.5-Coder-0.5B answers the README question too.
         default=False,
     ))

@@ -53,10 +53,17 @@ class RunContext:
     output: Any = None
     output_text: str = ""
     gave_up_reason: str | None = None
+    # Loop guard: a call identical to one of the previous step's is not run again. Small models get stuck
+    # re-issuing the call whose result they were just shown; `repeated` tells the protocol to ask for the answer
+    # (ReAct's grammar then allows only a Final Answer).
+    repeated: bool = False
+    _step_calls: dict[str, ToolResult] = field(default_factory=dict)
+    _previous_calls: dict[str, ToolResult] = field(default_factory=dict)
 
     # ---- steps and failures --------------------------------------------------------------
     def start_step(self, phase: str = "act") -> None:
         self.step += 1
+        self._previous_calls, self._step_calls = self._step_calls, {}
         self.emit(StepStarted(step=self.step, phase=phase))
 
     @property
@@ -146,11 +153,19 @@ class RunContext:
         self.emit(ToolCallEvent(step=self.step, call=call))
         started = time.perf_counter()
         outcome = self.check_call(call)
-        if outcome is None:
+        key = f"{call.name}\0{json.dumps(call.arguments, sort_keys=True, default=str)}"
+        if outcome is None and (earlier := self._previous_calls.get(key)) is not None and not earlier.is_error:
+            self.repeated = True
+            note = (f"\n[The same {call.name} call as in your previous step, so it was not run again; its result is "
+                    "above. Use it: reply with the Final Answer.]")
+            outcome = ToolOutcome(call, earlier.model_copy(update={"content": earlier.content + note}))
+            self._step_calls[key] = earlier
+        elif outcome is None:
             result = await self.tools[call.name].ainvoke(call.arguments)
             outcome = ToolOutcome(call, result)
             if result.is_error:
                 self.emit(ErrorEvent(step=self.step, kind="tool_failed", message=result.content))
+            self._step_calls[key] = result
         self.emit(
             ToolResultEvent(
                 step=self.step,

@@ -346,6 +346,14 @@ def test_native_tool_calling() -> None:
     assert [m.content for m in second[-2:]] == ["42", "2"]
 
 
+def test_native_repeat_withdraws_the_tools_so_the_model_answers() -> None:
+    call = ToolCall(name="add", arguments={"a": 20, "b": 22})
+    model = ScriptedModel([Completion(tool_calls=[call]), Completion(tool_calls=[call]), "42"])
+    result = Agent(model, [add], protocol="tools").run("sum")
+    assert result.status == "answered" and result.output == "42"
+    assert [bool(p.tools) for _, p in model.calls] == [True, True, False]
+
+
 def test_native_protocol_refuses_a_model_without_tool_calls() -> None:
     with pytest.raises(ProtocolError, match="use protocol='react'"):
         Agent(ScriptedModel([], native_tools=False), [add], protocol="tools")

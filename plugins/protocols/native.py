@@ -31,6 +31,8 @@ class NativeTools(StepProtocol):
         return [Message.system(system), *(m for m in ctx.messages if m.role != "system")]
 
     def native_tools(self, ctx: RunContext) -> list[dict[str, Any]] | None:
+        if ctx.repeated:  # stuck re-issuing the previous step's call: no tools offered, so the model answers
+            return None
         return [t.to_openai() for t in ctx.tools.values()] or None
 
     def parse(self, completion: Completion, ctx: RunContext) -> ParsedStep:

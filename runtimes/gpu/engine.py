@@ -1,0 +1,153 @@
+"""The step loop: schedule, build the flat batch, run the model, sample, finish what is done.
+
+``add`` queues a request and ``step`` advances every running request by one model call, returning what each
+produced; ``generate`` is the offline batch API (evaluation, data synthesis) on top of it. The engine is
+single-threaded by design; the ChatModel wrapper owns the thread that drives it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hanlin.kernels import use_triton
+from hanlin.runtimes.gpu.block_manager import BlockManager
+from hanlin.runtimes.gpu.config import ModelConfig
+from hanlin.runtimes.gpu.layers import Ops, StepBatch
+from hanlin.runtimes.gpu.model import DecoderLM
+from hanlin.runtimes.gpu.sampler import sample
+from hanlin.runtimes.gpu.scheduler import Scheduled, Scheduler
+from hanlin.runtimes.gpu.sequence import SamplingParams, Sequence, Status
+
+
+@dataclass(slots=True)
+class StepOutput:
+    seq_id: int
+    token: int | None  # None: the step only advanced a prefill chunk
+    finished: bool
+    finish_reason: str | None = None
+
+
+class Engine:
+    def __init__(self, folder: str | Path, *, device: str = "auto", dtype: str | None = None, block_size: int = 16,
+                 num_blocks: int | None = None, memory_fraction: float = 0.85, max_batch_tokens: int = 2048,
+                 max_seqs: int = 256, kernels: str = "auto") -> None:
+        folder = Path(folder)
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if device == "auto" else device))
+        on_gpu = self.device.type == "cuda"
+        if dtype is None:
+            dtype = "bfloat16" if on_gpu and torch.cuda.is_bf16_supported() else "float32"
+        self.dtype = getattr(torch, dtype)
+        if kernels not in ("auto", "triton", "torch"):
+            raise ValueError(f"kernels must be 'auto', 'triton' or 'torch', got {kernels!r}")
+        probe = torch.empty(0, device=self.device)
+        triton = use_triton(probe) if kernels == "auto" and on_gpu else kernels == "triton"
+        self.config = ModelConfig.from_folder(folder)
+        self.model = DecoderLM(self.config, folder, self.device, self.dtype, Ops(triton))
+        c = self.config
+        per_block = 2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim * self.dtype.itemsize
+        if num_blocks is None:
+            if on_gpu:
+                free, _ = torch.cuda.mem_get_info(self.device)
+                num_blocks = int(free * memory_fraction) // per_block
+            else:
+                num_blocks = max(64, (512 << 20) // per_block)  # 512 MiB of cache on CPU
+        shape = (num_blocks, block_size, c.num_kv_heads, c.head_dim)
+        self.kv = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
+                    torch.zeros(shape, dtype=self.dtype, device=self.device)) for _ in range(c.num_layers)]
+        self.blocks = BlockManager(num_blocks, block_size)
+        self.scheduler = Scheduler(self.blocks, max_batch_tokens, max_seqs)
+        self.seqs: dict[int, Sequence] = {}
+
+    # ---- requests ---------------------------------------------------------------------------
+    def add(self, prompt: list[int], params: SamplingParams | None = None) -> int:
+        if not prompt:
+            raise ValueError("the prompt is empty: give at least one token")
+        params = params or SamplingParams()
+        if len(prompt) + params.max_tokens > self.config.max_position:
+            raise ValueError(f"{len(prompt)} prompt + {params.max_tokens} new tokens exceed the model's "
+                             f"{self.config.max_position} positions")
+        seq = Sequence(prompt_len=len(prompt), tokens=list(prompt), params=params)
+        self.scheduler.add(seq)
+        self.seqs[seq.id] = seq
+        return seq.id
+
+    def abort(self, seq_id: int) -> None:
+        seq = self.seqs.pop(seq_id, None)
+        if seq is not None and seq.status is not Status.FINISHED:
+            self.scheduler.finish(seq, "abort")
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    # ---- one step ---------------------------------------------------------------------------
+    def _batch(self, items: list[Scheduled]) -> tuple[StepBatch, list[Sequence]]:
+        bs = self.blocks.block_size
+        ids, pos, slots, cu, lens, rows, sampled = [], [], [], [0], [], [], []
+        width = max(len(it.seq.blocks) for it in items)
+        tables = torch.zeros(len(items), width, dtype=torch.int32)
+        for b, it in enumerate(items):
+            s, n = it.seq, it.num_tokens
+            start = s.num_computed
+            ids.extend(s.tokens[start : start + n])
+            for p in range(start, start + n):
+                pos.append(p)
+                slots.append(s.blocks[p // bs] * bs + p % bs)
+            cu.append(cu[-1] + n)
+            lens.append(start + n)
+            tables[b, : len(s.blocks)] = torch.tensor(s.blocks, dtype=torch.int32)
+            if start + n == len(s.tokens):  # the chunk reaches the end: this row's logits give the next token
+                rows.append(cu[-1] - 1)
+                sampled.append(s)
+        dev = self.device
+
+        def t(x: list[int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
+            return torch.tensor(x, dtype=dtype, device=dev)
+
+        batch = StepBatch(
+            input_ids=t(ids), positions=t(pos), slots=t(slots), cu_seqlens_q=t(cu, torch.int32),
+            context_lens=t(lens, torch.int32), block_tables=tables.to(dev),
+            decode_only=all(it.num_tokens == 1 for it in items), logits_rows=t(rows),
+        )
+        return batch, sampled
+
+    def step(self) -> list[StepOutput]:
+        items = self.scheduler.schedule()
+        if not items:
+            return []
+        batch, sampled = self._batch(items)
+        logits = self.model.forward(batch, self.kv)
+        for it in items:
+            self.scheduler.computed(it)
+        outputs: list[StepOutput] = []
+        new_tokens = sample(logits, sampled) if sampled else []
+        done_ids = {s.id for s in sampled}
+        for seq, token in zip(sampled, new_tokens):
+            seq.tokens.append(token)
+            p = seq.params
+            reason = None
+            if not p.ignore_eos and (token in p.stop_token_ids or token in self.config.eos_token_ids):
+                reason = "stop"
+            elif seq.num_generated >= p.max_tokens:
+                reason = "length"
+            if reason:
+                self.scheduler.finish(seq, reason)
+                self.seqs.pop(seq.id, None)
+            outputs.append(StepOutput(seq.id, token, reason is not None, reason))
+        outputs.extend(StepOutput(it.seq.id, None, False) for it in items if it.seq.id not in done_ids)
+        return outputs
+
+    # ---- offline batch ----------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None) -> list[list[int]]:
+        """Generated tokens for each prompt (without the prompt), all requests batched together."""
+        plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        ids = [self.add(p, sp) for p, sp in zip(prompts, plist)]
+        results: dict[int, list[int]] = {i: [] for i in ids}
+        while self.has_work():
+            for out in self.step():
+                if out.token is not None and out.seq_id in results:
+                    results[out.seq_id].append(out.token)
+        return [results[i] for i in ids]

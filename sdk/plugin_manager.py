@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "hanlin.plugins.models.catalog",
     "hanlin.runtimes.cpu.plugin",
     "hanlin.runtimes.transformers.plugin",
+    "hanlin.runtimes.gpu.plugin",
     "hanlin.runtimes.remote.plugin",
 )
 

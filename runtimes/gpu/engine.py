@@ -61,6 +61,7 @@ class Engine:
         self.blocks = BlockManager(num_blocks, block_size)
         self.scheduler = Scheduler(self.blocks, max_batch_tokens, max_seqs)
         self.seqs: dict[int, Sequence] = {}
+        self.last_cached: dict[int, int] = {}  # finished seq -> prompt tokens it took from the prefix cache
 
     # ---- requests ---------------------------------------------------------------------------
     def add(self, prompt: list[int], params: SamplingParams | None = None) -> int:
@@ -134,6 +135,7 @@ class Engine:
             elif seq.num_generated >= p.max_tokens:
                 reason = "length"
             if reason:
+                self.last_cached[seq.id] = seq.cached_tokens
                 self.scheduler.finish(seq, reason)
                 self.seqs.pop(seq.id, None)
             outputs.append(StepOutput(seq.id, token, reason is not None, reason))

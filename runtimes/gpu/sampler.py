@@ -23,9 +23,11 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
             kth = torch.topk(x, p.top_k).values[-1]
             x = x.masked_fill(x < kth, float("-inf"))
         probs = torch.softmax(x, dim=-1)
+        if p.min_p > 0:
+            probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
         if p.top_p < 1.0:
             ordered, index = torch.sort(probs, descending=True)
-            keep = (torch.cumsum(ordered, dim=-1) - ordered) < p.top_p  # the top token always stays
+            keep = (torch.cumsum(ordered, dim=-1) - ordered) < p.top_p * ordered.sum()  # the top token always stays
             probs = torch.zeros_like(probs).scatter(0, index[keep], ordered[keep])
         if seq.generator is None:
             seq.generator = torch.Generator(device="cpu")

@@ -82,6 +82,9 @@ class Scheduler:
             n = min(seq.to_compute, budget)
             need = self._blocks_for(seq, n)
             if need > self.blocks.num_free:
+                # Give back the prefix blocks it took: a waiting sequence must not hold blocks others need.
+                self.blocks.release(seq.blocks)
+                seq.blocks, seq.num_computed, seq.last_hash, seq.num_hashed_blocks = [], 0, None, 0
                 if not self.running and not out:  # nothing will ever free blocks: fail loudly, never hang
                     raise RuntimeError("the KV cache cannot hold a single request; give it more memory")
                 break

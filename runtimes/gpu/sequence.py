@@ -17,6 +17,7 @@ class SamplingParams:
     temperature: float = 0.0
     top_k: int = 0  # 0: no cut
     top_p: float = 1.0
+    min_p: float = 0.0  # drop tokens below min_p x the top token's probability
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False

@@ -31,12 +31,8 @@ from hanlin import (
     Usage,
 )
 from hanlin.messages import MessageLike, to_messages
-from hanlin.runtimes.chat_format import (
-    parse_hermes_tool_calls,
-    render_plain,
-    template_knows_tools,
-    template_messages,
-)
+from hanlin.runtimes.chat_format import parse_hermes_tool_calls
+from hanlin.runtimes.hf_prompt import HFPrompt
 from hanlin.runtimes.text_stream import StopScanner
 from hanlin.runtimes.transformers.convert import convert_gguf
 from hanlin.runtimes.transformers.decoding import Detokenizer, sample_token
@@ -64,7 +60,7 @@ class TransformersChatModel(ChatModel):
         cache_dir: str | Path | None = None,
     ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         if dtype not in DTYPES:
             raise ConfigurationError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -75,8 +71,9 @@ class TransformersChatModel(ChatModel):
         path = Path(path)
         folder = convert_gguf(path, Path(cache_dir) if cache_dir else None) if path.suffix == ".gguf" else path
         self.spec, self.name, self.path, self.folder, self.device = spec, spec.name, path, folder, device
+        self.prompt = HFPrompt(spec, folder)
+        self.tokenizer = self.prompt.tokenizer
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
             self.model = AutoModelForCausalLM.from_pretrained(
                 str(folder), local_files_only=True, dtype=getattr(torch, dtype)
             ).to(device)
@@ -87,43 +84,20 @@ class TransformersChatModel(ChatModel):
             ) from None
         self.model.eval()
         self._lock = threading.Lock()
-        template = getattr(self.tokenizer, "chat_template", None)
-        self._use_template = bool(template) and spec.chat_template
-        self._tool_roles = bool(template) and template_knows_tools(template)
-        self._hermes = spec.tool_call_style == "hermes" and self._use_template and "tools" in (template or "")
+        self._use_template, self._hermes = self.prompt.use_template, self.prompt.hermes
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
-        self._eos = self._eos_ids()
+        self._eos = self.prompt.eos_ids
         self.capabilities = Capabilities(
             constraints=frozenset(), native_tools=self._hermes, chat_template=self._use_template,
             context_length=self.context_length,
         )
 
-    def _eos_ids(self) -> frozenset[int]:
-        """End-of-generation tokens: the tokenizer's and the generation config's (which may list several)."""
-        found: set[int] = set()
-        for value in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
-            if isinstance(value, int):
-                found.add(value)
-            elif isinstance(value, (list, tuple)):
-                found.update(v for v in value if isinstance(v, int))
-        return frozenset(found)
-
     # ---- prompt ------------------------------------------------------------------------------
     def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str:
-        if not self._use_template:
-            return render_plain(messages)
-        try:
-            return self.tokenizer.apply_chat_template(
-                template_messages(messages, tool_roles=self._tool_roles), tools=tools if self._hermes else None,
-                add_generation_prompt=True, tokenize=False,
-            )
-        except Exception as exc:  # jinja errors and the template's own raise_exception
-            raise ModelError(f"the chat template of model '{self.name}' failed: {type(exc).__name__}: {exc}") from None
+        return self.prompt.render(messages, tools)
 
     def tokenize(self, text: str, *, templated: bool | None = None) -> list[int]:
-        """Token ids; text rendered by the chat template already holds its special tokens, so none are added."""
-        templated = self._use_template if templated is None else templated
-        return self.tokenizer(text, add_special_tokens=not templated)["input_ids"]
+        return self.prompt.tokenize(text, templated=templated)
 
     def _check_fits(self, n_tokens: int) -> None:
         if n_tokens >= self.context_length:

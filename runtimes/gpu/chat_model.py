@@ -1,0 +1,197 @@
+"""The gpu engine behind the ChatModel protocol: one driver thread runs the engine; callers stream their own
+request's tokens.
+
+Every call becomes an engine request, so concurrent callers (server requests, ReWOO's parallel steps, batch
+evaluation) share each model step: that is the continuous batching. Stop strings are found on the text side and
+abort the request, which frees its blocks at the next step; its full blocks stay in the prefix cache for the next
+step of the same agent run.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hanlin import Capabilities, ChatModel, Chunk, ContextOverflowError, GenerationParams, Message, ModelError, ModelSpec, Usage
+from hanlin.runtimes.chat_format import parse_hermes_tool_calls
+from hanlin.runtimes.hf_prompt import HFPrompt
+from hanlin.runtimes.text_stream import StopScanner
+from hanlin.runtimes.transformers.decoding import DEFAULT_MIN_P, DEFAULT_TOP_K, DEFAULT_TOP_P, Detokenizer
+
+DEFAULT_MAX_TOKENS = 512
+_DONE = object()
+
+
+@dataclass(slots=True)
+class _Request:
+    prompt: list[int]
+    params: Any
+    out: queue.Queue = field(default_factory=queue.Queue)  # tokens, then (_DONE, finish_reason, cached_tokens)
+    seq_id: int | None = None
+    aborted: bool = False
+
+
+class GpuChatModel(ChatModel):
+    def __init__(self, spec: ModelSpec, path: Path, *, cache_dir: str | Path | None = None, **engine_options: Any) -> None:
+        from hanlin.runtimes.gpu.engine import Engine
+        from hanlin.runtimes.transformers.convert import convert_gguf
+
+        path = Path(path)
+        folder = convert_gguf(path, Path(cache_dir) if cache_dir else None) if path.suffix == ".gguf" else path
+        self.spec, self.name, self.folder = spec, spec.name, folder
+        self.prompt = HFPrompt(spec, folder)
+        try:
+            self.engine = Engine(folder, **engine_options)
+        except (ValueError, KeyError, FileNotFoundError) as exc:
+            raise ModelError(f"the gpu runtime cannot load {str(folder)!r}: {exc}") from None
+        self.context_length = self.engine.config.max_position
+        self.capabilities = Capabilities(
+            constraints=frozenset(), native_tools=self.prompt.hermes, chat_template=self.prompt.use_template,
+            context_length=self.context_length,
+        )
+        self._inbox: queue.Queue[_Request] = queue.Queue()
+        self._wake = threading.Event()
+        self._closed = False
+        self._driver = threading.Thread(target=self._drive, name=f"hanlin-gpu-{spec.name}", daemon=True)
+        self._driver.start()
+
+    # ---- the driver thread ------------------------------------------------------------------
+    def _drive(self) -> None:
+        from hanlin.runtimes.gpu.sequence import SamplingParams  # noqa: F401  (engine types live there)
+
+        live: dict[int, _Request] = {}
+        while not self._closed:
+            while True:
+                try:
+                    req = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                try:
+                    req.seq_id = self.engine.add(req.prompt, req.params)
+                    live[req.seq_id] = req
+                except Exception as exc:  # a bad request fails alone
+                    req.out.put((_DONE, f"error: {exc}", 0))
+            for seq_id, req in list(live.items()):
+                if req.aborted:
+                    self.engine.abort(seq_id)
+                    live.pop(seq_id)
+                    req.out.put((_DONE, "stop", 0))
+            if not self.engine.has_work():
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as exc:  # a failed step fails every request in it, the thread lives on
+                for seq_id, req in live.items():
+                    self.engine.abort(seq_id)
+                    req.out.put((_DONE, f"error: {type(exc).__name__}: {exc}", 0))
+                live.clear()
+                continue
+            for o in outputs:
+                req = live.get(o.seq_id)
+                if req is None:
+                    continue
+                if o.token is not None:
+                    req.out.put(o.token)
+                if o.finished:
+                    seq_cached = self.engine.last_cached.pop(o.seq_id, 0)
+                    req.out.put((_DONE, o.finish_reason, seq_cached))
+                    live.pop(o.seq_id)
+
+    def _submit(self, prompt: list[int], params: GenerationParams) -> _Request:
+        from hanlin.runtimes.gpu.sequence import SamplingParams
+
+        if self._closed:
+            raise ModelError(f"model '{self.name}' was closed; load it again with hanlin.load_model")
+        if len(prompt) >= self.context_length:
+            raise ContextOverflowError(
+                f"the prompt is {len(prompt)} tokens but model '{self.name}' has a context of {self.context_length}; "
+                "shorten the conversation or lower max_steps"
+            )
+        temperature = 0.0 if params.temperature is None else params.temperature
+        sampling = SamplingParams(
+            max_tokens=min(params.max_tokens or DEFAULT_MAX_TOKENS, self.context_length - len(prompt)),
+            temperature=temperature, top_k=DEFAULT_TOP_K if params.top_k is None else params.top_k,
+            top_p=DEFAULT_TOP_P if params.top_p is None else params.top_p,
+            min_p=DEFAULT_MIN_P if temperature > 0 else 0.0, seed=params.seed,
+            stop_token_ids=tuple(self.prompt.eos_ids),
+        )
+        req = _Request(prompt, sampling)
+        self._inbox.put(req)
+        self._wake.set()
+        return req
+
+    # ---- ChatModel --------------------------------------------------------------------------
+    def _stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Chunk]:
+        hold = self.prompt.hermes and bool(params.tools)
+        prompt = self.prompt.tokenize(self.prompt.render(messages, params.tools))
+        return self._collect(self._submit(prompt, params), params, hold)
+
+    def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
+        ids = self.prompt.tokenize(prompt, templated=False)
+        return self._collect(self._submit(ids, params), params, False)
+
+    def _collect(self, req: _Request, params: GenerationParams, hold: bool) -> Iterator[Chunk]:
+        scanner = StopScanner(list(params.stop))
+        text = Detokenizer(self.prompt.tokenizer)
+        parts: list[str] = []
+        finish, cached, done = "length", 0, False
+        try:
+            while True:
+                item = req.out.get()
+                if isinstance(item, tuple) and item[0] is _DONE:
+                    _, finish, cached = item
+                    done = True
+                    break
+                if item in self.prompt.eos_ids:
+                    continue
+                delta = scanner.feed_text(text.add(item))
+                if delta:
+                    parts.append(delta)
+                    if not hold:
+                        yield Chunk(text=delta)
+                if scanner.stopped:
+                    finish = "stop"
+                    break
+        finally:
+            if not done:  # a stop string, or the consumer stopped reading: free the request's blocks
+                req.aborted = True
+                self._wake.set()
+        if isinstance(finish, str) and finish.startswith("error"):
+            raise ModelError(f"the gpu engine failed on this request: {finish}")
+        tail = scanner.feed_text(text.flush()) + scanner.finish()
+        if tail:
+            parts.append(tail)
+            if not hold:
+                yield Chunk(text=tail)
+        calls = []
+        if hold:
+            reply, calls = parse_hermes_tool_calls("".join(parts), params.tools or [])
+            if reply:
+                yield Chunk(text=reply)
+        usage = Usage(prompt_tokens=len(req.prompt), completion_tokens=len(text.tokens),
+                      prompt_tokens_evaluated=len(req.prompt) - cached, prompt_tokens_reused=cached)
+        yield Chunk(finish_reason="tool_calls" if calls else ("stop" if finish == "abort" else finish), usage=usage,
+                    tool_calls=calls)
+
+    def generate_batch(self, prompts: list[list[Message] | str], params: GenerationParams | None = None) -> list[str]:
+        """Offline batch: every prompt queued at once so the engine batches them; texts in order."""
+        params = params or GenerationParams()
+        streams = []
+        for p in prompts:
+            if isinstance(p, str):
+                req = self._submit(self.prompt.tokenize(p, templated=False), params)
+            else:
+                req = self._submit(self.prompt.tokenize(self.prompt.render(p)), params)
+            streams.append(self._collect(req, params, False))
+        return ["".join(c.text for c in s if c.text) for s in streams]
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        self._driver.join(timeout=5)

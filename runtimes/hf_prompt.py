@@ -1,0 +1,57 @@
+"""Prompt side of an HF-folder model, shared by the transformers and gpu runtimes: the tokenizer, the chat
+template (or the plain layout for base models), hermes tool rendering, and the end-of-generation tokens."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hanlin import Message, ModelError, ModelSpec
+from hanlin.runtimes.chat_format import render_plain, template_knows_tools, template_messages
+
+
+class HFPrompt:
+    def __init__(self, spec: ModelSpec, folder: Path) -> None:
+        from transformers import AutoTokenizer
+
+        self.name = spec.name
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except Exception as exc:
+            raise ModelError(f"could not load the tokenizer of {str(folder)!r} ({type(exc).__name__}: {exc})") from None
+        template = getattr(self.tokenizer, "chat_template", None)
+        self.use_template = bool(template) and spec.chat_template
+        self.tool_roles = bool(template) and template_knows_tools(template)
+        self.hermes = spec.tool_call_style == "hermes" and self.use_template and "tools" in (template or "")
+        self.eos_ids = self._eos_ids(folder)
+
+    def _eos_ids(self, folder: Path) -> frozenset[int]:
+        """The tokenizer's end token and the generation config's (which may list several)."""
+        found: set[int] = set()
+        gen = folder / "generation_config.json"
+        values: list[Any] = [self.tokenizer.eos_token_id]
+        if gen.is_file():
+            values.append(json.loads(gen.read_text()).get("eos_token_id"))
+        for value in values:
+            if isinstance(value, int):
+                found.add(value)
+            elif isinstance(value, (list, tuple)):
+                found.update(v for v in value if isinstance(v, int))
+        return frozenset(found)
+
+    def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str:
+        if not self.use_template:
+            return render_plain(messages)
+        try:
+            return self.tokenizer.apply_chat_template(
+                template_messages(messages, tool_roles=self.tool_roles), tools=tools if self.hermes else None,
+                add_generation_prompt=True, tokenize=False,
+            )
+        except Exception as exc:  # jinja errors and the template's own raise_exception
+            raise ModelError(f"the chat template of model '{self.name}' failed: {type(exc).__name__}: {exc}") from None
+
+    def tokenize(self, text: str, *, templated: bool | None = None) -> list[int]:
+        """Token ids; text rendered by the chat template already holds its special tokens, so none are added."""
+        templated = self.use_template if templated is None else templated
+        return self.tokenizer(text, add_special_tokens=not templated)["input_ids"]

@@ -1,0 +1,179 @@
+"""hanlin's gpu engine: block manager and scheduler logic, and the whole engine on CPU (torch reference kernels)
+checked token for token against transformers' greedy decoding, on SmolLM2 and on tiny random models of each
+supported family."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+
+import pytest
+
+from hanlin import Agent, ConfigurationError, Message, load_model, load_tool
+from tests.conftest import requires_smollm2
+
+torch = pytest.importorskip("torch")
+if importlib.util.find_spec("transformers") is None:
+    pytest.skip("pip install 'hanlin[gpu]'", allow_module_level=True)
+
+from hanlin.runtimes.gpu.block_manager import BlockManager  # noqa: E402
+from hanlin.runtimes.gpu.engine import Engine  # noqa: E402
+from hanlin.runtimes.gpu.sequence import SamplingParams  # noqa: E402
+
+GREEDY = SamplingParams(max_tokens=10, ignore_eos=True)
+
+
+# ---- blocks ---------------------------------------------------------------------------------------
+def test_blocks_are_counted_shared_and_reused_by_prefix() -> None:
+    bm = BlockManager(num_blocks=4, block_size=2)
+    a, b = bm.allocate(), bm.allocate()
+    assert bm.num_free == 2
+    from hanlin.runtimes.gpu.block_manager import block_hash
+
+    h1 = block_hash(None, [1, 2])
+    h2 = block_hash(h1, [3, 4])
+    bm.register(a, h1)
+    bm.register(b, h2)
+    blocks, last = bm.match_prefix([1, 2, 3, 4, 5], limit=4)
+    assert blocks == [a, b] and last == h2 and bm.refs[a] == 2
+    assert bm.match_prefix([1, 2, 9, 9], limit=4)[0] == [a]  # a diverging prefix matches only its common blocks
+    bm.release([a, b])
+    bm.release([a, b])
+    bm.release([a])
+    assert bm.num_free == 4 and bm.refs == [0, 0, 0, 0]
+    assert bm.match_prefix([1, 2, 3, 4], limit=4)[0] == [a, b]  # freed blocks stay findable until reused
+    bm.release([a, b])
+    for _ in range(4):  # allocation evicts: the cached blocks are handed out last, then forgotten
+        bm.allocate()
+    assert bm.match_prefix([1, 2, 3, 4], limit=4)[0] == []
+
+
+# ---- tiny random models of each family, against transformers ----------------------------------------
+def _tiny(family: str, folder) -> None:
+    import transformers
+
+    common = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256)
+    if family == "llama":
+        cfg = transformers.LlamaConfig(**common, tie_word_embeddings=True)
+        model = transformers.LlamaForCausalLM(cfg)
+    elif family == "qwen2":
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, tie_word_embeddings=False))
+    else:
+        cfg = transformers.Gemma3TextConfig(**common, head_dim=16, sliding_window=8,
+                                            layer_types=["sliding_attention", "sliding_attention", "full_attention"])
+        model = transformers.Gemma3ForCausalLM(cfg)
+    torch.manual_seed(0)
+    for p in model.parameters():  # random init; also make norm weights non-trivial
+        torch.nn.init.normal_(p, std=0.2)
+    model.save_pretrained(folder)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
+def test_each_family_matches_transformers_greedy(family, tmp_path) -> None:
+    import transformers
+
+    _tiny(family, tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    prompts = [[5, 17, 42, 7, 99, 3, 150, 22, 8, 61, 12, 4, 77], [9, 8, 7], list(range(30, 50))]
+    engine = Engine(tmp_path, num_blocks=64, block_size=4, max_batch_tokens=8)  # chunked prefill, shared steps
+    ours = engine.generate(prompts, GREEDY)
+    for prompt, got in zip(prompts, ours):
+        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False, min_new_tokens=10)
+        assert got == ref[0, len(prompt):].tolist(), family
+
+
+def test_preemption_recomputes_and_gives_the_same_tokens(tmp_path) -> None:
+    _tiny("llama", tmp_path)
+    prompts = [list(range(10, 30)), list(range(40, 55)), list(range(60, 70))]
+    roomy = Engine(tmp_path, num_blocks=64, block_size=4).generate(prompts, GREEDY)
+    tight = Engine(tmp_path, num_blocks=12, block_size=4, max_batch_tokens=64)  # 3 sequences need ~21 blocks
+    assert tight.generate(prompts, GREEDY) == roomy
+    assert tight.scheduler.preemptions > 0
+
+
+def test_chunked_prefill_lets_decodes_continue(tmp_path) -> None:
+    _tiny("llama", tmp_path)
+    engine = Engine(tmp_path, num_blocks=64, block_size=4, max_batch_tokens=6)
+    short = engine.add([1, 2, 3], SamplingParams(max_tokens=8, ignore_eos=True))
+    engine.step()  # the short request is decoding now
+    long = engine.add(list(range(100, 160)), SamplingParams(max_tokens=2, ignore_eos=True))
+    steps_with_short_token = 0
+    while engine.has_work():
+        outs = {o.seq_id: o for o in engine.step()}
+        if long in outs and outs[long].token is None and short in outs and outs[short].token is not None:
+            steps_with_short_token += 1
+    assert steps_with_short_token >= 5  # the 60-token prompt went in chunks while the short one kept decoding
+
+
+def test_prefix_cache_skips_the_shared_prompt(tmp_path) -> None:
+    _tiny("qwen2", tmp_path)
+    engine = Engine(tmp_path, num_blocks=64, block_size=4)
+    system = list(range(20, 60))
+    first = engine.generate([system + [1, 2]], GREEDY)[0]
+    hits_before = engine.blocks.hits
+    again = engine.generate([system + [1, 2]], GREEDY)[0]
+    assert again == first and engine.blocks.hits - hits_before == 40  # 10 full blocks reused
+    fresh = Engine(tmp_path, num_blocks=64, block_size=4).generate([system + [3]], GREEDY)[0]
+    assert engine.generate([system + [3]], GREEDY)[0] == fresh  # reused blocks give the same result as none
+
+
+def test_an_oversized_request_is_a_clear_error(tmp_path) -> None:
+    _tiny("llama", tmp_path)
+    engine = Engine(tmp_path, num_blocks=4, block_size=4)
+    with pytest.raises(ValueError, match="needs 6 KV blocks but the cache has 4"):
+        engine.add(list(range(10)), SamplingParams(max_tokens=14))
+    with pytest.raises(ValueError, match="prompt is empty"):
+        engine.add([])
+
+
+# ---- the ChatModel on SmolLM2 ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gpu_model(tf_cache):
+    model = load_model("smollm2", runtime="gpu", cache_dir=tf_cache, num_blocks=256)
+    yield model
+    model.close()
+
+
+@requires_smollm2
+def test_gpu_runtime_matches_transformers_runtime(gpu_model, tf_model) -> None:
+    prompt = [Message.user("What is the capital of France? Answer in one sentence.")]
+    ours = gpu_model.generate(prompt, max_tokens=20, temperature=0)
+    ref = tf_model.generate(prompt, max_tokens=20, temperature=0)
+    assert ours.text == ref.text and ours.usage.completion_tokens == ref.usage.completion_tokens
+    assert "".join(c.text for c in gpu_model.stream(prompt, max_tokens=20, temperature=0)) == ours.text
+    again = gpu_model.generate(prompt, max_tokens=20, temperature=0)
+    assert again.text == ours.text and again.usage.prompt_tokens_reused > 0  # the prefix cache served the prompt
+    cut = gpu_model.generate(prompt, max_tokens=20, temperature=0, stop=["Paris"])
+    assert "Paris" not in cut.text and cut.finish_reason == "stop"
+
+
+@requires_smollm2
+def test_concurrent_callers_share_steps_and_get_their_own_answers(gpu_model) -> None:
+    prompts = [[Message.user(q)] for q in ("Name a color.", "Name a fruit.", "Count to three.")]
+    alone = [gpu_model.generate(p, max_tokens=12, temperature=0).text for p in prompts]
+    together: dict[int, str] = {}
+
+    def call(i: int) -> None:
+        together[i] = gpu_model.generate(prompts[i], max_tokens=12, temperature=0).text
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [together[i] for i in range(3)] == alone
+    assert gpu_model.generate_batch(prompts, None) == [
+        gpu_model.generate(p, max_tokens=512, temperature=0).text for p in prompts
+    ]
+
+
+@requires_smollm2
+def test_agent_runs_on_the_gpu_runtime(gpu_model) -> None:
+    result = Agent(gpu_model, [load_tool("calculator")], max_steps=3).run("What is 6 * 7? Use the calculator.")
+    assert result.status in ("answered", "gave_up") and result.steps >= 1  # SmolLM2 unconstrained: loop must end
+
+
+def test_unknown_option_is_a_clear_error() -> None:
+    with pytest.raises(ConfigurationError, match="the gpu runtime does not take n_ctx"):
+        load_model("smollm2", runtime="gpu", n_ctx=10)

@@ -169,9 +169,26 @@ def test_concurrent_callers_share_steps_and_get_their_own_answers(gpu_model) -> 
 
 
 @requires_smollm2
-def test_agent_runs_on_the_gpu_runtime(gpu_model) -> None:
+def test_json_schema_constraint_gives_valid_json(gpu_model) -> None:
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+        country: str
+        population: int
+
+    out = gpu_model.generate([Message.user("Describe Paris as JSON.")], max_tokens=80, temperature=0,
+                             constraint={"json_schema": City.model_json_schema()})
+    City.model_validate_json(out.text)  # raises if the grammar let anything else through
+
+
+@requires_smollm2
+def test_constrained_react_steps_are_always_well_formed(gpu_model) -> None:
+    assert gpu_model.capabilities.constraints == {"json_schema", "grammar"}
     result = Agent(gpu_model, [load_tool("calculator")], max_steps=3).run("What is 6 * 7? Use the calculator.")
-    assert result.status in ("answered", "gave_up") and result.steps >= 1  # SmolLM2 unconstrained: loop must end
+    kinds = [e.kind for e in result.events if e.type == "error"]
+    assert not {"parse", "unknown_tool", "invalid_arguments"} & set(kinds), kinds
+    assert any(e.type == "tool_call" and e.call.name == "calculator" for e in result.events)
 
 
 def test_unknown_option_is_a_clear_error() -> None:

@@ -9,6 +9,7 @@ step of the same agent run.
 
 from __future__ import annotations
 
+import importlib.util
 import queue
 import threading
 from collections.abc import Iterator
@@ -16,7 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hanlin import Capabilities, ChatModel, Chunk, ContextOverflowError, GenerationParams, Message, ModelError, ModelSpec, Usage
+from hanlin import (
+    Capabilities,
+    ChatModel,
+    Chunk,
+    ConfigurationError,
+    ContextOverflowError,
+    GenerationParams,
+    Message,
+    ModelError,
+    ModelSpec,
+    Usage,
+)
 from hanlin.runtimes.chat_format import parse_hermes_tool_calls
 from hanlin.runtimes.hf_prompt import HFPrompt
 from hanlin.runtimes.text_stream import StopScanner
@@ -49,8 +61,11 @@ class GpuChatModel(ChatModel):
         except (ValueError, KeyError, FileNotFoundError) as exc:
             raise ModelError(f"the gpu runtime cannot load {str(folder)!r}: {exc}") from None
         self.context_length = self.engine.config.max_position
+        constraints = frozenset({"json_schema", "grammar"}) if importlib.util.find_spec("xgrammar") else frozenset()
+        self._compiler: Any = None
+        self._compiled: dict[str, Any] = {}  # grammar text -> compiled (agent steps repeat the same grammar)
         self.capabilities = Capabilities(
-            constraints=frozenset(), native_tools=self.prompt.hermes, chat_template=self.prompt.use_template,
+            constraints=constraints, native_tools=self.prompt.hermes, chat_template=self.prompt.use_template,
             context_length=self.context_length,
         )
         self._inbox: queue.Queue[_Request] = queue.Queue()
@@ -121,10 +136,33 @@ class GpuChatModel(ChatModel):
             min_p=DEFAULT_MIN_P if temperature > 0 else 0.0, seed=params.seed,
             stop_token_ids=tuple(self.prompt.eos_ids),
         )
+        if params.constraint is not None:
+            sampling.grammar = self._compile(params.constraint)
         req = _Request(prompt, sampling)
         self._inbox.put(req)
         self._wake.set()
         return req
+
+    def _compile(self, constraint: Any) -> Any:
+        """GBNF (ours, or built from the JSON schema exactly as the cpu runtime does) compiled by xgrammar."""
+        from hanlin.grammar import json_schema_grammar
+
+        text = constraint.grammar or json_schema_grammar(constraint.json_schema or {})
+        if text not in self._compiled:
+            import xgrammar
+
+            if self._compiler is None:
+                info = xgrammar.TokenizerInfo.from_huggingface(self.prompt.tokenizer,
+                                                               vocab_size=self.engine.config.vocab_size)
+                self._compiler = xgrammar.GrammarCompiler(info)
+            try:
+                compiled = self._compiler.compile_grammar(text)
+            except Exception as exc:
+                raise ConfigurationError(f"the grammar does not compile: {exc}") from None
+            if len(self._compiled) > 64:
+                self._compiled.clear()
+            self._compiled[text] = compiled
+        return self._compiled[text]
 
     # ---- ChatModel --------------------------------------------------------------------------
     def _stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Chunk]:

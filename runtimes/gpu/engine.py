@@ -72,6 +72,10 @@ class Engine:
             raise ValueError(f"{len(prompt)} prompt + {params.max_tokens} new tokens exceed the model's "
                              f"{self.config.max_position} positions")
         seq = Sequence(prompt_len=len(prompt), tokens=list(prompt), params=params)
+        if params.grammar is not None:
+            import xgrammar
+
+            seq.matcher = xgrammar.GrammarMatcher(params.grammar)
         self.scheduler.add(seq)
         self.seqs[seq.id] = seq
         return seq.id
@@ -124,13 +128,19 @@ class Engine:
         for it in items:
             self.scheduler.computed(it)
         outputs: list[StepOutput] = []
+        if any(s.matcher is not None for s in sampled):
+            _mask(logits, sampled)
         new_tokens = sample(logits, sampled) if sampled else []
         done_ids = {s.id for s in sampled}
         for seq, token in zip(sampled, new_tokens):
             seq.tokens.append(token)
             p = seq.params
             reason = None
-            if not p.ignore_eos and (token in p.stop_token_ids or token in self.config.eos_token_ids):
+            if seq.matcher is not None and not seq.matcher.accept_token(token):
+                reason = "stop"  # cannot happen under the mask; never let a broken matcher run on
+            elif not p.ignore_eos and (token in p.stop_token_ids or token in self.config.eos_token_ids):
+                reason = "stop"
+            elif seq.matcher is not None and seq.matcher.is_terminated():
                 reason = "stop"
             elif seq.num_generated >= p.max_tokens:
                 reason = "length"
@@ -153,3 +163,14 @@ class Engine:
                 if out.token is not None and out.seq_id in results:
                     results[out.seq_id].append(out.token)
         return [results[i] for i in ids]
+
+
+def _mask(logits: torch.Tensor, seqs: list[Sequence]) -> None:
+    """Constrained decoding: only tokens the sequence's grammar allows next keep their logits."""
+    import xgrammar
+
+    rows = [i for i, s in enumerate(seqs) if s.matcher is not None]
+    bitmask = xgrammar.allocate_token_bitmask(len(seqs), logits.shape[-1])
+    for i in rows:
+        seqs[i].matcher.fill_next_token_bitmask(bitmask, i)
+    xgrammar.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), indices=rows)

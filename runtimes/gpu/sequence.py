@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import torch
 
@@ -21,6 +22,7 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    grammar: Any = None  # an xgrammar CompiledGrammar: each step's logits are masked to what it allows
 
 
 class Status(Enum):
@@ -43,6 +45,7 @@ class Sequence:
     cached_tokens: int = 0  # prompt tokens served from the prefix cache on admission
     finish_reason: str | None = None
     generator: torch.Generator | None = None
+    matcher: Any = None  # the grammar's state, advanced by each generated token (kept across preemption)
 
     @property
     def num_generated(self) -> int:

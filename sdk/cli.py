@@ -304,6 +304,23 @@ def bench_cpu(
     _run_bench("cpu", as_json, models=model, limit=limit, only=only)
 
 
+@bench_app.command("throughput")
+def bench_throughput_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name or HF folder / GGUF path.")] = "smollm2-135m-instruct",
+    requests: Annotated[int | None, typer.Option(help="Number of requests (default 256 on a GPU, 8 on CPU).")] = None,
+    rate: Annotated[float | None, typer.Option(help="Poisson arrival rate per second (default: all at once).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the tables as JSON.")] = False,
+) -> None:
+    """The gpu engine on a synthetic chat workload beside transformers' batched generate, in the same run."""
+    _run_bench("gpu", as_json, suite="throughput", model=model, requests=requests, rate=rate)
+
+
+@bench_app.command("kernels")
+def bench_kernels_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print the tables as JSON.")] = False) -> None:
+    """Each Triton kernel beside its torch reference, with GB/s against the device's copy bandwidth."""
+    _run_bench("gpu", as_json, suite="kernels")
+
+
 @bench_app.command("serve")
 def bench_serve_cmd(
     url: Annotated[str, typer.Option(help="The server's base URL (loopback only), e.g. http://127.0.0.1:8000/v1.")],

@@ -194,3 +194,15 @@ def test_constrained_react_steps_are_always_well_formed(gpu_model) -> None:
 def test_unknown_option_is_a_clear_error() -> None:
     with pytest.raises(ConfigurationError, match="the gpu runtime does not take n_ctx"):
         load_model("smollm2", runtime="gpu", n_ctx=10)
+
+
+def test_throughput_workload_and_engine_run(tmp_path) -> None:
+    from hanlin.runtimes.gpu.bench import run_engine, workload
+
+    jobs = workload(6, (8, 40), (2, 6), vocab=300, seed=3)
+    assert jobs == workload(6, (8, 40), (2, 6), vocab=300, seed=3)  # fixed seed, same workload
+    assert all(8 <= len(p) <= 40 and 2 <= o <= 6 for p, o in jobs)
+    _tiny("llama", tmp_path)
+    stats = run_engine(Engine(tmp_path, num_blocks=64, block_size=4), jobs, rate=50.0)
+    assert stats["requests/s"] > 0 and stats["output tok/s"] > 0
+    assert 0 < stats["ttft p50"] <= stats["ttft p99"] and stats["tpot p50"] <= stats["tpot p99"]

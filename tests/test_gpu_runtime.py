@@ -206,3 +206,42 @@ def test_throughput_workload_and_engine_run(tmp_path) -> None:
     stats = run_engine(Engine(tmp_path, num_blocks=64, block_size=4), jobs, rate=50.0)
     assert stats["requests/s"] > 0 and stats["output tok/s"] > 0
     assert 0 < stats["ttft p50"] <= stats["ttft p99"] and stats["tpot p50"] <= stats["tpot p99"]
+
+
+def test_internlm2_weights_load_into_the_same_network(tmp_path) -> None:
+    """InternLM2 has no transformers class here (it ships remote code), so check its weight layout instead:
+    a llama model re-packed the InternLM2 way (wqkv grouped per kv head, w1/w3/w2, *_norm names) must decode
+    exactly like the llama original."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    llama = tmp_path / "llama"
+    _tiny("llama", llama)
+    cfg = json.loads((llama / "config.json").read_text())
+    w = {k.removeprefix("model."): v for k, v in load_file(str(llama / "model.safetensors")).items()}
+    heads, kv, dim = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    group, out = heads // kv, {}
+    out["model.tok_embeddings.weight"] = w["embed_tokens.weight"]
+    out["output.weight"] = w.get("lm_head.weight", w["embed_tokens.weight"]).clone()
+    out["model.norm.weight"] = w["norm.weight"]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"layers.{i}."
+        q = w[p + "self_attn.q_proj.weight"].reshape(kv, group, dim, -1)
+        k = w[p + "self_attn.k_proj.weight"].reshape(kv, 1, dim, -1)
+        v = w[p + "self_attn.v_proj.weight"].reshape(kv, 1, dim, -1)
+        out[f"model.{p}attention.wqkv.weight"] = torch.cat([q, k, v], dim=1).reshape(-1, q.shape[-1]).contiguous()
+        out[f"model.{p}attention.wo.weight"] = w[p + "self_attn.o_proj.weight"]
+        out[f"model.{p}feed_forward.w1.weight"] = w[p + "mlp.gate_proj.weight"]
+        out[f"model.{p}feed_forward.w3.weight"] = w[p + "mlp.up_proj.weight"]
+        out[f"model.{p}feed_forward.w2.weight"] = w[p + "mlp.down_proj.weight"]
+        out[f"model.{p}attention_norm.weight"] = w[p + "input_layernorm.weight"]
+        out[f"model.{p}ffn_norm.weight"] = w[p + "post_attention_layernorm.weight"]
+    intern = tmp_path / "internlm2"
+    intern.mkdir()
+    save_file(out, str(intern / "model.safetensors"))
+    cfg.update(architectures=["InternLM2ForCausalLM"], model_type="internlm2", bias=False, tie_word_embeddings=False)
+    (intern / "config.json").write_text(json.dumps(cfg))
+    prompts = [[5, 17, 42, 7, 99, 3], list(range(30, 50))]
+    expected = Engine(llama, num_blocks=64, block_size=4).generate(prompts, GREEDY)
+    assert Engine(intern, num_blocks=64, block_size=4).generate(prompts, GREEDY) == expected

@@ -357,7 +357,9 @@ class GrammarBuilder:
         string = self._primitive("string")
         low, high = _bounds(schema, "minLength", "maxLength", _MAX_BOUNDED_CHARS)
         if self.max_string_chars is not None and high is None:  # an explicit maxLength or minLength wins over the cap
-            high = max(low, self.max_string_chars)
+            explicit = _count(schema, "maxLength")
+            cap = min(explicit, _MAX_BOUNDED_CHARS) if explicit is not None else self.max_string_chars
+            high = max(low, cap)
         if not low and high in (None, self.max_string_chars):
             return string
         reps = f"{{{low},{high}}}" if high is not None else f"{{{low},}}"

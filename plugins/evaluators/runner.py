@@ -1,0 +1,335 @@
+"""Run datasets through a model: prompts, generation (cached, resumable, parallel where the runtime allows), judging.
+
+Every model output is stored on disk (sqlite under ``hanlin.paths.cache_dir()/eval``) as soon as it exists, keyed
+by the model's identity, the exact prompt and the generation parameters. An interrupted run therefore resumes
+where it stopped, and a re-run after changing one dataset, the shot count or ``--max-tokens`` recomputes only
+the prompts that changed. Judging (answer extraction, the HumanEval sandbox) is never cached: it is cheap next to
+generation, and a fixed extractor should re-score old outputs.
+
+Generation mode only for now; likelihood scoring will add a second task type beside ``_generate`` that caches
+per-choice log-probabilities under the same keying.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hanlin.chat_model import ChatModel, GenerationParams, completion_from_chunks
+from hanlin.errors import ConfigurationError, ModelError
+from hanlin.messages import Message
+from hanlin.paths import cache_dir
+from hanlin.plugins.evaluators.base import Dataset, EvalItem, Prompt
+from hanlin.plugins.evaluators.metrics import Score, accuracy, ks_for, mean_with_stderr, pass_at_k_score
+
+Progress = Callable[[str, int, int, int], None]  # (dataset, done, total, of which from the cache)
+
+
+@dataclass(frozen=True, slots=True)
+class EvalSettings:
+    """How a run asks. ``samples`` > 1 (pass@k) needs sampling: ``temperature`` > 0, one seed per sample."""
+
+    shots: int = 0
+    limit: int | None = None
+    workers: int = 1
+    max_tokens: int | None = None  # None: each dataset's own budget
+    temperature: float = 0.0
+    samples: int = 1
+    seed: int = 0
+    batch_size: int = 16  # prompts per call for runtimes with generate_batch
+
+    def __post_init__(self) -> None:
+        checks = [(self.shots >= 0, f"shots must be 0 or more, got {self.shots}"),
+                  (self.limit is None or self.limit >= 1, f"limit must be at least 1, got {self.limit}"),
+                  (self.workers >= 1, f"workers must be at least 1, got {self.workers}"),
+                  (self.samples >= 1, f"samples must be at least 1, got {self.samples}"),
+                  (self.max_tokens is None or self.max_tokens >= 1, f"max_tokens must be positive, got {self.max_tokens}"),
+                  (self.temperature >= 0, f"temperature must be 0 or more, got {self.temperature}"),
+                  (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+                  (self.samples == 1 or self.temperature > 0,
+                   f"{self.samples} samples per item need --temperature above 0: greedy decoding repeats one answer")]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigurationError(message)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class PredictionCache:
+    """Model outputs on disk, keyed by a hash of (model identity, prompt, parameters). Safe across threads."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or cache_dir() / "eval" / "predictions.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.DatabaseError:
+            pass  # some filesystems refuse WAL; the default journal still works
+        self._db.execute("CREATE TABLE IF NOT EXISTS predictions (key TEXT PRIMARY KEY, record TEXT NOT NULL, "
+                         "created REAL NOT NULL)")
+        self._db.commit()
+
+    @staticmethod
+    def key(model: dict[str, Any], prompt: Prompt, params: dict[str, Any]) -> str:
+        blob = json.dumps({"model": model, "prompt": prompt, "params": params}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT record FROM predictions WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, record: dict[str, Any]) -> None:
+        with self._lock:  # committed at once: an interruption loses at most the item in flight
+            self._db.execute("INSERT OR REPLACE INTO predictions VALUES (?, ?, ?)",
+                             (key, json.dumps(record, ensure_ascii=False), time.time()))
+            self._db.commit()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def model_identity(model: ChatModel) -> dict[str, Any]:
+    """What makes two models' outputs interchangeable: name, backend class, and the weights file when known."""
+    ident: dict[str, Any] = {"name": model.name, "backend": f"{type(model).__module__}.{type(model).__qualname__}"}
+    path = getattr(model, "path", None)
+    if isinstance(path, (str, Path)) and Path(path).exists():
+        stat = Path(path).stat()
+        ident.update(weights=str(path), size=stat.st_size, mtime=int(stat.st_mtime))
+    return ident
+
+
+@dataclass(slots=True)
+class Prediction:
+    id: str
+    sample: int
+    group: str
+    gold: str
+    output: str
+    extracted: str | None
+    correct: bool
+    detail: str = ""
+    cached: bool = False
+    finish_reason: str = ""
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(slots=True)
+class DatasetResult:
+    dataset: str
+    kind: str
+    model: str
+    metrics: dict[str, Score]
+    groups: dict[str, Score]
+    predictions: list[Prediction]
+    prompts: list[dict[str, Any]]
+    shots: int
+    model_calls: int
+    cached: int
+    elapsed_s: float
+    info: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def answered(self) -> float:
+        """Share of outputs the extractor found an answer in: a low value means a prompt-format problem."""
+        return sum(p.extracted is not None for p in self.predictions) / max(1, len(self.predictions))
+
+    @property
+    def errors(self) -> int:
+        return sum(p.error is not None for p in self.predictions)
+
+
+def build_prompt(dataset: Dataset, item: EvalItem, shots: int, chat: bool) -> Prompt:
+    """The exact prompt for one item: chat turns for chat models, plain text for base models."""
+    examples = dataset.fewshot_examples(item, shots)
+    if chat:
+        return {"messages": [m.to_openai() for m in dataset.chat_prompt(item, examples)]}
+    return {"text": dataset.text_prompt(item, examples)}
+
+
+def _generate(model: ChatModel, prompt: Prompt, params: GenerationParams) -> dict[str, Any]:
+    if "messages" in prompt:
+        done = model.generate([Message.from_openai(m) for m in prompt["messages"]], params)
+    else:
+        try:
+            done = completion_from_chunks(model.stream_prompt(prompt["text"], params))
+        except NotImplementedError:  # a chat-only endpoint: the plain text goes as one user turn
+            done = model.generate(prompt["text"], params)
+    return {"text": done.text, "finish_reason": done.finish_reason}
+
+
+class _Run:
+    """One dataset on one model: the tasks (item x sample), their cache keys, and the counters."""
+
+    def __init__(self, model: ChatModel, dataset: Dataset, settings: EvalSettings, cache: PredictionCache | None,
+                 progress: Progress | None) -> None:
+        self.model, self.dataset, self.settings, self.cache, self.progress = model, dataset, settings, cache, progress
+        self.items = dataset.select(settings.limit)
+        if not self.items:
+            raise ConfigurationError(f"dataset '{dataset.name}' has no items to evaluate")
+        self.shots = settings.shots if dataset.supports_fewshot else 0
+        self.chat = model.capabilities.chat_template
+        self.prompts = {item.id: build_prompt(dataset, item, self.shots, self.chat) for item in self.items}
+        self.identity = model_identity(model)
+        self.lock = threading.Lock()
+        self.calls = self.done = self.from_cache = 0
+        if progress is not None:
+            progress(dataset.name, 0, len(self.items) * settings.samples, 0)
+
+    def params(self, sample: int) -> GenerationParams:
+        s = self.settings
+        seed = s.seed + sample if s.temperature > 0 else None  # greedy output does not depend on a seed (nor its key)
+        return GenerationParams(max_tokens=s.max_tokens or self.dataset.max_tokens, temperature=s.temperature,
+                                seed=seed, stop=self.dataset.stop(self.chat))
+
+    def key(self, item: EvalItem, sample: int) -> str:
+        params = self.params(sample).model_dump(exclude_none=True, exclude_defaults=True)
+        return PredictionCache.key(self.identity, self.prompts[item.id], params)
+
+    def lookup(self, item: EvalItem, sample: int) -> dict[str, Any] | None:
+        if self.cache is None:
+            return None
+        return self.cache.get(self.key(item, sample))
+
+    def store(self, item: EvalItem, sample: int, record: dict[str, Any]) -> None:
+        if self.cache is not None:
+            self.cache.put(self.key(item, sample), record)
+
+    def tick(self, cached: bool) -> None:
+        with self.lock:
+            self.done += 1
+            self.from_cache += cached
+            done, hits = self.done, self.from_cache
+        if self.progress is not None:
+            self.progress(self.dataset.name, done, len(self.items) * self.settings.samples, hits)
+
+    def judge(self, item: EvalItem, sample: int, record: dict[str, Any], cached: bool) -> Prediction:
+        verdict = self.dataset.judge(record["text"], item)
+        return Prediction(item.id, sample, item.group, item.answer, record["text"], verdict.extracted, verdict.correct,
+                          verdict.detail, cached, record.get("finish_reason", ""))
+
+    def complete(self, item: EvalItem, sample: int, ready: dict[str, Any] | None = None) -> Prediction:
+        """Output from ``ready`` (a batch made it), the cache or the model, then judged. A model error on one item
+        (its prompt does not fit the context, say) scores that item wrong and is reported; it is not cached, so
+        a re-run tries again."""
+        record = ready or self.lookup(item, sample)
+        cached = ready is None and record is not None
+        if record is None:
+            with self.lock:
+                self.calls += 1
+            try:
+                record = _generate(self.model, self.prompts[item.id], self.params(sample))
+            except ModelError as exc:
+                self.tick(False)
+                return Prediction(item.id, sample, item.group, item.answer, "", None, False, "model error",
+                                  error=f"{type(exc).__name__}: {exc}")
+            self.store(item, sample, record)
+        prediction = self.judge(item, sample, record, cached)
+        if ready is None:
+            self.tick(cached)
+        return prediction
+
+
+def _run_parallel(fn: Callable[..., Prediction], tasks: Sequence[tuple[Any, ...]], workers: int) -> list[Prediction]:
+    if workers == 1:
+        return [fn(*task) for task in tasks]
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hanlin-eval")
+    try:
+        futures = [pool.submit(fn, *task) for task in tasks]
+        finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in finished:
+            if (exc := f.exception()) is not None:
+                raise exc
+        return [f.result() for f in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _batched(run: _Run, tasks: list[tuple[EvalItem, int]]) -> list[tuple[EvalItem, int, dict[str, Any] | None]]:
+    """Generate what the cache lacks through the runtime's own batching (``generate_batch``), one batch of prompts
+    at a time, storing each batch as it lands. Returns the tasks with the outputs made here (None: cached)."""
+    made: dict[tuple[str, int], dict[str, Any]] = {}
+    by_sample: dict[int, list[EvalItem]] = defaultdict(list)
+    for item, sample in tasks:
+        if run.lookup(item, sample) is None:
+            by_sample[sample].append(item)  # cached ones are counted when they are judged
+    for sample, items in by_sample.items():
+        for start in range(0, len(items), run.settings.batch_size):
+            chunk = items[start:start + run.settings.batch_size]
+            prompts = [run.prompts[i.id] for i in chunk]
+            batch = [[Message.from_openai(m) for m in p["messages"]] if "messages" in p else p["text"] for p in prompts]
+            run.calls += len(chunk)
+            texts = run.model.generate_batch(batch, run.params(sample))  # type: ignore[attr-defined]
+            for item, text in zip(chunk, texts, strict=True):
+                made[(item.id, sample)] = record = {"text": text, "finish_reason": ""}
+                run.store(item, sample, record)
+                run.tick(False)
+    return [(item, sample, made.get((item.id, sample))) for item, sample in tasks]
+
+
+def evaluate_dataset(model: ChatModel, dataset: Dataset, settings: EvalSettings = EvalSettings(),
+                     cache: PredictionCache | None = None, progress: Progress | None = None) -> DatasetResult:
+    """Ask every selected item (``samples`` times), judge the outputs, and score them."""
+    start = time.perf_counter()
+    run = _Run(model, dataset, settings, cache, progress)
+    notes = list(dataset.prepare())
+    if settings.shots and not dataset.supports_fewshot:
+        notes.append(f"{dataset.name} is zero-shot only; --shots {settings.shots} was not applied")
+    tasks = [(item, sample) for item in run.items for sample in range(settings.samples)]
+    if callable(getattr(model, "generate_batch", None)):
+        predictions = _run_parallel(run.complete, _batched(run, tasks), settings.workers)
+    else:
+        predictions = _run_parallel(run.complete, tasks, settings.workers)
+    return DatasetResult(
+        dataset=dataset.name, kind=dataset.kind, model=model.name, metrics=_metrics(dataset, predictions, settings),
+        groups=_groups(predictions), predictions=predictions,
+        prompts=[{"id": item.id, "prompt": run.prompts[item.id], "params": run.params(0).model_dump(exclude_none=True)}
+                 for item in run.items],
+        shots=run.shots, model_calls=run.calls, cached=sum(p.cached for p in predictions),
+        elapsed_s=time.perf_counter() - start, info=dataset.describe(), notes=notes,
+    )
+
+
+def _per_item(predictions: Sequence[Prediction]) -> dict[str, list[bool]]:
+    out: dict[str, list[bool]] = defaultdict(list)
+    for p in predictions:
+        out[p.id].append(p.correct)
+    return out
+
+
+def _metrics(dataset: Dataset, predictions: Sequence[Prediction], settings: EvalSettings) -> dict[str, Score]:
+    per_item = _per_item(predictions)
+    if dataset.kind == "code":
+        return {f"pass@{k}": pass_at_k_score(list(per_item.values()), k) for k in ks_for(settings.samples)}
+    if settings.samples == 1:
+        return {"accuracy": accuracy([r[0] for r in per_item.values()])}
+    return {"accuracy": mean_with_stderr([sum(r) / len(r) for r in per_item.values()])}
+
+
+def _groups(predictions: Sequence[Prediction]) -> dict[str, Score]:
+    by_group: dict[str, list[bool]] = defaultdict(list)
+    for p in predictions:
+        by_group[p.group].append(p.correct)
+    return {g: accuracy(v) for g, v in sorted(by_group.items())} if len(by_group) > 1 else {}
+
+
+def evaluate(model: ChatModel, datasets: Sequence[Dataset], settings: EvalSettings = EvalSettings(),
+             cache: PredictionCache | None = None, progress: Progress | None = None) -> list[DatasetResult]:
+    return [evaluate_dataset(model, d, settings, cache, progress) for d in datasets]

@@ -124,7 +124,8 @@ def test_json_schema_langchain_tool_is_checked_before_it_runs() -> None:
         seen.append(kwargs)
         return f"sunny in {kwargs['city']}"
 
-    weather = from_langchain_tool(StructuredTool(name="forecast", description="Weather.", args_schema=schema, func=forecast))
+    lc_weather = StructuredTool(name="forecast", description="Weather.", args_schema=schema, func=forecast)
+    weather = from_langchain_tool(lc_weather)
     assert weather.parameters == {**schema, "properties": schema["properties"]}
     assert weather.invoke({"city": "Oslo", "days": 2}).content == "sunny in Oslo"
     bad = weather.invoke({"city": "Oslo", "days": 0})
@@ -198,6 +199,14 @@ def test_hanlin_tool_invoked_through_langchain() -> None:
     assert invalid.content == "invalid arguments for tool 'find_notes': limit: Input should be less than or equal to 10"
     with pytest.raises(ToolException, match="the index is corrupt"):
         to_langchain_tool(find_notes, handle_tool_error=False).invoke({**args, "query": "boom"})
+
+
+def test_json_dump_of_tool_result_artifact_is_plain() -> None:
+    """The artifact LangChain stores is a pydantic ToolResult: it serializes without the raw ``data``."""
+    message = to_langchain_tool(find_notes).invoke(
+        {"type": "tool_call", "name": "find_notes", "args": {"query": "q", "window": {"start": 0, "end": 1}}, "id": "c"})
+    assert json.loads(message.artifact.model_dump_json()) == {"content": "q in days 0-1, 3 fuzzy", "is_error": False,
+                                                               "artifacts": []}
 
 
 # ---- messages and tool calls, both ways ----------------------------------------------------------
@@ -302,7 +311,8 @@ def test_forced_tool_call_uses_a_json_constraint() -> None:
 
 
 def test_tool_choice_without_constraints_and_refusals() -> None:
-    native = ScriptedModel([Completion(tool_calls=[ToolCall(name="multiply", arguments={"a": 1})])], constraints=frozenset())
+    call = ToolCall(name="multiply", arguments={"a": 1})
+    native = ScriptedModel([Completion(tool_calls=[call])], constraints=frozenset())
     answer = HanlinChatModel(model=native).bind_tools([multiply], tool_choice="any").invoke("1?")
     assert answer.tool_calls[0]["name"] == "multiply"
     assert native.calls[0][1].tool_choice == "required" and native.calls[0][1].tools
@@ -315,7 +325,8 @@ def test_tool_choice_without_constraints_and_refusals() -> None:
         plain.bind_tools([multiply], tool_choice="divide")
     with pytest.raises(ConfigurationError, match="cannot constrain its output to JSON"):
         plain.with_structured_output(Person, method="json_schema")
-    assert HanlinChatModel(model=ScriptedModel(["x"])).bind_tools([multiply], tool_choice="none").invoke("1?").content == "x"
+    no_tools = HanlinChatModel(model=ScriptedModel(["x"])).bind_tools([multiply], tool_choice="none")
+    assert no_tools.invoke("1?").content == "x"
 
 
 def test_structured_output_by_schema_and_by_tool_call() -> None:
@@ -399,11 +410,3 @@ def test_real_model_forced_tool_call_and_structured_output(named_chat: HanlinCha
     assert len(call) == 1 and call[0]["name"] == "multiply" and isinstance(call[0]["args"]["a"], int)
     person = named_chat.with_structured_output(Person).invoke("Ada Lovelace was 36 years old. Describe her as JSON.")
     assert isinstance(person, Person) and person.name
-
-
-def test_json_dump_of_tool_result_artifact_is_plain() -> None:
-    """The artifact LangChain stores is a pydantic ToolResult: it serializes without the raw ``data``."""
-    message = to_langchain_tool(find_notes).invoke(
-        {"type": "tool_call", "name": "find_notes", "args": {"query": "q", "window": {"start": 0, "end": 1}}, "id": "c"})
-    assert json.loads(message.artifact.model_dump_json()) == {"content": "q in days 0-1, 3 fuzzy", "is_error": False,
-                                                               "artifacts": []}

@@ -2,8 +2,8 @@
 
 ``HanlinChatModel`` lets LangChain code (chains, LangGraph agents, ``with_structured_output``) run on any model
 hanlin can load: a local GGUF on llama.cpp, the GPU engine, a remote endpoint. Messages are mapped one to one
-onto hanlin's ``Message`` schema (``to_hanlin_messages`` / ``to_langchain_messages``), so tool calls, tool results and their ids survive
-the trip both ways.
+onto hanlin's ``Message`` schema (``to_hanlin_messages`` / ``to_langchain_messages``), so tool calls, tool
+results and their ids survive the trip both ways.
 
 How tools reach the model:
 
@@ -25,6 +25,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
@@ -170,7 +171,7 @@ class HanlinChatModel(BaseChatModel):
     keywords (``invoke(..., temperature=0.7)``, ``bind(seed=1)``) override.
     """
 
-    model: ChatModel | str
+    model: ChatModel | str | Path
     runtime: str | None = None
     load_options: dict[str, Any] = Field(default_factory=dict)
     temperature: float | None = None
@@ -298,11 +299,14 @@ class HanlinChatModel(BaseChatModel):
         return RunnableMap(raw=llm) | parse.with_fallbacks([fallback], exception_key="parsing_error")
 
     # ---- one call: LangChain's arguments -> hanlin's ------------------------------------------------
-    def _call(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> tuple[list[Message], GenerationParams, bool]:
+    def _call(self, messages: list[BaseMessage], stop: list[str] | None,
+              kwargs: dict[str, Any]) -> tuple[list[Message], GenerationParams, bool]:
         """hanlin messages, generation params, and whether a forced tool call comes back as constrained JSON."""
         unknown = sorted(set(kwargs) - _CALL_OPTIONS)
         if unknown:
-            raise ConfigurationError(f"HanlinChatModel got unknown call option(s) {unknown}; it takes {sorted(_CALL_OPTIONS)}")
+            raise ConfigurationError(
+                f"HanlinChatModel got unknown call option(s) {unknown}; it takes {sorted(_CALL_OPTIONS)}"
+            )
         override = kwargs.get("model")
         if override is not None and override != self._chat.name:
             raise ConfigurationError(
@@ -325,7 +329,8 @@ class HanlinChatModel(BaseChatModel):
                     "tool name (served with constrained decoding), or use a hanlin Agent with protocol='react'"
                 )
         else:
-            forced = tools if choice == "required" else [s for s in tools if s["function"]["name"] == choice["function"]["name"]]
+            wanted = None if choice == "required" else choice["function"]["name"]
+            forced = [s for s in tools if wanted in (None, s["function"]["name"])]
             if self._chat.supports(_ANY_JSON) and constraint is None:
                 constraint, tools, forced_json = Constraint(json_schema=call_schema(forced)), None, True
             elif self._chat.capabilities.native_tools:

@@ -29,10 +29,8 @@ from hanlin import (
     ModelSpec,
     Usage,
 )
-from hanlin.runtimes.chat_format import parse_hermes_tool_calls
 from hanlin.runtimes.hf_prompt import HFPrompt
-from hanlin.runtimes.text_stream import StopScanner
-from hanlin.runtimes.transformers.decoding import DEFAULT_MIN_P, DEFAULT_TOP_K, DEFAULT_TOP_P, Detokenizer
+from hanlin.runtimes.transformers.decoding import DEFAULT_MIN_P, DEFAULT_TOP_K, DEFAULT_TOP_P, ReplyStream
 
 DEFAULT_MAX_TOKENS = 512
 _DONE = object()
@@ -76,8 +74,6 @@ class GpuChatModel(ChatModel):
 
     # ---- the driver thread ------------------------------------------------------------------
     def _drive(self) -> None:
-        from hanlin.runtimes.gpu.sequence import SamplingParams  # noqa: F401  (engine types live there)
-
         live: dict[int, _Request] = {}
         while not self._closed:
             while True:
@@ -175,9 +171,7 @@ class GpuChatModel(ChatModel):
         return self._collect(self._submit(ids, params), params, False)
 
     def _collect(self, req: _Request, params: GenerationParams, hold: bool) -> Iterator[Chunk]:
-        scanner = StopScanner(list(params.stop))
-        text = Detokenizer(self.prompt.tokenizer)
-        parts: list[str] = []
+        reply = ReplyStream(self.prompt.tokenizer, params.stop, params.tools, hold)
         finish, cached, done = "length", 0, False
         try:
             while True:
@@ -188,12 +182,8 @@ class GpuChatModel(ChatModel):
                     break
                 if item in self.prompt.eos_ids:
                     continue
-                delta = scanner.feed_text(text.add(item))
-                if delta:
-                    parts.append(delta)
-                    if not hold:
-                        yield Chunk(text=delta)
-                if scanner.stopped:
+                yield from reply.add(item)
+                if reply.stopped:
                     finish = "stop"
                     break
         finally:
@@ -202,20 +192,9 @@ class GpuChatModel(ChatModel):
                 self._wake.set()
         if isinstance(finish, str) and finish.startswith("error"):
             raise ModelError(f"the gpu engine failed on this request: {finish}")
-        tail = scanner.feed_text(text.flush()) + scanner.finish()
-        if tail:
-            parts.append(tail)
-            if not hold:
-                yield Chunk(text=tail)
-        calls = []
-        if hold:
-            reply, calls = parse_hermes_tool_calls("".join(parts), params.tools or [])
-            if reply:
-                yield Chunk(text=reply)
-        usage = Usage(prompt_tokens=len(req.prompt), completion_tokens=len(text.tokens),
+        usage = Usage(prompt_tokens=len(req.prompt), completion_tokens=reply.num_tokens,
                       prompt_tokens_evaluated=len(req.prompt) - cached, prompt_tokens_reused=cached)
-        yield Chunk(finish_reason="tool_calls" if calls else ("stop" if finish == "abort" else finish), usage=usage,
-                    tool_calls=calls)
+        yield from reply.close("stop" if finish == "abort" else finish, usage)
 
     def generate_batch(self, prompts: list[list[Message] | str], params: GenerationParams | None = None) -> list[str]:
         """Offline batch: every prompt queued at once so the engine batches them; texts in order."""

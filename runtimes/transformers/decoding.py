@@ -74,3 +74,51 @@ class Detokenizer:
         out = self._text(self._prefix)[len(self._text(self._prefix, self._read)) :]
         self._prefix = self._read = len(self.tokens)
         return out
+
+
+class ReplyStream:
+    """Sampled tokens -> the chunks a ChatModel streams, shared by the HF runtimes (transformers, gpu).
+
+    Stop strings are held back until they are ruled out (never emitted); with ``hold`` (hermes tool calls
+    requested) nothing streams and the whole reply is parsed for tool calls at the end.
+    """
+
+    def __init__(self, tokenizer: Any, stop: list[str], tools: list[dict[str, Any]] | None, hold: bool) -> None:
+        from hanlin.runtimes.text_stream import StopScanner
+
+        self.scanner, self.text = StopScanner(list(stop)), Detokenizer(tokenizer)
+        self.tools, self.hold = tools or [], hold
+        self.parts: list[str] = []
+        self.calls: list[Any] = []
+
+    @property
+    def stopped(self) -> bool:
+        return self.scanner.stopped
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.text.tokens)
+
+    def _emit(self, delta: str) -> Any:
+        from hanlin import Chunk
+
+        if delta:
+            self.parts.append(delta)
+            if not self.hold:
+                yield Chunk(text=delta)
+
+    def add(self, token: int) -> Any:
+        """Chunks for one more token (none while text is held back)."""
+        yield from self._emit(self.scanner.feed_text(self.text.add(token)))
+
+    def close(self, finish: str, usage: Any) -> Any:
+        """The held-back tail, the parsed reply when holding, then the final chunk with usage and tool calls."""
+        from hanlin import Chunk
+        from hanlin.runtimes.chat_format import parse_hermes_tool_calls
+
+        yield from self._emit(self.scanner.feed_text(self.text.flush()) + self.scanner.finish())
+        if self.hold:
+            reply, self.calls = parse_hermes_tool_calls("".join(self.parts), self.tools)
+            if reply:
+                yield Chunk(text=reply)
+        yield Chunk(finish_reason="tool_calls" if self.calls else finish, usage=usage, tool_calls=self.calls)

@@ -31,11 +31,9 @@ from hanlin import (
     Usage,
 )
 from hanlin.messages import MessageLike, to_messages
-from hanlin.runtimes.chat_format import parse_hermes_tool_calls
 from hanlin.runtimes.hf_prompt import HFPrompt
-from hanlin.runtimes.text_stream import StopScanner
 from hanlin.runtimes.transformers.convert import convert_gguf
-from hanlin.runtimes.transformers.decoding import Detokenizer, sample_token
+from hanlin.runtimes.transformers.decoding import ReplyStream, sample_token
 
 DEFAULT_MAX_TOKENS = 512
 DTYPES = ("float32", "bfloat16", "float16")
@@ -133,9 +131,7 @@ class TransformersChatModel(ChatModel):
         max_tokens = min(params.max_tokens or DEFAULT_MAX_TOKENS, self.context_length - len(prompt))
         temperature = 0.0 if params.temperature is None else params.temperature
         generator = torch.Generator().manual_seed(params.seed if params.seed is not None else random.randrange(2**31))
-        scanner = StopScanner(list(params.stop))
-        text = Detokenizer(self.tokenizer)
-        parts: list[str] = []
+        reply = ReplyStream(self.tokenizer, params.stop, params.tools, hold)
         finish = "length"
         step, past = prompt, None
         # The lock is taken per forward step, not per call: each call owns its KV cache, so concurrent
@@ -146,28 +142,14 @@ class TransformersChatModel(ChatModel):
             if token in self._eos:
                 finish = "stop"
                 break
-            delta = scanner.feed_text(text.add(token))
-            if delta:
-                parts.append(delta)
-                if not hold:
-                    yield Chunk(text=delta)
-            if scanner.stopped:
+            yield from reply.add(token)
+            if reply.stopped:
                 finish = "stop"
                 break
             step = [token]
-        tail = scanner.feed_text(text.flush()) + scanner.finish()
-        if tail:
-            parts.append(tail)
-            if not hold:
-                yield Chunk(text=tail)
-        calls = []
-        if hold:
-            reply, calls = parse_hermes_tool_calls("".join(parts), params.tools or [])
-            if reply:
-                yield Chunk(text=reply)
-        usage = Usage(prompt_tokens=len(prompt), completion_tokens=len(text.tokens),
+        usage = Usage(prompt_tokens=len(prompt), completion_tokens=reply.num_tokens,
                       prompt_tokens_evaluated=len(prompt), prompt_tokens_reused=0)
-        yield Chunk(finish_reason="tool_calls" if calls else finish, usage=usage, tool_calls=calls)
+        yield from reply.close(finish, usage)
 
     # ---- scoring -----------------------------------------------------------------------------
     def logprobs(self, context: str | Iterable[MessageLike], continuation: str) -> list[float]:

@@ -104,7 +104,7 @@ def tools_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON
     rows = []
     for name, entry in plugins().tools().items():
         description = entry.description if isinstance(entry, ToolSpec) else entry.description
-        parameters = None if isinstance(entry, ToolSpec) else entry.parameters
+        parameters = _spec_parameters(entry) if isinstance(entry, ToolSpec) else entry.parameters
         rows.append(
             {
                 "name": name,
@@ -119,6 +119,22 @@ def tools_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON
         typer.echo(json.dumps(rows, indent=2))
         return
     _print_rows(rows, ["name", "plugin", "description"])
+
+
+def _spec_parameters(spec: ToolSpec) -> Any:
+    """A configurable tool's schema, from building it with its defaults (a toolkit that provides several tools:
+    name -> schema); a tool that cannot be built without options says which it needs."""
+    try:
+        built = spec.build()
+    except Exception as exc:  # e.g. knowledge_base without an index, mcp without a command
+        return {"needs configuration": str(exc).split("\n")[0]}
+    try:
+        if len(built) == 1:
+            return built[0].parameters
+        return {t.name: t.parameters for t in built}
+    finally:
+        for kit in {id(t.toolkit): t.toolkit for t in built if t.toolkit is not None}.values():
+            kit.close()
 
 
 # ---- running agents -------------------------------------------------------------------------

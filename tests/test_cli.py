@@ -45,6 +45,10 @@ def test_models_lists_install_state_and_commands() -> None:
 def test_tools_lists_calculator_with_its_plugin() -> None:
     rows = {r["name"]: r for r in json.loads(hanlin("tools", "--json").stdout)}
     assert rows["calculator"]["plugin"] == "hanlin.plugins.tools.calculator" and rows["calculator"]["default"] is True
+    # every tool is listed with its schema; configurable ones are built with their defaults to show it
+    assert rows["python"]["parameters"]["required"] == ["code"]
+    assert set(rows["files"]["parameters"]) == {"read_file", "write_file", "list_files"}
+    assert "index=FOLDER" in rows["knowledge_base"]["parameters"]["needs configuration"]
 
 
 def test_clear_errors_and_exit_code_2() -> None:

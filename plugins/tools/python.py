@@ -37,7 +37,7 @@ class PythonToolkit(Toolkit):
 
             raise ConfigurationError(f"max_kernels must be at least 1, got {max_kernels}")
         self.timeout = timeout
-        self.root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="hanlin-python-"))
+        self._workdir = Path(workdir) if workdir else None  # a temp folder is made on first use, not at build
         self.max_kernels = max_kernels
         self._options = {"memory_mb": memory_mb, "cpu_seconds": cpu_seconds, "max_output_chars": max_output_chars}
         self._kernels: OrderedDict[str, Any] = OrderedDict()  # session -> KernelSession, least recently used first
@@ -61,7 +61,10 @@ class PythonToolkit(Toolkit):
                 victim = idle.pop(0)
                 self._kernels.pop(victim).close()
                 self._evicted.add(victim)
-            folder = self.root if key == OUTSIDE_AGENT else self.root / re.sub(r"[^A-Za-z0-9_.-]", "_", key)[:80]
+            if self._workdir is None:
+                self._workdir = Path(tempfile.mkdtemp(prefix="hanlin-python-"))
+            root = self._workdir
+            folder = root if key == OUTSIDE_AGENT else root / re.sub(r"[^A-Za-z0-9_.-]", "_", key)[:80]
             session = KernelSession(folder, **self._options)
             self._kernels[key] = session
             note = ""

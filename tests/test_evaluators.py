@@ -454,3 +454,32 @@ def test_hanlin_eval_end_to_end_writes_scores_and_resumes_from_the_cache(tmp_pat
     assert second.returncode == 0, second.stderr
     again = json.loads((out_dir / "scores.json").read_text())["models"]["smollm2-135m-instruct"]["datasets"]["gsm8k"]
     assert again["model_calls"] == 0 and again["cached"] == 3 and again["metrics"] == record["metrics"]
+
+
+def test_eval_compare_prints_differences_with_standard_errors(tmp_path) -> None:
+    import json
+    import math
+    import subprocess
+    import sys
+
+    def folder(name: str, model: str, value: float, stderr: float) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        metric = {"accuracy": {"value": value, "stderr": stderr, "n": 100}}
+        (d / "scores.json").write_text(json.dumps({"models": {model: {"datasets": {
+            "gsm8k": {"metrics": metric}, f"only-{name}": {"metrics": metric}}}}}))
+        return d
+
+    a, b = folder("a", "small", 0.30, 0.03), folder("b", "tuned", 0.45, 0.04)
+    out = subprocess.run([sys.executable, "-m", "hanlin.cli", "eval", "compare", str(a), str(b), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads(out.stdout)  # only the dataset both folders have
+    assert row["dataset"] == "gsm8k" and row["model_1"] == "small" and row["model_2"] == "tuned"
+    assert math.isclose(row["diff"], 0.15) and math.isclose(row["stderr"], 0.05) and row["significant"]
+    table = subprocess.run([sys.executable, "-m", "hanlin.cli", "eval", "compare", str(a), str(b)],
+                           capture_output=True, text=True, timeout=120).stdout
+    assert "+0.150 ± 0.050 *" in table
+    missing = subprocess.run([sys.executable, "-m", "hanlin.cli", "eval", "compare", str(a), str(tmp_path / "nope")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "has no scores.json" in missing.stderr

@@ -84,6 +84,28 @@ def _eval_app(typer: Any) -> Any:
     # typer is not imported (it loads only for the CLI): hand it the real Context class.
     run_eval.__annotations__["ctx"] = typer.Context
     app.callback()(run_eval)
+
+    @app.command("compare")
+    def compare_cmd(
+        first: Path = typer.Argument(..., help="A folder written by `hanlin eval --out` (or its scores.json)."),
+        second: Path = typer.Argument(..., help="The folder to compare it with."),
+        as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+    ) -> None:
+        """Score differences DIR2 - DIR1 per dataset and metric, with the difference's standard error."""
+        import json
+
+        from hanlin.errors import HanlinError
+        from hanlin.plugins.evaluators.compare import compare, load_scores, render
+
+        try:
+            rows = compare(load_scores(first), load_scores(second))
+        except HanlinError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(json.dumps(rows, indent=2) if as_json else render(rows))
+
+    for name, hint in (("first", Path), ("second", Path)):  # see run_eval: postponed annotations
+        compare_cmd.__annotations__[name] = hint
     return app
 
 

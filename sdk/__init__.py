@@ -31,7 +31,7 @@ from hanlin.events import (
     parse_event,
 )
 from hanlin.hookspecs import hookimpl
-from hanlin.loading import load_model, load_protocol, load_tool, load_tools, resolve_model
+from hanlin.loading import load_model, load_protocol, load_tool, load_tools, resolve_model, tune
 from hanlin.messages import Message, ToolCall, Usage
 from hanlin.plugin_manager import PluginManager
 from hanlin.plugin_manager import plugins as get_plugin_manager  # `hanlin.plugins` is the plugins package
@@ -50,5 +50,5 @@ __all__ = [
     "RuntimeSpec", "ScriptedModel", "StepProtocol", "StepStarted", "TokenDelta", "Tool", "ToolCall",
     "ToolCallEvent", "ToolError", "ToolInputError", "ToolResult", "ToolResultEvent", "ToolSpec", "Toolkit", "Usage",
     "hookimpl", "load_model", "load_protocol", "load_tool", "load_tools", "load_traces", "parse_event",
-    "current_session", "get_plugin_manager", "resolve_model", "tool", "tool_session",
+    "current_session", "get_plugin_manager", "resolve_model", "tool", "tool_session", "tune",
 ]

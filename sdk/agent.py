@@ -38,6 +38,9 @@ class RunResult(BaseModel):
     output_text: str = ""
     messages: list[Message] = Field(default_factory=list)
     events: list[Event] = Field(default_factory=list)
+    # The model's last call as it saw it (protocol-rendered messages + offered tool specs) and its reply; the
+    # conversation a finetuner trains on, since ``messages`` is the protocol-neutral transcript.
+    model_view: dict[str, Any] | None = None
     usage: Usage = Field(default_factory=Usage)
     steps: int = 0
     error: str | None = None
@@ -56,6 +59,7 @@ class RunResult(BaseModel):
             "error": self.error,
             "steps": self.steps,
             "usage": self.usage.model_dump(mode="json"),
+            "model_view": self.model_view,
             "events": [e.model_dump(mode="json") for e in self.events],
         }
 
@@ -85,6 +89,7 @@ def load_traces(path: str | Path) -> list[RunResult]:
                     usage=Usage(**record.get("usage", {})),
                     steps=record.get("steps", 0),
                     error=record.get("error"),
+                    model_view=record.get("model_view"),
                 )
             )
         except Exception as exc:
@@ -229,6 +234,7 @@ class Agent:
                         usage=ctx.usage,
                         steps=ctx.step,
                         error=error or ctx.gave_up_reason,
+                        model_view=ctx.model_view,
                     )
                 )
             yield finished

@@ -114,3 +114,31 @@ def load_protocol(name: str, **options: Any) -> Any:
     """An agent protocol instance by name ("react", "rewoo", "tools", or a plugin's)."""
     cls = plugins().get("protocols", name)
     return cls(**options)
+
+
+def tune(config: Any = None, *, resume: bool = False, progress: Any = None, **settings: Any) -> Any:
+    """Fine-tune a model with the finetuner plugin named by the config's ``method`` (default ``lora``).
+
+    ``config`` is a YAML path, a dict, or None (then ``settings`` say everything: model, data, ...); settings
+    override the file. Returns the finetuner's result (hanlin's own: a TuneResult with losses and exports).
+    """
+    method = settings.get("method")
+    if method is None and config is not None:
+        method = _config_method(config)
+    finetuner = plugins().get("finetuners", method or "lora").factory()
+    return finetuner.tune(config, resume=resume, progress=progress, **settings)
+
+
+def _config_method(config: Any) -> str | None:
+    if isinstance(config, dict):
+        return config.get("method")
+    path = Path(config)
+    if not path.is_file():
+        raise ConfigurationError(f"config file {str(path)!r} does not exist")
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"{path} is not valid YAML: {exc}") from None
+    return data.get("method") if isinstance(data, dict) else None

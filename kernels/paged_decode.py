@@ -38,7 +38,10 @@ def _paged_decode_kernel(
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     first_block = part * blocks_per_part
     offs = tl.arange(0, BLOCK_SIZE)
-    for i in range(0, blocks_per_part):
+    # a partition past the end of this sequence does no work (it still writes an empty partial): with a grid sized
+    # for the longest context a batch may hold (CUDA graphs), most partitions of short sequences are such
+    n_blocks = tl.minimum(blocks_per_part, tl.cdiv(n, BLOCK_SIZE) - first_block)
+    for i in range(0, n_blocks):
         blk = first_block + i
         pos = blk * BLOCK_SIZE + offs
         valid = (pos < n) & (pos >= lo)
@@ -85,15 +88,16 @@ def paged_decode_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                  context_lens: torch.Tensor, scale: float | None = None, window: int = 0,
-                 partition_tokens: int = 512) -> torch.Tensor:
+                 partition_tokens: int = 512, max_context: int | None = None) -> torch.Tensor:
     """Triton version of :func:`paged_decode_ref`; ``partition_tokens`` is the split-K chunk (a multiple of the
-    block size is used)."""
+    block size is used). ``max_context`` fixes the grid for contexts up to that length without reading
+    ``context_lens`` on the host: no device sync, so the call can be captured in a CUDA graph."""
     batch, q_heads, dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     if q_heads % kv_heads:
         raise ValueError(f"q_heads={q_heads} is not a multiple of kv_heads={kv_heads}")
     scale = scale if scale is not None else 1.0 / math.sqrt(dim)
-    max_len = int(context_lens.max()) if batch else 0
+    max_len = max_context if max_context is not None else (int(context_lens.max()) if batch else 0)
     blocks_per_part = max(partition_tokens // block_size, 1)
     parts = max(triton.cdiv(triton.cdiv(max_len, block_size), blocks_per_part), 1)
     partial = torch.empty(batch, q_heads, parts, dim, dtype=torch.float32, device=q.device)

@@ -83,6 +83,24 @@ def test_each_family_matches_transformers_greedy(family, tmp_path) -> None:
         assert got == ref[0, len(prompt):].tolist(), family
 
 
+def test_decode_graph_path_gives_the_same_tokens(tmp_path) -> None:
+    """The CUDA-graph decode path (padded static buffers, a scratch block for the padding rows) run eagerly: same
+    greedy tokens as the plain path, with padding rows in every decode step (3 sequences -> 4). The fixed attention
+    grid it relies on is checked in tests/test_kernels.py (test_paged_decode_with_a_fixed_grid)."""
+    _tiny("gemma3", tmp_path)
+    prompts = [[5, 17, 42, 7, 99, 3, 150, 22, 8, 61, 12, 4, 77], [9, 8, 7], list(range(30, 50))]
+    expected = Engine(tmp_path, num_blocks=64, block_size=4, decode_graphs="off").generate(prompts, GREEDY)
+    engine = Engine(tmp_path, num_blocks=64, block_size=4, decode_graphs="eager")
+    assert engine.graphs is not None and engine.blocks.num_blocks == 63  # the scratch block is held back
+    calls = []
+    run = engine.graphs.run
+    engine.graphs.run = lambda batch: calls.append(batch.input_ids.shape[0]) or run(batch)
+    assert engine.generate(prompts, GREEDY) == expected
+    assert calls and 3 in calls  # decode steps went through the padded path
+    with pytest.raises(ValueError, match="decode_graphs must be"):
+        Engine(tmp_path, num_blocks=8, block_size=4, decode_graphs="sometimes")
+
+
 def test_preemption_recomputes_and_gives_the_same_tokens(tmp_path) -> None:
     _tiny("llama", tmp_path)
     prompts = [list(range(10, 30)), list(range(40, 55)), list(range(60, 70))]

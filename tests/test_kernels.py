@@ -145,6 +145,17 @@ def test_paged_decode_split_k(dtype, window, heads) -> None:
     close(out, paged_decode_ref(q, k_cache, v_cache, tables, ctx, window=window), dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_paged_decode_with_a_fixed_grid(dtype) -> None:
+    """The CUDA-graph form: the grid sized for a longer context than any in the batch (partitions past a
+    sequence's end are empty), same result as the grid sized from the lengths."""
+    lens = [3, 70]
+    k_cache, v_cache, tables, ctx = _paged_cache(lens, 16, 2, 64, dtype, seed=9)
+    q = rand(len(lens), 4, 64, dtype=dtype, seed=10)
+    fixed = paged_decode(q, k_cache, v_cache, tables, ctx, partition_tokens=32, max_context=256)  # 8 partitions
+    close(fixed, paged_decode_ref(q, k_cache, v_cache, tables, ctx), dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("window", [0, 12])
 def test_prefill_attention_over_cached_prefix(dtype, window) -> None:

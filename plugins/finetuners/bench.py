@@ -9,6 +9,7 @@ Tokens/s counts real tokens only (padding is work, not progress), which is the q
 from __future__ import annotations
 
 import json
+import math
 import random
 import subprocess
 import sys
@@ -22,14 +23,14 @@ WORDS = ("the model reads each token and the answer follows from the data we gav
          "slowly as steps pass").split()
 
 
-def synthetic_chats(n: int, max_words: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Chats whose lengths spread log-uniformly from a few words to ``max_words``: the mix of short and long
-    samples that real instruction and trace data have, and where padding wastes most."""
+def synthetic_chats(n: int, max_words: int, seed: int = 0, median_words: int = 40) -> list[dict[str, Any]]:
+    """Chats with log-normal reply lengths (median ``median_words``, sigma 1, capped at ``max_words``): the long
+    tail of real chat and trace data (ShareGPT's lengths are roughly log-normal), where padding wastes most."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         q_words = rng.randint(4, 24)
-        a_words = int(round(2 ** rng.uniform(2, max(2.5, (max_words).bit_length() - 1))))
+        a_words = max(2, min(max_words, int(rng.lognormvariate(math.log(median_words), 1.0))))
         question = " ".join(rng.choice(WORDS) for _ in range(q_words))
         answer = " ".join(rng.choice(WORDS) for _ in range(a_words))
         rows.append({"messages": [{"role": "user", "content": f"({i}) {question}?"},
@@ -37,7 +38,7 @@ def synthetic_chats(n: int, max_words: int, seed: int = 0) -> list[dict[str, Any
     return rows
 
 
-def bench_tune(model: str = "smollm2", *, samples: int = 32, max_length: int = 512, batch_size: int = 4,
+def bench_tune(model: str = "smollm2", *, samples: int = 32, max_length: int = 512, batch_size: int = 8,
                threads: int | None = None, seed: int = 0) -> list[Any]:
     from hanlin.bench import BenchTable
 
@@ -118,7 +119,6 @@ def _warm_up(trainer: Any) -> None:
 
 def _hf_trainer(trainer: Any, job: dict[str, Any]) -> dict[str, Any]:
     """The baseline most people write: transformers' Trainer over padded batches, peft's LoRA, the same samples."""
-    import math
 
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 

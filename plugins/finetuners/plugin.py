@@ -103,7 +103,7 @@ def _add_bench(cli: Any, typer: Any) -> None:
         model: str = typer.Option("smollm2", "--model", "-m", help="Base model to tune."),
         samples: int = typer.Option(32, "--samples", help="Mixed-length chats in the data set."),
         max_length: int = typer.Option(512, "--max-length"),
-        batch_size: int = typer.Option(4, "--batch-size"),
+        batch_size: int = typer.Option(8, "--batch-size"),
         threads: int | None = typer.Option(None, "--threads", help="torch threads (default: torch's choice)."),
         as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
     ) -> None:

@@ -15,6 +15,7 @@ import torch
 from hanlin.kernels import use_triton
 from hanlin.runtimes.gpu.block_manager import BlockManager
 from hanlin.runtimes.gpu.config import ModelConfig
+from hanlin.runtimes.gpu.cuda_graphs import DecodeGraphs
 from hanlin.runtimes.gpu.layers import Ops, StepBatch
 from hanlin.runtimes.gpu.model import DecoderLM
 from hanlin.runtimes.gpu.sampler import sample
@@ -33,7 +34,9 @@ class StepOutput:
 class Engine:
     def __init__(self, folder: str | Path, *, device: str = "auto", dtype: str | None = None, block_size: int = 16,
                  num_blocks: int | None = None, memory_fraction: float = 0.85, max_batch_tokens: int = 2048,
-                 max_seqs: int = 256, kernels: str = "auto") -> None:
+                 max_seqs: int = 256, kernels: str = "auto", decode_graphs: str = "auto") -> None:
+        """``decode_graphs``: "auto" captures CUDA graphs for decode batches on a GPU with Triton kernels; "off";
+        "eager" runs the same padded static-buffer path without capturing (how CPU tests check it)."""
         folder = Path(folder)
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))
@@ -43,6 +46,8 @@ class Engine:
         self.dtype = getattr(torch, dtype)
         if kernels not in ("auto", "triton", "torch"):
             raise ValueError(f"kernels must be 'auto', 'triton' or 'torch', got {kernels!r}")
+        if decode_graphs not in ("auto", "off", "eager", "capture"):
+            raise ValueError(f"decode_graphs must be 'auto', 'off', 'eager' or 'capture', got {decode_graphs!r}")
         probe = torch.empty(0, device=self.device)
         triton = use_triton(probe) if kernels == "auto" and on_gpu else kernels == "triton"
         self.config = ModelConfig.from_folder(folder)
@@ -58,8 +63,17 @@ class Engine:
         shape = (num_blocks, block_size, c.num_kv_heads, c.head_dim)
         self.kv = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
                     torch.zeros(shape, dtype=self.dtype, device=self.device)) for _ in range(c.num_layers)]
-        self.blocks = BlockManager(num_blocks, block_size)
+        graphs = decode_graphs if decode_graphs != "auto" else ("capture" if on_gpu and triton else "off")
+        # CUDA graphs pad batches with rows that write into a scratch block the allocator never hands out
+        usable = num_blocks - 1 if graphs != "off" else num_blocks
+        self.blocks = BlockManager(usable, block_size)
         self.scheduler = Scheduler(self.blocks, max_batch_tokens, max_seqs)
+        self.graphs: DecodeGraphs | None = None
+        if graphs != "off":
+            width = min(-(-c.max_position // block_size), usable)
+            self.graphs = DecodeGraphs(self.model, self.kv, max_seqs=max_seqs, max_blocks_per_seq=width,
+                                       block_size=block_size, scratch_slot=usable * block_size,
+                                       capture=graphs == "capture")
         self.seqs: dict[int, Sequence] = {}
         self.last_cached: dict[int, int] = {}  # finished seq -> prompt tokens it took from the prefix cache
 
@@ -124,7 +138,10 @@ class Engine:
         if not items:
             return []
         batch, sampled = self._batch(items)
-        logits = self.model.forward(batch, self.kv)
+        if self.graphs is not None and self.graphs.fits(batch):
+            logits = self.graphs.run(batch)
+        else:
+            logits = self.model.forward(batch, self.kv)
         for it in items:
             self.scheduler.computed(it)
         outputs: list[StepOutput] = []

@@ -30,6 +30,7 @@ class StepBatch:
     block_tables: torch.Tensor  # [B, max_blocks]
     decode_only: bool  # every sequence brings exactly one token: the split-K decode kernel applies
     logits_rows: torch.Tensor  # [B'] rows whose logits are wanted (each sequence's last token, when sampled)
+    max_context: int | None = None  # fixed upper bound on context_lens (CUDA graphs: no host read of the lengths)
 
 
 class Ops:
@@ -55,8 +56,11 @@ class Ops:
     def attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: StepBatch,
                   scale: float, window: int) -> torch.Tensor:
         if batch.decode_only:
-            f = _decode.paged_decode if self.triton else _decode.paged_decode_ref
-            return f(q, k_cache, v_cache, batch.block_tables, batch.context_lens, scale=scale, window=window)
+            if self.triton:
+                return _decode.paged_decode(q, k_cache, v_cache, batch.block_tables, batch.context_lens, scale=scale,
+                                            window=window, max_context=batch.max_context)
+            return _decode.paged_decode_ref(q, k_cache, v_cache, batch.block_tables, batch.context_lens, scale=scale,
+                                            window=window)
         f = _prefill.prefill_attention if self.triton else _prefill.prefill_attention_ref
         return f(q, k_cache, v_cache, batch.block_tables, batch.cu_seqlens_q, batch.context_lens, scale=scale,
                  window=window)

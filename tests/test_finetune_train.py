@@ -171,3 +171,26 @@ def test_command_stops_before_training_on_bad_data(tmp_path: Path, tiny) -> None
     assert "1 malformed skipped" in ran.output and "loss: first" in ran.output
     assert (tmp_path / "out" / "merged" / "config.json").is_file()
     assert bad.exists()
+
+
+def test_gradient_checkpointing_gives_the_same_step(tmp_path: Path, tiny) -> None:
+    """Recomputing activations in the backward pass changes memory, not the numbers."""
+    import torch
+
+    from hanlin.plugins.finetuners.config import load_config
+    from hanlin.plugins.finetuners.trainer import Trainer
+
+    data = write_jsonl(tmp_path / "d.jsonl", SECRET)
+    weights = []
+    for checkpointing in (False, True):
+        cfg = load_config(None, model=str(tiny), data=[str(data)], method="lora", max_steps=2, batch_size=2,
+                          gradient_checkpointing=checkpointing, output_dir=str(tmp_path / f"o{checkpointing}"),
+                          lora={"r": 4, "alpha": 8, "dropout": 0.0})
+        trainer = Trainer(cfg)
+        trainer.train()
+        base = trainer.base.model
+        assert getattr(base, "is_activation_checkpointing", None) is checkpointing or (
+            base.is_gradient_checkpointing == checkpointing)
+        weights.append(_trainable(trainer.model))
+    for name in weights[0]:
+        torch.testing.assert_close(weights[1][name], weights[0][name], rtol=1e-5, atol=1e-6, msg=name)

@@ -100,7 +100,11 @@ def wrap_for_method(base: LoadedBase, config: TuneConfig) -> Any:
     """The trainable model: the base itself (full) or the base with a fresh LoRA adapter."""
     model = base.model
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5 renamed it (the old name warns); take whichever this version has
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if not config.uses_adapter:
         return model

@@ -194,3 +194,26 @@ def test_gradient_checkpointing_gives_the_same_step(tmp_path: Path, tiny) -> Non
         weights.append(_trainable(trainer.model))
     for name in weights[0]:
         torch.testing.assert_close(weights[1][name], weights[0][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="pip install triton")
+def test_fused_kernels_change_no_numbers(tmp_path: Path, tiny) -> None:
+    """The model trained with hanlin's Triton RMSNorm (forward + backward) and fused cross-entropy, here under the
+    interpreter on CPU, ends where the torch modules end."""
+    import torch
+
+    from hanlin.plugins.finetuners.config import load_config
+    from hanlin.plugins.finetuners.trainer import Trainer
+
+    data = write_jsonl(tmp_path / "d.jsonl", SECRET)
+    weights = []
+    for kernels in ("torch", "triton"):
+        cfg = load_config(None, model=str(tiny), data=[str(data)], method="lora", max_steps=2, batch_size=4,
+                          kernels=kernels, output_dir=str(tmp_path / kernels), lora={"r": 4, "alpha": 8, "dropout": 0.0})
+        trainer = Trainer(cfg)
+        patched = [m for m in trainer.model.modules() if type(m).__name__.endswith("RMSNorm") and "forward" in vars(m)]
+        assert len(patched) == (5 if kernels == "triton" else 0)  # 2 layers x 2 norms + the final norm
+        trainer.train()
+        weights.append(_trainable(trainer.model))
+    for name in weights[0]:
+        torch.testing.assert_close(weights[1][name], weights[0][name], rtol=1e-4, atol=1e-6, msg=name)

@@ -44,3 +44,26 @@ def test_loss_and_gradient_match_torch(dtype, rows, vocab) -> None:
 def test_bad_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="logits \\[tokens, vocab\\]"):
         cross_entropy(rand(2, 3, 4), torch.zeros(2, dtype=torch.long, device=DEVICE))
+
+
+# ---- RMSNorm for training (forward + backward) -----------------------------------------------------
+from hanlin.kernels.rmsnorm_train import rms_norm, rms_norm_ref  # noqa: E402
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape,offset", [((3, 64), 0.0), ((2, 5, 576), 0.0), ((4, 100), 1.0)])
+def test_rmsnorm_forward_and_backward_match_torch(dtype, shape, offset) -> None:
+    x = rand(*shape, dtype=dtype, seed=shape[-1])
+    w = (rand(shape[-1], seed=7) * 0.5 + (0.0 if offset else 1.0)).to(dtype)
+    dy = rand(*shape, dtype=dtype, seed=3)
+    ref_x, ref_w = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    ours_x, ours_w = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    expected = rms_norm_ref(ref_x, ref_w, 1e-6, offset)
+    expected.backward(dy)
+    got = rms_norm(ours_x, ours_w, 1e-6, offset)
+    got.backward(dy)
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(got.float(), expected.float(), atol=atol, rtol=rtol)
+    torch.testing.assert_close(ours_x.grad.float(), ref_x.grad.float(), atol=atol * 4, rtol=rtol)
+    rows = x.numel() // shape[-1]
+    torch.testing.assert_close(ours_w.grad.float(), ref_w.grad.float(), atol=atol * rows, rtol=rtol * 2)

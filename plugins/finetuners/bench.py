@@ -112,7 +112,7 @@ def _warm_up(trainer: Any) -> None:
     from hanlin.plugins.finetuners.packing import unpacked
 
     rows = unpacked(sorted(trainer.data.samples, key=lambda s: len(s.input_ids))[:2])
-    loss, _ = token_loss_sum(trainer.model, trainer._batch(rows))
+    loss, _ = token_loss_sum(trainer.model, trainer._batch(rows), trainer.fused)
     loss.backward()
     trainer.model.zero_grad(set_to_none=True)
 

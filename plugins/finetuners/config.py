@@ -55,6 +55,8 @@ class TuneConfig(BaseModel):
     gradient_checkpointing: bool = False
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     device: str = "auto"
+    # hanlin's Triton kernels (fused RMSNorm with backward, fused cross-entropy): "auto" uses them on CUDA
+    kernels: Literal["auto", "triton", "torch"] = "auto"
     seed: int = 0
     threads: int | None = Field(default=None, gt=0)
 

@@ -30,8 +30,9 @@ def _logits(model: Any, hidden: Any) -> Any:
     return logits
 
 
-def token_loss_sum(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
-    """(sum of cross-entropy over target tokens, number of target tokens) for one micro-batch."""
+def token_loss_sum(model: Any, batch: dict[str, Any], fused: bool | None = None) -> tuple[Any, int]:
+    """(sum of cross-entropy over target tokens, number of target tokens) for one micro-batch. ``fused``: use the
+    Triton cross-entropy (default: on CUDA)."""
     import torch
     import torch.nn.functional as F
 
@@ -40,7 +41,7 @@ def token_loss_sum(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
     where = targets != IGNORE
     picked, wanted = hidden[where], targets[where]
     total = hidden.new_zeros((), dtype=torch.float32)
-    fused = _fused_cross_entropy(hidden)
+    fused = _fused_cross_entropy(model, hidden, fused)
     for i in range(0, picked.shape[0], CHUNK):
         logits = _logits(model, picked[i : i + CHUNK])
         if fused is not None:
@@ -50,11 +51,15 @@ def token_loss_sum(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
     return total, int(wanted.numel())
 
 
-def _fused_cross_entropy(hidden: Any) -> Any:
-    """The Triton kernel where it runs for real (CUDA); torch's cross-entropy elsewhere."""
+def _fused_cross_entropy(model: Any, hidden: Any, wanted: bool | None) -> Any:
+    """The Triton kernel where asked (default: CUDA); torch's cross-entropy elsewhere. Not after logit
+    soft-capping: the kernel overwrites the logits, which tanh's backward would read."""
     import importlib.util
 
-    if not hidden.is_cuda or importlib.util.find_spec("triton") is None:
+    if wanted is None:
+        wanted = hidden.is_cuda
+    capped = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    if not wanted or capped or importlib.util.find_spec("triton") is None:
         return None
     from hanlin.kernels.cross_entropy import cross_entropy
 

@@ -99,6 +99,11 @@ def _four_bit(device: str, dtype: Any) -> Any:
 def wrap_for_method(base: LoadedBase, config: TuneConfig) -> Any:
     """The trainable model: the base itself (full) or the base with a fresh LoRA adapter."""
     model = base.model
+    if config.kernels == "triton" or (config.kernels == "auto" and base.device.startswith("cuda")
+                                      and importlib.util.find_spec("triton") is not None):
+        from hanlin.plugins.finetuners.fused import patch_rmsnorm
+
+        patch_rmsnorm(model)
     if config.gradient_checkpointing:
         # transformers 5 renamed it (the old name warns); take whichever this version has
         if hasattr(model, "activation_checkpointing_enable"):

@@ -81,6 +81,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # the adapter's initial weights come from this seed
         self.model = wrap_for_method(self.base, config)
         self.out = Path(config.output_dir)
+        self.fused = config.kernels == "triton" or (config.kernels == "auto" and self.base.device.startswith("cuda"))
 
     # ---- one step -------------------------------------------------------------------------------
     def _batch(self, rows: list[Row]) -> dict[str, Any]:
@@ -88,7 +89,7 @@ class Trainer:
         return {k: v.to(self.base.device) for k, v in batch.items()}
 
     def _sft_loss(self, rows: list[Row], denominator: int) -> Any:
-        total, _ = token_loss_sum(self.model, self._batch(rows))
+        total, _ = token_loss_sum(self.model, self._batch(rows), self.fused)
         return total / denominator
 
     def _dpo_loss(self, rows: list[Row], denominator: int) -> Any:
@@ -123,7 +124,7 @@ class Trainer:
         self.model.eval()
         with torch.no_grad():
             for rows in self.data.eval_batches():
-                loss, n = token_loss_sum(self.model, self._batch(rows))
+                loss, n = token_loss_sum(self.model, self._batch(rows), self.fused)
                 total, count = total + float(loss), count + n
         self.model.train(was_training)
         mean = total / max(1, count)

@@ -20,9 +20,13 @@ def tune(config: str | Path | dict[str, Any] | TuneConfig | None = None, *, resu
     else:
         cfg = load_config(config, **settings)
     trainer = Trainer(cfg, progress=progress, cache_dir=cache_dir)
+    if "gguf" in cfg.export and trainer.base.source_gguf is None:  # say so before training, not after
+        from hanlin.plugins.finetuners.export import save_gguf
+
+        save_gguf(Path(cfg.output_dir), Path(cfg.output_dir), cfg.gguf_type, None)
     result = trainer.train(resume=resume)
     result.exported = export_all(trainer.model, trainer.base.tokenizer, trainer.base.folder, Path(cfg.output_dir),
-                                 cfg.export, cfg.gguf_type)
+                                 cfg.export, cfg.gguf_type, trainer.base.source_gguf)
     result.summary = summarize(cfg, trainer, result)
     return result
 

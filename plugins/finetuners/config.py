@@ -70,7 +70,10 @@ class TuneConfig(BaseModel):
     log_every: int = Field(default=1, gt=0)
 
     export: list[Literal["adapter", "merged", "gguf"]] = Field(default_factory=lambda: ["adapter"])
-    gguf_type: Literal["f32", "f16", "bf16", "q8_0"] = "f16"
+    gguf_type: Literal["f32", "f16", "q8_0"] = "f16"
+    # where a GGUF export takes its tokenizer from when the base was given as an HF folder (a base installed as a
+    # GGUF is its own source)
+    gguf_source: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> TuneConfig:

@@ -57,20 +57,28 @@ def _drop_quantization(folder: Path) -> None:
         config.write_text(json.dumps(data, indent=2))
 
 
-def save_gguf(merged_folder: Path, out: Path, outtype: str) -> Path:
-    from hanlin.plugins.finetuners.gguf_export import export_gguf
+def save_gguf(merged_folder: Path, out: Path, outtype: str, source_gguf: Path | None) -> Path:
+    from hanlin.plugins.finetuners.to_gguf import export_gguf
 
-    return export_gguf(merged_folder, out / "model.gguf", outtype=outtype)
+    if source_gguf is None:
+        raise ConfigurationError(
+            "a GGUF export copies the tokenizer of the GGUF the base model was installed as, and this base was an "
+            "HF folder: set gguf_source to that GGUF file, or export 'merged' only"
+        )
+    return export_gguf(merged_folder, out / "model.gguf", source_gguf=source_gguf, outtype=outtype)
 
 
-def export_all(model: Any, tokenizer: Any, base_folder: Path, out: Path, kinds: list[str], gguf_type: str) -> dict[str, Path]:
+def export_all(model: Any, tokenizer: Any, base_folder: Path, out: Path, kinds: list[str], gguf_type: str,
+               source_gguf: Path | None = None) -> dict[str, Path]:
     """Write every requested artifact; the adapter first (merging consumes it), then the merged folder, then GGUF."""
     written: dict[str, Path] = {}
+    if "gguf" in kinds and source_gguf is None:  # fail before anything is written
+        save_gguf(out, out, gguf_type, None)
     if "adapter" in kinds:
         written["adapter"] = save_adapter(model, tokenizer, out)
     if "merged" in kinds or "gguf" in kinds:
         merged = merged_model(model)
         written["merged"] = save_merged(merged, tokenizer, base_folder, out)
         if "gguf" in kinds:
-            written["gguf"] = save_gguf(written["merged"], out, gguf_type)
+            written["gguf"] = save_gguf(written["merged"], out, gguf_type, source_gguf)
     return written

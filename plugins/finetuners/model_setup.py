@@ -19,10 +19,12 @@ class LoadedBase:
     folder: Path  # the HF folder of the base weights
     device: str
     dtype: Any
+    source_gguf: Path | None = None  # the GGUF the base was installed as (its tokenizer goes into a GGUF export)
 
 
-def base_folder(name: str, cache_dir: Path | None = None) -> Path:
-    """The HF folder for a model name, alias, .gguf file or folder (a GGUF is converted once and cached)."""
+def base_folder(name: str, cache_dir: Path | None = None) -> tuple[Path, Path | None]:
+    """(HF folder, source GGUF or None) for a model name, alias, .gguf file or folder (a GGUF is converted once
+    and cached)."""
     from hanlin.loading import resolve_model
 
     spec = resolve_model(name)
@@ -30,10 +32,10 @@ def base_folder(name: str, cache_dir: Path | None = None) -> Path:
     if spec.format == "gguf":
         from hanlin.runtimes.transformers.convert import convert_gguf
 
-        return convert_gguf(path, cache_dir)
+        return convert_gguf(path, cache_dir), path
     if spec.format != "hf":
         raise ConfigurationError(f"model {name!r} is a {spec.format} model; tuning needs an HF folder or a GGUF file")
-    return path
+    return path, None
 
 
 def pick_device(requested: str) -> str:
@@ -66,7 +68,9 @@ def load_base(config: TuneConfig, cache_dir: Path | None = None) -> LoadedBase:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
-    folder = base_folder(config.model, cache_dir)
+    folder, source = base_folder(config.model, cache_dir)
+    if config.gguf_source:
+        source = Path(config.gguf_source)
     kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
     if config.method == "qlora":
         kwargs["quantization_config"] = _four_bit(device, dtype)
@@ -79,7 +83,7 @@ def load_base(config: TuneConfig, cache_dir: Path | None = None) -> LoadedBase:
         model = model.to(device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedBase(model, tokenizer, folder, device, dtype)
+    return LoadedBase(model, tokenizer, folder, device, dtype, source)
 
 
 def _four_bit(device: str, dtype: Any) -> Any:

@@ -5,13 +5,19 @@ optionally ``_generate``; the base class derives the other six entry points
 (sync/async x stream/non-stream) so each runtime writes its decoding loop once.
 Async variants run the sync loop in a worker thread by default, which keeps
 the event loop free for runtimes built on blocking C libraries.
+
+One optional capability sits beside generation: ``score`` returns the
+log-probability of each token of a continuation after a context (likelihood
+scoring of multiple-choice evaluation). Runtimes that implement it set
+``capabilities.logprobs``; the others inherit a ``score`` that says which
+runtimes can.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -90,6 +96,27 @@ class Capabilities:
     native_tools: bool = False
     chat_template: bool = True
     context_length: int | None = None
+    logprobs: bool = False  # ``score`` works: prompt log-probabilities for likelihood scoring
+
+
+ScoreRequest = tuple[str, str]  # (context, continuation): plain text, no chat template
+LOGPROB_RUNTIMES = "cpu, gpu and transformers"  # named in the error of models that cannot score
+
+
+def check_score_requests(requests: Sequence[ScoreRequest]) -> None:
+    """Refuse what no runtime can score: the first token of an empty context has no prediction to score, and an
+    empty continuation has nothing to score."""
+    for i, request in enumerate(requests):
+        pair = isinstance(request, (tuple, list)) and len(request) == 2
+        if not (pair and all(isinstance(t, str) for t in request)):
+            raise ConfigurationError(f"score request {i} must be a (context, continuation) pair of strings, got {request!r}")
+        context, continuation = request
+        if not context:
+            raise ConfigurationError(f"score request {i} has an empty context: the first token has no prediction to "
+                                     "score; put at least one token (e.g. a newline) before the continuation")
+        if not continuation:
+            raise ConfigurationError(f"score request {i} has an empty continuation: there is nothing to score; give "
+                                     "a non-empty continuation")
 
 
 def completion_from_chunks(chunks: Iterable[Chunk]) -> Completion:
@@ -212,6 +239,20 @@ class ChatModel:
         params = _coerce_params(params, kwargs)
         async for chunk in _threaded(lambda: self._stream_prompt(prompt, params)):
             yield chunk
+
+    # ---- prompt log-probabilities (optional: capabilities.logprobs) ------------------------------
+    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        """For each (context, continuation) pair of plain texts, the natural-log probability of every token of the
+        continuation given the context and the continuation's tokens before it. Runtimes batch the requests.
+
+        Where the tokenizer would merge the last context token with the first continuation token, the two texts are
+        tokenized apart, so the context's tokens are always the same whatever follows them.
+        """
+        raise ConfigurationError(
+            f"model '{self.name}' ({type(self).__name__}) cannot score log-probabilities, which likelihood evaluation "
+            f"needs; the {LOGPROB_RUNTIMES} runtimes can (e.g. load_model(name, runtime='transformers'), or "
+            "hanlin eval --runtime transformers), or evaluate in generation mode"
+        )
 
     def supports(self, constraint: Constraint | None) -> bool:
         return constraint is None or constraint.kind in self.capabilities.constraints

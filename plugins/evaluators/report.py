@@ -7,8 +7,10 @@ Layout of ``--out DIR``::
     DIR/scores.csv                          one row per model x dataset x metric (and per MMLU subject)
     DIR/<model>/<dataset>.predictions.jsonl the output, extracted answer, verdict and gold answer of each item
     DIR/<model>/<dataset>.prompts.jsonl     the exact prompt (chat turns or text) and parameters sent per item
+    DIR/scores.png                          a bar chart comparing the models, once DIR holds two or more
 
-Scores from an earlier run of another model into the same DIR are kept, so one DIR can hold a comparison.
+Scores from an earlier run of another model into the same DIR are kept, so one DIR can hold a comparison; a run with
+several ``--model`` writes each model's folder and one scores.json with all of them.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ def _dataset_record(r: DatasetResult, folder: str, settings: EvalSettings) -> di
         "source": r.info.get("source", ""),
         "fewshot_source": r.info.get("fewshot_source", ""),
         "dropped": r.info.get("dropped", []),
+        "group_metric": r.info.get("group_metric", "accuracy"),
+        **{k: r.info[k] for k in ("circular", "base_dataset", "protocol", "agent") if k in r.info},
         "notes": r.notes,
         "predictions": f"{stem}.predictions.jsonl",
         "prompts": f"{stem}.prompts.jsonl",
@@ -114,6 +118,25 @@ def write_outputs(out: Path, results: Sequence[DatasetResult], settings: EvalSet
     return [scores_path, out / "scores.csv", *written]
 
 
+def write_chart(out: Path) -> tuple[Path | None, str | None]:
+    """DIR/scores.png comparing the models in DIR/scores.json, once it holds two or more. Returns (the PNG or None,
+    a note for the user or None): a missing matplotlib is a note saying how to install it, never a failed run."""
+    from hanlin.plugins.evaluators.chart import chart_unavailable, write_chart as draw
+
+    try:
+        scores = json.loads((out / "scores.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None, None
+    if len(scores.get("models", {})) < 2:
+        return None, None
+    if (problem := chart_unavailable()) is not None:
+        return None, f"{problem}; scores.json and scores.csv were written"
+    try:
+        return draw(out / "scores.png", scores), None
+    except ValueError as exc:
+        return None, f"no chart: {exc}"
+
+
 def scores_csv(scores: dict[str, Any]) -> str:
     """model, dataset, group, metric, value, stderr, n: the overall rows have an empty group."""
     buffer = io.StringIO()
@@ -124,8 +147,8 @@ def scores_csv(scores: dict[str, Any]) -> str:
             for metric, s in record["metrics"].items():
                 writer.writerow([model, dataset, "", metric, s["value"], "" if s["stderr"] is None else s["stderr"], s["n"]])
             for group, s in record.get("groups", {}).items():
-                writer.writerow([model, dataset, group, "accuracy", s["value"], "" if s["stderr"] is None else s["stderr"],
-                                 s["n"]])
+                writer.writerow([model, dataset, group, record.get("group_metric", "accuracy"), s["value"],
+                                 "" if s["stderr"] is None else s["stderr"], s["n"]])
     return buffer.getvalue()
 
 

@@ -6,8 +6,9 @@ where it stopped, and a re-run after changing one dataset, the shot count or ``-
 the prompts that changed. Judging (answer extraction, the HumanEval sandbox) is never cached: it is cheap next to
 generation, and a fixed extractor should re-score old outputs.
 
-Generation mode only for now; likelihood scoring will add a second task type beside ``_generate`` that caches
-per-choice log-probabilities under the same keying.
+Two modes: generation (here) and likelihood scoring of multiple-choice items (``likelihood.py``, chosen with
+``EvalSettings.mode``), which caches each choice's log-probability in the same store under keys that include the
+mode.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ Progress = Callable[[str, int, int, int], None]  # (dataset, done, total, of whi
 
 @dataclass(frozen=True, slots=True)
 class EvalSettings:
-    """How a run asks. ``samples`` > 1 (pass@k) needs sampling: ``temperature`` > 0, one seed per sample."""
+    """How a run asks. ``samples`` > 1 (pass@k) needs sampling: ``temperature`` > 0, one seed per sample.
+    ``mode`` is "generation" (the model answers, an extractor reads it) or "likelihood" (each choice of a
+    multiple-choice item is scored; ``batch_size`` items per scoring call)."""
 
     shots: int = 0
     limit: int | None = None
@@ -45,7 +48,8 @@ class EvalSettings:
     temperature: float = 0.0
     samples: int = 1
     seed: int = 0
-    batch_size: int = 16  # prompts per call for runtimes with generate_batch
+    batch_size: int = 16  # prompts per call for runtimes with generate_batch (likelihood: items per score call)
+    mode: str = "generation"
 
     def __post_init__(self) -> None:
         checks = [(self.shots >= 0, f"shots must be 0 or more, got {self.shots}"),
@@ -55,6 +59,8 @@ class EvalSettings:
                   (self.max_tokens is None or self.max_tokens >= 1, f"max_tokens must be positive, got {self.max_tokens}"),
                   (self.temperature >= 0, f"temperature must be 0 or more, got {self.temperature}"),
                   (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+                  (self.mode in ("generation", "likelihood"),
+                   f"mode must be 'generation' or 'likelihood', got {self.mode!r}"),
                   (self.samples == 1 or self.temperature > 0,
                    f"{self.samples} samples per item need --temperature above 0: greedy decoding repeats one answer")]
         for ok, message in checks:
@@ -286,7 +292,12 @@ def _batched(run: _Run, tasks: list[tuple[EvalItem, int]]) -> list[tuple[EvalIte
 
 def evaluate_dataset(model: ChatModel, dataset: Dataset, settings: EvalSettings = EvalSettings(),
                      cache: PredictionCache | None = None, progress: Progress | None = None) -> DatasetResult:
-    """Ask every selected item (``samples`` times), judge the outputs, and score them."""
+    """Ask every selected item (``samples`` times), judge the outputs, and score them; or, in likelihood mode,
+    score each item's choices (``likelihood.evaluate_likelihood``)."""
+    if settings.mode == "likelihood":
+        from hanlin.plugins.evaluators.likelihood import evaluate_likelihood
+
+        return evaluate_likelihood(model, dataset, settings, cache, progress)
     start = time.perf_counter()
     run = _Run(model, dataset, settings, cache, progress)
     notes = list(dataset.prepare())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,13 @@ from hanlin import (
     ModelSpec,
     Usage,
 )
+from hanlin.chat_model import ScoreRequest, check_score_requests
 from hanlin.grammar import json_schema_grammar
 
 from hanlin.runtimes.chat_format import parse_hermes_tool_calls, render_chat, render_plain
 from hanlin.runtimes.cpu.gguf_header import context_length
 from hanlin.runtimes.cpu.sampling import GrammarFirstSampler, decode
+from hanlin.runtimes.scoring import pair_ids
 from hanlin.runtimes.text_stream import StopScanner
 
 DEFAULT_MAX_TOKENS = 512
@@ -82,11 +84,13 @@ class LlamaChatModel(ChatModel):
         self.repeat_penalty = repeat_penalty
         self.seed = seed  # the default of calls that give no seed: a fixed load seed makes every call repeatable
         self._lock = threading.Lock()
+        self._scorer: Any = None  # a second llama.cpp context for score(), made on first use
+        self._n_threads = n_threads or os.cpu_count() or 2
         try:
             self._llm = llama_cpp.Llama(
                 model_path=str(path),
                 n_ctx=n_ctx,
-                n_threads=n_threads or os.cpu_count() or 2,
+                n_threads=self._n_threads,
                 n_batch=n_batch,
                 seed=seed if seed is not None else llama_cpp.LLAMA_DEFAULT_SEED,
                 verbose=verbose,
@@ -109,6 +113,7 @@ class LlamaChatModel(ChatModel):
             native_tools=self._hermes,
             chat_template=self._template is not None,
             context_length=self._llm.n_ctx(),
+            logprobs=True,
         )
 
     # ---- prompt ------------------------------------------------------------------------------
@@ -129,6 +134,10 @@ class LlamaChatModel(ChatModel):
             raise ModelError(f"model '{self.name}' was closed; load it again with hanlin.load_model")
         add_bos = self._add_bos and not (self._bos and text.startswith(self._bos))
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def _tokenize_piece(self, text: str) -> list[int]:
+        """Text that follows other text: never a BOS."""
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     # ---- constraints -------------------------------------------------------------------------
     def _grammar(self, params: GenerationParams) -> str | None:
@@ -254,12 +263,41 @@ class LlamaChatModel(ChatModel):
         )
         yield Chunk(finish_reason="tool_calls" if tool_calls else finish, usage=usage, tool_calls=tool_calls)
 
+    # ---- scoring -----------------------------------------------------------------------------
+    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        """Log-probabilities of each continuation's tokens after its context (plain text), batched on a second
+        llama.cpp context over the same weights; each distinct context is evaluated once (see ``cpu.scoring``)."""
+        from hanlin.runtimes.cpu.scoring import LlamaScorer
+
+        check_score_requests(requests)
+        if self._llm is None:
+            raise ModelError(f"model '{self.name}' was closed; load it again with hanlin.load_model")
+        pairs = [pair_ids(c, x, self.tokenize, self._tokenize_piece) for c, x in requests]
+        n_ctx = self._llm.n_ctx()
+        for i, p in enumerate(pairs):
+            if len(p.ids) > n_ctx:
+                raise ContextOverflowError(f"score request {i} is {len(p.ids)} tokens but model '{self.name}' was "
+                                           f"loaded with a context of {n_ctx}; shorten it or load with a larger n_ctx")
+        with self._lock:
+            if self._scorer is None:
+                try:
+                    self._scorer = LlamaScorer(self._llm, self._n_threads)
+                except MemoryError as exc:
+                    raise ModelError(f"{exc}; free memory or load the model with a smaller n_ctx") from None
+            try:
+                return self._scorer.score(pairs)
+            except RuntimeError as exc:
+                raise ModelError(f"llama.cpp failed while scoring: {exc}") from None
+
     def close(self) -> None:
         """Free the weights and context; waits for a running call, since llama.cpp would crash under it."""
         lock = getattr(self, "_lock", None)
         if lock is None:  # __init__ failed before the context existed
             return
         with lock:
+            if getattr(self, "_scorer", None) is not None:  # its context must go before the model it reads
+                self._scorer.close()
+                self._scorer = None
             llm = getattr(self, "_llm", None)
             if llm is not None and hasattr(llm, "close"):
                 llm.close()

@@ -4,7 +4,7 @@ request's tokens.
 Every call becomes an engine request, so concurrent callers (server requests, ReWOO's parallel steps, batch
 evaluation) share each model step: that is the continuous batching. Stop strings are found on the text side and
 abort the request, which frees its blocks at the next step; its full blocks stay in the prefix cache for the next
-step of the same agent run.
+step of the same agent run. ``score`` (likelihood evaluation) is a job for the same thread, run between steps.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,9 @@ from hanlin import (
     ModelSpec,
     Usage,
 )
+from hanlin.chat_model import ScoreRequest, check_score_requests
 from hanlin.runtimes.hf_prompt import HFPrompt
+from hanlin.runtimes.scoring import pair_ids
 from hanlin.runtimes.transformers.decoding import DEFAULT_MIN_P, DEFAULT_TOP_K, DEFAULT_TOP_P, ReplyStream
 
 DEFAULT_MAX_TOKENS = 512
@@ -43,6 +45,12 @@ class _Request:
     out: queue.Queue = field(default_factory=queue.Queue)  # tokens, then (_DONE, finish_reason, cached_tokens)
     seq_id: int | None = None
     aborted: bool = False
+
+
+@dataclass(slots=True)
+class _ScoreJob:
+    requests: list[tuple[list[int], int]]  # (tokens, where the scored tail starts)
+    out: queue.Queue = field(default_factory=queue.Queue)  # the log-probabilities, or the exception
 
 
 class GpuChatModel(ChatModel):
@@ -64,9 +72,9 @@ class GpuChatModel(ChatModel):
         self._compiled: dict[str, Any] = {}  # grammar text -> compiled (agent steps repeat the same grammar)
         self.capabilities = Capabilities(
             constraints=constraints, native_tools=self.prompt.hermes, chat_template=self.prompt.use_template,
-            context_length=self.context_length,
+            context_length=self.context_length, logprobs=True,
         )
-        self._inbox: queue.Queue[_Request] = queue.Queue()
+        self._inbox: queue.Queue[_Request | _ScoreJob] = queue.Queue()
         self._wake = threading.Event()
         self._closed = False
         self._driver = threading.Thread(target=self._drive, name=f"hanlin-gpu-{spec.name}", daemon=True)
@@ -81,6 +89,12 @@ class GpuChatModel(ChatModel):
                     req = self._inbox.get_nowait()
                 except queue.Empty:
                     break
+                if isinstance(req, _ScoreJob):  # runs now, between steps: the engine is this thread's alone
+                    try:
+                        req.out.put(self.engine.score(req.requests))
+                    except Exception as exc:
+                        req.out.put(exc)
+                    continue
                 try:
                     req.seq_id = self.engine.add(req.prompt, req.params)
                     live[req.seq_id] = req
@@ -207,6 +221,33 @@ class GpuChatModel(ChatModel):
                 req = self._submit(self.prompt.tokenize(self.prompt.render(p)), params)
             streams.append(self._collect(req, params, False))
         return ["".join(c.text for c in s if c.text) for s in streams]
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        """Log-probabilities of each continuation's tokens after its context (plain text): the prompts are prefilled
+        together through the engine's model, between generation steps (see ``Engine.score``)."""
+        check_score_requests(requests)
+        tok = self.prompt.tokenize
+        pairs = [pair_ids(c, x, lambda t: tok(t, templated=False), lambda t: tok(t, templated=True))
+                 for c, x in requests]
+        for i, p in enumerate(pairs):
+            if len(p.ids) > self.context_length:
+                raise ContextOverflowError(f"score request {i} is {len(p.ids)} tokens but model '{self.name}' has a "
+                                           f"context of {self.context_length}; shorten the prompt")
+        if self._closed:
+            raise ModelError(f"model '{self.name}' was closed; load it again with hanlin.load_model")
+        job = _ScoreJob([(p.ids, p.start) for p in pairs])
+        self._inbox.put(job)
+        self._wake.set()
+        while True:
+            try:
+                result = job.out.get(timeout=0.5)
+                break
+            except queue.Empty:
+                if self._closed or not self._driver.is_alive():
+                    raise ModelError(f"model '{self.name}' was closed while scoring; load it again") from None
+        if isinstance(result, Exception):
+            raise ModelError(f"the gpu engine failed while scoring: {type(result).__name__}: {result}")
+        return result
 
     def close(self) -> None:
         self._closed = True

@@ -1,8 +1,9 @@
 """The step loop: schedule, build the flat batch, run the model, sample, finish what is done.
 
 ``add`` queues a request and ``step`` advances every running request by one model call, returning what each
-produced; ``generate`` is the offline batch API (evaluation, data synthesis) on top of it. The engine is
-single-threaded by design; the ChatModel wrapper owns the thread that drives it.
+produced; ``generate`` is the offline batch API (evaluation, data synthesis) on top of it; ``score`` prefills whole
+prompts and returns the log-probabilities of their tails (likelihood evaluation). The engine is single-threaded by
+design; the ChatModel wrapper owns the thread that drives it.
 """
 
 from __future__ import annotations
@@ -180,6 +181,75 @@ class Engine:
                 if out.token is not None and out.seq_id in results:
                     results[out.seq_id].append(out.token)
         return [results[i] for i in ids]
+
+    # ---- prompt scoring ---------------------------------------------------------------------
+    def score(self, requests: list[tuple[list[int], int]], max_rows: int = 512) -> list[list[float]]:
+        """For each (tokens, start): the log-probability of every token from ``start`` on, given those before it.
+
+        Whole prompts are prefilled together in flat batches of at most ``max_batch_tokens`` tokens and ``max_rows``
+        logits rows (only the rows that predict a scored token reach the LM head), on KV blocks taken for the
+        batch and given back unhashed, so the prefix cache is neither used nor disturbed. Call it between steps,
+        from the thread that drives the engine."""
+        for tokens, start in requests:
+            if not 1 <= start < len(tokens):
+                raise ValueError(f"start {start} must leave at least one token before and one after it "
+                                 f"(a request of {len(tokens)} tokens)")
+            if len(tokens) > self.config.max_position:
+                raise ValueError(f"a request of {len(tokens)} tokens exceeds the model's "
+                                 f"{self.config.max_position} positions")
+        out: list[list[float]] = []
+        batch: list[tuple[list[int], int]] = []
+        used = rows = 0
+        for tokens, start in requests:
+            n, r = len(tokens), len(tokens) - start
+            if batch and (used + n > self.scheduler.max_batch_tokens or rows + r > max_rows
+                          or self._blocks_needed([*batch, (tokens, start)]) > self.blocks.num_free):
+                out += self._score_batch(batch)
+                batch, used, rows = [], 0, 0
+            batch.append((tokens, start))
+            used, rows = used + n, rows + r
+        if batch:
+            out += self._score_batch(batch)
+        return out
+
+    def _blocks_needed(self, batch: list[tuple[list[int], int]]) -> int:
+        return sum(-(-len(tokens) // self.blocks.block_size) for tokens, _ in batch)
+
+    def _score_batch(self, batch: list[tuple[list[int], int]]) -> list[list[float]]:
+        if self._blocks_needed(batch) > self.blocks.num_free:
+            raise RuntimeError(f"scoring {len(batch[0][0])} tokens needs {self._blocks_needed(batch)} KV blocks but "
+                               f"only {self.blocks.num_free} are free; give the cache more memory (num_blocks)")
+        bs = self.blocks.block_size
+        tables = [[self.blocks.allocate() for _ in range(-(-len(tokens) // bs))] for tokens, _ in batch]
+        try:
+            ids, pos, slots, cu, rows, targets = [], [], [], [0], [], []
+            table = torch.zeros(len(batch), max(len(t) for t in tables), dtype=torch.int32)
+            for b, ((tokens, start), blocks) in enumerate(zip(batch, tables)):
+                ids += tokens
+                pos += range(len(tokens))
+                slots += [blocks[p // bs] * bs + p % bs for p in range(len(tokens))]
+                rows += range(cu[-1] + start - 1, cu[-1] + len(tokens) - 1)
+                targets += tokens[start:]
+                cu.append(cu[-1] + len(tokens))
+                table[b, : len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
+            dev = self.device
+
+            def t(x: list[int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
+                return torch.tensor(x, dtype=dtype, device=dev)
+
+            step = StepBatch(input_ids=t(ids), positions=t(pos), slots=t(slots), cu_seqlens_q=t(cu, torch.int32),
+                             context_lens=t([len(tokens) for tokens, _ in batch], torch.int32),
+                             block_tables=table.to(dev), decode_only=False, logits_rows=t(rows))
+            logp = torch.log_softmax(self.model.forward(step, self.kv), dim=-1)
+            flat = logp.gather(1, t(targets)[:, None])[:, 0].tolist()
+        finally:
+            for blocks in tables:
+                self.blocks.release(blocks)
+        out, at = [], 0
+        for tokens, start in batch:
+            out.append(flat[at : at + len(tokens) - start])
+            at += len(tokens) - start
+        return out
 
 
 def _mask(logits: torch.Tensor, seqs: list[Sequence]) -> None:

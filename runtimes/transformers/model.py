@@ -7,14 +7,15 @@ behave exactly like the other runtimes. There is no constrained decoding here
 retries. Every call evaluates its whole prompt (no prefix reuse), which the
 usage counts say. Native tool calls are offered exactly where the cpu runtime
 offers them (hermes-style models whose template renders tools, i.e. Qwen), so
-a protocol behaves the same on either backend.
+a protocol behaves the same on either backend. ``score`` returns prompt log-probabilities (likelihood evaluation),
+batched.
 """
 
 from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,18 @@ from hanlin import (
     ModelSpec,
     Usage,
 )
+from hanlin.chat_model import ScoreRequest, check_score_requests
 from hanlin.messages import MessageLike, to_messages
 from hanlin.runtimes.hf_prompt import HFPrompt
+from hanlin.runtimes.scoring import ScoredIds, length_batches, pair_ids
 from hanlin.runtimes.transformers.convert import convert_gguf
 from hanlin.runtimes.transformers.decoding import ReplyStream, sample_token
 
 DEFAULT_MAX_TOKENS = 512
 DTYPES = ("float32", "bfloat16", "float16")
+# Padded tokens per scoring forward. On a CPU, activations beyond the caches make the elementwise ops memory-bound:
+# measured on SmolLM2 (2 cores), 512-1024 tokens a forward score 1.4x faster than 4096. A GPU wants big batches.
+SCORE_BATCH_TOKENS = {"cpu": 1024, "cuda": 16384}
 
 
 class TransformersChatModel(ChatModel):
@@ -81,13 +87,14 @@ class TransformersChatModel(ChatModel):
                 "complete HF model folder (config.json, weights, tokenizer)"
             ) from None
         self.model.eval()
+        self.score_batch_tokens = SCORE_BATCH_TOKENS.get(torch.device(device).type, 4096)
         self._lock = threading.Lock()
         self._use_template, self._hermes = self.prompt.use_template, self.prompt.hermes
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         self._eos = self.prompt.eos_ids
         self.capabilities = Capabilities(
             constraints=frozenset(), native_tools=self._hermes, chat_template=self._use_template,
-            context_length=self.context_length,
+            context_length=self.context_length, logprobs=True,
         )
 
     # ---- prompt ------------------------------------------------------------------------------
@@ -152,33 +159,66 @@ class TransformersChatModel(ChatModel):
         yield from reply.close(finish, usage)
 
     # ---- scoring -----------------------------------------------------------------------------
+    def _pair(self, context: str, continuation: str, templated: bool = False) -> ScoredIds:
+        return pair_ids(context, continuation, lambda t: self.tokenize(t, templated=templated),
+                        lambda t: self.tokenize(t, templated=True))
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        """Log-probabilities of each continuation's tokens (plain text, no chat template), batched: requests of
+        similar length are right-padded into one forward under an attention mask, at most ``score_batch_tokens``
+        padded tokens per forward, and only the positions that predict a continuation token reach the LM head."""
+        check_score_requests(requests)
+        pairs = [self._pair(c, x) for c, x in requests]
+        for i, p in enumerate(pairs):
+            if len(p.ids) > self.context_length:
+                raise ContextOverflowError(f"score request {i} is {len(p.ids)} tokens but model '{self.name}' has a "
+                                           f"context of {self.context_length}; shorten the prompt")
+        out: list[list[float]] = [[] for _ in pairs]
+        for batch in length_batches(pairs, self.score_batch_tokens):
+            for i, values in zip(batch, self._score_batch([pairs[i] for i in batch]), strict=True):
+                out[i] = values
+        return out
+
+    def _score_batch(self, pairs: list[ScoredIds]) -> list[list[float]]:
+        import torch
+
+        width = max(len(p.ids) for p in pairs)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(pairs), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(pairs), width), dtype=torch.long)
+        keep = torch.zeros((len(pairs), width), dtype=torch.bool)  # the rows that predict a continuation token
+        for b, p in enumerate(pairs):
+            ids[b, : len(p.ids)] = torch.tensor(p.ids)
+            attention[b, : len(p.ids)] = 1
+            keep[b, p.rows.start : p.rows.stop] = True
+        model = self._loaded()
+        with self._lock, torch.inference_mode():
+            args = dict(input_ids=ids.to(self.device), attention_mask=attention.to(self.device))
+            logits = model(**args, logits_to_keep=keep.to(self.device)).logits
+            if logits.ndim != 2 or logits.shape[0] != int(keep.sum()):  # a model or version without the row mask
+                logits = model(**args).logits[keep.to(self.device)]
+        logp = torch.log_softmax(logits.float(), dim=-1)  # rows in batch order, each pair's rows in order
+        targets = torch.tensor([t for p in pairs for t in p.targets], device=logp.device)
+        flat = logp.gather(1, targets[:, None])[:, 0].tolist()
+        out, at = [], 0
+        for p in pairs:
+            out.append(flat[at : at + len(p.targets)])
+            at += len(p.targets)
+        return out
+
     def logprobs(self, context: str | Iterable[MessageLike], continuation: str) -> list[float]:
         """Log-probability of each token of ``continuation`` after ``context`` (for likelihood scoring).
 
-        ``context`` is plain text (scored as is) or messages (rendered with the
-        chat template and its assistant prompt, so the continuation is scored
-        as the model's reply).
+        ``context`` is plain text (scored as is, the same as ``score``) or messages (rendered with the chat
+        template and its assistant prompt, so the continuation is scored as the model's reply).
         """
-        import torch
-
+        if isinstance(context, str):
+            return self.score([(context, continuation)])[0]
         if not continuation:
             raise ConfigurationError("logprobs needs a non-empty continuation to score")
-        templated = not isinstance(context, str) and self._use_template
-        text = context if isinstance(context, str) else self.render(to_messages(context))
-        ctx_ids = self.tokenize(text, templated=templated)
-        full_ids = self.tokenize(text + continuation, templated=templated)
-        if not ctx_ids:
-            raise ConfigurationError("logprobs needs a non-empty context: the first token has no prediction to score")
-        if full_ids[: len(ctx_ids)] != ctx_ids or len(full_ids) == len(ctx_ids):
-            # the boundary merged into one token: score the pieces tokenized apart
-            full_ids = ctx_ids + self.tokenize(continuation, templated=True)
-        self._check_fits(len(full_ids))
-        model = self._loaded()
-        with self._lock, torch.inference_mode():
-            logits = model(input_ids=torch.tensor([full_ids], device=self.device)).logits[0]
-        logp = torch.log_softmax(logits[len(ctx_ids) - 1 : -1].float(), dim=-1)
-        targets = torch.tensor(full_ids[len(ctx_ids) :], device=logp.device)
-        return logp.gather(1, targets[:, None])[:, 0].tolist()
+        pair = self._pair(self.render(to_messages(context)), continuation, templated=self._use_template)
+        self._check_fits(len(pair.ids))
+        return self._score_batch([pair])[0]
 
     def _loaded(self) -> Any:
         if self.model is None:

@@ -13,6 +13,9 @@ import pytest
 # tested on CPU tensors under the interpreter; with one they run for real.
 if not Path("/dev/nvidiactl").exists():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# torch and llama.cpp share torch's libgomp in one process; spin-waiting OpenMP threads make llama.cpp ~10x slower
+# after torch has run (see hanlin/__init__.py). Set here too: some test modules import torch before hanlin.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def smollm2_path() -> Path | None:

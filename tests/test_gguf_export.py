@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
@@ -62,7 +61,7 @@ def test_smollm2_exports_to_a_gguf_hanlin_runs(tmp_path: Path, smol_folder) -> N
     from transformers import AutoTokenizer
 
     from hanlin import load_model
-    from hanlin.plugins.finetuners.to_gguf import export_gguf
+    from hanlin.plugins.finetuners.gguf_export import export_gguf
 
     out = export_gguf(smol_folder, tmp_path / "smol" / "model.gguf", source_gguf=smollm2_path(), outtype="f16")
     tok = AutoTokenizer.from_pretrained(str(smol_folder))
@@ -77,20 +76,19 @@ def test_smollm2_exports_to_a_gguf_hanlin_runs(tmp_path: Path, smol_folder) -> N
         model.close()
 
 
-def test_export_errors_are_clear(tmp_path: Path, smol_folder) -> None:
-    from hanlin.plugins.finetuners.api import tune
-    from hanlin.plugins.finetuners.to_gguf import export_gguf
+def test_unexportable_model_is_refused_before_training(tmp_path: Path, smol_folder) -> None:
+    import transformers
 
-    with pytest.raises(ConfigurationError, match="config.json and \\*.safetensors"):
-        export_gguf(tmp_path, tmp_path / "x.gguf", source_gguf=smollm2_path())
-    folder = tmp_path / "odd"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"architectures": ["MambaForCausalLM"]}))
-    (folder / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ConfigurationError, match="supports LlamaForCausalLM, Qwen2ForCausalLM"):
-        export_gguf(folder, tmp_path / "x.gguf", source_gguf=smollm2_path())
-    tiny = tiny_llama(tmp_path / "tiny", smol_folder)
-    data = write_jsonl(tmp_path / "d.jsonl", [{"text": "some text to learn"}])
-    with pytest.raises(ConfigurationError, match="set gguf_source"):
-        tune(None, model=str(tiny), data=[str(data)], max_steps=1, output_dir=str(tmp_path / "o"), export=["gguf"])
+    from hanlin.plugins.finetuners.api import tune
+
+    folder = tmp_path / "gemma"
+    config = transformers.Gemma3TextConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    transformers.Gemma3ForCausalLM(config).save_pretrained(str(folder))
+    # any tokenizer will do: the run stops before a token reaches the model
+    transformers.AutoTokenizer.from_pretrained(str(smol_folder)).save_pretrained(str(folder))
+    data = write_jsonl(tmp_path / "d.jsonl", [{"text": "some text to learn " * 4}])
+    with pytest.raises(ConfigurationError, match="GGUF export supports the architectures"):
+        tune(None, model=str(folder), data=[str(data)], max_steps=1, output_dir=str(tmp_path / "o"),
+             export=["gguf"], method="full")
     assert not (tmp_path / "o" / "metrics.jsonl").exists()  # refused before training

@@ -20,10 +20,10 @@ def tune(config: str | Path | dict[str, Any] | TuneConfig | None = None, *, resu
     else:
         cfg = load_config(config, **settings)
     trainer = Trainer(cfg, progress=progress, cache_dir=cache_dir)
-    if "gguf" in cfg.export and trainer.base.source_gguf is None:  # say so before training, not after
-        from hanlin.plugins.finetuners.export import save_gguf
+    if "gguf" in cfg.export:  # an architecture the export cannot write is refused before training, not after
+        from hanlin.plugins.finetuners.gguf_export import check_exportable
 
-        save_gguf(Path(cfg.output_dir), Path(cfg.output_dir), cfg.gguf_type, None)
+        check_exportable(trainer.base.folder)
     result = trainer.train(resume=resume)
     result.exported = export_all(trainer.model, trainer.base.tokenizer, trainer.base.folder, Path(cfg.output_dir),
                                  cfg.export, cfg.gguf_type, trainer.base.source_gguf)

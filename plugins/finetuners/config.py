@@ -70,9 +70,9 @@ class TuneConfig(BaseModel):
     log_every: int = Field(default=1, gt=0)
 
     export: list[Literal["adapter", "merged", "gguf"]] = Field(default_factory=lambda: ["adapter"])
-    gguf_type: Literal["f32", "f16", "q8_0"] = "f16"
-    # where a GGUF export takes its tokenizer from when the base was given as an HF folder (a base installed as a
-    # GGUF is its own source)
+    gguf_type: Literal["f32", "f16", "bf16", "q8_0"] = "f16"
+    # the GGUF a GGUF export copies its tokenizer from; a base installed as a GGUF is its own source, and without
+    # one the tokenizer is rebuilt from the HF folder's tokenizer.json
     gguf_source: str | None = None
 
     @model_validator(mode="after")

@@ -58,13 +58,9 @@ def _drop_quantization(folder: Path) -> None:
 
 
 def save_gguf(merged_folder: Path, out: Path, outtype: str, source_gguf: Path | None) -> Path:
-    from hanlin.plugins.finetuners.to_gguf import export_gguf
+    """The tokenizer comes from the base's own GGUF when there is one (exact), else from the folder."""
+    from hanlin.plugins.finetuners.gguf_export import export_gguf
 
-    if source_gguf is None:
-        raise ConfigurationError(
-            "a GGUF export copies the tokenizer of the GGUF the base model was installed as, and this base was an "
-            "HF folder: set gguf_source to that GGUF file, or export 'merged' only"
-        )
     return export_gguf(merged_folder, out / "model.gguf", source_gguf=source_gguf, outtype=outtype)
 
 
@@ -72,8 +68,6 @@ def export_all(model: Any, tokenizer: Any, base_folder: Path, out: Path, kinds: 
                source_gguf: Path | None = None) -> dict[str, Path]:
     """Write every requested artifact; the adapter first (merging consumes it), then the merged folder, then GGUF."""
     written: dict[str, Path] = {}
-    if "gguf" in kinds and source_gguf is None:  # fail before anything is written
-        save_gguf(out, out, gguf_type, None)
     if "adapter" in kinds:
         written["adapter"] = save_adapter(model, tokenizer, out)
     if "merged" in kinds or "gguf" in kinds:

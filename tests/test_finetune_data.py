@@ -214,7 +214,10 @@ def tiny_llama(folder: Path, tokenizer_folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def test_packed_equals_unpacked_loss_and_gradients(tmp_path: Path, smol_folder, tokenizer) -> None:
+@pytest.mark.parametrize("attention", ["varlen", "model"])
+def test_packed_equals_unpacked_loss_and_gradients(attention, tmp_path: Path, smol_folder, tokenizer) -> None:
+    """Both ways of keeping attention inside a sample: hanlin's varlen attention (what the finetuners use) and
+    transformers' own block-diagonal mask built from the position ids."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -225,6 +228,10 @@ def test_packed_equals_unpacked_loss_and_gradients(tmp_path: Path, smol_folder, 
 
     folder = tiny_llama(tmp_path / "tiny", smol_folder)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    if attention == "varlen":
+        from hanlin.plugins.finetuners.varlen_attention import use_varlen_attention
+
+        use_varlen_attention(model)
     renderer = Renderer(tokenizer, max_length=256)
     rows = [OPENAI_ROW, trace_row()] + [
         {"messages": [{"role": "user", "content": "Say " + "very " * n + "long"}, {"role": "assistant", "content": "ok " * (n + 1)}]}

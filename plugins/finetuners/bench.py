@@ -125,6 +125,7 @@ def _hf_trainer(trainer: Any, job: dict[str, Any]) -> dict[str, Any]:
     from hanlin.plugins.finetuners.trainer import peak_memory_mb
 
     samples = trainer.data.samples
+    trainer.base.model.set_attn_implementation("sdpa")  # the plain loop: transformers' own attention and masks
     rows = [{"input_ids": s.input_ids, "labels": s.labels, "attention_mask": [1] * len(s.input_ids)} for s in samples]
     tokenizer = trainer.base.tokenizer
     args = TrainingArguments(output_dir=job["out"], per_device_train_batch_size=job["batch_size"], num_train_epochs=1,

@@ -57,6 +57,8 @@ class TuneConfig(BaseModel):
     device: str = "auto"
     # hanlin's Triton kernels (fused RMSNorm with backward, fused cross-entropy): "auto" uses them on CUDA
     kernels: Literal["auto", "triton", "torch"] = "auto"
+    # "varlen": attention runs per packed sample (varlen_attention.py); "model": the model's own implementation
+    attention: Literal["varlen", "model"] = "varlen"
     seed: int = 0
     threads: int | None = Field(default=None, gt=0)
 

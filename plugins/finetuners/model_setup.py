@@ -81,6 +81,10 @@ def load_base(config: TuneConfig, cache_dir: Path | None = None) -> LoadedBase:
         raise ModelError(f"could not load {str(folder)!r} for tuning ({type(exc).__name__}: {exc})") from None
     if config.method != "qlora":
         model = model.to(device)
+    if config.attention == "varlen":
+        from hanlin.plugins.finetuners.varlen_attention import use_varlen_attention
+
+        use_varlen_attention(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedBase(model, tokenizer, folder, device, dtype, source)

@@ -2,9 +2,11 @@
 
 Packing puts several samples in one row of at most ``max_length`` tokens. Two things keep a packed row equal to
 its samples trained one by one:
-- position ids restart at 0 for every sample, and no attention mask is passed, so transformers (>= 4.56) reads
-  the sample boundaries from the position ids and builds a block-diagonal causal mask: a token never attends
-  to the sample before it (tests/test_finetune.py checks the logits are the same as unpacked);
+- position ids restart at 0 for every sample, and no attention mask is passed: hanlin's varlen attention
+  (varlen_attention.py) cuts rows at the restarts and attends within each sample, and a model on its own
+  attention reads the same boundaries from the position ids into a block-diagonal causal mask (transformers >=
+  4.56). Either way a token never attends to the sample before it (tests/test_finetune_data.py checks the
+  outputs equal unpacked ones);
 - targets are shifted inside each sample before the samples are joined (the target of a sample's last token is
   "none", never the next sample's first token).
 Padding at the end of a row is one more "sample" whose targets are all ignored, so it needs no mask either.

@@ -1,0 +1,60 @@
+"""Attention inside each packed sample, computed per sample: the varlen attention packing needs.
+
+transformers reads packed samples from the position ids and builds a block-diagonal mask, and torch's SDPA with
+an arbitrary mask takes its math path: the full [rows, heads, L, L] score matrix of every row, most of it masked
+away, materialised and kept for the backward pass. That made a packed LoRA step on CPU cost as much per token as
+the padded one it replaces. This attention function cuts each row at the position-id restarts and runs causal
+SDPA on each sample alone (flash / memory-efficient kernels, no mask), so a packed row costs the sum of its
+samples' attention, as flash-attention's varlen kernels do on a GPU. The model gets no mask at all.
+
+Registered with transformers under the name ``hanlin_varlen``; the finetuners switch a model to it when packing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+NAME = "hanlin_varlen"
+_registered = False
+
+
+def _no_mask(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, *, scaling: float | None = None,
+                     dropout: float = 0.0, position_ids: Any = None, **kwargs: Any) -> tuple[Any, None]:
+    """query [B, H, L, D], key/value [B, Hkv, L, D] -> ([B, L, H, D], None), causal within each sample."""
+    import torch
+    import torch.nn.functional as F
+
+    batch, _, length, _ = query.shape
+    if position_ids is None:
+        position_ids = torch.arange(length, device=query.device).expand(batch, length)
+    gqa = query.shape[1] != key.shape[1]
+    rows = []
+    for b in range(batch):
+        starts = (position_ids[b] == 0).nonzero().flatten().tolist()
+        if not starts or starts[0] != 0:
+            starts = [0, *starts]
+        bounds = [*starts, length]
+        pieces = [
+            F.scaled_dot_product_attention(query[b : b + 1, :, s:e], key[b : b + 1, :, s:e], value[b : b + 1, :, s:e],
+                                           is_causal=True, scale=scaling, dropout_p=dropout, enable_gqa=gqa)
+            for s, e in zip(bounds[:-1], bounds[1:]) if e > s
+        ]
+        rows.append(torch.cat(pieces, dim=2))
+    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+def use_varlen_attention(model: Any) -> None:
+    """Register the function (once per process) and switch ``model`` to it."""
+    global _registered
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    if not _registered:
+        AttentionInterface.register(NAME, varlen_attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, _no_mask)
+        _registered = True
+    model.set_attn_implementation(NAME)

@@ -132,13 +132,20 @@ def tune(config: Any = None, *, resume: bool = False, progress: Any = None, **se
 def _config_method(config: Any) -> str | None:
     if isinstance(config, dict):
         return config.get("method")
-    path = Path(config)
+    return read_yaml_settings(config).get("method")
+
+
+def read_yaml_settings(path: str | Path) -> dict[str, Any]:
+    """A YAML file holding a mapping of settings (empty file: no settings), with errors that name the file."""
+    path = Path(path)
     if not path.is_file():
         raise ConfigurationError(f"config file {str(path)!r} does not exist")
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigurationError(f"{path} is not valid YAML: {exc}") from None
-    return data.get("method") if isinstance(data, dict) else None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigurationError(f"{path} must hold a mapping of settings, got {type(loaded).__name__}")
+    return dict(loaded or {})

@@ -34,8 +34,8 @@ from hanlin.chat_model import LOGPROB_RUNTIMES, ChatModel
 from hanlin.errors import ConfigurationError, ModelError
 from hanlin.plugins.evaluators.base import LETTERS, Dataset, EvalItem
 from hanlin.plugins.evaluators.metrics import Score, accuracy
-from hanlin.plugins.evaluators.runner import (DatasetResult, EvalSettings, Prediction, PredictionCache, Progress,
-                                              model_identity)
+from hanlin.plugins.evaluators.runner import (DatasetResult, DatasetRun, EvalSettings, Prediction, PredictionCache,
+                                              Progress)
 
 MODES = ("generation", "likelihood")
 CACHE_PARAMS = {"mode": "likelihood"}
@@ -114,19 +114,14 @@ def likelihood_context(dataset: Dataset, item: EvalItem, examples: Sequence[Eval
 
 
 # ---- the run ---------------------------------------------------------------------------------------------
-class _Scoring:
-    """One dataset on one model: contexts, per-choice cache keys, and what the model was asked."""
+class _Scoring(DatasetRun):
+    """Likelihood: contexts, per-choice cache keys, and what the model was asked."""
 
     def __init__(self, model: ChatModel, dataset: Dataset, settings: EvalSettings, cache: PredictionCache | None,
                  progress: Progress | None) -> None:
-        self.model, self.dataset, self.settings, self.cache, self.progress = model, dataset, settings, cache, progress
-        self.items = dataset.select(settings.limit)
-        if not self.items:
-            raise ConfigurationError(f"dataset '{dataset.name}' has no items to evaluate")
-        self.shots = settings.shots if dataset.supports_fewshot else 0
+        super().__init__(model, dataset, settings, cache, progress)
         self.contexts = {i.id: likelihood_context(dataset, i, dataset.fewshot_examples(i, self.shots))
                          for i in self.items}
-        self.identity = model_identity(model)
         self.requests = self.done = self.from_cache = 0  # requests: continuations sent to the model
 
     def key(self, item: EvalItem, choice: str) -> str:

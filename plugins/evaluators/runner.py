@@ -181,8 +181,8 @@ def _generate(model: ChatModel, prompt: Prompt, params: GenerationParams) -> dic
     return {"text": done.text, "finish_reason": done.finish_reason}
 
 
-class _Run:
-    """One dataset on one model: the tasks (item x sample), their cache keys, and the counters."""
+class DatasetRun:
+    """What every way of running one dataset on one model starts from: the selected items and the shot count."""
 
     def __init__(self, model: ChatModel, dataset: Dataset, settings: EvalSettings, cache: PredictionCache | None,
                  progress: Progress | None) -> None:
@@ -191,9 +191,17 @@ class _Run:
         if not self.items:
             raise ConfigurationError(f"dataset '{dataset.name}' has no items to evaluate")
         self.shots = settings.shots if dataset.supports_fewshot else 0
+        self.identity = model_identity(model)
+
+
+class _Run(DatasetRun):
+    """Generation: the tasks (item x sample), their cache keys, and the counters."""
+
+    def __init__(self, model: ChatModel, dataset: Dataset, settings: EvalSettings, cache: PredictionCache | None,
+                 progress: Progress | None) -> None:
+        super().__init__(model, dataset, settings, cache, progress)
         self.chat = model.capabilities.chat_template
         self.prompts = {item.id: build_prompt(dataset, item, self.shots, self.chat) for item in self.items}
-        self.identity = model_identity(model)
         self.lock = threading.Lock()
         self.calls = self.done = self.from_cache = 0
         if progress is not None:

@@ -98,18 +98,10 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TuneConfig:
     """The config from a YAML file, with command-line overrides (``None`` values are ignored) on top."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigurationError(f"config file {str(path)!r} does not exist")
-        import yaml
+        from hanlin.loading import read_yaml_settings
 
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigurationError(f"{path} is not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigurationError(f"{path} must hold a mapping of settings, got {type(loaded).__name__}")
-        data = dict(loaded or {})
+        path = Path(path)
+        data = read_yaml_settings(path)
         base = path.parent
         if isinstance(data.get("data"), str):
             data["data"] = [data["data"]]

@@ -19,7 +19,7 @@ from typing import Any
 
 from hanlin.errors import ConfigurationError
 from hanlin.messages import Message
-from hanlin.plugins.finetuners.records import ChatRecord, PreferenceRecord, Record, TextRecord
+from hanlin.plugins.finetuners.records import PreferenceRecord, Record, TextRecord
 from hanlin.runtimes.chat_format import render_plain, template_knows_tools, template_messages
 
 IGNORE = -100  # label of tokens that are not targets (torch's cross_entropy ignore_index)

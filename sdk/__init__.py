@@ -14,6 +14,10 @@ import os as _os
 # setting wins; this must be set before either library starts its threads, hence here.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from hanlin import checkout as _checkout
+
+_checkout.install()  # in a source checkout, its kernels/ folder must not shadow the PyPI package `kernels`
+
 from hanlin.agent import Agent, RunResult, load_traces
 from hanlin.chat_model import Capabilities, ChatModel, Chunk, Completion, Constraint, GenerationParams
 from hanlin.errors import (

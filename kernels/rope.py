@@ -15,9 +15,12 @@ import triton.language as tl
 
 
 def rope_cache(max_positions: int, rotary_dim: int, base: float = 10000.0, scaling: float = 1.0,
-               device: torch.device | str = "cpu") -> torch.Tensor:
-    """[max_positions, rotary_dim] fp32: cos | sin, with linear position scaling (``scaling`` > 1 stretches)."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float64, device=device) / rotary_dim))
+               device: torch.device | str = "cpu", inv_freq: torch.Tensor | None = None) -> torch.Tensor:
+    """[max_positions, rotary_dim] fp32: cos | sin, with linear position scaling (``scaling`` > 1 stretches).
+    ``inv_freq`` [rotary_dim / 2] replaces the plain ``base`` frequencies (variants such as Llama 3's)."""
+    if inv_freq is None:
+        inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float64, device=device) / rotary_dim))
+    inv_freq = inv_freq.to(device=device, dtype=torch.float64)
     t = torch.arange(max_positions, dtype=torch.float64, device=device) / scaling
     freqs = torch.outer(t, inv_freq)
     return torch.cat([freqs.cos(), freqs.sin()], dim=-1).float()

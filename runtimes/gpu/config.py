@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hanlin.runtimes.gpu.rotary import Rope
+
 SUPPORTED = {
     "LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Gemma3ForCausalLM": "gemma3",
     "InternLM2ForCausalLM": "internlm2",
@@ -33,9 +35,8 @@ class ModelConfig:
     num_kv_heads: int
     head_dim: int
     rms_norm_eps: float
-    rope_theta: float
-    rope_scaling: float  # linear position scaling factor (1.0: none)
-    rope_theta_local: float  # Gemma3's sliding layers use their own base
+    rope: Rope
+    rope_local: Rope  # Gemma3's sliding layers use their own base (the same Rope elsewhere)
     max_position: int
     tie_embeddings: bool
     qkv_bias: bool
@@ -67,10 +68,7 @@ class ModelConfig:
         heads = c["num_attention_heads"]
         hidden = c["hidden_size"]
         head_dim = c.get("head_dim") or hidden // heads
-        rope = c.get("rope_parameters") or {}
-        scaling = c.get("rope_scaling") or rope
-        factor = float(scaling.get("factor", 1.0)) if scaling.get("rope_type", scaling.get("type")) == "linear" else 1.0
-        theta = float(rope.get("rope_theta") or c.get("rope_theta") or 10000.0)
+        rope, rope_local = _rope(c)
         layers = c["num_hidden_layers"]
         window = int(c.get("sliding_window") or 0)
         layer_types = c.get("layer_types")
@@ -91,8 +89,7 @@ class ModelConfig:
         return cls(
             family=family, vocab_size=c["vocab_size"], hidden_size=hidden, intermediate_size=c["intermediate_size"],
             num_layers=layers, num_heads=heads, num_kv_heads=c.get("num_key_value_heads") or heads, head_dim=head_dim,
-            rms_norm_eps=float(c.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_scaling=factor,
-            rope_theta_local=float(c.get("rope_local_base_freq", theta)),
+            rms_norm_eps=float(c.get("rms_norm_eps", 1e-6)), rope=rope, rope_local=rope_local,
             max_position=int(c.get("max_position_embeddings", 4096)),
             tie_embeddings=bool(c.get("tie_word_embeddings", gemma)),
             qkv_bias=family == "qwen2" or bool(c.get("attention_bias", False)) or bool(c.get("bias", False)),
@@ -101,3 +98,24 @@ class ModelConfig:
             attn_scale=float(c.get("query_pre_attn_scalar", head_dim)) ** -0.5,
             sliding_window=window, sliding_layers=sliding, eos_token_ids=eos_ids,
         )
+
+
+def _rope(c: dict[str, Any]) -> tuple[Rope, Rope]:
+    """(global, sliding-layer) rope from either config layout: transformers 5's ``rope_parameters`` (per layer type
+    for Gemma3) or the older ``rope_theta`` + ``rope_scaling`` (+ Gemma3's ``rope_local_base_freq``)."""
+    params = c.get("rope_parameters") or {}
+    per_type = "full_attention" in params or "sliding_attention" in params
+    full = {**(c.get("rope_scaling") or {}), **(params.get("full_attention", {}) if per_type else params)}
+    theta = float(full.get("rope_theta") or c.get("rope_theta") or 10000.0)
+    try:
+        rope = Rope.parse(theta, full)
+        if per_type and "sliding_attention" in params:
+            local = params["sliding_attention"]
+            rope_local = Rope.parse(float(local.get("rope_theta") or theta), local)
+        elif c.get("rope_local_base_freq"):
+            rope_local = Rope.parse(float(c["rope_local_base_freq"]), None)
+        else:
+            rope_local = rope
+    except ValueError as exc:
+        raise UnsupportedModel(str(exc)) from None
+    return rope, rope_local

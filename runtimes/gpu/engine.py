@@ -34,16 +34,28 @@ class StepOutput:
 
 class Engine:
     def __init__(self, folder: str | Path, *, device: str = "auto", dtype: str | None = None, block_size: int = 16,
-                 num_blocks: int | None = None, memory_fraction: float = 0.85, max_batch_tokens: int = 2048,
-                 max_seqs: int = 256, kernels: str = "auto", decode_graphs: str = "auto") -> None:
-        """``decode_graphs``: "auto" captures CUDA graphs for decode batches on a GPU with Triton kernels; "off";
+                 num_blocks: int | None = None, cache_memory: int | str | None = None, memory_fraction: float = 0.85,
+                 max_batch_tokens: int = 2048, max_seqs: int = 256, kernels: str = "auto",
+                 decode_graphs: str = "auto") -> None:
+        """The KV cache is ``num_blocks`` blocks, or ``cache_memory`` bytes ("4GiB", "512MB" or an int), or else
+        ``memory_fraction`` of the device memory free once the weights are loaded (512 MiB on CPU).
+        ``decode_graphs``: "auto" captures CUDA graphs for decode batches on a GPU with Triton kernels; "off";
         "eager" runs the same padded static-buffer path without capturing (how CPU tests check it)."""
+        if not 0 < memory_fraction <= 1:
+            raise ValueError(f"memory_fraction must be in (0, 1], got {memory_fraction!r}")
+        if num_blocks is not None and cache_memory is not None:
+            raise ValueError("give num_blocks or cache_memory, not both")
+        for name, value in (("block_size", block_size), ("max_batch_tokens", max_batch_tokens), ("max_seqs", max_seqs)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         folder = Path(folder)
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))
         on_gpu = self.device.type == "cuda"
         if dtype is None:
             dtype = "bfloat16" if on_gpu and torch.cuda.is_bf16_supported() else "float32"
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32', 'float16' or 'bfloat16', got {dtype!r}")
         self.dtype = getattr(torch, dtype)
         if kernels not in ("auto", "triton", "torch"):
             raise ValueError(f"kernels must be 'auto', 'triton' or 'torch', got {kernels!r}")
@@ -55,12 +67,17 @@ class Engine:
         self.model = DecoderLM(self.config, folder, self.device, self.dtype, Ops(triton))
         c = self.config
         per_block = 2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim * self.dtype.itemsize
+        if cache_memory is not None:
+            num_blocks = parse_bytes(cache_memory) // per_block
         if num_blocks is None:
             if on_gpu:
                 free, _ = torch.cuda.mem_get_info(self.device)
                 num_blocks = int(free * memory_fraction) // per_block
             else:
                 num_blocks = max(64, (512 << 20) // per_block)  # 512 MiB of cache on CPU
+        if num_blocks < 2:
+            raise ValueError(f"the KV cache would hold {num_blocks} blocks of {block_size} tokens ({per_block} bytes "
+                             "each); give it more memory (num_blocks, cache_memory or memory_fraction)")
         shape = (num_blocks, block_size, c.num_kv_heads, c.head_dim)
         self.kv = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
                     torch.zeros(shape, dtype=self.dtype, device=self.device)) for _ in range(c.num_layers)]
@@ -250,6 +267,25 @@ class Engine:
             out.append(flat[at : at + len(tokens) - start])
             at += len(tokens) - start
         return out
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_bytes(size: int | str) -> int:
+    """4096, "512MiB", "2 GiB", "1.5GB" -> bytes."""
+    if isinstance(size, int) and size > 0:
+        return size
+    text = str(size).strip().lower().replace(" ", "")
+    number = text.rstrip("kmgib")
+    unit = text[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or value <= 0:
+        raise ValueError(f"cache_memory must be a positive size such as 4GiB, 512MB or a number of bytes, got {size!r}")
+    return int(value * _UNITS[unit])
 
 
 def _mask(logits: torch.Tensor, seqs: list[Sequence]) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from hanlin.kernels.rope import rope_cache
 from hanlin.runtimes.gpu.config import ModelConfig
 from hanlin.runtimes.gpu.layers import Ops, StepBatch
 
@@ -20,9 +19,9 @@ class DecoderLM:
         self.cfg, self.device, self.dtype, self.ops = config, device, dtype, ops
         self.w = _load(config, folder, device, dtype)
         rot = config.head_dim
-        self.cos_sin = rope_cache(config.max_position, rot, config.rope_theta, config.rope_scaling, device)
-        self.cos_sin_local = (rope_cache(config.max_position, rot, config.rope_theta_local, 1.0, device)
-                              if config.rope_theta_local != config.rope_theta else self.cos_sin)
+        self.cos_sin = config.rope.cache(config.max_position, rot, device)
+        self.cos_sin_local = (config.rope_local.cache(config.max_position, rot, device)
+                              if config.rope_local != config.rope else self.cos_sin)
 
     @torch.inference_mode()
     def forward(self, batch: StepBatch, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -67,14 +66,14 @@ def _load(c: ModelConfig, folder: Path, device: torch.device, dtype: torch.dtype
     from safetensors import safe_open
 
     raw: dict[str, torch.Tensor] = {}
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no .safetensors files in {str(folder)!r}")
-    for file in files:
-        with safe_open(str(file), framework="pt") as fh:
-            for name in fh.keys():
-                key = name.removeprefix("model.language_model.").removeprefix("language_model.model.").removeprefix("model.")
-                raw[key] = fh.get_tensor(name)
+    for file in _weight_files(folder):
+        try:
+            with safe_open(str(file), framework="pt") as fh:
+                for name in fh.keys():
+                    key = name.removeprefix("model.language_model.").removeprefix("language_model.model.").removeprefix("model.")
+                    raw[key] = fh.get_tensor(name)
+        except Exception as exc:  # safetensors' own error type: a truncated or damaged file
+            raise ValueError(f"cannot read {str(file)!r}: {exc}; the file is damaged or incomplete, copy it again") from None
 
     def take(name: str) -> torch.Tensor:
         if name not in raw:
@@ -112,8 +111,33 @@ def _load(c: ModelConfig, folder: Path, device: torch.device, dtype: torch.dtype
             w[p + "k_norm"] = take(a + "k_norm.weight")
     w["norm"] = take("norm.weight")
     head = "output.weight" if c.family == "internlm2" else "lm_head.weight"
-    w["lm_head"] = w["embed"] if c.tie_embeddings or head not in raw else take(head)
+    w["lm_head"] = w["embed"] if c.tie_embeddings else take(head)
     return w
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors files to read; a sharded checkpoint's index must find every shard it names, since a missing
+    shard would otherwise surface as some weight missing (or, worse, a silently tied head)."""
+    files = sorted(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        import json
+
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise ValueError(f"{str(index)!r} is not a safetensors index (no weight_map): {exc}") from None
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{str(folder)!r} is missing {len(missing)} of the {len(shards)} weight shards its "
+                f"model.safetensors.index.json lists: {', '.join(missing)}; copy the whole model folder again"
+            )
+        files = [folder / s for s in shards]
+    if not files:
+        raise FileNotFoundError(f"no .safetensors files in {str(folder)!r}: the gpu runtime reads HF safetensors "
+                                "checkpoints (a .gguf is converted first when given as the model)")
+    return files
 
 
 def _split_internlm2_wqkv(wqkv: torch.Tensor, c: ModelConfig) -> torch.Tensor:

@@ -8,8 +8,8 @@ from typing import Any
 
 from hanlin import ChatModel, ConfigurationError, ModelSpec, RuntimeSpec, hookimpl
 
-OPTIONS = ("device", "dtype", "kernels", "block_size", "num_blocks", "memory_fraction", "max_batch_tokens",
-           "max_seqs", "cache_dir")
+OPTIONS = ("device", "dtype", "kernels", "block_size", "num_blocks", "cache_memory", "memory_fraction",
+           "max_batch_tokens", "max_seqs", "decode_graphs", "cache_dir")
 
 
 def available() -> str | None:

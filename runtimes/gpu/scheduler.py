@@ -1,10 +1,12 @@
 """Who runs in the next step: continuous batching under a token budget, with chunked prefill and preemption.
 
-Every step, running sequences go first (a decode is one token, a prefill in progress takes a chunk), then waiting
-requests are admitted in arrival order while the budget and the KV blocks last. A long prompt is cut into chunks,
-so it never stalls the decodes of the others; new requests join at any step. When blocks run out, the most recently
-admitted sequence is preempted: its blocks are freed and it is recomputed later from its tokens (prompt and what it
-generated), first in line.
+Every step, running sequences go first (their decodes, one token each, then the chunks of prefills in progress),
+then waiting requests are admitted in arrival order while the budget and the KV blocks last. A long prompt is cut
+into chunks, so it never stalls the decodes of the others; while requests wait, a prefill in progress takes at most
+half the budget, so a short request arriving behind a long prompt starts at the next step instead of after the
+whole prompt (and the long one still advances every step). New requests join at any step. When blocks run out, the
+most recently admitted sequence is preempted: its blocks are freed and it is recomputed later from its tokens
+(prompt and what it generated), first in line.
 """
 
 from __future__ import annotations
@@ -55,10 +57,15 @@ class Scheduler:
     def schedule(self) -> list[Scheduled]:
         budget = self.max_batch_tokens
         out: list[Scheduled] = []
-        for seq in list(self.running):
+        # Decodes first (one token each), then the chunks of prefills in progress: a long prompt admitted earlier
+        # never takes the budget that the running decodes need, so short requests keep streaming beside it.
+        order = sorted(self.running, key=lambda s: s.to_compute > 1)
+        for seq in order:
             if seq not in self.running:  # preempted below to make room for an older one
                 continue
             n = min(seq.to_compute, budget)
+            if n > 1 and self.waiting:  # a prefill in progress leaves room for the requests waiting behind it
+                n = min(n, max(self.max_batch_tokens // 2, 1))
             if n <= 0:
                 continue
             need = self._blocks_for(seq, n)

@@ -24,6 +24,24 @@ class SamplingParams:
     ignore_eos: bool = False
     grammar: Any = None  # an xgrammar CompiledGrammar: each step's logits are masked to what it allows
 
+    def __post_init__(self) -> None:
+        """Refuse nonsense when the request is made, so it fails alone instead of inside a shared step."""
+        problems = []
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            problems.append(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if not self.temperature >= 0:  # also catches NaN
+            problems.append(f"temperature must be >= 0 (0 is greedy), got {self.temperature!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            problems.append(f"top_k must be an integer >= 0 (0: no cut), got {self.top_k!r}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not 0 <= self.min_p < 1:
+            problems.append(f"min_p must be in [0, 1), got {self.min_p!r}")
+        if self.seed is not None and not isinstance(self.seed, int):
+            problems.append(f"seed must be an integer or None, got {self.seed!r}")
+        if problems:
+            raise ValueError("invalid sampling parameters: " + "; ".join(problems))
+
 
 class Status(Enum):
     WAITING = "waiting"

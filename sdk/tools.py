@@ -17,7 +17,6 @@ import functools
 import inspect
 import json
 import re
-import time
 import traceback
 import types
 from collections.abc import Awaitable, Callable

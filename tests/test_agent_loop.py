@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 
 import pytest
@@ -19,16 +18,13 @@ from hanlin import (
     Completion,
     ConfigurationError,
     ErrorEvent,
-    FinalAnswer,
     Message,
     ProtocolError,
-    RunFinished,
     ScriptedModel,
     StepStarted,
     TokenDelta,
     ToolCall,
     ToolCallEvent,
-    ToolResultEvent,
     load_traces,
     tool,
 )

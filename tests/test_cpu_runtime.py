@@ -346,12 +346,12 @@ def test_qwen_writes_hermes_tool_calls_that_come_back_parsed(qwen) -> None:
 def test_validity_bench_accounts_for_every_step() -> None:
     from hanlin.runtimes.cpu.bench import bench_validity
 
-    table = bench_validity(["smollm2-135m-instruct"], limit=2, max_steps=2)
+    table = bench_validity(["smollm2-135m-instruct"], limit=2, max_steps=1)  # SmolLM2 fills its bounded strings
     cols = table.columns
     assert len(table.rows) == 2 and [r[cols.index("constrained")] for r in table.rows] == [True, False]
     for row in table.rows:
         parts = [row[cols.index(c)] for c in ("valid", "malformed", "cut by max_tokens", "context full")]
         assert row[cols.index("steps")] == sum(parts) and all(p >= 0 for p in parts)
-        assert 2 <= row[cols.index("steps")] <= 4  # 2 prompts, at most 2 steps each
+        assert row[cols.index("steps")] == 2  # 2 prompts, one step each
     constrained = table.rows[0]
     assert constrained[cols.index("malformed")] == 0  # the grammar makes every finished step well formed

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -20,6 +23,7 @@ if importlib.util.find_spec("transformers") is None:
 from hanlin.runtimes.gpu.config import ModelConfig, UnsupportedModel  # noqa: E402
 from hanlin.runtimes.gpu.engine import Engine  # noqa: E402
 from hanlin.runtimes.gpu.sequence import SamplingParams  # noqa: E402
+from tests.conftest import requires_smollm2  # noqa: E402
 from tests.test_gpu_runtime import GREEDY, _tiny  # noqa: E402
 
 PROMPTS = [list(range(10, 31)), [7, 3, 9], list(range(100, 140)), [42] * 9, list(range(200, 213))]
@@ -255,3 +259,22 @@ def test_a_missing_shard_is_a_model_error_through_load_model(tiny_chat, tmp_path
     (tmp_path / shards[-1]).unlink()
     with pytest.raises(ModelError, match=f"cannot load .*missing 1 of the {len(shards)} weight shards"):
         load_model(str(tmp_path), runtime="gpu")
+
+
+# ---- the command line --------------------------------------------------------------------------------
+@requires_smollm2
+def test_hanlin_run_on_the_gpu_runtime(tf_cache) -> None:
+    """`hanlin run --runtime gpu` as a user types it: the GGUF converted once (shared with the other tests through
+    HANLIN_CACHE), a ReAct run constrained by xgrammar in the engine (no malformed step), the calculator called,
+    and the next step's prompt served from the prefix cache."""
+    env = {**os.environ, "HANLIN_CACHE": str(tf_cache)}
+    out = subprocess.run([sys.executable, "-m", "hanlin.cli", "run", "What is 6 * 7? Use the calculator.", "--model",
+                          "smollm2", "--runtime", "gpu", "--tool", "calculator", "--max-steps", "2", "--json"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode in (0, 1), out.stderr  # answered, or gave up at the step limit: both are explicit
+    result = json.loads(out.stdout)
+    assert result["status"] in ("answered", "gave_up")
+    assert result["messages"][1]["tool_calls"][0]["name"] == "calculator"
+    kinds = {e.get("kind") for e in result["events"] if e["type"] == "error"}
+    assert not {"parse", "unknown_tool", "invalid_arguments"} & kinds, kinds
+    assert result["steps"] == 2 and result["usage"]["prompt_tokens_reused"] > 0

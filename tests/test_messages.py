@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hanlin import ConfigurationError, Message, ToolCall, Usage, parse_event
+from hanlin import ConfigurationError, ToolCall, Usage, parse_event
 from hanlin.events import ToolCallEvent
 from hanlin.messages import to_messages
 

@@ -26,7 +26,6 @@ the question, the tools' specs, the data's fingerprint, the protocol and the run
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import tempfile
 import threading

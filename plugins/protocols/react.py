@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hanlin import Completion, Constraint, Message, ParseError, StepProtocol, ToolCall, hookimpl
+from hanlin import Completion, Constraint, Message, StepProtocol, ToolCall, hookimpl
 from hanlin.protocols import Action, Final, ParsedStep, RunContext
 from hanlin.plugins.protocols.react_parser import parse_react
 

@@ -11,7 +11,6 @@ nothing there.
 
 from __future__ import annotations
 
-import importlib.abc
 import importlib.machinery
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 SHADOWING = ("kernels",)  # top-level folders of the checkout that are also names of packages on PyPI
 
 
-class _SkipCheckoutRoot(importlib.abc.MetaPathFinder):
+class _SkipCheckoutRoot:  # a meta path finder (the protocol needs only find_spec)
     def find_spec(self, fullname: str, path: Any = None, target: ModuleType | None = None) -> Any:
         if fullname not in SHADOWING:
             return None

@@ -278,3 +278,27 @@ def test_hanlin_run_on_the_gpu_runtime(tf_cache) -> None:
     kinds = {e.get("kind") for e in result["events"] if e["type"] == "error"}
     assert not {"parse", "unknown_tool", "invalid_arguments"} & kinds, kinds
     assert result["steps"] == 2 and result["usage"]["prompt_tokens_reused"] > 0
+
+
+# ---- the whole engine on the Triton kernels (under the interpreter on CPU) -------------------------------
+def test_the_engine_on_triton_kernels_gives_the_reference_engines_tokens(tmp_path) -> None:
+    """What a GPU runs: every op of the model on the Triton kernels (prefill attention over blocks with a cached
+    prefix, split-K decode with the CUDA-graph path's fixed grid and padding rows), here under the interpreter.
+    Same greedy tokens and log-probabilities as the engine on the torch references. Gemma3: the family with the
+    most ops (sliding-window layers, q/k norms, GELU, norm offsets)."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        pytest.skip("the Triton kernels need a GPU or TRITON_INTERPRET=1 (tests/conftest.py sets it)")
+    _tiny("gemma3", tmp_path)  # head_dim 16: the smallest tl.dot tile
+    prompts = [list(range(30, 70)), [9, 8, 7], list(range(100, 119))]
+    options = dict(num_blocks=32, block_size=16, max_batch_tokens=32, max_seqs=4)  # chunked prefill, prefix reads
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    reference = Engine(tmp_path, kernels="torch", decode_graphs="off", **options)
+    expected = reference.generate(prompts, params)
+    triton = Engine(tmp_path, kernels="triton", decode_graphs="eager", **options)
+    assert triton.model.ops.triton and triton.graphs is not None
+    assert triton.generate(prompts, params) == expected
+    tokens = list(range(40, 90))
+    torch.testing.assert_close(torch.tensor(triton.score([(tokens, 1)])[0]),
+                               torch.tensor(reference.score([(tokens, 1)])[0]), atol=1e-4, rtol=1e-4)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import base64
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -66,6 +67,7 @@ class KernelSession:
         self._kc: Any = None
         self._lock = threading.Lock()
         self._images = 0
+        self._sockets: Path | None = None
         _LIVE.add(self)
 
     @property
@@ -78,7 +80,8 @@ class KernelSession:
         from jupyter_client import KernelManager
 
         # ipc sockets are paths; make them absolute, since the kernel runs in another working directory
-        sockets = Path(tempfile.mkdtemp(prefix="hanlin-kernel-")) / "kernel"
+        self._sockets = Path(tempfile.mkdtemp(prefix="hanlin-kernel-"))
+        sockets = self._sockets / "kernel"
         self._km = KernelManager(kernel_name="python3", transport="ipc", ip=str(sockets))
         self._km.start_kernel(cwd=str(self.workdir))
         self._kc = self._km.client()
@@ -101,6 +104,9 @@ class KernelSession:
         if self._km is not None and self._km.has_kernel:
             self._km.shutdown_kernel(now=True)
         self._km = self._kc = None
+        if self._sockets is not None:  # the ipc socket files' folder: nothing in it outlives the kernel
+            shutil.rmtree(self._sockets, ignore_errors=True)
+            self._sockets = None
 
     # ---- running code ------------------------------------------------------------------------
     def _run(self, code: str, timeout: float) -> dict[str, Any]:

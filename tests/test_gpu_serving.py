@@ -280,6 +280,23 @@ def test_hanlin_run_on_the_gpu_runtime(tf_cache) -> None:
     assert result["steps"] == 2 and result["usage"]["prompt_tokens_reused"] > 0
 
 
+# ---- the batched torch decode attention the engine uses on CPU -------------------------------------------
+@pytest.mark.parametrize("window", [0, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batched_torch_decode_attention_equals_the_reference(window, dtype) -> None:
+    from hanlin.kernels.paged_decode import paged_decode_ref
+    from hanlin.runtimes.gpu.torch_attention import paged_decode_gathered
+
+    g = torch.Generator().manual_seed(3)
+    k_cache, v_cache = (torch.randn(40, 4, 2, 16, generator=g).to(dtype) for _ in range(2))
+    lens = torch.tensor([1, 7, 16, 13], dtype=torch.int32)  # one block, partial blocks, a full table
+    tables = torch.randperm(40, generator=g)[:16].reshape(4, 4).to(torch.int32)
+    q = torch.randn(4, 6, 16, generator=g).to(dtype)  # 6 query heads over 2 kv heads
+    got = paged_decode_gathered(q, k_cache, v_cache, tables, lens, scale=0.3, window=window)
+    want = paged_decode_ref(q, k_cache, v_cache, tables, lens, scale=0.3, window=window)
+    torch.testing.assert_close(got, want, atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=1e-5 if dtype == torch.float32 else 1e-2)
+
+
 # ---- the whole engine on the Triton kernels (under the interpreter on CPU) -------------------------------
 def test_the_engine_on_triton_kernels_gives_the_reference_engines_tokens(tmp_path) -> None:
     """What a GPU runs: every op of the model on the Triton kernels (prefill attention over blocks with a cached

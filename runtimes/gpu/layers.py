@@ -1,7 +1,7 @@
 """Each op the model needs, on Triton kernels or on their torch references.
 
 ``use_triton`` is decided once per engine: kernels on a GPU, references on CPU (the same engine, slow but
-exact, is what CI runs). Tests may force Triton on CPU under TRITON_INTERPRET=1.
+exact, is what CI runs; decode attention there is a batched torch version of the reference, torch_attention.py). Tests may force Triton on CPU under TRITON_INTERPRET=1.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from hanlin.kernels import paged_decode as _decode
 from hanlin.kernels import prefill_attention as _prefill
 from hanlin.kernels import rope as _rope
 from hanlin.kernels import silu_mul as _act
+from hanlin.runtimes.gpu.torch_attention import paged_decode_gathered
 
 
 @dataclass(slots=True)
@@ -59,8 +60,8 @@ class Ops:
             if self.triton:
                 return _decode.paged_decode(q, k_cache, v_cache, batch.block_tables, batch.context_lens, scale=scale,
                                             window=window, max_context=batch.max_context)
-            return _decode.paged_decode_ref(q, k_cache, v_cache, batch.block_tables, batch.context_lens, scale=scale,
-                                            window=window)
+            return paged_decode_gathered(q, k_cache, v_cache, batch.block_tables, batch.context_lens, scale=scale,
+                                         window=window)
         f = _prefill.prefill_attention if self.triton else _prefill.prefill_attention_ref
         return f(q, k_cache, v_cache, batch.block_tables, batch.cu_seqlens_q, batch.context_lens, scale=scale,
                  window=window)

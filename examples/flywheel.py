@@ -111,9 +111,10 @@ def evaluate(model: str, out: Path, limit: int) -> dict:
 
 def tune(traces: Path, out: Path, steps: int | None, epochs: float) -> str:
     config = out / "tune.yaml"
-    batch = "batch_size: 1\ngrad_accum: 1" if steps else "batch_size: 2\ngrad_accum: 2"  # --quick: one trace a step
+    batch, accum = (1, 1) if steps else (2, 2)  # --quick: one trace a step
     lines = [f"model: {BASE_MODEL}", f"data: [{traces}]", "method: lora", f"output_dir: {out / 'tuned'}",
-             "max_length: 1024", batch, "learning_rate: 0.001", "warmup_ratio: 0.1",
+             "max_length: 1024", f"batch_size: {batch}", f"grad_accum: {accum}", "learning_rate: 0.001",
+             "warmup_ratio: 0.1",
              f"epochs: {epochs}", "export: [adapter, merged, gguf]", "gguf_type: f16", "threads: 2",
              "lora: {r: 16, alpha: 32, dropout: 0.05}"]
     if steps:

@@ -14,11 +14,9 @@ import pytest
 if not Path("/dev/nvidiactl").exists():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 # pytest puts the checkout root on sys.path, where kernels/ (hanlin.kernels' source) would shadow the PyPI package
-# `kernels` that transformers imports; hanlin's import installs the finder that prevents it (hanlin/checkout.py),
+# `kernels` that transformers imports; importing hanlin installs the finder that prevents it (hanlin/checkout.py),
 # and it must happen before any test module imports transformers.
-import hanlin.checkout  # noqa: E402
-
-hanlin.checkout.install()
+import hanlin  # noqa: E402, F401
 # torch and llama.cpp share torch's libgomp in one process; spin-waiting OpenMP threads make llama.cpp ~10x slower
 # after torch has run (see hanlin/__init__.py). Set here too: some test modules import torch before hanlin.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -9,30 +9,38 @@ completion layout.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from hanlin import Message, ModelError, ToolCall
+from hanlin import Message, ModelError
+from hanlin.runtimes.tool_calls import FORMATS, CallFormat
 
 
-def template_messages(messages: Sequence[Message], *, tool_roles: bool = True) -> list[dict[str, Any]]:
+def template_messages(
+    messages: Sequence[Message],
+    *,
+    tool_roles: bool = True,
+    call_format: CallFormat | None = None,
+    tools: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """Messages as the dicts HF/GGUF chat templates expect (tool call arguments as objects).
 
     ``tool_roles=False`` is for templates that know nothing of tools (SmolLM2's): they would print a
     call as an empty assistant turn and a result under a 'tool' role the model never saw in training,
-    so calls are written into the assistant text and results become user turns instead.
+    so calls are written into the assistant text in ``call_format`` (hermes by default) and results
+    become user turns instead. With ``tools`` offered to such a template, the format's instructions
+    (the function list and how to call) open the system message, so any chat model can call tools.
     """
-    out = []
+    fmt = call_format or FORMATS["hermes"]
+    out: list[dict[str, Any]] = []
     for m in messages:
         if not tool_roles and m.role == "tool":
-            label = "Tool error" if m.is_error else "Tool result"
-            out.append({"role": "user", "content": f"{label} ({m.name or 'tool'}): {m.content}"})
+            out.append({"role": "user", "content": fmt.render_result(m.name, m.content, m.is_error)})
             continue
         item: dict[str, Any] = {"role": m.role, "content": m.content}
         if m.tool_calls and not tool_roles:
-            written = "\n".join(f"Tool call: {c.name}({json.dumps(c.arguments, ensure_ascii=False)})" for c in m.tool_calls)
+            written = fmt.render_calls(m.tool_calls)
             item["content"] = f"{m.content}\n{written}" if m.content.strip() else written
         elif m.tool_calls:
             item["tool_calls"] = [
@@ -43,6 +51,12 @@ def template_messages(messages: Sequence[Message], *, tool_roles: bool = True) -
             item["tool_call_id"] = m.tool_call_id
             item["name"] = m.name
         out.append(item)
+    if tools and not tool_roles:
+        guide = fmt.instructions(tools)
+        if out and out[0]["role"] == "system":
+            out[0] = {**out[0], "content": f"{out[0]['content']}\n\n{guide}"}
+        else:
+            out.insert(0, {"role": "system", "content": guide})
     return out
 
 
@@ -71,12 +85,17 @@ def render_chat(
     bos_token: str = "",
     eos_token: str = "",
     tools: list[dict[str, Any]] | None = None,
+    call_format: CallFormat | None = None,
 ) -> str:
-    """Apply a Jinja chat template, ending with the assistant's generation prompt."""
+    """Apply a Jinja chat template, ending with the assistant's generation prompt.
+
+    A template that renders tools gets ``tools`` itself; one that does not gets them as instructions in the
+    system message (see ``template_messages``)."""
+    knows = template_knows_tools(template)
     try:
         return _compile(template).render(
-            messages=template_messages(messages, tool_roles=template_knows_tools(template)),
-            tools=tools,
+            messages=template_messages(messages, tool_roles=knows, call_format=call_format, tools=tools),
+            tools=tools if knows else None,
             add_generation_prompt=True,
             bos_token=bos_token,
             eos_token=eos_token,
@@ -101,44 +120,3 @@ def render_plain(messages: Sequence[Message]) -> str:
             parts.append(f"User: {m.content.strip()}")
     parts.append("Assistant:")
     return "\n".join(parts)
-
-
-_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
-
-
-def parse_hermes_tool_calls(text: str, tools: Sequence[dict[str, Any]] = ()) -> tuple[str, list[ToolCall]]:
-    """Split Qwen/Hermes-style output into (text before the calls, calls).
-
-    ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks; a block
-    that is not valid JSON is left in the text so nothing the model wrote is lost.
-    Small models sometimes drop the tags: a reply that is nothing but such an
-    object, naming one of ``tools`` (OpenAI-style specs), counts as a call too.
-    """
-    tool_names = [t.get("function", t).get("name") for t in tools]
-    bare = text.strip()
-    if bare.startswith("{") and "<tool_call>" not in bare:
-        try:
-            data = json.loads(bare)
-        except ValueError:
-            data = None
-        if isinstance(data, dict) and data.get("name") in tool_names and isinstance(data.get("arguments"), dict):
-            return "", [ToolCall(name=data["name"], arguments=data["arguments"])]
-    calls: list[ToolCall] = []
-    kept: list[str] = []
-    last = 0
-    for match in _HERMES.finditer(text):
-        try:
-            data = json.loads(match.group(1))
-            name = data["name"]
-            arguments = data.get("arguments", data.get("parameters", {}))
-            if isinstance(arguments, str):
-                arguments = json.loads(arguments)
-            if not isinstance(name, str) or not isinstance(arguments, dict):
-                raise ValueError("bad shape")
-        except (ValueError, KeyError, TypeError):
-            continue
-        kept.append(text[last : match.start()])
-        last = match.end()
-        calls.append(ToolCall(name=name, arguments=arguments))
-    kept.append(text[last:])
-    return "".join(kept).strip() if calls else text, calls

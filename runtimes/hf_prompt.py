@@ -1,5 +1,6 @@
 """Prompt side of an HF-folder model, shared by the transformers and gpu runtimes: the tokenizer, the chat
-template (or the plain layout for base models), hermes tool rendering, and the end-of-generation tokens."""
+template (or the plain layout for base models), tool rendering in the family's call format, and the end-of-generation
+tokens."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from hanlin import Message, ModelError, ModelSpec
 from hanlin.runtimes.chat_format import render_plain, template_knows_tools, template_messages
+from hanlin.runtimes.tool_calls import detect_format
 
 
 class HFPrompt:
@@ -23,7 +25,8 @@ class HFPrompt:
         template = getattr(self.tokenizer, "chat_template", None)
         self.use_template = bool(template) and spec.chat_template
         self.tool_roles = bool(template) and template_knows_tools(template)
-        self.hermes = spec.tool_call_style == "hermes" and self.use_template and "tools" in (template or "")
+        self.format = detect_format(template, spec.tool_call_style)
+        self.native_tools = self.use_template  # a template without tools gets them as instructions
         self.eos_ids = self._eos_ids(folder)
 
     def _eos_ids(self, folder: Path) -> frozenset[int]:
@@ -45,7 +48,8 @@ class HFPrompt:
             return render_plain(messages)
         try:
             return self.tokenizer.apply_chat_template(
-                template_messages(messages, tool_roles=self.tool_roles), tools=tools if self.hermes else None,
+                template_messages(messages, tool_roles=self.tool_roles, call_format=self.format, tools=tools),
+                tools=tools if self.tool_roles and tools else None,
                 add_generation_prompt=True, tokenize=False,
             )
         except Exception as exc:  # jinja errors and the template's own raise_exception

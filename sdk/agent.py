@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import queue
+import re
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -44,6 +46,12 @@ class RunResult(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     steps: int = 0
     error: str | None = None
+    # Self-consistency (``Agent(samples=N)``): how many runs were made, the share of them whose final answer
+    # matched this one's (votes for the winner / N), and each run's final answer text (None: it did not answer).
+    # A single run has samples 1, agreement None and no sample_answers.
+    samples: int = 1
+    agreement: float | None = None
+    sample_answers: list[str | None] | None = None
 
     @property
     def tool_calls(self) -> list[Any]:
@@ -60,6 +68,9 @@ class RunResult(BaseModel):
             "steps": self.steps,
             "usage": self.usage.model_dump(mode="json"),
             "model_view": self.model_view,
+            "samples": self.samples,
+            "agreement": self.agreement,
+            "sample_answers": self.sample_answers,
             "events": [e.model_dump(mode="json") for e in self.events],
         }
 
@@ -90,6 +101,9 @@ def load_traces(path: str | Path) -> list[RunResult]:
                     steps=record.get("steps", 0),
                     error=record.get("error"),
                     model_view=record.get("model_view"),
+                    samples=record.get("samples", 1),
+                    agreement=record.get("agreement"),
+                    sample_answers=record.get("sample_answers"),
                 )
             )
         except Exception as exc:
@@ -97,12 +111,27 @@ def load_traces(path: str | Path) -> list[RunResult]:
     return results
 
 
+SAMPLE_TEMPERATURE = 0.7  # self-consistency's temperature when the agent's params are greedy
+
+
 class Agent:
     """A model that uses tools through a protocol.
 
-    ``model`` is a ChatModel or a model name for ``load_model``; ``protocol`` is
-    "react", "rewoo", "tools" (native calling) or an ``AgentProtocol``.
+    ``model`` is a ChatModel or a model name for ``load_model`` (a model the agent loaded itself is closed by
+    ``close()``; one passed in belongs to the caller). ``tools`` are Tools, Toolkits, typed functions or registered
+    tool names ("calculator"). ``protocol`` is "react", "rewoo", "tools" (native calling) or an ``AgentProtocol``.
     ``session_id`` on a run keeps a conversation's memory across runs.
+
+    ``examples``: the protocol's prompt shows a short worked example with a made-up tool.
+
+    ``samples`` > 1 is self-consistency: each run is made ``samples`` times, one after another, sampled (the params'
+    temperature, or 0.7 when they are greedy; seeds ``seed``, ``seed + 1``, ... from the params' seed or 0), and
+    the answered runs vote on their normalised final answers (see ``answer_key``; ties go to the answer that came
+    first). The result is the first run with the winning answer, with ``agreement`` (its votes / samples) and the
+    usage of all runs; no run answered: the first run, agreement 0. Each sample runs in its own tool session, so
+    samples do not see each other's Python state; a ``session_id`` keeps the winning run's transcript. Events: the
+    samples run silently, then the winning run's events are replayed, ending with a ``RunFinished`` that carries
+    the summed usage, so a stream shows one coherent run.
     """
 
     def __init__(
@@ -117,6 +146,8 @@ class Agent:
         output_type: type[BaseModel] | None = None,
         constrained: bool | None = None,
         params: GenerationParams | dict[str, Any] | None = None,
+        examples: bool = True,
+        samples: int = 1,
     ) -> None:
         from hanlin.loading import load_model, load_protocol
 
@@ -124,18 +155,28 @@ class Agent:
             raise ConfigurationError(f"max_steps must be at least 1, got {max_steps}")
         if max_retries < 0:
             raise ConfigurationError(f"max_retries must be 0 or more, got {max_retries}")
+        if samples < 1:
+            raise ConfigurationError(f"samples must be at least 1, got {samples}")
+        self.samples = samples
+        self._owns_model = isinstance(model, str)
         self.model = load_model(model) if isinstance(model, str) else model
-        self.tools = as_tools(tools)
-        self.protocol = load_protocol(protocol) if isinstance(protocol, str) else protocol
-        if not isinstance(self.protocol, AgentProtocol):
-            raise ConfigurationError(f"protocol must be a name or an AgentProtocol, got {self.protocol!r}")
-        self.protocol.check_model(self.model)
+        try:
+            self.tools = as_tools(tools)
+            self.protocol = load_protocol(protocol) if isinstance(protocol, str) else protocol
+            if not isinstance(self.protocol, AgentProtocol):
+                raise ConfigurationError(f"protocol must be a name or an AgentProtocol, got {self.protocol!r}")
+            self.protocol.check_model(self.model)
+        except BaseException:
+            if self._owns_model:  # nobody else can release the model this constructor loaded
+                self.model.close()
+            raise
         self.options = RunOptions(
             max_steps=max_steps,
             max_retries=max_retries,
             constrained=constrained,
             instructions=instructions,
             output_type=output_type,
+            examples=examples,
         )
         if params is None:
             params = GenerationParams()
@@ -181,6 +222,41 @@ class Agent:
         self, task: str | Message, session_id: str | None, sink: list[RunResult] | None,
         history: list[Message] | None = None,
     ) -> AsyncIterator[Event]:
+        if self.samples == 1:
+            async for event in self._astream_one(task, session_id, sink, history):
+                yield event
+            return
+        if history is None:
+            history = self.history(session_id) if session_id else []
+        temperature = self.params.temperature or SAMPLE_TEMPERATURE
+        seed = self.params.seed or 0
+        runs: list[RunResult] = []
+        for i in range(self.samples):  # one after another: a local model serves one call at a time anyway
+            params = self.params.model_copy(update={"temperature": temperature, "seed": seed + i})
+            async for _ in self._astream_one(task, None, runs, history, params):
+                pass
+        winner, votes = vote(runs)
+        usage = runs[0].usage
+        for run in runs[1:]:
+            usage = usage + run.usage
+        chosen = runs[winner]
+        finished = RunFinished(step=chosen.steps, status=chosen.status, usage=usage)
+        answers = [r.output_text if r.status == "answered" else None for r in runs]
+        result = chosen.model_copy(update={"usage": usage, "samples": self.samples, "agreement": votes / self.samples,
+                                           "sample_answers": answers, "events": [*chosen.events[:-1], finished]})
+        if session_id:
+            with self._session_lock:
+                self._sessions[session_id] = list(result.messages)
+        for event in result.events[:-1]:
+            yield event
+        if sink is not None:
+            sink.append(result)
+        yield finished
+
+    async def _astream_one(
+        self, task: str | Message, session_id: str | None, sink: list[RunResult] | None,
+        history: list[Message] | None = None, params: GenerationParams | None = None,
+    ) -> AsyncIterator[Event]:
         if history is None:
             history = self.history(session_id) if session_id else []
         message = task if isinstance(task, Message) else Message.user(task)
@@ -190,7 +266,7 @@ class Agent:
             model=self.model,
             tools={t.name: t for t in self.tools},
             messages=[*history, message],
-            params=self.params,
+            params=params or self.params,
             options=self.options,
             emit=events.put_nowait,
         )
@@ -267,12 +343,61 @@ class Agent:
         return _iterate_sync(self.astream(task, session_id=session_id))
 
     def close(self) -> None:
-        """Release what the tools hold (kernels, sessions): each toolkit once."""
+        """Release what the tools hold (kernels, sessions): each toolkit once; and the model, if this agent loaded
+        it from a name (a ChatModel passed in stays open: it belongs to the caller)."""
         for kit in self._toolkits():
             kit.close()
+        if self._owns_model:
+            self.model.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"<Agent model={self.model.name!r} protocol={self.protocol.name!r} tools={[t.name for t in self.tools]}>"
+
+
+# ---- self-consistency ---------------------------------------------------------------------------------------
+_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w])")
+
+
+def normalise_answer(text: str) -> str:
+    """The form final answers are compared in when runs vote. Exactly one number in the text ("The total is 1,200.",
+    "1200.0"): that number's value, since small models wrap numbers in prose. Anything else: lower case, punctuation
+    dropped, spaces collapsed."""
+    numbers = _NUMBER.findall(text)
+    if len(numbers) == 1:
+        value = float(numbers[0].replace(",", "")) + 0.0  # + 0.0: -0 and 0 are one answer
+        if math.isfinite(value):
+            return f"number:{float(f'{value:.12g}')!r}"
+    return "text:" + " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def answer_key(result: RunResult) -> str:
+    """What a run votes for: a structured output's JSON, else its normalised answer text."""
+    if isinstance(result.output, BaseModel):
+        return "json:" + result.output.model_dump_json()
+    return normalise_answer(result.output_text or str(result.output or ""))
+
+
+def vote(results: list[RunResult]) -> tuple[int, int]:
+    """Majority vote over the answered runs: (index of the first run with the winning answer, its votes). Ties go to
+    the answer that came first; no answered run: (0, 0)."""
+    counts: dict[str, int] = {}
+    first: dict[str, int] = {}
+    for i, result in enumerate(results):
+        if result.status != "answered":
+            continue
+        key = answer_key(result)
+        counts[key] = counts.get(key, 0) + 1
+        first.setdefault(key, i)
+    if not counts:
+        return 0, 0
+    best = max(counts, key=lambda k: (counts[k], -first[k]))
+    return first[best], counts[best]
 
 
 def _run_sync(coro: Any) -> Any:

@@ -63,7 +63,8 @@ class GenerationParams(BaseModel):
     stop: list[str] = Field(default_factory=list)
     constraint: Constraint | None = None
     tools: list[dict[str, Any]] | None = None  # OpenAI-style function specs, for native tool calling
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None  # OpenAI's: "auto" (default), "none", "required", a function
+    parallel_tool_calls: bool | None = None  # False: at most one call per reply
 
 
 class Completion(BaseModel):

@@ -151,7 +151,8 @@ def _model_config(base_url: str | None, api_key: str | None) -> dict[str, Any]:
 
 
 def _build_agent(model: str, runtime: str | None, protocol: str, tool: list[str] | None, max_steps: int,
-                 constrain: bool, temperature: float | None, seed: int | None, config: dict[str, Any] | None = None) -> Agent:
+                 constrain: bool, temperature: float | None, seed: int | None, config: dict[str, Any] | None = None,
+                 *, samples: int = 1, examples: bool = True) -> Agent:
     chat_model = load_model(model, runtime=runtime, **(config or {}))
     params: dict[str, Any] = {}
     if temperature is not None:
@@ -160,12 +161,12 @@ def _build_agent(model: str, runtime: str | None, protocol: str, tool: list[str]
         params["seed"] = seed
     tools = load_tools(tool if tool else _default_tools())
     return Agent(chat_model, tools, protocol=protocol, max_steps=max_steps, constrained=None if constrain else False,
-                 params=params)
+                 params=params, samples=samples, examples=examples)
 
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model name, alias, .gguf file or HF folder.")]
 RuntimeOpt = Annotated[str | None, typer.Option("--runtime", "-r", help="Runtime to use (default: best available).")]
-ProtocolOpt = Annotated[str, typer.Option("--protocol", "-p", help="Agent protocol: react, rewoo or tools.")]
+ProtocolOpt = Annotated[str, typer.Option("--protocol", "-p", help="Agent protocol: react, rewoo, tools or code.")]
 BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="Endpoint for --runtime remote, e.g. http://127.0.0.1:8000/v1.")]
 ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", help="API key for --runtime remote.")]
 ToolOpt = Annotated[list[str] | None, typer.Option("--tool", "-t", help="Tool to offer (repeatable; default: the default tools).")]
@@ -182,6 +183,11 @@ def run_cmd(
     constrain: Annotated[bool, typer.Option("--constrain/--no-constrain", help="Constrained decoding when the runtime supports it.")] = True,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (default: greedy).")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    samples: Annotated[int, typer.Option(help=(
+        "Self-consistency: run the task N times sampled (--temperature, default 0.7) and keep the majority answer; "
+        "the winning run's events are shown once all runs are done."))] = 1,
+    examples: Annotated[bool, typer.Option("--examples/--no-examples", help=(
+        "Show the protocol's short worked example (a made-up tool) in the prompt."))] = True,
     trace: Annotated[Path | None, typer.Option(help="Append the run to this JSONL trace file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print only the final result and trace as JSON.")] = False,
     base_url: BaseUrlOpt = None,
@@ -190,7 +196,7 @@ def run_cmd(
     """Run an agent on one task, streaming its thoughts, tool calls and observations."""
     try:
         agent = _build_agent(model, runtime, protocol, tool, max_steps, constrain, temperature, seed,
-                             _model_config(base_url, api_key))
+                             _model_config(base_url, api_key), samples=samples, examples=examples)
         try:
             result = agent.run(task, on_event=None if as_json else EventPrinter())
         finally:

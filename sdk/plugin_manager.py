@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "hanlin.plugins.protocols.react",
     "hanlin.plugins.protocols.rewoo",
     "hanlin.plugins.protocols.native",
+    "hanlin.plugins.protocols.code",
     "hanlin.plugins.tools.calculator",
     "hanlin.plugins.tools.python",
     "hanlin.plugins.tools.web_search",

@@ -308,14 +308,22 @@ class Toolkit:
 
 
 def as_tools(items: Any) -> list[Tool]:
-    """Flatten Tools, Toolkits, plain functions and lists of them into a list of Tools."""
+    """Flatten Tools, Toolkits, plain functions, registered tool names and lists of them into a list of Tools.
+
+    A name ("calculator") is loaded through the plugin manager with its default configuration; an unknown name is a
+    ConfigurationError that lists the known ones.
+    """
     if items is None:
         return []
-    if isinstance(items, (Tool, Toolkit)) or callable(items) and not isinstance(items, type):
+    if isinstance(items, (Tool, Toolkit, str)) or callable(items) and not isinstance(items, type):
         items = [items]
     out: list[Tool] = []
     for item in items:
-        if isinstance(item, Tool):
+        if isinstance(item, str):
+            from hanlin.loading import load_tools  # lazy: loading imports this module
+
+            out.extend(load_tools([item]))
+        elif isinstance(item, Tool):
             out.append(item)
         elif isinstance(item, Toolkit):
             out.extend(item.tools())
@@ -324,7 +332,9 @@ def as_tools(items: Any) -> list[Tool]:
         elif callable(item):
             out.append(Tool(item))
         else:
-            raise ToolError(f"expected a Tool, a Toolkit or a typed function, got {type(item).__name__}: {item!r}")
+            raise ToolError(
+                f"expected a Tool, a Toolkit, a typed function or a tool name, got {type(item).__name__}: {item!r}"
+            )
     names = [t.name for t in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

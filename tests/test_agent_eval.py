@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hanlin import Completion, ScriptedModel, ToolCall
-from hanlin.errors import ConfigurationError, ProtocolError
+from hanlin.errors import ConfigurationError
 from hanlin.plugins.evaluators.agent_eval import (AgentSettings, ToolUseDataset, data_dir, evaluate_agent,
                                                   ratio_with_stderr)
 from hanlin.plugins.evaluators.datasets import open_dataset
@@ -26,10 +26,10 @@ PRIMES = 'print(sum(1 for n in range(2, 1000) if all(n % d for d in range(2, int
 def test_the_shipped_set_loads_as_a_registered_dataset() -> None:
     dataset = open_dataset("tooluse")
     items = dataset.items()
-    assert isinstance(dataset, ToolUseDataset) and len(items) == 30 and dataset.kind == "agent"
+    assert isinstance(dataset, ToolUseDataset) and len(items) == 63 and dataset.kind == "agent"
     assert (data_dir() / "tool_use.jsonl").is_file() and len(list((data_dir() / "tool_use_kb").glob("*.md"))) == 4
     assert [i.group for i in items[:3]] == ["calculator", "python", "knowledge_base"]  # any --limit mixes tools
-    assert sum("calculator" in i.extra["expected_tools"] for i in items) == 13
+    assert sum("calculator" in i.extra["expected_tools"] for i in items) == 35
     assert dataset.fingerprint() == ToolUseDataset().fingerprint()
     with pytest.raises(ConfigurationError, match="takes no subset"):
         open_dataset("tooluse:hard")
@@ -176,6 +176,7 @@ def test_smollm2_runs_two_items_per_protocol_with_scores_in_range(smollm2, tmp_p
         assert "valid_calls" not in m or 0.0 <= m["valid_calls"].value <= 1.0
         assert 1.0 <= m["steps"].value <= 3.0 and r.model_calls == 2
         assert all(p.finish_reason in ("answered", "gave_up", "error") for p in r.predictions)
-    # SmolLM2's chat template has no tool calling, so the native protocol is refused up front, with the way out.
-    with pytest.raises(ProtocolError, match="does not produce native tool calls; use protocol='react'"):
-        evaluate_agent(smollm2, ToolUseDataset(), EvalSettings(limit=2), AgentSettings(protocols=("tools",)))
+    # SmolLM2's chat template has no tool calling: the runtime teaches it the hermes format, so native calling runs.
+    [native] = evaluate_agent(smollm2, ToolUseDataset(), EvalSettings(limit=1, max_tokens=48),
+                              AgentSettings(protocols=("tools",), max_steps=2, kb_backend="bm25"))
+    assert native.dataset == "tooluse@tools" and native.model_calls == 1 and native.predictions[0].finish_reason != "error"

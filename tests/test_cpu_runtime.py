@@ -297,8 +297,10 @@ def test_tool_turns_render_as_plain_turns_for_a_template_without_tools(smollm2) 
         Message.tool("42", tool_call_id="call_1", name="calculator"),
     ]
     prompt = smollm2.render(transcript)
-    assert '<|im_start|>assistant\nTool call: calculator({"expression": "6 * 7"})<|im_end|>' in prompt
-    assert "<|im_start|>user\nTool result (calculator): 42<|im_end|>" in prompt
+    # written in the hermes format the model is taught when tools are offered (hanlin.runtimes.tool_calls)
+    call = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "6 * 7"}}\n</tool_call>'
+    assert f"<|im_start|>assistant\n{call}<|im_end|>" in prompt
+    assert "<|im_start|>user\n<tool_response>\ncalculator: 42\n</tool_response><|im_end|>" in prompt
     assert "<|im_start|>tool" not in prompt
     assert smollm2.generate(transcript, max_tokens=12, temperature=0).usage.completion_tokens > 0
 

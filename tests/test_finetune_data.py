@@ -119,8 +119,9 @@ def test_only_assistant_tokens_are_labelled(tokenizer) -> None:
     if current:
         pieces.append(tokenizer.decode(current))
     # SmolLM2's template knows no tools: the call is written into the reply as the runtimes render it
-    assert pieces == ['Tool call: calculator({"expression": "6 * 7"})<|im_end|>\n', "6 * 7 = 42.<|im_end|>\n"]
-    assert "Tool result (calculator): 42" in tokenizer.decode(sample.input_ids)  # the result is context, not target
+    call = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "6 * 7"}}\n</tool_call>'
+    assert pieces == [f"{call}<|im_end|>\n", "6 * 7 = 42.<|im_end|>\n"]
+    assert "<tool_response>\ncalculator: 42\n</tool_response>" in tokenizer.decode(sample.input_ids)  # the result is context, not target
     last = Renderer(tokenizer, max_length=512, train_on="last")
     assert _targets(last, record) == "6 * 7 = 42.<|im_end|>\n"
 

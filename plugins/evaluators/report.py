@@ -46,6 +46,9 @@ def summary_table(results: Sequence[DatasetResult]) -> str:
         for metric, score in r.metrics.items():
             rows.append((r.model, r.dataset, metric, _fmt(score), str(score.n), f"{r.answered:.0%}", str(r.model_calls),
                          str(r.cached), f"{r.elapsed_s:.1f}s"))
+        if r.info.get("show_groups"):  # a few named categories (function_calling), each with its own score
+            for group, score in r.groups.items():
+                rows.append((r.model, r.dataset, f"  {group}", _fmt(score), str(score.n), "", "", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     for r in results:

@@ -222,9 +222,15 @@ class UserDataset(Dataset):
         return extracted == item.answer
 
 
-def load_user_dataset(path: str | Path, **overrides: Any) -> UserDataset:
-    """A ``.jsonl`` file read with the default field names, or a ``.json`` config naming the file and fields."""
+def load_user_dataset(path: str | Path, **overrides: Any) -> Dataset:
+    """A ``.jsonl`` file read with the default field names, or a ``.json`` config naming the file and fields. A
+    ``.jsonl`` whose rows have ``functions`` and ``ground_truth`` is a function-calling set (``function_calling.py``)."""
     path = Path(path).expanduser()
+    if path.suffix == ".jsonl" and not overrides:
+        from hanlin.plugins.evaluators.function_calling import FunctionCallingDataset, looks_like_function_calling
+
+        if looks_like_function_calling(path):
+            return FunctionCallingDataset(path)
     if path.suffix == ".json":
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))

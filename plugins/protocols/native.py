@@ -13,6 +13,16 @@ from typing import Any
 from hanlin import ChatModel, Completion, Message, ParseError, ProtocolError, StepProtocol, hookimpl
 from hanlin.protocols import Action, Final, ParsedStep, RunContext
 
+from hanlin.plugins.protocols.react import EXAMPLE_TOOL
+
+# Told in words: the call itself is written in the model's own tool-call format, which the runtime's template sets.
+NATIVE_EXAMPLE = (
+    f"An example with a made-up tool, {EXAMPLE_TOOL}, that you do not have: asked how many people live in Arvel "
+    f'and Brisk together, you would call {EXAMPLE_TOOL} with {{"town": "Arvel"}}, read its result (1200), call it '
+    'with {"town": "Brisk"} (800), then reply with the answer: 2000. Call a tool only for what you cannot know; '
+    "answer from the results the tools return."
+)
+
 
 class NativeTools(StepProtocol):
     name = "tools"
@@ -28,6 +38,8 @@ class NativeTools(StepProtocol):
         system = ctx.options.instructions or "You are a helpful assistant. Use the tools when they help."
         if ctx.options.output_type is not None:
             system += "\nGive your final answer as a JSON object matching this schema: " + json.dumps(ctx.output_schema())
+        elif ctx.options.examples and ctx.tools and EXAMPLE_TOOL not in ctx.tools:
+            system += "\n" + NATIVE_EXAMPLE
         return [Message.system(system), *(m for m in ctx.messages if m.role != "system")]
 
     def native_tools(self, ctx: RunContext) -> list[dict[str, Any]] | None:

@@ -18,6 +18,22 @@ from hanlin.plugins.protocols.react_parser import parse_react
 
 STOP = ["\nObservation:"]  # not a bare "Observation:": a reply that starts with one would be cut to nothing
 OBSERVATION_NUDGE = "If this answers the question, reply with the Final Answer."
+# Worked examples use this invented tool, never one a run offers (the example is left out if one has this name).
+EXAMPLE_TOOL = "lookup_population"
+REACT_EXAMPLE = (
+    f"\nAn example with a made-up tool, {EXAMPLE_TOOL}, that you do not have:\n"
+    "Question: How many people live in Arvel and Brisk together?\n"
+    "Thought: I need the population of each town.\n"
+    f"Action: {EXAMPLE_TOOL}\n"
+    'Action Input: {"town": "Arvel"}\n'
+    "Observation: 1200\n"
+    "Thought: Now Brisk.\n"
+    f"Action: {EXAMPLE_TOOL}\n"
+    'Action Input: {"town": "Brisk"}\n'
+    "Observation: 800\n"
+    "Thought: 1200 + 800 = 2000.\n"
+    "Final Answer: 2000\n\n"
+)
 
 
 def describe_tools(ctx: RunContext) -> str:
@@ -53,8 +69,18 @@ class ReAct(StepProtocol):
             "Thought: the reasoning that leads to the answer\n"
             f"Final Answer: {final}\n\n"
             "Do not guess what a tool would return: call it, then answer from its Observation.\n"
+            f"{self.example(ctx)}"
             "Begin!"
         )
+
+    def example(self, ctx: RunContext) -> str:
+        """A short worked run with a made-up tool: it shows the format once, never a real tool's use. Left out when
+        switched off, when no tools are offered, when the answer must be JSON (the example's answer is not), or when a
+        real tool happens to carry the made-up name."""
+        if (not ctx.options.examples or not ctx.tools or ctx.options.output_type is not None
+                or EXAMPLE_TOOL in ctx.tools):
+            return ""
+        return REACT_EXAMPLE
 
     def render(self, ctx: RunContext) -> list[Message]:
         out = [Message.system(self.system_prompt(ctx))]

@@ -16,12 +16,19 @@ from typing import Any
 
 from hanlin.errors import ParseError
 
-# Labels tolerate markdown emphasis ("**Action:**") and any case.
-_LABEL = r"(?<![A-Za-z])[*_`]*{name}[*_`\s]*:[*_`]*"
-_ACTION = re.compile(_LABEL.format(name=r"action(?!\s*input)"), re.IGNORECASE)
-_INPUT = re.compile(_LABEL.format(name=r"action[ _]?input"), re.IGNORECASE)
-_FINAL = re.compile(_LABEL.format(name=r"final[ _]?answer"), re.IGNORECASE)
-_THOUGHT = re.compile(_LABEL.format(name=r"thought"), re.IGNORECASE)
+# A label counts only at the start of a line ("Thought: I need the final answer: soon" is a thought, not an
+# answer), and tolerates indentation, markdown emphasis ("**Action:**") and any case.
+_LABEL = r"^[ \t]*[*_`]*{name}[*_` \t]*:[*_`]*"
+_FLAGS = re.IGNORECASE | re.MULTILINE
+_ACTION = re.compile(_LABEL.format(name=r"action(?![ \t_]*input)"), _FLAGS)
+_INPUT = re.compile(_LABEL.format(name=r"action[ _]?input"), _FLAGS)
+_FINAL = re.compile(_LABEL.format(name=r"final[ _]?answer"), _FLAGS)
+_THOUGHT = re.compile(_LABEL.format(name=r"thought"), _FLAGS)
+# Code fences are not stripped from the reply: a JSON string may hold one (code for a Python tool). Labels are found
+# at line starts whether or not a fence wraps the reply; a fence opening the arguments is skipped, the JSON decoder
+# stops before a closing one, and a final answer loses only a fence left unclosed by a wrapped reply.
+_LEADING_FENCE = re.compile(r"^```[\w+-]*[ \t]*\n?")
+_TRAILING_FENCE = re.compile(r"\n?[ \t]*```[ \t]*$")
 _OBSERVATION = re.compile(r"\n\s*observation\s*:", re.IGNORECASE)
 
 FORMAT_HINT = (
@@ -42,7 +49,7 @@ def parse_react(text: str, tools: Mapping[str, Any] | None = None) -> ReactStep:
     """Parse ``text``; ``tools`` (name -> Tool) lets a bare Action Input fill a tool's single parameter."""
     if not isinstance(text, str):
         raise ParseError(f"expected model text, got {type(text).__name__}", hint=FORMAT_HINT)
-    body = _strip_fences(text)
+    body = text
     cut = _OBSERVATION.search(body)
     if cut:  # the model wrote its own Observation: everything after it is invented
         body = body[: cut.start()]
@@ -55,6 +62,8 @@ def parse_react(text: str, tools: Mapping[str, Any] | None = None) -> ReactStep:
     if final_m and (action_m is None or final_m.start() < action_m.start()):
         end = action_m.start() if action_m else len(body)  # an action after the answer is invented
         answer = body[final_m.end() : end].strip()
+        if answer.count("```") % 2:  # the closing fence of a reply wrapped in one; a balanced code block stays
+            answer = _TRAILING_FENCE.sub("", _LEADING_FENCE.sub("", answer)).strip()
         if not answer:
             raise ParseError("'Final Answer:' is followed by nothing", hint="Write the answer after 'Final Answer:'.", text=text)
         return ReactStep(thought=thought, final=answer)
@@ -63,9 +72,9 @@ def parse_react(text: str, tools: Mapping[str, Any] | None = None) -> ReactStep:
             "the reply has neither an 'Action:' nor a 'Final Answer:' line", hint=FORMAT_HINT, text=text
         )
 
-    after_action = body[action_m.end() :]
-    input_m = _INPUT.search(after_action)
-    name_text = after_action[: input_m.start()] if input_m else after_action.split("\n", 1)[0]
+    # Searches run on the whole body from a position, so "start of a line" means a real line start.
+    input_m = _INPUT.search(body, action_m.end())
+    name_text = body[action_m.end() : input_m.start()] if input_m else body[action_m.end() :].split("\n", 1)[0]
     name = _clean_tool_name(name_text)
     if not name:
         raise ParseError("'Action:' is not followed by a tool name", hint=FORMAT_HINT, text=text)
@@ -75,16 +84,11 @@ def parse_react(text: str, tools: Mapping[str, Any] | None = None) -> ReactStep:
             hint=f"After 'Action: {name}' write a line 'Action Input: ' followed by the arguments as a JSON object.",
             text=text,
         )
-    raw_input = after_action[input_m.end() :]
-    second = _ACTION.search(raw_input)
-    if second:  # a second action was invented after the first: keep the first
-        raw_input = raw_input[: second.start()]
+    second = _ACTION.search(body, input_m.end())
+    # a second action was invented after the first: keep the first
+    raw_input = body[input_m.end() : second.start() if second else len(body)]
     arguments = _parse_arguments(raw_input, name, tools, text)
     return ReactStep(thought=thought, action=name, arguments=arguments)
-
-
-def _strip_fences(text: str) -> str:
-    return re.sub(r"```[a-zA-Z]*\n?", "", text)
 
 
 def _thought(body: str, end: int) -> str:
@@ -101,7 +105,8 @@ def _clean_tool_name(text: str) -> str:
 
 
 def _parse_arguments(raw: str, name: str, tools: Mapping[str, Any] | None, text: str) -> dict[str, Any]:
-    stripped = raw.strip().strip("`").strip()
+    # A fence opening on the label's line ("Action Input: ```json"), or inline backticks around the arguments.
+    stripped = _LEADING_FENCE.sub("", raw.strip()).strip().strip("`").strip()
     start = stripped.find("{")
     if start == 0 or (start > 0 and not stripped[:start].strip()):
         try:
@@ -124,7 +129,7 @@ def _parse_arguments(raw: str, name: str, tools: Mapping[str, Any] | None, text:
     # A bare value: accept it when the tool has exactly one required parameter.
     param = _single_parameter(name, tools)
     if param is not None:
-        line = stripped.split("\n", 1)[0].strip().strip("'\"")
+        line = stripped.split("\n", 1)[0].strip().strip("'\"`")
         try:
             value = json.loads(line)
         except json.JSONDecodeError:

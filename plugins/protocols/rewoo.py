@@ -15,8 +15,27 @@ from typing import Any
 from hanlin import AgentProtocol, Constraint, Message, ParseError, ToolCall, hookimpl
 from hanlin.protocols import RunContext
 
-from hanlin.plugins.protocols.react import describe_tools
+from hanlin.plugins.protocols.react import EXAMPLE_TOOL, describe_tools
 from hanlin.plugins.protocols.rewoo_parser import PlanStep, parse_plan, substitute
+
+
+# Invented tools, so the example shows the format and #E references without suggesting a real tool's use.
+EXAMPLE_TOOLS = (EXAMPLE_TOOL, "add_numbers")
+PLAN_EXAMPLE = (
+    "An example, for another task, with made-up tools you do not have:\n"
+    "Task: How many people live in Arvel and Brisk together?\n"
+    "Plan: find the population of Arvel\n"
+    f'#E1 = {EXAMPLE_TOOL}[{{"town": "Arvel"}}]\n'
+    "Plan: find the population of Brisk\n"
+    f'#E2 = {EXAMPLE_TOOL}[{{"town": "Brisk"}}]\n'
+    "Plan: add the two\n"
+    '#E3 = add_numbers[{"a": "#E1", "b": "#E2"}]'
+)
+
+SOLVER_EXAMPLE = (
+    "An example, for another task: asked how many people live in Arvel and Brisk together, with the evidence "
+    "1200 and 800 and 2000 (their sum), reply: 2000"
+)
 
 
 class ReWOO(AgentProtocol):
@@ -37,16 +56,18 @@ class ReWOO(AgentProtocol):
                 "Plan: <what this step does>\n"
                 "#E<n> = <tool>[<arguments as one JSON object>]\n"
                 "Number steps #E1, #E2, ... A later step may use an earlier result by writing #E<n> inside a "
-                "string argument. Use as few steps as the task needs. Write only the plan; do not answer.\n\n"
-                "Example, for another task and with tools you may not have:\n"
-                "Plan: find the population of France\n"
-                '#E1 = search[{"query": "population of France"}]\n'
-                "Plan: express it in millions\n"
-                '#E2 = calculator[{"expression": "#E1 / 1000000"}]',
+                "string argument. Use as few steps as the task needs. Write only the plan; do not answer.",
+                *self.example(ctx),
             ]
         )
         history = [m for m in ctx.messages[:-1] if m.role == "user" or (m.role == "assistant" and not m.tool_calls)]
         return [Message.system(system), *history, ctx.messages[-1]]
+
+    def example(self, ctx: RunContext) -> list[str]:
+        """A short plan with made-up tools (none when switched off or when a real tool carries one of their names)."""
+        if not ctx.options.examples or not ctx.tools or set(EXAMPLE_TOOLS) & set(ctx.tools):
+            return []
+        return [PLAN_EXAMPLE]
 
     def solver_prompt(self, ctx: RunContext, task: str, plan: list[PlanStep], evidence: dict[int, str]) -> list[Message]:
         lines = []
@@ -60,6 +81,8 @@ class ReWOO(AgentProtocol):
         system = (ctx.options.instructions or "You solve tasks from evidence.") + (
             f"\n\nSolve the task using the plan and the evidence below. Reply with {final}."
         )
+        if ctx.options.examples and ctx.options.output_type is None:
+            system += f"\n\n{SOLVER_EXAMPLE}"
         body = f"Task: {task}\n\n" + ("\n".join(lines) if lines else "(no tools were needed)") + "\n\nAnswer:"
         return [Message.system(system), Message.user(body)]
 
@@ -98,6 +121,8 @@ class ReWOO(AgentProtocol):
         ctx.record_success()
 
         if plan:
+            if not ctx.steps_left:  # the plan came on the last step: no step is left to run it
+                return ctx.give_up("max_steps", f"reached max_steps={ctx.options.max_steps} before the plan could run")
             ctx.start_step("work")
         evidence = await self.work(ctx, plan, ids)
         for step in plan:

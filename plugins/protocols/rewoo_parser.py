@@ -21,6 +21,7 @@ _STEP = re.compile(r"^\s*[*`]*#E(\d+)[*`]*\s*[:=]\s*([A-Za-z_][\w\-]*)\s*\[(.*)\
 _STEP_START = re.compile(r"^\s*[*`]*#E\d+", re.IGNORECASE)
 _PLAN = re.compile(r"^\s*[*_]*plan[*_]*\s*(\d+)?\s*:[*_]*\s*(.*)$", re.IGNORECASE)
 _REF = re.compile(r"#E(\d+)")
+_FENCE = re.compile(r"^\s*```[\w+-]*\s*$")
 
 PLAN_HINT = (
     "Write the plan as pairs of lines:\nPlan: <what this step does>\n#E1 = <tool>[<JSON object of arguments>]\n"
@@ -47,7 +48,9 @@ def parse_plan(text: str, tools: Mapping[str, Any] | None = None, *, max_steps: 
         raise ParseError(f"expected plan text, got {type(text).__name__}", hint=PLAN_HINT)
     steps: list[PlanStep] = []
     description = ""
-    for lineno, line in enumerate(text.replace("```", "").splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if _FENCE.match(line):  # only a fence's own line is dropped: a JSON string argument may hold "```"
+            continue
         plan_m = _PLAN.match(line)
         if plan_m:
             description = plan_m.group(2).strip()

@@ -7,6 +7,7 @@ import re
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -83,8 +84,13 @@ class PythonToolkit(Toolkit):
         Args:
             code: Python source to run, e.g. "x = 37 * 91 + 5\\nprint(x)".
         """
+        return self.run_code(code)
+
+    def run_code(self, code: str, *, on_input: Callable[[str], str] | None = None, setup: str | None = None) -> ToolResult:
+        """What the tool does, for hosts that drive the kernel themselves (the `code` protocol): ``setup`` runs
+        silently first and ``on_input`` answers the code's input requests (KernelSession.execute)."""
         session, note = self._kernel_for(current_session() or OUTSIDE_AGENT)
-        result = session.execute(code, timeout=self.timeout)
+        result = session.execute(code, timeout=self.timeout, on_input=on_input, setup=setup)
         return result.model_copy(update={"content": note + result.content}) if note else result
 
     def end_session(self, session_id: str | None) -> None:

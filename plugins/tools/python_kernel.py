@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -109,12 +110,19 @@ class KernelSession:
             self._sockets = None
 
     # ---- running code ------------------------------------------------------------------------
-    def _run(self, code: str, timeout: float) -> dict[str, Any]:
-        """Execute and collect output; on timeout interrupt the kernel; detect a dead kernel."""
-        msg_id = self._kc.execute(code, allow_stdin=False, store_history=True)
+    def _run(self, code: str, timeout: float, on_input: Callable[[str], str] | None = None) -> dict[str, Any]:
+        """Execute and collect output; on timeout interrupt the kernel; detect a dead kernel.
+
+        With ``on_input`` the cell may ask the host for input (Jupyter's stdin channel): each ``input_request``'s
+        prompt goes to ``on_input`` and its return value is the reply. The time spent in ``on_input`` does not count
+        against ``timeout`` (the host's work has its own limits).
+        """
+        msg_id = self._kc.execute(code, allow_stdin=on_input is not None, store_history=True)
         out: dict[str, Any] = {"stdout": [], "result": None, "error": None, "images": [], "timed_out": False, "died": False}
         deadline = time.monotonic() + timeout
         while True:
+            if on_input is not None:
+                deadline += self._answer_input(msg_id, on_input)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 out["timed_out"] = True
@@ -122,7 +130,7 @@ class KernelSession:
                 self._drain(msg_id, 10.0)
                 return out
             try:
-                msg = self._kc.get_iopub_msg(timeout=min(0.25, remaining))
+                msg = self._kc.get_iopub_msg(timeout=min(0.25 if on_input is None else 0.02, remaining))
             except Empty:
                 if not self._km.is_alive():
                     out["died"] = True
@@ -146,6 +154,25 @@ class KernelSession:
             elif kind == "status" and content["execution_state"] == "idle":
                 return out
 
+    def _answer_input(self, msg_id: str, on_input: Callable[[str], str]) -> float:
+        """Answer this cell's pending input requests; returns the seconds spent doing so."""
+        spent = 0.0
+        while True:
+            try:
+                msg = self._kc.get_stdin_msg(timeout=0)
+            except Empty:
+                return spent
+            if msg.get("parent_header", {}).get("msg_id") != msg_id or msg["msg_type"] != "input_request":
+                continue  # a request of an earlier, interrupted cell: nobody waits for its reply
+            started = time.monotonic()
+            try:
+                reply = on_input(msg["content"].get("prompt", ""))
+            except BaseException:
+                self._kc.input("")  # never leave the kernel blocked on a reply
+                raise
+            self._kc.input(reply)
+            spent += time.monotonic() - started
+
     def _drain(self, msg_id: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -165,10 +192,20 @@ class KernelSession:
         path.write_bytes(base64.b64decode(data))
         return str(path)
 
-    def execute(self, code: str, timeout: float = 30.0) -> ToolResult:
+    def execute(self, code: str, timeout: float = 30.0, *, on_input: Callable[[str], str] | None = None,
+                setup: str | None = None) -> ToolResult:
+        """Run ``code``; ``setup`` runs silently first (e.g. to define helper functions), and ``on_input`` answers
+        the cell's input requests (see ``_run``): how a host lets the code call back into it."""
         with self._lock:
             self._ensure()
-            out = self._run(code, timeout)
+            if setup is not None:
+                prepared = self._run(setup, 30.0)
+                if prepared["error"] is not None or prepared["timed_out"] or prepared["died"]:
+                    problem = prepared["error"][2] if prepared["error"] else "it timed out or the kernel died"
+                    if prepared["died"]:
+                        self._restart()
+                    return ToolResult.error(f"the kernel's setup code failed, so the code was not run: {problem}")
+            out = self._run(code, timeout, on_input)
             if out["died"]:
                 self._restart()
                 return ToolResult.error(

@@ -32,11 +32,12 @@ from hanlin import (
 from hanlin.chat_model import ScoreRequest, check_score_requests
 from hanlin.grammar import json_schema_grammar
 
-from hanlin.runtimes.chat_format import parse_hermes_tool_calls, render_chat, render_plain
+from hanlin.runtimes.chat_format import render_chat, render_plain
 from hanlin.runtimes.cpu.gguf_header import context_length
 from hanlin.runtimes.cpu.sampling import GrammarFirstSampler, decode
 from hanlin.runtimes.scoring import pair_ids
 from hanlin.runtimes.text_stream import StopScanner
+from hanlin.runtimes.tool_calls import ToolPlan, detect_format, plan_tools, trigger_start
 
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_N_CTX = 4096
@@ -106,11 +107,11 @@ class LlamaChatModel(ChatModel):
         self._bos = self._token_text(self._llm.token_bos())
         self._eos = self._token_text(self._llm.token_eos())
         self._add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
-        self._hermes = spec.tool_call_style == "hermes" and self._template is not None and "tools" in self._template
+        self._format = detect_format(self._template, spec.tool_call_style)
         self._valid_grammars: set[str] = set()
         self.capabilities = Capabilities(
             constraints=frozenset({"json_schema", "grammar"}),
-            native_tools=self._hermes,
+            native_tools=self._template is not None,  # templates without tools get them as instructions
             chat_template=self._template is not None,
             context_length=self._llm.n_ctx(),
             logprobs=True,
@@ -126,7 +127,8 @@ class LlamaChatModel(ChatModel):
         if self._template is None:
             return render_plain(messages)
         return render_chat(
-            self._template, messages, bos_token=self._bos, eos_token=self._eos, tools=tools if self._hermes else None
+            self._template, messages, bos_token=self._bos, eos_token=self._eos, tools=tools or None,
+            call_format=self._format,
         )
 
     def tokenize(self, text: str) -> list[int]:
@@ -140,13 +142,18 @@ class LlamaChatModel(ChatModel):
         return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     # ---- constraints -------------------------------------------------------------------------
-    def _grammar(self, params: GenerationParams) -> str | None:
-        """The GBNF text to decode under, checked once per distinct grammar."""
-        import llama_cpp
-
+    def _grammar(self, params: GenerationParams, plan: ToolPlan) -> str | None:
+        """The GBNF text to decode under from the first token (a constraint, or a forced tool call)."""
+        if plan.grammar is not None:
+            return self._check_grammar(plan.grammar)
         if params.constraint is None:
             return None
-        text = params.constraint.grammar or json_schema_grammar(params.constraint.json_schema or {})
+        return self._check_grammar(params.constraint.grammar or json_schema_grammar(params.constraint.json_schema or {}))
+
+    def _check_grammar(self, text: str) -> str:
+        """``text``, once llama.cpp has parsed it (checked once per distinct grammar)."""
+        import llama_cpp
+
         if text not in self._valid_grammars:
             sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, text.encode("utf-8"), b"root")
             if not sampler:
@@ -187,12 +194,13 @@ class LlamaChatModel(ChatModel):
 
     # ---- generation --------------------------------------------------------------------------
     def _stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Chunk]:
-        return self._stream_tokens(self.tokenize(self.render(messages, params.tools)), params)
+        plan = plan_tools(params, self._format, self.capabilities)
+        return self._stream_tokens(self.tokenize(self.render(messages, plan.render_tools)), params, plan)
 
     def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
-        return self._stream_tokens(self.tokenize(prompt), params)
+        return self._stream_tokens(self.tokenize(prompt), params, ToolPlan())
 
-    def _stream_tokens(self, tokens: list[int], params: GenerationParams) -> Iterator[Chunk]:
+    def _stream_tokens(self, tokens: list[int], params: GenerationParams, plan: ToolPlan) -> Iterator[Chunk]:
         n_ctx = self._llm.n_ctx()
         if len(tokens) >= n_ctx:
             raise ContextOverflowError(
@@ -200,13 +208,16 @@ class LlamaChatModel(ChatModel):
                 "shorten the conversation, lower max_steps, or load the model with a larger n_ctx"
             )
         max_tokens = min(params.max_tokens or DEFAULT_MAX_TOKENS, n_ctx - len(tokens))
-        grammar = self._grammar(params)
+        grammar = self._grammar(params, plan)
+        if plan.lazy_grammar:
+            self._check_grammar(plan.lazy_grammar)
         temperature = 0.0 if params.temperature is None else params.temperature
         with self._lock:
-            yield from self._decode(tokens, params, grammar, temperature, max_tokens)
+            yield from self._decode(tokens, params, grammar, temperature, max_tokens, plan)
 
     def _decode(
-        self, tokens: list[int], params: GenerationParams, grammar: str | None, temperature: float, max_tokens: int
+        self, tokens: list[int], params: GenerationParams, grammar: str | None, temperature: float, max_tokens: int,
+        plan: ToolPlan,
     ) -> Iterator[Chunk]:
         import llama_cpp
 
@@ -215,8 +226,8 @@ class LlamaChatModel(ChatModel):
         llm.set_seed(seed if seed is not None else random.randrange(2**31))
         reused = self._reuse_prefix(tokens)
         scanner = StopScanner(list(params.stop))
-        parts: list[str] = []
-        stream_text = not self._hermes or not params.tools  # tool-call output is parsed whole, then sent
+        reply = plan.reply()  # holds back text that may be a tool call; parses it at the end
+        lazy, written = plan.lazy_grammar, b""
         sampler = GrammarFirstSampler(
             llm, self._vocab, grammar, temperature=temperature,
             top_k=params.top_k if params.top_k is not None else 40,
@@ -232,11 +243,17 @@ class LlamaChatModel(ChatModel):
                     break
                 generated += 1
                 # special=True keeps markers such as <tool_call> that the tool-call parser needs
-                delta = scanner.feed(llm.detokenize([token], special=True))
-                if delta:
-                    parts.append(delta)
-                    if stream_text:
-                        yield Chunk(text=delta)
+                piece = llm.detokenize([token], special=True)
+                delta = scanner.feed(piece)
+                if delta and (shown := reply.feed(delta)):
+                    yield Chunk(text=shown)
+                if lazy is not None:  # the model may be starting a call: constrain the rest of it from here
+                    written += piece
+                    text = written.decode("utf-8", errors="ignore")
+                    start = trigger_start(text)
+                    if start is not None:
+                        plan.grammar_on = sampler.activate(lazy, self._tokenize_piece(text[start:]))
+                        lazy = None
                 if scanner.stopped:
                     finish = "stop"
                     break
@@ -245,16 +262,10 @@ class LlamaChatModel(ChatModel):
         finally:
             sampled.close()
             sampler.close()
-        tail = scanner.finish()
-        if tail:
-            parts.append(tail)
-            if stream_text:
-                yield Chunk(text=tail)
-        tool_calls = []
-        if not stream_text:
-            text, tool_calls = parse_hermes_tool_calls("".join(parts), params.tools or [])
-            if text:
-                yield Chunk(text=text)
+        tail = reply.feed(scanner.finish())
+        text, tool_calls = reply.finish()
+        if tail + text:
+            yield Chunk(text=tail + text)
         usage = Usage(
             prompt_tokens=len(tokens),
             completion_tokens=generated,

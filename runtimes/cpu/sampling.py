@@ -27,6 +27,7 @@ class GrammarFirstSampler:
 
         self._lib = llama_cpp
         self._llm = llm
+        self._vocab = vocab
         self._chain = llm._init_sampler(
             temp=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty
         )
@@ -59,6 +60,26 @@ class GrammarFirstSampler:
         token = int(candidates.candidates_data.id[chosen])
         lib.llama_sampler_accept(self._chain.sampler, token)
         return token
+
+    def activate(self, grammar: str, prefix: list[int]) -> bool:
+        """Switch a grammar on mid-reply (lazy tool-call grammar): ``prefix`` is the text already written from
+        where the grammar starts, re-tokenized. Each token is checked before the grammar accepts it (llama.cpp
+        aborts the process on accepting a piece its grammar rejects); False, and no grammar, when the text so far
+        is not a prefix the grammar allows.
+        """
+        if self._grammar is not None:
+            return False
+        handle = self._lib.llama_sampler_init_grammar(self._vocab, grammar.encode("utf-8"), b"root")
+        if not handle:
+            raise ValueError("llama.cpp could not parse the grammar")
+        self._grammar = handle
+        for token in prefix:
+            if not self._allowed(token):
+                self._lib.llama_sampler_free(handle)
+                self._grammar = None
+                return False
+            self._lib.llama_sampler_accept(handle, token)
+        return True
 
     def next_token(self) -> int:
         token = self._chain.sample(self._llm._ctx, -1)  # samples and accepts into the chain

@@ -22,6 +22,7 @@ from hanlin import (
     ChatModel,
     Chunk,
     ConfigurationError,
+    Constraint,
     ContextOverflowError,
     GenerationParams,
     Message,
@@ -31,6 +32,7 @@ from hanlin import (
 )
 from hanlin.chat_model import ScoreRequest, check_score_requests
 from hanlin.runtimes.hf_prompt import HFPrompt
+from hanlin.runtimes.tool_calls import ToolPlan, plan_tools
 from hanlin.runtimes.scoring import pair_ids
 from hanlin.runtimes.transformers.decoding import DEFAULT_MIN_P, DEFAULT_TOP_K, DEFAULT_TOP_P, ReplyStream
 
@@ -71,7 +73,7 @@ class GpuChatModel(ChatModel):
         self._compiler: Any = None
         self._compiled: dict[str, Any] = {}  # grammar text -> compiled (agent steps repeat the same grammar)
         self.capabilities = Capabilities(
-            constraints=constraints, native_tools=self.prompt.hermes, chat_template=self.prompt.use_template,
+            constraints=constraints, native_tools=self.prompt.native_tools, chat_template=self.prompt.use_template,
             context_length=self.context_length, logprobs=True,
         )
         self._inbox: queue.Queue[_Request | _ScoreJob] = queue.Queue()
@@ -176,16 +178,20 @@ class GpuChatModel(ChatModel):
 
     # ---- ChatModel --------------------------------------------------------------------------
     def _stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Chunk]:
-        hold = self.prompt.hermes and bool(params.tools)
-        prompt = self.prompt.tokenize(self.prompt.render(messages, params.tools))
-        return self._collect(self._submit(prompt, params), params, hold)
+        # Calls are read from the reply; tool_choice required/named is forced by the call grammar from the first token
+        # (the lazy grammar of tool_choice auto needs a matcher switched on mid-request: not in the engine yet).
+        plan = plan_tools(params, self.prompt.format, self.capabilities)
+        prompt = self.prompt.tokenize(self.prompt.render(messages, plan.render_tools))
+        if plan.grammar is not None:
+            params = params.model_copy(update={"constraint": Constraint(grammar=plan.grammar)})
+        return self._collect(self._submit(prompt, params), params, plan)
 
     def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
         ids = self.prompt.tokenize(prompt, templated=False)
-        return self._collect(self._submit(ids, params), params, False)
+        return self._collect(self._submit(ids, params), params, ToolPlan())
 
-    def _collect(self, req: _Request, params: GenerationParams, hold: bool) -> Iterator[Chunk]:
-        reply = ReplyStream(self.prompt.tokenizer, params.stop, params.tools, hold)
+    def _collect(self, req: _Request, params: GenerationParams, plan: ToolPlan) -> Iterator[Chunk]:
+        reply = ReplyStream(self.prompt.tokenizer, params.stop, plan)
         finish, cached, done = "length", 0, False
         try:
             while True:
@@ -219,7 +225,7 @@ class GpuChatModel(ChatModel):
                 req = self._submit(self.prompt.tokenize(p, templated=False), params)
             else:
                 req = self._submit(self.prompt.tokenize(self.prompt.render(p)), params)
-            streams.append(self._collect(req, params, False))
+            streams.append(self._collect(req, params, ToolPlan()))
         return ["".join(c.text for c in s if c.text) for s in streams]
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:

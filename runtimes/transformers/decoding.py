@@ -79,16 +79,16 @@ class Detokenizer:
 class ReplyStream:
     """Sampled tokens -> the chunks a ChatModel streams, shared by the HF runtimes (transformers, gpu).
 
-    Stop strings are held back until they are ruled out (never emitted); with ``hold`` (hermes tool calls
-    requested) nothing streams and the whole reply is parsed for tool calls at the end.
+    Stop strings are held back until they are ruled out (never emitted); with tools offered, text from a possible
+    call on is held too and parsed for calls at the end (``hanlin.runtimes.tool_calls``).
     """
 
-    def __init__(self, tokenizer: Any, stop: list[str], tools: list[dict[str, Any]] | None, hold: bool) -> None:
+    def __init__(self, tokenizer: Any, stop: list[str], plan: Any = None) -> None:
         from hanlin.runtimes.text_stream import StopScanner
+        from hanlin.runtimes.tool_calls import ToolPlan
 
         self.scanner, self.text = StopScanner(list(stop)), Detokenizer(tokenizer)
-        self.tools, self.hold = tools or [], hold
-        self.parts: list[str] = []
+        self.reply = (plan or ToolPlan()).reply()
         self.calls: list[Any] = []
 
     @property
@@ -102,23 +102,20 @@ class ReplyStream:
     def _emit(self, delta: str) -> Any:
         from hanlin import Chunk
 
-        if delta:
-            self.parts.append(delta)
-            if not self.hold:
-                yield Chunk(text=delta)
+        shown = self.reply.feed(delta) if delta else ""
+        if shown:
+            yield Chunk(text=shown)
 
     def add(self, token: int) -> Any:
         """Chunks for one more token (none while text is held back)."""
         yield from self._emit(self.scanner.feed_text(self.text.add(token)))
 
     def close(self, finish: str, usage: Any) -> Any:
-        """The held-back tail, the parsed reply when holding, then the final chunk with usage and tool calls."""
+        """The held-back tail, the parsed rest of the reply, then the final chunk with usage and tool calls."""
         from hanlin import Chunk
-        from hanlin.runtimes.chat_format import parse_hermes_tool_calls
 
         yield from self._emit(self.scanner.feed_text(self.text.flush()) + self.scanner.finish())
-        if self.hold:
-            reply, self.calls = parse_hermes_tool_calls("".join(self.parts), self.tools)
-            if reply:
-                yield Chunk(text=reply)
+        rest, self.calls = self.reply.finish()
+        if rest:
+            yield Chunk(text=rest)
         yield Chunk(finish_reason="tool_calls" if self.calls else finish, usage=usage, tool_calls=self.calls)

@@ -6,8 +6,8 @@ behave exactly like the other runtimes. There is no constrained decoding here
 (capabilities.constraints is empty): protocols fall back to parsing and
 retries. Every call evaluates its whole prompt (no prefix reuse), which the
 usage counts say. Native tool calls are offered exactly where the cpu runtime
-offers them (hermes-style models whose template renders tools, i.e. Qwen), so
-a protocol behaves the same on either backend. ``score`` returns prompt log-probabilities (likelihood evaluation),
+offers them (every chat model; see ``hanlin.runtimes.tool_calls``), so a
+protocol behaves the same on either backend. ``score`` returns prompt log-probabilities (likelihood evaluation),
 batched.
 """
 
@@ -36,6 +36,7 @@ from hanlin.messages import MessageLike, to_messages
 from hanlin.runtimes.hf_prompt import HFPrompt
 from hanlin.runtimes.scoring import ScoredIds, length_batches, pair_ids
 from hanlin.runtimes.transformers.convert import convert_gguf
+from hanlin.runtimes.tool_calls import ToolPlan, plan_tools
 from hanlin.runtimes.transformers.decoding import ReplyStream, sample_token
 
 DEFAULT_MAX_TOKENS = 512
@@ -89,11 +90,11 @@ class TransformersChatModel(ChatModel):
         self.model.eval()
         self.score_batch_tokens = SCORE_BATCH_TOKENS.get(torch.device(device).type, 4096)
         self._lock = threading.Lock()
-        self._use_template, self._hermes = self.prompt.use_template, self.prompt.hermes
+        self._use_template = self.prompt.use_template
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         self._eos = self.prompt.eos_ids
         self.capabilities = Capabilities(
-            constraints=frozenset(), native_tools=self._hermes, chat_template=self._use_template,
+            constraints=frozenset(), native_tools=self.prompt.native_tools, chat_template=self._use_template,
             context_length=self.context_length, logprobs=True,
         )
 
@@ -113,15 +114,15 @@ class TransformersChatModel(ChatModel):
 
     # ---- generation --------------------------------------------------------------------------
     def _stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Chunk]:
-        hold = self._hermes and bool(params.tools)  # tool-call output is parsed whole, then sent
-        return self._stream_tokens(self.tokenize(self.render(messages, params.tools)), params, hold)
+        plan = plan_tools(params, self.prompt.format, self.capabilities)
+        return self._stream_tokens(self.tokenize(self.render(messages, plan.render_tools)), params, plan)
 
     def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
-        return self._stream_tokens(self.tokenize(prompt, templated=False), params, False)
+        return self._stream_tokens(self.tokenize(prompt, templated=False), params, ToolPlan())
 
-    def _stream_tokens(self, prompt: list[int], params: GenerationParams, hold: bool) -> Iterator[Chunk]:
+    def _stream_tokens(self, prompt: list[int], params: GenerationParams, plan: ToolPlan) -> Iterator[Chunk]:
         self._check_fits(len(prompt))  # raised by the stream() call itself, before any generator runs
-        return self._decode(prompt, params, hold)
+        return self._decode(prompt, params, plan)
 
     def _forward(self, ids: list[int], past: Any) -> tuple[Any, Any]:
         """One model step: logits of the last position, and the grown KV cache."""
@@ -132,13 +133,13 @@ class TransformersChatModel(ChatModel):
             out = model(input_ids=torch.tensor([ids], device=self.device), past_key_values=past, use_cache=True)
         return out.logits[0, -1], out.past_key_values
 
-    def _decode(self, prompt: list[int], params: GenerationParams, hold: bool) -> Iterator[Chunk]:
+    def _decode(self, prompt: list[int], params: GenerationParams, plan: ToolPlan) -> Iterator[Chunk]:
         import torch
 
         max_tokens = min(params.max_tokens or DEFAULT_MAX_TOKENS, self.context_length - len(prompt))
         temperature = 0.0 if params.temperature is None else params.temperature
         generator = torch.Generator().manual_seed(params.seed if params.seed is not None else random.randrange(2**31))
-        reply = ReplyStream(self.tokenizer, params.stop, params.tools, hold)
+        reply = ReplyStream(self.tokenizer, params.stop, plan)
         finish = "length"
         step, past = prompt, None
         # The lock is taken per forward step, not per call: each call owns its KV cache, so concurrent

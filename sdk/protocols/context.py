@@ -29,6 +29,7 @@ class RunOptions:
     constrained: bool | None = None  # None: use constrained decoding when the model supports it
     instructions: str | None = None  # the app's system prompt, merged into the protocol's own
     output_type: type[BaseModel] | None = None
+    examples: bool = True  # protocols show a short worked example (with made-up tools) in their prompts
 
 
 @dataclass(slots=True)
@@ -55,8 +56,10 @@ class RunContext:
     gave_up_reason: str | None = None
     # Loop guard: a call identical to one of the previous step's is not run again. Small models get stuck
     # re-issuing the call whose result they were just shown; `repeated` tells the protocol to ask for the answer
-    # (ReAct's grammar then allows only a Final Answer).
+    # (ReAct's grammar then allows only a Final Answer, native calling offers no tools). It holds for the step after
+    # the repeat only: the step after that offers the tools again.
     repeated: bool = False
+    _repeat_seen: bool = False  # a call of this step repeated one of the previous step's
     _step_calls: dict[str, ToolResult] = field(default_factory=dict)
     _previous_calls: dict[str, ToolResult] = field(default_factory=dict)
     # The last call exactly as the model saw it (the protocol's rendered messages, the tool specs it was offered)
@@ -67,6 +70,7 @@ class RunContext:
     def start_step(self, phase: str = "act") -> None:
         self.step += 1
         self._previous_calls, self._step_calls = self._step_calls, {}
+        self.repeated, self._repeat_seen = self._repeat_seen, False
         self.emit(StepStarted(step=self.step, phase=phase))
 
     @property
@@ -163,7 +167,7 @@ class RunContext:
         outcome = self.check_call(call)
         key = f"{call.name}\0{json.dumps(call.arguments, sort_keys=True, default=str)}"
         if outcome is None and (earlier := self._previous_calls.get(key)) is not None and not earlier.is_error:
-            self.repeated = True
+            self._repeat_seen = True
             note = (f"\n[The same {call.name} call as in your previous step, so it was not run again; its result is "
                     "above. Use it: reply with the Final Answer.]")
             outcome = ToolOutcome(call, earlier.model_copy(update={"content": earlier.content + note}))

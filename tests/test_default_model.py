@@ -65,6 +65,9 @@ def test_readme_python_example(qwen) -> None:
 def test_native_tool_calling_on_qwen(qwen) -> None:
     from hanlin import Agent, load_tool
 
-    result = Agent(qwen, [load_tool("calculator")], protocol="tools").run("What is 12 * 12? Use the calculator.")
-    assert result.status == "answered" and "144" in result.output
-    assert result.tool_calls and result.tool_calls[0].name == "calculator"
+    result = Agent(qwen, [load_tool("calculator")], protocol="tools", examples=False).run("What is 12 * 12? Use the calculator.")
+    first = result.tool_calls[0]
+    assert first.name == "calculator" and first.arguments == {"expression": "12 * 12"}
+    assert next(m for m in result.messages if m.role == "tool").content.startswith("144")
+    # Qwen-0.5B re-issues the answered call; the repeat guard withdraws the tools and the answer follows
+    assert result.status == "answered" and "144" in str(result.output)

@@ -16,11 +16,14 @@ from hanlin.runtimes.tool_calls import (
     FORMATS,
     CallStreamFilter,
     call_grammar,
+    call_trigger,
     detect_format,
     looks_like_call,
     normalize_tool_choice,
     parse_tool_calls,
     plan_tools,
+    repeats_a_call,
+    unique_calls,
     trigger_start,
 )
 
@@ -183,11 +186,13 @@ def test_stream_filter_shows_text_and_holds_calls() -> None:
 
 
 @pytest.mark.parametrize(("text", "start"), [
-    ("Sure <tool_call>", 5), ('x ```json\n{"', 2), ('ab {"name"', 3), ('[ {"name"', 0), ("[TOOL_CALLS]", 0),
-    ("plain text {not json", None), ("```python\nprint(1)", None),
+    ("Sure <tool_call>", 5), ('x ```json\n{"name": "get_weather"', 10), ('ab {"name":"calculate_roi"', 3),
+    ('[ {\n "name": "get_weather"', 0), ("[TOOL_CALLS]", 0), ("<|python_tag|>", 0),
+    ('{"name": "get_weather_report"', None),  # not an offered tool (a longer name): left free, so it stays text
+    ('{"name": "get_weathe', None), ("plain text {not json", None), ("```python\nprint(1)", None),
 ])
 def test_trigger_start(text: str, start: int | None) -> None:
-    assert trigger_start(text) == start
+    assert trigger_start(text, call_trigger(["get_weather", "calculate_roi"])) == start
 
 
 def test_tool_choice_semantics() -> None:
@@ -247,3 +252,13 @@ def test_looks_like_call() -> None:
     assert looks_like_call("<tool_call> broken", TOOLS)
     assert not looks_like_call("It is sunny in Paris.", TOOLS)
     assert json.loads(ROI)["name"] == "calculate_roi"
+
+
+def test_repeated_calls_in_one_reply_count_once() -> None:
+    _, calls = parse_tool_calls(f"{ROI}\n{WEATHER}\n{ROI}", TOOLS)
+    assert names(unique_calls(calls)) == [ROI_CALL, WEATHER_CALL]
+    assert repeats_a_call(f"{ROI}\n{WEATHER}\n{ROI}", TOOLS) and not repeats_a_call(f"{ROI}\n{WEATHER}", TOOLS)
+    reply = plan_tools(GenerationParams(tools=TOOLS), FORMATS["hermes"],
+                       Capabilities(constraints=frozenset({"grammar"}), native_tools=True)).reply()
+    reply.feed(f"{ROI} {ROI} {ROI}")
+    assert names(reply.finish()[1]) == [ROI_CALL]

@@ -14,6 +14,10 @@ from hanlin import ChatModel, Completion, Message, ParseError, ProtocolError, St
 from hanlin.protocols import Action, Final, ParsedStep, RunContext
 
 from hanlin.plugins.protocols.react import EXAMPLE_TOOL
+from hanlin.protocols.context import ToolOutcome
+from hanlin.runtimes.tool_calls import looks_like_call
+
+RESULT_NUDGE = "(If this answers the question, reply with the answer in words; call a tool only for what is still missing.)"
 
 # Told in words: the call itself is written in the model's own tool-call format, which the runtime's template sets.
 NATIVE_EXAMPLE = (
@@ -47,15 +51,28 @@ class NativeTools(StepProtocol):
             return None
         return [t.to_openai() for t in ctx.tools.values()] or None
 
+    def observation(self, outcome: ToolOutcome) -> Message:
+        # Small models tend to re-issue the call they just saw answered; the nudge (as ReAct's) points at the answer.
+        message = super().observation(outcome)
+        if not outcome.result.is_error:
+            message.content = f"{message.content}\n{RESULT_NUDGE}"
+        return message
+
     def parse(self, completion: Completion, ctx: RunContext) -> ParsedStep:
         if completion.tool_calls:
             return Action(list(completion.tool_calls), thought=completion.text.strip())
-        if not completion.text.strip():
+        text = completion.text.strip()
+        if not text:
             raise ParseError(
                 "the model returned neither text nor tool calls",
                 hint="Either call one of the tools or write your final answer.",
             )
-        return Final(completion.text.strip())
+        if ctx.repeated and looks_like_call(text, [t.to_openai() for t in ctx.tools.values()]):
+            # Tools were withdrawn for this step (a repeated call), yet the model wrote a call as text: not an answer.
+            raise ParseError("the model wrote a tool call while no tools were offered",
+                             hint="No tool can be called now. Reply with your final answer in plain words, using "
+                                  "the tool results above.")
+        return Final(text)
 
     def assistant_message(self, completion: Completion, parsed: ParsedStep | None) -> Message:
         return Message.assistant(completion.text, completion.tool_calls)

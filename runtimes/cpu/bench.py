@@ -208,14 +208,15 @@ def load_prompts(limit: int | None = None) -> list[dict[str, Any]]:
     return rows[:limit] if limit else rows
 
 
-def bench_validity(models: list[str], limit: int | None = None, max_steps: int = 4) -> BenchTable:
+def bench_validity(models: list[str], limit: int | None = None, max_steps: int = 4,
+                   protocols: tuple[str, ...] = ("react", "code")) -> BenchTable:
     """Each model step is: valid (a known tool with valid arguments, or a final answer), malformed, cut by
     max_tokens before it could finish, or stopped because the transcript filled the context (the run then ends with
     ContextOverflowError). Constrained steps bound their strings so that they finish inside their token budget."""
     prompts = load_prompts(limit)
     table = BenchTable(
-        title=f"3. format validity: {len(prompts)} tool-use prompts, ReAct, max {max_steps} steps",
-        columns=["model", "constrained", "steps", "valid", "malformed", "cut by max_tokens", "context full",
+        title=f"3. format validity: {len(prompts)} tool-use prompts, {', '.join(protocols)}, max {max_steps} steps",
+        columns=["model", "protocol", "constrained", "steps", "valid", "malformed", "cut by max_tokens", "context full",
                  "valid % of finished", "runs right", "right %", "seconds"],
         target="100% of finished steps valid and none cut by max_tokens with constraints, on every model",
     )
@@ -224,12 +225,13 @@ def bench_validity(models: list[str], limit: int | None = None, max_steps: int =
     for name in models:
         model = _Recorder(_load(name))
         limit = model.capabilities.context_length or 0
-        for constrained in (True, False):
+        for protocol, constrained in ((p, c) for p in protocols for c in (True, False)):
             steps = malformed = cut = full = right = 0
             started = time.perf_counter()
             for row in prompts:
                 model.calls.clear()
-                result = Agent(model, [calculator], protocol="react", max_steps=max_steps, constrained=constrained).run(row["question"])
+                result = Agent(model, [calculator], protocol=protocol, max_steps=max_steps,
+                               constrained=constrained).run(row["question"])
                 bad_steps = {e.step for e in result.events
                              if e.type == "error" and e.kind in ("parse", "unknown_tool", "invalid_arguments")}
                 lengths = {i + 1 for i, call in enumerate(model.calls) if call["finish"] == "length"}
@@ -243,7 +245,7 @@ def bench_validity(models: list[str], limit: int | None = None, max_steps: int =
                 right += result.status == "answered" and row["answer"] in str(result.output)
             finished = steps - cut - full
             valid = finished - malformed
-            table.rows.append([name, constrained, steps, valid, malformed, cut, full, 100 * valid / max(finished, 1),
+            table.rows.append([name, protocol, constrained, steps, valid, malformed, cut, full, 100 * valid / max(finished, 1),
                                right, 100 * right / len(prompts), time.perf_counter() - started])
             if constrained:
                 met = met and malformed == 0 and cut == 0

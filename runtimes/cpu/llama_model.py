@@ -37,7 +37,7 @@ from hanlin.runtimes.cpu.gguf_header import context_length
 from hanlin.runtimes.cpu.sampling import GrammarFirstSampler, decode
 from hanlin.runtimes.scoring import pair_ids
 from hanlin.runtimes.text_stream import StopScanner
-from hanlin.runtimes.tool_calls import ToolPlan, detect_format, plan_tools, trigger_start
+from hanlin.runtimes.tool_calls import ToolPlan, detect_format, plan_tools, repeats_a_call, trigger_start
 
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_N_CTX = 4096
@@ -227,7 +227,8 @@ class LlamaChatModel(ChatModel):
         reused = self._reuse_prefix(tokens)
         scanner = StopScanner(list(params.stop))
         reply = plan.reply()  # holds back text that may be a tool call; parses it at the end
-        lazy, written = plan.lazy_grammar, b""
+        written, searched, lazy_on = b"", 0, False  # the lazy call grammar's state (see tool_calls)
+        eog = llm.token_eos()
         sampler = GrammarFirstSampler(
             llm, self._vocab, grammar, temperature=temperature,
             top_k=params.top_k if params.top_k is not None else 40,
@@ -247,13 +248,23 @@ class LlamaChatModel(ChatModel):
                 delta = scanner.feed(piece)
                 if delta and (shown := reply.feed(delta)):
                     yield Chunk(text=shown)
-                if lazy is not None:  # the model may be starting a call: constrain the rest of it from here
+                if plan.callable_tools:
                     written += piece
-                    text = written.decode("utf-8", errors="ignore")
-                    start = trigger_start(text)
-                    if start is not None:
-                        plan.grammar_on = sampler.activate(lazy, self._tokenize_piece(text[start:]))
-                        lazy = None
+                    whole = (lazy_on or plan.grammar is not None) and plan.parallel and sampler.complete(eog)
+                    if whole:  # a call is complete: free text (or another call) may follow
+                        text = written.decode("utf-8", errors="ignore")
+                        if repeats_a_call(text, plan.callable_tools):  # looping on one call: it is meant once
+                            finish = "stop"
+                            break
+                        if lazy_on:
+                            sampler.deactivate()
+                            lazy_on, searched = False, len(text)
+                    elif not lazy_on and plan.lazy_grammar is not None:  # a call may be starting: constrain it
+                        text = written.decode("utf-8", errors="ignore")
+                        start = trigger_start(text[searched:], plan.trigger)
+                        if start is not None:
+                            lazy_on = sampler.activate(plan.lazy_grammar, self._tokenize_piece(text[searched + start:]))
+                            searched = len(text) if not lazy_on else searched
                 if scanner.stopped:
                     finish = "stop"
                     break

@@ -81,6 +81,16 @@ class GrammarFirstSampler:
             self._lib.llama_sampler_accept(handle, token)
         return True
 
+    def complete(self, eog: int) -> bool:
+        """Whether the grammar has matched a whole root, i.e. it would let generation end here."""
+        return self._grammar is not None and self._allowed(eog)
+
+    def deactivate(self) -> None:
+        """Back to free sampling (a lazy grammar whose call is complete; the next call switches one on again)."""
+        if self._grammar is not None:
+            self._lib.llama_sampler_free(self._grammar)
+            self._grammar = None
+
     def next_token(self) -> int:
         token = self._chain.sample(self._llm._ctx, -1)  # samples and accepts into the chain
         if self._grammar is not None:

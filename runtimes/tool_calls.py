@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hanlin import Capabilities, ConfigurationError, GenerationParams, ToolCall
+from hanlin.grammar import gbnf_literal
 
 ToolSpecs = Sequence[dict[str, Any]]  # OpenAI-style function specs
 
@@ -250,7 +251,7 @@ class CallStreamFilter:
 # Where a call starts in free text: an explicit call marker, or a JSON object (alone or opening an array) whose
 # "name" is one of the offered tools. A JSON object naming anything else is left free, and so stays text: a small
 # model that reaches for a function nobody offered (the irrelevance case) is not forced into calling one that was.
-_MARKERS = r"<tool_call>|\[TOOL_CALLS\]|<\|action_start\|>|<\|python_tag\|>"
+_MARKERS = r"<tool_call>|\[TOOL_CALLS\]|<\|action_start\|>|<\|python_tag\|>|```(?:json|tool_call)[ \t]*\n"
 
 
 def call_trigger(names: Sequence[str]) -> re.Pattern[str]:
@@ -288,6 +289,39 @@ def normalize_tool_choice(choice: Any, tools: ToolSpecs) -> tuple[str, list[dict
                              f"{{'name': ...}}}}, got {choice!r}")
 
 
+def _class_char(ch: str) -> str:
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+
+def _other_name(g: Any, names: Sequence[str]) -> str:
+    """A rule for a JSON string that is none of ``names``: a trie of the names that may be left at any point (a
+    different character, or ending where no name ends). Unlike a plain string it cannot spell an offered name, so
+    an offered tool's arguments are always held to that tool's schema."""
+    trie: dict[str, Any] = {}
+    for name in names:
+        node = trie
+        for ch in name:
+            node = node.setdefault(ch, {})
+        node[""] = {}  # a name ends here
+    g.add("other-tail", '[^"\\\\\\x00-\\x1f]{0,64} "\\""')
+    count = 0
+
+    def rule(node: dict[str, Any]) -> str:
+        nonlocal count
+        count += 1
+        me = f"other-name{count}"
+        children = sorted(c for c in node if c)
+        excluded = "".join(_class_char(c) for c in children)
+        alternatives = [f'[^"\\\\\\x00-\\x1f{excluded}] other-tail']
+        if "" not in node:
+            alternatives.append('"\\""')
+        alternatives += [f"{gbnf_literal(c)} {rule(node[c])}" for c in children]
+        g.add(me, " | ".join(alternatives))
+        return me
+
+    return f'"\\"" {rule(trie)}'
+
+
 def call_grammar(tools: ToolSpecs, fmt: CallFormat, *, forced: bool, parallel: bool = True,
                  max_string_chars: int | None = None) -> str:
     """GBNF for calls to ``tools``.
@@ -298,7 +332,7 @@ def call_grammar(tools: ToolSpecs, fmt: CallFormat, *, forced: bool, parallel: b
     switches it off again when a call is complete, so text and further calls may follow (parallel calls written
     one fence after another). ``parallel=False`` allows exactly one call.
     """
-    from hanlin.grammar import STEP_STRING_CHARS, GrammarBuilder, gbnf_literal
+    from hanlin.grammar import STEP_STRING_CHARS, GrammarBuilder
 
     if not tools:
         raise ConfigurationError("a call grammar needs at least one tool")
@@ -312,6 +346,10 @@ def call_grammar(tools: ToolSpecs, fmt: CallFormat, *, forced: bool, parallel: b
         args = g.schema(fn.get("parameters") or {"type": "object"}, f"args{i}")
         name = gbnf_literal(json.dumps(tool_name(spec)))
         options.append(f'"{{" sp "\\"name\\"" sp ":" sp {name} sp "," sp {key} sp ":" sp {args} sp "}}"')
+    if not forced:  # a call naming anything else is written freely and read back as text (the irrelevance case)
+        other_args = g.schema({"type": "object"}, "other-args")
+        options.append(f'"{{" sp "\\"name\\"" sp ":" sp {_other_name(g, [tool_name(t) for t in tools])} sp "," sp '
+                       f'{key} sp ":" sp {other_args} sp "}}"')
     g.add("call", " | ".join(options))
     g.add("calls", '"[" sp call ( sp "," sp call )* sp "]"' if parallel else '"[" sp call sp "]"')
 
@@ -324,11 +362,15 @@ def call_grammar(tools: ToolSpecs, fmt: CallFormat, *, forced: bool, parallel: b
     g.add("internlm", wrapped("<|action_start|>", "<|action_end|>", 'sp "<|plugin|>" sp call'))
     g.add("pytag", '"<|python_tag|>" sp call')
     g.add("bare", "call | calls" if parallel else "call")
+    # A fence opening JSON frames its calls as an array: after each call the model chooses between "," (another
+    # call) and "]", which is where a small model asked for several things writes them all (one fence, one call
+    # otherwise). Measured on Qwen2.5-Coder-0.5B: parallel items went from 0 of 8 to 4 of 8 calls-right.
+    g.add("fence", f'"```" ( "json" | "tool_call" ) [ \\t]* "\\n" sp {"calls" if parallel else "call"} sp "```"')
     if forced:
         root = {"hermes": "hermes", "mistral": "mistral", "internlm2": "internlm", "llama3_json": "call"}[fmt.name]
         g.add("root", root)
     else:
-        g.add("root", "( hermes | mistral | internlm | pytag | bare ) sp")  # "}\n" is one token to many models
+        g.add("root", "( hermes | mistral | internlm | pytag | fence | bare ) sp")  # "}\n" is one token to many models
     return g.render("root")
 
 

@@ -186,7 +186,7 @@ def test_stream_filter_shows_text_and_holds_calls() -> None:
 
 
 @pytest.mark.parametrize(("text", "start"), [
-    ("Sure <tool_call>", 5), ('x ```json\n{"name": "get_weather"', 10), ('ab {"name":"calculate_roi"', 3),
+    ("Sure <tool_call>", 5), ('x ```json\n{"name": "get_weather"', 2), ("```tool_call \n", 0), ("```json", None), ('ab {"name":"calculate_roi"', 3),
     ('[ {\n "name": "get_weather"', 0), ("[TOOL_CALLS]", 0), ("<|python_tag|>", 0),
     ('{"name": "get_weather_report"', None),  # not an offered tool (a longer name): left free, so it stays text
     ('{"name": "get_weathe', None), ("plain text {not json", None), ("```python\nprint(1)", None),

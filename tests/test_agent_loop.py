@@ -339,7 +339,22 @@ def test_native_tool_calling() -> None:
     assert params.tools[0]["function"]["name"] == "add"
     second = model.calls[1][0]
     assert [m.role for m in second[-3:]] == ["assistant", "tool", "tool"]
-    assert [m.content for m in second[-2:]] == ["42", "2"]
+    # each result carries the native protocol's nudge towards the answer (small models re-issue answered calls)
+    from hanlin.plugins.protocols.native import RESULT_NUDGE
+
+    assert [m.content for m in second[-2:]] == [f"42\n{RESULT_NUDGE}", f"2\n{RESULT_NUDGE}"]
+
+
+def test_native_call_written_as_text_while_tools_are_withdrawn_is_corrected() -> None:
+    # Qwen2.5-Coder-0.5B repeats the answered call; with the tools withdrawn it writes the call as text, which is not
+    # an answer: the model is told so, and its next reply is the answer.
+    call = ToolCall(name="add", arguments={"a": 20, "b": 22})
+    model = ScriptedModel([Completion(tool_calls=[call]), Completion(tool_calls=[call.model_copy(update={"id": "c2"})]),
+                           '{"name": "add", "arguments": {"a": 20, "b": 22}}', "42"])
+    result = Agent(model, [add], protocol="tools").run("sum")
+    assert result.status == "answered" and result.output == "42"
+    assert model.calls[2][1].tools is None  # the repeat withdrew the tools for that step
+    assert "No tool can be called now" in model.calls[3][0][-1].content
 
 
 def test_native_repeat_withdraws_the_tools_so_the_model_answers() -> None:

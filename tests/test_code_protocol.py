@@ -116,6 +116,14 @@ def test_a_tool_called_from_the_cell_returns_its_value() -> None:
     assert "def calculator(expression: str) -> str:" in system and "def word_lengths(text: str) -> list[int]:" in system
 
 
+def test_a_tool_imported_by_its_name_is_the_tool() -> None:
+    # Qwen2.5-Coder-0.5B writes `from calculator import calculator` (measured): the import gives the tool itself
+    result, _, _ = run([cell("from calculator import calculator\nimport word_lengths\n"
+                             "print(calculator('6 * 7'), word_lengths.word_lengths('ab c'))"), cell("final_answer(1)")],
+                       tools=[load_tool("calculator"), word_lengths])
+    assert observations(result)[0] == "42 [2, 1]"
+
+
 def test_a_tool_error_is_raised_inside_the_cell() -> None:
     code_caught = "try:\n    calculator('2 +* 3')\nexcept ToolCallError as exc:\n    print('caught:', exc)"
     result, model, _ = run(

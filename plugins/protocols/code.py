@@ -141,8 +141,8 @@ class CodeAgent(StepProtocol):
             'What it prints (use print()) and the value of its last line come back to you as "Observation: ...", '
             "and so does an error's traceback, so you can fix the code.\n"
             f"When you know the answer, call {answer} in your code.",
-            "Besides the Python standard library, your code can call these functions; a failing call raises "
-            "ToolCallError:\n```python\n" + "\n\n".join(stubs) + "\n```",
+            "Besides the Python standard library, your code can call these functions, which are already defined "
+            "(call them directly, do not import or install them); a failing call raises ToolCallError:\n```python\n" + "\n\n".join(stubs) + "\n```",
         ]
         if getattr(ctx.options, "examples", True):
             parts.append(EXAMPLE)

@@ -130,8 +130,15 @@ def _hanlin_install(specs, mark):
     ip.set_custom_exc((_HanlinFinalAnswer,), lambda *args, **kwargs: None)  # ends the cell without a traceback
     ns["ToolCallError"] = ToolCallError
     ns["final_answer"] = final_answer
+    import sys
     for spec in specs:
-        ns[spec["pyname"]] = make(spec)
+        ns[spec["pyname"]] = stub = make(spec)
+        # Small models write `from calculator import calculator`: the tool is importable under its own name too.
+        if spec["pyname"] not in sys.modules or getattr(sys.modules[spec["pyname"]], "_hanlin_tool", False):
+            module = types.ModuleType(spec["pyname"], spec["doc"])
+            setattr(module, spec["pyname"], stub)
+            module._hanlin_tool = True
+            sys.modules[spec["pyname"]] = module
 '''
 
 

@@ -32,10 +32,7 @@ PLAN_EXAMPLE = (
     '#E3 = add_numbers[{"a": "#E1", "b": "#E2"}]'
 )
 
-SOLVER_EXAMPLE = (
-    "An example, for another task: asked how many people live in Arvel and Brisk together, with the evidence "
-    "1200 and 800 and 2000 (their sum), reply: 2000"
-)
+# No worked example for the solver: Qwen2.5-Coder-0.5B copied its answer ("2000") into 15 of 20 tool-use answers.
 
 
 class ReWOO(AgentProtocol):
@@ -81,8 +78,6 @@ class ReWOO(AgentProtocol):
         system = (ctx.options.instructions or "You solve tasks from evidence.") + (
             f"\n\nSolve the task using the plan and the evidence below. Reply with {final}."
         )
-        if ctx.options.examples and ctx.options.output_type is None:
-            system += f"\n\n{SOLVER_EXAMPLE}"
         body = f"Task: {task}\n\n" + ("\n".join(lines) if lines else "(no tools were needed)") + "\n\nAnswer:"
         return [Message.system(system), Message.user(body)]
 

@@ -14,7 +14,6 @@ from hanlin import ChatModel, Completion, Message, ParseError, ProtocolError, St
 from hanlin.protocols import Action, Final, ParsedStep, RunContext
 
 from hanlin.plugins.protocols.react import EXAMPLE_TOOL
-from hanlin.protocols.context import ToolOutcome
 from hanlin.runtimes.tool_calls import looks_like_call
 
 RESULT_NUDGE = "(If this answers the question, reply with the answer in words; call a tool only for what is still missing.)"
@@ -44,19 +43,16 @@ class NativeTools(StepProtocol):
             system += "\nGive your final answer as a JSON object matching this schema: " + json.dumps(ctx.output_schema())
         elif ctx.options.examples and ctx.tools and EXAMPLE_TOOL not in ctx.tools:
             system += "\n" + NATIVE_EXAMPLE
-        return [Message.system(system), *(m for m in ctx.messages if m.role != "system")]
+        # Small models re-issue the call they were just answered; a nudge after each result (as ReAct's) points at
+        # the answer. Added here, in the model's view only: the transcript keeps the tool's own result.
+        turns = [m.model_copy(update={"content": f"{m.content}\n{RESULT_NUDGE}"}) if m.role == "tool" and not m.is_error
+                 else m for m in ctx.messages if m.role != "system"]
+        return [Message.system(system), *turns]
 
     def native_tools(self, ctx: RunContext) -> list[dict[str, Any]] | None:
         if ctx.repeated:  # stuck re-issuing the previous step's call: no tools offered, so the model answers
             return None
         return [t.to_openai() for t in ctx.tools.values()] or None
-
-    def observation(self, outcome: ToolOutcome) -> Message:
-        # Small models tend to re-issue the call they just saw answered; the nudge (as ReAct's) points at the answer.
-        message = super().observation(outcome)
-        if not outcome.result.is_error:
-            message.content = f"{message.content}\n{RESULT_NUDGE}"
-        return message
 
     def parse(self, completion: Completion, ctx: RunContext) -> ParsedStep:
         if completion.tool_calls:

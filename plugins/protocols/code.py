@@ -237,30 +237,19 @@ class CodeAgent(StepProtocol):
 
     async def _loop(self, ctx: RunContext, kit: Any) -> None:
         while ctx.steps_left:
-            ctx.start_step()
-            constraint = self.constraint(ctx) if ctx.use_constraints else None
-            completion = await ctx.generate(self.render(ctx), stop=self.stop_sequences(ctx), constraint=constraint)
-            try:
-                parsed = self.parse(completion, ctx)
-            except ParseError as exc:
-                ctx.messages.append(self.assistant_message(completion, None))
-                ctx.messages.append(self.correction(exc.hint))
-                if not ctx.record_failure("parse", str(exc)):
-                    return ctx.give_up("parse", f"the model's output could not be parsed {ctx.retries} times in a row: {exc}")
+            parsed = await self.next_step(ctx)
+            if parsed is None:
+                if ctx.gave_up_reason is not None:
+                    return
                 continue
             assert isinstance(parsed, Action)
-            ctx.messages.append(self.assistant_message(completion, parsed))
             observation, final = await self.run_cell(ctx, kit, parsed.calls[0])
             ctx.messages.append(observation)
             if final is None:
                 ctx.record_success()  # a failing cell is an observation, not a format mistake
                 continue
-            value, problem = ctx.parse_output(final)
-            if problem is None:
-                return ctx.answer(value, final)
-            ctx.messages.append(self.correction(problem))
-            if not ctx.record_failure("output_invalid", problem):
-                return ctx.give_up("output_invalid", f"the final answer never matched the output type: {problem}")
+            if self.finish(ctx, final):
+                return
         ctx.give_up("max_steps", f"reached max_steps={ctx.options.max_steps} without a final answer")
 
 

@@ -95,29 +95,48 @@ class StepProtocol(AgentProtocol):
         return Message.user(f"Your last reply could not be used: {hint}")
 
     # ---- the loop -------------------------------------------------------------------------
+    async def next_step(self, ctx: RunContext) -> ParsedStep | None:
+        """Start a step, ask the model, parse its reply. None when the reply could not be parsed: the model is shown
+        the correction, and once the retries are spent the run has given up (``ctx.gave_up_reason`` is set)."""
+        ctx.start_step()
+        constraint = self.constraint(ctx) if ctx.use_constraints else None
+        completion = await ctx.generate(
+            self.render(ctx), stop=self.stop_sequences(ctx), constraint=constraint, tools=self.native_tools(ctx)
+        )
+        try:
+            parsed = self.parse(completion, ctx)
+        except ParseError as exc:
+            ctx.messages.append(self.assistant_message(completion, None))
+            ctx.messages.append(self.correction(exc.hint))
+            if not ctx.record_failure("parse", str(exc)):
+                ctx.give_up("parse", f"the model's output could not be parsed {ctx.retries} times in a row: {exc}")
+            return None
+        ctx.messages.append(self.assistant_message(completion, parsed))
+        return parsed
+
+    def finish(self, ctx: RunContext, text: str) -> bool:
+        """Take ``text`` as the final answer if it matches the output type; True when the run ended (answered, or
+        gave up after the retries), False when the model was shown why it must answer again."""
+        value, problem = ctx.parse_output(text)
+        if problem is None:
+            ctx.answer(value, text)
+            return True
+        ctx.messages.append(self.correction(problem))
+        if not ctx.record_failure("output_invalid", problem):
+            ctx.give_up("output_invalid", f"the final answer never matched the output type: {problem}")
+            return True
+        return False
+
     async def run(self, ctx: RunContext) -> None:
         while ctx.steps_left:
-            ctx.start_step()
-            constraint = self.constraint(ctx) if ctx.use_constraints else None
-            completion = await ctx.generate(
-                self.render(ctx), stop=self.stop_sequences(ctx), constraint=constraint, tools=self.native_tools(ctx)
-            )
-            try:
-                parsed = self.parse(completion, ctx)
-            except ParseError as exc:
-                ctx.messages.append(self.assistant_message(completion, None))
-                ctx.messages.append(self.correction(exc.hint))
-                if not ctx.record_failure("parse", str(exc)):
-                    return ctx.give_up("parse", f"the model's output could not be parsed {ctx.retries} times in a row: {exc}")
+            parsed = await self.next_step(ctx)
+            if parsed is None:
+                if ctx.gave_up_reason is not None:
+                    return
                 continue
-            ctx.messages.append(self.assistant_message(completion, parsed))
             if isinstance(parsed, Final):
-                value, problem = ctx.parse_output(parsed.text)
-                if problem is None:
-                    return ctx.answer(value, parsed.text)
-                ctx.messages.append(self.correction(problem))
-                if not ctx.record_failure("output_invalid", problem):
-                    return ctx.give_up("output_invalid", f"the final answer never matched the output type: {problem}")
+                if self.finish(ctx, parsed.text):
+                    return
                 continue
             outcomes = await asyncio.gather(*(ctx.call_tool(call) for call in parsed.calls))
             ctx.messages.extend(self.observation(o) for o in outcomes)

@@ -5,12 +5,37 @@ tokens."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hanlin import Message, ModelError, ModelSpec
 from hanlin.runtimes.chat_format import render_plain, template_knows_tools, template_messages
-from hanlin.runtimes.tool_calls import detect_format
+from hanlin.runtimes.tool_calls import CallFormat, detect_format
+
+
+@dataclass(frozen=True, slots=True)
+class PromptLayout:
+    """How a model's prompts are laid out: its chat template or the plain layout, whether the template renders
+    tool calls and results itself, and the call format written into the text where it does not."""
+
+    use_template: bool
+    tool_roles: bool
+    call_format: CallFormat
+
+
+def prompt_layout(template: str | None, spec: ModelSpec | None = None) -> PromptLayout:
+    """The one decision of how a model is prompted, taken from its tokenizer's template and its model spec.
+
+    The runtimes serve with it and the finetuners train with it: if the two decided apart (say, training on the
+    template of a base model the spec marks ``chat_template=False``), a tuned model would be asked in a layout it
+    never saw. ``spec=None`` (a bare folder) trusts the template.
+    """
+    return PromptLayout(
+        use_template=bool(template) and (spec is None or spec.chat_template),
+        tool_roles=bool(template) and template_knows_tools(template or ""),
+        call_format=detect_format(template, spec.tool_call_style if spec is not None else None),
+    )
 
 
 class HFPrompt:
@@ -22,10 +47,8 @@ class HFPrompt:
             self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         except Exception as exc:
             raise ModelError(f"could not load the tokenizer of {str(folder)!r} ({type(exc).__name__}: {exc})") from None
-        template = getattr(self.tokenizer, "chat_template", None)
-        self.use_template = bool(template) and spec.chat_template
-        self.tool_roles = bool(template) and template_knows_tools(template)
-        self.format = detect_format(template, spec.tool_call_style)
+        layout = prompt_layout(getattr(self.tokenizer, "chat_template", None), spec)
+        self.use_template, self.tool_roles, self.format = layout.use_template, layout.tool_roles, layout.call_format
         self.native_tools = self.use_template  # a template without tools gets them as instructions
         self.eos_ids = self._eos_ids(folder)
 

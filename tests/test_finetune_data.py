@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hanlin import ConfigurationError, Message, ToolCall
+from hanlin import ConfigurationError, Message, ModelSpec, ToolCall, get_plugin_manager, hookimpl
 from tests.conftest import requires_smollm2
 
 pytestmark = [
@@ -292,3 +292,45 @@ def test_a_real_agent_trace_trains_on_what_the_model_saw(tmp_path: Path, tokeniz
     targets = _targets(Renderer(tokenizer, max_length=1024), record)
     assert targets == ('Thought: multiply\nAction: calculator\nAction Input: {"expression": "6 * 7"}<|im_end|>\n'
                        "Thought: done\nFinal Answer: 42<|im_end|>\n")
+
+
+class _BaseModelPlugin:
+    """Registers a base model (``chat_template=False``, as gemma3-270m is) whose tokenizer carries a chat template."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @hookimpl
+    def register_models(self, register) -> None:
+        register(ModelSpec(name="tiny-base-with-template", format="hf", locate=lambda: self.folder,
+                           installed=lambda: True, chat_template=False))
+
+
+def test_training_renders_as_serving_decides(tmp_path: Path, smol_folder) -> None:
+    """Template or plain layout, tool roles and call format: one decision (``prompt_layout``) for the runtime that
+    serves a model and the renderer that trains it. A base model whose tokenizer carries a template trains plain."""
+    from hanlin.plugins.finetuners.config import load_config
+    from hanlin.plugins.finetuners.data import prepare
+    from hanlin.plugins.finetuners.model_setup import load_base
+    from hanlin.plugins.finetuners.render import Renderer
+    from hanlin.runtimes.hf_prompt import HFPrompt
+
+    folder = tiny_llama(tmp_path / "tiny", smol_folder)  # SmolLM2's tokenizer: a template that knows no tools
+    tools = [{"type": "function", "function": {"name": "calculator", "parameters": {"type": "object"}}}]
+    asked = [Message.system("Be brief."), Message.user("What is 6 * 7?")]
+    for chat_template in (True, False):
+        spec = ModelSpec(name="m", format="hf", locate=lambda: folder, installed=lambda: True,
+                         chat_template=chat_template)
+        served = HFPrompt(spec, folder)
+        trained = Renderer(served.tokenizer, spec=spec)
+        for offered in (None, tools):
+            assert trained.render_text(asked, offered, generation_prompt=True) == served.render(asked, offered)
+
+    # the trainer's path: the model name resolves to its spec, and the samples come out in the plain layout
+    data = write_jsonl(tmp_path / "d.jsonl", [OPENAI_ROW])
+    cfg = load_config(None, model="tiny-base-with-template", data=[str(data)], method="lora", output_dir=str(tmp_path))
+    with get_plugin_manager().registered(_BaseModelPlugin(folder), name="tiny-base-with-template"):
+        base = load_base(cfg)
+        sample = prepare(cfg, base.tokenizer, base.spec).samples[0]
+    text = base.tokenizer.decode(sample.input_ids)
+    assert text.startswith("User: What is 6 * 7?\nAssistant:") and "<|im_start|>" not in text, text

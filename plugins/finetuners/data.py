@@ -67,8 +67,9 @@ def pair_row(pair: PreferenceSample, reply: list[int]) -> Row:
     return as_row([Sample(ids, labels, pair.where)])
 
 
-def prepare(config: TuneConfig, tokenizer: Any) -> RunData:
-    """Read, check, split and render everything before training starts, so bad data stops the run at step 0."""
+def prepare(config: TuneConfig, tokenizer: Any, spec: Any = None) -> RunData:
+    """Read, check, split and render everything before training starts, so bad data stops the run at step 0.
+    ``spec`` (the base's ModelSpec) decides template or plain layout with the tokenizer, as serving does."""
     fmt = "preference" if config.method == "dpo" and config.format == "auto" else config.format
     loaded = load_records(config.data, format=fmt, skip_bad=config.skip_bad_records, keep_status=config.keep_status)
     records = loaded.records
@@ -76,7 +77,7 @@ def prepare(config: TuneConfig, tokenizer: Any) -> RunData:
         raise ConfigurationError("method dpo needs preference records ({prompt, chosen, rejected}) in every file")
     if config.method != "dpo" and any(isinstance(r, PreferenceRecord) for r in records):
         raise ConfigurationError(f"preference records (prompt/chosen/rejected) need method: dpo, not {config.method}")
-    renderer = Renderer(tokenizer, max_length=config.max_length, train_on=config.train_on)
+    renderer = Renderer(tokenizer, max_length=config.max_length, train_on=config.train_on, spec=spec)
     data = RunData(config, loaded=loaded)
     order = list(range(len(records)))
     random.Random(config.seed).shuffle(order)

@@ -20,14 +20,15 @@ class LoadedBase:
     device: str
     dtype: Any
     source_gguf: Path | None = None  # the GGUF the base was installed as (its tokenizer goes into a GGUF export)
+    spec: Any = None  # the base's ModelSpec: how it is prompted (template or plain), shared with the runtimes
 
 
-def base_folder(name: str, cache_dir: Path | None = None) -> tuple[Path, Path | None]:
+def base_folder(name: str, cache_dir: Path | None = None, spec: Any = None) -> tuple[Path, Path | None]:
     """(HF folder, source GGUF or None) for a model name, alias, .gguf file or folder (a GGUF is converted once
     and cached)."""
     from hanlin.loading import resolve_model
 
-    spec = resolve_model(name)
+    spec = spec or resolve_model(name)
     path = Path(spec.locate())
     if spec.format == "gguf":
         from hanlin.runtimes.transformers.convert import convert_gguf
@@ -68,7 +69,10 @@ def load_base(config: TuneConfig, cache_dir: Path | None = None) -> LoadedBase:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
-    folder, source = base_folder(config.model, cache_dir)
+    from hanlin.loading import resolve_model
+
+    spec = resolve_model(config.model)
+    folder, source = base_folder(config.model, cache_dir, spec)
     if config.gguf_source:
         source = Path(config.gguf_source)
     kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
@@ -87,7 +91,7 @@ def load_base(config: TuneConfig, cache_dir: Path | None = None) -> LoadedBase:
         use_varlen_attention(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedBase(model, tokenizer, folder, device, dtype, source)
+    return LoadedBase(model, tokenizer, folder, device, dtype, source, spec)
 
 
 def _four_bit(device: str, dtype: Any) -> Any:

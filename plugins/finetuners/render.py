@@ -2,8 +2,9 @@
 
 Training and inference must agree on the text: a model tuned on one layout and asked in another learns little.
 So chat records go through the same path as the transformers runtime's prompts (``template_messages``: tool
-calls in the template's own style where it knows tools, written into the text where it does not, as hermes
-``<tool_call>`` blocks for Qwen-style templates), and base models without a template get the plain layout.
+calls in the template's own style where it knows tools, written into the text in the model's call format where
+it does not), and base models get the plain layout. Template or plain is one decision shared with the runtimes
+(``hanlin.runtimes.hf_prompt.prompt_layout``), made from the tokenizer and the model spec together.
 
 Loss masking works on characters, not on token guesses: each assistant turn's span is the text the template adds
 between the prompt for that turn (with its generation prompt) and the conversation up to the end of that turn;
@@ -20,7 +21,9 @@ from typing import Any
 from hanlin.errors import ConfigurationError
 from hanlin.messages import Message
 from hanlin.plugins.finetuners.records import PreferenceRecord, Record, TextRecord
-from hanlin.runtimes.chat_format import render_plain, template_knows_tools, template_messages
+from hanlin.runtimes.chat_format import render_plain, template_messages
+from hanlin.runtimes.hf_prompt import prompt_layout
+from hanlin.specs import ModelSpec
 
 IGNORE = -100  # label of tokens that are not targets (torch's cross_entropy ignore_index)
 
@@ -46,19 +49,21 @@ class PreferenceSample:
 
 class Renderer:
     """Renders records with one tokenizer. ``train_on``: "assistant" (default), "last" (only the final assistant
-    turn) or "all" (every token, e.g. for base-model style training on chats)."""
+    turn) or "all" (every token, e.g. for base-model style training on chats).
+
+    ``spec`` is the base model's spec: whether it is prompted through its template or the plain layout, and in
+    which call format, is decided by ``prompt_layout`` from the tokenizer and the spec together, as the runtimes
+    decide when they serve the tuned model (a base model whose tokenizer carries a template trains plain)."""
 
     def __init__(self, tokenizer: Any, *, max_length: int = 2048, train_on: str = "assistant",
-                 chat_template: bool | None = None) -> None:
+                 spec: ModelSpec | None = None) -> None:
         if train_on not in ("assistant", "last", "all"):
             raise ConfigurationError(f"train_on must be 'assistant', 'last' or 'all', got {train_on!r}")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.train_on = train_on
-        template = getattr(tokenizer, "chat_template", None)
-        self.use_template = bool(template) if chat_template is None else chat_template and bool(template)
-        self.tool_roles = bool(template) and template_knows_tools(template)
-        self.hermes = self.use_template and "tools" in (template or "")
+        layout = prompt_layout(getattr(tokenizer, "chat_template", None), spec)
+        self.use_template, self.tool_roles, self.call_format = layout.use_template, layout.tool_roles, layout.call_format
         self.eos_id = tokenizer.eos_token_id
 
     # ---- text ------------------------------------------------------------------------------------
@@ -67,8 +72,9 @@ class Renderer:
         if not self.use_template:
             return self._plain(messages, generation_prompt)
         try:
-            return self.tokenizer.apply_chat_template(
-                template_messages(messages, tool_roles=self.tool_roles), tools=tools if self.hermes else None,
+            return self.tokenizer.apply_chat_template(  # the call HFPrompt.render makes when serving
+                template_messages(messages, tool_roles=self.tool_roles, call_format=self.call_format, tools=tools),
+                tools=tools if self.tool_roles and tools else None,
                 add_generation_prompt=generation_prompt, tokenize=False,
             )
         except Exception as exc:

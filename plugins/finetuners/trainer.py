@@ -75,7 +75,7 @@ class Trainer:
         self.config = config
         self.progress = progress or (lambda _: None)
         self.base = base or load_base(config, cache_dir)
-        self.data: RunData = prepare(config, self.base.tokenizer)
+        self.data: RunData = prepare(config, self.base.tokenizer, self.base.spec)
         import torch
 
         torch.manual_seed(config.seed)  # the adapter's initial weights come from this seed

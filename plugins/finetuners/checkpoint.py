@@ -21,9 +21,9 @@ from typing import Any
 from hanlin.errors import ConfigurationError
 from hanlin.plugins.finetuners.config import TuneConfig
 
-# settings that may change between a run and its resume without changing what is trained
-_FREE = {"output_dir", "save_every", "keep_checkpoints", "log_every", "export", "gguf_type", "threads", "max_steps",
-         "device"}
+# settings that may change between a run and its resume without changing what is trained (max_steps is not one:
+# the learning-rate schedule is laid out over the run's total steps)
+_FREE = {"output_dir", "save_every", "keep_checkpoints", "log_every", "export", "gguf_type", "threads", "device"}
 
 
 @dataclass
@@ -76,8 +76,9 @@ def restore(checkpoint: Path, *, model: Any, optimizer: Any, scheduler: Any, con
     meta = json.loads((checkpoint / "position.json").read_text())
     if meta.pop("fingerprint") != fingerprint(config):
         raise ConfigurationError(
-            f"checkpoint {checkpoint} was written under different training settings (model, data, method or "
-            "optimizer changed); resume with the original config, or start fresh in a new output_dir"
+            f"checkpoint {checkpoint} was written under different training settings (model, data, method, "
+            "optimizer, schedule or max_steps changed); resume with the original config, or start fresh in a new "
+            "output_dir"
         )
     weights = torch.load(checkpoint / "trainable.pt", map_location="cpu")
     params = dict(model.named_parameters())

@@ -60,7 +60,9 @@ def register_commands(cli: Any) -> None:
         model: str | None = typer.Option(None, "--model", "-m", help="Base model: name, .gguf file or HF folder."),
         data: list[str] | None = typer.Option(None, "--data", "-d", help="Training file (repeatable)."),
         method: str | None = typer.Option(None, "--method", help="full, lora, qlora or dpo (default lora)."),
-        output_dir: str | None = typer.Option(None, "--output-dir", "-o", help="Where checkpoints and exports go."),
+        # --out, as every command that writes a folder names it; --output-dir (the config key) stays an alias
+        output_dir: str | None = typer.Option(None, "--out", "-o", "--output-dir",
+                                              help="Where checkpoints and exports go (config key: output_dir)."),
         max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
         epochs: float | None = typer.Option(None, "--epochs"),
         learning_rate: float | None = typer.Option(None, "--lr"),
@@ -70,7 +72,7 @@ def register_commands(cli: Any) -> None:
         save_every: int | None = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
         export: list[str] | None = typer.Option(None, "--export", help="adapter, merged, gguf (repeatable)."),
         skip_bad_records: bool = typer.Option(False, "--skip-bad-records", help="Skip malformed rows (counted)."),
-        resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in output_dir."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
         seed: int | None = typer.Option(None, "--seed"),
     ) -> None:
         """Fine-tune a model on chats, agent traces, plain text or preference pairs."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from hanlin import Message, ModelError, ModelSpec
 from hanlin.runtimes.chat_format import render_plain, template_knows_tools, template_messages
+from hanlin.runtimes.prompt_guard import guarded_segments, tokenize_segments
 from hanlin.runtimes.tool_calls import CallFormat, detect_format
 
 
@@ -77,6 +78,18 @@ class HFPrompt:
             )
         except Exception as exc:  # jinja errors and the template's own raise_exception
             raise ModelError(f"the chat template of model '{self.name}' failed: {type(exc).__name__}: {exc}") from None
+
+    def prompt_ids(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """The rendered prompt's token ids, message content as plain text (see ``prompt_guard``)."""
+        segments = guarded_segments(messages, lambda m: self.render(m, tools), self._holds_special)
+        return tokenize_segments(segments, self._tokenize_segment)
+
+    def _holds_special(self, text: str) -> bool:
+        return self._tokenize_segment(text, True, False) != self._tokenize_segment(text, False, False)
+
+    def _tokenize_segment(self, text: str, special: bool, first: bool) -> list[int]:
+        add = first and not self.use_template  # the plain layout takes the tokenizer's BOS; a template writes its own
+        return self.tokenizer(text, add_special_tokens=add, split_special_tokens=not special)["input_ids"]
 
     def tokenize(self, text: str, *, templated: bool | None = None) -> list[int]:
         """Token ids; text rendered by the chat template already holds its special tokens, so none are added."""

@@ -9,9 +9,9 @@ loop so scripts and notebooks get the same behaviour.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
-import queue
 import re
 import threading
 import uuid
@@ -27,6 +27,7 @@ from hanlin.events import ErrorEvent, Event, RunFinished, RunStatus, parse_event
 from hanlin.messages import Message, Usage, to_messages
 from hanlin.protocols.base import AgentProtocol
 from hanlin.protocols.context import RunContext, RunOptions
+from hanlin.sync_bridge import iterate_sync, run_sync
 from hanlin.tools import Tool, as_tools, tool_session
 
 
@@ -185,6 +186,7 @@ class Agent:
         self.params = params
         self._sessions: dict[str, list[Message]] = {}
         self._session_lock = threading.Lock()
+        self._turn_locks: dict[str, threading.Lock] = {}
 
     # ---- sessions --------------------------------------------------------------------
     def history(self, session_id: str) -> list[Message]:
@@ -219,6 +221,35 @@ class Agent:
             yield event
 
     async def _astream(
+        self, task: str | Message, session_id: str | None, sink: list[RunResult] | None,
+        history: list[Message] | None = None,
+    ) -> AsyncIterator[Event]:
+        if session_id is None:
+            async for event in self._astream_turn(task, session_id, sink, history):
+                yield event
+            return
+        async with self._session_turn(session_id):
+            async for event in self._astream_turn(task, session_id, sink, history):
+                yield event
+
+    @contextlib.asynccontextmanager
+    async def _session_turn(self, session_id: str) -> AsyncIterator[None]:
+        """One run at a time per session: a second run reads the history only after the first has stored its turn
+        (otherwise both start from the same history and the later store drops the other's turn). Runs may come from
+        different threads and event loops (``run`` drives its own), so the lock is a thread lock, polled so that the
+        waiting loop stays responsive and a cancelled waiter leaves nothing held."""
+        with self._session_lock:
+            lock = self._turn_locks.setdefault(session_id, threading.Lock())
+        delay = 0.001
+        while not lock.acquire(blocking=False):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        try:
+            yield
+        finally:
+            lock.release()
+
+    async def _astream_turn(
         self, task: str | Message, session_id: str | None, sink: list[RunResult] | None,
         history: list[Message] | None = None,
     ) -> AsyncIterator[Event]:
@@ -336,11 +367,11 @@ class Agent:
         self, task: str | Message, *, session_id: str | None = None, on_event: Callable[[Event], None] | None = None
     ) -> RunResult:
         """Run to the end and return the result (works inside a running event loop too)."""
-        return _run_sync(self.arun(task, session_id=session_id, on_event=on_event))
+        return run_sync(self.arun(task, session_id=session_id, on_event=on_event), thread_name="hanlin-agent-run")
 
     def stream(self, task: str | Message, *, session_id: str | None = None) -> Iterator[Event]:
         """Sync event stream: the run happens on a background event loop while you iterate."""
-        return _iterate_sync(self.astream(task, session_id=session_id))
+        return iterate_sync(self.astream(task, session_id=session_id), thread_name="hanlin-agent-stream")
 
     def close(self) -> None:
         """Release what the tools hold (kernels, sessions): each toolkit once; and the model, if this agent loaded
@@ -398,71 +429,3 @@ def vote(results: list[RunResult]) -> tuple[int, int]:
         return 0, 0
     best = max(counts, key=lambda k: (counts[k], -first[k]))
     return first[best], counts[best]
-
-
-def _run_sync(coro: Any) -> Any:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    result: list[Any] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(asyncio.run(coro))
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name="hanlin-agent-run")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return result[0]
-
-
-_DONE = object()
-
-
-def _iterate_sync(agen: AsyncIterator[Event]) -> Iterator[Event]:
-    """Drive an async generator on a background thread; stop it if the consumer stops early."""
-    items: queue.Queue[Any] = queue.Queue(maxsize=256)
-    stop = threading.Event()
-
-    async def pump() -> None:
-        try:
-            async for item in agen:
-                while not stop.is_set():
-                    try:
-                        items.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        await asyncio.sleep(0)
-                if stop.is_set():
-                    break
-        except BaseException as exc:
-            items.put(exc)
-            return
-        finally:
-            await agen.aclose()  # type: ignore[attr-defined]
-        items.put(_DONE)
-
-    thread = threading.Thread(target=asyncio.run, args=(pump(),), name="hanlin-agent-stream", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = items.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # drain so the producer is never stuck on a full queue
-            try:
-                items.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        thread.join()

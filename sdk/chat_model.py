@@ -15,16 +15,15 @@ runtimes can.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hanlin.errors import ConfigurationError
 from hanlin.messages import MessageLike, Message, ToolCall, Usage, to_messages
+from hanlin.sync_bridge import iterate_in_thread
 
 
 class Constraint(BaseModel):
@@ -54,6 +53,8 @@ class Constraint(BaseModel):
 
 class GenerationParams(BaseModel):
     """Sampling and control parameters of one call. ``None`` means the runtime's default."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt parameter is an error, not a silent default
 
     max_tokens: int | None = Field(default=None, gt=0)
     temperature: float | None = Field(default=None, ge=0)
@@ -136,38 +137,6 @@ def completion_from_chunks(chunks: Iterable[Chunk]) -> Completion:
     )
 
 
-async def _threaded(make: Callable[[], Iterator[Chunk]]) -> AsyncIterator[Chunk]:
-    """Drive a blocking chunk iterator in a worker thread; stop it when the consumer goes away."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    cancelled = threading.Event()
-
-    def produce() -> None:
-        try:
-            for chunk in make():
-                if cancelled.is_set():
-                    break
-                loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
-        except BaseException as exc:  # handed to the consumer, re-raised there
-            loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
-        else:
-            loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
-
-    worker = loop.run_in_executor(None, produce)
-    try:
-        while True:
-            kind, value = await queue.get()
-            if kind == "chunk":
-                yield value
-            elif kind == "error":
-                raise value
-            else:
-                break
-    finally:
-        cancelled.set()
-        await asyncio.shield(worker)
-
-
 def _coerce_params(params: GenerationParams | None, overrides: dict[str, Any]) -> GenerationParams:
     if params is None:
         if "stop" in overrides and isinstance(overrides["stop"], str):
@@ -176,8 +145,11 @@ def _coerce_params(params: GenerationParams | None, overrides: dict[str, Any]) -
             return GenerationParams(**overrides)
         except Exception as exc:  # pydantic ValidationError or unknown keyword
             raise ConfigurationError(f"invalid generation parameters {overrides!r}: {exc}") from None
-    if overrides:
-        return params.model_copy(update=overrides)
+    if overrides:  # validated like a fresh GenerationParams: model_copy(update=...) would take anything
+        try:
+            return GenerationParams(**{**dict(params), **overrides})
+        except Exception as exc:
+            raise ConfigurationError(f"invalid generation parameters {overrides!r}: {exc}") from None
     return params
 
 
@@ -201,7 +173,7 @@ class ChatModel:
 
     async def _astream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Chunk]:
         """Run the sync stream in a thread and hand chunks to the event loop as they come."""
-        async for chunk in _threaded(lambda: self._stream(messages, params)):
+        async for chunk in iterate_in_thread(lambda: self._stream(messages, params)):
             yield chunk
 
     # ---- the public API ------------------------------------------------------------
@@ -238,7 +210,7 @@ class ChatModel:
 
     async def astream_prompt(self, prompt: str, params: GenerationParams | None = None, **kwargs: Any) -> AsyncIterator[Chunk]:
         params = _coerce_params(params, kwargs)
-        async for chunk in _threaded(lambda: self._stream_prompt(prompt, params)):
+        async for chunk in iterate_in_thread(lambda: self._stream_prompt(prompt, params)):
             yield chunk
 
     # ---- prompt log-probabilities (optional: capabilities.logprobs) ------------------------------

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from hanlin.docstrings import parse_docstring
 from hanlin.errors import ToolError, ToolInputError
+from hanlin.sync_bridge import run_sync
 
 DEFAULT_TIMEOUT_S = 30.0
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
@@ -180,13 +181,14 @@ class Tool:
         if isinstance(kwargs, ToolResult):
             return kwargs
         if self.is_async:
-            return _run_coroutine_sync(self.ainvoke(arguments))
+            return run_sync(self.ainvoke(arguments), thread_name="hanlin-tool-call")
         future = _pool.submit(contextvars.copy_context().run, functools.partial(self.fn, **kwargs))
-        try:
-            return self._wrap(future.result(timeout=self.timeout))
-        except concurrent.futures.TimeoutError:
+        done, _ = concurrent.futures.wait([future], timeout=self.timeout)
+        if not done:  # the tool's own TimeoutError (a socket timeout) is a failure of the tool, not ours
             future.cancel()
             return self._timeout_result()
+        try:
+            return self._wrap(future.result())
         except Exception as exc:
             return self._failure(exc)
 
@@ -200,10 +202,17 @@ class Tool:
             loop = asyncio.get_running_loop()
             context = contextvars.copy_context()
             call = loop.run_in_executor(_pool, functools.partial(context.run, functools.partial(self.fn, **kwargs)))
+        task = asyncio.ensure_future(call)
         try:
-            return self._wrap(await asyncio.wait_for(call, timeout=self.timeout))
-        except TimeoutError:
+            done, _ = await asyncio.wait([task], timeout=self.timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not done:  # as in invoke: only our deadline is a timeout; the tool's own TimeoutError is its failure
+            task.cancel()
             return self._timeout_result()
+        try:
+            return self._wrap(task.result())
         except Exception as exc:
             return self._failure(exc)
 
@@ -213,15 +222,6 @@ class Tool:
 
     def __repr__(self) -> str:
         return f"<Tool {self.name}>"
-
-
-def _run_coroutine_sync(coro: Awaitable[ToolResult]) -> ToolResult:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    # Called from inside a running loop (e.g. a sync tool used from async code): use a thread.
-    return _pool.submit(asyncio.run, coro).result()  # type: ignore[arg-type]
 
 
 def _parameter_hints(fn: Callable[..., Any], name: str) -> dict[str, Any]:

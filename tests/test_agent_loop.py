@@ -7,7 +7,9 @@ real-model agent tests live with the runtimes.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
+import threading
 import time
 
 import pytest
@@ -134,7 +136,23 @@ def test_stream_can_be_abandoned_early() -> None:
     stream = agent.stream("q")
     first = next(stream)
     assert isinstance(first, StepStarted)
-    stream.close()  # must not hang or leak the background loop
+    stream.close()
+    # the background loop's thread is gone once close() returns: nothing left running for the abandoned run
+    assert not [t for t in threading.enumerate() if t.name == "hanlin-agent-stream"]
+
+
+def test_concurrent_runs_of_one_session_keep_both_turns() -> None:
+    def reply(messages, params):
+        time.sleep(0.2)  # both runs are in flight together
+        return f"Final Answer: answer to {messages[-1].content}"
+
+    agent = Agent(ScriptedModel(reply), [add])
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda task: agent.run(task, session_id="s"), ["one", "two"]))
+    assert sorted(r.output for r in results) == ["answer to one", "answer to two"]
+    users = [m.content for m in agent.history("s") if m.role == "user"]
+    assert sorted(users) == ["one", "two"]  # the later run saw the earlier turn and stored both
+    assert len(agent.history("s")) == 4
 
 
 # ---- failures the loop must survive ---------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from typing import Annotated, Literal
 
@@ -90,6 +91,35 @@ def test_exception_and_timeout_become_error_results() -> None:
     assert time.perf_counter() - started < 0.9
     failed = broken.invoke({})
     assert failed.is_error and "KeyError: 'missing'" in failed.content
+
+
+def test_a_tools_own_timeout_error_is_its_failure_not_our_deadline() -> None:
+    @tool(timeout=5)
+    def fetch(url: str) -> str:
+        """Fetch."""
+        raise socket.timeout("timed out reading from the server")
+
+    @tool(timeout=5)
+    async def afetch(url: str) -> str:
+        """Fetch."""
+        raise TimeoutError("upstream took too long")
+
+    for result in (fetch.invoke({"url": "x"}), asyncio.run(fetch.ainvoke({"url": "x"}))):
+        assert result.is_error and "raised TimeoutError: timed out reading from the server" in result.content
+        assert "did not finish within" not in result.content
+    for result in (afetch.invoke({"url": "x"}), asyncio.run(afetch.ainvoke({"url": "x"}))):
+        assert result.is_error and "raised TimeoutError: upstream took too long" in result.content
+
+
+def test_generation_parameter_overrides_are_validated() -> None:
+    from hanlin import ConfigurationError, GenerationParams, ScriptedModel
+
+    model = ScriptedModel(["a", "b", "c"])
+    with pytest.raises(ConfigurationError, match="temprature"):
+        model.generate("hi", GenerationParams(max_tokens=5), temprature=0.5)
+    with pytest.raises(ConfigurationError, match="top_p"):
+        model.generate("hi", GenerationParams(max_tokens=5), top_p=7)
+    assert model.generate("hi", GenerationParams(max_tokens=5), temperature=0.5).text == "a"
 
 
 def test_async_tools_sync_and_async_paths() -> None:

@@ -35,6 +35,7 @@ from hanlin.grammar import json_schema_grammar
 from hanlin.runtimes.chat_format import render_chat, render_plain
 from hanlin.runtimes.cpu.gguf_header import context_length
 from hanlin.runtimes.cpu.sampling import GrammarFirstSampler, decode
+from hanlin.runtimes.prompt_guard import guarded_segments, tokenize_segments
 from hanlin.runtimes.scoring import pair_ids
 from hanlin.runtimes.text_stream import StopScanner
 from hanlin.runtimes.tool_calls import ToolPlan, detect_format, plan_tools, repeats_a_call, trigger_start
@@ -134,8 +135,22 @@ class LlamaChatModel(ChatModel):
     def tokenize(self, text: str) -> list[int]:
         if self._llm is None:
             raise ModelError(f"model '{self.name}' was closed; load it again with hanlin.load_model")
-        add_bos = self._add_bos and not (self._bos and text.startswith(self._bos))
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        return self._tokenize_segment(text, special=True, first=True)
+
+    def prompt_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """The rendered prompt's tokens, message content as plain text (see ``prompt_guard``)."""
+        if self._llm is None:
+            raise ModelError(f"model '{self.name}' was closed; load it again with hanlin.load_model")
+        segments = guarded_segments(messages, lambda m: self.render(m, tools), self._holds_special)
+        return tokenize_segments(segments, self._tokenize_segment)
+
+    def _holds_special(self, text: str) -> bool:
+        data = text.encode("utf-8")
+        return self._llm.tokenize(data, add_bos=False, special=True) != self._llm.tokenize(data, add_bos=False, special=False)
+
+    def _tokenize_segment(self, text: str, special: bool, first: bool) -> list[int]:
+        add_bos = first and self._add_bos and not (self._bos and text.startswith(self._bos))
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
 
     def _tokenize_piece(self, text: str) -> list[int]:
         """Text that follows other text: never a BOS."""
@@ -195,7 +210,7 @@ class LlamaChatModel(ChatModel):
     # ---- generation --------------------------------------------------------------------------
     def _stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Chunk]:
         plan = plan_tools(params, self._format, self.capabilities)
-        return self._stream_tokens(self.tokenize(self.render(messages, plan.render_tools)), params, plan)
+        return self._stream_tokens(self.prompt_tokens(messages, plan.render_tools), params, plan)
 
     def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
         return self._stream_tokens(self.tokenize(prompt), params, ToolPlan())

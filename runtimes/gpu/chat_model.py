@@ -181,7 +181,7 @@ class GpuChatModel(ChatModel):
         # Calls are read from the reply; tool_choice required/named is forced by the call grammar from the first token
         # (the lazy grammar of tool_choice auto needs a matcher switched on mid-request: not in the engine yet).
         plan = plan_tools(params, self.prompt.format, self.capabilities)
-        prompt = self.prompt.tokenize(self.prompt.render(messages, plan.render_tools))
+        prompt = self.prompt.prompt_ids(messages, plan.render_tools)
         if plan.grammar is not None:
             params = params.model_copy(update={"constraint": Constraint(grammar=plan.grammar)})
         return self._collect(self._submit(prompt, params), params, plan)
@@ -224,7 +224,7 @@ class GpuChatModel(ChatModel):
             if isinstance(p, str):
                 req = self._submit(self.prompt.tokenize(p, templated=False), params)
             else:
-                req = self._submit(self.prompt.tokenize(self.prompt.render(p)), params)
+                req = self._submit(self.prompt.prompt_ids(p), params)
             streams.append(self._collect(req, params, ToolPlan()))
         return ["".join(c.text for c in s if c.text) for s in streams]
 

@@ -115,7 +115,7 @@ class TransformersChatModel(ChatModel):
     # ---- generation --------------------------------------------------------------------------
     def _stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Chunk]:
         plan = plan_tools(params, self.prompt.format, self.capabilities)
-        return self._stream_tokens(self.tokenize(self.render(messages, plan.render_tools)), params, plan)
+        return self._stream_tokens(self.prompt.prompt_ids(messages, plan.render_tools), params, plan)
 
     def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
         return self._stream_tokens(self.tokenize(prompt, templated=False), params, ToolPlan())

@@ -5,7 +5,7 @@ then waiting requests are admitted in arrival order while the budget and the KV 
 into chunks, so it never stalls the decodes of the others; while requests wait, a prefill in progress takes at most
 half the budget, so a short request arriving behind a long prompt starts at the next step instead of after the
 whole prompt (and the long one still advances every step). New requests join at any step. When blocks run out, the
-most recently admitted sequence is preempted: its blocks are freed and it is recomputed later from its tokens
+most recently admitted sequence not already in this step's batch is preempted: its blocks are freed and it is recomputed later from its tokens
 (prompt and what it generated), first in line.
 """
 
@@ -54,6 +54,13 @@ class Scheduler:
         self.waiting.appendleft(seq)
         self.preemptions += 1
 
+    def _victim(self, batch: list[Scheduled]) -> Sequence:
+        """The most recently admitted running sequence not already in this step's batch. A sequence in the batch
+        must keep its blocks (the step writes into them), and the one asking for room is never in it, so there
+        is always a candidate: at worst the asker itself."""
+        taken = {id(item.seq) for item in batch}
+        return next(s for s in reversed(self.running) if id(s) not in taken)
+
     def schedule(self) -> list[Scheduled]:
         budget = self.max_batch_tokens
         out: list[Scheduled] = []
@@ -70,7 +77,7 @@ class Scheduler:
                 continue
             need = self._blocks_for(seq, n)
             while need > self.blocks.num_free:
-                victim = self.running[-1]
+                victim = self._victim(out)
                 self._preempt(victim)
                 if victim is seq:
                     break

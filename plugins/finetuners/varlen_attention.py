@@ -7,6 +7,10 @@ the padded one it replaces. This attention function cuts each row at the positio
 SDPA on each sample alone (flash / memory-efficient kernels, no mask), so a packed row costs the sum of its
 samples' attention, as flash-attention's varlen kernels do on a GPU. The model gets no mask at all.
 
+Layers with a sliding window (Gemma3's local layers: ``sliding_window`` set on the layer, None on its global
+ones) see only the last ``sliding_window`` positions of their own sample, as transformers' sliding-window mask
+lets them; a sample no longer than the window needs no mask and keeps the fast causal path.
+
 Registered with transformers under the name ``hanlin_varlen``; the finetuners switch a model to it when packing.
 """
 
@@ -23,11 +27,18 @@ def _no_mask(*args: Any, **kwargs: Any) -> None:
 
 
 def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, *, scaling: float | None = None,
-                     dropout: float = 0.0, position_ids: Any = None, **kwargs: Any) -> tuple[Any, None]:
-    """query [B, H, L, D], key/value [B, Hkv, L, D] -> ([B, L, H, D], None), causal within each sample."""
+                     dropout: float = 0.0, position_ids: Any = None, sliding_window: int | None = None,
+                     softcap: float | None = None, **kwargs: Any) -> tuple[Any, None]:
+    """query [B, H, L, D], key/value [B, Hkv, L, D] -> ([B, L, H, D], None), causal within each sample (and within
+    ``sliding_window`` positions on a sliding layer)."""
     import torch
     import torch.nn.functional as F
 
+    if softcap is not None:
+        from hanlin.errors import ConfigurationError
+
+        raise ConfigurationError(f"this model soft-caps its attention scores (softcap={softcap}), which hanlin's varlen "
+                                 "attention does not do; set attention: model in the tune config")
     batch, _, length, _ = query.shape
     if position_ids is None:
         position_ids = torch.arange(length, device=query.device).expand(batch, length)
@@ -38,13 +49,29 @@ def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
         if not starts or starts[0] != 0:
             starts = [0, *starts]
         bounds = [*starts, length]
-        pieces = [
-            F.scaled_dot_product_attention(query[b : b + 1, :, s:e], key[b : b + 1, :, s:e], value[b : b + 1, :, s:e],
-                                           is_causal=True, scale=scaling, dropout_p=dropout, enable_gqa=gqa)
-            for s, e in zip(bounds[:-1], bounds[1:]) if e > s
-        ]
+        pieces = []
+        for s, e in zip(bounds[:-1], bounds[1:]):
+            if e <= s:
+                continue
+            mask = window_mask(e - s, sliding_window, query.device)
+            pieces.append(F.scaled_dot_product_attention(
+                query[b : b + 1, :, s:e], key[b : b + 1, :, s:e], value[b : b + 1, :, s:e], attn_mask=mask,
+                is_causal=mask is None, scale=scaling, dropout_p=dropout, enable_gqa=gqa))
         rows.append(torch.cat(pieces, dim=2))
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+def window_mask(length: int, sliding_window: int | None, device: Any) -> Any:
+    """The [length, length] boolean mask of a sliding layer (True = attend): causal, and a query sees the keys less
+    than ``sliding_window`` positions behind it (itself included), transformers' ``sliding_window_overlay``. None
+    when the window covers the whole sample: plain causal attention is the same and takes the fused kernels."""
+    import torch
+
+    if sliding_window is None or length <= sliding_window:
+        return None
+    where = torch.arange(length, device=device)
+    behind = where[:, None] - where[None, :]
+    return (behind >= 0) & (behind < sliding_window)
 
 
 def use_varlen_attention(model: Any) -> None:

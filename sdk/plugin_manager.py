@@ -96,6 +96,7 @@ class PluginManager:
         self._loaded = False
         self._lock = threading.RLock()
         self._extended_clis: set[int] = set()
+        self._command_errors: dict[str, list[str]] = {}
 
     # ---- loading -----------------------------------------------------------------------
     def load(self) -> None:
@@ -172,7 +173,9 @@ class PluginManager:
             try:
                 impl.function(cli=cli)
             except Exception as exc:
-                self._record_error(plugin_name, f"register_commands raised {_short_error(exc)}")
+                message = f"register_commands raised {_short_error(exc)}"
+                self._command_errors.setdefault(plugin_name, []).append(message)
+                self._record_error(plugin_name, message)
 
     # ---- temporary registration (tests, apps) ----------------------------------------
     def register(self, plugin: Any, name: str | None = None) -> str:
@@ -207,9 +210,13 @@ class PluginManager:
             if self._registry is not None:
                 return self._registry
             registry: dict[str, dict[str, tuple[Any, str]]] = {kind: {} for kind in hookspecs.KINDS}
-            for info in self._infos.values():
-                if info.status == "loaded":
-                    info.error = None
+            # Registration errors are found again by this rebuild: start the plugins that loaded from a clean slate
+            # (their CLI errors are kept: commands are added once), so no message is listed twice.
+            for name, info in self._infos.items():
+                if info.status != "disabled" and self._pm.get_plugin(name) is not None:
+                    info.status, info.error = "loaded", None
+                    for message in self._command_errors.get(name, []):
+                        self._record_error(name, message)
             for kind in hookspecs.KINDS:
                 hook = getattr(self._pm.hook, f"register_{kind}")
                 # get_hookimpls() lists in registration order: built-ins first, so they win name clashes.
@@ -228,7 +235,10 @@ class PluginManager:
         if info is None:
             return
         info.status = "failed"
-        info.error = message if not info.error else f"{info.error}; {message}"
+        if not info.error:
+            info.error = message
+        elif message not in info.error.split("; "):
+            info.error = f"{info.error}; {message}"
 
     def _registrar(self, kind: str, table: dict[str, tuple[Any, str]], plugin_name: str) -> Callable[..., None]:
         def register(item: Any, *extra: Any, **options: Any) -> None:

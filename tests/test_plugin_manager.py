@@ -133,6 +133,14 @@ def test_duplicate_names_keep_the_first() -> None:
     assert pm.owner("tools", "echo") == "first"
     infos = {i.name: i for i in pm.infos()}
     assert "already registered by plugin 'first'" in infos["second"].error
+    message = infos["second"].error
+    pm.register(types.SimpleNamespace(), "third")  # each registration rebuilds the registry
+    pm.register(types.SimpleNamespace(), "fourth")
+    infos = {i.name: i for i in pm.infos()}
+    assert infos["second"].error == message and infos["second"].status == "failed"  # said once, not "X; X; X"
+    pm.unregister("first")
+    infos = {i.name: i for i in pm.infos()}
+    assert infos["second"].status == "loaded" and infos["second"].error is None  # the clash is gone, so is the error
 
 
 def test_unknown_name_lists_what_exists() -> None:

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from hanlin import ContextOverflowError, ModelError, load_model
+from hanlin import ConfigurationError, ContextOverflowError, ModelError, load_model
 
 pytest.importorskip("httpx")
 
@@ -16,8 +16,9 @@ pytest.importorskip("httpx")
 class Endpoint:
     """Answers POST /v1/chat/completions with the scripted (status, body) pairs, in order."""
 
-    def __init__(self, replies: list[tuple[int, object]]) -> None:
+    def __init__(self, replies: list[tuple[int, object]], models: dict | None = None) -> None:
         self.replies = list(replies)
+        self.models = models
         self.requests: list[dict] = []
         endpoint = self
 
@@ -28,6 +29,17 @@ class Endpoint:
                 data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "text/event-stream" if isinstance(body, str) else "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                if endpoint.models is None or self.path != "/v1/models":
+                    self.send_error(404)
+                    return
+                data = json.dumps(endpoint.models).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -61,8 +73,8 @@ BUSY = (503, {"error": {"message": "busy", "type": "server_error", "code": None}
 def endpoint():
     made = []
 
-    def make(replies):
-        made.append(Endpoint(replies))
+    def make(replies, models=None):
+        made.append(Endpoint(replies, models))
         return made[-1]
 
     yield make
@@ -126,3 +138,33 @@ def test_unreachable_endpoint_and_missing_url() -> None:
             load_model("m", runtime="remote")
         finally:
             os.environ.update(saved)
+
+
+def test_a_stream_event_that_is_not_json_is_a_clear_model_error(endpoint) -> None:
+    server = endpoint([(200, 'data: {"choices": [\n\n'), (200, "data: [1, 2]\n\n")])
+    model = load_model("m", runtime="remote", base_url=server.url, backoff=0.01)
+    with pytest.raises(ModelError, match="sent a stream event that is not JSON"):
+        model.generate("hi")
+    with pytest.raises(ModelError, match="not a JSON object"):
+        model.generate("hi")
+
+
+def test_context_length_comes_from_the_endpoint_or_the_option(endpoint) -> None:
+    listing = {"object": "list", "data": [{"id": "other", "max_model_len": 999},
+                                          {"id": "m", "object": "model", "max_model_len": 4096}]}
+    server = endpoint([(200, sse(delta(content="cut"), {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+                                                       "usage": {"prompt_tokens": 4000, "completion_tokens": 95}}))],
+                      models=listing)
+    model = load_model("m", runtime="remote", base_url=server.url)
+    assert model.capabilities.context_length == 4096
+    # a reply cut by the full context ends the agent run with the reason, not with retries of a "mistake"
+    from hanlin import Agent
+
+    result = Agent(model, [], protocol="react", max_retries=3).run("go")
+    assert result.status == "error" and "filled the model's context (4095 of 4096 tokens)" in result.error
+    assert len(server.requests) == 1
+    assert load_model("m", runtime="remote", base_url=server.url, context_length=2048).capabilities.context_length == 2048
+    silent = endpoint([])  # no /models listing: unknown, and loading still works
+    assert load_model("m", runtime="remote", base_url=silent.url).capabilities.context_length is None
+    with pytest.raises(ConfigurationError, match="context_length must be a positive"):
+        load_model("m", runtime="remote", base_url=silent.url, context_length=0)

@@ -32,7 +32,7 @@ RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 class RemoteChatModel(ChatModel):
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None, timeout: float = 120.0,
-                 max_retries: int = 3, backoff: float = 0.5) -> None:
+                 max_retries: int = 3, backoff: float = 0.5, context_length: int | None = None) -> None:
         import httpx
 
         base_url = base_url or os.environ.get("HANLIN_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
@@ -44,7 +44,39 @@ class RemoteChatModel(ChatModel):
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
         self.max_retries, self.backoff = max_retries, backoff
-        self.capabilities = Capabilities(constraints=frozenset({"json_schema"}), native_tools=True)
+        if context_length is not None and (not isinstance(context_length, int) or context_length < 1):
+            raise ConfigurationError(f"context_length must be a positive number of tokens, got {context_length!r}")
+        self._context_length = context_length
+        self._capabilities: Capabilities | None = None
+
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        """Asked of the endpoint once, when first needed: the agent loop needs the context length to tell a reply
+        cut by a full context (an error to report) from one cut by max_tokens (a mistake to retry)."""
+        if self._capabilities is None:
+            self._capabilities = Capabilities(
+                constraints=frozenset({"json_schema"}), native_tools=True,
+                context_length=self._context_length or self._advertised_context_length(),
+            )
+        return self._capabilities
+
+    def _advertised_context_length(self) -> int | None:
+        """The context length the endpoint's /models entry for this model states (vLLM: max_model_len; others:
+        context_length, max_context_length, context_window), or None: not every server says, and a missing
+        figure must not stop the model from loading (pass context_length= to state it)."""
+        try:
+            response = self._client.get("/models", timeout=5.0)
+            entries = response.json().get("data") if response.status_code == 200 else None
+        except Exception:
+            return None
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict) or entry.get("id") != self.name:
+                continue
+            for key in ("max_model_len", "context_length", "max_context_length", "context_window"):
+                value = entry.get(key)
+                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                    return value
+        return None
 
     def _body(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.name, "messages": to_openai_messages(messages), "stream": True,
@@ -106,9 +138,11 @@ class RemoteChatModel(ChatModel):
                 data = line[5:].strip()
                 if data == "[DONE]":
                     break
-                event = json.loads(data)
+                event = _event(data, self.base_url)
                 if "error" in event:
-                    raise ModelError(f"{self.base_url} failed mid-stream: {event['error'].get('message')}")
+                    error = event["error"]
+                    message = error.get("message") if isinstance(error, dict) else error
+                    raise ModelError(f"{self.base_url} failed mid-stream: {message}")
                 if event.get("usage"):
                     u = event["usage"]
                     cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens")
@@ -142,3 +176,17 @@ class RemoteChatModel(ChatModel):
 
     def close(self) -> None:
         self._client.close()
+
+
+def _event(data: str, base_url: str) -> dict[str, Any]:
+    """One server-sent event's JSON object; anything else is the endpoint's fault, said as such."""
+    try:
+        event = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ModelError(
+            f"{base_url} sent a stream event that is not JSON ({exc}): {data[:200]!r}; is base_url an "
+            "OpenAI-compatible /v1 endpoint?"
+        ) from None
+    if not isinstance(event, dict):
+        raise ModelError(f"{base_url} sent a stream event that is not a JSON object: {data[:200]!r}")
+    return event

@@ -217,3 +217,24 @@ def test_fused_kernels_change_no_numbers(tmp_path: Path, tiny) -> None:
         weights.append(_trainable(trainer.model))
     for name in weights[0]:
         torch.testing.assert_close(weights[1][name], weights[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_full_finetune_in_bf16_keeps_small_updates(tmp_path: Path, tiny) -> None:
+    """A full fine-tune of a bf16 model: its RMSNorm weights start at exactly 1.0, where bf16 cannot move by less
+    than 2^-8, and AdamW moves them by about the learning rate (1e-3) a step. Stepped in bf16 every update rounds
+    back to 1.0; with the fp32 master copies the steps add up and the norms move."""
+    import torch
+
+    from hanlin.plugins.finetuners.config import load_config
+    from hanlin.plugins.finetuners.trainer import Trainer
+
+    data = write_jsonl(tmp_path / "d.jsonl", SECRET)
+    cfg = load_config(None, model=str(tiny), data=[str(data)], method="full", max_steps=8, batch_size=4,
+                      learning_rate=1e-3, schedule="constant", dtype="bfloat16", device="cpu", kernels="torch",
+                      output_dir=str(tmp_path / "out"))
+    trainer = Trainer(cfg)
+    norms = {n: p for n, p in trainer.model.named_parameters() if n.endswith("norm.weight")}
+    assert norms and all(p.dtype == torch.bfloat16 and bool((p == 1).all()) for p in norms.values())
+    trainer.train()
+    moved = sum(int((p != 1).sum()) for p in norms.values())
+    assert moved > 0.1 * sum(p.numel() for p in norms.values()), moved

@@ -1,8 +1,10 @@
 """The training loop shared by every method: SFT (full, LoRA, QLoRA) and DPO differ only in the loss of a step.
 
 One optimizer step = ``grad_accum`` micro-batches; the loss is normalised by the target tokens of the whole step
-(see packing.py). A checkpoint after every ``save_every`` steps holds everything needed to continue as if the run
-had never stopped: a resumed run rebuilds the epoch's batches from the seed and skips the ones already done.
+(see packing.py). Trainable weights stored in bf16/fp16 are stepped through fp32 master copies (master_weights.py),
+so updates below their precision accumulate. A checkpoint after every ``save_every`` steps holds everything needed
+to continue as if the run had never stopped: a resumed run rebuilds the epoch's batches from the seed and skips the
+ones already done.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from hanlin.plugins.finetuners import checkpoint
 from hanlin.plugins.finetuners.config import TuneConfig
 from hanlin.plugins.finetuners.data import RunData, prepare
 from hanlin.plugins.finetuners.losses import sequence_logprobs, token_loss_sum
+from hanlin.plugins.finetuners.master_weights import MasterWeights
 from hanlin.plugins.finetuners.model_setup import LoadedBase, load_base, trainable_parameters, wrap_for_method
 from hanlin.plugins.finetuners.packing import Row, collate
 
@@ -136,9 +139,10 @@ class Trainer:
 
         c = self.config
         params = list(trainable_parameters(self.model).values())
-        optimizer = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+        optimizer = MasterWeights(params, lambda ps: torch.optim.AdamW(ps, lr=c.learning_rate,
+                                                                       weight_decay=c.weight_decay))
         total = self.data.total_steps()
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(c, total))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, lr_lambda(c, total))
         position = checkpoint.Position()
         ckpt_dir = self.out / "checkpoints"
         if resume and (last := checkpoint.latest(ckpt_dir)) is not None:
@@ -164,11 +168,9 @@ class Trainer:
                     loss.backward()
                     step_loss += float(loss.detach())
                     result.tokens += sum(len(r.input_ids) for r in rows)
-                if c.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
-                optimizer.step()
+                optimizer.step(c.max_grad_norm)  # clipped and applied in fp32 (master_weights.py)
                 scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()
                 position.batch += len(group)
                 position.step += 1
                 position.tokens += sum(r.n_targets for rows in group for r in rows)

@@ -21,6 +21,7 @@ from hanlin.runtimes.gpu.engine import Engine  # noqa: E402
 from hanlin.runtimes.gpu.sequence import SamplingParams  # noqa: E402
 
 GREEDY = SamplingParams(max_tokens=10, ignore_eos=True)
+BS = 4  # KV block size of the engine tests
 
 
 # ---- blocks ---------------------------------------------------------------------------------------
@@ -32,8 +33,8 @@ def test_blocks_are_counted_shared_and_reused_by_prefix() -> None:
 
     h1 = block_hash(None, [1, 2])
     h2 = block_hash(h1, [3, 4])
-    bm.register(a, h1)
-    bm.register(b, h2)
+    bm.register(a, h1, [1, 2], None)
+    bm.register(b, h2, [3, 4], a)
     blocks, last = bm.match_prefix([1, 2, 3, 4, 5], limit=4)
     assert blocks == [a, b] and last == h2 and bm.refs[a] == 2
     assert bm.match_prefix([1, 2, 9, 9], limit=4)[0] == [a]  # a diverging prefix matches only its common blocks
@@ -46,6 +47,85 @@ def test_blocks_are_counted_shared_and_reused_by_prefix() -> None:
     for _ in range(4):  # allocation evicts: the cached blocks are handed out last, then forgotten
         bm.allocate()
     assert bm.match_prefix([1, 2, 3, 4], limit=4)[0] == []
+
+
+def test_prefix_hashes_are_cryptographic_and_chained() -> None:
+    from hanlin.runtimes.gpu.block_manager import block_hash
+
+    h = block_hash(None, [1, 2])
+    assert isinstance(h, bytes) and len(h) == 32
+    assert block_hash(h, [3, 4]) != block_hash(block_hash(None, [9, 9]), [3, 4])  # the parent is in the key
+    assert block_hash(None, [1, 2]) == h  # the same in every process (Python's hash of a tuple is not)
+
+
+def test_a_hash_collision_never_hands_out_other_tokens(monkeypatch) -> None:
+    """Every block hashes alike: a hit must still be verified against the block's tokens and its parent."""
+    from hanlin.runtimes.gpu import block_manager, scheduler
+
+    monkeypatch.setattr(block_manager, "block_hash", lambda previous, tokens: b"same")
+    monkeypatch.setattr(scheduler, "block_hash", lambda previous, tokens: b"same")
+    bm = BlockManager(num_blocks=4, block_size=2)
+    a = bm.allocate()
+    bm.register(a, b"same", [1, 2], None)
+    bm.release([a])
+    assert bm.match_prefix([3, 4, 5], limit=2) == ([], None)
+    assert bm.match_prefix([1, 2, 5], limit=2)[0] == [a]
+
+
+def test_a_hash_collision_in_the_engine_gives_the_right_tokens(monkeypatch, tmp_path) -> None:
+    from hanlin.runtimes.gpu import block_manager, scheduler
+
+    _tiny("llama", tmp_path)
+    first, second = list(range(10, 30)), list(range(40, 60))
+    expected = Engine(tmp_path, num_blocks=64, block_size=BS).generate([second], GREEDY)[0]
+    monkeypatch.setattr(block_manager, "block_hash", lambda previous, tokens: b"same")
+    monkeypatch.setattr(scheduler, "block_hash", lambda previous, tokens: b"same")
+    engine = Engine(tmp_path, num_blocks=64, block_size=BS)
+    engine.generate([first], GREEDY)
+    assert engine.generate([second], GREEDY)[0] == expected and engine.blocks.hits == 0
+
+
+def test_prefix_hits_count_only_admitted_requests() -> None:
+    """A waiting request that matches cached blocks but cannot get the rest gives them back: no hit (it used to
+    count one at every step it waited)."""
+    from hanlin.runtimes.gpu.scheduler import Scheduler
+    from hanlin.runtimes.gpu.sequence import Sequence
+
+    bm = BlockManager(num_blocks=4, block_size=2)
+    sched = Scheduler(bm, max_batch_tokens=64)
+
+    def run_step() -> None:
+        for item in sched.schedule():
+            sched.computed(item)
+            if item.seq.num_computed == len(item.seq.tokens):
+                item.seq.tokens.append(0)
+
+    a = Sequence(prompt_len=5, tokens=[1, 2, 3, 4, 5], params=SamplingParams(max_tokens=1))
+    sched.add(a)
+    run_step()
+    sched.finish(a, "length")  # its two full blocks stay cached
+    sched.add(Sequence(prompt_len=3, tokens=[7, 7, 7], params=SamplingParams(max_tokens=5)))
+    run_step()  # takes the two blocks that hold nothing
+    b = Sequence(prompt_len=7, tokens=[1, 2, 3, 4, 9, 9, 9], params=SamplingParams(max_tokens=1))
+    sched.add(b)
+    for _ in range(2):
+        run_step()
+        assert b in sched.waiting and not b.blocks and bm.hits == 0
+
+
+def test_score_leaves_the_prefix_cache_alone(tmp_path) -> None:
+    """Scoring takes blocks that hold no cached prefix, in smaller batches if it must, never the cached ones."""
+    _tiny("llama", tmp_path)
+    engine = Engine(tmp_path, num_blocks=16, block_size=4)
+    engine.generate([list(range(10, 50))], GREEDY)  # 50 tokens: 12 cached blocks, 4 free ones hold nothing
+    cached = dict(engine.blocks.cached)
+    assert len(cached) == 12 and engine.blocks.num_uncached_free == 4
+    requests = [(list(range(60, 68)), 4), (list(range(70, 78)), 2), (list(range(80, 88)), 5)]  # 6 blocks in all
+    scores = engine.score(requests)
+    assert engine.blocks.cached == cached
+    fresh = Engine(tmp_path, num_blocks=64, block_size=4)
+    for got, want in zip(scores, fresh.score(requests)):
+        assert got == pytest.approx(want, abs=1e-5)
 
 
 # ---- tiny random models of each family, against transformers ----------------------------------------

@@ -205,8 +205,9 @@ class Engine:
 
         Whole prompts are prefilled together in flat batches of at most ``max_batch_tokens`` tokens and ``max_rows``
         logits rows (only the rows that predict a scored token reach the LM head), on KV blocks taken for the
-        batch and given back unhashed, so the prefix cache is neither used nor disturbed. Call it between steps,
-        from the thread that drives the engine."""
+        batch and given back unhashed. The prefix cache is neither used nor disturbed: a batch takes only free
+        blocks that hold no cached prefix (more, smaller batches when those are few); only a single request larger
+        than all of them evicts cached blocks. Call it between steps, from the thread that drives the engine."""
         for tokens, start in requests:
             if not 1 <= start < len(tokens):
                 raise ValueError(f"start {start} must leave at least one token before and one after it "
@@ -220,7 +221,7 @@ class Engine:
         for tokens, start in requests:
             n, r = len(tokens), len(tokens) - start
             if batch and (used + n > self.scheduler.max_batch_tokens or rows + r > max_rows
-                          or self._blocks_needed([*batch, (tokens, start)]) > self.blocks.num_free):
+                          or self._blocks_needed([*batch, (tokens, start)]) > self.blocks.num_uncached_free):
                 out += self._score_batch(batch)
                 batch, used, rows = [], 0, 0
             batch.append((tokens, start))

@@ -5,8 +5,8 @@ then waiting requests are admitted in arrival order while the budget and the KV 
 into chunks, so it never stalls the decodes of the others; while requests wait, a prefill in progress takes at most
 half the budget, so a short request arriving behind a long prompt starts at the next step instead of after the
 whole prompt (and the long one still advances every step). New requests join at any step. When blocks run out, the
-most recently admitted sequence not already in this step's batch is preempted: its blocks are freed and it is recomputed later from its tokens
-(prompt and what it generated), first in line.
+most recently admitted sequence not already in this step's batch is preempted: its blocks are freed and it is
+recomputed later from its tokens (prompt and what it generated), first in line.
 """
 
 from __future__ import annotations
@@ -99,10 +99,12 @@ class Scheduler:
                 # Give back the prefix blocks it took: a waiting sequence must not hold blocks others need.
                 self.blocks.release(seq.blocks)
                 seq.blocks, seq.num_computed, seq.last_hash, seq.num_hashed_blocks = [], 0, None, 0
+                seq.cached_tokens = 0
                 if not self.running and not out:  # nothing will ever free blocks: fail loudly, never hang
                     raise RuntimeError("the KV cache cannot hold a single request; give it more memory")
                 break
             self.waiting.popleft()
+            self.blocks.hits += seq.cached_tokens  # counted once admitted: a match given back above is no hit
             seq.blocks.extend(self.blocks.allocate() for _ in range(need))
             seq.status = Status.RUNNING
             self.running.append(seq)
@@ -117,8 +119,9 @@ class Scheduler:
         bs = self.blocks.block_size
         while (seq.num_hashed_blocks + 1) * bs <= seq.num_computed:
             i = seq.num_hashed_blocks
-            seq.last_hash = block_hash(seq.last_hash, seq.tokens[i * bs : (i + 1) * bs])
-            self.blocks.register(seq.blocks[i], seq.last_hash)
+            chunk = seq.tokens[i * bs : (i + 1) * bs]
+            seq.last_hash = block_hash(seq.last_hash, chunk)
+            self.blocks.register(seq.blocks[i], seq.last_hash, chunk, seq.blocks[i - 1] if i else None)
             seq.num_hashed_blocks += 1
 
     def finish(self, seq: Sequence, reason: str) -> None:

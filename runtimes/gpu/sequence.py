@@ -58,7 +58,7 @@ class Sequence:
     status: Status = Status.WAITING
     num_computed: int = 0  # tokens whose k/v are in the cache
     blocks: list[int] = field(default_factory=list)
-    last_hash: int | None = None  # chained hash of the last registered full block
+    last_hash: bytes | None = None  # chained hash of the last registered full block
     num_hashed_blocks: int = 0
     cached_tokens: int = 0  # prompt tokens served from the prefix cache on admission
     finish_reason: str | None = None

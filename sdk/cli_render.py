@@ -55,8 +55,9 @@ class EventPrinter:
             self._end_tokens()
             u = event.usage
             reuse = f", {u.prompt_tokens_reused} reused from cache" if u.prompt_tokens_reused else ""
+            steps = "1 step" if event.step == 1 else f"{event.step} steps"
             self.out.write(
-                self._c(_DIM, f"[{event.status} after {event.step} steps; {u.prompt_tokens} prompt tokens{reuse}, "
+                self._c(_DIM, f"[{event.status} after {steps}; {u.prompt_tokens} prompt tokens{reuse}, "
                               f"{u.completion_tokens} generated]") + "\n"
             )
         self.out.flush()

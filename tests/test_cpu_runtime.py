@@ -208,14 +208,18 @@ def test_local_gguf_path_is_a_model(tmp_path) -> None:
 def test_react_run_with_grammar_calls_the_calculator_with_valid_arguments(smollm2) -> None:
     calculator = load_tool("calculator")
     result = Agent(smollm2, [calculator], protocol="react", max_steps=3).run("What is 37 * 91 + 5? Use the calculator.")
-    # SmolLM2 is too small to be right reliably; the grammar guarantees every step is well formed.
-    assert result.status in ("answered", "gave_up")
+    # The grammar guarantees every step is well formed; SmolLM2 (greedy) then calls the calculator exactly as asked.
     assert not [e for e in result.events if e.type == "error" and e.kind in ("parse", "unknown_tool", "invalid_arguments")]
-    assert result.tool_calls, "the first constrained step should call the calculator"
+    assert result.tool_calls[0].name == "calculator" and result.tool_calls[0].arguments == {"expression": "37 * 91 + 5"}
     for call in result.tool_calls:
         assert call.name == "calculator" and isinstance(call.arguments["expression"], str)
+    assert "3372" in next(m.content for m in result.messages if "Observation" in m.content or m.role == "tool")
+    # It is too small to stop calling tools reliably: the run ends with the right answer or at the step limit,
+    # never by a format failure.
     if result.status == "answered":
-        assert result.messages[-1].role == "assistant"
+        assert "3372" in result.output_text and result.messages[-1].role == "assistant"
+    else:
+        assert result.status == "gave_up" and result.error.startswith("reached max_steps=3")
     # step 2 re-sent the growing transcript: only the new turn was evaluated
     step_usages = [m for m in result.events if m.type == "run_finished"][0].usage
     assert step_usages.prompt_tokens_reused > 0

@@ -271,10 +271,15 @@ def test_hanlin_run_on_the_gpu_runtime(tf_cache) -> None:
     out = subprocess.run([sys.executable, "-m", "hanlin.cli", "run", "What is 6 * 7? Use the calculator.", "--model",
                           "smollm2", "--runtime", "gpu", "--tool", "calculator", "--max-steps", "2", "--json"],
                          capture_output=True, text=True, timeout=600, env=env)
-    assert out.returncode in (0, 1), out.stderr  # answered, or gave up at the step limit: both are explicit
     result = json.loads(out.stdout)
-    assert result["status"] in ("answered", "gave_up")
     assert result["messages"][1]["tool_calls"][0]["name"] == "calculator"
+    # SmolLM2 may call the tool again instead of answering: then the run stops at the step limit (exit 1), never
+    # by a format failure; an answer must be the right one (exit 0).
+    if result["status"] == "answered":
+        assert out.returncode == 0 and "42" in str(result["output"]), out.stderr
+    else:
+        assert out.returncode == 1 and result["status"] == "gave_up", out.stderr
+        assert result["error"].startswith("reached max_steps=2"), result["error"]
     kinds = {e.get("kind") for e in result["events"] if e["type"] == "error"}
     assert not {"parse", "unknown_tool", "invalid_arguments"} & kinds, kinds
     assert result["steps"] == 2 and result["usage"]["prompt_tokens_reused"] > 0

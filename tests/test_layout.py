@@ -1,4 +1,8 @@
-"""House rules from DESIGN.md, checked: packaging, import direction, a light `import hanlin`."""
+"""The house rules, checked: packaging, import direction, a light `import hanlin`.
+
+The rules come from the design map kept beside the repository (../shared/DESIGN.md, "Layout" and its arrows
+``kernels <- runtimes <- plugins``, ``sdk`` reaching plugins only through the plugin manager); each test states the
+rule it checks, so this file stands on its own in a clone without that map."""
 
 from __future__ import annotations
 
@@ -50,6 +54,14 @@ def test_sdk_never_imports_plugins_runtimes_or_kernels() -> None:
         if name.startswith(("hanlin.plugins", "hanlin.runtimes", "hanlin.kernels"))
     ]
     assert not bad, "the sdk must reach plugins through the plugin manager:\n" + "\n".join(bad)
+
+
+def test_runtimes_never_import_plugins() -> None:
+    """Plugins build on runtimes (a finetuner loads a model), never the other way: a runtime that imported a plugin
+    would make the runtime depend on a component that can be disabled or missing."""
+    bad = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p, line, name in _imports("runtimes")
+           if name.startswith("hanlin.plugins")]
+    assert not bad, "runtimes must not import plugins:\n" + "\n".join(bad)
 
 
 def test_kernels_import_nothing_from_hanlin() -> None:

@@ -10,7 +10,17 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["triton_available", "use_triton"]
+__all__ = ["TOLERANCES", "triton_available", "use_triton"]
+
+# How far a kernel may be from its torch reference, (atol, rtol) per dtype: the one place the tests, `hanlin bench
+# kernels` and tests/gpu_check.sh take them from. fp32: both sides compute in fp32 (tensor-core dots are asked
+# for "ieee", not TF32), so only the order of sums and Triton's fast exp differ (~1e-6). fp16 / bf16: about one
+# rounding step of the output (2^-11, 2^-8 relative), since kernels and references both round the result once.
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "float32": (1e-5, 1e-5),
+    "float16": (2e-3, 2e-3),
+    "bfloat16": (1.6e-2, 1.6e-2),
+}
 
 
 def triton_available() -> bool:

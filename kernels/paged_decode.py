@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from hanlin.kernels.paged_offsets import paged_offsets
+
 
 @triton.jit
 def _paged_decode_kernel(
@@ -46,7 +48,7 @@ def _paged_decode_kernel(
         pos = blk * BLOCK_SIZE + offs
         valid = (pos < n) & (pos >= lo)
         phys = tl.load(table_ptr + seq * stride_tb + blk, mask=blk * BLOCK_SIZE < n, other=0)
-        base = (phys * BLOCK_SIZE + offs[:, None]) * kv_heads * head_dim + kvh * head_dim + d[None, :]
+        base = paged_offsets(phys, offs, kvh, d, kv_heads, head_dim, BLOCK_SIZE)  # 64-bit: see paged_offsets
         kmask = valid[:, None] & dmask[None, :]
         k = tl.load(kc_ptr + base, mask=kmask, other=0.0).to(tl.float32)
         s = tl.where(valid, tl.sum(k * q[None, :], axis=1), float("-inf"))

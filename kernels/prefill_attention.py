@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from hanlin.kernels.paged_offsets import paged_offsets
+
 
 @triton.jit
 def _prefill_kernel(
@@ -23,6 +25,7 @@ def _prefill_kernel(
     stride_qt, stride_qh, stride_tb, stride_ot, stride_oh,
     scale, window, group, kv_heads, head_dim,
     BLOCK_M: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1)
@@ -49,14 +52,15 @@ def _prefill_kernel(
     for blk in range(first // BLOCK_SIZE, tl.cdiv(last, BLOCK_SIZE)):
         phys = tl.load(table_ptr + seq * stride_tb + blk)
         kpos = blk * BLOCK_SIZE + offs_n
-        base = (phys * BLOCK_SIZE + offs_n[:, None]) * kv_heads * head_dim + kvh * head_dim + d[None, :]
+        base = paged_offsets(phys, offs_n, kvh, d, kv_heads, head_dim, BLOCK_SIZE)  # 64-bit: see paged_offsets
         kmask = (kpos < n)[:, None] & dmask[None, :]
         k = tl.load(kc_ptr + base, mask=kmask, other=0.0)
         v = tl.load(vc_ptr + base, mask=kmask, other=0.0)
         if UPCAST:  # Triton's CPU interpreter computes bf16 dots wrongly; the GPU path keeps bf16 tensor cores
-            s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), out_dtype=tl.float32) * scale
+            s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), out_dtype=tl.float32,
+                       input_precision=PRECISION) * scale
         else:
-            s = tl.dot(q, tl.trans(k), out_dtype=tl.float32) * scale
+            s = tl.dot(q, tl.trans(k), out_dtype=tl.float32, input_precision=PRECISION) * scale
         allowed = (kpos[None, :] <= qpos[:, None]) & (kpos[None, :] < n) & mmask[:, None]
         if window > 0:
             allowed = allowed & (kpos[None, :] > qpos[:, None] - window)
@@ -66,9 +70,9 @@ def _prefill_kernel(
         p = tl.exp(s - m_safe[:, None])
         alpha = tl.exp(m_i - m_safe)
         if UPCAST:
-            pv = tl.dot(p, v.to(tl.float32), out_dtype=tl.float32)
+            pv = tl.dot(p, v.to(tl.float32), out_dtype=tl.float32, input_precision=PRECISION)
         else:
-            pv = tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
+            pv = tl.dot(p.to(v.dtype), v, out_dtype=tl.float32, input_precision=PRECISION)
         acc = acc * alpha[:, None] + pv
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
@@ -103,7 +107,11 @@ def prefill_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
 def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                       cu_seqlens_q: torch.Tensor, context_lens: torch.Tensor, scale: float | None = None,
                       window: int = 0, block_m: int = 32) -> torch.Tensor:
-    """Triton version of :func:`prefill_attention_ref` (block size and head_dim >= 16, as tl.dot needs)."""
+    """Triton version of :func:`prefill_attention_ref` (block size and head_dim >= 16, as tl.dot needs).
+
+    fp32 inputs are multiplied in full fp32 ("ieee"): a GPU's tl.dot otherwise rounds them to TF32 (10 mantissa
+    bits), a thousand times the error the fp32 tolerance allows. Half-precision inputs use the tensor cores as
+    they are; their error budget is in ``hanlin.kernels.TOLERANCES``."""
     total, q_heads, dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     if q_heads % kv_heads:
@@ -116,12 +124,13 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     q_lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
     max_q = int(q_lens.max()) if batch else 0
     q = q if q.stride(-1) == 1 else q.contiguous()
+    upcast = q.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
     if total and max_q:
         _prefill_kernel[(batch, q_heads, triton.cdiv(max_q, block_m))](
             q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, out,
             q.stride(0), q.stride(1), block_tables.stride(0), out.stride(0), out.stride(1),
             scale, window, q_heads // kv_heads, kv_heads, dim,
             BLOCK_M=block_m, BLOCK_SIZE=block_size, BLOCK_D=triton.next_power_of_2(dim),
-            UPCAST=q.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1",
+            UPCAST=upcast, PRECISION="ieee" if q.dtype == torch.float32 or upcast else "tf32",
         )
     return out

@@ -216,6 +216,15 @@ def test_prefix_cache_skips_the_shared_prompt(tmp_path) -> None:
     assert engine.generate([system + [3]], GREEDY)[0] == fresh  # reused blocks give the same result as none
 
 
+def test_block_size_is_checked_at_construction(tmp_path) -> None:
+    _tiny("llama", tmp_path)
+    with pytest.raises(ValueError, match="block_size must be a power of two .* got 12"):
+        Engine(tmp_path, num_blocks=8, block_size=12, kernels="torch")
+    with pytest.raises(ValueError, match="block_size must be at least 16 with the Triton kernels .* got 8"):
+        Engine(tmp_path, num_blocks=8, block_size=8, kernels="triton")
+    assert Engine(tmp_path, num_blocks=8, block_size=16, kernels="triton").blocks.block_size == 16
+
+
 def test_an_oversized_request_is_a_clear_error(tmp_path) -> None:
     _tiny("llama", tmp_path)
     engine = Engine(tmp_path, num_blocks=4, block_size=4)

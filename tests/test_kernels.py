@@ -19,17 +19,21 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     # without it cannot run on CPU tensors, so say why instead of failing every case
     pytest.skip("no GPU and TRITON_INTERPRET is not 1 (set it before importing hanlin.kernels)", allow_module_level=True)
 
-from hanlin.kernels import use_triton  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from hanlin.kernels import TOLERANCES, use_triton  # noqa: E402
 from hanlin.kernels.add_rmsnorm import add_rmsnorm, add_rmsnorm_ref  # noqa: E402
 from hanlin.kernels.kv_store import kv_store, kv_store_ref  # noqa: E402
 from hanlin.kernels.paged_decode import paged_decode, paged_decode_ref  # noqa: E402
+from hanlin.kernels.paged_offsets import paged_offsets, paged_offsets_ref  # noqa: E402
 from hanlin.kernels.prefill_attention import prefill_attention, prefill_attention_ref  # noqa: E402
 from hanlin.kernels.rope import rope_, rope_cache, rope_ref  # noqa: E402
 from hanlin.kernels.silu_mul import silu_mul, silu_mul_ref  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# The usual tolerances: fp32 tight; half precisions at about their rounding error.
-TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2)}
+# Per-dtype tolerances, stated once for the tests, the kernel benchmark and the GPU check (see hanlin.kernels).
+TOL = {getattr(torch, name): tol for name, tol in TOLERANCES.items()}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -179,3 +183,55 @@ def test_prefill_reference_matches_plain_causal_attention() -> None:
         q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=True
     ).transpose(0, 1)
     torch.testing.assert_close(ref, sdpa, atol=1e-5, rtol=1e-5)
+
+
+@triton.jit
+def _offsets_kernel(table_ptr, out_ptr, kv_heads, head_dim, BLOCK_SIZE: tl.constexpr, BLOCK_D: tl.constexpr):
+    i = tl.program_id(0)
+    phys = tl.load(table_ptr + i)  # int32, as the engine's block tables
+    offs = tl.arange(0, BLOCK_SIZE)
+    d = tl.arange(0, BLOCK_D)
+    off = paged_offsets(phys, offs, kv_heads - 1, d, kv_heads, head_dim, BLOCK_SIZE)
+    tl.store(out_ptr + i * BLOCK_SIZE * BLOCK_D + offs[:, None] * BLOCK_D + d[None, :], off)
+
+
+def test_paged_cache_offsets_past_2_to_the_31() -> None:
+    """A layer's cache can hold more than 2^31 elements (most of an H200 as cache, few layers): the offsets the
+    attention kernels compute from the int32 block table must not wrap. Checked on the offset function both kernels
+    use, with block ids whose rows sit past 2^31 and past 2^32 (no such cache fits in a CPU test)."""
+    block_size, kv_heads, head_dim = 16, 8, 128  # 16384 elements a block: block 131072 starts at 2^31
+    blocks = [0, 131071, 131072, 300000, 2**31 - 1]
+    table = torch.tensor(blocks, dtype=torch.int32, device=DEVICE)
+    out = torch.zeros(len(blocks), block_size, head_dim, dtype=torch.int64, device=DEVICE)
+    _offsets_kernel[(len(blocks),)](table, out, kv_heads, head_dim, BLOCK_SIZE=block_size, BLOCK_D=head_dim)
+    for i, phys in enumerate(blocks):
+        for row, dim in ((0, 0), (block_size - 1, head_dim - 1), (7, 64)):
+            want = paged_offsets_ref(phys, row, kv_heads - 1, dim, kv_heads, head_dim, block_size)
+            assert int(out[i, row, dim]) == want, (phys, row, dim)
+    assert int(out[-1, -1, -1]) > 2**32
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prefill_asks_for_full_fp32_dots(dtype, monkeypatch) -> None:
+    """A GPU's tl.dot rounds fp32 inputs to TF32 unless told otherwise, far outside the fp32 tolerance: the kernel
+    must say "ieee" for fp32 (the interpreter computes in full precision either way, so check what is asked)."""
+    from hanlin.kernels import prefill_attention as module
+
+    asked = {}
+    kernel = module._prefill_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                asked.update(kwargs)
+                return kernel[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(module, "_prefill_kernel", Spy())
+    k_cache, v_cache, tables, ctx = _paged_cache([20], 16, 2, 64, dtype, seed=16)
+    q = rand(20, 4, 64, dtype=dtype, seed=17)
+    cu = torch.tensor([0, 20], dtype=torch.int32, device=DEVICE)
+    close(prefill_attention(q, k_cache, v_cache, tables, cu, ctx),
+          prefill_attention_ref(q, k_cache, v_cache, tables, cu, ctx), dtype)
+    if dtype == torch.float32:
+        assert asked["PRECISION"] == "ieee"

@@ -3,9 +3,9 @@
 Shapes are those of a ~0.5B model (Qwen2.5-0.5B: hidden 896, 14 query / 2 kv heads of 64, intermediate 4864):
 the elementwise kernels and kv_store on a prefill of 4 x 1024 tokens, paged decode on 256 sequences at 1k context,
 prefill attention on 4 sequences of 1024 tokens, blocks of 16. A kernel whose output does not match its reference
-(the tolerances of tests/test_kernels.py) is a WRONG row and none of its timings is reported. Achieved GB/s
-(bytes a kernel must move) or TFLOP/s (prefill attention) are set against the device's peaks measured in the same
-run: a large device-to-device copy and a large bf16 matmul.
+(``hanlin.kernels.TOLERANCES``, as in tests/test_kernels.py) is a WRONG row and none of its timings is reported.
+Achieved GB/s (bytes a kernel must move) or TFLOP/s (prefill attention) are set against the device's peaks measured
+in the same run: a large device-to-device copy and a large bf16 matmul.
 
 Where the repository's reference is a Python loop over sequences (paged_decode_ref, prefill_attention_ref) or a
 masked scatter (kv_store_ref), a second row times a fairer eager baseline (gathered torch SDPA, contiguous torch
@@ -27,10 +27,9 @@ from typing import Any
 
 from hanlin import ConfigurationError
 from hanlin.bench import BenchTable
+from hanlin.kernels import TOLERANCES
 
 KERNELS = ("add_rmsnorm", "rope", "silu_mul", "kv_store", "paged_decode", "prefill_attention")
-# the tolerances of tests/test_kernels.py: fp32 tight, half precisions at about their rounding error
-TOLERANCES = {"float32": (1e-5, 1e-5), "float16": (2e-3, 2e-3), "bfloat16": (1.6e-2, 1.6e-2)}
 MIN_SPEEDUP = {"add_rmsnorm": 3.0, "rope": 3.0}  # the others: faster than the reference (> 1)
 
 

@@ -63,6 +63,7 @@ class Engine:
             raise ValueError(f"decode_graphs must be 'auto', 'off', 'eager' or 'capture', got {decode_graphs!r}")
         probe = torch.empty(0, device=self.device)
         triton = use_triton(probe) if kernels == "auto" and on_gpu else kernels == "triton"
+        check_block_size(block_size, triton)
         self.config = ModelConfig.from_folder(folder)
         self.model = DecoderLM(self.config, folder, self.device, self.dtype, Ops(triton))
         c = self.config
@@ -268,6 +269,16 @@ class Engine:
             out.append(flat[at : at + len(tokens) - start])
             at += len(tokens) - start
         return out
+
+
+def check_block_size(block_size: int, triton: bool) -> None:
+    """Refuse at construction what the kernels would refuse at the first prefill, deep inside a shared step."""
+    if block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of two (the attention kernels tile a block with tl.arange), "
+                         f"got {block_size}; use 16 or 32")
+    if triton and block_size < 16:
+        raise ValueError(f"block_size must be at least 16 with the Triton kernels (the prefill kernel's tl.dot needs "
+                         f"16-row tiles), got {block_size}; use 16 or 32 (smaller blocks only with kernels='torch')")
 
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hanlin.errors import ConfigurationError
+from hanlin.plugins.finetuners.qlora_merge import Dequantize, bnb_dequantize, has_four_bit_layers, merge_into_plain
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                     "chat_template.jinja", "vocab.json", "merges.txt")
@@ -29,14 +30,19 @@ def save_adapter(model: Any, tokenizer: Any, out: Path) -> Path:
     return target
 
 
-def merged_model(model: Any) -> Any:
-    """The model with any LoRA adapter folded into the base weights (a copy-free merge: the adapter is gone after)."""
+def merged_model(model: Any, dequantize: Dequantize | None = None) -> Any:
+    """The model with any LoRA adapter folded into the base weights (a copy-free merge: the adapter is gone after).
+    A 4-bit (QLoRA) base is dequantized first and merged in fp32 (qlora_merge.py): peft's own merge would quantize
+    the sum again. ``dequantize`` reads a 4-bit layer's floats (default: bitsandbytes)."""
+    if has_four_bit_layers(model):
+        return merge_into_plain(model, dequantize or bnb_dequantize)
     if hasattr(model, "merge_and_unload"):
         return model.merge_and_unload()
     return model
 
 
 def save_merged(model: Any, tokenizer: Any, base_folder: Path, out: Path) -> Path:
+    _check_plain(model)
     target = out / "merged"
     if target.exists():
         shutil.rmtree(target)
@@ -47,6 +53,17 @@ def save_merged(model: Any, tokenizer: Any, base_folder: Path, out: Path) -> Pat
             shutil.copy2(base_folder / name, target / name)
     _drop_quantization(target)
     return target
+
+
+def _check_plain(model: Any) -> None:
+    """The merged folder promises plain float weights; a packed (integer) tensor there would load as garbage."""
+    packed = [(name, p.dtype) for name, p in model.named_parameters() if not p.is_floating_point()]
+    if packed:
+        raise ConfigurationError(
+            f"the merged model still holds {len(packed)} quantized (non-float) weights, e.g. {packed[0][0]!r} "
+            f"({packed[0][1]}); merge with export.merged_model, which dequantizes a 4-bit base, or export only the "
+            "adapter"
+        )
 
 
 def _drop_quantization(folder: Path) -> None:

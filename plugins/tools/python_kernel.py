@@ -2,9 +2,11 @@
 
 Why a kernel and not exec(): the code runs in another process, so a crash,
 an endless loop or a memory blow-up hits the kernel, not the agent. Each call
-has a timeout that interrupts the kernel (its variables survive); a kernel
-that dies is restarted and the model is told its state was lost; rlimits cap
-memory and CPU time; input() fails at once instead of hanging; long output is
+has a timeout that interrupts the kernel (its variables survive); a cell that
+ignores the interrupt, and a kernel that dies, get a fresh kernel and the model
+is told its state was lost; rlimits cap memory and CPU time and are read back
+before any code runs (python_limits); as root the kernel runs as a user of its
+own (python_sandbox); input() fails at once instead of hanging; long output is
 cut with a note, and images are saved as files.
 """
 
@@ -12,8 +14,9 @@ from __future__ import annotations
 
 import atexit
 import base64
+import os
 import re
-import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -24,6 +27,7 @@ from queue import Empty
 from typing import Any
 
 from hanlin import ToolResult
+from hanlin.errors import ToolError
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _LIVE: weakref.WeakSet[KernelSession] = weakref.WeakSet()
@@ -37,15 +41,6 @@ def _shutdown_all() -> None:
 atexit.register(_shutdown_all)  # no orphan kernels, also after Ctrl-C (KeyboardInterrupt exits through atexit)
 
 
-def _limits_code(memory_mb: int | None, cpu_seconds: int | None) -> str:
-    lines = ["import resource, builtins"]
-    if memory_mb:
-        lines.append(f"resource.setrlimit(resource.RLIMIT_AS, ({memory_mb} * 1024 * 1024, {memory_mb} * 1024 * 1024))")
-    if cpu_seconds:
-        lines.append(f"resource.setrlimit(resource.RLIMIT_CPU, ({cpu_seconds}, {cpu_seconds}))")
-    return "\n".join(lines)
-
-
 def cut(text: str, limit: int) -> str:
     """Keep the head and the tail of long output, and say how much was cut."""
     if len(text) <= limit:
@@ -54,71 +49,179 @@ def cut(text: str, limit: int) -> str:
     return f"{head}\n[... {len(text) - len(head) - len(tail)} characters cut ...]\n{tail}"
 
 
+
+
+def _manager(argv: list[str], **traits: Any) -> Any:
+    """A KernelManager that launches ``argv`` (the sandbox's command) instead of the kernel spec's."""
+    from jupyter_client import KernelManager
+
+    class SandboxedKernelManager(KernelManager):
+        def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+            connection = os.path.realpath(self.connection_file)
+            return [arg.replace("{connection_file}", connection) for arg in argv]
+
+    return SandboxedKernelManager(**traits)
+
+
 class KernelSession:
-    """One kernel process with its own working directory."""
+    """One kernel process with its own working directory, user, limits and private runtime folder.
+
+    Closing is safe from any thread, also while code runs: the running call then gets an error saying the session
+    was ended, and the kernel it would have restarted is never started.
+    """
 
     def __init__(self, workdir: Path | None = None, *, memory_mb: int | None = 2048, cpu_seconds: int | None = 600,
                  max_output_chars: int = 4000, startup_timeout: float = 60.0) -> None:
+        self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="hanlin-python-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.memory_mb, self.cpu_seconds = memory_mb, cpu_seconds
         self.max_output_chars = max_output_chars
         self.startup_timeout = startup_timeout
         self._km: Any = None
         self._kc: Any = None
+        self._user: Any = None  # python_sandbox.KernelUser while a kernel runs
+        self._private: Path | None = None  # sockets, connection file, IPython's and the code's temp files
         self._lock = threading.Lock()
+        self._closed = False
         self._images = 0
-        self._sockets: Path | None = None
-        _LIVE.add(self)
 
     @property
     def busy(self) -> bool:
-        """True while code runs: a pool must not shut this kernel down under it."""
+        """True while code runs."""
         return self._lock.locked()
+
+    @property
+    def kernel_uid(self) -> int | None:
+        """The user id the kernel runs as; None when it runs as the agent's user (or is not running)."""
+        return self._user.uid if self._user is not None else None
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def _start(self) -> None:
-        from jupyter_client import KernelManager
+        """Start a kernel as its own user and check its limits; ToolError (and nothing left running) if either
+        fails."""
+        from hanlin.plugins.tools import python_limits, python_sandbox
 
-        # ipc sockets are paths; make them absolute, since the kernel runs in another working directory
-        self._sockets = Path(tempfile.mkdtemp(prefix="hanlin-kernel-"))
-        sockets = self._sockets / "kernel"
-        self._km = KernelManager(kernel_name="python3", transport="ipc", ip=str(sockets))
-        self._km.start_kernel(cwd=str(self.workdir))
-        self._kc = self._km.client()
-        self._kc.start_channels()
-        self._kc.wait_for_ready(timeout=self.startup_timeout)
-        self._run(_limits_code(self.memory_mb, self.cpu_seconds), timeout=30)
+        self._user = python_sandbox.take_user()
+        _LIVE.add(self)
+        try:
+            self._private = Path(tempfile.mkdtemp(prefix="hanlin-kernel-"))
+            self._prepare_folder()
+            km = _manager(python_sandbox.launch_command(self._user), kernel_name="python3", transport="ipc",
+                          ip=str(self._private / "kernel"), connection_file=str(self._private / "connection.json"))
+            km.write_connection_file()
+            for sub in ("ipython", "matplotlib"):
+                (self._private / sub).mkdir()
+            self._user.own(self._private)  # the kernel reads its connection file and makes its sockets here
+            self._km = km
+            km.start_kernel(cwd=str(self.workdir), env=python_sandbox.kernel_env(self.workdir, self._private),
+                            **self._user.popen_args())
+            self._kc = km.client()
+            self._kc.start_channels()
+            self._kc.wait_for_ready(timeout=self.startup_timeout)
+            self._check_limits(python_limits)
+        except BaseException as exc:
+            self._stop()
+            if isinstance(exc, ToolError):
+                raise
+            if isinstance(exc, Exception):
+                raise ToolError(f"the Python kernel did not start: {type(exc).__name__}: {exc}") from exc
+            raise
+
+    def _prepare_folder(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.workdir.is_symlink() or not self.workdir.is_dir():
+            raise ToolError(f"the kernel's folder {self.workdir} is not a plain folder; remove it")
+        self._user.own(self.workdir)
+
+    def _check_limits(self, python_limits: Any) -> None:
+        limits = python_limits.wanted(self.memory_mb, self.cpu_seconds, own_user=self.kernel_uid is not None)
+        out = self._run(python_limits.cell(limits), 30.0)
+        printed = "".join(out["stdout"])
+        if out["error"] is not None or out["timed_out"] or out["died"]:
+            found = [f"the limits cell failed: {out['error'][2] if out['error'] else 'it timed out or the kernel died'}"]
+        else:
+            found = python_limits.problems(printed, limits, self.kernel_uid)
+        if found:
+            raise ToolError("the Python kernel's resource limits are not in place, so it was shut down and no code "
+                            f"was run: {'; '.join(found)}. Check the host's rlimits (ulimit -a) and the python "
+                            "tool's memory_mb / cpu_seconds")
 
     def _ensure(self) -> None:
         if self._km is None:
             self._start()
 
-    def _restart(self) -> None:
-        self.close()
-        _LIVE.add(self)
-        self._start()
+    def _restart(self) -> str:
+        """Stop the kernel and start a fresh one; '' or why no new kernel runs."""
+        self._stop()
+        if self._closed:
+            return "the session was ended"
+        try:
+            self._start()
+        except ToolError as exc:
+            return str(exc)
+        return ""
+
+    def _stop(self) -> None:
+        """Shut the kernel down and remove what it had: channels, processes (all of its user's), private folder."""
+        kc, km, user, private = self._kc, self._km, self._user, self._private
+        self._kc = self._km = self._user = self._private = None
+        if kc is not None:
+            kc.stop_channels()
+        if km is not None and km.has_kernel:
+            km.shutdown_kernel(now=True)
+        if km is not None:
+            km.cleanup_resources()
+        if user is not None:
+            user.release()
+        if private is not None:
+            from hanlin.plugins.tools.python_sandbox import remove_tree
+
+            remove_tree(private)
+        if self._own_workdir and self._closed:
+            from hanlin.plugins.tools.python_sandbox import remove_tree
+
+            remove_tree(self.workdir)
+        _LIVE.discard(self)
+
+    def _kill(self) -> None:
+        """Kill the kernel's processes without touching its channels (another thread is reading them)."""
+        km, user = self._km, self._user
+        process = getattr(getattr(km, "provisioner", None), "process", None)
+        if process is not None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # the kernel leads its own process group
+            except (ProcessLookupError, PermissionError):
+                pass
+        if user is not None:
+            user.kill_all()
 
     def close(self) -> None:
-        if self._kc is not None:
-            self._kc.stop_channels()
-        if self._km is not None and self._km.has_kernel:
-            self._km.shutdown_kernel(now=True)
-        self._km = self._kc = None
-        if self._sockets is not None:  # the ipc socket files' folder: nothing in it outlives the kernel
-            shutil.rmtree(self._sockets, ignore_errors=True)
-            self._sockets = None
+        """End the session: no kernel of it runs afterwards, whatever thread is using it."""
+        self._closed = True
+        if not self._stop_if_idle():
+            self._kill()  # busy: the running call sees the kernel die and finishes the stop itself
+
+    def _stop_if_idle(self) -> bool:
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._stop()
+        finally:
+            self._lock.release()
+        return True
 
     # ---- running code ------------------------------------------------------------------------
     def _run(self, code: str, timeout: float, on_input: Callable[[str], str] | None = None) -> dict[str, Any]:
-        """Execute and collect output; on timeout interrupt the kernel; detect a dead kernel.
+        """Execute and collect output; on timeout interrupt the kernel; detect a dead or a stuck kernel.
 
         With ``on_input`` the cell may ask the host for input (Jupyter's stdin channel): each ``input_request``'s
         prompt goes to ``on_input`` and its return value is the reply. The time spent in ``on_input`` does not count
-        against ``timeout`` (the host's work has its own limits).
+        against ``timeout`` (the host's work has its own limits). A cell still running ``grace`` seconds after the
+        interrupt (it ignores SIGINT, or sits in native code) is "stuck": only a restart frees the kernel.
         """
         msg_id = self._kc.execute(code, allow_stdin=on_input is not None, store_history=True)
-        out: dict[str, Any] = {"stdout": [], "result": None, "error": None, "images": [], "timed_out": False, "died": False}
+        out: dict[str, Any] = {"stdout": [], "result": None, "error": None, "images": [], "timed_out": False,
+                               "died": False, "stuck": False}
         deadline = time.monotonic() + timeout
         while True:
             if on_input is not None:
@@ -127,7 +230,8 @@ class KernelSession:
             if remaining <= 0:
                 out["timed_out"] = True
                 self._km.interrupt_kernel()
-                self._drain(msg_id, 10.0)
+                ended = self._drain(msg_id, min(5.0, max(1.0, timeout)))
+                out["died"], out["stuck"] = ended == "died", ended == "busy"
                 return out
             try:
                 msg = self._kc.get_iopub_msg(timeout=min(0.25 if on_input is None else 0.02, remaining))
@@ -173,45 +277,83 @@ class KernelSession:
             self._kc.input(reply)
             spent += time.monotonic() - started
 
-    def _drain(self, msg_id: str, timeout: float) -> None:
+    def _drain(self, msg_id: str, timeout: float) -> str:
+        """Wait for the interrupted cell to end: 'idle', 'died', or 'busy' (still running after ``timeout``)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                msg = self._kc.get_iopub_msg(timeout=0.25)
+                msg = self._kc.get_iopub_msg(timeout=0.1)
             except Empty:
                 if not self._km.is_alive():
-                    return
+                    return "died"
                 continue
             mine = msg.get("parent_header", {}).get("msg_id") == msg_id
             if mine and msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                return
+                return "idle"
+        return "busy"
 
     def _save_png(self, data: str) -> str:
-        self._images += 1
-        path = self.workdir / f"output_{self._images}.png"
-        path.write_bytes(base64.b64decode(data))
-        return str(path)
+        """Save an image into the kernel's folder. That folder belongs to the model's code, which may have put a
+        symbolic link where the file goes: the file is made new (O_EXCL) and links are never followed."""
+        while True:
+            self._images += 1
+            path = self.workdir / f"output_{self._images}.png"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "wb") as f:
+                f.write(base64.b64decode(data))
+            return str(path)
+
+    def _died_note(self, process: Any) -> str:
+        code = process.poll() if process is not None else None
+        if code == -signal.SIGKILL and self.cpu_seconds:
+            return (f"it was killed (SIGKILL): most likely its CPU time limit (cpu_seconds={self.cpu_seconds}) ran "
+                    "out, or the machine ran out of memory")
+        return "a crash, os._exit, or the memory limit"
 
     def execute(self, code: str, timeout: float = 30.0, *, on_input: Callable[[str], str] | None = None,
                 setup: str | None = None) -> ToolResult:
         """Run ``code``; ``setup`` runs silently first (e.g. to define helper functions), and ``on_input`` answers
         the cell's input requests (see ``_run``): how a host lets the code call back into it."""
         with self._lock:
+            result = self._execute(code, timeout, on_input, setup)
+        if self._closed:  # closed while we ran: close() could not stop the kernel, so we do
+            self._stop_if_idle()
+        return result
+
+    def _execute(self, code: str, timeout: float, on_input: Callable[[str], str] | None,
+                 setup: str | None) -> ToolResult:
+        if self._closed:
+            return ToolResult.error("this Python session was ended (reset or closed); nothing was run")
+        try:
             self._ensure()
-            if setup is not None:
-                prepared = self._run(setup, 30.0)
-                if prepared["error"] is not None or prepared["timed_out"] or prepared["died"]:
-                    problem = prepared["error"][2] if prepared["error"] else "it timed out or the kernel died"
-                    if prepared["died"]:
-                        self._restart()
-                    return ToolResult.error(f"the kernel's setup code failed, so the code was not run: {problem}")
-            out = self._run(code, timeout, on_input)
-            if out["died"]:
-                self._restart()
-                return ToolResult.error(
-                    "the Python kernel died while running this code (a crash, os._exit, or the memory limit) and was "
-                    "restarted: all variables and imports are gone, run the setup again"
-                )
+        except ToolError as exc:
+            return ToolResult.error(str(exc))
+        if setup is not None:
+            prepared = self._run(setup, 30.0)
+            if prepared["error"] is not None or prepared["timed_out"] or prepared["died"]:
+                problem = prepared["error"][2] if prepared["error"] else "it timed out or the kernel died"
+                if prepared["died"] or prepared["stuck"]:
+                    self._restart()
+                return ToolResult.error(f"the kernel's setup code failed, so the code was not run: {problem}")
+        process = getattr(self._km.provisioner, "process", None)
+        out = self._run(code, timeout, on_input)
+        if self._closed:
+            self._stop()
+            return ToolResult.error("this Python session was ended while the code ran; its kernel is shut down")
+        if out["died"] or out["stuck"]:
+            why = (f"timed out after {timeout:g} s and did not stop when interrupted (it ignores SIGINT or is stuck "
+                   "in native code)" if out["stuck"] else f"the Python kernel died while running this code "
+                   f"({self._died_note(process)})")
+            failed = self._restart()
+            after = (f"; no new kernel could be started: {failed}" if failed else
+                     ", so the kernel was restarted: all variables and imports are gone, re-run what you need")
+            return ToolResult.error(why + after)
+        return self._result(out, timeout)
+
+    def _result(self, out: dict[str, Any], timeout: float) -> ToolResult:
         parts = ["".join(out["stdout"])] if out["stdout"] else []
         if out["result"] is not None:
             parts.append(out["result"])

@@ -2,7 +2,7 @@
 
 bitsandbytes needs a GPU, so the merge arithmetic is tested on the CPU with a stand-in 4-bit layer exposing the
 interface the export reads (a ``weight`` carrying a ``quant_state``, and a dequantize function); the last test
-runs the real bitsandbytes path where a CUDA GPU and bitsandbytes are present (the GPU check).
+runs the real bitsandbytes path where bitsandbytes is installed (the GPU check installs it).
 """
 
 from __future__ import annotations
@@ -109,11 +109,13 @@ def test_a_model_with_packed_weights_is_not_written_as_plain(tmp_path: Path) -> 
     assert not (tmp_path / "out" / "merged").exists()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None,
-                    reason="the real QLoRA path needs a CUDA GPU and bitsandbytes (run by the GPU check)")
-def test_real_qlora_export_on_gpu(tmp_path: Path) -> None:
-    """bitsandbytes NF4 base + LoRA, as ``method: qlora`` builds it: the merged folder holds floats equal to
-    bitsandbytes' dequantized weight + the adapter's delta, and reproduces the trained model's logits."""
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
+                    reason="the real QLoRA path needs bitsandbytes (pip install bitsandbytes; the GPU check runs it)")
+def test_real_qlora_export(tmp_path: Path) -> None:
+    """bitsandbytes NF4 base + LoRA, as ``method: qlora`` builds it (on CUDA; bitsandbytes >= 0.48 also runs it on
+    a CPU): the merged folder holds floats equal to bitsandbytes' dequantized weight + the adapter's delta, and
+    reproduces the trained model's logits. The forward before the merge matters on a CPU, where bitsandbytes
+    repacks the weights at the first eval forward."""
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     from hanlin.plugins.finetuners.config import load_config
@@ -128,18 +130,20 @@ def test_real_qlora_export_on_gpu(tmp_path: Path) -> None:
     LlamaForCausalLM(config).save_pretrained(str(folder))
     data = tmp_path / "d.jsonl"
     data.write_text('{"text": "hello"}\n')
-    cfg = load_config(None, model=str(folder), data=[str(data)], method="qlora", device="cuda", dtype="bfloat16",
+    cfg = load_config(None, model=str(folder), data=[str(data)], method="qlora", dtype="bfloat16",
                       output_dir=str(tmp_path / "out"), lora={"r": 4, "alpha": 8, "dropout": 0.0})
-    four_bit = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16,
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    four_bit = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16, device_map=device,
                                                     quantization_config=_four_bit("cuda", torch.bfloat16))
-    model = wrap_for_method(LoadedBase(four_bit, None, folder, "cuda", torch.bfloat16), cfg).eval()
+    model = wrap_for_method(LoadedBase(four_bit, None, folder, device, torch.bfloat16), cfg).eval()
     assert has_four_bit_layers(model)
     for module in model.modules():
         if hasattr(module, "lora_B") and "default" in module.lora_B:
             torch.nn.init.normal_(module.lora_B["default"].weight, std=0.05)
     q = model.get_base_model().model.layers[1].self_attn.q_proj
-    expected_q = (bnb_dequantize(q.get_base_layer()).float() + q.get_delta_weight("default").float()).cpu()
-    ids = torch.tensor([[1, 5, 9, 14, 3, 77, 21, 8]], device="cuda")
+    with torch.no_grad():
+        expected_q = (bnb_dequantize(q.get_base_layer()).float() + q.get_delta_weight("default").float()).cpu()
+    ids = torch.tensor([[1, 5, 9, 14, 3, 77, 21, 8]], device=device)
     with torch.no_grad():
         trained = model(input_ids=ids).logits.float().cpu()
     out = save_merged(merged_model(model), NoTokenizer(), folder, tmp_path / "out")
@@ -148,5 +152,5 @@ def test_real_qlora_export_on_gpu(tmp_path: Path) -> None:
     assert all(p.is_floating_point() for p in reloaded.parameters())
     torch.testing.assert_close(reloaded.model.layers[1].self_attn.q_proj.weight, expected_q, rtol=1e-2, atol=1e-3)
     with torch.no_grad():
-        merged_logits = reloaded(input_ids=ids).logits
+        merged_logits = reloaded(input_ids=ids.cpu()).logits
     assert float((merged_logits - trained).abs().max()) <= 0.05 * float(trained.abs().max()) + 1e-3

@@ -29,10 +29,17 @@ def has_four_bit_layers(model: Any) -> bool:
 
 
 def bnb_dequantize(layer: Any) -> Any:
-    """bitsandbytes' own dequantization of a ``Linear4bit`` (NF4/FP4, double quantization included)."""
+    """bitsandbytes' own dequantization of a ``Linear4bit`` (NF4/FP4, double quantization included).
+
+    On a CPU, bitsandbytes (0.48+) repacks a layer's weight into another layout at its first forward in eval mode
+    and marks the quant state ``packing_format_for_cpu``; ``dequantize_4bit`` does not read that layout (it returned
+    wrong floats, measured with 0.50.2), so the packing is undone first, as bitsandbytes does before saving."""
     import bitsandbytes.functional as bnbf
 
-    return bnbf.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+    data, state = layer.weight.data, layer.weight.quant_state
+    if getattr(state, "packing_format_for_cpu", False):
+        data, state = bnbf._convert_weight_packed_for_cpu_inverse(data, state)
+    return bnbf.dequantize_4bit(data, state)
 
 
 def merge_into_plain(model: Any, dequantize: Dequantize = bnb_dequantize, dtype: Any = None) -> Any:

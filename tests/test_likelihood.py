@@ -15,6 +15,7 @@ import pytest
 
 from hanlin import ChatModel, ConfigurationError, ModelError, ScriptedModel
 from hanlin.chat_model import Capabilities
+from hanlin.plugins.evaluators.base import Dataset, EvalItem
 from hanlin.plugins.evaluators.datasets import open_dataset
 from hanlin.plugins.evaluators.likelihood import (ChoiceScore, continuation, evaluate_likelihood, likelihood_context,
                                                   likelihood_metrics, pick)
@@ -99,6 +100,42 @@ def test_runner_scores_constructed_logprobs_caches_each_choice_and_isolates_a_fa
     assert len(spain) == 1 and "does not fit" in spain[0].error and not spain[0].correct
     assert isolated.metrics["acc"].value == pytest.approx(4 / 6)
     cache.close()
+
+
+class Completions(Dataset):
+    """A dataset plugin of sentence completions: it says itself how it is scored, hanlin knows nothing of it."""
+
+    name, kind = "completions", "choice"
+
+    def load(self) -> list[EvalItem]:
+        return [EvalItem("c1", "The cat sat on the", "A", ("mat", "moon")),
+                EvalItem("c2", "Water boils at one hundred", "B", ("miles", "degrees"))]
+
+    def likelihood_cloze(self, item: EvalItem) -> str:
+        return item.question
+
+    def likelihood_header(self, item: EvalItem) -> str:
+        return "Finish each sentence.\n\n"
+
+
+def test_datasets_say_how_their_items_are_scored() -> None:
+    dataset = Completions()
+    first, second = dataset.items()
+    assert likelihood_context(dataset, second, [first]) == \
+        "Finish each sentence.\n\nThe cat sat on the mat\n\nWater boils at one hundred"
+    plain = load_user_dataset(DATA / "capitals.jsonl")  # the default: lm-eval's cloze form, no header
+    assert likelihood_context(plain, plain.items()[0], []) == "Question: What is the capital of France?\nAnswer:"
+
+
+@requires_eval_data
+def test_hellaswag_continues_its_text_and_mmlu_names_the_subject() -> None:
+    hellaswag = open_dataset("hellaswag")
+    item = hellaswag.items()[0]
+    assert likelihood_context(hellaswag, item, []) == item.question
+    mmlu = open_dataset("mmlu:astronomy")
+    item = mmlu.items()[0]
+    assert likelihood_context(mmlu, item, []) == ("The following are questions (with answers) about astronomy.\n\n"
+                                                  f"Question: {item.question.strip()}\nAnswer:")
 
 
 def test_acc_norm_differs_from_acc_when_a_long_choice_is_likelier_per_byte(tmp_path: Path) -> None:

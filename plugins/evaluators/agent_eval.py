@@ -51,8 +51,10 @@ from hanlin.errors import ConfigurationError
 from hanlin.plugins.evaluators.base import Dataset, EvalItem, Judgement, Kind, read_jsonl, validate_rows
 from hanlin.plugins.evaluators.metrics import Score, accuracy, mean_with_stderr
 from hanlin.plugins.evaluators.postprocess import extract_number, normalize_text, numbers_equal
-from hanlin.plugins.evaluators.runner import (DatasetResult, EvalSettings, PredictionCache, Prediction, Progress,
-                                              model_identity)
+from hanlin.plugins.evaluators.cache import PredictionCache
+from hanlin.plugins.evaluators.identity import model_identity
+from hanlin.plugins.evaluators.results import DatasetResult, Prediction
+from hanlin.plugins.evaluators.runner import EvalSettings, Progress
 
 TOOLS = ("calculator", "python", "knowledge_base")
 PROTOCOLS = ("react", "rewoo", "tools", "code")

@@ -220,6 +220,16 @@ class Dataset:
         """Stop strings: a base model would otherwise write the next 'Question:' itself."""
         return [] if chat else list(self.base_stop)
 
+    # ---- likelihood scoring (likelihood.py) ------------------------------------------------------------
+    def likelihood_cloze(self, item: EvalItem) -> str:
+        """The text each choice of ``item`` is scored as a continuation of (the choices themselves never shown):
+        lm-evaluation-harness's cloze form. A dataset whose choices continue its text (HellaSwag) returns it."""
+        return f"Question: {item.question.strip()}\nAnswer:"
+
+    def likelihood_header(self, item: EvalItem) -> str:
+        """Text put once before the solved examples and the question (MMLU names the subject); none by default."""
+        return ""
+
     # ---- judging ---------------------------------------------------------------------------------------
     def extract(self, output: str, item: EvalItem) -> str | None:
         raise NotImplementedError

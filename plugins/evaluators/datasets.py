@@ -120,6 +120,12 @@ class MMLU(ChoiceDataset):
     def subjects(self) -> list[str]:
         return sorted({i.group for i in self.items()})
 
+    def likelihood_header(self, item: EvalItem) -> str:
+        """lm-evaluation-harness's MMLU header, naming the question's subject."""
+        if not item.group:
+            return ""
+        return f"The following are questions (with answers) about {item.group.replace('_', ' ')}.\n\n"
+
     def select(self, limit: int | None) -> list[EvalItem]:
         """All of MMLU with --limit takes questions from every subject in turn (sorted subjects, file order
         within each), so a small run still samples all 57 rather than the first subject in the file."""
@@ -225,6 +231,10 @@ class HellaSwag(ChoiceDataset):
         if problems:
             raise DatasetError(self.source, problems)
         return items
+
+    def likelihood_cloze(self, item: EvalItem) -> str:
+        """Sentence completion: each ending continues the text itself, with no 'Question:' frame."""
+        return item.question
 
 
 class _TruthfulRow(BaseModel):

@@ -51,8 +51,10 @@ from hanlin.messages import Message
 from hanlin.plugins.evaluators.base import Dataset, DatasetError, EvalItem, Kind, read_jsonl, validation_problem
 from hanlin.plugins.evaluators.fc_checker import ABSENT, allowed_form_problem, check_calls, gold_problem
 from hanlin.plugins.evaluators.metrics import accuracy, mean_with_stderr
-from hanlin.plugins.evaluators.runner import (DatasetResult, EvalSettings, Prediction, PredictionCache, Progress,
-                                              model_identity)
+from hanlin.plugins.evaluators.cache import PredictionCache
+from hanlin.plugins.evaluators.identity import model_identity
+from hanlin.plugins.evaluators.results import DatasetResult, Prediction
+from hanlin.plugins.evaluators.runner import EvalSettings, Progress
 
 CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
 SYSTEM = ("You are a helpful assistant with access to functions. Call a function when one fits the request; "

@@ -5,11 +5,12 @@ position, is measured on its format as much as on its knowledge. Likelihood mode
 reads the log-probability of the choice's text after the question (``ChatModel.score``), and the most probable
 choice is the answer. This is how lm-evaluation-harness scores HellaSwag, and MMLU in its cloze form:
 
-- the context is the question without the lettered choices: HellaSwag's text itself (``"<activity>: <context>"``),
-  otherwise ``"Question: <question>\\nAnswer:"``, MMLU behind lm-eval's header ``"The following are questions (with
-  answers) about <subject>.\\n\\n"``; with ``--shots K``, K solved examples first, each its context and its right
-  choice, separated by a blank line. Plain text, never a chat template (lm-eval's default), so a chat model and a
-  base model are scored on the same text. A dataset plugin can set its own with a
+- the context is the question without the lettered choices, as the dataset says (``Dataset.likelihood_cloze``):
+  ``"Question: <question>\\nAnswer:"`` by default, HellaSwag's text itself (``"<activity>: <context>"``); after the
+  dataset's ``likelihood_header`` (MMLU: lm-eval's ``"The following are questions (with answers) about
+  <subject>.\\n\\n"``); with ``--shots K``, K solved examples first, each its context and its right choice,
+  separated by a blank line. Plain text, never a chat template (lm-eval's default), so a chat model and a base
+  model are scored on the same text. A dataset plugin can replace the whole context with a
   ``likelihood_context(item, examples) -> str`` method;
 - the continuation is ``" " + choice`` (lm-eval's target delimiter);
 - ``acc``: the choice with the highest summed log-probability is right; ``acc_norm``: the highest summed
@@ -26,16 +27,16 @@ rather than failing the run.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hanlin.chat_model import LOGPROB_RUNTIMES, ChatModel
 from hanlin.errors import ConfigurationError, ModelError
 from hanlin.plugins.evaluators.base import LETTERS, Dataset, EvalItem
-from hanlin.plugins.evaluators.metrics import Score, accuracy
-from hanlin.plugins.evaluators.runner import (DatasetResult, DatasetRun, EvalSettings, Prediction, PredictionCache,
-                                              Progress)
+from hanlin.plugins.evaluators.cache import PredictionCache
+from hanlin.plugins.evaluators.metrics import Score, accuracy, group_scores
+from hanlin.plugins.evaluators.results import DatasetResult, Prediction
+from hanlin.plugins.evaluators.runner import DatasetRun, EvalSettings, Progress
 
 MODES = ("generation", "likelihood")
 CACHE_PARAMS = {"mode": "likelihood"}
@@ -84,22 +85,6 @@ def check_likelihood(dataset: Dataset, settings: EvalSettings | None = None) -> 
                                  "deterministic, one score per choice: drop --samples")
 
 
-def _cloze(dataset: Dataset, item: EvalItem) -> str:
-    from hanlin.plugins.evaluators.datasets import HellaSwag
-
-    if isinstance(dataset, HellaSwag):  # sentence completion: the ending continues the text itself
-        return item.question
-    return f"Question: {item.question.strip()}\nAnswer:"
-
-
-def _header(dataset: Dataset, item: EvalItem) -> str:
-    from hanlin.plugins.evaluators.datasets import MMLU
-
-    if isinstance(dataset, MMLU) and item.group:
-        return f"The following are questions (with answers) about {item.group.replace('_', ' ')}.\n\n"
-    return ""
-
-
 def continuation(choice: str) -> str:
     return " " + choice.strip()
 
@@ -109,8 +94,8 @@ def likelihood_context(dataset: Dataset, item: EvalItem, examples: Sequence[Eval
     own = getattr(dataset, "likelihood_context", None)
     if callable(own):
         return own(item, examples)
-    solved = [_cloze(dataset, ex) + continuation(ex.choices[ex.gold_index]) for ex in examples]
-    return _header(dataset, item) + "\n\n".join([*solved, _cloze(dataset, item)])
+    solved = [dataset.likelihood_cloze(ex) + continuation(ex.choices[ex.gold_index]) for ex in examples]
+    return dataset.likelihood_header(item) + "\n\n".join([*solved, dataset.likelihood_cloze(item)])
 
 
 # ---- the run ---------------------------------------------------------------------------------------------
@@ -222,7 +207,8 @@ def evaluate_likelihood(model: ChatModel, dataset: Dataset, settings: EvalSettin
         golds.append(item.gold_index)
     return DatasetResult(
         dataset=dataset.name, kind=dataset.kind, model=model.name, metrics=likelihood_metrics(golds, picks),
-        groups=_groups(run.items, golds, picks), predictions=predictions,
+        groups=group_scores([(i.group, i.id, p[0] == g) for i, g, p in zip(run.items, golds, picks, strict=True)]),
+        predictions=predictions,
         prompts=[{"id": i.id, "prompt": {"text": run.contexts[i.id]},
                   "continuations": [continuation(c) for c in i.choices], "params": dict(CACHE_PARAMS)}
                  for i in run.items],
@@ -232,8 +218,3 @@ def evaluate_likelihood(model: ChatModel, dataset: Dataset, settings: EvalSettin
     )
 
 
-def _groups(items: Sequence[EvalItem], golds: Sequence[int], picks: Sequence[tuple[int, int]]) -> dict[str, Score]:
-    by_group: dict[str, list[bool]] = defaultdict(list)
-    for item, gold, chosen in zip(items, golds, picks, strict=True):
-        by_group[item.group].append(chosen[0] == gold)
-    return {g: accuracy(v) for g, v in sorted(by_group.items())} if len(by_group) > 1 else {}

@@ -73,3 +73,25 @@ def pass_at_k_score(samples: Sequence[Sequence[bool]], k: int) -> Score:
 def ks_for(n_samples: int) -> list[int]:
     """Which pass@k to report for n samples per problem: 1, 10, 100 where n allows."""
     return [k for k in (1, 10, 100) if k <= n_samples]
+
+
+# ---- scores of a run's verdicts ------------------------------------------------------------------------------
+def clustered_accuracy(verdicts: Sequence[tuple[str, bool]]) -> Score:
+    """Accuracy over (item id, correct) verdicts where an item may be answered several times (``--samples``).
+
+    The samples of one item are not independent (the same question is as hard each time), so the standard error
+    is taken over items, each scored by the share of its samples that are right: ``n`` is the number of items.
+    Treating every sample as its own item would shrink the error by up to sqrt(samples). With one verdict per item
+    this is plain ``accuracy``."""
+    per_item: dict[str, list[bool]] = {}
+    for item, correct in verdicts:
+        per_item.setdefault(item, []).append(bool(correct))
+    return mean_with_stderr([sum(v) / len(v) for v in per_item.values()])
+
+
+def group_scores(verdicts: Sequence[tuple[str, str, bool]]) -> dict[str, Score]:
+    """Per-group accuracy from (group, item id, correct) verdicts, clustered by item; {} with a single group."""
+    by_group: dict[str, list[tuple[str, bool]]] = {}
+    for group, item, correct in verdicts:
+        by_group.setdefault(group, []).append((item, correct))
+    return {g: clustered_accuracy(v) for g, v in sorted(by_group.items())} if len(by_group) > 1 else {}

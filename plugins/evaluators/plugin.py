@@ -174,7 +174,8 @@ def _run(typer: Any, *, models: list[str], runtime: str | None, datasets: list[s
     from hanlin.errors import HanlinError
     from hanlin.loading import load_model
     from hanlin.plugins.evaluators.report import StderrProgress, summary_table, write_chart, write_outputs
-    from hanlin.plugins.evaluators.runner import EvalSettings, PredictionCache, evaluate_dataset
+    from hanlin.plugins.evaluators.cache import PredictionCache
+    from hanlin.plugins.evaluators.runner import EvalSettings, evaluate_dataset
 
     def fail(message: str, code: int = 2) -> None:
         typer.echo(f"error: {message}", err=True)

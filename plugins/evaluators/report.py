@@ -27,7 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from hanlin.plugins.evaluators.runner import DatasetResult, EvalSettings
+from hanlin.plugins.evaluators.results import DatasetResult
+from hanlin.plugins.evaluators.runner import EvalSettings
 
 
 def safe_name(name: str) -> str:

@@ -1,10 +1,9 @@
 """Run datasets through a model: prompts, generation (cached, resumable, parallel where the runtime allows), judging.
 
-Every model output is stored on disk (sqlite under ``hanlin.paths.cache_dir()/eval``) as soon as it exists, keyed
-by the model's identity, the exact prompt and the generation parameters. An interrupted run therefore resumes
-where it stopped, and a re-run after changing one dataset, the shot count or ``--max-tokens`` recomputes only
-the prompts that changed. Judging (answer extraction, the HumanEval sandbox) is never cached: it is cheap next to
-generation, and a fixed extractor should re-score old outputs.
+The orchestration only: outputs are stored and found again by ``cache.py`` (keyed on ``identity.py``'s
+fingerprint of the model), and scored by ``metrics.py``. Judging (answer extraction, the HumanEval sandbox) is
+never cached: it is cheap next to generation, and a fixed extractor should re-score old outputs. A model error on
+one item (its prompt does not fit the context, say) scores that item wrong with the reason and the run goes on.
 
 Two modes: generation (here) and likelihood scoring of multiple-choice items (``likelihood.py``, chosen with
 ``EvalSettings.mode``), which caches each choice's log-probability in the same store under keys that include the
@@ -13,24 +12,25 @@ mode.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import sqlite3
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from hanlin.chat_model import ChatModel, GenerationParams, completion_from_chunks
 from hanlin.errors import ConfigurationError, ModelError
 from hanlin.messages import Message
-from hanlin.paths import cache_dir
 from hanlin.plugins.evaluators.base import Dataset, EvalItem, Prompt
-from hanlin.plugins.evaluators.metrics import Score, accuracy, ks_for, mean_with_stderr, pass_at_k_score
+from hanlin.plugins.evaluators.cache import PredictionCache
+from hanlin.plugins.evaluators.identity import model_identity
+from hanlin.plugins.evaluators.metrics import Score, clustered_accuracy, group_scores, ks_for, pass_at_k_score
+from hanlin.plugins.evaluators.results import DatasetResult, Prediction
+
+__all__ = ["DatasetResult", "DatasetRun", "EvalSettings", "Prediction", "PredictionCache", "Progress", "build_prompt",
+           "evaluate", "evaluate_dataset", "model_identity"]  # the last four names live elsewhere, kept importable
 
 Progress = Callable[[str, int, int, int], None]  # (dataset, done, total, of which from the cache)
 
@@ -69,97 +69,6 @@ class EvalSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-class PredictionCache:
-    """Model outputs on disk, keyed by a hash of (model identity, prompt, parameters). Safe across threads."""
-
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path or cache_dir() / "eval" / "predictions.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.DatabaseError:
-            pass  # some filesystems refuse WAL; the default journal still works
-        self._db.execute("CREATE TABLE IF NOT EXISTS predictions (key TEXT PRIMARY KEY, record TEXT NOT NULL, "
-                         "created REAL NOT NULL)")
-        self._db.commit()
-
-    @staticmethod
-    def key(model: dict[str, Any], prompt: Prompt, params: dict[str, Any]) -> str:
-        blob = json.dumps({"model": model, "prompt": prompt, "params": params}, sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute("SELECT record FROM predictions WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def put(self, key: str, record: dict[str, Any]) -> None:
-        with self._lock:  # committed at once: an interruption loses at most the item in flight
-            self._db.execute("INSERT OR REPLACE INTO predictions VALUES (?, ?, ?)",
-                             (key, json.dumps(record, ensure_ascii=False), time.time()))
-            self._db.commit()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
-def model_identity(model: ChatModel) -> dict[str, Any]:
-    """What makes two models' outputs interchangeable: name, backend class, and the weights file when known."""
-    ident: dict[str, Any] = {"name": model.name, "backend": f"{type(model).__module__}.{type(model).__qualname__}"}
-    path = getattr(model, "path", None)
-    if isinstance(path, (str, Path)) and Path(path).exists():
-        stat = Path(path).stat()
-        ident.update(weights=str(path), size=stat.st_size, mtime=int(stat.st_mtime))
-    return ident
-
-
-@dataclass(slots=True)
-class Prediction:
-    id: str
-    sample: int
-    group: str
-    gold: str
-    output: str
-    extracted: str | None
-    correct: bool
-    detail: str = ""
-    cached: bool = False
-    finish_reason: str = ""
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-@dataclass(slots=True)
-class DatasetResult:
-    dataset: str
-    kind: str
-    model: str
-    metrics: dict[str, Score]
-    groups: dict[str, Score]
-    predictions: list[Prediction]
-    prompts: list[dict[str, Any]]
-    shots: int
-    model_calls: int
-    cached: int
-    elapsed_s: float
-    info: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def answered(self) -> float:
-        """Share of outputs the extractor found an answer in: a low value means a prompt-format problem."""
-        return sum(p.extracted is not None for p in self.predictions) / max(1, len(self.predictions))
-
-    @property
-    def errors(self) -> int:
-        return sum(p.error is not None for p in self.predictions)
 
 
 def build_prompt(dataset: Dataset, item: EvalItem, shots: int, chat: bool) -> Prompt:
@@ -240,9 +149,9 @@ class _Run(DatasetRun):
                           verdict.detail, cached, record.get("finish_reason", ""))
 
     def complete(self, item: EvalItem, sample: int, ready: dict[str, Any] | None = None) -> Prediction:
-        """Output from ``ready`` (a batch made it), the cache or the model, then judged. A model error on one item
-        (its prompt does not fit the context, say) scores that item wrong and is reported; it is not cached, so
-        a re-run tries again."""
+        """Output from ``ready`` (a batch made it, or failed on it), the cache or the model, then judged. A model
+        error on one item (its prompt does not fit the context, say) scores that item wrong and is reported; it is
+        not cached, so a re-run tries again."""
         record = ready or self.lookup(item, sample)
         cached = ready is None and record is not None
         if record is None:
@@ -251,14 +160,22 @@ class _Run(DatasetRun):
             try:
                 record = _generate(self.model, self.prompts[item.id], self.params(sample))
             except ModelError as exc:
-                self.tick(False)
-                return Prediction(item.id, sample, item.group, item.answer, "", None, False, "model error",
-                                  error=f"{type(exc).__name__}: {exc}")
-            self.store(item, sample, record)
-        prediction = self.judge(item, sample, record, cached)
+                record = _failure(exc)
+            else:
+                self.store(item, sample, record)
+        if "error" in record:
+            prediction = Prediction(item.id, sample, item.group, item.answer, "", None, False, "model error",
+                                    error=record["error"])
+        else:
+            prediction = self.judge(item, sample, record, cached)
         if ready is None:
             self.tick(cached)
         return prediction
+
+
+def _failure(exc: ModelError) -> dict[str, Any]:
+    """The record of an item the model failed on: never stored, so a re-run asks again."""
+    return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _run_parallel(fn: Callable[..., Prediction], tasks: Sequence[tuple[Any, ...]], workers: int) -> list[Prediction]:
@@ -278,7 +195,10 @@ def _run_parallel(fn: Callable[..., Prediction], tasks: Sequence[tuple[Any, ...]
 
 def _batched(run: _Run, tasks: list[tuple[EvalItem, int]]) -> list[tuple[EvalItem, int, dict[str, Any] | None]]:
     """Generate what the cache lacks through the runtime's own batching (``generate_batch``), one batch of prompts
-    at a time, storing each batch as it lands. Returns the tasks with the outputs made here (None: cached)."""
+    at a time, storing each batch as it lands. Returns the tasks with the outputs made here (None: cached).
+
+    A batch the model refuses (one prompt too long for the context fails the whole call) is asked again one prompt
+    at a time, so only the prompts that fail alone are scored as failures, each with its reason."""
     made: dict[tuple[str, int], dict[str, Any]] = {}
     by_sample: dict[int, list[EvalItem]] = defaultdict(list)
     for item, sample in tasks:
@@ -287,15 +207,31 @@ def _batched(run: _Run, tasks: list[tuple[EvalItem, int]]) -> list[tuple[EvalIte
     for sample, items in by_sample.items():
         for start in range(0, len(items), run.settings.batch_size):
             chunk = items[start:start + run.settings.batch_size]
-            prompts = [run.prompts[i.id] for i in chunk]
-            batch = [[Message.from_openai(m) for m in p["messages"]] if "messages" in p else p["text"] for p in prompts]
-            run.calls += len(chunk)
-            texts = run.model.generate_batch(batch, run.params(sample))  # type: ignore[attr-defined]
-            for item, text in zip(chunk, texts, strict=True):
-                made[(item.id, sample)] = record = {"text": text, "finish_reason": ""}
-                run.store(item, sample, record)
+            try:
+                outputs = _generate_batch(run, chunk, sample)
+            except ModelError as exc:
+                outputs = [_failure(exc)] if len(chunk) == 1 else [_generate_alone(run, i, sample) for i in chunk]
+            for item, record in zip(chunk, outputs, strict=True):
+                made[(item.id, sample)] = record
+                if "error" not in record:
+                    run.store(item, sample, record)
                 run.tick(False)
     return [(item, sample, made.get((item.id, sample))) for item, sample in tasks]
+
+
+def _generate_alone(run: _Run, item: EvalItem, sample: int) -> dict[str, Any]:
+    try:
+        return _generate_batch(run, [item], sample)[0]
+    except ModelError as exc:
+        return _failure(exc)
+
+
+def _generate_batch(run: _Run, items: list[EvalItem], sample: int) -> list[dict[str, Any]]:
+    prompts = [run.prompts[i.id] for i in items]
+    batch = [[Message.from_openai(m) for m in p["messages"]] if "messages" in p else p["text"] for p in prompts]
+    run.calls += len(items)
+    texts = run.model.generate_batch(batch, run.params(sample))  # type: ignore[attr-defined]
+    return [{"text": text, "finish_reason": ""} for text in texts]
 
 
 def evaluate_dataset(model: ChatModel, dataset: Dataset, settings: EvalSettings = EvalSettings(),
@@ -318,7 +254,7 @@ def evaluate_dataset(model: ChatModel, dataset: Dataset, settings: EvalSettings 
         predictions = _run_parallel(run.complete, tasks, settings.workers)
     return DatasetResult(
         dataset=dataset.name, kind=dataset.kind, model=model.name, metrics=_metrics(dataset, predictions, settings),
-        groups=_groups(predictions), predictions=predictions,
+        groups=group_scores([(p.group, p.id, p.correct) for p in predictions]), predictions=predictions,
         prompts=[{"id": item.id, "prompt": run.prompts[item.id], "params": run.params(0).model_dump(exclude_none=True)}
                  for item in run.items],
         shots=run.shots, model_calls=run.calls, cached=sum(p.cached for p in predictions),
@@ -326,27 +262,13 @@ def evaluate_dataset(model: ChatModel, dataset: Dataset, settings: EvalSettings 
     )
 
 
-def _per_item(predictions: Sequence[Prediction]) -> dict[str, list[bool]]:
-    out: dict[str, list[bool]] = defaultdict(list)
-    for p in predictions:
-        out[p.id].append(p.correct)
-    return out
-
-
 def _metrics(dataset: Dataset, predictions: Sequence[Prediction], settings: EvalSettings) -> dict[str, Score]:
-    per_item = _per_item(predictions)
     if dataset.kind == "code":
+        per_item: dict[str, list[bool]] = defaultdict(list)
+        for p in predictions:
+            per_item[p.id].append(p.correct)
         return {f"pass@{k}": pass_at_k_score(list(per_item.values()), k) for k in ks_for(settings.samples)}
-    if settings.samples == 1:
-        return {"accuracy": accuracy([r[0] for r in per_item.values()])}
-    return {"accuracy": mean_with_stderr([sum(r) / len(r) for r in per_item.values()])}
-
-
-def _groups(predictions: Sequence[Prediction]) -> dict[str, Score]:
-    by_group: dict[str, list[bool]] = defaultdict(list)
-    for p in predictions:
-        by_group[p.group].append(p.correct)
-    return {g: accuracy(v) for g, v in sorted(by_group.items())} if len(by_group) > 1 else {}
+    return {"accuracy": clustered_accuracy([(p.id, p.correct) for p in predictions])}
 
 
 def evaluate(model: ChatModel, datasets: Sequence[Dataset], settings: EvalSettings = EvalSettings(),

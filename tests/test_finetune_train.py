@@ -238,3 +238,29 @@ def test_full_finetune_in_bf16_keeps_small_updates(tmp_path: Path, tiny) -> None
     trainer.train()
     moved = sum(int((p != 1).sum()) for p in norms.values())
     assert moved > 0.1 * sum(p.numel() for p in norms.values()), moved
+
+
+def test_a_model_trained_plain_is_served_plain(tmp_path: Path, tiny) -> None:
+    """A base model (spec ``chat_template=False``) whose tokenizer carries a template trains on the plain layout;
+    its exported folders drop the template, so a runtime loading them as bare folders serves plain too."""
+    from hanlin import Message, get_plugin_manager
+    from hanlin.loading import resolve_model
+    from hanlin.plugins.finetuners.api import tune
+    from hanlin.runtimes.hf_prompt import HFPrompt
+    from tests.test_finetune_data import _BaseModelPlugin
+
+    data = write_jsonl(tmp_path / "d.jsonl", SECRET)
+    with get_plugin_manager().registered(_BaseModelPlugin(tiny), name="tiny-base-with-template"):
+        result = tune(None, model="tiny-base-with-template", data=[str(data)], method="lora", max_steps=1,
+                      batch_size=2, export=["adapter", "merged"], output_dir=str(tmp_path / "out"))
+    asked = [Message.user("What is the password?")]
+    for kind in ("adapter", "merged"):
+        folder = result.exported[kind]
+        assert not (folder / "chat_template.jinja").exists()
+        assert "chat_template" not in json.loads((folder / "tokenizer_config.json").read_text())
+    assert HFPrompt(resolve_model(result.exported["merged"]), result.exported["merged"]).render(asked) == (
+        "User: What is the password?\nAssistant:")
+    # a model trained on its template keeps it
+    templated = tune(None, model=str(tiny), data=[str(data)], method="lora", max_steps=1, batch_size=2,
+                     export=["merged"], output_dir=str(tmp_path / "out2"))
+    assert (templated.exported["merged"] / "chat_template.jinja").is_file()

@@ -26,7 +26,7 @@ def tune(config: str | Path | dict[str, Any] | TuneConfig | None = None, *, resu
         check_exportable(trainer.base.folder)
     result = trainer.train(resume=resume)
     result.exported = export_all(trainer.model, trainer.base.tokenizer, trainer.base.folder, Path(cfg.output_dir),
-                                 cfg.export, cfg.gguf_type, trainer.base.source_gguf)
+                                 cfg.export, cfg.gguf_type, trainer.base.source_gguf, trainer.data.templated)
     result.summary = summarize(cfg, trainer, result)
     return result
 

@@ -24,6 +24,7 @@ class RunData:
     eval_pairs: list[PreferenceSample] = field(default_factory=list)
     loaded: LoadedData | None = None
     skipped_render: list[tuple[str, int, str]] = field(default_factory=list)
+    templated: bool = True  # rendered through the chat template (False: the plain layout); exports keep the choice
 
     @property
     def preference(self) -> bool:
@@ -78,7 +79,7 @@ def prepare(config: TuneConfig, tokenizer: Any, spec: Any = None) -> RunData:
     if config.method != "dpo" and any(isinstance(r, PreferenceRecord) for r in records):
         raise ConfigurationError(f"preference records (prompt/chosen/rejected) need method: dpo, not {config.method}")
     renderer = Renderer(tokenizer, max_length=config.max_length, train_on=config.train_on, spec=spec)
-    data = RunData(config, loaded=loaded)
+    data = RunData(config, loaded=loaded, templated=renderer.use_template)
     order = list(range(len(records)))
     random.Random(config.seed).shuffle(order)
     n_eval = max(1, round(len(records) * config.eval_split)) if config.eval_split else 0

@@ -21,13 +21,28 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
                     "chat_template.jinja", "vocab.json", "merges.txt")
 
 
-def save_adapter(model: Any, tokenizer: Any, out: Path) -> Path:
+def save_adapter(model: Any, tokenizer: Any, out: Path, templated: bool = True) -> Path:
     if not hasattr(model, "peft_config"):
         raise ConfigurationError("this run trained the full model: there is no adapter to save; export 'merged'")
     target = out / "adapter"
     model.save_pretrained(str(target))
-    tokenizer.save_pretrained(str(target))
+    save_tokenizer(tokenizer, target, templated)
     return target
+
+
+def save_tokenizer(tokenizer: Any, target: Path, templated: bool = True) -> None:
+    """The tokenizer, without its chat template when the run trained on the plain layout (a base model whose spec
+    says ``chat_template=False``): a runtime serving the exported folder then decides plain as training did,
+    instead of prompting the tuned model through a template it never saw."""
+    tokenizer.save_pretrained(str(target))
+    if templated:
+        return
+    (target / "chat_template.jinja").unlink(missing_ok=True)
+    config = target / "tokenizer_config.json"
+    if config.is_file():
+        data = json.loads(config.read_text())
+        if data.pop("chat_template", None) is not None:
+            config.write_text(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def merged_model(model: Any, dequantize: Dequantize | None = None) -> Any:
@@ -41,13 +56,13 @@ def merged_model(model: Any, dequantize: Dequantize | None = None) -> Any:
     return model
 
 
-def save_merged(model: Any, tokenizer: Any, base_folder: Path, out: Path) -> Path:
+def save_merged(model: Any, tokenizer: Any, base_folder: Path, out: Path, templated: bool = True) -> Path:
     _check_plain(model)
     target = out / "merged"
     if target.exists():
         shutil.rmtree(target)
     model.save_pretrained(str(target))
-    tokenizer.save_pretrained(str(target))
+    save_tokenizer(tokenizer, target, templated)
     for name in ("generation_config.json",):  # keep the base's generation defaults (eos ids) when it had them
         if (base_folder / name).is_file() and not (target / name).is_file():
             shutil.copy2(base_folder / name, target / name)
@@ -82,14 +97,16 @@ def save_gguf(merged_folder: Path, out: Path, outtype: str, source_gguf: Path | 
 
 
 def export_all(model: Any, tokenizer: Any, base_folder: Path, out: Path, kinds: list[str], gguf_type: str,
-               source_gguf: Path | None = None) -> dict[str, Path]:
-    """Write every requested artifact; the adapter first (merging consumes it), then the merged folder, then GGUF."""
+               source_gguf: Path | None = None, templated: bool = True) -> dict[str, Path]:
+    """Write every requested artifact; the adapter first (merging consumes it), then the merged folder, then GGUF.
+    ``templated``: whether the run trained through the chat template (False: the plain layout, kept by dropping
+    the template from the exported tokenizers)."""
     written: dict[str, Path] = {}
     if "adapter" in kinds:
-        written["adapter"] = save_adapter(model, tokenizer, out)
+        written["adapter"] = save_adapter(model, tokenizer, out, templated)
     if "merged" in kinds or "gguf" in kinds:
         merged = merged_model(model)
-        written["merged"] = save_merged(merged, tokenizer, base_folder, out)
+        written["merged"] = save_merged(merged, tokenizer, base_folder, out, templated)
         if "gguf" in kinds:
             written["gguf"] = save_gguf(written["merged"], out, gguf_type, source_gguf)
     return written

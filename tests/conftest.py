@@ -83,7 +83,7 @@ def tf_model(tf_cache: Path):
 @pytest.fixture(scope="session")
 def smol_folder(tf_cache: Path) -> Path:
     """SmolLM2 as an HF folder (the GGUF converted once): the finetuners' base model and tokenizer."""
-    from hanlin.runtimes.transformers.convert import convert_gguf
+    from hanlin.runtimes.gguf_convert import convert_gguf
 
     path = smollm2_path()
     if path is None:

@@ -252,6 +252,34 @@ def test_the_chat_model_refuses_bad_requests_and_keeps_serving(tiny_chat) -> Non
         model.close()
 
 
+def test_callers_see_a_dead_driver_thread_instead_of_waiting_forever(tiny_chat) -> None:
+    model = load_model(str(tiny_chat), runtime="gpu", num_blocks=20, block_size=16)
+    try:
+        def broken() -> bool:
+            raise RuntimeError("the device fell off the bus")
+
+        model.engine.has_work = broken  # the driver thread's next loop dies outside any request
+        model._wake.set()
+        model._driver.join(timeout=10)
+        assert not model._driver.is_alive()
+        outcome: dict[str, BaseException] = {}
+
+        def call() -> None:
+            try:
+                model.generate([Message.user("Say something.")], max_tokens=4)
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        caller.join(timeout=20)
+        assert not caller.is_alive(), "generate() waited forever on a dead engine"
+        assert isinstance(outcome.get("error"), ModelError)
+        assert "stopped while generating: RuntimeError: the device fell off the bus" in str(outcome["error"])
+    finally:
+        model.close()
+
+
 def test_a_missing_shard_is_a_model_error_through_load_model(tiny_chat, tmp_path) -> None:
     shards = _shard(tmp_path)
     for name in ("tokenizer.json", "tokenizer_config.json"):

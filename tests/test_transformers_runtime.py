@@ -123,7 +123,7 @@ def test_concurrent_calls_match_sequential(tf_model, greedy) -> None:
 
 
 def test_converted_folder_is_reused(tf_model, tf_cache, greedy) -> None:
-    from hanlin.runtimes.transformers.convert import convert_gguf
+    from hanlin.runtimes.gguf_convert import convert_gguf
 
     folder = tf_model.folder
     assert folder.parent == tf_cache / "hf" and folder.name.startswith("SmolLM2-135M-Instruct.Q4_1-")

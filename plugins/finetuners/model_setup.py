@@ -31,7 +31,7 @@ def base_folder(name: str, cache_dir: Path | None = None, spec: Any = None) -> t
     spec = spec or resolve_model(name)
     path = Path(spec.locate())
     if spec.format == "gguf":
-        from hanlin.runtimes.transformers.convert import convert_gguf
+        from hanlin.runtimes.gguf_convert import convert_gguf
 
         return convert_gguf(path, cache_dir), path
     if spec.format != "hf":

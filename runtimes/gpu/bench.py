@@ -178,7 +178,7 @@ def run_transformers(folder: Path, jobs: list[Job], device: str, dtype: Any, bat
 def _hf_folder(model: str, cache_dir: str | None) -> tuple[Any, Path]:
     """The model's spec and its HF folder (a GGUF converted once, as the gpu and transformers runtimes do)."""
     from hanlin import resolve_model
-    from hanlin.runtimes.transformers.convert import convert_gguf
+    from hanlin.runtimes.gguf_convert import convert_gguf
 
     spec = resolve_model(model)
     path = Path(spec.locate())

@@ -34,7 +34,8 @@ from hanlin.chat_model import ScoreRequest, check_score_requests
 from hanlin.runtimes.hf_prompt import HFPrompt
 from hanlin.runtimes.tool_calls import ToolPlan, plan_tools
 from hanlin.runtimes.scoring import pair_ids
-from hanlin.runtimes.transformers.decoding import DEFAULT_MIN_P, DEFAULT_TOP_K, DEFAULT_TOP_P, ReplyStream
+from hanlin.runtimes.reply_stream import ReplyStream
+from hanlin.runtimes.sampling import DEFAULT_MIN_P, DEFAULT_TOP_K, DEFAULT_TOP_P
 
 DEFAULT_MAX_TOKENS = 512
 _DONE = object()
@@ -58,7 +59,7 @@ class _ScoreJob:
 class GpuChatModel(ChatModel):
     def __init__(self, spec: ModelSpec, path: Path, *, cache_dir: str | Path | None = None, **engine_options: Any) -> None:
         from hanlin.runtimes.gpu.engine import Engine
-        from hanlin.runtimes.transformers.convert import convert_gguf
+        from hanlin.runtimes.gguf_convert import convert_gguf
 
         path = Path(path)
         folder = convert_gguf(path, Path(cache_dir) if cache_dir else None) if path.suffix == ".gguf" else path
@@ -79,11 +80,32 @@ class GpuChatModel(ChatModel):
         self._inbox: queue.Queue[_Request | _ScoreJob] = queue.Queue()
         self._wake = threading.Event()
         self._closed = False
+        self._failure: BaseException | None = None  # what killed the driver thread, if anything did
         self._driver = threading.Thread(target=self._drive, name=f"hanlin-gpu-{spec.name}", daemon=True)
         self._driver.start()
 
     # ---- the driver thread ------------------------------------------------------------------
     def _drive(self) -> None:
+        try:
+            self._drive_loop()
+        except BaseException as exc:  # callers waiting on their queues see it (_wait), instead of waiting forever
+            self._failure = exc
+            raise
+
+    def _wait(self, out: queue.Queue, what: str) -> Any:
+        """The next item of a request's queue; a clear error if the driver thread is gone (closed, or died)."""
+        while True:
+            try:
+                return out.get(timeout=0.5)
+            except queue.Empty:
+                if self._driver.is_alive():
+                    continue
+                if self._failure is not None:
+                    raise ModelError(f"the gpu engine of model '{self.name}' stopped while {what}: "
+                                     f"{type(self._failure).__name__}: {self._failure}") from None
+                raise ModelError(f"model '{self.name}' was closed while {what}; load it again") from None
+
+    def _drive_loop(self) -> None:
         live: dict[int, _Request] = {}
         while not self._closed:
             while True:
@@ -195,7 +217,7 @@ class GpuChatModel(ChatModel):
         finish, cached, done = "length", 0, False
         try:
             while True:
-                item = req.out.get()
+                item = self._wait(req.out, "generating")
                 if isinstance(item, tuple) and item[0] is _DONE:
                     _, finish, cached = item
                     done = True
@@ -244,13 +266,7 @@ class GpuChatModel(ChatModel):
         job = _ScoreJob([(p.ids, p.start) for p in pairs])
         self._inbox.put(job)
         self._wake.set()
-        while True:
-            try:
-                result = job.out.get(timeout=0.5)
-                break
-            except queue.Empty:
-                if self._closed or not self._driver.is_alive():
-                    raise ModelError(f"model '{self.name}' was closed while scoring; load it again") from None
+        result = self._wait(job.out, "scoring")
         if isinstance(result, Exception):
             raise ModelError(f"the gpu engine failed while scoring: {type(result).__name__}: {result}")
         return result

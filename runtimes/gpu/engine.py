@@ -19,9 +19,9 @@ from hanlin.runtimes.gpu.config import ModelConfig
 from hanlin.runtimes.gpu.cuda_graphs import DecodeGraphs
 from hanlin.runtimes.gpu.layers import Ops, StepBatch
 from hanlin.runtimes.gpu.model import DecoderLM
-from hanlin.runtimes.gpu.sampler import sample
 from hanlin.runtimes.gpu.scheduler import Scheduled, Scheduler
 from hanlin.runtimes.gpu.sequence import SamplingParams, Sequence, Status
+from hanlin.runtimes.sampling import new_generator, sample
 
 
 @dataclass(slots=True)
@@ -166,7 +166,7 @@ class Engine:
         outputs: list[StepOutput] = []
         if any(s.matcher is not None for s in sampled):
             _mask(logits, sampled)
-        new_tokens = sample(logits, sampled) if sampled else []
+        new_tokens = _sample(logits, sampled) if sampled else []
         done_ids = {s.id for s in sampled}
         for seq, token in zip(sampled, new_tokens):
             seq.tokens.append(token)
@@ -298,6 +298,17 @@ def parse_bytes(size: int | str) -> int:
     if unit not in _UNITS or value <= 0:
         raise ValueError(f"cache_memory must be a positive size such as 4GiB, 512MB or a number of bytes, got {size!r}")
     return int(value * _UNITS[unit])
+
+
+def _sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+    """Each sequence's next token, drawn on the device with its own generator (kept across preemption, so a seed
+    gives the same tokens whatever shares the batch); one host read for the whole batch."""
+    for seq in seqs:
+        if seq.params.temperature > 0 and seq.generator is None:
+            seq.generator = new_generator(logits.device, seq.params.seed)
+    ps = [seq.params for seq in seqs]
+    return sample(logits, [p.temperature for p in ps], [p.top_k for p in ps], [p.top_p for p in ps],
+                  [p.min_p for p in ps], [seq.generator for seq in seqs]).tolist()
 
 
 def _mask(logits: torch.Tensor, seqs: list[Sequence]) -> None:

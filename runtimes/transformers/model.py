@@ -35,9 +35,10 @@ from hanlin.chat_model import ScoreRequest, check_score_requests
 from hanlin.messages import MessageLike, to_messages
 from hanlin.runtimes.hf_prompt import HFPrompt
 from hanlin.runtimes.scoring import ScoredIds, length_batches, pair_ids
-from hanlin.runtimes.transformers.convert import convert_gguf
+from hanlin.runtimes.gguf_convert import convert_gguf
 from hanlin.runtimes.tool_calls import ToolPlan, plan_tools
-from hanlin.runtimes.transformers.decoding import ReplyStream, sample_token
+from hanlin.runtimes.reply_stream import ReplyStream
+from hanlin.runtimes.sampling import sample_token
 
 DEFAULT_MAX_TOKENS = 512
 DTYPES = ("float32", "bfloat16", "float16")

@@ -1,40 +1,9 @@
-"""The two per-token pieces of the decode loop: picking the next token, and turning tokens into text deltas.
-
-Sampling defaults mirror the cpu runtime's (top_k 40, top_p 0.95, min_p 0.05
-when sampling; greedy at temperature 0) so the same GenerationParams mean the
-same thing on either backend. Sampling runs on the CPU with a seeded
-generator, so a seed gives the same tokens whatever device the model is on.
-"""
+"""Sampled tokens -> text deltas -> the chunks a ChatModel streams; shared by the HF runtimes (transformers, gpu)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-
-DEFAULT_TOP_K = 40
-DEFAULT_TOP_P = 0.95
-DEFAULT_MIN_P = 0.05
-
-
-def sample_token(logits: Any, temperature: float, top_k: int | None, top_p: float | None, generator: Any) -> int:
-    """The next token from one position's logits (1-D tensor)."""
-    import torch
-
-    if temperature == 0:
-        return int(torch.argmax(logits))
-    logits = logits.float().cpu() / temperature
-    k = DEFAULT_TOP_K if top_k is None else top_k  # 0 means no top-k cut, as in llama.cpp
-    if 0 < k < logits.numel():
-        kth = torch.topk(logits, k).values[-1]
-        logits = logits.masked_fill(logits < kth, -torch.inf)
-    probs = torch.softmax(logits, dim=-1)
-    probs = probs.masked_fill(probs < DEFAULT_MIN_P * probs.max(), 0.0)
-    p = DEFAULT_TOP_P if top_p is None else top_p
-    if p < 1:
-        ordered, index = torch.sort(probs, descending=True)
-        keep = (torch.cumsum(ordered, dim=-1) - ordered) < p * ordered.sum()  # the top token is always kept
-        probs = torch.zeros_like(probs).scatter(0, index[keep], ordered[keep])
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
 
 
 @dataclass(slots=True)

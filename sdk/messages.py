@@ -39,7 +39,14 @@ class ToolCall(BaseModel):
 
     @classmethod
     def from_openai(cls, data: Mapping[str, Any]) -> ToolCall:
+        """A call in OpenAI's shape (or the flat ``{"name", "arguments"}``); anything else is a ConfigurationError
+        that says what was wrong, since this reads what clients and traces send."""
+        if not isinstance(data, Mapping):
+            raise ConfigurationError(f"a tool call must be an object like {{'id', 'type': 'function', 'function': "
+                                     f"{{'name', 'arguments'}}}}, got {type(data).__name__}: {data!r}")
         fn = data.get("function") or {}
+        if not isinstance(fn, Mapping):
+            raise ConfigurationError(f"a tool call's 'function' must be an object with 'name' and 'arguments', got {fn!r}")
         raw = fn.get("arguments", data.get("arguments", {}))
         if isinstance(raw, str):
             try:
@@ -51,9 +58,12 @@ class ToolCall(BaseModel):
         if not isinstance(raw, dict):
             raise ConfigurationError(f"tool call arguments must be a JSON object, got {raw!r}")
         name = fn.get("name", data.get("name"))
-        if not name:
-            raise ConfigurationError(f"tool call has no function name: {dict(data)!r}")
-        return cls(id=data.get("id") or new_call_id(), name=name, arguments=raw)
+        if not name or not isinstance(name, str):
+            raise ConfigurationError(f"tool call has no function name (a non-empty string): {dict(data)!r}")
+        call_id = data.get("id") or new_call_id()
+        if not isinstance(call_id, str):
+            raise ConfigurationError(f"a tool call's 'id' must be a string, got {call_id!r}")
+        return cls(id=call_id, name=name, arguments=raw)
 
 
 class Usage(BaseModel):
@@ -139,19 +149,41 @@ class Message(BaseModel):
             raise ConfigurationError(
                 f"message role must be one of system/user/assistant/tool, got {role!r} in {dict(data)!r}"
             )
-        content = data.get("content") or ""
-        if isinstance(content, list):  # OpenAI content parts: keep the text parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
+        content = data.get("content")
+        if content is None:
+            content = ""
+        elif isinstance(content, list):  # OpenAI content parts: keep the text parts
+            content = _text_of_parts(content)
         if not isinstance(content, str):
             raise ConfigurationError(f"message content must be a string or a list of parts, got {content!r}")
+        calls = data.get("tool_calls")
+        if calls is not None and not isinstance(calls, list):
+            raise ConfigurationError(f"a message's 'tool_calls' must be a list of tool calls, got {calls!r}")
+        for key in ("tool_call_id", "name"):
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise ConfigurationError(f"a message's {key!r} must be a string, got {data[key]!r}")
         return cls(
             role=role,
             content=content,
-            tool_calls=[ToolCall.from_openai(c) for c in data.get("tool_calls") or []],
+            tool_calls=[ToolCall.from_openai(c) for c in calls or []],
             tool_call_id=data.get("tool_call_id"),
             name=data.get("name"),
             is_error=bool(data.get("is_error", False)),
         )
+
+
+def _text_of_parts(parts: list[Any]) -> str:
+    """The text of OpenAI content parts. Other parts (images, audio) are dropped: hanlin's models read text."""
+    texts = []
+    for part in parts:
+        if not isinstance(part, Mapping):
+            raise ConfigurationError(f"a content part must be an object like {{'type': 'text', 'text': '...'}}, got {part!r}")
+        if part.get("type", "text") == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise ConfigurationError(f"a text content part needs 'text' as a string, got {part!r}")
+            texts.append(text)
+    return "".join(texts)
 
 
 MessageLike = Message | Mapping[str, Any]

@@ -37,6 +37,16 @@ def test_openai_roundtrip_with_tool_calls() -> None:
         ({"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{oops"}}]}, "not valid JSON"),
         ({"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]}, "no function name"),
         ("just a string in a list", "must be a Message or a dict"),
+        # each of these raised TypeError/AttributeError (a 500 from the server) before they were checked
+        ({"role": "user", "content": [{"type": "text", "text": None}]}, "needs 'text' as a string"),
+        ({"role": "user", "content": ["a bare string part"]}, "content part must be an object"),
+        ({"role": "user", "content": {}}, "content must be a string"),
+        ({"role": "assistant", "tool_calls": "abc"}, "'tool_calls' must be a list"),
+        ({"role": "assistant", "tool_calls": ["abc"]}, "a tool call must be an object"),
+        ({"role": "assistant", "tool_calls": [{"function": "f"}]}, "'function' must be an object"),
+        ({"role": "assistant", "tool_calls": [{"function": {"name": 5, "arguments": "{}"}}]}, "no function name"),
+        ({"role": "assistant", "tool_calls": [{"id": 7, "function": {"name": "f", "arguments": "{}"}}]}, "'id' must be a string"),
+        ({"role": "tool", "content": "4", "tool_call_id": ["c1"]}, "'tool_call_id' must be a string"),
     ],
 )
 def test_bad_wire_messages(bad, fragment) -> None:

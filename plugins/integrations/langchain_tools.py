@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field, RootModel, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from hanlin.errors import ConfigurationError, PluginError, ToolError, ToolInputError
-from hanlin.messages import ToolCall
+from hanlin.forced_calls import call_schema, parse_forced_call  # noqa: F401  (HanlinChatModel imports them from here)
 from hanlin.tools import DEFAULT_TIMEOUT_S, Tool, Toolkit, ToolResult
 
 INSTALL_HINT = "pip install 'hanlin[langchain]'"
@@ -364,25 +364,3 @@ def normalize_tool_choice(choice: Any, names: Sequence[str]) -> str | dict[str, 
     if name not in names:
         raise ConfigurationError(f"tool_choice names '{name}', which is not among the bound tools {list(names)}")
     return {"type": "function", "function": {"name": name}}
-
-
-def call_schema(specs: list[dict[str, Any]]) -> dict[str, Any]:
-    """JSON schema of ``{"name": ..., "arguments": {...}}`` over the given tools."""
-    options = [{
-        "type": "object",
-        "properties": {"name": {"const": s["function"]["name"]},
-                       "arguments": s["function"].get("parameters") or {"type": "object"}},
-        "required": ["name", "arguments"],
-    } for s in specs]
-    return options[0] if len(options) == 1 else {"anyOf": options}
-
-
-def parse_forced_call(text: str) -> ToolCall | None:
-    """The call a forced, constrained answer encodes; None when the text is not one (cut short by max_tokens)."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    if isinstance(data, dict) and isinstance(data.get("name"), str) and isinstance(data.get("arguments"), dict):
-        return ToolCall(name=data["name"], arguments=data["arguments"])
-    return None

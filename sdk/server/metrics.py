@@ -7,6 +7,8 @@ updated from the event loop only.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -33,8 +35,17 @@ class Metrics:
     completion_tokens: int = 0
     latency: Histogram = field(default_factory=Histogram)
     ttft: Histogram = field(default_factory=Histogram)
-    queue_depth: int = 0
-    in_flight: int = 0
+    queue_depth: int = 0  # admitted requests holding a slot (waiting for the model or generating)
+    in_flight: int = 0  # generations running now (a model stream or an agent run)
+
+    @contextmanager
+    def generating(self) -> Iterator[None]:
+        """Count one generation in ``in_flight`` for as long as it runs, however it ends."""
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
     def render(self) -> str:
         lines = ["# TYPE hanlin_requests_total counter"]

@@ -16,11 +16,53 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments object
+
+
+class ToolSpec(BaseModel):
+    """One entry of ``tools``: OpenAI's ``{"type": "function", "function": {"name", "description", "parameters"}}``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class ChoiceFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"] = "function"
+    function: ChoiceFunction
+
+
+# What the message parser (hanlin.messages.Message.from_openai) reads: documented here so clients and the fuzz tests
+# see the shape; the parser itself checks it and says what was wrong.
+_TOOL_CALL = {"type": "object", "required": ["function"], "properties": {
+    "id": {"type": "string"}, "type": {"const": "function"},
+    "function": {"type": "object", "required": ["name"],
+                 "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}}}}}
+_MESSAGE = {"type": "object", "required": ["role"], "properties": {
+    "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+    "content": {"anyOf": [{"type": "string"}, {"type": "null"}, {"type": "array", "items": {
+        "type": "object", "required": ["type", "text"],
+        "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}]},
+    "tool_calls": {"type": "array", "items": _TOOL_CALL},
+    "tool_call_id": {"type": "string"},
+    "name": {"type": "string"}}}
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")  # unknown OpenAI fields are ignored, as OpenAI-compatible servers do
 
     model: str
-    messages: list[dict[str, Any]] = Field(min_length=1)
+    messages: list[dict[str, Any]] = Field(min_length=1, json_schema_extra={"items": _MESSAGE})
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, gt=0)
@@ -30,8 +72,8 @@ class ChatRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=1)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
 
@@ -44,6 +86,15 @@ class ChatRequest(BaseModel):
         if len(values) > 4:
             raise ValueError("at most 4 stop sequences are allowed")
         return values
+
+    def tool_specs(self) -> list[dict[str, Any]] | None:
+        """``tools`` as the plain OpenAI dicts the runtimes take, with the fields the client sent and only those."""
+        return None if self.tools is None else [t.model_dump(exclude_unset=True) for t in self.tools]
+
+    def tool_choice_value(self) -> str | dict[str, Any] | None:
+        """``tool_choice`` as OpenAI spells it (a string, or a dict naming a function)."""
+        choice = self.tool_choice
+        return choice.model_dump() if isinstance(choice, NamedToolChoice) else choice
 
 
 class CompletionRequest(BaseModel):

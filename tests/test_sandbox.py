@@ -71,6 +71,29 @@ def test_output_files_cannot_be_swapped_for_links_to_the_evaluators_secrets(tmp_
     assert "TOPSECRET" not in result.detail and "TOPSECRET" not in result.stdout, result
 
 
+def test_sandboxed_code_cannot_touch_files_outside_its_directory(tmp_path: Path) -> None:
+    keep = tmp_path / "results.json"
+    keep.write_text("precious")
+    outside = Path.cwd() / "sandbox-was-here.txt"
+    vandal = textwrap.dedent(f"""\
+        import os, shutil
+        outcomes = []
+        for action in (lambda: os.remove({str(keep)!r}), lambda: open({str(keep)!r}, "w").write("gone"),
+                       lambda: shutil.rmtree({str(tmp_path)!r}), lambda: open({str(outside)!r}, "w").write("x")):
+            try:
+                action()
+                outcomes.append("done")
+            except OSError as exc:
+                outcomes.append(type(exc).__name__)
+        open("inside.txt", "w").write("fine")  # its own directory is writable
+        print(outcomes)
+    """)
+    result = run_python(vandal)
+    assert result.passed, result
+    assert result.stdout == "['PermissionError', 'PermissionError', 'PermissionError', 'PermissionError']"
+    assert keep.read_text() == "precious" and not outside.exists()
+
+
 def test_the_child_cannot_write_the_scripts_the_evaluator_gave_it() -> None:
     probe = textwrap.dedent("""\
         import os, sys

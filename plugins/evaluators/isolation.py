@@ -71,23 +71,22 @@ class Launcher:
             except KeyError:
                 return uid
 
-    def kill_all(self, pid: int, uid: int | None, marker: str) -> None:
-        """Kill every process the run started. ``pid``: the process Popen started (``unshare`` in the namespace
-        modes: killing the namespace's first process, its child, makes the kernel kill the rest)."""
+    def kill_all(self, proc: subprocess.Popen, uid: int | None, marker: str) -> None:
+        """Kill every process the run started. ``proc``: the process Popen started (``unshare`` in the namespace
+        modes). Call it before ``proc`` is reaped: a reaped pid may already belong to someone else."""
         if self.mode != "plain":
-            for child in _children(pid):
-                _kill(child)
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if self.mode == "plain":
-            for _ in range(20):  # a fork bomb can add processes while we sweep; RLIMIT_NPROC bounds how many
-                found = _sweep(uid, marker)
-                if not found:
-                    break
-                for p in found:
-                    _kill(p)
+            if proc.returncode is None:  # its child is the namespace's first process: the kernel kills the rest
+                for child in _children(proc.pid):
+                    _kill(child)
+                _kill_group(proc.pid)
+            return  # once the first process has ended, the namespace is empty: nothing can be left
+        _kill_group(proc.pid)
+        for _ in range(20):  # a fork bomb can add processes while we sweep; RLIMIT_NPROC bounds how many
+            found = _sweep(uid, marker)
+            if not found:
+                break
+            for pid in found:
+                _kill(pid)
 
 
 _NAMESPACES = ["unshare", "--pid", "--fork", "--kill-child", "--net", "--mount", "--mount-proc"]
@@ -96,6 +95,13 @@ _NAMESPACES = ["unshare", "--pid", "--fork", "--kill-child", "--net", "--mount",
 def _kill(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
 

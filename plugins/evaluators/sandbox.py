@@ -166,15 +166,12 @@ def run_python(program: str, limits: Limits = Limits()) -> SandboxResult:
             )
             timed_out = False
             try:
-                returncode: int | None = proc.wait(timeout=limits.timeout_s)
+                proc.wait(timeout=limits.timeout_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
-                how.kill_all(proc.pid, uid, token)
-                returncode = proc.wait()
             finally:
-                how.kill_all(proc.pid, uid, token)  # whatever the program started, however it detached, goes too
-                if proc.returncode is None:
-                    proc.wait()
+                how.kill_all(proc, uid, token)  # whatever the program started, however it detached, goes too
+                returncode: int | None = proc.wait()
             duration = time.perf_counter() - start
             stdout = _tail(out, limits.output_chars)
             stderr = _tail(err, limits.output_chars)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from hanlin import Agent, ConfigurationError, ScriptedModel, load_tools
+from hanlin import Agent, ConfigurationError, ScriptedModel, ToolInputError, load_tools
 from hanlin.plugins.tools.files import FilesToolkit
 
 
@@ -102,6 +107,147 @@ def test_symlinks_pointing_outside_are_refused(tools, ws, tmp_path) -> None:
     assert "link.txt@ (link to outside the workspace, not usable)" in listing
     assert "linkdir@ (link to outside the workspace, not usable)" in listing
     assert "alias.txt@ (link)" in listing
+
+
+# ---- races, hard links, long paths: the walk from the workspace's own descriptor ----------------------------
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two names in one step (renameat2 RENAME_EXCHANGE), or in three where the system lacks it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if hasattr(libc, "renameat2"):
+        if libc.renameat2(-100, bytes(a), -100, bytes(b), _RENAME_EXCHANGE) == 0:  # -100: AT_FDCWD
+            return
+        if ctypes.get_errno() not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    aside = a.with_name(a.name + ".aside")
+    os.rename(a, aside)
+    os.rename(b, a)
+    os.rename(aside, b)
+
+
+def _race(ws: Path, tmp_path: Path, attempt, iterations: int = 2000, seconds: float = 4.0) -> int:
+    """Run ``attempt()`` while another thread keeps swapping the folder ws/d for a link to a folder outside the
+    workspace; return how many attempts ran. ``attempt`` asserts that it never reached outside."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f.txt").write_text("SECRET")
+    (outside / "outside-only.txt").write_text("x")
+    (ws / "d").mkdir()
+    (ws / "d" / "f.txt").write_text("inside")
+    os.symlink(outside, ws / "d.link")  # absolute: leads outside whenever it is named d
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            try:
+                _exchange(ws / "d", ws / "d.link")
+            except OSError:
+                pass
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # hand the GIL back and forth often, so swaps land between any two steps
+    swapper.start()
+    done, deadline = 0, time.monotonic() + seconds
+    try:
+        while done < iterations and time.monotonic() < deadline:
+            try:
+                attempt()
+            except ToolInputError:
+                pass  # refused (the link was in place) or missing for a moment: both are fine
+            done += 1
+    finally:
+        stop.set()
+        swapper.join(5)
+        sys.setswitchinterval(switch)
+    assert (outside / "f.txt").read_text() == "SECRET" and sorted(p.name for p in outside.iterdir()) == [
+        "f.txt", "outside-only.txt"]
+    return done
+
+
+def test_swapping_a_parent_folder_for_a_link_never_reads_outside(ws, tmp_path) -> None:
+    kit = FilesToolkit(ws)
+
+    def attempt() -> None:
+        assert "SECRET" not in kit.read_file(path="d/f.txt")
+
+    assert _race(ws, tmp_path, attempt) > 100
+
+
+def test_swapping_a_parent_folder_for_a_link_never_writes_outside(ws, tmp_path) -> None:
+    kit = FilesToolkit(ws)
+    assert _race(ws, tmp_path, lambda: kit.write_file(path="d/f.txt", content="pwned")) > 100
+
+
+def test_swapping_a_parent_folder_for_a_link_never_lists_outside(ws, tmp_path) -> None:
+    kit = FilesToolkit(ws)
+
+    def attempt() -> None:
+        assert "outside-only" not in kit.list_files(path="d")
+
+    assert _race(ws, tmp_path, attempt) > 100
+
+
+def test_hard_links_are_refused(tools, ws, tmp_path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret")
+    os.link(secret, ws / "alias.txt")  # a second name for a file outside: nothing to follow, nothing to check
+    read = call(tools, "read_file", path="alias.txt")
+    assert read.is_error and "is a hard link" in read.content and "top secret" not in read.content
+    for append in (False, True):
+        written = call(tools, "write_file", path="alias.txt", content="pwned", append=append)
+        assert written.is_error and "is a hard link" in written.content
+    assert secret.read_text() == "top secret"  # not even truncated
+
+
+@pytest.mark.parametrize("path", ["n" * 300, "a/" * 2100 + "x.txt", "sub/" + "b" * 256 + "/x.txt"])
+def test_a_very_long_path_gives_a_clear_error(tools, ws, path) -> None:
+    (ws / "sub").mkdir()
+    for name, args in (("read_file", {}), ("write_file", {"content": "x"}), ("list_files", {})):
+        result = call(tools, name, path=path, **args)
+        assert result.is_error and result.content.startswith(f"{name}: "), result.content[:300]
+        assert "raised" not in result.content and "Traceback" not in result.content and "Errno" not in result.content
+        assert "longer than the file system allows" in result.content or "characters long; the limit is" in (
+            result.content)
+    assert sorted(p.name for p in ws.iterdir()) == ["sub"]
+
+
+def test_links_inside_the_workspace_are_followed_by_the_walk(tools, ws, tmp_path) -> None:
+    (ws / "docs").mkdir()
+    (ws / "docs" / "a.txt").write_text("A")
+    os.symlink("docs", ws / "rel")  # relative link to a folder
+    os.symlink("../docs/a.txt", ws / "docs" / "up.txt")  # relative link that climbs, but stays inside
+    os.symlink(ws / "docs" / "new.txt", ws / "dangling.txt")  # points inside, at nothing yet
+    os.symlink("loop2", ws / "loop1")
+    os.symlink("loop1", ws / "loop2")
+    assert call(tools, "read_file", path="rel/a.txt").content == "A"
+    assert call(tools, "read_file", path="rel/up.txt").content == "A"
+    assert call(tools, "read_file", path="docs/../rel/./a.txt").content == "A"
+    assert call(tools, "write_file", path="dangling.txt", content="made").content == "wrote 4 bytes to docs/new.txt"
+    assert (ws / "docs" / "new.txt").read_text() == "made"
+    loop = call(tools, "read_file", path="loop1")
+    assert loop.is_error and "more than 40 symbolic links" in loop.content
+    os.symlink("../../outside", ws / "docs" / "climb")
+    assert "is refused" in call(tools, "read_file", path="docs/climb/x").content
+    assert "is refused" in call(tools, "write_file", path="a/../../x.txt", content="x").content
+    assert not (ws / "a").exists() and not (tmp_path / "x.txt").exists()  # refused before any folder was made
+
+
+def test_a_pipe_is_refused_without_hanging(tools, ws) -> None:
+    os.mkfifo(ws / "pipe")
+    results: list = []
+
+    def use() -> None:  # in a thread: a blocking open of a pipe with no other end would never return
+        results.extend(call(tools, name, path="pipe", **args)
+                       for name, args in (("read_file", {}), ("write_file", {"content": "x"})))
+
+    worker = threading.Thread(target=use, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "opening a pipe blocked"
+    assert [r.is_error and "not a regular file" in r.content for r in results] == [True, True]
 
 
 def test_read_cap_cuts_with_a_note_and_offset_continues(ws) -> None:

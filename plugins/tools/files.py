@@ -1,10 +1,10 @@
 """The `files` tools: read, write and list files inside one workspace folder, and nowhere else.
 
 An agent's file access is confined to its workspace because a model's path is untrusted input: ``../``, an
-absolute path or a symlink planted inside the workspace must never reach the rest of the disk. Every path is
-resolved to its real location (symlinks followed; a file that does not exist yet is judged by its resolved
-parent) and refused unless that location is inside the workspace's own real path. Opening uses ``O_NOFOLLOW``
-on the checked path, so a link swapped in after the check is refused rather than followed.
+absolute path or a symlink planted inside the workspace must never reach the rest of the disk, not even while
+other code (the python tool shares the workspace) swaps folders for links during a call. Every open goes through
+``workspace.Workspace``, which walks the path one component at a time from the workspace's own descriptor and
+never lets the kernel follow a link; hard-linked files are refused.
 
 Reads and writes are capped (a model's context is small and a runaway loop must not fill the disk); a cut read
 says where to continue. Binary files are described, never dumped into the transcript.
@@ -17,12 +17,13 @@ import mimetypes
 import os
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
 from pydantic import Field
 
 from hanlin import ConfigurationError, Tool, ToolInputError, ToolSpec, Toolkit, hookimpl, tool
+from hanlin.plugins.tools.workspace import Entry, IsAFolder, NotAFolder, NotFound, Workspace
 
 MAX_WRITE_CHARS = 4096  # per call: the longest string a constrained-decoding grammar expands; longer files: append
 SNIFF_BYTES = 8192
@@ -68,26 +69,9 @@ class FilesToolkit(Toolkit):
                                      "create it first, or pass workspace=None for a fresh temporary folder")
         if min(max_read_chars, max_file_bytes, max_entries) < 1:
             raise ConfigurationError("max_read_chars, max_file_bytes and max_entries must be at least 1")
-        self.workspace = Path(os.path.realpath(root))
+        self._fs = Workspace(root)
+        self.workspace = self._fs.root
         self.max_read_chars, self.max_file_bytes, self.max_entries = max_read_chars, max_file_bytes, max_entries
-
-    # ---- confinement -----------------------------------------------------------------------------
-    def resolve(self, path: str) -> Path:
-        """The real path ``path`` names inside the workspace, or ToolInputError if it would leave it."""
-        if not path.strip() or "\x00" in path:
-            raise ToolInputError(f"invalid path {path!r}: give a file path relative to the workspace, e.g. 'notes.txt'")
-        candidate = Path(path)
-        real = Path(os.path.realpath(candidate if candidate.is_absolute() else self.workspace / candidate))
-        if real != self.workspace and not real.is_relative_to(self.workspace):
-            why = ("absolute paths outside it are refused" if candidate.is_absolute()
-                   else "it leads outside the workspace (through '..' or a symbolic link)")
-            raise ToolInputError(f"access to {path!r} is refused: {why}. Only files inside the workspace can be "
-                                 "used; give a relative path such as 'notes/todo.txt'")
-        return real
-
-    def _show(self, real: Path) -> str:
-        rel = real.relative_to(self.workspace).as_posix()
-        return "." if rel == "." else rel
 
     # ---- tools ---------------------------------------------------------------------------------------
     @tool
@@ -100,19 +84,18 @@ class FilesToolkit(Toolkit):
             offset: number of lines to skip from the start (0 reads from the first line).
             limit: at most this many lines (default: as many as fit the size cap).
         """
-        real = self.resolve(path)
-        if real.is_dir():
-            raise ToolInputError(f"{path!r} is a folder; use list_files to see what it holds")
-        if not real.exists():
-            raise ToolInputError(f"there is no file {path!r} in the workspace; use list_files to see what exists")
-        if not real.is_file():
-            raise ToolInputError(f"{path!r} is not a regular file (a device, socket or pipe) and cannot be read")
-        size = real.stat().st_size
-        with self._open(real, os.O_RDONLY) as handle:
+        try:
+            opened = self._fs.open_file(path)
+        except IsAFolder:
+            raise ToolInputError(f"{path!r} is a folder; use list_files to see what it holds") from None
+        except NotFound:
+            raise ToolInputError(f"there is no file {path!r} in the workspace; use list_files to see what "
+                                 "exists") from None
+        with os.fdopen(opened.fd, "rb") as handle:
             head = handle.read(SNIFF_BYTES)
             if _is_binary(head):
-                kind = mimetypes.guess_type(real.name)[0] or "unknown type"
-                return f"{path!r} is a binary file ({size:,} bytes, {kind}); its contents are not shown"
+                kind = mimetypes.guess_type(PurePosixPath(opened.shown).name)[0] or "unknown type"
+                return f"{path!r} is a binary file ({opened.st.st_size:,} bytes, {kind}); its contents are not shown"
             handle.seek(0)
             return self._read_lines(handle, path, offset, limit)
 
@@ -157,27 +140,29 @@ class FilesToolkit(Toolkit):
             content: the text to write (at most 4096 characters per call; write longer files in parts with append=true).
             append: add to the end of the file instead of replacing it.
         """
-        real = self.resolve(path)
-        if real == self.workspace or real.is_dir() or path.endswith(("/", os.sep)):
-            example = f"{path.rstrip('/')}/notes.txt"
-            raise ToolInputError(f"{path!r} names a folder, not a file; give a file name inside it, e.g. {example!r}")
+        example = f"{path.rstrip('/')}/notes.txt"
+        folder_hint = f"{path!r} names a folder, not a file; give a file name inside it, e.g. {example!r}"
+        if path.endswith(("/", os.sep)):
+            raise ToolInputError(folder_hint)
         data = content.encode("utf-8")
-        before = real.stat().st_size if append and real.exists() else 0
-        if before + len(data) > self.max_file_bytes:
-            raise ToolInputError(f"writing {path!r} would make it {before + len(data):,} bytes; the limit is "
+        if len(data) > self.max_file_bytes:
+            raise ToolInputError(f"writing {path!r} would make it {len(data):,} bytes; the limit is "
                                  f"{self.max_file_bytes:,} bytes per file")
         try:
-            real.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ToolInputError(f"cannot create the folder for {path!r}: {exc.strerror or exc}") from None
-        if not real.parent.resolve().is_relative_to(self.workspace):  # a folder swapped for a link meanwhile
-            raise ToolInputError(f"access to {path!r} is refused: it leads outside the workspace")
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-        with self._open(real, flags, "ab" if append else "wb") as handle:
+            opened = self._fs.open_file(path, write=True, append=append)
+        except IsAFolder:
+            raise ToolInputError(folder_hint) from None
+        with os.fdopen(opened.fd, "ab" if append else "wb") as handle:  # fdopen neither truncates nor seeks
+            before = opened.st.st_size if append else 0
+            if before + len(data) > self.max_file_bytes:
+                raise ToolInputError(f"writing {path!r} would make it {before + len(data):,} bytes; the limit is "
+                                     f"{self.max_file_bytes:,} bytes per file")
+            if not append:
+                handle.truncate(0)  # only now: a refused file (hard link, pipe) was never emptied
             handle.write(data)
         verb = "appended" if append else "wrote"
         total = f" (now {before + len(data):,} bytes)" if append else ""
-        return f"{verb} {len(data):,} bytes to {self._show(real)}{total}"
+        return f"{verb} {len(data):,} bytes to {opened.shown}{total}"
 
     @tool
     def list_files(self, path: str = ".", recursive: bool = False, pattern: str | None = None) -> str:
@@ -188,38 +173,28 @@ class FilesToolkit(Toolkit):
             recursive: also list everything in sub-folders.
             pattern: only names matching this glob, e.g. "*.py".
         """
-        real = self.resolve(path)
-        if not real.is_dir():
-            missing = "" if real.exists() else " (it does not exist)"
-            raise ToolInputError(f"{path!r} is not a folder in the workspace{missing}")
+        try:
+            folder = self._fs.open_folder(path)
+        except (NotFound, NotAFolder) as exc:
+            missing = " (it does not exist)" if isinstance(exc, NotFound) else ""
+            raise ToolInputError(f"{path!r} is not a folder in the workspace{missing}") from None
         rows: list[str] = []
         total = 0
-        for folder, dirs, names in os.walk(real):  # never follows links to folders
-            dirs.sort()
-            entries = sorted([(d, True) for d in dirs] + [(n, False) for n in names])
-            for name, is_dir in entries:
-                full = Path(folder, name)
-                rel = full.relative_to(real).as_posix()
-                if pattern and not (fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(rel, pattern)):
+        try:
+            for entry in self._fs.entries(folder, recursive):
+                name = entry.rel.rsplit("/", 1)[-1]
+                if pattern and not (fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(entry.rel, pattern)):
                     continue
                 total += 1
                 if len(rows) < self.max_entries:
-                    rows.append(_entry(full, rel, is_dir, self.workspace))
-            if not recursive:
-                break
+                    rows.append(_row(entry))
+        finally:
+            os.close(folder.fd)
         if not rows:
-            return f"no files in {self._show(real)}" + (f" matching {pattern!r}" if pattern else "")
+            return f"no files in {folder.shown}" + (f" matching {pattern!r}" if pattern else "")
         if total > len(rows):
             rows.append(f"[{total - len(rows):,} more entries not shown; narrow the listing with a path or pattern]")
         return "\n".join(rows)
-
-    # ---- helpers -------------------------------------------------------------------------------------
-    def _open(self, real: Path, flags: int, mode: str = "rb") -> Any:
-        try:
-            fd = os.open(real, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        except OSError as exc:
-            raise ToolInputError(f"cannot open {self._show(real)!r}: {exc.strerror}") from None
-        return os.fdopen(fd, mode)
 
     def close(self) -> None:
         if self._owned is not None:
@@ -227,16 +202,14 @@ class FilesToolkit(Toolkit):
             self._owned = None
 
 
-def _entry(full: Path, rel: str, is_dir: bool, workspace: Path) -> str:
-    if full.is_symlink():
-        inside = Path(os.path.realpath(full)).is_relative_to(workspace)
-        return f"{rel}@ (link{'' if inside else ' to outside the workspace, not usable'})"
-    if is_dir:
-        return f"{rel}/"
-    try:
-        return f"{rel}  {full.stat().st_size:,} bytes"
-    except OSError:
-        return rel
+def _row(entry: Entry) -> str:
+    if entry.kind == "link":
+        return f"{entry.rel}@ (link{'' if entry.link_inside else ' to outside the workspace, not usable'})"
+    if entry.kind == "dir":
+        return f"{entry.rel}/"
+    if entry.kind == "file":
+        return f"{entry.rel}  {entry.size:,} bytes"
+    return entry.rel
 
 
 OPTIONS = ("workspace", "max_read_chars", "max_file_bytes", "max_entries")

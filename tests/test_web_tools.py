@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import importlib.util
+import ipaddress
 import socket
 import sys
 import threading
@@ -15,7 +16,7 @@ import pytest
 
 from hanlin import Agent, ConfigurationError, ScriptedModel, get_plugin_manager, load_tool
 from hanlin.plugins.tools.search_backends import LocalIndexBackend, SearchHit, split_passages
-from hanlin.plugins.tools.url_guard import URLGuard, URLRefused
+from hanlin.plugins.tools.url_guard import URLGuard, URLRefused, carried_ipv4
 from hanlin.plugins.tools.web_fetch import WebFetcher, strip_html
 
 pytestmark = pytest.mark.skipif(
@@ -399,6 +400,56 @@ def test_http_errors_and_timeouts_are_observations(server: str, fetch) -> None:
     assert refused.is_error and refused.content.startswith("could not connect to the host of")
 
 
+@pytest.fixture()
+def header_dripper():
+    """A real loopback server that answers with a status line and then one header byte every 0.1 s for up to
+    15 s: every single read gets a byte in time, so only one deadline over the whole fetch can stop it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Drip: ")
+                until = time.monotonic() + 15
+                while not stop.is_set() and time.monotonic() < until:
+                    conn.sendall(b"a")
+                    time.sleep(0.1)
+                conn.sendall(b"\r\nContent-Length: 4\r\n\r\nlate")
+            except OSError:  # the client hung up: that is the point
+                pass
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    acceptor.join(5)
+    listener.close()
+
+
+@pytest.mark.parametrize("config", [{"allow_private": True},
+                                    {"allow_private": False, "allow_networks": ["127.0.0.1/32"]}],
+                         ids=["guard-off", "guard-pinned"])
+def test_a_server_dripping_its_headers_is_cut_at_the_deadline(header_dripper: str, fetch, config) -> None:
+    started = time.perf_counter()
+    result = fetch(timeout=1, **config)(f"{header_dripper}/")
+    elapsed = time.perf_counter() - started
+    assert result.is_error and "timed out after 1 s" in result.content, result.content
+    assert elapsed < 2.5, f"the fetch ran {elapsed:.1f} s past a 1 s deadline"
+
+
 def test_redirect_chain_is_followed_and_bounded(server: str, fetch) -> None:
     result = fetch()(f"{server}/r1")
     assert not result.is_error
@@ -420,6 +471,17 @@ def test_redirect_chain_is_followed_and_bounded(server: str, fetch) -> None:
     ("http://0177.0.0.1/", "(it resolves to 127.0.0.1) is a loopback address"),
     ("http://[::ffff:127.0.0.1]/", "loopback address (inside the IPv6 address"),
     ("http://[::ffff:a9fe:a9fe]/", "link-local address (inside the IPv6 address"),
+    # 6to4, Teredo, IPv4-compatible and NAT64 addresses carry an IPv4 address a relay or gateway delivers to
+    ("http://[2002:a9fe:a9fe::]/", "link-local address (inside the IPv6 address 2002:a9fe:a9fe::, as its 6to4"),
+    ("http://[2002:7f00:1::1]/", "loopback address (inside the IPv6 address 2002:7f00:1::1, as its 6to4"),
+    ("http://[2002:a00:1::]/", "private-network address (inside the IPv6 address 2002:a00:1::, as its 6to4"),
+    ("http://[2001:0:4136:e378:8000:63bf:5601:5601]/", "link-local address (inside the IPv6 address "
+     "2001:0:4136:e378:8000:63bf:5601:5601, as its Teredo client address)"),
+    ("http://[::a9fe:a9fe]/", "link-local address (inside the IPv6 address ::a9fe:a9fe, as its IPv4-compatible"),
+    ("http://[::ffff:10.1.2.3]/", "private-network address (inside the IPv6 address ::ffff:a01:203, as its "
+     "IPv4-mapped"),
+    ("http://[64:ff9b::a9fe:a9fe]/", "link-local address (inside the IPv6 address 64:ff9b::a9fe:a9fe, as its NAT64"),
+    ("http://[64:ff9b:1::a9fe:a9fe]/", "is a local-use NAT64 address"),
     ("http://0.0.0.0:8080/", "is an unspecified address"),
     ("http://224.0.0.1/", "is a multicast address"),
     ("http://100.64.0.1/", "not publicly routable"),
@@ -465,6 +527,21 @@ def test_per_hop_guard_with_an_injected_resolver() -> None:
         opened.check_url("http://127.0.0.1/")
     with pytest.raises(ConfigurationError, match="not an IP network"):
         URLGuard(allow_networks=["intranet"])
+
+
+def test_ipv4_inside_ipv6_is_unwrapped_whichever_way_the_address_arrives() -> None:
+    teredo = "2001:0:4136:e378:8000:63bf:5601:5601"  # server 65.54.227.120, client 169.254.169.254 (obfuscated)
+    tunnelled = {"sixtofour.example": ["2002:a9fe:a9fe::1"], "teredo.example": [teredo],
+                 "public6to4.example": ["2002:5db8:d822::1"]}
+    guard = URLGuard(resolver=lambda host, port: tunnelled[host])
+    with pytest.raises(URLRefused, match=r"resolves to 2002:a9fe:a9fe::1\) is a link-local address \(inside"):
+        guard.check_url("http://sixtofour.example/latest/meta-data/")
+    with pytest.raises(URLRefused, match="as its Teredo client address"):
+        guard.check_url("http://teredo.example/")
+    assert guard.check_url("http://public6to4.example/") == ("public6to4.example", 80)  # a public host inside
+    assert [(form, str(ip)) for form, ip in carried_ipv4(ipaddress.ip_address(teredo))] == [
+        ("Teredo client", "169.254.169.254"), ("Teredo server", "65.54.227.120")]
+    assert carried_ipv4(ipaddress.ip_address("2606:4700::1111")) == []  # a plain IPv6 address carries nothing
 
 
 def test_redirect_to_a_private_host_is_refused_at_that_hop(server: str, fetch) -> None:

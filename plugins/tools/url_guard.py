@@ -8,13 +8,16 @@ each request, and again for every redirect hop, the guard:
 - resolves the host with ``getaddrinfo`` (which also decodes the decimal,
   octal and hex spellings such as ``0x7f000001`` or ``2130706433``) and
   refuses if *any* address is loopback, private, link-local, reserved,
-  multicast, unspecified or otherwise not globally routable, looking inside
-  IPv4-mapped and NAT64 IPv6 addresses for the IPv4 address they carry.
+  multicast, unspecified or otherwise not globally routable;
+- looks inside every IPv6 form that carries an IPv4 address (IPv4-mapped
+  ``::ffff:a.b.c.d``, IPv4-compatible ``::a.b.c.d``, NAT64 ``64:ff9b::/96``,
+  6to4 ``2002::/16``, Teredo ``2001::/32``) and refuses if the IPv4 address
+  inside would be refused: ``2002:a9fe:a9fe::`` is 169.254.169.254 in
+  disguise, and a 6to4 or Teredo relay on the path may deliver it there.
 
 Checking the name and then letting the HTTP client resolve it again would
-leave a window (DNS rebinding: the second answer differs). ``pinned_backend``
-closes it: it is an httpcore network backend that connects only to addresses
-the guard has just checked.
+leave a window (DNS rebinding: the second answer differs); ``fetch_backend``
+closes it by connecting only to addresses the guard has just checked.
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from functools import lru_cache
-from typing import Any
 from urllib.parse import urlsplit
 
 from hanlin import ConfigurationError, ToolInputError
@@ -32,6 +33,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Sequence[str]]  # (host, port) -> IP address strings
 ALLOWED_SCHEMES = ("http", "https")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: a site's own translator, never public
+_TRANSLATED = ("IPv4-mapped", "NAT64")  # forms that are the IPv4 host itself, not an IPv6 host
 
 
 class URLRefused(ToolInputError):
@@ -44,23 +47,40 @@ def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]).split("%")[0] for info in infos))  # drop IPv6 scope ids, keep order
 
 
-def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address carries (IPv4-mapped ``::ffff:a.b.c.d`` or NAT64 ``64:ff9b::a.b.c.d``)."""
+def carried_ipv4(ip: IPAddress) -> list[tuple[str, ipaddress.IPv4Address]]:
+    """Every IPv4 address an IPv6 address carries, each with the name of the form that carries it.
+
+    A tunnelled or translated address reaches the IPv4 host inside it (through the kernel, a NAT64 gateway, or a
+    6to4 or Teredo relay), so that host must pass the guard too. Teredo carries two: its server and, obfuscated,
+    its client (``ipaddress`` undoes the obfuscation).
+    """
     if isinstance(ip, ipaddress.IPv4Address):
-        return None
+        return []
     if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
+        return [("IPv4-mapped", ip.ipv4_mapped)]
     if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
+        return [("NAT64", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))]
+    if ip.sixtofour is not None:
+        return [("6to4", ip.sixtofour)]
+    if ip.teredo is not None:
+        server, client = ip.teredo
+        return [("Teredo client", client), ("Teredo server", server)]
+    if 1 < int(ip) <= 0xFFFFFFFF:  # ::a.b.c.d, deprecated but still parsed and routed by some stacks
+        return [("IPv4-compatible", ipaddress.IPv4Address(int(ip)))]
+    return []
 
 
 def why_blocked(ip: IPAddress) -> str | None:
     """Which kind of non-public address ``ip`` is, or None if it is a public unicast address."""
-    inner = embedded_ipv4(ip)
-    if inner is not None:
+    carried = carried_ipv4(ip)
+    for form, inner in carried:
         reason = why_blocked(inner)
-        return f"{reason} (inside the IPv6 address {ip})" if reason else None
+        if reason:
+            return f"{reason} (inside the IPv6 address {ip}, as its {form} address)"
+    if carried and carried[0][0] in _TRANSLATED:  # the IPv4 host itself, and it is public
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip in _NAT64_LOCAL:
+        return "a local-use NAT64 address (a site's own IPv4 network)"
     for flag, name in (
         ("is_unspecified", "an unspecified address"), ("is_loopback", "a loopback address"),
         ("is_link_local", "a link-local address"), ("is_multicast", "a multicast address"),
@@ -160,50 +180,7 @@ class URLGuard:
             return f"not a valid IP address ({address!r})"
         if any(ip in net for net in self.allow_networks):
             return None
-        inner = embedded_ipv4(ip)
-        if inner is not None and any(inner in net for net in self.allow_networks):
-            return None
+        carried = carried_ipv4(ip)
+        if carried and carried[0][0] in _TRANSLATED and any(carried[0][1] in net for net in self.allow_networks):
+            return None  # an opened IPv4 network is open in its IPv4-mapped and NAT64 spellings too
         return why_blocked(ip)
-
-
-@lru_cache(maxsize=1)
-def _pinned_backend_class() -> type:
-    import httpcore
-
-    class PinnedBackend(httpcore.NetworkBackend):
-        """Connects only to addresses the guard approved in this very call: no second DNS answer is ever used."""
-
-        def __init__(self, guard: URLGuard) -> None:
-            self.guard = guard
-            self.inner = httpcore.SyncBackend()
-
-        def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                        socket_options: Iterable[Any] | None = None) -> Any:
-            addresses = self.guard.check_host(host, port)
-            last: Exception | None = None
-            for address in addresses:
-                try:
-                    return self.inner.connect_tcp(address, port, timeout=timeout, local_address=local_address,
-                                                  socket_options=socket_options)
-                except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                    last = exc
-            raise last or httpcore.ConnectError(f"no address to connect to for {host}")
-
-        def connect_unix_socket(self, *args: Any, **kwargs: Any) -> Any:
-            raise httpcore.ConnectError("unix sockets are not allowed")
-
-        def sleep(self, seconds: float) -> None:
-            self.inner.sleep(seconds)
-
-    return PinnedBackend
-
-
-def pin_transport(transport: Any, guard: URLGuard) -> bool:
-    """Make an ``httpx.HTTPTransport`` connect through the guard; False if this httpx version hides its pool."""
-    import httpcore
-
-    pool = getattr(transport, "_pool", None)
-    if not isinstance(pool, httpcore.ConnectionPool) or not hasattr(pool, "_network_backend"):
-        return False
-    pool._network_backend = _pinned_backend_class()(guard)
-    return True

@@ -11,11 +11,13 @@ Why these choices:
 - A model's context is small and a server can be hostile: the body is
   streamed and reading stops at ``max_bytes``, the text is cut at
   ``max_chars`` with a note saying so, and one deadline covers the whole
-  fetch, redirects and a slow-dripping body included.
+  fetch: every hop's connect, headers and body, so a server dripping its
+  headers a byte at a time is cut off like a slow body (``fetch_backend``).
 - The URL comes from a model, which can be steered by what it reads: only
   http(s), and by default no loopback/private/link-local/... hosts
   (``url_guard``). Redirects are followed here, one hop at a time, so every
-  hop is checked; connections go only to addresses the guard approved.
+  hop is checked; connections go only to addresses the guard approved
+  (IPv4 addresses hidden in 6to4, Teredo, NAT64 and mapped IPv6 included).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from urllib.parse import urljoin
 from pydantic import Field
 
 from hanlin import ConfigurationError, Tool, ToolError, ToolResult, ToolSpec, Toolkit, hookimpl
-from hanlin.plugins.tools.url_guard import Resolver, URLGuard, URLRefused, pin_transport
+from hanlin.plugins.tools.fetch_backend import deadline_in, install_backend
+from hanlin.plugins.tools.url_guard import Resolver, URLGuard, URLRefused
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +200,10 @@ class WebFetcher(Toolkit):
         with self._lock:
             if self._client is None:
                 transport = httpx.HTTPTransport()
-                if self.guard.checks_addresses and not pin_transport(transport, self.guard):
+                if not install_backend(transport, self.guard):
                     log.warning("web_fetch: this httpx version hides its connection pool; addresses are checked "
-                                "before each request but not pinned at connect time")
+                                "before each request but not pinned at connect time, and the deadline is "
+                                "checked only between body chunks")
                 # trust_env=False: an environment proxy would resolve names out of the guard's sight.
                 self._client = httpx.Client(transport=transport, trust_env=False, follow_redirects=False,
                                             headers={"User-Agent": self.user_agent, "Accept": _ACCEPT})
@@ -241,7 +245,10 @@ class WebFetcher(Toolkit):
             return ToolResult.error(f"fetching {chain[-1]} failed: {type(exc).__name__}: {exc}")
 
     def _fetch(self, chain: list[str]) -> ToolResult:
-        deadline = time.monotonic() + self.timeout
+        with deadline_in(self.timeout) as deadline:  # one deadline for every hop's connect, headers and body
+            return self._follow(chain, deadline)
+
+    def _follow(self, chain: list[str], deadline: float) -> ToolResult:
         url = current = chain[0]
         while True:
             self.guard.check_url(current)

@@ -104,9 +104,15 @@ def hanlin(*args: str, check: bool = True) -> str:
 
 
 def evaluate(model: str, out: Path, limit: int) -> dict:
+    """The tooluse scores of one model, as scores.json records them: {metric: {"value", "stderr", "n"}}."""
     hanlin("eval", "-m", model, "-d", "tooluse", "--protocol", "react", "--limit", str(limit), "--out", str(out))
     scores = json.loads((out / "scores.json").read_text())
-    return scores
+    try:
+        (entry,) = scores["models"].values()  # one model per folder
+        (record,) = [r for name, r in entry["datasets"].items() if name.split("@")[0] == "tooluse"]  # tooluse@react
+        return record["metrics"]
+    except (KeyError, ValueError) as exc:
+        sys.exit(f"{out / 'scores.json'} has no tooluse scores of one model ({type(exc).__name__}: {exc})")
 
 
 def tune(traces: Path, out: Path, steps: int | None, epochs: float) -> str:
@@ -141,27 +147,18 @@ def main() -> None:
     after = evaluate(tuned, args.out / "eval-after", limit)
     print("tooluse (react), before -> after:")
     for metric in ("accuracy", "valid_calls", "expected_tool", "steps"):
-        b, a = _score(before, metric), _score(after, metric)
-        print(f"  {metric:<14} {b:>7.3f} -> {a:.3f}")
+        print(f"  {metric:<14} {_value(before, metric):>7} -> {_value(after, metric)}")
     # an agent that gives up exits non-zero; its transcript is still worth showing
     print(hanlin("run", "--model", tuned, "--max-steps", "3", "What is 12 * 34 + 5? Use the calculator.", check=False))
 
 
-def _score(scores: dict, metric: str) -> float:
-    """The metric's value for tooluse in scores.json (whatever nesting the report uses)."""
-    def find(node):
-        if isinstance(node, dict):
-            if metric in node:
-                value = node[metric]
-                return value["value"] if isinstance(value, dict) else value
-            for child in node.values():
-                found = find(child)
-                if found is not None:
-                    return found
-        return None
-
-    value = find(scores)
-    return float("nan") if value is None else float(value)
+def _value(metrics: dict, metric: str) -> str:
+    """A score to three decimals. Only ``valid_calls`` may be missing: it is undefined when no item tried a call."""
+    if metric not in metrics:
+        if metric == "valid_calls":
+            return "n/a"
+        sys.exit(f"the tooluse scores lack {metric!r}: {sorted(metrics)}")
+    return f"{metrics[metric]['value']:.3f}"
 
 
 if __name__ == "__main__":

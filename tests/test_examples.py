@@ -42,5 +42,38 @@ def test_flywheel_example_quick(tmp_path) -> None:
     out = run_example("flywheel.py", "--out", str(tmp_path), "--quick", timeout=900)
     assert "traces: kept 4 of 4 teacher runs" in out
     assert "loss: first" in out and (tmp_path / "tuned" / "model.gguf").is_file()
-    assert "accuracy" in out and "valid_calls" in out and "->" in out
+    scores = _flywheel_scores(out)
+    for metric in ("accuracy", "expected_tool"):  # shares of the 2 items: 0, 0.5 or 1, before and after
+        assert all(v in (0.0, 0.5, 1.0) for v in scores[metric]), (metric, scores[metric])
+    assert all(1 <= v <= 6 for v in scores["steps"]), scores["steps"]  # mean steps per item; the eval stops at 6
+    assert all(v is None or 0.0 <= v <= 1.0 for v in scores["valid_calls"]), scores["valid_calls"]  # None: no call tried
     assert "$ hanlin run --model" in out
+
+
+def test_the_flywheel_check_fails_a_run_whose_scores_are_missing() -> None:
+    """What the flywheel printed before when scores.json lacked a metric: 'nan', which the old check let through."""
+    import pytest
+
+    table = "tooluse (react), before -> after:\n  accuracy           nan -> nan\n  valid_calls        nan -> nan\n" \
+            "  expected_tool      nan -> nan\n  steps              nan -> nan\n"
+    with pytest.raises(AssertionError):
+        _flywheel_scores(table)
+    good = table.replace("nan -> nan", "0.500 -> 1.000").replace("valid_calls        0.500", "valid_calls          n/a")
+    assert _flywheel_scores(good)["valid_calls"] == [None, 1.0]
+
+
+def _flywheel_scores(out: str) -> dict[str, list[float | None]]:
+    """The 'before -> after' table the flywheel prints, as numbers; every metric must be there, and every value a
+    number (only valid_calls may be 'n/a', when no item tried a call)."""
+    import math
+
+    table = {}
+    lines = out.split("tooluse (react), before -> after:\n", 1)[1].splitlines()[:4]
+    for line in lines:
+        metric, before, arrow, after = line.split()
+        assert arrow == "->", line
+        values = [None if v == "n/a" and metric == "valid_calls" else float(v) for v in (before, after)]
+        assert all(v is None or math.isfinite(v) for v in values), line
+        table[metric] = values
+    assert sorted(table) == ["accuracy", "expected_tool", "steps", "valid_calls"], out
+    return table

@@ -219,7 +219,11 @@ def test_gpu_runtime_scores_match_transformers(tf_model, tf_cache) -> None:
 @requires_smollm2
 def test_cpu_runtime_ranks_choices_like_transformers_and_leaves_generation_alone(smollm2, tf_model) -> None:
     """The cpu runtime reads the Q4_1 GGUF with 8-bit activations, transformers its fp32 dequantization: the sums
-    differ by up to about a nat, so the test compares which choice wins, not the numbers."""
+    differ by up to about a nat, so the test compares which choice wins, and bounds the numbers by what was
+    measured (2 cores, x86-64, llama-cpp-python of the cpu extra; both runs are deterministic, repeat scores are
+    bit-equal): on these 4 items cpu vs transformers differ by at most 1.044 nats (also the most over 24 items),
+    and llama.cpp's sum for a choice scored with its own item alone vs in the batch of all 4 items by at most 0.768
+    (1.017 over 24 items; transformers: 2e-5). The bounds leave about 15% over those for other CPUs' kernels."""
     dataset = open_dataset("hellaswag")
     items = dataset.select(4)
     requests = [(likelihood_context(dataset, i, []), continuation(c)) for i in items for c in i.choices]
@@ -227,12 +231,13 @@ def test_cpu_runtime_ranks_choices_like_transformers_and_leaves_generation_alone
     before = smollm2.generate(prompt, max_tokens=4)
     cpu = [sum(v) for v in smollm2.score(requests)]
     ref = [sum(v) for v in tf_model.score(requests)]
-    assert all(abs(a - b) < 2.5 for a, b in zip(cpu, ref))
+    assert max(abs(a - b) for a, b in zip(cpu, ref)) < 1.2  # measured 1.044
     winners = [(max(range(4), key=lambda k: cpu[4 * n + k]), max(range(4), key=lambda k: ref[4 * n + k]))
                for n in range(len(items))]
     assert sum(a == b for a, b in winners) >= len(items) - 1
-    alone = [sum(v) for v in smollm2.score(requests[:4])]  # one item: its context evaluated once for its 4 choices
-    assert all(abs(a - b) < 1.5 for a, b in zip(alone, cpu))  # llama.cpp's numbers move a little with the batch
+    # each item alone: its context evaluated once for its 4 choices; llama.cpp's numbers move with the batch
+    alone = [sum(v) for k in range(len(items)) for v in smollm2.score(requests[4 * k:4 * k + 4])]
+    assert max(abs(a - b) for a, b in zip(alone, cpu, strict=True)) < 0.9  # measured 0.768
     after = smollm2.generate(prompt, max_tokens=4)  # scoring ran on its own context: the KV cache is still there
     assert after.text == before.text and after.usage.prompt_tokens_reused > 0
 

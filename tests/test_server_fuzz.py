@@ -2,8 +2,9 @@
 
 Whatever schemathesis sends, valid by the schema or deliberately not, the server must never answer 5xx, every
 error must be in OpenAI's shape ``{"error": {"message", "type", ...}}``, and a stream that starts must not end in a
-server error. The model is scripted (the server is under test, not the model), and the run is bounded: a few dozen
-examples per route, well under a minute.
+server error. Two of schemathesis's phases run: coverage (the documented examples, then every schema keyword at and
+past its boundaries) and fuzzing (random bodies, valid and not). The model is scripted (the server is under test,
+not the model), and the run is bounded: a few hundred requests, well under a minute.
 """
 
 from __future__ import annotations
@@ -67,16 +68,29 @@ def _check(response) -> None:
         assert not any("error" in json.loads(e) for e in events[:-1]), response.text
 
 
+ROUTES = ["POST /v1/chat/completions", "POST /v1/completions", "GET /v1/models", "GET /health", "GET /metrics"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_coverage_cases_from_the_schema_and_its_examples(fuzz_server, api_schema, route) -> None:
+    """Schemathesis's coverage phase: each documented example, then each keyword of the schema at and past its
+    boundaries (missing required fields, wrong types, out-of-range values, unexpected methods), one at a time."""
+    method, path = route.split()
+    operation = api_schema[path][method]
+    cases = api_schema.iter_coverage_cases(operation, generation_modes=list(GenerationMode),
+                                           generation_config=api_schema.config.generation_for(operation=operation))
+    for case in cases:
+        _check(case.call(base_url=fuzz_server, headers={"Authorization": f"Bearer {KEY}"}, timeout=30))
+
+
 @pytest.mark.parametrize("route,mode,examples", [
-    ("POST /v1/chat/completions", GenerationMode.POSITIVE, 60),
-    ("POST /v1/chat/completions", GenerationMode.NEGATIVE, 60),
-    ("POST /v1/completions", GenerationMode.POSITIVE, 30),
-    ("POST /v1/completions", GenerationMode.NEGATIVE, 30),
-    ("GET /v1/models", GenerationMode.POSITIVE, 3),
-    ("GET /health", GenerationMode.POSITIVE, 3),
-    ("GET /metrics", GenerationMode.POSITIVE, 3),
+    ("POST /v1/chat/completions", GenerationMode.POSITIVE, 40),
+    ("POST /v1/chat/completions", GenerationMode.NEGATIVE, 40),
+    ("POST /v1/completions", GenerationMode.POSITIVE, 20),
+    ("POST /v1/completions", GenerationMode.NEGATIVE, 20),
 ])
-def test_no_input_makes_the_server_fail_and_every_error_has_openai_shape(fuzz_server, api_schema, route, mode, examples) -> None:
+def test_random_bodies_valid_or_not(fuzz_server, api_schema, route, mode, examples) -> None:
+    """Schemathesis's fuzzing phase: random bodies that match the schema (positive) or break it (negative)."""
     method, path = route.split()
     operation = api_schema[path][method]
 

@@ -6,7 +6,8 @@ the server goes on serving. Generation runs in worker threads (the runtimes are 
 client that goes away cancels its generation, which frees the model and its slot for the next request.
 
 The other jobs live beside this module: errors.py (the error shape), auth.py (the key), body.py (reading),
-admission.py (slots), streams.py (clean-up), forced.py (tools and forced calls), agent_serving.py (an agent as a model), wire.py (shapes).
+admission.py (slots), streams.py (clean-up), forced.py (tools and forced calls), agent_serving.py (an agent as a
+model), wire.py (response shapes).
 """
 
 from __future__ import annotations
@@ -32,19 +33,20 @@ from hanlin.server.body import DEFAULT_MAX_BODY_BYTES, read_json
 from hanlin.server.errors import APIError, install_error_handlers
 from hanlin.server.forced import plan_tools
 from hanlin.server.metrics import Metrics
-from hanlin.server.schema import ChatRequest, CompletionRequest
+from hanlin.server.schema import ChatRequest, CompletionRequest, chat_examples, completion_examples
 from hanlin.server.streams import ClosingStreamingResponse
 from hanlin.server.wire import DONE, sse, tool_call_deltas, usage
 
 
-def _openapi_extra(model: type[BaseModel], served: list[str], app: FastAPI) -> dict[str, Any]:
+def _openapi_extra(model: type[BaseModel], served: list[str], app: FastAPI,
+                   examples: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The route's request body for the OpenAPI document. The routes read the body themselves (after the key check,
     within the size limit), so FastAPI is told its schema here rather than through a parameter; the schemas it
     refers to are added to the document's components by ``_install_openapi``."""
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
     app.state.openapi_schemas.update(schema.pop("$defs", {}))
     schema["properties"]["model"] = {"type": "string", "enum": served, "title": "Model"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema, "examples": examples}}}}
 
 
 async def _guarded(events: AsyncIterator[str], metrics: Metrics, route: str) -> AsyncIterator[str]:
@@ -142,7 +144,7 @@ def create_app(
             data.append({"id": agent_name, "object": "model", "created": 0, "owned_by": "hanlin-agent"})
         return {"object": "list", "data": data}
 
-    @app.post("/v1/chat/completions", openapi_extra=_openapi_extra(ChatRequest, served, app))
+    @app.post("/v1/chat/completions", openapi_extra=_openapi_extra(ChatRequest, served, app, chat_examples(name)))
     async def chat(request: Request) -> Any:
         authenticate(request)
         req = await read_json(request, ChatRequest, max_body_bytes)
@@ -210,7 +212,8 @@ def create_app(
         return ClosingStreamingResponse(_guarded(events(), metrics, "/v1/chat/completions"), slot.release,
                                         media_type="text/event-stream")
 
-    @app.post("/v1/completions", openapi_extra=_openapi_extra(CompletionRequest, served, app))
+    @app.post("/v1/completions", openapi_extra=_openapi_extra(CompletionRequest, served, app,
+                                                               completion_examples(name)))
     async def completions(request: Request) -> Any:
         authenticate(request)
         req = await read_json(request, CompletionRequest, max_body_bytes)

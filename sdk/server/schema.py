@@ -109,3 +109,35 @@ class CompletionRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=1)
+
+
+_WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def chat_examples(model: str) -> dict[str, dict[str, Any]]:
+    """Request bodies for the OpenAPI document: one per way a chat request is served (clients read them as
+    documentation; the fuzz tests start from them)."""
+    ask = [{"role": "user", "content": "What's the weather in Rome?"}]
+    bodies = {
+        "chat": {"model": model, "messages": [{"role": "system", "content": "Be brief."},
+                                              {"role": "user", "content": "Name two colours."}], "max_tokens": 32},
+        "streamed": {"model": model, "messages": ask, "stream": True, "stream_options": {"include_usage": True}},
+        "tools": {"model": model, "messages": ask, "tools": [_WEATHER_TOOL]},
+        "forced tool call": {"model": model, "messages": ask, "tools": [_WEATHER_TOOL], "tool_choice": "required"},
+        "named tool, streamed": {"model": model, "messages": ask, "tools": [_WEATHER_TOOL], "stream": True,
+                                 "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+        "tool result": {"model": model, "tools": [_WEATHER_TOOL], "messages": [
+            *ask, {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+                "name": "get_weather", "arguments": "{\"city\": \"Rome\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 24 C"}]},
+        "json": {"model": model, "messages": ask, "response_format": {"type": "json_object"}},
+    }
+    return {name: {"summary": name, "value": body} for name, body in bodies.items()}
+
+
+def completion_examples(model: str) -> dict[str, dict[str, Any]]:
+    bodies = {"completion": {"model": model, "prompt": "The capital of France is", "max_tokens": 8},
+              "streamed": {"model": model, "prompt": "Once upon a time", "stream": True, "stop": ["\n"]}}
+    return {name: {"summary": name, "value": body} for name, body in bodies.items()}

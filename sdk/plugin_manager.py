@@ -42,6 +42,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "hanlin.plugins.tools.web_fetch",
     "hanlin.plugins.tools.files",
     "hanlin.plugins.tools.knowledge_base",
+    "hanlin.plugins.tools.kb_cli",
     "hanlin.plugins.integrations.mcp",
     "hanlin.plugins.models.catalog",
     "hanlin.plugins.evaluators.plugin",

@@ -313,6 +313,18 @@ def test_cli_build_query_tune_with_bm25(tmp_path) -> None:
     assert nothing.returncode == 2 and "does not exist; build one with" in nothing.stderr
 
 
+def test_the_tool_and_the_kb_commands_are_separate_plugins() -> None:
+    # The tool answers a model, the commands a person: each module has one job, and the commands stay registered.
+    from hanlin.plugins.tools import kb_cli, knowledge_base
+
+    assert not hasattr(knowledge_base, "register_commands") and hasattr(kb_cli, "register_commands")
+    kinds = {info.name: info.kinds for info in get_plugin_manager().infos()}
+    assert kinds["hanlin.plugins.tools.knowledge_base"] == ["tools"]
+    assert kinds["hanlin.plugins.tools.kb_cli"] == ["commands"]
+    listed = hanlin("kb", "--help")
+    assert listed.returncode == 0 and all(name in listed.stdout for name in ("build", "query", "tune"))
+
+
 @requires_minilm
 def test_cli_query_on_the_embeddings_index(index_dir) -> None:
     out = hanlin("kb", "query", str(index_dir), "What time does the museum open?", "-k", "1")

@@ -283,3 +283,14 @@ def test_import_hanlin_does_not_import_mcp() -> None:
     code = "import sys, hanlin; hanlin.get_plugin_manager().tools(); print('mcp' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_the_server_and_its_command_line_are_separate_modules() -> None:
+    # A program that serves tools over MCP needs the server, not typer and the CLI's commands.
+    code = ("import sys; from hanlin.plugins.integrations.mcp_server import build_server, serve_tools; "
+            "print('typer' in sys.modules, 'hanlin.plugins.integrations.mcp_cli' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False False", out.stderr
+    from hanlin.plugins.integrations import mcp_cli, mcp_server
+
+    assert not hasattr(mcp_server, "mcp_cli") and callable(mcp_cli.mcp_cli)

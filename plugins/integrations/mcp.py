@@ -3,7 +3,7 @@
 - ``load_tools(["mcp"], command="npx", args=["-y", "some-mcp-server"])`` starts the server over stdio and
   offers its tools (see ``mcp_client``).
 - ``hanlin mcp serve --tool calculator`` serves registered hanlin tools to any MCP client over stdio
-  (see ``mcp_server``).
+  (see ``mcp_server``; the commands are in ``mcp_cli``).
 
 This module is imported by every ``import hanlin`` user through the built-in plugin list, so it imports
 neither mcp nor its own client/server modules at the top: they load when a tool is built or the command runs.
@@ -41,6 +41,6 @@ def register_tools(register: Any) -> None:
 
 @hookimpl
 def register_commands(cli: Any) -> None:
-    from hanlin.plugins.integrations.mcp_server import mcp_cli
+    from hanlin.plugins.integrations.mcp_cli import mcp_cli
 
     cli.add_typer(mcp_cli(), name="mcp")

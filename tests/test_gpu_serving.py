@@ -24,7 +24,7 @@ from hanlin.runtimes.gpu.config import ModelConfig, UnsupportedModel  # noqa: E4
 from hanlin.runtimes.gpu.engine import Engine  # noqa: E402
 from hanlin.runtimes.gpu.sequence import SamplingParams  # noqa: E402
 from tests.conftest import requires_smollm2  # noqa: E402
-from tests.test_gpu_runtime import GREEDY, _tiny  # noqa: E402
+from tests.test_gpu_runtime import GREEDY, LOGIC, _tiny  # noqa: E402
 
 PROMPTS = [list(range(10, 31)), [7, 3, 9], list(range(100, 140)), [42] * 9, list(range(200, 213))]
 
@@ -40,8 +40,8 @@ def _drain(engine: Engine, results: dict[int, list[int]]) -> None:
                                                            seed=11, ignore_eos=True)], ids=["greedy", "seeded"])
 def test_requests_joining_mid_run_get_what_they_get_alone(params, tmp_path) -> None:
     _tiny("qwen2", tmp_path)
-    alone = [Engine(tmp_path, num_blocks=64, block_size=4).generate([p], params)[0] for p in PROMPTS]
-    engine = Engine(tmp_path, num_blocks=64, block_size=4, max_batch_tokens=16)
+    alone = [Engine(tmp_path, num_blocks=64, **LOGIC).generate([p], params)[0] for p in PROMPTS]
+    engine = Engine(tmp_path, num_blocks=64, **LOGIC, max_batch_tokens=16)
     results: dict[int, list[int]] = {}
     ids = [engine.add(PROMPTS[0], params), engine.add(PROMPTS[1], params)]
     for _ in range(3):
@@ -62,9 +62,9 @@ def test_a_short_request_behind_a_long_prefill_starts_at_once(tmp_path) -> None:
     arriving behind it gets its first token on the next step, and both give the tokens they give alone."""
     _tiny("llama", tmp_path)
     long_prompt, short_prompt = list(range(20, 120)), [5, 6, 7]
-    solo = Engine(tmp_path, num_blocks=64, block_size=4)
+    solo = Engine(tmp_path, num_blocks=64, **LOGIC)
     expected = solo.generate([long_prompt], GREEDY)[0], solo.generate([short_prompt], GREEDY)[0]
-    engine = Engine(tmp_path, num_blocks=64, block_size=4, max_batch_tokens=8)
+    engine = Engine(tmp_path, num_blocks=64, **LOGIC, max_batch_tokens=8)
     results: dict[int, list[int]] = {}
     long_id = engine.add(long_prompt, GREEDY)
     _drain(engine, results)  # the long prompt is now a prefill in progress
@@ -99,7 +99,7 @@ def test_rope_scaling_variants_match_transformers(scaling, tmp_path) -> None:
     assert ModelConfig.from_folder(tmp_path).rope.kind == scaling["rope_type"]
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     prompts = [list(range(30, 90)), [4, 8, 15, 16, 23, 42]]  # 60 positions: past llama3's original 32
-    engine = Engine(tmp_path, num_blocks=64, block_size=4)
+    engine = Engine(tmp_path, num_blocks=64, **LOGIC)
     ours = engine.generate(prompts, GREEDY)
     for prompt, got in zip(prompts, ours):
         ref = hf.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False, min_new_tokens=10)
@@ -115,7 +115,7 @@ def _logprobs_match_transformers(folder, n: int = 80) -> None:
     with torch.no_grad():
         ref_logp = torch.log_softmax(hf(torch.tensor([tokens])).logits[0, :-1].float(), dim=-1)
     expected = ref_logp.gather(1, torch.tensor(tokens[1:])[:, None])[:, 0]
-    got = Engine(folder, num_blocks=64, block_size=4, max_batch_tokens=32).score([(tokens, 1)])[0]
+    got = Engine(folder, num_blocks=64, **LOGIC, max_batch_tokens=32).score([(tokens, 1)])[0]
     torch.testing.assert_close(torch.tensor(got), expected, atol=2e-4, rtol=1e-4)
 
 
@@ -154,21 +154,21 @@ def test_invalid_sampling_parameters_say_what_is_wrong(bad, message) -> None:
 
 def test_a_prompt_past_the_context_fails_alone_and_the_batch_goes_on(tmp_path) -> None:
     _tiny("llama", tmp_path)  # 256 positions
-    engine = Engine(tmp_path, num_blocks=128, block_size=4)
+    engine = Engine(tmp_path, num_blocks=128, **LOGIC)
     good = engine.add([1, 2, 3], GREEDY)
-    with pytest.raises(ValueError, match="250 prompt \\+ 10 new tokens exceed the model's 256 positions"):
+    with pytest.raises(ValueError, match="250 prompt \\+ 10 new tokens exceed the engine's 256 positions"):
         engine.add(list(range(250)), GREEDY)
     results: dict[int, list[int]] = {}
     while engine.has_work():
         _drain(engine, results)
-    assert results == {good: Engine(tmp_path, num_blocks=128, block_size=4).generate([[1, 2, 3]], GREEDY)[0]}
+    assert results == {good: Engine(tmp_path, num_blocks=128, **LOGIC).generate([[1, 2, 3]], GREEDY)[0]}
 
 
 def test_the_cache_is_sized_in_blocks_or_bytes_and_bad_sizes_are_refused(tmp_path) -> None:
     _tiny("llama", tmp_path)  # 3 layers x 2 kv heads x 16 dims, fp32: 768 bytes of k+v per token
     per_block = 2 * 3 * 4 * 2 * 16 * 4
-    assert Engine(tmp_path, cache_memory="48KiB", block_size=4).blocks.num_blocks == (48 << 10) // per_block
-    assert Engine(tmp_path, cache_memory=per_block * 10, block_size=4).blocks.num_blocks == 10
+    assert Engine(tmp_path, cache_memory="48KiB", **LOGIC).blocks.num_blocks == (48 << 10) // per_block
+    assert Engine(tmp_path, cache_memory=per_block * 10, **LOGIC).blocks.num_blocks == 10
     for bad, message in [(dict(cache_memory="lots"), "cache_memory must be a positive size"),
                          (dict(cache_memory="100b"), "would hold 0 blocks"),
                          (dict(num_blocks=8, cache_memory="1GiB"), "not both"),
@@ -176,7 +176,7 @@ def test_the_cache_is_sized_in_blocks_or_bytes_and_bad_sizes_are_refused(tmp_pat
                          (dict(max_batch_tokens=0), "max_batch_tokens must be a positive integer"),
                          (dict(dtype="float8"), "dtype must be")]:
         with pytest.raises(ValueError, match=message):
-            Engine(tmp_path, block_size=4, **bad)
+            Engine(tmp_path, **{**LOGIC, **bad})
 
 
 def _shard(tmp_path):
@@ -194,7 +194,7 @@ def _shard(tmp_path):
 
 def test_a_sharded_checkpoint_loads_and_a_missing_shard_is_named(tmp_path) -> None:
     shards = _shard(tmp_path)
-    whole = Engine(tmp_path, num_blocks=64, block_size=4).generate([[1, 2, 3]], GREEDY)
+    whole = Engine(tmp_path, num_blocks=64, **LOGIC).generate([[1, 2, 3]], GREEDY)
     assert len(whole[0]) == 10
     (tmp_path / shards[1]).unlink()
     with pytest.raises(FileNotFoundError, match=f"missing 1 of the {len(shards)} weight shards.*{shards[1]}"):
@@ -248,6 +248,16 @@ def test_the_chat_model_refuses_bad_requests_and_keeps_serving(tiny_chat) -> Non
         worker.join(timeout=60)
         assert got == {"text": expected}  # the good request was served while the bad ones were refused
         assert model.generate(question, max_tokens=24, temperature=0).text == expected
+    finally:
+        model.close()
+
+
+def test_max_model_len_is_the_chat_models_context(tiny_chat) -> None:
+    model = load_model(str(tiny_chat), runtime="gpu", num_blocks=20, block_size=16, max_model_len=128)
+    try:
+        assert model.context_length == 128 and model.capabilities.context_length == 128
+        with pytest.raises(ContextOverflowError, match="has a context of 128"):
+            model.generate([Message.user("word " * 200)], max_tokens=8)
     finally:
         model.close()
 
@@ -342,7 +352,8 @@ def test_the_engine_on_triton_kernels_gives_the_reference_engines_tokens(tmp_pat
         pytest.skip("the Triton kernels need a GPU or TRITON_INTERPRET=1 (tests/conftest.py sets it)")
     _tiny("gemma3", tmp_path)  # head_dim 16: the smallest tl.dot tile
     prompts = [list(range(30, 70)), [9, 8, 7], list(range(100, 119))]
-    options = dict(num_blocks=32, block_size=16, max_batch_tokens=32, max_seqs=4)  # chunked prefill, prefix reads
+    # chunked prefill, prefix reads; fp32 on both sides, so the tokens must be equal on a GPU too
+    options = dict(num_blocks=32, block_size=16, max_batch_tokens=32, max_seqs=4, dtype="float32")
     params = SamplingParams(max_tokens=6, ignore_eos=True)
     reference = Engine(tmp_path, kernels="torch", decode_graphs="off", **options)
     expected = reference.generate(prompts, params)

@@ -202,6 +202,12 @@ def _vocab(folder: Path, tokenizer: Any) -> int:
     return min(vocab, len(tokenizer)) if tokenizer is not None else vocab
 
 
+def _max_position(folder: Path) -> int:
+    from hanlin.runtimes.gpu.config import ModelConfig
+
+    return ModelConfig.from_folder(folder).max_position
+
+
 def _device_dtype() -> tuple[str, Any]:
     import torch
 
@@ -232,7 +238,10 @@ def _measure_hanlin(runtime: str, model: str, folder: Path, tokenizer: Any, jobs
     if runtime == "gpu":
         from hanlin.runtimes.gpu.engine import Engine
 
-        engine = Engine(folder)
+        # the decode grid sized for the workload's longest request, not the checkpoint's context; graphs captured
+        # only up to the batch the workload can fill
+        longest = max(len(p) + o for p, o in jobs)
+        engine = Engine(folder, max_model_len=min(longest, _max_position(folder)), max_seqs=min(len(jobs), 256))
         stats = run_engine(engine, jobs, rate, seed)
         notes = [f"engine: {engine.dtype}, {'Triton kernels' if engine.model.ops.triton else 'torch reference kernels'}"
                  f", preemptions: {engine.scheduler.preemptions}"]

@@ -67,7 +67,9 @@ def bench_decode(model: str = "smollm2-135m-instruct", cache_dir: str | None = N
     spec, folder = _hf_folder(model, cache_dir)
     bs = 16
     # a cache just large enough (+ the CUDA-graph scratch block), graphs only for the one batch size used
-    engine = Engine(folder, num_blocks=-(-(context + new_tokens) // bs) + 2, block_size=bs, max_seqs=1)
+    # and the decode grid sized for this request (and the 16 + 8 tokens of the warm-up), not the model's context
+    longest = max(context + new_tokens, 16 + 8)
+    engine = Engine(folder, num_blocks=-(-longest // bs) + 2, block_size=bs, max_seqs=1, max_model_len=longest)
     rng = random.Random(seed)
     vocab = engine.config.vocab_size
     engine.generate([[rng.randrange(10, vocab - 10) for _ in range(16)]], _greedy(8))  # warm up every code path

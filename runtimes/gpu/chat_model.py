@@ -69,7 +69,7 @@ class GpuChatModel(ChatModel):
             self.engine = Engine(folder, **engine_options)
         except (ValueError, KeyError, FileNotFoundError) as exc:
             raise ModelError(f"the gpu runtime cannot load {str(folder)!r}: {exc}") from None
-        self.context_length = self.engine.config.max_position
+        self.context_length = self.engine.max_model_len
         constraints = frozenset({"json_schema", "grammar"}) if importlib.util.find_spec("xgrammar") else frozenset()
         self._compiler: Any = None
         self._compiled: dict[str, Any] = {}  # grammar text -> compiled (agent steps repeat the same grammar)

@@ -36,16 +36,21 @@ class Engine:
     def __init__(self, folder: str | Path, *, device: str = "auto", dtype: str | None = None, block_size: int = 16,
                  num_blocks: int | None = None, cache_memory: int | str | None = None, memory_fraction: float = 0.85,
                  max_batch_tokens: int = 2048, max_seqs: int = 256, kernels: str = "auto",
-                 decode_graphs: str = "auto") -> None:
+                 decode_graphs: str = "auto", max_model_len: int | None = None) -> None:
         """The KV cache is ``num_blocks`` blocks, or ``cache_memory`` bytes ("4GiB", "512MB" or an int), or else
-        ``memory_fraction`` of the device memory free once the weights are loaded (512 MiB on CPU).
+        ``memory_fraction`` of the device memory free once the weights are loaded, less a step's workspace (the
+        activations of the largest prefill chunk and of the captured decode graphs), 512 MiB on CPU.
         ``decode_graphs``: "auto" captures CUDA graphs for decode batches on a GPU with Triton kernels; "off";
-        "eager" runs the same padded static-buffer path without capturing (how CPU tests check it)."""
+        "eager" runs the same padded static-buffer path without capturing (how CPU tests check it).
+        ``max_model_len`` caps prompt + new tokens below the checkpoint's positions (Qwen2.5's 32k): the captured
+        decode attention's grid is sized for it, so a workload of 2k-token requests does not launch 16x the
+        programs it needs at every step."""
         if not 0 < memory_fraction <= 1:
             raise ValueError(f"memory_fraction must be in (0, 1], got {memory_fraction!r}")
         if num_blocks is not None and cache_memory is not None:
             raise ValueError("give num_blocks or cache_memory, not both")
-        for name, value in (("block_size", block_size), ("max_batch_tokens", max_batch_tokens), ("max_seqs", max_seqs)):
+        for name, value in (("block_size", block_size), ("max_batch_tokens", max_batch_tokens), ("max_seqs", max_seqs),
+                            ("max_model_len", 1 if max_model_len is None else max_model_len)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         folder = Path(folder)
@@ -67,13 +72,18 @@ class Engine:
         self.config = ModelConfig.from_folder(folder)
         self.model = DecoderLM(self.config, folder, self.device, self.dtype, Ops(triton))
         c = self.config
+        if max_model_len is not None and max_model_len > c.max_position:
+            raise ValueError(f"max_model_len {max_model_len} is past the model's {c.max_position} positions")
+        self.max_model_len = max_model_len or c.max_position
+        graphs = decode_graphs if decode_graphs != "auto" else ("capture" if on_gpu and triton else "off")
         per_block = 2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim * self.dtype.itemsize
         if cache_memory is not None:
             num_blocks = parse_bytes(cache_memory) // per_block
         if num_blocks is None:
             if on_gpu:
                 free, _ = torch.cuda.mem_get_info(self.device)
-                num_blocks = int(free * memory_fraction) // per_block
+                reserve = _workspace_bytes(c, max(max_batch_tokens, max_seqs), self.dtype.itemsize)
+                num_blocks = int(max(free - reserve, 0) * memory_fraction) // per_block
             else:
                 num_blocks = max(64, (512 << 20) // per_block)  # 512 MiB of cache on CPU
         if num_blocks < 2:
@@ -82,14 +92,13 @@ class Engine:
         shape = (num_blocks, block_size, c.num_kv_heads, c.head_dim)
         self.kv = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
                     torch.zeros(shape, dtype=self.dtype, device=self.device)) for _ in range(c.num_layers)]
-        graphs = decode_graphs if decode_graphs != "auto" else ("capture" if on_gpu and triton else "off")
         # CUDA graphs pad batches with rows that write into a scratch block the allocator never hands out
         usable = num_blocks - 1 if graphs != "off" else num_blocks
         self.blocks = BlockManager(usable, block_size)
         self.scheduler = Scheduler(self.blocks, max_batch_tokens, max_seqs)
         self.graphs: DecodeGraphs | None = None
         if graphs != "off":
-            width = min(-(-c.max_position // block_size), usable)
+            width = min(-(-self.max_model_len // block_size), usable)
             self.graphs = DecodeGraphs(self.model, self.kv, max_seqs=max_seqs, max_blocks_per_seq=width,
                                        block_size=block_size, scratch_slot=usable * block_size,
                                        capture=graphs == "capture")
@@ -101,9 +110,9 @@ class Engine:
         if not prompt:
             raise ValueError("the prompt is empty: give at least one token")
         params = params or SamplingParams()
-        if len(prompt) + params.max_tokens > self.config.max_position:
-            raise ValueError(f"{len(prompt)} prompt + {params.max_tokens} new tokens exceed the model's "
-                             f"{self.config.max_position} positions")
+        if len(prompt) + params.max_tokens > self.max_model_len:
+            raise ValueError(f"{len(prompt)} prompt + {params.max_tokens} new tokens exceed the engine's "
+                             f"{self.max_model_len} positions (max_model_len)")
         seq = Sequence(prompt_len=len(prompt), tokens=list(prompt), params=params)
         if params.grammar is not None:
             import xgrammar
@@ -122,35 +131,39 @@ class Engine:
         return self.scheduler.has_work()
 
     # ---- one step ---------------------------------------------------------------------------
-    def _batch(self, items: list[Scheduled]) -> tuple[StepBatch, list[Sequence]]:
+    def _flat_batch(self, parts: list[tuple[list[int], int, list[int], range]]) -> StepBatch:
+        """The one builder of a model call's input. Each part is a sequence's new tokens, the position of the first,
+        its block table and which of its new tokens' logits are wanted (relative indexes), back to back."""
         bs = self.blocks.block_size
-        ids, pos, slots, cu, lens, rows, sampled = [], [], [], [0], [], [], []
-        width = max(len(it.seq.blocks) for it in items)
-        tables = torch.zeros(len(items), width, dtype=torch.int32)
-        for b, it in enumerate(items):
-            s, n = it.seq, it.num_tokens
-            start = s.num_computed
-            ids.extend(s.tokens[start : start + n])
-            for p in range(start, start + n):
-                pos.append(p)
-                slots.append(s.blocks[p // bs] * bs + p % bs)
-            cu.append(cu[-1] + n)
-            lens.append(start + n)
-            tables[b, : len(s.blocks)] = torch.tensor(s.blocks, dtype=torch.int32)
-            if start + n == len(s.tokens):  # the chunk reaches the end: this row's logits give the next token
-                rows.append(cu[-1] - 1)
-                sampled.append(s)
+        ids, pos, slots, cu, lens, rows = [], [], [], [0], [], []
+        tables = torch.zeros(len(parts), max(len(blocks) for _, _, blocks, _ in parts), dtype=torch.int32)
+        for b, (tokens, start, blocks, wanted) in enumerate(parts):
+            ids += tokens
+            pos += range(start, start + len(tokens))
+            slots += [blocks[p // bs] * bs + p % bs for p in range(start, start + len(tokens))]
+            rows += [cu[-1] + r for r in wanted]
+            cu.append(cu[-1] + len(tokens))
+            lens.append(start + len(tokens))
+            tables[b, : len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
         dev = self.device
 
         def t(x: list[int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
             return torch.tensor(x, dtype=dtype, device=dev)
 
-        batch = StepBatch(
-            input_ids=t(ids), positions=t(pos), slots=t(slots), cu_seqlens_q=t(cu, torch.int32),
-            context_lens=t(lens, torch.int32), block_tables=tables.to(dev),
-            decode_only=all(it.num_tokens == 1 for it in items), logits_rows=t(rows),
-        )
-        return batch, sampled
+        return StepBatch(input_ids=t(ids), positions=t(pos), slots=t(slots), cu_seqlens_q=t(cu, torch.int32),
+                         context_lens=t(lens, torch.int32), block_tables=tables.to(dev),
+                         decode_only=all(len(tokens) == 1 for tokens, _, _, _ in parts), logits_rows=t(rows))
+
+    def _batch(self, items: list[Scheduled]) -> tuple[StepBatch, list[Sequence]]:
+        """A step's batch; a sequence whose chunk reaches its last token is sampled from that token's logits."""
+        parts, sampled = [], []
+        for it in items:
+            s, start, n = it.seq, it.seq.num_computed, it.num_tokens
+            last = start + n == len(s.tokens)
+            parts.append((s.tokens[start : start + n], start, s.blocks, range(n - 1, n) if last else range(0)))
+            if last:
+                sampled.append(s)
+        return self._flat_batch(parts), sampled
 
     def step(self) -> list[StepOutput]:
         items = self.scheduler.schedule()
@@ -213,9 +226,9 @@ class Engine:
             if not 1 <= start < len(tokens):
                 raise ValueError(f"start {start} must leave at least one token before and one after it "
                                  f"(a request of {len(tokens)} tokens)")
-            if len(tokens) > self.config.max_position:
-                raise ValueError(f"a request of {len(tokens)} tokens exceeds the model's "
-                                 f"{self.config.max_position} positions")
+            if len(tokens) > self.max_model_len:
+                raise ValueError(f"a request of {len(tokens)} tokens exceeds the engine's "
+                                 f"{self.max_model_len} positions (max_model_len)")
         out: list[list[float]] = []
         batch: list[tuple[list[int], int]] = []
         used = rows = 0
@@ -241,26 +254,11 @@ class Engine:
         bs = self.blocks.block_size
         tables = [[self.blocks.allocate() for _ in range(-(-len(tokens) // bs))] for tokens, _ in batch]
         try:
-            ids, pos, slots, cu, rows, targets = [], [], [], [0], [], []
-            table = torch.zeros(len(batch), max(len(t) for t in tables), dtype=torch.int32)
-            for b, ((tokens, start), blocks) in enumerate(zip(batch, tables)):
-                ids += tokens
-                pos += range(len(tokens))
-                slots += [blocks[p // bs] * bs + p % bs for p in range(len(tokens))]
-                rows += range(cu[-1] + start - 1, cu[-1] + len(tokens) - 1)
-                targets += tokens[start:]
-                cu.append(cu[-1] + len(tokens))
-                table[b, : len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
-            dev = self.device
-
-            def t(x: list[int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
-                return torch.tensor(x, dtype=dtype, device=dev)
-
-            step = StepBatch(input_ids=t(ids), positions=t(pos), slots=t(slots), cu_seqlens_q=t(cu, torch.int32),
-                             context_lens=t([len(tokens) for tokens, _ in batch], torch.int32),
-                             block_tables=table.to(dev), decode_only=False, logits_rows=t(rows))
+            step = self._flat_batch([(tokens, 0, blocks, range(start - 1, len(tokens) - 1))
+                                     for (tokens, start), blocks in zip(batch, tables)])
+            targets = torch.tensor([t for tokens, start in batch for t in tokens[start:]], device=self.device)
             logp = torch.log_softmax(self.model.forward(step, self.kv), dim=-1)
-            flat = logp.gather(1, t(targets)[:, None])[:, 0].tolist()
+            flat = logp.gather(1, targets[:, None])[:, 0].tolist()
         finally:
             for blocks in tables:
                 self.blocks.release(blocks)
@@ -269,6 +267,15 @@ class Engine:
             out.append(flat[at : at + len(tokens) - start])
             at += len(tokens) - start
         return out
+
+
+def _workspace_bytes(c: ModelConfig, rows: int, itemsize: int) -> int:
+    """What one step may allocate beside the weights and the cache, for ``rows`` tokens (the larger of a prefill
+    chunk and a decode batch; the captured graphs share one pool sized by their largest batch): the fp32 logits,
+    the MLP's gate/up, the residual stream, q/k/v and attention scratch, twice over for the allocator's slack."""
+    per_row = 4 * c.vocab_size + itemsize * (3 * c.intermediate_size + 8 * c.hidden_size
+                                             + 4 * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim)
+    return 2 * rows * per_row + (256 << 20)
 
 
 def check_block_size(block_size: int, triton: bool) -> None:

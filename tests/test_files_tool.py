@@ -299,6 +299,8 @@ def test_clear_errors_for_missing_files_and_folders(tools, ws) -> None:
     assert "is a folder; use list_files" in call(tools, "read_file", path="sub").content
     assert "names a folder, not a file" in call(tools, "write_file", path="sub", content="x").content
     assert "names a folder, not a file" in call(tools, "write_file", path="newdir/", content="x").content
+    for folder in (".", "sub/.", "newdir/.", "sub/.."):
+        assert "names a folder, not a file" in call(tools, "write_file", path=folder, content="x").content
     assert not (ws / "newdir").exists()
     assert "does not exist" in call(tools, "list_files", path="nothing").content
     (ws / "empty.txt").write_text("")

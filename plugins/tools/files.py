@@ -142,7 +142,7 @@ class FilesToolkit(Toolkit):
         """
         example = f"{path.rstrip('/')}/notes.txt"
         folder_hint = f"{path!r} names a folder, not a file; give a file name inside it, e.g. {example!r}"
-        if path.endswith(("/", os.sep)):
+        if path.endswith(("/", os.sep)) or path.rsplit("/", 1)[-1] in (".", ".."):
             raise ToolInputError(folder_hint)
         data = content.encode("utf-8")
         if len(data) > self.max_file_bytes:

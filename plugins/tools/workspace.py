@@ -208,7 +208,10 @@ class Workspace:
                 if steps > 4 * MAX_PATH_CHARS:  # a folder created and removed again and again under us
                     raise WorkspaceError(f"{path!r} keeps changing while it is opened; try again")
                 if not todo:  # the path names a folder already walked
-                    return _finish(os.open(".", flags | _NOFOLLOW | _CLOEXEC, 0o644, dir_fd=here.fd), names)
+                    try:
+                        return _finish(os.open(".", flags | _NOFOLLOW | _CLOEXEC, 0o644, dir_fd=here.fd), names)
+                    except OSError as exc:
+                        raise _explain(exc, path, ".", True) from None
                 name = todo.popleft()
                 if name in ("", "."):
                     continue

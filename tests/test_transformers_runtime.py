@@ -208,3 +208,55 @@ def test_greedy_agrees_with_llama_cpp(tf_model) -> None:
             f"{tf_model.tokenizer.decode([b])!r}, and it is not a near tie"
         )
     assert np.abs(ll_logits - hf_logits).mean() < 0.1 * hf_logits.std()
+
+
+def test_scoring_keeps_only_the_scored_rows_and_survives_models_that_slice_themselves(tmp_path) -> None:
+    """transformers 5 documents a 2-D boolean logits_to_keep (modeling_utils.slice_logits_to_keep: the True
+    positions, flattened), which _score_batch passes so only scored rows reach the LM head. A model that slices it
+    the older way (hidden[:, logits_to_keep, :]) raises IndexError on it: scoring must fall back to every position's
+    logits and give the same numbers."""
+    import types
+
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    from hanlin.runtimes.scoring import pair_ids
+    from hanlin.runtimes.transformers.model import TransformersChatModel
+
+    cfg = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    kept: list[int] = []
+
+    class Documented(torch.nn.Module):  # the model as transformers 5 ships it, counting the LM-head rows
+        def forward(self, **kwargs):
+            out = hf(**kwargs)
+            kept.append(out.logits.shape[0] if out.logits.ndim == 2 else -1)
+            return out
+
+    class SlicesItself(torch.nn.Module):  # the older pattern: hidden_states[:, logits_to_keep, :]
+        def forward(self, logits_to_keep=0, **kwargs):
+            if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.ndim == 2:
+                raise IndexError("too many indices for tensor of dimension 3")
+            return hf(**kwargs)
+
+    def runtime(model) -> TransformersChatModel:
+        rt = object.__new__(TransformersChatModel)
+        rt.model, rt.device, rt._lock = model, "cpu", threading.Lock()
+        rt.tokenizer = types.SimpleNamespace(pad_token_id=0)
+        return rt
+
+    def split(text: str) -> list[int]:
+        return [ord(c) % 100 for c in text]
+
+    pairs = [pair_ids("abcdef", "ghij", split, split), pair_ids("xy", "zzzzzz", split, split)]
+    with torch.no_grad():
+        full = [torch.log_softmax(hf(input_ids=torch.tensor([p.ids])).logits[0].float(), -1) for p in pairs]
+    expected = [[full[i][r, t].item() for r, t in zip(p.rows, p.targets)] for i, p in enumerate(pairs)]
+    got = runtime(Documented())._score_batch(pairs)
+    assert kept == [sum(len(p.targets) for p in pairs)]  # the documented form: only the scored rows, one call
+    fallback = runtime(SlicesItself())._score_batch(pairs)
+    for values, want in ((got, expected), (fallback, expected)):
+        for a, b in zip(values, want):
+            assert a == pytest.approx(b, abs=1e-4)

@@ -196,8 +196,14 @@ class TransformersChatModel(ChatModel):
         model = self._loaded()
         with self._lock, torch.inference_mode():
             args = dict(input_ids=ids.to(self.device), attention_mask=attention.to(self.device))
-            logits = model(**args, logits_to_keep=keep.to(self.device)).logits
-            if logits.ndim != 2 or logits.shape[0] != int(keep.sum()):  # a model or version without the row mask
+            # transformers 5 documents a 2-D boolean logits_to_keep (slice_logits_to_keep): the True positions,
+            # flattened, and only they reach the LM head. A model that slices it itself ([:, mask, :]) raises
+            # instead, and another may return some other shape: then every position's logits, masked here.
+            try:
+                logits = model(**args, logits_to_keep=keep.to(self.device)).logits
+            except (IndexError, RuntimeError, TypeError):
+                logits = None
+            if logits is None or logits.ndim != 2 or logits.shape[0] != int(keep.sum()):
                 logits = model(**args).logits[keep.to(self.device)]
         logp = torch.log_softmax(logits.float(), dim=-1)  # rows in batch order, each pair's rows in order
         targets = torch.tensor([t for p in pairs for t in p.targets], device=logp.device)

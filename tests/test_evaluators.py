@@ -233,10 +233,19 @@ def test_canonical_humaneval_solutions_pass_and_a_wrong_one_fails(humaneval_item
     ("raise SystemExit(0)\n", "no_result", "before the tests finished"),
     ("import ctypes\nctypes.string_at(0)\n", "crashed", "SIGSEGV"),
     ("assert 1 == 2\n", "failed", "AssertionError"),
+    ("import os, signal, time\nos.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(5)\n", "crashed", "SIGTERM"),
 ])
 def test_sandbox_reports_every_kind_of_failure(program: str, status: str, detail: str) -> None:
     result = run_python(program, Limits(timeout_s=2))
     assert result.status == status and detail in result.detail and not result.passed
+
+
+def test_the_cpu_limit_ends_a_busy_program_before_the_timeout() -> None:
+    """In a PID namespace the program must not be the namespace's first process, which ignores the kernel's
+    SIGXCPU: the limit has to end it, not the wall clock."""
+    result = run_python("while True:\n    pass\n", Limits(timeout_s=20, cpu_s=1))
+    assert result.status == "crashed" and result.duration_s < 10, result
+    assert "SIGXCPU" in result.detail or "SIGKILL" in result.detail  # soft = hard: the kernel may go straight to KILL
 
 
 def test_a_memory_bomb_is_stopped_by_the_memory_limit() -> None:

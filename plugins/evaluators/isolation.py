@@ -42,6 +42,12 @@ class Launcher:
     root: bool
     note: str = ""
 
+    @property
+    def pid_namespace(self) -> bool:
+        """Whether the child starts as the first process of its own PID namespace (``sandbox.py`` keeps it as an
+        init and runs the program in a child of it)."""
+        return self.mode != "plain"
+
     def command(self, argv: list[str], uid: int | None) -> list[str]:
         """``argv`` (an interpreter command) wrapped so that it runs isolated as ``uid``."""
         if self.mode == "namespaces":

@@ -44,8 +44,19 @@ from hanlin.plugins.evaluators.isolation import MARKER, launcher
 
 Status = Literal["passed", "failed", "timeout", "crashed", "no_result"]
 
+# In a PID namespace the bootstrap starts as its first process, which the kernel shields from every signal it has
+# no handler for (SIGXCPU, SIGTERM, its own SIGKILL): it stays there as a minimal init, runs the program in a child
+# that signals reach as usual, and writes the child's wait status to the evaluator's pipe ({status_fd}).
 _BOOTSTRAP = """\
 import os, resource, runpy, sys
+_status_fd = {status_fd!r}
+if _status_fd is not None and os.getpid() == 1:
+    _child = os.fork()
+    if _child:
+        os.write(_status_fd, str(os.waitpid(_child, 0)[1]).encode())
+        os._exit(0)
+    os.close(_status_fd)
+del _status_fd
 def _limit(name, value):
     kind = getattr(resource, name)
     hard = resource.getrlimit(kind)[1]
@@ -67,7 +78,8 @@ class SandboxError(HanlinError):
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Resource limits of one sandboxed run. ``cpu_s`` defaults to the timeout rounded up, plus one second."""
+    """Resource limits of one sandboxed run. ``cpu_s`` defaults to the timeout rounded up, plus one second.
+    ``max_processes`` counts every process and thread of the run, the small init of a PID namespace included."""
 
     timeout_s: float = 10.0
     memory_mb: int = 1024
@@ -130,13 +142,14 @@ def _describe_signal(number: int) -> str:
     return f"killed by {name}" + (f" ({hints[name]})" if name in hints else "")
 
 
-def _prepare(program: str, limits: Limits, token: str, uid: int | None) -> tuple[Path, Path]:
+def _prepare(program: str, limits: Limits, token: str, uid: int | None, status_fd: int | None) -> tuple[Path, Path]:
     """(folder, working directory). The folder and the two scripts in it belong to the evaluator (the child can
     read them, not replace them); only the working directory inside belongs to the child."""
     folder = Path(tempfile.mkdtemp(prefix="hanlin-sandbox-"))
     (folder / "program.py").write_text(program, encoding="utf-8")
     (folder / "bootstrap.py").write_text(
-        _BOOTSTRAP.format(limits=limits.rlimits(), program=str(folder / "program.py"), token=token), encoding="utf-8")
+        _BOOTSTRAP.format(limits=limits.rlimits(), program=str(folder / "program.py"), token=token,
+                          status_fd=status_fd), encoding="utf-8")
     for script in ("program.py", "bootstrap.py"):
         os.chmod(folder / script, 0o644)
     os.chmod(folder, 0o711)
@@ -152,18 +165,23 @@ def run_python(program: str, limits: Limits = Limits()) -> SandboxResult:
     token = secrets.token_hex(16)
     how = launcher()
     uid = how.new_uid()
-    folder, work = _prepare(program, limits, token, uid)
+    status_read, status_write = os.pipe() if how.pid_namespace else (None, None)
+    folder, work = _prepare(program, limits, token, uid, status_write)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8",
            "LC_ALL": "C.UTF-8", MARKER: token}
     try:
         # unnamed files the evaluator opened: the child writes through its descriptors, cannot swap them for links
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             start = time.perf_counter()
-            proc = subprocess.Popen(
-                how.command([how.interpreter, "-I", str(folder / "bootstrap.py")], uid), cwd=work, env=env,
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True, close_fds=True,
-                **how.popen_options(uid),
-            )
+            try:
+                proc = subprocess.Popen(
+                    how.command([how.interpreter, "-I", str(folder / "bootstrap.py")], uid), cwd=work, env=env,
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True, close_fds=True,
+                    pass_fds=() if status_write is None else (status_write,), **how.popen_options(uid),
+                )
+            finally:
+                if status_write is not None:
+                    os.close(status_write)  # from here only the sandbox's init holds it: EOF once it is gone
             timed_out = False
             try:
                 proc.wait(timeout=limits.timeout_s)
@@ -172,12 +190,26 @@ def run_python(program: str, limits: Limits = Limits()) -> SandboxResult:
             finally:
                 how.kill_all(proc, uid, token)  # whatever the program started, however it detached, goes too
                 returncode: int | None = proc.wait()
+            if status_read is not None:
+                returncode = _program_status(status_read, returncode)
             duration = time.perf_counter() - start
             stdout = _tail(out, limits.output_chars)
             stderr = _tail(err, limits.output_chars)
     finally:
+        if status_read is not None:
+            os.close(status_read)
         _remove_tree(folder)
     return _verdict(returncode, timed_out, stdout, stderr, token, duration, limits)
+
+
+def _program_status(pipe: int, fallback: int | None) -> int | None:
+    """The program's own return code (negative: the signal that ended it), as the sandbox's init reported it;
+    ``fallback`` (``unshare``'s) when the init was killed before it could say (a timeout)."""
+    raw = os.read(pipe, 64)
+    if not raw:
+        return fallback
+    status = int(raw)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
 def _verdict(returncode: int | None, timed_out: bool, stdout: str, stderr: str, token: str, duration: float,

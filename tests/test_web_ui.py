@@ -386,6 +386,10 @@ def test_eval_page_shows_the_numbers_of_scores_json(page: Page, shots: Path, tmp
     root = tmp_path / "results"
     _write_result_folder(root / "run-a", [True, False, True, True, False, True, False, True])
     _write_result_folder(root / "run-b", [True, True, True, True, False, True, True, True])
+    _write_result_folder(root / "run-b", [False, True, False, True, False, True, False, True], model="other-model")
+    from hanlin.plugins.evaluators.report import write_chart
+
+    chart, _ = write_chart(root / "run-b")  # None without matplotlib: then the page must say there is no chart
     scores = json.loads((root / "run-a" / "scores.json").read_text())
     model = ScriptedModel([], name="scripted")
     with running(create_app(model, model_name="scripted", eval_folders=[root])) as url:
@@ -424,6 +428,16 @@ def test_eval_page_shows_the_numbers_of_scores_json(page: Page, shots: Path, tmp
         expect(first.locator("td.score-b")).to_have_text(f"{b['metrics']['accuracy']['value']:.4f}")
         delta = b["metrics"]["accuracy"]["value"] - record["metrics"]["accuracy"]["value"]
         assert first.locator("td.delta").inner_text() == f"+{delta:.4f}"
+        # Folder B holds two models: both in its table, and `hanlin eval`'s chart of them.
+        page.locator("#eval-compare").select_option("")
+        page.locator("#eval-folder").select_option("0/run-b")
+        expect(page.locator(".score-table tbody tr")).to_have_count(6)
+        if chart is not None:
+            expect(page.locator("img.chart")).to_be_visible()
+            assert page.evaluate("document.querySelector('img.chart').naturalWidth") > 0
+        else:
+            expect(page.get_by_text("No chart in this folder")).to_be_visible()
+        screenshot(page, shots, "evals-two-models")
         page.set_viewport_size({"width": 390, "height": 844})  # a phone: the page reflows, the table scrolls in place
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         screenshot(page, shots, "evals-phone")

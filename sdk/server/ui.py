@@ -216,6 +216,7 @@ def mount_ui(app: FastAPI, model: ChatModel, *, model_name: str, authenticate: C
             "default_protocol": agent.protocol.name if agent is not None else "react",
             "tools": [{"name": n, "description": getattr(table.get(n), "description", "")} for n in offered],
             "default_tools": [n for n in _default_tool_names(agent) if n in offered],
+            "default_max_steps": agent.options.max_steps if agent is not None else 10,
             "eval_folders": len(roots),
         }
 
@@ -368,6 +369,16 @@ def mount_ui(app: FastAPI, model: ChatModel, *, model_name: str, authenticate: C
     async def eval_scores(folder_id: str, request: Request) -> Response:
         authenticate(request)
         return JSONResponse(_read_scores(folder(folder_id)))
+
+    @app.get("/v1/ui/evals/{folder_id:path}/chart", include_in_schema=False)
+    async def eval_chart(folder_id: str, request: Request) -> Response:
+        """The folder's scores.png (drawn by `hanlin eval` once a folder holds two or more models), if it has one."""
+        authenticate(request)
+        path = folder(folder_id) / "scores.png"
+        if not path.is_file():
+            raise APIError(404, "this result folder has no chart (scores.png is drawn once it holds two models)",
+                           code="chart_not_found")
+        return Response(path.read_bytes(), media_type="image/png", headers={"Cache-Control": "no-cache"})
 
     @app.get("/v1/ui/evals/{folder_id:path}/predictions", include_in_schema=False)
     async def eval_predictions(folder_id: str, request: Request) -> dict[str, Any]:

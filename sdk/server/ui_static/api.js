@@ -62,6 +62,13 @@ export async function* events(path, body, signal) {
   }
 }
 
+// What a GET returns, as a Blob (an image to show through an object URL: the key cannot ride on an <img> request).
+export async function blob(path) {
+  const res = await fetch(path, { headers: headers() });
+  if (!res.ok) throw await failure(res);
+  return res.blob();
+}
+
 // Save what a GET returns as a file (the key goes in a header, so a plain link cannot fetch it).
 export async function download(path, filename) {
   const res = await fetch(path, { headers: headers() });

@@ -10,7 +10,7 @@ export function chatPage(root, config) {
     config.protocols.map((p) => h("option", { value: p, selected: p === config.default_protocol }, p)));
   const tools = config.tools.map((t) => h("label", { class: "tool", title: t.description.split("\n")[0] },
     h("input", { type: "checkbox", name: "tool", value: t.name, checked: config.default_tools.includes(t.name) }), t.name));
-  const maxSteps = h("input", { id: "max-steps", type: "number", min: "1", max: "50", value: "10", inputmode: "numeric" });
+  const maxSteps = h("input", { id: "max-steps", type: "number", min: "1", max: "50", value: String(config.default_max_steps ?? 10), inputmode: "numeric" });
   const sessionLabel = h("span", { class: "session", "aria-live": "polite" }, "new session");
   // Not a live region: streamed tokens would make a screen reader talk over itself; each turn's status line is one.
   const log = h("section", { class: "log", "aria-label": "conversation" },

@@ -1,7 +1,7 @@
 // Evaluation results: a `hanlin eval --out` folder the server was told to serve. The score table (with standard
 // errors, as scores.json holds them), per-item predictions (wrong only, by dataset and group), and the comparison
 // with a second folder (the same cells side by side, B minus A).
-import { api } from "./api.js";
+import { api, blob } from "./api.js";
 import { clear, h, message } from "./dom.js";
 
 const folderPath = (id) => id.split("/").map(encodeURIComponent).join("/");
@@ -46,8 +46,23 @@ export async function evalsPage(root) {
       return scoresBox.append(message("error", err.message));
     }
     scoresBox.append(scoreTable(a, b));
+    if (Object.keys(a.models || {}).length > 1) chart(scoresBox, folderA.value);
     predictions(predsBox, folderA.value, a);
   }
+}
+
+// The folder's scores.png, as `hanlin eval` drew it (models side by side, standard errors as error bars).
+async function chart(box, folder) {
+  let image;
+  try {
+    image = await blob(`/v1/ui/evals/${folderPath(folder)}/chart`);
+  } catch (err) {
+    return box.append(message("info", err.status === 404 ? "No chart in this folder (scores.png)." : err.message));
+  }
+  const url = URL.createObjectURL(image);
+  const img = h("img", { class: "chart", src: url, alt: "Scores of the models in this folder, with standard errors" });
+  img.addEventListener("load", () => URL.revokeObjectURL(url));
+  box.append(h("details", { class: "block", open: true }, h("summary", {}, "Chart"), img));
 }
 
 function rows(scores) {

@@ -291,8 +291,14 @@ def test_model_output_and_tool_results_are_text_and_sessions_remember(browser: A
             assert page.locator("main img, main svg, main b, main i, main script").count() == 0
             assert page.evaluate("document.scripts.length") == 1  # the page's own module
 
-            # A second turn in the same session sees the first (the server keeps the transcript).
+            # A second turn in the same session sees the first (the server keeps the transcript); a look at another
+            # page in between keeps the conversation on screen.
             session = page.locator(".session").inner_text()
+            page.get_by_role("link", name="Traces").click()
+            expect(page.locator("body[data-ready='traces']")).to_be_attached()
+            page.get_by_role("link", name="Chat").click()
+            expect(page.locator("body[data-ready='chat']")).to_be_attached()
+            expect(page.locator("article.turn")).to_have_count(1)
             send(page, "And again?")
             second = wait_for_run_end(page, 1, timeout=30_000)
             assert second.get_attribute("data-status") == "answered"

@@ -17,9 +17,19 @@ function showBanner(text) {
   banner.hidden = !text;
 }
 
-window.addEventListener("hanlin:unauthorized", (e) => {
+// Each view is built once and then shown or hidden, so a chat (and a run streaming into it) survives a look at
+// the traces; a new API key starts everything afresh.
+const views = new Map();
+const builders = { chat: (el) => chatPage(el, config), traces: (el) => tracesPage(el), evals: (el) => evalsPage(el) };
+
+function forget() {
   config = null;
+  views.clear();
   clear(main);
+}
+
+window.addEventListener("hanlin:unauthorized", (e) => {
+  forget();
   main.append(h("p", { class: "note error" }, "No data: this server needs its API key. Enter it above."));
   showBanner(`${e.detail}. Enter the server's API key above.`);
   keyInput.focus();
@@ -28,30 +38,37 @@ window.addEventListener("hanlin:unauthorized", (e) => {
 keyForm.addEventListener("submit", (e) => {
   e.preventDefault();
   setKey(keyInput.value.trim());
-  config = null;
+  forget();
   route();
 });
 
 async function route() {
-  const page = (location.hash.replace(/^#\/?/, "") || "chat").split("/")[0];
+  let page = (location.hash.replace(/^#\/?/, "") || "chat").split("/")[0];
+  if (!(page in builders)) page = "chat";
   document.querySelectorAll("nav a").forEach((a) => {
     if (a.dataset.page === page) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   });
-  clear(main);
   delete document.body.dataset.ready;
-  try {
-    config = config || (await api("/v1/ui/config"));
-  } catch (err) {
-    if (err.status !== 401) showBanner(`Cannot reach the server: ${err.message}`);
-    return;
+  if (!config) {
+    clear(main);
+    try {
+      config = await api("/v1/ui/config");
+    } catch (err) {
+      if (err.status !== 401) showBanner(`Cannot reach the server: ${err.message}`);
+      return;
+    }
+    showBanner("");
+    document.body.dataset.model = config.model;
   }
-  showBanner("");
-  document.body.dataset.model = config.model;
-  if (page === "traces") tracesPage(main);
-  else if (page === "evals") await evalsPage(main);
-  else chatPage(main, config);
-  document.body.dataset.ready = page;
+  for (const [name, el] of views) el.hidden = name !== page;
+  if (!views.has(page)) {
+    const el = h("section", { class: "view", dataset: { view: page } });
+    views.set(page, el);
+    main.append(el);
+    await builders[page](el);
+  }
+  if (views.get(page)?.isConnected) document.body.dataset.ready = page;
 }
 
 keyInput.value = getKey();

@@ -293,15 +293,15 @@ def mount_ui(app: FastAPI, model: ChatModel, *, model_name: str, authenticate: C
         run = _Run(id="run-" + uuid.uuid4().hex[:16], session_id=session_id, message=req.message,
                    protocol=req.protocol, tools=list(req.tools))
         slot = admission.admit()
+        running[run.id] = run  # before the wait below, so a second turn of this session is refused meanwhile
         try:
             agent = await asyncio.to_thread(build_agent, req, run.report_usage)
-        except HanlinError as exc:
+        except BaseException as exc:
             slot.release()
-            raise APIError(400, str(exc), code="invalid_parameter") from None
-        except BaseException:
-            slot.release()
+            running.pop(run.id, None)
+            if isinstance(exc, HanlinError):
+                raise APIError(400, str(exc), code="invalid_parameter") from None
             raise
-        running[run.id] = run
         run.task = asyncio.create_task(drive(run, agent))
         run.task.add_done_callback(ended(run, agent, slot))
         # However the stream ends before the run does (the page closed, the connection dropped), the run is

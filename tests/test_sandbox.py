@@ -1,9 +1,10 @@
 """The code sandbox against code written to escape it: each test is one escape, tried with real processes, real
 files and real sockets, and checked from the evaluator's side.
 
-These tests need root, because only root can give each run a user id and namespaces of its own. CI runs the suite
-as root, so they run there; with ``CI`` set and no root they fail rather than skip, so a CI that lost root cannot
-pass them silently. Run as an ordinary user they skip, saying why.
+These tests need root, because only root can give each run a user id of its own, and the network test needs the
+namespaces of util-linux's ``unshare``. CI runs the suite as root on a machine where ``unshare`` works, so they
+run there; with ``CI`` set they fail rather than skip, so a CI that lost either cannot pass them silently. Run as
+an ordinary user they skip, saying why.
 """
 
 from __future__ import annotations
@@ -24,14 +25,23 @@ from hanlin.plugins.evaluators.isolation import Launcher, launcher
 from hanlin.plugins.evaluators.sandbox import Limits, run_python
 
 
+def _missing(reason: str) -> None:
+    """Skip, saying why; under CI (``CI`` set) fail instead: CI runs as root with util-linux, so these must run."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the sandbox's escape tests: {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(autouse=True)
 def _root_isolation() -> None:
     if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the sandbox's escape tests as root (they check the isolation root provides)")
-        pytest.skip("the sandbox isolates its code fully only as root (CI runs as root, so this runs there)")
+        _missing("the sandbox isolates its code fully only as root (CI runs as root, so this runs there)")
+
+
+@pytest.fixture
+def namespaces() -> None:
     if launcher().mode != "namespaces":
-        pytest.fail(f"as root the sandbox should run in namespaces; it fell back: {launcher().note}")
+        _missing(f"as root the sandbox runs in namespaces where 'unshare' works; here it fell back: {launcher().note}")
 
 
 @pytest.fixture
@@ -123,6 +133,8 @@ def test_a_detached_grandchild_dies_with_the_run(drop_box: Path, main: str, mode
     verdict. It writes a file 2.5 s in if it is still alive (after the 1.5 s timeout); the test waits for 3.5 s.
     Every way of launching is tried: the fallbacks (a user namespace; a sweep by user id) must hold too."""
     chosen = launcher()
+    if mode != "plain" and chosen.mode != "namespaces":
+        _missing(f"no usable 'unshare' here: {chosen.note}")
     monkeypatch.setattr(sandbox, "launcher", lambda: Launcher(chosen.interpreter, mode, True))
     mark = drop_box / "survived"
     attack = textwrap.dedent(f"""\
@@ -141,7 +153,7 @@ def test_a_detached_grandchild_dies_with_the_run(drop_box: Path, main: str, mode
     assert not mark.exists(), "a setsid grandchild outlived the sandbox"
 
 
-def test_the_network_is_cut_even_to_this_machine() -> None:
+def test_the_network_is_cut_even_to_this_machine(namespaces: None) -> None:
     """A server on the evaluator's loopback: the sandboxed code must not reach it (nor anything further away)."""
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]

@@ -78,6 +78,23 @@ def test_a_hash_collision_never_hands_out_other_tokens(monkeypatch) -> None:
     assert bm.match_prefix([1, 2, 5], limit=2)[0] == [a]
 
 
+def test_a_prefix_recomputed_after_its_parent_was_evicted_is_found_again() -> None:
+    from hanlin.runtimes.gpu.block_manager import block_hash
+
+    bm = BlockManager(num_blocks=3, block_size=2)
+    h1 = block_hash(None, [1, 2])
+    h2 = block_hash(h1, [3, 4])
+    a, b = bm.allocate(), bm.allocate()
+    bm.register(a, h1, [1, 2], None)
+    bm.register(b, h2, [3, 4], a)
+    bm.release([b, a])  # a is freed first: reused first among the cached
+    c, a2 = bm.allocate(), bm.allocate()  # the blank block, then a: the parent is evicted, its child b stays cached
+    assert a2 == a and bm.match_prefix([1, 2, 3, 4], limit=4)[0] == []
+    bm.register(c, h1, [1, 2], None)  # the prefix computed again, into new blocks
+    bm.register(a2, h2, [3, 4], c)
+    assert bm.match_prefix([1, 2, 3, 4], limit=4)[0] == [c, a2]  # not the stale child b, nor a miss
+
+
 def test_a_hash_collision_in_the_engine_gives_the_right_tokens(monkeypatch, tmp_path) -> None:
     from hanlin.runtimes.gpu import block_manager, scheduler
 

@@ -88,7 +88,7 @@ class BlockManager:
         self.hash_of[block] = h
         self.version[block] = next(self._versions)
         self.content[block] = (-1, 0, tuple(tokens)) if parent is None else (parent, self.version[parent], tuple(tokens))
-        self.cached.setdefault(h, block)
+        self.cached[h] = block  # the newest wins: an older block under this key may hang off an evicted parent
 
     def release(self, blocks: list[int]) -> None:
         for block in reversed(blocks):  # a sequence's tail blocks are the least likely to be shared: reuse first

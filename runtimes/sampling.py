@@ -51,7 +51,8 @@ def sample(logits: Any, temperature: Sequence[float], top_k: Sequence[int], top_
     ks = [top_k[i] if 0 < top_k[i] < vocab else 0 for i in rows]
     if any(ks):
         kmax = max(ks)
-        kth = torch.topk(x, kmax, dim=-1).values.gather(1, torch.tensor([max(k, 1) - 1 for k in ks], device=dev)[:, None])
+        at = torch.tensor([max(k, 1) - 1 for k in ks], device=dev)[:, None]
+        kth = torch.topk(x, kmax, dim=-1).values.gather(1, at)
         kth = kth.masked_fill(torch.tensor([k == 0 for k in ks], device=dev)[:, None], float("-inf"))
         x = x.masked_fill(x < kth, float("-inf"))
     probs = torch.softmax(x, dim=-1)

@@ -38,7 +38,8 @@ def junit_counts(xml: Path) -> dict[str, Any] | None:
     count: dict[str, Any] = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors",
                                                                                   "skipped")}
     count["passed"] = count["tests"] - count["failures"] - count["errors"] - count["skipped"]
-    count["failed"] = [{"test": f"{case.get('classname')}::{case.get('name')}", "message": (bad.get("message") or "")[:500]}
+    count["failed"] = [{"test": f"{case.get('classname')}::{case.get('name')}",
+                        "message": (bad.get("message") or "")[:500]}
                        for case in root.iter("testcase") for bad in [*case.findall("failure"), *case.findall("error")]]
     return count
 

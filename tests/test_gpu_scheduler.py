@@ -144,14 +144,14 @@ def tiny_llama(tmp_path_factory):
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
     model.save_pretrained(folder)
-    roomy = Engine(folder, block_size=4, num_blocks=64, kernels="torch", decode_graphs="off")
+    roomy = Engine(folder, block_size=4, num_blocks=64, kernels="torch", dtype="float32", decode_graphs="off")
     return folder, roomy
 
 
 def test_engine_survives_the_tight_configuration(tiny_llama) -> None:
     folder, roomy = tiny_llama
     params = [SamplingParams(max_tokens=1, ignore_eos=True), SamplingParams(max_tokens=6, ignore_eos=True)]
-    tight = Engine(folder, block_size=4, num_blocks=3, max_batch_tokens=5, kernels="torch")
+    tight = Engine(folder, block_size=4, num_blocks=3, max_batch_tokens=5, kernels="torch", dtype="float32")
     assert tight.generate(TIGHT_PROMPTS, params) == [roomy.generate([p], sp)[0] for p, sp in zip(TIGHT_PROMPTS, params)]
     assert tight.blocks.refs == [0] * tight.blocks.num_blocks
 
@@ -167,7 +167,7 @@ _engine_prompt = st.builds(lambda p, tail: p + tail, _prefixes, st.lists(st.inte
 def test_engine_output_equals_each_request_alone(tiny_llama, prompts, num_blocks, budget, arrivals) -> None:
     folder, roomy = tiny_llama
     engine = Engine(folder, block_size=4, num_blocks=num_blocks, max_batch_tokens=budget, kernels="torch",
-                    decode_graphs="off")
+                    dtype="float32", decode_graphs="off")
     ids: dict[int, int] = {}
     got: dict[int, list[int]] = {}
     refused: set[int] = set()

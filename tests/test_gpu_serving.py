@@ -239,7 +239,7 @@ def test_the_chat_model_refuses_bad_requests_and_keeps_serving(tiny_chat) -> Non
         worker.start()
         with pytest.raises(ContextOverflowError, match="has a context of 512"):
             model.generate([Message.user("word " * 600)], max_tokens=8)
-        with pytest.raises(ModelError, match="needs \\d+ KV blocks but the cache has 20"):  # refused in the engine
+        with pytest.raises(ModelError, match="needs \\d+ KV blocks but the cache has (20|19)"):  # refused in the engine
             model.generate([Message.user("word " * 200)], max_tokens=200)
         with pytest.raises(ConfigurationError, match="invalid generation parameters.*max_tokens"):
             model.generate(question, max_tokens=0)

@@ -87,7 +87,7 @@ def test_the_gpu_engine_leaves_torchs_rng_alone(tmp_path) -> None:
     from tests.test_gpu_runtime import _tiny
 
     _tiny("llama", tmp_path)
-    engine = Engine(tmp_path, num_blocks=32, block_size=4, kernels="torch")
+    engine = Engine(tmp_path, num_blocks=32, block_size=4, kernels="torch", dtype="float32")
     torch.manual_seed(123)
     state = torch.random.get_rng_state()
     engine.generate([[1, 2, 3]], SamplingParams(max_tokens=4, temperature=1.0, ignore_eos=True))

@@ -87,7 +87,8 @@ class BlockManager:
         chained hash is ``h``: make it findable."""
         self.hash_of[block] = h
         self.version[block] = next(self._versions)
-        self.content[block] = (-1, 0, tuple(tokens)) if parent is None else (parent, self.version[parent], tuple(tokens))
+        after = (-1, 0) if parent is None else (parent, self.version[parent])
+        self.content[block] = (*after, tuple(tokens))
         self.cached[h] = block  # the newest wins: an older block under this key may hang off an evicted parent
 
     def release(self, blocks: list[int]) -> None:

@@ -56,7 +56,8 @@ step() {
 }
 
 # The model's GGUF -> HF conversion (CPU work) overlaps the kernel tests; the benchmark finds it in HANLIN_CACHE.
-"$PY" -c "from hanlin.runtimes.gpu.bench import _hf_folder; _hf_folder('$MODEL', None)" > "$WORK/convert.log" 2>&1 &
+timeout "$BUDGET" "$PY" -c "from hanlin.runtimes.gpu.bench import _hf_folder; _hf_folder('$MODEL', None)" \
+    > "$WORK/convert.log" 2> "$WORK/convert.err" &
 CONVERT=$!
 
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider -o addopts="")

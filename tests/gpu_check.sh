@@ -63,7 +63,7 @@ CONVERT=$!
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider -o addopts="")
 step kernel_tests 150 "${PYTEST[@]}" --junitxml="$WORK/kernel_tests.xml" \
     tests/test_kernels.py tests/test_kernel_cross_entropy.py
-step engine_tests 210 "${PYTEST[@]}" --junitxml="$WORK/engine_tests.xml" \
+step engine_tests 270 "${PYTEST[@]}" --junitxml="$WORK/engine_tests.xml" \
     tests/test_gpu_cuda.py tests/test_gpu_runtime.py tests/test_gpu_scheduler.py tests/test_sampling.py \
     tests/test_gpu_serving.py -k "not test_hanlin_run_on_the_gpu_runtime"
 step bench_kernels 90 "$PY" -m hanlin.cli bench kernels --dtype bfloat16 --json

@@ -3,18 +3,21 @@
 #
 #   tests/gpu_check.sh [SUMMARY.json]        (default: $OUT/gpu_check.json if $OUT is set, else ./gpu_check.json)
 #
-# 1. kernel tests for real (every Triton kernel against its torch reference in fp32, fp16 and bf16, tolerances
-#    from hanlin.kernels.TOLERANCES), 2. engine tests on the GPU (CUDA-graph capture with decode_graphs="auto",
-#    the default cache sizing, bf16 against transformers teacher-forced, the scheduler and serving tests),
-#    3. `hanlin bench kernels` (GB/s and TFLOP/s against the device's measured peaks), 4. `hanlin bench
-#    throughput -m qwen2.5-coder-0.5b-instruct --requests 256` beside transformers' batched generate, with the
-#    batch-1 decode table against the memory-bandwidth bound. One JSON summary: per step its exit status and
-#    time, per test run the counts and the failures, every benchmark table, and the targets (>= 10x throughput,
-#    >= 50% of the bandwidth bound, every kernel correct and faster than its reference) as met / not met.
+# In this order: 1. the kernel tests for real (every Triton kernel against its torch reference in fp32, fp16 and
+#    bf16, tolerances from hanlin.kernels.TOLERANCES); 2. `hanlin bench kernels` (GB/s and TFLOP/s against the
+#    device's measured peaks); 3. `hanlin bench throughput -m qwen2.5-coder-0.5b-instruct --requests 256` beside
+#    transformers' batched generate, with the batch-1 decode table against the memory-bandwidth bound; 4. the engine
+#    tests on the GPU (CUDA-graph capture with decode_graphs="auto", the default cache sizing, bf16 against
+#    transformers teacher-forced, the scheduler, sampling and serving tests); 5. the finetuners' QLoRA export on a
+#    real bitsandbytes 4-bit base. One JSON summary: per step its exit status and time, per test run the counts and
+#    the failures, every benchmark table, and the targets (>= 10x throughput, >= 50% of the bandwidth bound, every
+#    kernel correct and faster than its reference) as met / not met.
 #
-# Every step runs whatever the previous ones gave; the exit status is 0 only when all passed. Environment:
-# PYTHON (default .venv/bin/python), HANLIN_CACHE (where the GGUF -> HF conversion of the model is kept between
-# runs; default ~/.cache/hanlin), GPU_CHECK_BUDGET (seconds for the whole run, default 570).
+# The benchmarks run right after the kernel tests, so the measurements are taken whatever the tests after them
+# find (those get what is left of the budget). Every step runs whatever the previous ones gave; the exit status is
+# 0 only when all passed. Environment: PYTHON (default .venv/bin/python), HANLIN_CACHE (where the GGUF -> HF
+# conversion of the model is kept between runs; default ~/.cache/hanlin), GPU_CHECK_BUDGET (seconds for the whole
+# run, default 570).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,12 +66,13 @@ CONVERT=$!
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider -o addopts="")
 step kernel_tests 150 "${PYTEST[@]}" --junitxml="$WORK/kernel_tests.xml" \
     tests/test_kernels.py tests/test_kernel_cross_entropy.py
-step engine_tests 270 "${PYTEST[@]}" --junitxml="$WORK/engine_tests.xml" \
-    tests/test_gpu_cuda.py tests/test_gpu_runtime.py tests/test_gpu_scheduler.py tests/test_sampling.py \
-    tests/test_gpu_serving.py -k "not test_hanlin_run_on_the_gpu_runtime"
 step bench_kernels 90 "$PY" -m hanlin.cli bench kernels --dtype bfloat16 --json
 wait "$CONVERT"
 echo -e "convert\t$?\t0" >> "$WORK/steps.tsv"
 step bench_throughput 300 "$PY" -m hanlin.cli bench throughput -m "$MODEL" --requests 256 --json
+step engine_tests 240 "${PYTEST[@]}" --junitxml="$WORK/engine_tests.xml" \
+    tests/test_gpu_cuda.py tests/test_gpu_runtime.py tests/test_gpu_scheduler.py tests/test_sampling.py \
+    tests/test_gpu_serving.py -k "not test_hanlin_run_on_the_gpu_runtime"
+step finetune_tests 90 "${PYTEST[@]}" --junitxml="$WORK/finetune_tests.xml" tests/test_qlora_export.py
 
 "$PY" tests/gpu_check_summary.py "$WORK" "$SUMMARY" "$START"

@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-TEST_STEPS = ("kernel_tests", "engine_tests")
+TEST_STEPS = ("kernel_tests", "engine_tests", "finetune_tests")
 TARGETS = {  # summary name -> (bench step, words starting its table's title)
     "throughput >= 10x transformers generate (256 requests)": ("bench_throughput", "throughput:"),
     "batch-1 decode >= 50% of the bandwidth bound": ("bench_throughput", "batch-1 decode:"),

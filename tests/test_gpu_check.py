@@ -33,7 +33,7 @@ def test_the_script_parses() -> None:
 
 def test_its_pytest_selections_collect_here() -> None:
     runs = _pytest_selections()
-    assert len(runs) == 2 and any("tests/test_kernels.py" in r for r in runs) and any("tests/test_gpu_cuda.py" in r
+    assert len(runs) == 3 and any("tests/test_kernels.py" in r for r in runs) and any("tests/test_gpu_cuda.py" in r
                                                                                           for r in runs)
     for args in runs:
         out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only", *args],
@@ -57,8 +57,9 @@ def test_the_summary_of_a_run(tmp_path) -> None:
         import gpu_check_summary as summary
     finally:
         sys.path.pop(0)
-    (tmp_path / "steps.tsv").write_text("kernel_tests\t0\t80\nengine_tests\t1\t150\nbench_kernels\t0\t40\n"
-                                        "convert\t0\t0\nbench_throughput\t124\t300\n")
+    (tmp_path / "steps.tsv").write_text("kernel_tests\t0\t80\nengine_tests\t1\t150\nfinetune_tests\t0\t20\n"
+                                        "bench_kernels\t0\t40\nconvert\t0\t0\nbench_throughput\t124\t300\n")
+    (tmp_path / "finetune_tests.xml").write_text('<testsuite tests="1" failures="0" errors="0" skipped="0"/>')
     (tmp_path / "kernel_tests.xml").write_text(
         '<testsuites><testsuite tests="3" failures="0" errors="0" skipped="1">'
         '<testcase classname="tests.test_kernels" name="test_a"/></testsuite></testsuites>')

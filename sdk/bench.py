@@ -1,8 +1,9 @@
 """Benchmark results as tables: hanlin beside its baseline, measured in the same run.
 
-Benchmarks live with the plugin that owns the thing measured (a runtime's
-``RuntimeSpec.bench``); this module only gives them a common result shape and
-a plain-text renderer, so `hanlin bench` prints every table the same way.
+Benchmarks live with the plugin that owns the thing measured (each adds its
+`hanlin bench` sub-command through ``register_commands``, see ``cli_bench``);
+this module only gives them a common result shape and a plain-text renderer,
+so `hanlin bench` prints every table the same way.
 """
 
 from __future__ import annotations

@@ -285,82 +285,45 @@ def serve_cmd(
     runtime: RuntimeOpt = None,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
-    api_key: Annotated[str | None, typer.Option("--api-key", help="Require 'Authorization: Bearer KEY'.")] = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", help="Require 'Authorization: Bearer KEY' (visible in `ps`: prefer --api-key-file or $HANLIN_API_KEY).")] = None,
+    api_key_file: Annotated[Path | None, typer.Option("--api-key-file", help="Read the required API key from the first line of this file.")] = None,
     agent: Annotated[str | None, typer.Option("--agent", help="Also serve an agent: a model name (react, default tools) or a JSON config file.")] = None,
     tool: ToolOpt = None,
     max_queue: Annotated[int, typer.Option(help="Requests queued before answering 429.")] = 32,
+    max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body accepted; larger ones get 413.")] = 4 * 1024 * 1024,
     base_url: BaseUrlOpt = None,
+    eval_folder: Annotated[list[Path] | None, typer.Option("--eval-folder", help="A `hanlin eval --out` folder (or a folder of them) the web UI may open; repeatable. None by default.")] = None,
 ) -> None:
-    """Serve a model (and optionally an agent) over an OpenAI-compatible API."""
+    """Serve a model (and optionally an agent) over an OpenAI-compatible API, and the web UI at /.
+
+    The API key comes from --api-key, --api-key-file or $HANLIN_API_KEY; without one the API is open to anyone who
+    can reach the address."""
     try:
         import uvicorn
 
         from hanlin.server import create_app
+        from hanlin.server.auth import resolve_api_key
     except ImportError as exc:
         fail(f"serving needs the serve extra ({exc.name} is missing): pip install 'hanlin[serve]'")
         return
     try:
+        key = resolve_api_key(api_key, api_key_file)
         chat_model = load_model(model, runtime=runtime, **_model_config(base_url, None))
         served_agent, agent_name = None, "hanlin-agent"
         if agent:
             agent_name, served_agent = _agent_from_option(agent, chat_model, tool)
-        application = create_app(chat_model, model_name=model, api_key=api_key, agent=served_agent,
-                                 agent_name=agent_name, max_queue=max_queue)
+        application = create_app(chat_model, model_name=model, api_key=key, agent=served_agent,
+                                 agent_name=agent_name, max_queue=max_queue, max_body_bytes=max_body_bytes,
+                                 eval_folders=eval_folder or [])
     except HanlinError as exc:
         fail(str(exc))
         return
-    typer.echo(f"serving {model} at http://{host}:{port}/v1" + (f" (agent: {agent_name})" if agent else ""), err=True)
+    typer.echo(f"serving {model} at http://{host}:{port}/v1" + (f" (agent: {agent_name})" if agent else "")
+               + f"; web UI at http://{host}:{port}/", err=True)
     uvicorn.run(application, host=host, port=port, log_level="warning")
 
 
 # ---- benchmarks -----------------------------------------------------------------------------
-@bench_app.command("cpu")
-def bench_cpu(
-    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Models for the agent tables (repeatable).")] = None,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N tool-use prompts.")] = None,
-    only: Annotated[list[str] | None, typer.Option(help="Run only these tables: speed, reuse, validity.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the tables as JSON.")] = False,
-) -> None:
-    """CPU runtime vs raw llama-cpp-python; prefix reuse on a ReAct run; format validity with/without grammars."""
-    _run_bench("cpu", as_json, models=model, limit=limit, only=only)
-
-
-@bench_app.command("throughput")
-def bench_throughput_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="Model name or HF folder / GGUF path.")] = "smollm2-135m-instruct",
-    runtime: Annotated[str, typer.Option("--runtime", "-r", help="hanlin runtime to measure: gpu (the engine, "
-                                         "driven directly), transformers or cpu (its ChatModel, a thread per request).")] = "gpu",
-    requests: Annotated[int | None, typer.Option(help="Number of requests (default 256 on a GPU, 8 on CPU).")] = None,
-    rate: Annotated[float | None, typer.Option(help="Poisson arrival rate per second (default: all at once).")] = None,
-    prompt_range: Annotated[str | None, typer.Option("--prompt-range", help="Prompt lengths LO-HI in tokens "
-                                                     "(default 100-1024 on a GPU, 16-96 on CPU).")] = None,
-    output_range: Annotated[str | None, typer.Option("--output-range", help="Output lengths LO-HI in tokens "
-                                                     "(default 100-1024 on a GPU, 8-32 on CPU).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the workload's lengths, tokens and arrivals.")] = 0,
-    decode: Annotated[bool, typer.Option("--decode/--no-decode", help="Also the batch-1 decode table: the gpu "
-                                         "engine against the memory-bandwidth bound.")] = True,
-    cache_dir: Annotated[str | None, typer.Option("--cache-dir", help="Where a GGUF model's HF conversion is kept "
-                                                  "(default $HANLIN_CACHE or ~/.cache/hanlin).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the tables as JSON.")] = False,
-) -> None:
-    """A hanlin runtime on a synthetic chat workload beside transformers' batched generate, in the same run; then
-    the gpu engine's batch-1 decode against the memory-bandwidth bound."""
-    _run_bench("gpu", as_json, suite="throughput", model=model, runtime_name=runtime, requests=requests, rate=rate,
-               prompt_range=prompt_range, output_range=output_range, seed=seed, decode=decode, cache_dir=cache_dir)
-
-
-@bench_app.command("kernels")
-def bench_kernels_cmd(
-    smoke: Annotated[bool, typer.Option("--smoke", help="Tiny shapes (on CPU under the Triton interpreter): checks "
-                                        "this benchmark's code and the kernels' results; the timings mean nothing.")] = False,
-    dtype: Annotated[str, typer.Option(help="Activation dtype: bfloat16, float16 or float32.")] = "bfloat16",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the tables as JSON.")] = False,
-) -> None:
-    """Each Triton kernel checked against its torch reference, then timed beside it (GB/s or TFLOP/s against the
-    device's measured peaks)."""
-    _run_bench("gpu", as_json, suite="kernels", tiny=smoke, dtype=dtype)
-
-
 @bench_app.command("serve")
 def bench_serve_cmd(
     url: Annotated[str, typer.Option(help="The server's base URL (loopback only), e.g. http://127.0.0.1:8000/v1.")],
@@ -384,25 +347,6 @@ def bench_serve_cmd(
         fail(str(exc))
         return
     typer.echo(json.dumps(table.as_dict(), indent=2) if as_json else render_table(table))
-
-
-def _run_bench(runtime: str, as_json: bool, **options: Any) -> None:
-    from hanlin.bench import render_table
-
-    try:
-        spec = plugins().get("runtimes", runtime)
-        if spec.bench is None:
-            fail(f"runtime '{runtime}' has no benchmarks")
-        tables = []
-        for table in spec.bench(**{k: v for k, v in options.items() if v is not None}):
-            tables.append(table)
-            if not as_json:
-                typer.echo(render_table(table) + "\n")
-    except HanlinError as exc:
-        fail(str(exc))
-        return
-    if as_json:
-        typer.echo(json.dumps([t.as_dict() for t in tables], indent=2))
 
 
 def main() -> None:

@@ -58,8 +58,6 @@ class RuntimeSpec:
     description: str = ""
     extra: str = ""
     priority: int = 100
-    # `hanlin bench NAME` calls bench(**options) -> list of result tables (BenchTable); None: no benchmarks.
-    bench: Callable[..., Any] | None = None
     # True for runtimes that serve models by a name someone else resolves (a remote endpoint): load_model then
     # hands them the name as it is instead of looking it up in the local model catalog.
     accepts_any_name: bool = False

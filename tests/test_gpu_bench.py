@@ -183,7 +183,9 @@ def test_cli_names_the_valid_runtimes() -> None:
     from typer.testing import CliRunner
 
     from hanlin.cli import app
+    from hanlin.plugin_manager import plugins
 
+    plugins().add_commands(app)  # `bench throughput` is the gpu plugin's command
     result = CliRunner().invoke(app, ["bench", "throughput", "--runtime", "vllm"])
     assert result.exit_code == 2 and "use one of gpu, transformers, cpu" in result.output
 
@@ -193,7 +195,9 @@ def test_cli_throughput_on_the_transformers_runtime(tf_cache) -> None:
     from typer.testing import CliRunner
 
     from hanlin.cli import app
+    from hanlin.plugin_manager import plugins
 
+    plugins().add_commands(app)
     args = ["bench", "throughput", "--runtime", "transformers", "--model", "smollm2", "--requests", "2",
             "--prompt-range", "6-10", "--output-range", "2-3", "--no-decode", "--cache-dir", str(tf_cache)]
     result = CliRunner().invoke(app, args)

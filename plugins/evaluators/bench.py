@@ -82,7 +82,9 @@ def bench_eval(model: str = DEFAULT_MODEL, runtimes: Sequence[str] | None = None
 
 def add_bench_command(typer: Any, cli: Any) -> None:
     """``hanlin bench eval``, added to the CLI's existing ``bench`` group (nothing happens on a CLI without one)."""
-    group = next((g.typer_instance for g in getattr(cli, "registered_groups", []) if g.name == "bench"), None)
+    from hanlin.cli_bench import bench_group, print_tables
+
+    group = bench_group(cli)
     if group is None:
         return
 
@@ -95,17 +97,7 @@ def add_bench_command(typer: Any, cli: Any) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
     ) -> None:
         """Likelihood scoring of HellaSwag-100: items/s batched vs one item at a time, same run."""
-        import json
-
-        from hanlin.bench import render_table
-        from hanlin.errors import HanlinError
-
-        try:
-            table = bench_eval(model, runtime or None, limit=limit, batch_size=batch_size,
-                               say=lambda line: typer.echo(line, err=True))
-        except HanlinError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        typer.echo(json.dumps(table.as_dict(), indent=2) if as_json else render_table(table))
+        print_tables(lambda: [bench_eval(model, runtime or None, limit=limit, batch_size=batch_size,
+                                         say=lambda line: typer.echo(line, err=True))], as_json)
 
     group.command("eval")(bench_eval_cmd)

@@ -96,7 +96,9 @@ def register_commands(cli: Any) -> None:
 
 
 def _add_bench(cli: Any, typer: Any) -> None:
-    bench = next((g.typer_instance for g in cli.registered_groups if g.name == "bench"), None)
+    from hanlin.cli_bench import bench_group, print_tables
+
+    bench = bench_group(cli)
     if bench is None:
         return
 
@@ -110,20 +112,10 @@ def _add_bench(cli: Any, typer: Any) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
     ) -> None:
         """LoRA tokens/s and peak memory: packed vs unpacked vs transformers Trainer + peft, same data."""
-        import json
-
-        from hanlin.bench import render_table
-        from hanlin.cli import fail
-        from hanlin.errors import HanlinError
         from hanlin.plugins.finetuners.bench import bench_tune
 
-        try:
-            tables = bench_tune(model, samples=samples, max_length=max_length, batch_size=batch_size, threads=threads)
-        except HanlinError as exc:
-            fail(str(exc))
-            return
-        for table in tables:
-            typer.echo(json.dumps(table.as_dict(), indent=2) if as_json else render_table(table))
+        print_tables(lambda: bench_tune(model, samples=samples, max_length=max_length, batch_size=batch_size,
+                                        threads=threads), as_json)
 
 
 def _print_progress(record: dict[str, Any]) -> None:

@@ -21,11 +21,6 @@ def load(spec: ModelSpec, path: Path, **config: Any) -> ChatModel:
     return LlamaChatModel(spec, path, **config)
 
 
-def bench(**options: Any) -> Any:
-    from hanlin.runtimes.cpu.bench import run_all
-
-    return run_all(**options)
-
 
 @hookimpl
 def register_runtimes(register: Any) -> None:
@@ -38,6 +33,12 @@ def register_runtimes(register: Any) -> None:
             description="llama.cpp via llama-cpp-python: GGUF models, grammars, KV prefix reuse",
             extra="cpu",
             priority=10,
-            bench=bench,
         )
     )
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    from hanlin.runtimes.cpu.cli import add_commands
+
+    add_commands(cli)

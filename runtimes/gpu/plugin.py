@@ -19,11 +19,6 @@ def available() -> str | None:
     return None
 
 
-def bench(**options: Any) -> Any:
-    from hanlin.runtimes.gpu.bench import run_all
-
-    return run_all(**options)
-
 
 def load(spec: ModelSpec, path: Path, **config: Any) -> ChatModel:
     unknown = sorted(set(config) - set(OPTIONS))
@@ -40,5 +35,12 @@ def register_runtimes(register: Any) -> None:
         name="gpu", formats=frozenset({"hf", "gguf"}), load=load, available=available,
         description="hanlin's engine: paged KV cache, continuous batching, prefix caching, Triton kernels on GPU "
                     "(torch reference kernels on CPU: correct but slow)",
-        extra="gpu", bench=bench, priority=60,  # never the automatic pick on its own: ask for it with runtime="gpu"
+        extra="gpu", priority=60,  # never the automatic pick on its own: ask for it with runtime="gpu"
     ))
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    from hanlin.runtimes.gpu.cli import add_commands
+
+    add_commands(cli)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -76,11 +77,13 @@ def create_app(
     agent_name: str = "hanlin-agent",
     max_queue: int = 32,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    eval_folders: Sequence[str | Path] = (),
 ) -> FastAPI:
     """An app serving ``model`` (and, optionally, ``agent`` as a model named ``agent_name``).
 
     ``api_key``: require ``Authorization: Bearer <key>`` on /v1 (see ``hanlin.server.auth.resolve_api_key``);
     ``max_queue``: requests admitted at once before 429; ``max_body_bytes``: larger bodies get 413.
+    ``eval_folders``: the `hanlin eval --out` folders (or folders of them) the web UI at ``/`` may open.
     """
     name = model_name or model.name
     served = [name] + ([agent_name] if agent else [])
@@ -245,6 +248,10 @@ def create_app(
         return ClosingStreamingResponse(_guarded(events(), metrics, "/v1/completions"), slot.release,
                                         media_type="text/event-stream")
 
+    from hanlin.server.ui import mount_ui  # the web UI: the page at /, its API under /v1/ui
+
+    mount_ui(app, model, model_name=name, authenticate=authenticate, admission=admission, metrics=metrics,
+             max_body_bytes=max_body_bytes, agent=agent, eval_folders=eval_folders)
     _install_openapi(app)
     return app
 

@@ -142,7 +142,10 @@ def create_app(
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         authenticate(request)
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "hanlin"}]
+        entry: dict[str, Any] = {"id": name, "object": "model", "created": 0, "owned_by": "hanlin"}
+        if model.capabilities.context_length:  # as vLLM says it, so a remote client knows when a reply was cut
+            entry["max_model_len"] = model.capabilities.context_length
+        data = [entry]
         if agent is not None:
             data.append({"id": agent_name, "object": "model", "created": 0, "owned_by": "hanlin-agent"})
         return {"object": "list", "data": data}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import re
 import threading
 import time
 
@@ -385,6 +386,36 @@ def test_native_repeat_withdraws_the_tools_so_the_model_answers() -> None:
     result = Agent(model, [add], protocol="tools").run("sum")
     assert result.status == "answered" and result.output == "42"
     assert [bool(p.tools) for _, p in model.calls] == [True, True, False]
+
+
+def test_native_protocol_asks_for_one_call_per_reply() -> None:
+    # The runtimes frame a fenced call as an array when several are allowed; Qwen2.5-Coder-0.5B, forced to open "[",
+    # wrote broken code ("print(i)}"). The loop runs a call a step, so the protocol asks for one call per reply.
+    model = ScriptedModel([Completion(tool_calls=[ToolCall(name="add", arguments={"a": 1, "b": 2})]), "3"])
+    Agent(model, [add], protocol="tools").run("sum")
+    assert [p.parallel_tool_calls for _, p in model.calls] == [False, False]
+
+
+def test_native_call_to_an_unknown_tool_written_as_text_is_corrected_not_answered() -> None:
+    # The runtime leaves a call naming no offered tool in the text; in a run it is a mistake, not the final answer.
+    model = ScriptedModel(['```json\n{"name": "Harbor Wi-Fi", "arguments": {"query": "guest network"}}\n```', "42"])
+    result = Agent(model, [add], protocol="tools").run("sum")
+    assert result.status == "answered" and result.output == "42"
+    assert "no tool named 'Harbor Wi-Fi'" in model.calls[1][0][-1].content
+    plain = ScriptedModel(['The JSON {"name": "x"} has no arguments, so this is an answer.'])
+    assert Agent(plain, [add], protocol="tools").run("q").status == "answered"
+
+
+def test_native_step_after_a_repeat_may_only_write_words() -> None:
+    # Offered no tools after a repeated call, the model kept writing the call as text; that step is constrained to one
+    # line that cannot open JSON, a fence or a tag (on runtimes with grammars), and only that step.
+    call = ToolCall(name="add", arguments={"a": 20, "b": 22})
+    model = ScriptedModel([Completion(tool_calls=[call]), Completion(tool_calls=[call]), "42"])
+    assert Agent(model, [add], protocol="tools").run("sum").output == "42"
+    constraints = [p.constraint for _, p in model.calls]
+    assert constraints[:2] == [None, None] and constraints[2] is not None
+    first_char = re.match(r"root ::= \[\^([^\]]*)\]", constraints[2].grammar)
+    assert first_char and all(c in first_char.group(1) for c in ("{", "\\[", "`", "<"))
 
 
 def test_native_protocol_refuses_a_model_without_tool_calls() -> None:

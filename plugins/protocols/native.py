@@ -8,14 +8,16 @@ runtime declares ``native_tools`` can use it.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
-from hanlin import ChatModel, Completion, Message, ParseError, ProtocolError, StepProtocol, hookimpl
+from hanlin import ChatModel, Completion, Constraint, Message, ParseError, ProtocolError, StepProtocol, hookimpl
 from hanlin.protocols import Action, Final, ParsedStep, RunContext
 
 from hanlin.plugins.protocols.react import EXAMPLE_TOOL
 from hanlin.runtimes.tool_calls import looks_like_call
 
+_DECODER = json.JSONDecoder()
 RESULT_NUDGE = "(If this answers the question, reply with the answer in words; call a tool only for what is still missing.)"
 
 # Told in words: the call itself is written in the model's own tool-call format, which the runtime's template sets.
@@ -27,8 +29,28 @@ NATIVE_EXAMPLE = (
 )
 
 
+def unknown_call(text: str, names: Collection[str]) -> str | None:
+    """The name of a call the model wrote as text to a tool nobody offered (a JSON object with "name" and
+    "arguments"/"parameters", possibly fenced), or None. The runtimes leave such a call in the text (that is how a
+    reply to an irrelevant request stays text); inside an agent run it is a mistake to correct, not the answer."""
+    for start in (i for i, ch in enumerate(text) if ch == "{"):
+        try:
+            value, _ = _DECODER.raw_decode(text, start)
+        except ValueError:
+            continue
+        if (isinstance(value, dict) and isinstance(value.get("name"), str) and value["name"] not in names
+                and ("arguments" in value or "parameters" in value)):
+            return value["name"]
+        break  # only the first object counts: prose that quotes JSON later is still an answer
+    return None
+
+
 class NativeTools(StepProtocol):
     name = "tools"
+    # One call per reply. Qwen2.5-Coder-0.5B writes a lone call in a ```json fence; the runtimes' call grammar frames
+    # a fence as an array when several calls are allowed, and forced to open "[" the model corrupts the call
+    # ("print(i)}" inside the code: 1 of 10 tooluse items answered). The loop runs one call a step anyway.
+    parallel_tool_calls = False
 
     def check_model(self, model: ChatModel) -> None:
         if not model.capabilities.native_tools:
@@ -49,6 +71,16 @@ class NativeTools(StepProtocol):
                  else m for m in ctx.messages if m.role != "system"]
         return [Message.system(system), *turns]
 
+    def constraint(self, ctx: RunContext) -> Constraint | None:
+        """Only on the step after a repeated call (tools withdrawn): one line of words that cannot open a JSON object,
+        an array, a fence or a tag. Offered no tools, Qwen2.5-Coder-0.5B still wrote the call again as text, over and
+        over, until the run gave up (3 of the first 10 tooluse items); the answer was in the result it was shown."""
+        if not ctx.repeated or ctx.options.output_type is not None or "grammar" not in ctx.model.capabilities.constraints:
+            return None
+        from hanlin.grammar import STEP_STRING_CHARS
+
+        return Constraint(grammar=f"root ::= [^{{\\[`<\\n \\t] [^\\n]{{0,{STEP_STRING_CHARS}}}")
+
     def native_tools(self, ctx: RunContext) -> list[dict[str, Any]] | None:
         if ctx.repeated:  # stuck re-issuing the previous step's call: no tools offered, so the model answers
             return None
@@ -68,6 +100,11 @@ class NativeTools(StepProtocol):
             raise ParseError("the model wrote a tool call while no tools were offered",
                              hint="No tool can be called now. Reply with your final answer in plain words, using "
                                   "the tool results above.")
+        if (name := unknown_call(text, ctx.tools)) is not None:
+            known = ", ".join(ctx.tools) or "(no tools)"
+            raise ParseError(f"the model called '{name}', which is not a tool",
+                             hint=f"there is no tool named '{name}'. Call one of: {known}; or reply with your final "
+                                  "answer in plain words.")
         return Final(text)
 
     def assistant_message(self, completion: Completion, parsed: ParsedStep | None) -> Message:

@@ -81,6 +81,9 @@ class StepProtocol(AgentProtocol):
     def native_tools(self, ctx: RunContext) -> list[dict[str, Any]] | None:
         return None
 
+    # With native tools: whether one reply may hold several calls (None: the runtime's default, which allows them).
+    parallel_tool_calls: ClassVar[bool | None] = None
+
     def assistant_message(self, completion: Completion, parsed: ParsedStep | None) -> Message:
         calls = parsed.calls if isinstance(parsed, Action) else []
         return Message.assistant(completion.text, calls)
@@ -101,7 +104,8 @@ class StepProtocol(AgentProtocol):
         ctx.start_step()
         constraint = self.constraint(ctx) if ctx.use_constraints else None
         completion = await ctx.generate(
-            self.render(ctx), stop=self.stop_sequences(ctx), constraint=constraint, tools=self.native_tools(ctx)
+            self.render(ctx), stop=self.stop_sequences(ctx), constraint=constraint, tools=self.native_tools(ctx),
+            parallel_tool_calls=self.parallel_tool_calls,
         )
         try:
             parsed = self.parse(completion, ctx)

@@ -102,6 +102,7 @@ class RunContext:
         stop: list[str] | None = None,
         constraint: Constraint | None = None,
         tools: list[dict[str, Any]] | None = None,
+        parallel_tool_calls: bool | None = None,
     ) -> Completion:
         """Call the model, streaming its text out as token events."""
         update: dict[str, Any] = {}
@@ -113,6 +114,8 @@ class RunContext:
                 update["max_tokens"] = constraint.max_tokens
         if tools is not None:
             update["tools"] = tools
+            if parallel_tool_calls is not None:
+                update["parallel_tool_calls"] = parallel_tool_calls
         params = self.params.model_copy(update=update)
         chunks = []
         async for chunk in self.model.astream(messages, params):

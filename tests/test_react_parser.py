@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from hanlin import ParseError, tool
 from hanlin.plugins.protocols.react_parser import parse_react
+from tests.conftest import requires_smollm2
+from tests.test_grammar import matcher, raw_smollm2  # noqa: F401  (fixtures: llama.cpp's grammar matcher)
 
 
 @tool
@@ -115,3 +117,44 @@ def test_any_text_parses_or_raises_parse_error(text: str) -> None:
         return
     assert (step.action is None) != (step.final is None)
     assert isinstance(step.arguments, dict)
+
+
+# ---- the step grammars, checked by llama.cpp's own matcher --------------------------------------------------------
+def _grammars_seen(protocol: str, replies: list) -> list[str]:
+    """The grammars a run under ``protocol`` asks the model for, step by step."""
+    from hanlin import Agent, ScriptedModel
+
+    grammars: list[str] = []
+
+    def reply(messages, params):
+        grammars.append(params.constraint.grammar if params.constraint else "")
+        return replies[len(grammars) - 1]
+
+    Agent(ScriptedModel(reply), [calculator], protocol=protocol).run("q")
+    return grammars
+
+
+@requires_smollm2
+def test_step_grammars_allow_the_newline_that_models_write_with_the_closing_brace(matcher) -> None:
+    # '"}\n' and '}]\n' are single tokens to Qwen2.5; a grammar that ends right after the JSON refuses them, and
+    # Qwen2.5-Coder-0.5B, refused, put a stray '}' inside the code string ("print(n)}") in most python steps.
+    react = matcher(_grammars_seen("react", ["Thought: t\nFinal Answer: 4"])[0])
+    step = 'Thought: add\nAction: calculator\nAction Input: {"expression": "2+2"}'
+    assert react.accepts(step) and react.accepts(step + "\n")
+    assert react.accepts("Thought: t\nFinal Answer: 4\n") and not react.accepts(step + "\nThought: more")
+    rewoo = matcher(_grammars_seen("rewoo", ['Plan: add\n#E1 = calculator[{"expression": "2+2"}]', "4"])[0])
+    plan = 'Plan: add\n#E1 = calculator[{"expression": "2+2"}]'
+    assert rewoo.accepts(plan) and rewoo.accepts(plan + "\n") and not rewoo.accepts(plan + "\n\n")
+
+
+@requires_smollm2
+def test_native_step_after_a_repeat_is_one_line_of_words(matcher) -> None:
+    from hanlin import Completion, ToolCall
+
+    call = Completion(tool_calls=[ToolCall(name="calculator", arguments={"expression": "2+2"})])
+    grammar = _grammars_seen("tools", [call, call, "4"])[2]
+    words = matcher(grammar)
+    assert words.accepts("The answer is 4.")
+    for call_text in ('{"name": "calculator", "arguments": {"expression": "2+2"}}', '```json\n{"name": "x"}\n```',
+                      "<tool_call>", '[{"name": "calculator"}]', "4\nand more"):
+        assert not words.accepts(call_text), call_text

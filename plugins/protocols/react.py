@@ -136,7 +136,10 @@ def react_grammar(ctx: RunContext, max_string_chars: int | None = None) -> str:
     if actions:
         g.add("action", f"{gbnf_literal('Action: ')} ( {' | '.join(actions)} )")
         alternatives.insert(0, "action")
-    g.add("root", f"{gbnf_literal('Thought: ')} thought {gbnf_literal(chr(10))} ( {' | '.join(alternatives)} )")
+    # The step may end with a newline: Qwen2.5's tokenizer writes '"}\n' as one token, and a grammar that refused it
+    # made the model put a stray '}' inside the code string instead ("print(n)}": a SyntaxError in most python steps).
+    g.add("root", f"{gbnf_literal('Thought: ')} thought {gbnf_literal(chr(10))} ( {' | '.join(alternatives)} ) "
+                  f"{gbnf_literal(chr(10))}?")
     return g.render("root")
 
 

@@ -90,7 +90,9 @@ class ReWOO(AgentProtocol):
         args = g.schema({"type": "object"}, "args")
         names = " | ".join(gbnf_literal(n) for n in ctx.tools)
         g.add("step", f'{gbnf_literal("Plan: ")} {line_rule()} "\\n#E" [1-9] [0-9]? " = " ( {names} ) "[" {args} "]"')
-        g.add("root", f'step ( "\\n" step ){{0,{self.max_plan_steps - 1}}}')
+        # A plan may end with a newline: '}]\n' is one token to Qwen2.5, and a grammar without the optional end
+        # read it as the start of another step, forcing the model into a step it did not want.
+        g.add("root", f'step ( "\\n" step ){{0,{self.max_plan_steps - 1}}} "\\n"?')
         # A plan has several steps; each is bounded like a ReAct step.
         return Constraint(grammar=g.render("root"), max_tokens=STEP_MAX_TOKENS * 2)
 

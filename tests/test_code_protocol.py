@@ -8,7 +8,7 @@ import time
 import pytest
 from pydantic import BaseModel
 
-from hanlin import Agent, ScriptedModel, load_tool, tool
+from hanlin import Agent, ScriptedModel, ToolResult, load_tool, tool
 from hanlin.errors import ParseError
 from hanlin.events import ToolCallEvent, ToolResultEvent
 from hanlin.plugins.protocols.code import STOP, code_grammar, parse_code_step
@@ -114,6 +114,26 @@ def test_a_tool_called_from_the_cell_returns_its_value() -> None:
     assert events[1].call.arguments == {"expression": "37 * 91 + 5"} and events[2].content == "3372"
     system = model.calls[0][0][0].content
     assert "def calculator(expression: str) -> str:" in system and "def word_lengths(text: str) -> list[int]:" in system
+
+
+@tool
+def passages(query: str) -> ToolResult:
+    """Look a question up.
+
+    Args:
+        query: The question.
+    """
+    return ToolResult(content=f"1 passage for {query!r}: the guest network is HarborGuest",
+                      data={"question": query, "hits": [{"text": "the guest network is HarborGuest"}]})
+
+
+def test_a_tool_whose_stub_says_str_gives_its_text_not_its_data() -> None:
+    # The knowledge base carries its hits as data; its stub says `-> str`, and Qwen2.5-Coder-0.5B used str methods on
+    # what came back (a dict then: AttributeError, the cell repeated until the run gave up).
+    result, model, _ = run([cell("r = passages('wifi')\nprint(type(r).__name__, r.split(' is ')[-1])"),
+                            cell("final_answer(1)")], tools=[passages])
+    assert observations(result)[0] == "str HarborGuest"
+    assert "def passages(query: str) -> str:" in model.calls[0][0][0].content
 
 
 def test_a_tool_imported_by_its_name_is_the_tool() -> None:

@@ -201,10 +201,13 @@ def signature(tool: Tool) -> str:
     return f'def {python_name(tool.name)}({", ".join(parts)}) -> {_returns(tool)}:\n    """{body}\n    """'
 
 
-def _value(result: ToolResult) -> Any:
-    """What a Python caller gets back: the tool's own return value when it travels as JSON, else its text."""
+def _value(result: ToolResult, tool: Tool | None = None) -> Any:
+    """What a Python caller gets back: the tool's own return value when it travels as JSON, else its text. A tool
+    whose stub promises ``-> str`` (it returns a ToolResult, or declares str) gives its text, whatever data it
+    carries: the knowledge base handed back its hits as a dict, and Qwen2.5-Coder-0.5B, told it had a str, called
+    .split() and .find() on it, failed, and repeated the cell until the run gave up."""
     data = result.data
-    if data is None:
+    if data is None or (tool is not None and _returns(tool) == "str" and not isinstance(data, str)):
         return result.content
     if isinstance(data, BaseModel):
         data = data.model_dump(mode="json")
@@ -273,4 +276,4 @@ class Bridge:
                                    is_error=result.is_error, duration_s=time.perf_counter() - started))
         if result.is_error:
             return {"error": result.content}
-        return {"value": _value(result)}
+        return {"value": _value(result, self.tools[call.name])}

@@ -62,6 +62,9 @@ def test_answers_are_judged_as_numbers_or_words() -> None:
     assert judge("The guest network is called **HarborGuest**.", items["kb-01"]).correct
     assert not judge("HarborStaff", items["kb-01"]).correct
     assert judge("It ships with firmware 4.2.1", items["kb-07"]).correct
+    # floating-point round-off is the right answer (0.17 * 2350 in Python); any real difference is not
+    assert judge("399.50000000000006", items["calc-05"]).correct
+    assert not judge("399.5001", items["calc-05"]).correct and not judge("399", items["calc-05"]).correct
 
 
 def test_ratio_standard_error_by_hand() -> None:

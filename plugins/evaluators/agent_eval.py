@@ -6,7 +6,8 @@ and stop. So each item is run as a whole agent run (``hanlin.Agent``: the same l
 ``hanlin run``) and scored on four things:
 
 - ``accuracy``: the run answered and its final answer matches (a number compared numerically after
-  ``extract_number``, or a text found word for word in the answer after ``normalize_text``);
+  ``extract_number``, equal up to floating-point round-off, or a text found word for word in the answer after
+  ``normalize_text``);
 - ``valid_calls``: tool calls that named a known tool with arguments valid for its schema, over every attempt to
   act (each tool call, plus each step whose output could not be parsed into a call or an answer), pooled over the
   items with a ratio standard error; a final answer is not an attempt to call, so a perfect run scores 1.0 (under
@@ -140,7 +141,7 @@ class ToolUseDataset(Dataset):
             found = extract_number(output)
             if found is None:
                 return Judgement(None, False, "no number in the final answer")
-            return Judgement(found, numbers_equal(found, item.answer))
+            return Judgement(found, numbers_equal(found, item.answer) or floats_equal(found, item.answer))
         said = normalize_text(output)
         if not said:
             return Judgement(None, False, "empty final answer")
@@ -156,6 +157,16 @@ class ToolUseDataset(Dataset):
 
 
 # ---- scoring ------------------------------------------------------------------------------------------------
+def floats_equal(a: str, b: str) -> bool:
+    """Equal up to binary floating-point round-off (a relative 1e-9): Python's 0.17 * 2350 is 399.50000000000006,
+    and an agent that computed 17% of 2350 that way has the right answer. Any real difference still counts."""
+    try:
+        x, y = float(a), float(b)
+    except ValueError:
+        return False
+    return math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+
+
 def call_is_valid(tools: dict[str, Any], name: str, arguments: Any) -> bool:
     """A known tool with arguments its schema accepts (the check the agent loop makes before running a call)."""
     tool = tools.get(name)

@@ -51,6 +51,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "hanlin.runtimes.transformers.plugin",
     "hanlin.runtimes.gpu.plugin",
     "hanlin.runtimes.remote.plugin",
+    "hanlin.plugins.apps.research.plugin",
 )
 
 Source = Literal["builtin", "entry_point", "registered"]

@@ -24,8 +24,8 @@ def listed_commands(help_text: str) -> list[str]:
 def test_help_lists_commands() -> None:
     out = hanlin("--help")
     assert out.returncode == 0
-    assert listed_commands(out.stdout) == ["plugins", "models", "tools", "run", "chat", "serve", "tune", "bench", "kb",
-                                           "mcp", "eval"]
+    assert listed_commands(out.stdout) == ["plugins", "models", "tools", "run", "chat", "serve", "tune", "research",
+                                           "bench", "kb", "mcp", "eval"]
     # each plugin adds its own benchmark: the core CLI knows no runtime
     assert listed_commands(hanlin("bench", "--help").stdout) == ["serve", "eval", "tune", "cpu", "throughput", "kernels"]
 

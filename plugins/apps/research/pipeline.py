@@ -1,0 +1,434 @@
+"""The research pipeline: a planner agent grows the plan, one searcher agent per node answers it, concurrently.
+
+The planner is a hanlin ``Agent`` whose tools are ``add_node(id, question, depends_on)``, ``wait()`` and
+``finish(answer)``: typed calls checked by the tools' JSON schemas and by ``PlanGraph``, never executed code. A
+node starts as soon as the nodes it depends on are done (at most ``max_parallel`` at a time); ``wait()`` gives the
+planner the answers that came in, so it can add nodes after seeing results. Each searcher is a hanlin ``Agent`` with
+a ``search`` tool over a backend (the local index by default) that numbers the passages it shows; the searcher
+cites those numbers, the ledger turns them into the run's global numbers, and the final answer is renumbered and
+checked (a number that points at nothing is removed and reported).
+
+``sdk/agent.py`` has no tool that ends a run, so ``finish`` records the answer and the pipeline stops reading the
+planner's stream there (closing it cancels the planner's run); a planner that answers in plain words is taken as
+having called ``finish`` with those words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field
+
+from hanlin import Agent, ChatModel, ConfigurationError, GenerationParams, Tool, ToolResult
+from hanlin.events import ErrorEvent, FinalAnswer, RunFinished, ToolCallEvent, ToolResultEvent
+from hanlin.plugins.apps.research.citations import Ledger, Passage, cited, strip_citations
+from hanlin.plugins.apps.research.events import (
+    CitationFlagged,
+    NodeAdded,
+    NodeAnswered,
+    NodeFailed,
+    NodeStarted,
+    PlannerNote,
+    PlanRejected,
+    Reference,
+    ResearchEvent,
+    ResearchFinal,
+    ResearchStarted,
+    SearcherStep,
+    write_trace,
+)
+from hanlin.plugins.apps.research.graph import Node, PlanError, PlanGraph
+from hanlin.sync_bridge import iterate_sync, run_sync
+
+PLANNER_INSTRUCTIONS = """You answer a hard question by splitting it into simple sub-questions that a search \
+assistant answers for you.
+- add_node(id, question, depends_on): ask one simple sub-question; depends_on lists ids of earlier nodes whose \
+answers it needs (sub-questions that do not need each other run at the same time).
+- wait(): get the answers of the nodes you added. Each answer cites sources as [n].
+- finish(answer): give the final answer, keeping the [n] citations of the answers you use.
+Add the nodes, call wait(), then finish. Use at most {max_nodes} nodes."""
+
+SEARCHER_INSTRUCTIONS = """You answer one question by searching documents. Call search with a few keywords, read \
+the numbered results, then answer in one or two sentences. After each fact write the number of the result it comes \
+from in brackets, e.g. "httpx supports HTTP/2 [2]." Use only facts from the results."""
+
+
+class ResearchResult(BaseModel):
+    question: str
+    status: str
+    answer: str
+    references: list[Reference] = Field(default_factory=list)
+    events: list[Any] = Field(default_factory=list)
+    error: str | None = None
+
+    def render(self) -> str:
+        lines = [self.answer or "(no answer)"]
+        if self.references:
+            lines += ["", "References:"]
+            for ref in self.references:
+                lines.append(f"[{ref.number}] {ref.title} <{ref.url}>")
+                lines.append(f"    \"{ref.passage}\"")
+        return "\n".join(lines)
+
+    def save_trace(self, path: str | Path) -> Path:
+        return write_trace(self.events, path)
+
+
+def replay(events: list[Any]) -> ResearchResult:
+    """Rebuild a run's result from its events (a trace file read with ``load_trace``)."""
+    question = next((e.question for e in events if getattr(e, "type", "") == "research_started"), "")
+    final = next((e for e in reversed(events) if getattr(e, "type", "") == "final"), None)
+    if final is None:
+        return ResearchResult(question=question, status="error", answer="", events=list(events),
+                              error="the trace has no final event (the run was cut short)")
+    return ResearchResult(question=question, status=final.status, answer=final.answer, references=final.references,
+                          events=list(events), error=final.error)
+
+
+def make_search_backend(search: Any) -> Any:
+    """``local:DIR`` (BM25 over a folder), ``ddgs`` (live web), ``packages`` (the installed packages' descriptions,
+    built once into a cache folder), or an object with ``search(query, max_results)``."""
+    from hanlin.plugins.tools.web_search import make_backend
+
+    if not isinstance(search, str):
+        return make_backend(search)
+    if search == "packages":
+        from hanlin.plugins.apps.research.corpus import default_corpus_dir
+
+        return make_backend("local", index_dir=default_corpus_dir(), snippet_chars=400)
+    if search.startswith("local:"):
+        folder = Path(search[len("local:"):]).expanduser()
+        if not folder.is_dir():
+            raise ConfigurationError(f"--search {search!r}: {str(folder)!r} is not a folder; give local:DIR with a "
+                                     "folder of .md/.txt/.html files (or build one with hanlin research corpus DIR)")
+        return make_backend("local", index_dir=folder, snippet_chars=400)
+    if search == "ddgs":
+        return make_backend("ddgs")
+    raise ConfigurationError(f"unknown search {search!r}; use local:DIR, packages or ddgs")
+
+
+class Research:
+    """Plan, search concurrently, cite. ``model``: a ChatModel (shared by planner and searchers) or a model name."""
+
+    def __init__(
+        self,
+        model: ChatModel | str,
+        search: Any = "packages",
+        *,
+        max_nodes: int = 4,
+        max_depth: int = 3,
+        max_parallel: int = 2,
+        planner_protocol: str = "react",
+        searcher_protocol: str = "react",
+        planner_max_steps: int = 10,
+        searcher_max_steps: int = 3,
+        max_results: int = 3,
+        max_tokens: int = 160,
+        node_timeout_s: float | None = 300.0,
+        examples: bool = True,
+    ) -> None:
+        for name, value, low in (("max_nodes", max_nodes, 1), ("max_depth", max_depth, 1),
+                                 ("max_parallel", max_parallel, 1), ("max_results", max_results, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ConfigurationError(f"{name} must be an integer of at least {low}, got {value!r}")
+        self._owns_model = isinstance(model, str)
+        if isinstance(model, str):
+            from hanlin import load_model
+
+            model = load_model(model)
+        self.model: ChatModel = model
+        self.backend = make_search_backend(search)
+        self.max_nodes, self.max_depth, self.max_parallel = max_nodes, max_depth, max_parallel
+        self.planner_protocol, self.searcher_protocol = planner_protocol, searcher_protocol
+        self.planner_max_steps, self.searcher_max_steps = planner_max_steps, searcher_max_steps
+        self.max_results, self.node_timeout_s, self.examples = max_results, node_timeout_s, examples
+        self.params = GenerationParams(max_tokens=max_tokens, temperature=0.0)
+
+    def close(self) -> None:
+        if self._owns_model:
+            self.model.close()
+
+    # ---- public API ----------------------------------------------------------------------------------------
+    async def astream(self, question: str) -> AsyncIterator[ResearchEvent]:
+        question = " ".join(str(question).split())
+        if not question:
+            raise ConfigurationError("the research question is empty; ask something, e.g. \"which HTTP client ...\"")
+        run = _Run(self, question)
+        async for event in run.events():
+            yield event
+
+    def stream(self, question: str) -> Iterator[ResearchEvent]:
+        return iterate_sync(self.astream(question), thread_name="hanlin-research")
+
+    async def arun(self, question: str, on_event: Callable[[Any], None] | None = None) -> ResearchResult:
+        events: list[Any] = []
+        async for event in self.astream(question):
+            events.append(event)
+            if on_event is not None:
+                on_event(event)
+        return replay(events)
+
+    def run(self, question: str, on_event: Callable[[Any], None] | None = None) -> ResearchResult:
+        return run_sync(self.arun(question, on_event), thread_name="hanlin-research-run")
+
+
+class _Run:
+    """One research run: the graph, the ledger, the node tasks and the event queue."""
+
+    def __init__(self, research: Research, question: str) -> None:
+        self.r, self.question = research, question
+        self.graph = PlanGraph(max_nodes=research.max_nodes, max_depth=research.max_depth)
+        self.ledger = Ledger()
+        self.t0 = time.perf_counter()
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.done: dict[str, asyncio.Event] = {}
+        self.reported: set[str] = set()
+        self.shown: set[int] = set()  # global citation numbers the planner was shown
+        self.final_answer: str | None = None
+        self.semaphore = asyncio.Semaphore(research.max_parallel)
+
+    def now(self) -> float:
+        return round(time.perf_counter() - self.t0, 4)
+
+    def emit(self, event: Any) -> None:
+        event.t = self.now()
+        self.queue.put_nowait(event)
+
+    # ---- planner tools -----------------------------------------------------------------------------------
+    def planner_tools(self) -> list[Tool]:
+        async def add_node(id: str, question: str, depends_on: list[str] | None = None) -> str:
+            """Add a sub-question to the plan; it is searched as soon as the nodes it depends on are answered.
+
+            Args:
+                id: A short name for this node, e.g. "license".
+                question: One simple question a search can answer.
+                depends_on: Ids of earlier nodes whose answers this question needs; [] if none.
+            """
+            try:
+                node = self.graph.add(id, question, depends_on)
+            except PlanError as exc:
+                self.emit(PlanRejected(kind=exc.kind, message=exc.message, node_id=exc.node_id))
+                return f"refused ({exc.kind}): {exc.message}"
+            self.emit(NodeAdded(node_id=node.id, question=node.question, depends_on=node.depends_on,
+                                depth=node.depth))
+            self.done[node.id] = asyncio.Event()
+            self.tasks[node.id] = asyncio.ensure_future(self.run_node(node))
+            return (f"node {node.id!r} added and being searched. Add another node, or call wait() to get the "
+                    "answers.")
+
+        async def wait() -> str:
+            """Wait for the nodes added so far and return their answers (with their [n] citations)."""
+            pending = [t for n, t in self.tasks.items() if n not in self.reported]
+            if not pending:
+                return "no node is waiting to be reported; add a node, or finish(answer)."
+            self.emit(PlannerNote(text=f"waiting for {len(pending)} node(s)"))
+            await asyncio.gather(*(asyncio.shield(t) for t in pending), return_exceptions=True)
+            return self.report()
+
+        async def finish(answer: str) -> str:
+            """Give the final answer to the original question, citing sources as [n].
+
+            Args:
+                answer: The final answer, with the [n] citations of the node answers it uses.
+            """
+            running = [n for n in self.tasks if n not in self.reported]
+            if running:
+                return f"nodes {running} are not answered yet: call wait() first, then finish(answer)."
+            if not answer.strip():
+                return "the answer is empty: write the answer to the question, with [n] citations."
+            self.final_answer = answer
+            return "finished."
+
+        return [Tool(add_node, timeout=None), Tool(wait, timeout=None), Tool(finish, timeout=None)]
+
+    def report(self) -> str:
+        lines = []
+        for node_id, node in self.graph.nodes.items():
+            if node_id in self.reported or node.status not in ("answered", "failed"):
+                continue
+            self.reported.add(node_id)
+            if node.status == "answered":
+                self.shown.update(cited(node.answer))
+                lines.append(f"{node_id} ({node.question}): {node.answer}")
+            else:
+                lines.append(f"{node_id} ({node.question}) FAILED: {node.error}. You may add a node that asks "
+                             "it another way.")
+        return "\n".join(lines) or "no new answers."
+
+    # ---- searchers ---------------------------------------------------------------------------------------
+    def search_tool(self, local: dict[int, int]) -> Tool:
+        backend, k = self.r.backend, self.r.max_results
+
+        def search(query: Annotated[str, Field(max_length=300)]) -> ToolResult:
+            """Search the documents and return numbered passages with their source.
+
+            Args:
+                query: A few keywords, e.g. "httpx HTTP/2 support".
+            """
+            query = " ".join(query.split())
+            if not query:
+                return ToolResult.error("the query is empty; give a few keywords")
+            hits = list(backend.search(query, k))[:k]
+            if not hits:
+                return ToolResult(content=f"no results for \"{query}\"; try other keywords")
+            blocks = []
+            for hit in hits:
+                g = self.ledger.add(Passage(url=hit.url, title=hit.title, text=hit.snippet))
+                n = next((ln for ln, gn in local.items() if gn == g), None)
+                if n is None:
+                    n = len(local) + 1
+                    local[n] = g
+                blocks.append(f"[{n}] {hit.title}: {hit.snippet}")
+            return ToolResult(content="\n".join(blocks))
+
+        return Tool(search, timeout=60.0)
+
+    def searcher_task(self, node: Node) -> str:
+        lines = [f"Question: {node.question}"]
+        if node.depends_on:
+            lines.append("Known from earlier steps:")
+            for parent_id in node.depends_on:
+                parent = self.graph.nodes[parent_id]
+                known = strip_citations(parent.answer) if parent.status == "answered" else f"unknown ({parent.error})"
+                lines.append(f"- {parent.question} {known}")
+        return "\n".join(lines)
+
+    async def run_node(self, node: Node) -> None:
+        try:
+            for parent in node.depends_on:
+                await self.done[parent].wait()
+            async with self.semaphore:
+                node.status, node.started = "running", self.now()
+                self.emit(NodeStarted(node_id=node.id))
+                try:
+                    if self.r.node_timeout_s is None:
+                        await self._search(node)
+                    else:
+                        await asyncio.wait_for(self._search(node), self.r.node_timeout_s)
+                except asyncio.TimeoutError:
+                    self._fail(node, f"the searcher took longer than {self.r.node_timeout_s} s")
+                except Exception as exc:  # a searcher's own failure: the node fails, the run goes on
+                    self._fail(node, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.done[node.id].set()
+
+    def _fail(self, node: Node, error: str) -> None:
+        node.status, node.error, node.ended = "failed", error, self.now()
+        self.emit(NodeFailed(node_id=node.id, error=error))
+
+    async def _search(self, node: Node) -> None:
+        local: dict[int, int] = {}
+        agent = Agent(self.r.model, [self.search_tool(local)], protocol=self.r.searcher_protocol,
+                      instructions=SEARCHER_INSTRUCTIONS, max_steps=self.r.searcher_max_steps,
+                      params=self.r.params, examples=self.r.examples)
+        result = None
+        async for event in agent.astream(self.searcher_task(node)):
+            if isinstance(event, ToolCallEvent):
+                self.emit(SearcherStep(node_id=node.id, kind="tool_call",
+                                       text=f"{event.call.name}({json.dumps(event.call.arguments)})"))
+            elif isinstance(event, ToolResultEvent):
+                self.emit(SearcherStep(node_id=node.id, kind="tool_result", text=event.content[:300]))
+            elif isinstance(event, ErrorEvent):
+                self.emit(SearcherStep(node_id=node.id, kind="error", text=event.message[:300]))
+            elif isinstance(event, FinalAnswer):
+                result = event.text
+            elif isinstance(event, RunFinished) and event.status != "answered":
+                self._fail(node, f"the searcher ended {event.status} without an answer")
+                return
+        if not result or not result.strip():
+            self._fail(node, "the searcher gave an empty answer")
+            return
+        answer, dropped = self.ledger.globalize(result, local)
+        for n in dropped:
+            self.emit(CitationFlagged(where=node.id, number=n, reason="no search result with this number was "
+                                                                     "shown to this searcher; removed"))
+        if not cited(answer):
+            self.emit(CitationFlagged(where=node.id, number=0, reason="the answer cites no passage"))
+        node.status, node.answer, node.ended = "answered", answer, self.now()
+        node.cited = cited(answer)
+        self.emit(NodeAnswered(node_id=node.id, answer=answer,
+                               references=[self.ledger.reference(g) for g in node.cited]))
+
+    # ---- the run ---------------------------------------------------------------------------------------------
+    async def events(self) -> AsyncIterator[Any]:
+        self.emit(ResearchStarted(question=self.question, max_nodes=self.r.max_nodes, max_depth=self.r.max_depth))
+        driver = asyncio.ensure_future(self.drive())
+        try:
+            while True:
+                event = await self.queue.get()
+                if event is None:
+                    break
+                yield event
+            await driver
+        finally:
+            if not driver.done():
+                driver.cancel()
+            await self.cancel_nodes()
+            await asyncio.gather(driver, return_exceptions=True)
+
+    async def cancel_nodes(self) -> None:
+        for task in self.tasks.values():
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+    async def drive(self) -> None:
+        status, error = "answered", None
+        try:
+            await self.plan()
+        except Exception as exc:  # the planner's model failing: still a final event, never a crash
+            status, error = "error", f"{type(exc).__name__}: {exc}"
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        answer = self.final_answer
+        if answer is None:
+            self.report()
+            answered = [n for n in self.graph.nodes.values() if n.status == "answered"]
+            if answered:  # the planner never finished: the node answers are the best answer there is
+                self.emit(PlannerNote(text="the planner did not call finish; the answer is built from the node "
+                                           "answers"))
+                answer = " ".join(n.answer for n in answered)
+                self.shown.update(g for n in answered for g in n.cited)
+            else:
+                answer = ""
+                if status == "answered":
+                    status, error = "gave_up", "the planner did not finish and no node was answered"
+        text, refs, dropped = self.ledger.finalize(answer, allowed=self.shown)
+        for n in dropped:
+            self.emit(CitationFlagged(where="final", number=n, reason="the final answer cites a number no node "
+                                                                      "answer gave it; removed"))
+        if text and not refs:
+            self.emit(CitationFlagged(where="final", number=0, reason="the final answer cites no passage"))
+        self.emit(ResearchFinal(status=status, answer=text, references=refs, error=error))
+        self.queue.put_nowait(None)
+
+    async def plan(self) -> None:
+        agent = Agent(self.r.model, self.planner_tools(), protocol=self.r.planner_protocol,
+                      instructions=PLANNER_INSTRUCTIONS.format(max_nodes=self.r.max_nodes),
+                      max_steps=self.r.planner_max_steps, params=self.r.params, examples=self.r.examples)
+        stream = agent.astream(f"Question: {self.question}")
+        try:
+            async for event in stream:
+                if isinstance(event, ErrorEvent):
+                    if event.kind in ("parse", "invalid_arguments", "unknown_tool"):
+                        self.emit(PlanRejected(kind="malformed", message=event.message[:400]))
+                    else:
+                        self.emit(PlannerNote(text=f"planner {event.kind}: {event.message[:300]}"))
+                elif isinstance(event, ToolCallEvent):
+                    self.emit(PlannerNote(text=f"planner calls {event.call.name}"
+                                               f"({json.dumps(event.call.arguments)[:300]})"))
+                elif isinstance(event, ToolResultEvent) and self.final_answer is not None:
+                    break  # finish() was accepted
+                elif isinstance(event, FinalAnswer) and self.final_answer is None:
+                    await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+                    self.report()
+                    self.final_answer = event.text
+                elif isinstance(event, RunFinished) and event.status == "error":
+                    raise RuntimeError("the planner's model failed; see the planner notes")
+        finally:
+            await stream.aclose()

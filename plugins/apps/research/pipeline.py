@@ -327,7 +327,7 @@ class _Run:
         agent = Agent(self.r.model, [self.search_tool(local)], protocol=self.r.searcher_protocol,
                       instructions=SEARCHER_INSTRUCTIONS, max_steps=self.r.searcher_max_steps,
                       params=self.r.params, examples=self.r.examples)
-        result = None
+        result, last_error = None, ""
         async for event in agent.astream(self.searcher_task(node)):
             if isinstance(event, ToolCallEvent):
                 self.emit(SearcherStep(node_id=node.id, kind="tool_call",
@@ -335,11 +335,13 @@ class _Run:
             elif isinstance(event, ToolResultEvent):
                 self.emit(SearcherStep(node_id=node.id, kind="tool_result", text=event.content[:300]))
             elif isinstance(event, ErrorEvent):
-                self.emit(SearcherStep(node_id=node.id, kind="error", text=event.message[:300]))
+                last_error = event.message[:300]
+                self.emit(SearcherStep(node_id=node.id, kind="error", text=last_error))
             elif isinstance(event, FinalAnswer):
                 result = event.text
             elif isinstance(event, RunFinished) and event.status != "answered":
-                self._fail(node, f"the searcher ended {event.status} without an answer")
+                self._fail(node, f"the searcher ended {event.status} without an answer"
+                                 + (f" ({last_error})" if last_error else ""))
                 return
         if not result or not result.strip():
             self._fail(node, "the searcher gave an empty answer")

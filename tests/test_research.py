@@ -1,0 +1,246 @@
+"""The research app's loop logic on scripted models (planner protocol, failures, concurrency, citations), and the
+event trace. The real-model end to end is in tests/test_research_e2e.py."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hanlin import Completion, Message, ModelError, ScriptedModel, ToolCall
+from hanlin.plugins.apps.research.citations import Ledger, Passage, cited, remap
+from hanlin.plugins.apps.research.events import load_trace
+from hanlin.plugins.apps.research.graph import PlanError, PlanGraph
+from hanlin.plugins.apps.research.pipeline import Research, replay
+from hanlin.plugins.tools.search_backends import SearchHit
+
+PLANNER_MARK = "search assistant answers for you"
+
+
+def call(name: str, **arguments: Any) -> Completion:
+    return Completion(text="", tool_calls=[ToolCall(name=name, arguments=arguments)])
+
+
+class Corpus:
+    """A search backend over a dict of documents: a hit for every document sharing a word with the query."""
+
+    def __init__(self, docs: dict[str, str], delay: float = 0.0, fail_on: str | None = None) -> None:
+        self.docs, self.delay, self.fail_on = docs, delay, fail_on
+        self.lock = threading.Lock()
+
+    def search(self, query: str, max_results: int) -> list[SearchHit]:
+        if self.fail_on and self.fail_on in query:
+            raise RuntimeError("index is corrupt")
+        time.sleep(self.delay)
+        words = set(query.lower().split())
+        overlap = {name: len(words & set(text.lower().replace(".", "").split())) for name, text in self.docs.items()}
+        ranked = sorted((name for name in self.docs if overlap[name]), key=lambda name: -overlap[name])
+        return [SearchHit(title=name, url=f"file:///docs/{name}.md", snippet=self.docs[name])
+                for name in ranked][:max_results]
+
+
+DOCS = {"alpha": "alpha is written by Ada.", "ada": "Ada was born in London.", "beta": "beta is written by Bob."}
+
+
+def scripted(planner: list[Completion | str], answers: dict[str, str] | None = None) -> ScriptedModel:
+    """Planner replies in order; each searcher searches its question once, then answers ``answers[question]``
+    (default: the first result cited as [1])."""
+    plan = iter(planner)
+    lock = threading.Lock()
+
+    def reply(messages: list[Message], params: Any) -> Completion | str:
+        if PLANNER_MARK in messages[0].content:
+            with lock:
+                return next(plan)
+        question = next(m.content for m in messages if m.role == "user").splitlines()[0].removeprefix("Question: ")
+        if "broken" in question:
+            raise ModelError(f"the searcher's model failed on {question!r}")
+        if not any(m.role == "tool" for m in messages):
+            return call("search", query=question)
+        return (answers or {}).get(question, f"{question.rstrip('?')}: see [1].")
+
+    return ScriptedModel(reply)
+
+
+def run(model: ScriptedModel, backend: Any = None, **options: Any) -> Any:
+    options.setdefault("planner_protocol", "tools")
+    options.setdefault("searcher_protocol", "tools")
+    research = Research(model, backend or Corpus(DOCS), **options)
+    return research.run("Where was the author of alpha born?")
+
+
+def of(result: Any, kind: str) -> list[Any]:
+    return [e for e in result.events if e.type == kind]
+
+
+def test_two_hop_plan_answers_with_valid_citations(tmp_path: Path) -> None:
+    model = scripted([
+        call("add_node", id="author", question="who wrote alpha"),
+        call("add_node", id="born", question="where was Ada born", depends_on=["author"]),
+        call("wait"),
+        call("finish", answer="Ada wrote alpha [1] and was born in London [2]. Also [9]."),
+    ], answers={"who wrote alpha": "Ada wrote alpha [1].", "where was Ada born": "London [1]."})
+    result = run(model)
+    assert result.status == "answered"
+    assert [e.node_id for e in of(result, "node_added")] == ["author", "born"]
+    assert result.answer == "Ada wrote alpha [1] and was born in London [2]. Also."
+    assert [(r.number, r.passage) for r in result.references] == [(1, "alpha is written by Ada."),
+                                                                  (2, "Ada was born in London.")]
+    flagged = of(result, "citation_flagged")
+    assert [(f.where, f.number) for f in flagged] == [("final", 9)]
+    # the dependent node was given its parent's answer (without citation numbers)
+    born_task = next(m for msgs, _ in model.calls for m in msgs if m.role == "user" and "where was Ada" in m.content)
+    assert "Ada wrote alpha." in born_task.content
+    # the dependent node started only after its parent ended
+    ends = {e.node_id: e.t for e in of(result, "node_answered")}
+    starts = {e.node_id: e.t for e in of(result, "node_started")}
+    assert starts["born"] >= ends["author"]
+
+
+@pytest.mark.parametrize(("bad", "kind"), [
+    (call("add_node", id="x", question="who is x", depends_on=["nope"]), "unknown_parent"),
+    (call("add_node", id="x", question="who is x", depends_on=["x"]), "cycle"),
+    (call("add_node", id="a", question="who wrote beta"), "duplicate_id"),
+    (call("add_node", id="x y", question="who wrote beta"), "malformed"),
+    (call("add_node", id="x", question=""), "malformed"),
+    (call("add_node", id="x", question="who is x", depends_on=[3]), "malformed"),
+    (call("add_node", id="c", question="who wrote beta", depends_on=["b"]), "too_deep"),
+])
+def test_planner_mistakes_are_observations(bad: Completion, kind: str) -> None:
+    model = scripted([
+        call("add_node", id="a", question="who wrote alpha"),
+        call("add_node", id="b", question="where was Ada born", depends_on=["a"]),
+        bad,
+        call("wait"),
+        call("finish", answer="Ada [1]."),
+    ])
+    result = run(model, max_depth=2)
+    rejected = of(result, "plan_rejected")
+    assert [r.kind for r in rejected] == [kind], rejected
+    # the planner read the refusal as its observation, and the run still answered
+    planner_calls = [msgs for msgs, _ in model.calls if PLANNER_MARK in msgs[0].content]
+    observation = [m for m in planner_calls[3] if m.role == "tool"][-1].content
+    assert observation.startswith("refused") or "invalid arguments" in observation, observation
+    assert result.status == "answered" and result.references
+
+
+def test_too_many_nodes() -> None:
+    model = scripted([
+        call("add_node", id="a", question="who wrote alpha"),
+        call("add_node", id="b", question="who wrote beta"),
+        call("add_node", id="c", question="where was Ada born"),
+        call("wait"),
+        call("finish", answer="Ada [1]."),
+    ])
+    result = run(model, max_nodes=2)
+    assert [r.kind for r in of(result, "plan_rejected")] == ["too_many_nodes"]
+    assert len(of(result, "node_added")) == 2 and result.status == "answered"
+
+
+def test_failing_searcher_marks_node_failed_and_planner_replans() -> None:
+    model = scripted([
+        call("add_node", id="a", question="who wrote alpha broken"),
+        call("wait"),
+        call("add_node", id="a2", question="who wrote alpha"),
+        call("wait"),
+        call("finish", answer="Ada wrote it [1]."),
+    ])
+    result = run(model)
+    failed = of(result, "node_failed")
+    assert [f.node_id for f in failed] == ["a"] and "searcher's model failed" in failed[0].error
+    planner_calls = [msgs for msgs, _ in model.calls if PLANNER_MARK in msgs[0].content]
+    wait_result = [m for m in planner_calls[2] if m.role == "tool"][-1].content
+    assert "a (who wrote alpha broken) FAILED" in wait_result
+    assert result.status == "answered" and result.references[0].passage == "alpha is written by Ada."
+
+
+def test_searcher_citing_a_result_it_never_saw_is_flagged() -> None:
+    model = scripted([call("add_node", id="a", question="who wrote alpha"), call("wait"),
+                      call("finish", answer="Ada [1] [2].")],
+                     answers={"who wrote alpha": "Ada [1][4]."})
+    result = run(model)
+    assert [(f.where, f.number) for f in of(result, "citation_flagged")] == [("a", 4), ("final", 2)]
+    assert of(result, "node_answered")[0].answer == "Ada [1]."
+    assert result.answer == "Ada [1]." and len(result.references) == 1
+
+
+def test_independent_nodes_overlap_in_time() -> None:
+    model = scripted([
+        call("add_node", id="a", question="who wrote alpha"),
+        call("add_node", id="b", question="who wrote beta"),
+        call("wait"),
+        call("finish", answer="Ada [1] and Bob [2]."),
+    ])
+    result = run(model, Corpus(DOCS, delay=0.4), max_parallel=2)
+    start = {e.node_id: e.t for e in of(result, "node_started")}
+    end = {e.node_id: e.t for e in of(result, "node_answered")}
+    assert start["a"] < end["b"] and start["b"] < end["a"], (start, end)
+
+    sequential = run(scripted([
+        call("add_node", id="a", question="who wrote alpha"),
+        call("add_node", id="b", question="who wrote beta"),
+        call("wait"),
+        call("finish", answer="Ada [1] and Bob [2]."),
+    ]), Corpus(DOCS, delay=0.4), max_parallel=1)
+    start = {e.node_id: e.t for e in of(sequential, "node_started")}
+    end = {e.node_id: e.t for e in of(sequential, "node_answered")}
+    assert start["b"] >= end["a"] or start["a"] >= end["b"]
+
+
+def test_finish_before_wait_is_refused_and_plain_answer_accepted() -> None:
+    model = scripted([
+        call("add_node", id="a", question="who wrote alpha"),
+        call("finish", answer="Ada [1]."),
+        "Ada wrote alpha [1].",  # a plain-words answer counts as finish
+    ])
+    result = run(model)
+    planner_calls = [msgs for msgs, _ in model.calls if PLANNER_MARK in msgs[0].content]
+    assert "not answered yet" in [m for m in planner_calls[2] if m.role == "tool"][-1].content
+    assert result.status == "answered" and result.answer == "Ada wrote alpha [1]."
+
+
+def test_trace_replays(tmp_path: Path) -> None:
+    model = scripted([call("add_node", id="a", question="who wrote alpha"), call("wait"),
+                      call("finish", answer="Ada [1].")])
+    result = run(model)
+    path = result.save_trace(tmp_path / "run.jsonl")
+    again = replay(load_trace(path))
+    assert again.answer == result.answer and again.references == result.references
+    assert [e.type for e in again.events] == [e.type for e in result.events]
+    assert {"research_started", "node_added", "node_started", "searcher_step", "node_answered", "final"} <= {
+        e.type for e in again.events}
+
+
+def test_ledger_renumbers_globally() -> None:
+    ledger = Ledger()
+    a = {1: ledger.add(Passage("u1", "t", "p1")), 2: ledger.add(Passage("u2", "t", "p2"))}
+    b = {1: ledger.add(Passage("u3", "t", "p3")), 2: ledger.add(Passage("u1", "t", "p1"))}  # p1 again: same number
+    assert b == {1: 3, 2: 1}
+    assert ledger.globalize("x [2], y [1, 2] z [7].", b) == ("x [1], y [3][1] z.", [7])
+    text, refs, dropped = ledger.finalize("q [3] r [1][3] s [5]", allowed={1, 3})
+    assert text == "q [1] r [2][1] s" and dropped == [5]
+    assert [(r.number, r.url) for r in refs] == [(1, "u3"), (2, "u1")]
+    assert cited("a [2] b [1, 2]") == [2, 1] and remap("a [1]", {}) == ("a", [1])
+
+
+def test_graph_rules_directly() -> None:
+    graph = PlanGraph(max_nodes=3, max_depth=2)
+    graph.add("a", "who wrote alpha")
+    with pytest.raises(PlanError) as err:
+        graph.add("b", "where born", depends_on="a, zz")
+    assert err.value.kind == "unknown_parent" and "add the parent first" in err.value.message
+    assert graph.add("b", "where born", depends_on="a").depends_on == ["a"]
+
+
+def test_bad_options_are_clear_errors() -> None:
+    from hanlin import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="max_nodes must be"):
+        Research(ScriptedModel([]), Corpus(DOCS), max_nodes=0)
+    with pytest.raises(ConfigurationError, match="not a folder"):
+        Research(ScriptedModel([]), "local:/no/such/folder")
+    with pytest.raises(ConfigurationError, match="unknown search"):
+        Research(ScriptedModel([]), "bing")

@@ -3,6 +3,7 @@ event trace. The real-model end to end is in tests/test_research_e2e.py."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -58,9 +59,8 @@ def scripted(planner: list[Completion | str], answers: dict[str, str] | None = N
         question = next(m.content for m in messages if m.role == "user").splitlines()[0].removeprefix("Question: ")
         if "broken" in question:
             raise ModelError(f"the searcher's model failed on {question!r}")
-        if not any(m.role == "tool" for m in messages):
-            return call("search", query=question)
-        return (answers or {}).get(question, f"{question.rstrip('?')}: see [1].")
+        text = (answers or {}).get(question, f"{question.rstrip('?')}: see [1].")
+        return json.dumps({"answer": text, "source": 1})  # the searcher's answer is decoded under a JSON schema
 
     return ScriptedModel(reply)
 
@@ -190,15 +190,23 @@ def test_independent_nodes_overlap_in_time() -> None:
     assert start["b"] >= end["a"] or start["a"] >= end["b"]
 
 
-def test_finish_before_wait_is_refused_and_plain_answer_accepted() -> None:
+def test_finish_before_wait_is_refused_and_an_unread_plain_answer_is_not_used() -> None:
     model = scripted([
         call("add_node", id="a", question="who wrote alpha"),
         call("finish", answer="Ada [1]."),
-        "Ada wrote alpha [1].",  # a plain-words answer counts as finish
+        "Bob wrote alpha [1].",  # plain words before any node answer was read: a guess
     ])
     result = run(model)
     planner_calls = [msgs for msgs, _ in model.calls if PLANNER_MARK in msgs[0].content]
     assert "not answered yet" in [m for m in planner_calls[2] if m.role == "tool"][-1].content
+    assert any("before reading any node answer" in e.text for e in of(result, "planner_note"))
+    assert result.status == "answered" and result.answer == "who wrote alpha: see [1]."
+    assert result.references[0].passage == "alpha is written by Ada."
+
+
+def test_plain_answer_after_wait_counts_as_finish() -> None:
+    model = scripted([call("add_node", id="a", question="who wrote alpha"), call("wait"), "Ada wrote alpha [1]."])
+    result = run(model)
     assert result.status == "answered" and result.answer == "Ada wrote alpha [1]."
 
 
@@ -244,3 +252,25 @@ def test_bad_options_are_clear_errors() -> None:
         Research(ScriptedModel([]), "local:/no/such/folder")
     with pytest.raises(ConfigurationError, match="unknown search"):
         Research(ScriptedModel([]), "bing")
+
+
+def test_searcher_source_field_becomes_its_citation_and_a_bad_one_is_dropped() -> None:
+    model = scripted([call("add_node", id="a", question="who wrote alpha"),
+                      call("add_node", id="b", question="who wrote beta"), call("wait"),
+                      call("finish", answer="Ada [1], Bob [2].")],
+                     answers={"who wrote alpha": "Ada wrote alpha", "who wrote beta": "Bob"})
+    plan_replies = model._fn
+
+    def reply(messages: list[Message], params: Any) -> Any:
+        out = plan_replies(messages, params)
+        if isinstance(out, str) and "Bob" in out:  # the beta searcher names a result it was never shown
+            return json.dumps({"answer": "Bob wrote beta", "source": 7})
+        return out
+
+    model._fn = reply
+    result = run(model)
+    answers = {e.node_id: e.answer for e in of(result, "node_answered")}
+    assert answers["a"] == "Ada wrote alpha [1]."
+    assert answers["b"] == "Bob wrote beta."
+    assert ("b", 7) in [(f.where, f.number) for f in of(result, "citation_flagged")]
+    assert result.answer == "Ada [1], Bob." and len(result.references) == 1

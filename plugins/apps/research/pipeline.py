@@ -51,11 +51,23 @@ assistant answers for you.
 answers it needs (sub-questions that do not need each other run at the same time).
 - wait(): get the answers of the nodes you added. Each answer cites sources as [n].
 - finish(answer): give the final answer, keeping the [n] citations of the answers you use.
-Add the nodes, call wait(), then finish. Use at most {max_nodes} nodes."""
+Add the nodes, call wait(), then finish. Use at most {max_nodes} nodes. A first node depends on nothing: depends_on=[].
+Example, for "Which company makes the Zeta phone, and where is that company based?":
+add_node(id="maker", question="Which company makes the Zeta phone?", depends_on=[])
+add_node(id="base", question="Where is the company that makes the Zeta phone based?", depends_on=["maker"])
+wait()
+finish(answer="The Zeta phone is made by Orbo [1], which is based in Lyon [2].")"""
 
-SEARCHER_INSTRUCTIONS = """You answer one question by searching documents. Call search with a few keywords, read \
-the numbered results, then answer in one or two sentences. After each fact write the number of the result it comes \
-from in brackets, e.g. "httpx supports HTTP/2 [2]." Use only facts from the results."""
+SEARCHER_INSTRUCTIONS = """You answer one question from numbered search results. Answer in one sentence using \
+only the results, and end it with the number of the result you used, e.g. "Orbo makes the Zeta phone [2]." If the \
+results do not have the answer, call search with other keywords."""
+
+
+class SearcherAnswer(BaseModel):
+    """A searcher's final answer, decoded under its JSON schema so that it always names a source."""
+
+    answer: str = Field(description="One sentence answering the question, using only the search results.")
+    source: int = Field(description="The number of the search result the answer comes from, e.g. 2.")
 
 
 class ResearchResult(BaseModel):
@@ -219,8 +231,8 @@ class _Run:
                                 depth=node.depth))
             self.done[node.id] = asyncio.Event()
             self.tasks[node.id] = asyncio.ensure_future(self.run_node(node))
-            return (f"node {node.id!r} added and being searched. Add another node, or call wait() to get the "
-                    "answers.")
+            return (f"node {node.id!r} added and being searched. Next: add_node for another sub-question, or wait() "
+                    "to get the answers.")
 
         async def wait() -> str:
             """Wait for the nodes added so far and return their answers (with their [n] citations)."""
@@ -289,7 +301,7 @@ class _Run:
 
         return Tool(search, timeout=60.0)
 
-    def searcher_task(self, node: Node) -> str:
+    def searcher_task(self, node: Node, first_results: str) -> str:
         lines = [f"Question: {node.question}"]
         if node.depends_on:
             lines.append("Known from earlier steps:")
@@ -297,7 +309,17 @@ class _Run:
                 parent = self.graph.nodes[parent_id]
                 known = strip_citations(parent.answer) if parent.status == "answered" else f"unknown ({parent.error})"
                 lines.append(f"- {parent.question} {known}")
+        lines += ["Search results:", first_results]
         return "\n".join(lines)
+
+    def searcher_query(self, node: Node) -> str:
+        """The node's question, with what its parents answered (their answers name the things it asks about)."""
+        parts = [node.question]
+        for parent_id in node.depends_on:
+            parent = self.graph.nodes[parent_id]
+            if parent.status == "answered":
+                parts.append(strip_citations(parent.answer))
+        return " ".join(" ".join(parts).split())[:300]
 
     async def run_node(self, node: Node) -> None:
         try:
@@ -326,9 +348,16 @@ class _Run:
         local: dict[int, int] = {}
         agent = Agent(self.r.model, [self.search_tool(local)], protocol=self.r.searcher_protocol,
                       instructions=SEARCHER_INSTRUCTIONS, max_steps=self.r.searcher_max_steps,
-                      params=self.r.params, examples=self.r.examples)
+                      params=self.r.params, examples=False, output_type=SearcherAnswer)
+        # The first search is made for the searcher, with its question as the query: small models otherwise answer
+        # from memory without searching at all (Qwen2.5-Coder-0.5B did, on the first question tried).
+        search = agent.tools[0]
+        query = self.searcher_query(node)
+        self.emit(SearcherStep(node_id=node.id, kind="tool_call", text=f"search({json.dumps({'query': query})})"))
+        first = await search.ainvoke({"query": query})
+        self.emit(SearcherStep(node_id=node.id, kind="tool_result", text=first.content[:300]))
         result, last_error = None, ""
-        async for event in agent.astream(self.searcher_task(node)):
+        async for event in agent.astream(self.searcher_task(node, first.content)):
             if isinstance(event, ToolCallEvent):
                 self.emit(SearcherStep(node_id=node.id, kind="tool_call",
                                        text=f"{event.call.name}({json.dumps(event.call.arguments)})"))
@@ -338,7 +367,12 @@ class _Run:
                 last_error = event.message[:300]
                 self.emit(SearcherStep(node_id=node.id, kind="error", text=last_error))
             elif isinstance(event, FinalAnswer):
-                result = event.text
+                output = event.output
+                if isinstance(output, SearcherAnswer):
+                    text = output.answer.strip()
+                    result = text if cited(text) else f"{text.rstrip('.')} [{output.source}]."
+                else:
+                    result = event.text
             elif isinstance(event, RunFinished) and event.status != "answered":
                 self._fail(node, f"the searcher ended {event.status} without an answer"
                                  + (f" ({last_error})" if last_error else ""))
@@ -412,7 +446,7 @@ class _Run:
     async def plan(self) -> None:
         agent = Agent(self.r.model, self.planner_tools(), protocol=self.r.planner_protocol,
                       instructions=PLANNER_INSTRUCTIONS.format(max_nodes=self.r.max_nodes),
-                      max_steps=self.r.planner_max_steps, params=self.r.params, examples=self.r.examples)
+                      max_steps=self.r.planner_max_steps, params=self.r.params, examples=False)
         stream = agent.astream(f"Question: {self.question}")
         try:
             async for event in stream:
@@ -427,9 +461,15 @@ class _Run:
                 elif isinstance(event, ToolResultEvent) and self.final_answer is not None:
                     break  # finish() was accepted
                 elif isinstance(event, FinalAnswer) and self.final_answer is None:
-                    await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-                    self.report()
-                    self.final_answer = event.text
+                    if self.tasks and not self.reported:
+                        # answered in plain words before seeing any node's answer: a guess, not research; the
+                        # node answers (drive's fallback) are the answer instead
+                        self.emit(PlannerNote(text=f"the planner answered before reading any node answer "
+                                                   f"({event.text[:200]!r}); its words are not used"))
+                    else:
+                        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+                        self.report()
+                        self.final_answer = event.text
                 elif isinstance(event, RunFinished) and event.status == "error":
                     raise RuntimeError("the planner's model failed; see the planner notes")
         finally:

@@ -71,7 +71,8 @@ def add_research_command(cli: Any) -> None:
         max_nodes: int = typer.Option(4, help="Most sub-questions in the plan."),
         max_depth: int = typer.Option(3, help="Longest chain of dependent sub-questions."),
         max_parallel: int = typer.Option(2, help="Most searchers at a time."),
-        protocol: str = typer.Option("react", help="Agent protocol of the planner and the searchers."),
+        protocol: str = typer.Option("react", help="Agent protocol of the searchers."),
+        planner_protocol: str = typer.Option("tools", help="Agent protocol of the planner."),
         max_tokens: int = typer.Option(160, help="Most tokens per model reply."),
         json_out: bool = typer.Option(False, "--json", help="Print each event as a JSON line."),
         trace: Path | None = typer.Option(None, help="Save the run's events as JSONL (replayable)."),
@@ -82,7 +83,7 @@ def add_research_command(cli: Any) -> None:
 
         try:
             app = Research(model, search, max_nodes=max_nodes, max_depth=max_depth, max_parallel=max_parallel,
-                           planner_protocol=protocol, searcher_protocol=protocol, max_tokens=max_tokens)
+                           planner_protocol=planner_protocol, searcher_protocol=protocol, max_tokens=max_tokens)
         except HanlinError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None

@@ -135,7 +135,7 @@ class Research:
         max_nodes: int = 4,
         max_depth: int = 3,
         max_parallel: int = 2,
-        planner_protocol: str = "react",
+        planner_protocol: str = "tools",
         searcher_protocol: str = "react",
         planner_max_steps: int = 10,
         searcher_max_steps: int = 3,

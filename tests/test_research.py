@@ -274,3 +274,33 @@ def test_searcher_source_field_becomes_its_citation_and_a_bad_one_is_dropped() -
     assert answers["b"] == "Bob wrote beta."
     assert ("b", 7) in [(f.where, f.number) for f in of(result, "citation_flagged")]
     assert result.answer == "Ada [1], Bob." and len(result.references) == 1
+
+
+def test_question_set_answers_are_in_their_documents() -> None:
+    """Every reference answer phrase of the multi-hop set is in the METADATA text of the documents it needs."""
+    from hanlin.plugins.apps.research.corpus import package_documents
+    from hanlin.plugins.apps.research.evaluate import load_questions
+
+    items = load_questions()
+    assert len(items) >= 25 and len({i["id"] for i in items}) == len(items)
+    docs = package_documents(sorted({d[:-3] for i in items for d in i["documents"]}))
+    for item in items:
+        text = " ".join(docs[d] for d in item["documents"]).lower()
+        for group in item["answers"]:
+            assert any(alt.lower() in text for alt in group), (item["id"], group)
+
+
+def test_scores_count_only_passages_found_in_the_cited_document(tmp_path: Path) -> None:
+    from hanlin.plugins.apps.research.evaluate import score
+    from hanlin.plugins.apps.research.events import Reference
+
+    doc = tmp_path / "starlette.md"
+    doc.write_text("# Starlette\n\nStarlette is a lightweight ASGI framework/toolkit for async web services.\n")
+    item = {"answers": [["starlette"], ["httpx2", "httpx"]], "documents": ["starlette.md", "fastapi.md"]}
+    real = Reference(number=1, url=doc.as_uri(), passage="Starlette: Starlette is a lightweight ASGI "
+                                                         "framework/toolkit for async web services.")
+    made_up = Reference(number=2, url=doc.as_uri(), passage="Starlette was written in Rust by a team of ten.")
+    assert score(item, "Starlette; its test client uses httpx2 [1]", [real]) == {
+        "correct": 1.0, "citation_valid": 1.0, "doc_recall": 0.5}
+    assert score(item, "Starlette [1][2]", [real, made_up]) == {"correct": 0.0, "citation_valid": 0.5,
+                                                                 "doc_recall": 0.5}

@@ -124,6 +124,35 @@ def make_search_backend(search: Any) -> Any:
     raise ConfigurationError(f"unknown search {search!r}; use local:DIR, packages or ddgs")
 
 
+def numbered_search_tool(backend: Any, k: int, ledger: Ledger, local: dict[int, int]) -> Tool:
+    """A ``search`` tool whose results are numbered for the agent using it (``local``: its number -> the ledger's
+    global number), every passage shown recorded in ``ledger`` so that a citation can be checked later."""
+
+    def search(query: Annotated[str, Field(max_length=300)]) -> ToolResult:
+        """Search the documents and return numbered passages with their source.
+
+        Args:
+            query: A few keywords, e.g. "httpx HTTP/2 support".
+        """
+        query = " ".join(query.split())
+        if not query:
+            return ToolResult.error("the query is empty; give a few keywords")
+        hits = list(backend.search(query, k))[:k]
+        if not hits:
+            return ToolResult(content=f"no results for \"{query}\"; try other keywords")
+        blocks = []
+        for hit in hits:
+            g = ledger.add(Passage(url=hit.url, title=hit.title, text=hit.snippet))
+            n = next((ln for ln, gn in local.items() if gn == g), None)
+            if n is None:
+                n = len(local) + 1
+                local[n] = g
+            blocks.append(f"[{n}] {hit.title}: {hit.snippet}")
+        return ToolResult(content="\n".join(blocks))
+
+    return Tool(search, timeout=60.0)
+
+
 class Research:
     """Plan, search concurrently, cite. ``model``: a ChatModel (shared by planner and searchers) or a model name."""
 
@@ -275,31 +304,7 @@ class _Run:
 
     # ---- searchers ---------------------------------------------------------------------------------------
     def search_tool(self, local: dict[int, int]) -> Tool:
-        backend, k = self.r.backend, self.r.max_results
-
-        def search(query: Annotated[str, Field(max_length=300)]) -> ToolResult:
-            """Search the documents and return numbered passages with their source.
-
-            Args:
-                query: A few keywords, e.g. "httpx HTTP/2 support".
-            """
-            query = " ".join(query.split())
-            if not query:
-                return ToolResult.error("the query is empty; give a few keywords")
-            hits = list(backend.search(query, k))[:k]
-            if not hits:
-                return ToolResult(content=f"no results for \"{query}\"; try other keywords")
-            blocks = []
-            for hit in hits:
-                g = self.ledger.add(Passage(url=hit.url, title=hit.title, text=hit.snippet))
-                n = next((ln for ln, gn in local.items() if gn == g), None)
-                if n is None:
-                    n = len(local) + 1
-                    local[n] = g
-                blocks.append(f"[{n}] {hit.title}: {hit.snippet}")
-            return ToolResult(content="\n".join(blocks))
-
-        return Tool(search, timeout=60.0)
+        return numbered_search_tool(self.r.backend, self.r.max_results, self.ledger, local)
 
     def searcher_task(self, node: Node, first_results: str) -> str:
         lines = [f"Question: {node.question}"]

@@ -1,0 +1,100 @@
+"""Multi-hop questions over the package corpus, and the scores of a research run against a single ReAct agent.
+
+``data/multihop.jsonl``: each question needs two package descriptions (``documents``); ``answers`` is a list of
+groups, and an answer is right when it contains one phrase of every group (case-insensitive). Scores per run:
+``correct``; ``citation_valid``: the share of shown references whose passage is verbatim in the document it names
+(a run that cites nothing scores 0); ``doc_recall``: the share of the needed documents among the cited ones.
+The baseline is one ReAct agent with the same numbered ``search`` tool over the same index, so both are scored the
+same way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from hanlin import Agent, ChatModel, GenerationParams
+from hanlin.plugins.apps.research.citations import Ledger
+from hanlin.plugins.apps.research.events import Reference
+from hanlin.plugins.apps.research.pipeline import Research, make_search_backend, numbered_search_tool
+
+BASELINE_INSTRUCTIONS = """Answer the question by searching documents. The search results are numbered [1], [2], \
+... Search as often as you need, then answer in one or two sentences, writing after each fact the number of the \
+result it comes from in brackets, e.g. "Orbo makes the Zeta phone [2]." """
+
+
+def load_questions() -> list[dict[str, Any]]:
+    text = resources.files("hanlin.plugins.apps.research").joinpath("data/multihop.jsonl").read_text("utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _squash(text: str) -> str:
+    return " ".join(re.sub(r"[#*`>\[\]()_\-]", " ", text).split()).lower()
+
+
+def passage_in_document(ref: Reference) -> bool:
+    """The reference's passage (less the heading label the index puts in front) is verbatim in its document."""
+    path = Path(unquote(urlparse(ref.url).path))
+    if not path.is_file():
+        return False
+    text = _squash(path.read_text(encoding="utf-8", errors="replace"))
+    fragments = [_squash(f) for f in re.split(r":\s|(?<=[.!?])\s", ref.passage.strip("…")) if len(f.split()) >= 4]
+    return bool(fragments) and all(f in text for f in fragments)
+
+
+def score(item: dict[str, Any], answer: str, references: list[Reference]) -> dict[str, float]:
+    lowered = answer.lower()
+    correct = all(any(alt.lower() in lowered for alt in group) for group in item["answers"])
+    valid = sum(passage_in_document(r) for r in references) / len(references) if references else 0.0
+    cited_docs = {Path(unquote(urlparse(r.url).path)).name for r in references}
+    recall = len(cited_docs & set(item["documents"])) / len(item["documents"])
+    return {"correct": float(correct), "citation_valid": valid, "doc_recall": recall}
+
+
+def run_research(model: ChatModel, item: dict[str, Any], search: str, **options: Any) -> dict[str, Any]:
+    start = time.perf_counter()
+    result = Research(model, search, **options).run(item["question"])
+    return {"answer": result.answer, "references": result.references, "status": result.status,
+            "wall_s": time.perf_counter() - start}
+
+
+def run_react(model: ChatModel, item: dict[str, Any], search: str, max_results: int = 3, max_steps: int = 6,
+              max_tokens: int = 160) -> dict[str, Any]:
+    start = time.perf_counter()
+    ledger, local = Ledger(), {}
+    tool = numbered_search_tool(make_search_backend(search), max_results, ledger, local)
+    agent = Agent(model, [tool], protocol="react", instructions=BASELINE_INSTRUCTIONS, max_steps=max_steps,
+                  params=GenerationParams(max_tokens=max_tokens, temperature=0.0), examples=False)
+    result = agent.run(item["question"])
+    text = result.output_text if result.status == "answered" else ""
+    answer, _ = ledger.globalize(text, local)
+    answer, refs, _ = ledger.finalize(answer)
+    return {"answer": answer, "references": refs, "status": result.status, "wall_s": time.perf_counter() - start}
+
+
+def evaluate(model: ChatModel, search: str, items: list[dict[str, Any]], systems: dict[str, Any],
+             out: Path | None = None) -> dict[str, dict[str, float]]:
+    """Run each system on each item; mean scores per system (and one JSON line per run in ``out``)."""
+    table: dict[str, dict[str, float]] = {}
+    fh = out.open("w", encoding="utf-8") if out else None
+    try:
+        for name, runner in systems.items():
+            rows = []
+            for item in items:
+                run = runner(model, item, search)
+                row = {**score(item, run["answer"], run["references"]), "wall_s": run["wall_s"]}
+                rows.append(row)
+                if fh:
+                    fh.write(json.dumps({"system": name, "id": item["id"], **row, "answer": run["answer"],
+                                         "references": [r.model_dump() for r in run["references"]]}) + "\n")
+                    fh.flush()
+            table[name] = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} | {"n": float(len(rows))}
+    finally:
+        if fh:
+            fh.close()
+    return table

@@ -304,3 +304,11 @@ def test_scores_count_only_passages_found_in_the_cited_document(tmp_path: Path) 
         "correct": 1.0, "citation_valid": 1.0, "doc_recall": 0.5}
     assert score(item, "Starlette [1][2]", [real, made_up]) == {"correct": 0.0, "citation_valid": 0.5,
                                                                  "doc_recall": 0.5}
+
+
+def test_planner_adding_no_node_falls_back_to_searching_the_question() -> None:
+    model = scripted(["The Zeta phone is made by Orbo [1]."])  # copies its prompt's example, adds nothing
+    result = run(model)
+    assert [e.node_id for e in of(result, "node_added")] == ["question"]
+    assert any("added no node" in e.text for e in of(result, "planner_note"))
+    assert "Zeta" not in result.answer and result.references and result.status == "answered"

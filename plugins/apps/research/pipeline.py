@@ -425,6 +425,15 @@ class _Run:
             await self.plan()
         except Exception as exc:  # the planner's model failing: still a final event, never a crash
             status, error = "error", f"{type(exc).__name__}: {exc}"
+        if not self.graph.nodes and status == "answered":
+            # the planner added nothing (small models copy the example, or answer from memory): the question
+            # itself is searched as the one node, so the answer still rests on passages read
+            self.emit(PlannerNote(text="the planner added no node; the question is searched as one node"))
+            node = self.graph.add("question", self.question if len(self.question.split()) > 1 else
+                                  f"{self.question} ?")
+            self.emit(NodeAdded(node_id=node.id, question=node.question, depends_on=[], depth=1))
+            self.done[node.id] = asyncio.Event()
+            self.tasks[node.id] = asyncio.ensure_future(self.run_node(node))
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         answer = self.final_answer
         if answer is None:
@@ -466,7 +475,7 @@ class _Run:
                 elif isinstance(event, ToolResultEvent) and self.final_answer is not None:
                     break  # finish() was accepted
                 elif isinstance(event, FinalAnswer) and self.final_answer is None:
-                    if self.tasks and not self.reported:
+                    if not self.reported:
                         # answered in plain words before seeing any node's answer: a guess, not research; the
                         # node answers (drive's fallback) are the answer instead
                         self.emit(PlannerNote(text=f"the planner answered before reading any node answer "

@@ -154,7 +154,8 @@ def numbered_search_tool(backend: Any, k: int, ledger: Ledger, local: dict[int, 
 
 
 class Research:
-    """Plan, search concurrently, cite. ``model``: a ChatModel (shared by planner and searchers) or a model name."""
+    """Plan, search concurrently, cite. ``model``: a ChatModel (shared by planner and searchers) or a model name;
+    ``planner_model``: another ChatModel for the planner alone."""
 
     def __init__(
         self,
@@ -172,6 +173,7 @@ class Research:
         max_tokens: int = 160,
         node_timeout_s: float | None = 300.0,
         examples: bool = True,
+        planner_model: ChatModel | None = None,
     ) -> None:
         for name, value, low in (("max_nodes", max_nodes, 1), ("max_depth", max_depth, 1),
                                  ("max_parallel", max_parallel, 1), ("max_results", max_results, 1)):
@@ -183,6 +185,7 @@ class Research:
 
             model = load_model(model)
         self.model: ChatModel = model
+        self.planner_model: ChatModel = planner_model or model  # e.g. a larger planner over small searchers
         self.backend = make_search_backend(search)
         self.max_nodes, self.max_depth, self.max_parallel = max_nodes, max_depth, max_parallel
         self.planner_protocol, self.searcher_protocol = planner_protocol, searcher_protocol
@@ -458,7 +461,7 @@ class _Run:
         self.queue.put_nowait(None)
 
     async def plan(self) -> None:
-        agent = Agent(self.r.model, self.planner_tools(), protocol=self.r.planner_protocol,
+        agent = Agent(self.r.planner_model, self.planner_tools(), protocol=self.r.planner_protocol,
                       instructions=PLANNER_INSTRUCTIONS.format(max_nodes=self.r.max_nodes),
                       max_steps=self.r.planner_max_steps, params=self.r.params, examples=False)
         stream = agent.astream(f"Question: {self.question}")

@@ -312,3 +312,15 @@ def test_planner_adding_no_node_falls_back_to_searching_the_question() -> None:
     assert [e.node_id for e in of(result, "node_added")] == ["question"]
     assert any("added no node" in e.text for e in of(result, "planner_note"))
     assert "Zeta" not in result.answer and result.references and result.status == "answered"
+
+
+def test_cli_bad_search_is_a_clear_error_before_any_model_loads(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "hanlin.cli", "research", "who wrote alpha?", "--search",
+                          f"local:{tmp_path / 'missing'}"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "is not a folder" in out.stderr and "local:DIR" in out.stderr, out.stderr
+    out = subprocess.run([sys.executable, "-m", "hanlin.cli", "research", "q", "--search", "local:.",
+                          "--max-nodes", "0"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "max_nodes must be an integer of at least 1" in out.stderr, out.stderr

@@ -179,6 +179,7 @@ class Research:
                                  ("max_parallel", max_parallel, 1), ("max_results", max_results, 1)):
             if not isinstance(value, int) or value < low:
                 raise ConfigurationError(f"{name} must be an integer of at least {low}, got {value!r}")
+        self.backend = make_search_backend(search)  # before loading a model: a bad --search fails at once
         self._owns_model = isinstance(model, str)
         if isinstance(model, str):
             from hanlin import load_model
@@ -186,7 +187,6 @@ class Research:
             model = load_model(model)
         self.model: ChatModel = model
         self.planner_model: ChatModel = planner_model or model  # e.g. a larger planner over small searchers
-        self.backend = make_search_backend(search)
         self.max_nodes, self.max_depth, self.max_parallel = max_nodes, max_depth, max_parallel
         self.planner_protocol, self.searcher_protocol = planner_protocol, searcher_protocol
         self.planner_max_steps, self.searcher_max_steps = planner_max_steps, searcher_max_steps

@@ -87,9 +87,12 @@ class ReWOO(AgentProtocol):
         from hanlin.grammar import STEP_MAX_TOKENS, STEP_STRING_CHARS, GrammarBuilder, gbnf_literal, line_rule
 
         g = GrammarBuilder(max_string_chars=self.max_string_chars or STEP_STRING_CHARS)
-        args = g.schema({"type": "object"}, "args")
-        names = " | ".join(gbnf_literal(n) for n in ctx.tools)
-        g.add("step", f'{gbnf_literal("Plan: ")} {line_rule()} "\\n#E" [1-9] [0-9]? " = " ( {names} ) "[" {args} "]"')
+        # Each tool with its own argument schema, as in ReAct's step grammar (evidence goes inside string arguments,
+        # "#E1"). With any JSON object allowed, 45% of Qwen2.5-Coder-0.5B's planned calls on the tooluse set had
+        # invalid arguments ({"question": ...} for the knowledge base's "query", the schema's own keys copied in).
+        calls = " | ".join(f'{gbnf_literal(name)} "[" {g.schema(tool.parameters, f"args{i}")} "]"'
+                           for i, (name, tool) in enumerate(ctx.tools.items()))
+        g.add("step", f'{gbnf_literal("Plan: ")} {line_rule()} "\\n#E" [1-9] [0-9]? " = " ( {calls} )')
         # A plan may end with a newline: '}]\n' is one token to Qwen2.5, and a grammar without the optional end
         # read it as the start of another step, forcing the model into a step it did not want.
         g.add("root", f'step ( "\\n" step ){{0,{self.max_plan_steps - 1}}} "\\n"?')

@@ -60,7 +60,7 @@ def run_research(model: ChatModel, item: dict[str, Any], search: str, **options:
     start = time.perf_counter()
     result = Research(model, search, **options).run(item["question"])
     return {"answer": result.answer, "references": result.references, "status": result.status,
-            "wall_s": time.perf_counter() - start}
+            "error": result.error, "wall_s": time.perf_counter() - start}
 
 
 def run_react(model: ChatModel, item: dict[str, Any], search: str, max_results: int = 3, max_steps: int = 6,
@@ -90,7 +90,8 @@ def evaluate(model: ChatModel, search: str, items: list[dict[str, Any]], systems
                 row = {**score(item, run["answer"], run["references"]), "wall_s": run["wall_s"]}
                 rows.append(row)
                 if fh:
-                    fh.write(json.dumps({"system": name, "id": item["id"], **row, "answer": run["answer"],
+                    fh.write(json.dumps({"system": name, "id": item["id"], **row, "status": run["status"],
+                                         "error": run.get("error"), "answer": run["answer"],
                                          "references": [r.model_dump() for r in run["references"]]}) + "\n")
                     fh.flush()
             table[name] = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} | {"n": float(len(rows))}

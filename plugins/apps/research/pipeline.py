@@ -428,10 +428,12 @@ class _Run:
             await self.plan()
         except Exception as exc:  # the planner's model failing: still a final event, never a crash
             status, error = "error", f"{type(exc).__name__}: {exc}"
-        if not self.graph.nodes and status == "answered":
+        if not self.graph.nodes:
             # the planner added nothing (small models copy the example, or answer from memory): the question
             # itself is searched as the one node, so the answer still rests on passages read
-            self.emit(PlannerNote(text="the planner added no node; the question is searched as one node"))
+            self.emit(PlannerNote(text="the planner added no node" + (f" ({error})" if error else "")
+                                  + "; the question is searched as one node"))
+            status, error = "answered", None
             node = self.graph.add("question", self.question if len(self.question.split()) > 1 else
                                   f"{self.question} ?")
             self.emit(NodeAdded(node_id=node.id, question=node.question, depends_on=[], depth=1))

@@ -52,6 +52,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "hanlin.runtimes.gpu.plugin",
     "hanlin.runtimes.remote.plugin",
     "hanlin.plugins.apps.research.plugin",
+    "hanlin.plugins.apps.assistant.plugin",
 )
 
 Source = Literal["builtin", "entry_point", "registered"]

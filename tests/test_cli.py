@@ -25,7 +25,7 @@ def test_help_lists_commands() -> None:
     out = hanlin("--help")
     assert out.returncode == 0
     assert listed_commands(out.stdout) == ["plugins", "models", "tools", "run", "chat", "serve", "tune", "research",
-                                           "bench", "kb", "mcp", "eval"]
+                                           "bench", "kb", "mcp", "eval", "assistant"]
     # each plugin adds its own benchmark: the core CLI knows no runtime
     assert listed_commands(hanlin("bench", "--help").stdout) == ["serve", "eval", "tune", "cpu", "throughput", "kernels"]
 

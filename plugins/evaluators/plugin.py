@@ -203,6 +203,8 @@ def _run(typer: Any, *, models: list[str], runtime: str | None, datasets: list[s
                         from hanlin.plugins.evaluators.agent_eval import evaluate_agent
 
                         done += evaluate_agent(chat_model, d, options, agent_settings, cache, progress)
+                    elif hasattr(d, "evaluate"):  # a dataset that runs itself (an app's: assistant)
+                        done.append(d.evaluate(chat_model, options, progress))
                     elif d.kind == "function_calling":
                         from hanlin.plugins.evaluators.function_calling import evaluate_function_calling
 

@@ -1,0 +1,30 @@
+"""Stage: write the answer from the passages only, citing them as [n]."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hanlin.chat_model import ChatModel, GenerationParams
+from hanlin.messages import Message
+from hanlin.plugins.apps.assistant.records import Passage, StageRecord
+from hanlin.plugins.apps.assistant.relevance import render_passages
+
+SYSTEM = ("Answer the question in one or two sentences using only the passages. End each sentence with the number "
+          "of the passage it comes from, like [1]. If the passages do not answer it, reply exactly: I don't know.")
+
+
+@dataclass(slots=True)
+class Answer:
+    model: ChatModel
+    max_tokens: int = 120
+
+    def run(self, query: str, passages: list[Passage]) -> tuple[str, StageRecord]:
+        done = self.model.generate(
+            [Message.system(SYSTEM), Message.user(f"Passages:\n{render_passages(passages)}\n\nQuestion: {query}\n"
+                                                f"Answer in one or two sentences with [n] citations:")],
+            GenerationParams(max_tokens=self.max_tokens, temperature=0.0))
+        text = done.text.strip()
+        if text and not any(f"[{p.number}]" in text for p in passages) and len(passages) == 1:
+            text = f"{text} [1]"  # one passage: the answer can only come from it; say so
+        return text, StageRecord(stage="answer", passed=bool(text), reason="answer written from the passages"
+                                 if text else "the model wrote an empty answer", detail={"finish": done.finish_reason})

@@ -1,0 +1,172 @@
+"""``hanlin eval -d assistant``: the answer-or-stay-silent decision on 124 labelled chat messages.
+
+The corpus is the long descriptions (METADATA) of seven installed packages (httpx, requests, uvicorn, pluggy,
+pytest, click, jinja2), written to a cache folder by the research app's corpus builder and indexed by the
+knowledge base. Messages are answerable (covered by those docs: a source file and answer keywords), unanswerable
+(same topics, not in the docs) or chatter. Metrics: decision precision / recall / F1 (positive = answered, gold =
+answerable), answered chatter, answer correctness on the answered answerable ones (a keyword is in the answer),
+citation precision (cited passages from the right document), and the same decision metrics for the ablation that
+uses only the retrieval threshold (then answers whatever passes it).
+
+The retrieval threshold is tuned with ``kb_tuning`` on all the messages (answerable vs the rest; no model call),
+so both variants share it; the model thresholds are the defaults (question 6, relevance 5) unless a tuned
+``assistant.json`` is passed with ``--option thresholds=PATH``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hanlin.errors import ConfigurationError
+from hanlin.plugins.evaluators.base import Dataset, EvalItem
+
+PACKAGES = ["httpx", "requests", "uvicorn", "pluggy", "pytest", "click", "jinja2"]
+DATA = Path(__file__).parent / "data" / "assistant_eval.jsonl"
+KINDS = ("answerable", "unanswerable", "chatter")
+
+
+def prf(pairs: list[tuple[bool, bool]]) -> dict[str, float]:
+    """(gold, predicted) -> precision, recall, F1 of 'answered'."""
+    tp = sum(g and p for g, p in pairs)
+    fp = sum(p and not g for g, p in pairs)
+    fn = sum(g and not p for g, p in pairs)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def corpus_index(cache: Path | None = None) -> Path:
+    """Build (once) the package-docs corpus and its index; returns the index folder."""
+    from hanlin.plugins.apps.research.corpus import package_documents
+    from hanlin.plugins.tools.kb_index import KnowledgeIndex
+
+    docs = package_documents(PACKAGES)
+    missing = sorted({f"{p}.md" for p in PACKAGES} - {n.lower() for n in docs})
+    if missing:
+        raise ConfigurationError(f"the assistant evaluation needs these packages installed: {missing}")
+    digest = hashlib.sha256(json.dumps(docs, sort_keys=True).encode()).hexdigest()[:12]
+    root = (cache or Path.home() / ".cache" / "hanlin" / "assistant_eval") / digest
+    folder, index = root / "docs", root / "index"
+    if not (index / "meta.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in docs.items():
+            (folder / name.lower()).write_text(text, encoding="utf-8")
+        KnowledgeIndex.build(folder).save(index)
+    return index
+
+
+class AssistantDataset(Dataset):
+    name = "assistant"
+    kind = "assistant"  # type: ignore[assignment]  # runs itself (evaluate), not the generation runner
+    description = "Knowledge assistant: answer-or-silence decision on 124 chat messages over package docs"
+    supports_fewshot = False
+    fewshot_source = "none"
+
+    def __init__(self, subset: str | None = None, thresholds: str | None = None, cache: str | None = None) -> None:
+        super().__init__()
+        if subset not in (None, *KINDS):
+            raise ConfigurationError(f"dataset 'assistant' subsets are {', '.join(KINDS)}; got {subset!r}")
+        self.subset, self.thresholds_path, self.cache = subset, thresholds, Path(cache) if cache else None
+
+    def load(self) -> list[EvalItem]:
+        self.source = f"hanlin: {DATA.name} over the METADATA of {', '.join(PACKAGES)}"
+        items = []
+        for line, raw in enumerate(DATA.read_text(encoding="utf-8").splitlines(), 1):
+            row = json.loads(raw)
+            if self.subset and row["kind"] != self.subset:
+                continue
+            items.append(EvalItem(id=row["id"], question=row["text"], answer="|".join(row.get("answer", [])),
+                                  group=row["kind"], extra={"source": row.get("source", "")}, line=line))
+        return items
+
+    def select_interleaved(self, limit: int | None) -> list[EvalItem]:
+        """The first ``limit`` items taking the kinds in turn, so a subset keeps the mix."""
+        items = self.items()
+        if not limit or limit >= len(items):
+            return items
+        by_kind = {k: [i for i in items if i.group == k] for k in KINDS}
+        chosen: list[EvalItem] = []
+        while len(chosen) < limit:
+            for k in KINDS:
+                if by_kind[k] and len(chosen) < limit:
+                    chosen.append(by_kind[k].pop(0))
+        return chosen
+
+    def run(self, model: Any, limit: int | None = None, progress: Any = None) -> dict[str, Any]:
+        """Both variants on the selected messages: per-message rows and the metrics."""
+        from hanlin.plugins.apps.assistant.groups import Groups
+        from hanlin.plugins.apps.assistant.pipeline import Assistant, open_kb
+        from hanlin.plugins.apps.assistant.records import ChatMessage
+        from hanlin.plugins.apps.assistant.settings import Thresholds, load_thresholds
+        from hanlin.plugins.tools.kb_tuning import Labelled, tune
+
+        kb = open_kb(corpus_index(self.cache))
+        all_items = self.items()
+        tuned = tune(kb.index, [Labelled(i.question, i.group == "answerable", i.line) for i in all_items])
+        base = load_thresholds(Path(self.thresholds_path).parent) if self.thresholds_path else Thresholds()
+        thresholds = base.model_copy(update={"retrieval": tuned.threshold})
+        items = self.select_interleaved(limit)
+        rows = []
+        for variant, full in (("full", True), ("retrieval_only", False)):
+            assistant = Assistant(model, kb, thresholds=thresholds, full=full, groups=Groups(rate=10**6))
+            for item in items:
+                d = assistant.handle(ChatMessage(group=f"eval-{item.id}", sender="member", text=item.question))
+                keys = [k.lower() for k in item.answer.split("|") if k]
+                cited = [p for p in d.passages if p.number in d.citations]
+                rows.append({"variant": variant, "id": item.id, "kind": item.group, "text": item.question,
+                             "answered": d.answered, "stage": d.stage, "reason": d.reason, "answer": d.answer,
+                             "correct": bool(d.answered and keys and any(k in d.answer.lower() for k in keys)),
+                             "cited": len(cited),
+                             "cited_right": sum(p.source.split(" ")[0] == item.extra["source"] for p in cited)})
+                if progress is not None:
+                    progress(variant, len(rows))
+        return {"rows": rows, "metrics": self.metrics(rows), "retrieval_threshold": tuned.threshold,
+                "thresholds": thresholds.model_dump(), "messages": len(items)}
+
+    @staticmethod
+    def metrics(rows: list[Mapping[str, Any]]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for variant in ("full", "retrieval_only"):
+            mine = [r for r in rows if r["variant"] == variant]
+            if not mine:
+                continue
+            prefix = "" if variant == "full" else "retrieval_only_"
+            for k, v in prf([(r["kind"] == "answerable", r["answered"]) for r in mine]).items():
+                out[f"{prefix}decision_{k}"] = v
+            out[f"{prefix}answered_chatter"] = sum(r["answered"] for r in mine if r["kind"] == "chatter")
+            out[f"{prefix}answered_unanswerable"] = sum(r["answered"] for r in mine if r["kind"] == "unanswerable")
+            good = [r for r in mine if r["answered"] and r["kind"] == "answerable"]
+            out[f"{prefix}correctness"] = sum(r["correct"] for r in good) / len(good) if good else 0.0
+            cited = sum(r["cited"] for r in good)
+            out[f"{prefix}citation_precision"] = sum(r["cited_right"] for r in good) / cited if cited else 0.0
+        return out
+
+    def evaluate(self, model: Any, settings: Any, progress: Any = None) -> Any:
+        """What ``hanlin eval`` calls for this dataset: a DatasetResult with the metrics above."""
+        from hanlin.plugins.evaluators.metrics import Score
+        from hanlin.plugins.evaluators.results import DatasetResult, Prediction
+
+        start = time.perf_counter()
+        done = self.run(model, getattr(settings, "limit", None))
+        nan = float("nan")
+        n = done["messages"]
+        metrics = {k: Score(float(v), nan, n) for k, v in done["metrics"].items()}
+        predictions = [Prediction(id=r["id"], sample=0 if r["variant"] == "full" else 1, group=r["kind"],
+                                  gold="answer" if r["kind"] == "answerable" else "silence", output=r["answer"],
+                                  extracted="answer" if r["answered"] else "silence",
+                                  correct=r["answered"] == (r["kind"] == "answerable"),
+                                  detail=f"{r['variant']}: {r['stage']}: {r['reason']}") for r in done["rows"]]
+        return DatasetResult(dataset=self.name, kind="assistant", model=model.name, metrics=metrics, groups={},
+                             predictions=predictions, prompts=[], shots=0, model_calls=0, cached=0,
+                             elapsed_s=time.perf_counter() - start,
+                             info={"retrieval_threshold": done["retrieval_threshold"],
+                                   "thresholds": done["thresholds"]},
+                             notes=[f"{n} messages; retrieval threshold {done['retrieval_threshold']:.4f} tuned on "
+                                    "all 124 messages (kb_tuning); model thresholds "
+                                    f"{done['thresholds']['question']:g}/{done['thresholds']['relevance']:g}"])

@@ -5,8 +5,8 @@ Each message is scored once by each stage (the model scores are integers 0..10, 
 passage's); a message is accepted when every score reaches its threshold. The search is exact: every pair of model
 thresholds (0..10), and for each pair the knowledge base's own retrieval sweep (``kb_tuning``: every observed best
 score is a candidate, ties to higher precision then the lower threshold), with the messages the model thresholds
-refuse pushed below every retrieval candidate. Across pairs, ties go to the higher precision, then to lower model
-thresholds (fewer real questions refused).
+refuse pushed below every retrieval candidate. Across pairs, ties go to the higher precision, then to the model
+thresholds nearest the defaults (a few labelled messages rarely justify switching a stage off).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from hanlin.plugins.apps.assistant.relevance import Relevance
 from hanlin.plugins.apps.assistant.settings import Thresholds
 
 MODEL_STEPS = tuple(range(11))
+DEFAULT = Thresholds()
 
 
 @dataclass(slots=True)
@@ -93,7 +94,7 @@ def search(rows: list[Row]) -> Tuned:
         for tv in MODEL_STEPS:
             scores = [r.retrieval if r.question >= tq and r.relevance >= tv else floor for r in rows]
             m = choose([c for c in sweep(scores, labels) if c.threshold > floor] or sweep(scores, labels))
-            key = (m.f1, m.precision, -tq, -tv)
+            key = (m.f1, m.precision, -abs(tq - DEFAULT.question), -abs(tv - DEFAULT.relevance))
             if best is None or key > best[0]:
                 real = [r.retrieval for r in rows]
                 best = (key, Tuned(tq, m.threshold, with_margin(m.threshold, real), tv, m.precision, m.recall, m.f1))

@@ -157,8 +157,9 @@ class PluginManager:
         info.kinds = [
             kind for kind in hookspecs.KINDS if any(i.plugin is plugin for i in getattr(self._pm.hook, f"register_{kind}").get_hookimpls())
         ]
-        if any(i.plugin is plugin for i in self._pm.hook.register_commands.get_hookimpls()):
-            info.kinds.append("commands")
+        for extension in ("commands", "routes"):
+            if any(i.plugin is plugin for i in getattr(self._pm.hook, f"register_{extension}").get_hookimpls()):
+                info.kinds.append(extension)
         self._infos[name] = info
         self._registry = None
 
@@ -177,6 +178,18 @@ class PluginManager:
                 impl.function(cli=cli)
             except Exception as exc:
                 message = f"register_commands raised {_short_error(exc)}"
+                self._command_errors.setdefault(plugin_name, []).append(message)
+                self._record_error(plugin_name, message)
+
+    def add_routes(self, app: Any) -> None:
+        """Let plugins add server routes; a plugin whose hook raises is recorded as failed, the server still starts."""
+        self.load()
+        for impl in self._pm.hook.register_routes.get_hookimpls():
+            plugin_name = self._pm.get_name(impl.plugin) or "?"
+            try:
+                impl.function(app=app)
+            except Exception as exc:
+                message = f"register_routes raised {_short_error(exc)}"
                 self._command_errors.setdefault(plugin_name, []).append(message)
                 self._record_error(plugin_name, message)
 
@@ -292,6 +305,13 @@ class PluginManager:
     def evaluators(self) -> dict[str, ComponentSpec]:
         return self._table("evaluators")
 
+    def data_blocks(self) -> dict[str, ComponentSpec]:
+        """Data block name -> spec (readers, cleaners, filters, dedup, writers, packers)."""
+        return self._table("data")
+
+    def quantizers(self) -> dict[str, ComponentSpec]:
+        return self._table("quantizers")
+
     def get(self, kind: str, name: str) -> Any:
         """One registration by name, or a ConfigurationError listing what exists (and failed plugins)."""
         table = self._table(kind)
@@ -306,7 +326,7 @@ class PluginManager:
         hint = f" Did you mean '{close[0]}'?" if close else ""
         failed = [i.name for i in self._infos.values() if i.status == "failed"]
         broken = f" Plugins that failed to load: {', '.join(failed)} (see `hanlin plugins`)." if failed else ""
-        singular = kind[:-1]
+        singular = {"data": "data block"}.get(kind, kind[:-1])
         raise ConfigurationError(
             f"unknown {singular} '{name}'.{hint} Known {kind}: {', '.join(known) or '(none)'}.{broken}"
         )
@@ -323,6 +343,8 @@ def _normalise(kind: str, item: Any, *extra: Any, **options: Any) -> list[tuple[
         "runtimes": (RuntimeSpec,),
         "finetuners": (ComponentSpec,),
         "evaluators": (ComponentSpec,),
+        "data": (ComponentSpec,),
+        "quantizers": (ComponentSpec,),
     }
     if kind in expected:
         if not isinstance(item, expected[kind]):

@@ -1,0 +1,1 @@
+"""Data blocks and pipelines (`hanlin data`): readers, cleaners, filters, dedup, writers, tokenize-and-pack."""

@@ -115,11 +115,16 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TuneConfig:
     try:
         return TuneConfig.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "config"
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = f"unknown setting; known settings: {', '.join(TuneConfig.model_fields)}"
-            lines.append(f"  {where}: {msg}")
-        raise ConfigurationError("the tuning config is not valid:\n" + "\n".join(lines)) from None
+        raise ConfigurationError(invalid_settings("the tuning config", exc, TuneConfig.model_fields)) from None
+
+
+def invalid_settings(what: str, exc: ValidationError, known: Any) -> str:
+    """One line per invalid setting, naming it; an unknown key lists the known ones (a typo costs a second)."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown setting; known settings: {', '.join(known)}"
+        lines.append(f"  {where}: {msg}")
+    return f"{what} is not valid:\n" + "\n".join(lines)

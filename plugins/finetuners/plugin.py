@@ -33,6 +33,15 @@ class BuiltinFinetuner:
         return tune(config, resume=resume, progress=progress, **{"method": self.method, **settings})
 
 
+PRETRAIN = "pre-training of a llama-style model from scratch (or continued) on packed token shards"
+
+
+def _pretrain_factory(**options: Any) -> Any:
+    from hanlin.plugins.finetuners.pretrain import make_finetuner
+
+    return make_finetuner(**options)
+
+
 def _factory(method: str) -> Any:
     def make(**options: Any) -> BuiltinFinetuner:
         if options:
@@ -48,6 +57,7 @@ def _factory(method: str) -> Any:
 def register_finetuners(register: Any) -> None:
     for name, description in METHODS.items():
         register(ComponentSpec(name=name, factory=_factory(name), description=description))
+    register(ComponentSpec(name="pretrain", factory=_pretrain_factory, description=PRETRAIN))
 
 
 @hookimpl
@@ -93,6 +103,9 @@ def register_commands(cli: Any) -> None:
         print(result.summary)
 
     _add_bench(cli, typer)
+    from hanlin.plugins.finetuners.pretrain_cli import add_commands as add_pretrain_commands
+
+    add_pretrain_commands(cli, typer)
 
 
 def _add_bench(cli: Any, typer: Any) -> None:

@@ -47,6 +47,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "hanlin.plugins.models.catalog",
     "hanlin.plugins.evaluators.plugin",
     "hanlin.plugins.finetuners.plugin",
+    "hanlin.plugins.quantizers.plugin",
     "hanlin.runtimes.cpu.plugin",
     "hanlin.runtimes.transformers.plugin",
     "hanlin.runtimes.gpu.plugin",

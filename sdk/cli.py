@@ -293,6 +293,7 @@ def serve_cmd(
     max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body accepted; larger ones get 413.")] = 4 * 1024 * 1024,
     base_url: BaseUrlOpt = None,
     eval_folder: Annotated[list[Path] | None, typer.Option("--eval-folder", help="A `hanlin eval --out` folder (or a folder of them) the web UI may open; repeatable. None by default.")] = None,
+    replicas: Annotated[int, typer.Option(min=1, help="Model processes behind this one API (loopback children, routed by least outstanding requests with failover); see hanlin.server.replicas.")] = 1,
 ) -> None:
     """Serve a model (and optionally an agent) over an OpenAI-compatible API, and the web UI at /.
 
@@ -308,6 +309,14 @@ def serve_cmd(
         return
     try:
         key = resolve_api_key(api_key, api_key_file)
+        if replicas > 1:
+            from hanlin.server.replicas import serve_replicas
+
+            if agent or base_url or eval_folder:
+                raise ConfigurationError("--replicas serves the model alone: drop --agent/--base-url/--app/--eval-folder")
+            serve_replicas(model, runtime, replicas, host=host, port=port, api_key=key, max_queue=max_queue,
+                           max_body_bytes=max_body_bytes, say=lambda line: typer.echo(line, err=True))
+            return
         chat_model = load_model(model, runtime=runtime, **_model_config(base_url, None))
         served_agent, agent_name = None, "hanlin-agent"
         if agent:

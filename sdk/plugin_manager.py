@@ -48,6 +48,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "hanlin.plugins.evaluators.plugin",
     "hanlin.plugins.finetuners.plugin",
     "hanlin.plugins.quantizers.plugin",
+    "hanlin.plugins.data.plugin",
     "hanlin.runtimes.cpu.plugin",
     "hanlin.runtimes.transformers.plugin",
     "hanlin.runtimes.gpu.plugin",

@@ -12,6 +12,7 @@ import torch
 
 from hanlin.runtimes.gpu.config import ModelConfig
 from hanlin.runtimes.gpu.layers import Ops, StepBatch
+from hanlin.runtimes.gpu.quant_linear import Int4Weight, int4_config, linear, take_int4
 
 
 class DecoderLM:
@@ -35,7 +36,7 @@ class DecoderLM:
         for i in range(c.num_layers):
             p = f"layers.{i}."
             x, residual = ops.norm(h, w[p + "input_norm"], c.rms_norm_eps, c.norm_offset, residual)
-            qkv = x @ w[p + "qkv"].T
+            qkv = linear(x, w[p + "qkv"], ops.triton)
             if c.qkv_bias:
                 qkv = qkv + w[p + "qkv_bias"]
             q = qkv[:, :q_size].reshape(-1, c.num_heads, c.head_dim)
@@ -49,21 +50,25 @@ class DecoderLM:
             k_cache, v_cache = kv[i]
             ops.store(k.contiguous(), v.contiguous(), k_cache, v_cache, batch.slots)
             attn = ops.attention(q.contiguous(), k_cache, v_cache, batch, c.attn_scale, c.sliding_window if sliding else 0)
-            h = attn.reshape(-1, q_size) @ w[p + "o"].T
+            h = linear(attn.reshape(-1, q_size), w[p + "o"], ops.triton)
             if c.family == "gemma3":
                 h = ops.norm(h, w[p + "post_attn_norm"], c.rms_norm_eps, c.norm_offset)[0]
                 x, residual = ops.norm(h, w[p + "pre_ffn_norm"], c.rms_norm_eps, c.norm_offset, residual)
             else:
                 x, residual = ops.norm(h, w[p + "post_attn_norm"], c.rms_norm_eps, c.norm_offset, residual)
-            h = ops.act(x @ w[p + "gate_up"].T, c.act) @ w[p + "down"].T
+            h = linear(ops.act(linear(x, w[p + "gate_up"], ops.triton), c.act), w[p + "down"], ops.triton)
             if c.family == "gemma3":
                 h = ops.norm(h, w[p + "post_ffn_norm"], c.rms_norm_eps, c.norm_offset)[0]
         h, _ = ops.norm(h, w["norm"], c.rms_norm_eps, c.norm_offset, residual)
         return (h[batch.logits_rows] @ w["lm_head"].T).float()
 
 
-def _load(c: ModelConfig, folder: Path, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _load(c: ModelConfig, folder: Path, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor | Int4Weight]:
+    import json
+
     from safetensors import safe_open
+
+    group = int4_config(json.loads((folder / "config.json").read_text()))  # W4A16 linears (quant_linear.py)
 
     raw: dict[str, torch.Tensor] = {}
     for file in _weight_files(folder):
@@ -80,7 +85,15 @@ def _load(c: ModelConfig, folder: Path, device: torch.device, dtype: torch.dtype
             raise KeyError(f"weight {name!r} is missing from {str(folder)!r} (family {c.family})")
         return raw[name].to(device=device, dtype=dtype)
 
-    w: dict[str, torch.Tensor] = {}
+    def fused(*names: str) -> torch.Tensor | Int4Weight:
+        """One linear's weight from its parts (q/k/v, gate/up), float or int4."""
+        if group is not None:
+            return take_int4(raw, [n.removesuffix(".weight") for n in names], group, device, dtype)
+        return torch.cat([take(n) for n in names])
+
+    w: dict[str, torch.Tensor | Int4Weight] = {}
+    if group is not None and c.family == "internlm2":
+        raise ValueError("int4 (W4A16) checkpoints of internlm2 are not supported by the gpu runtime")
     if c.family == "internlm2":
         w["embed"] = take("tok_embeddings.weight")
     else:
@@ -96,12 +109,12 @@ def _load(c: ModelConfig, folder: Path, device: torch.device, dtype: torch.dtype
             w[p + "post_attn_norm"] = take(p + "ffn_norm.weight")
             continue
         a = p + "self_attn."
-        w[p + "qkv"] = torch.cat([take(a + "q_proj.weight"), take(a + "k_proj.weight"), take(a + "v_proj.weight")])
+        w[p + "qkv"] = fused(a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight")
         if c.qkv_bias:
             w[p + "qkv_bias"] = torch.cat([take(a + "q_proj.bias"), take(a + "k_proj.bias"), take(a + "v_proj.bias")])
-        w[p + "o"] = take(a + "o_proj.weight")
-        w[p + "gate_up"] = torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")])
-        w[p + "down"] = take(p + "mlp.down_proj.weight")
+        w[p + "o"] = fused(a + "o_proj.weight")
+        w[p + "gate_up"] = fused(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight")
+        w[p + "down"] = fused(p + "mlp.down_proj.weight")
         w[p + "input_norm"] = take(p + "input_layernorm.weight")
         w[p + "post_attn_norm"] = take(p + "post_attention_layernorm.weight")
         if c.family == "gemma3":

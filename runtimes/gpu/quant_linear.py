@@ -1,0 +1,85 @@
+"""W4A16 linears in the gpu runtime: reading a packed int4 checkpoint, and running a linear on it.
+
+A folder written by ``hanlin quantize --to awq-w4`` (or any compressed-tensors ``pack_quantized`` folder with
+4-bit asymmetric group weights) stores each linear ``X`` as ``X.weight_packed`` / ``X.weight_scale`` /
+``X.weight_zero_point`` / ``X.weight_shape`` (layout: hanlin.kernels.dequant_gemm). The model fuses q/k/v and
+gate/up at load; packed rows concatenate along N exactly like float rows, so a fused int4 weight is the
+concatenation of its parts' packed rows, scales and (unpacked) zero points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hanlin.kernels import dequant_gemm as _dq
+
+
+@dataclass(slots=True)
+class Int4Weight:
+    """One (possibly fused) int4 linear weight: W [N, K] as packed codes, fp scales and uint8 zero points."""
+
+    qweight: torch.Tensor  # int32 [N, ceil(K / 8)]
+    scales: torch.Tensor  # [N, ceil(K / group)] in the engine's dtype
+    zeros: torch.Tensor  # uint8 [N, ceil(K / group)]
+    in_features: int
+    group_size: int
+
+    @property
+    def out_features(self) -> int:
+        return self.qweight.shape[0]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.zeros))
+
+
+def int4_config(raw_config: dict[str, Any]) -> int | None:
+    """The group size when config.json declares 4-bit asymmetric group weights we can run, else None (not
+    quantized); a quantization we cannot run is an error that names it."""
+    q = raw_config.get("quantization_config")
+    if not q:
+        return None
+    method, fmt = q.get("quant_method"), q.get("format")
+    groups = q.get("config_groups") or {}
+    weights = [g.get("weights") or {} for g in groups.values()]
+    ok = (method == "compressed-tensors" and fmt == "pack_quantized" and len(weights) == 1
+          and weights[0].get("num_bits") == 4 and weights[0].get("type") == "int"
+          and weights[0].get("strategy") == "group" and not weights[0].get("symmetric", True)
+          and not (q.get("config_groups", {}).get("group_0", {}).get("input_activations")))
+    if not ok:
+        raise ValueError(f"the gpu runtime runs 4-bit asymmetric group weights in the compressed-tensors "
+                         f"pack_quantized format (hanlin quantize --to awq-w4); this folder's quantization_config is "
+                         f"quant_method={method!r}, format={fmt!r}, weights={weights}")
+    return int(weights[0]["group_size"])
+
+
+def take_int4(raw: dict[str, torch.Tensor], names: list[str], group_size: int, device: torch.device,
+              dtype: torch.dtype) -> Int4Weight:
+    """The int4 weight of the linears ``names`` (e.g. q/k/v ``...q_proj``), fused along N."""
+    parts = []
+    for name in names:
+        for suffix in ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape"):
+            if f"{name}.{suffix}" not in raw:
+                raise KeyError(f"{name}.{suffix} is missing from the quantized checkpoint")
+        n, k = (int(v) for v in raw[f"{name}.weight_shape"])
+        parts.append((raw[f"{name}.weight_packed"], raw[f"{name}.weight_scale"],
+                      _dq.unpack_zeros(raw[f"{name}.weight_zero_point"], n), k))
+    ks = {k for *_, k in parts}
+    if len(ks) != 1:
+        raise ValueError(f"cannot fuse {names}: their input sizes differ ({sorted(ks)})")
+    return Int4Weight(
+        qweight=torch.cat([p[0] for p in parts]).to(device).contiguous(),
+        scales=torch.cat([p[1] for p in parts]).to(device=device, dtype=dtype).contiguous(),
+        zeros=torch.cat([p[2] for p in parts]).to(device).contiguous(),
+        in_features=ks.pop(), group_size=group_size,
+    )
+
+
+def linear(x: torch.Tensor, w: torch.Tensor | Int4Weight, triton: bool) -> torch.Tensor:
+    """x @ W.T for a float weight or an int4 one (the fused dequant-GEMM kernel, or its torch reference)."""
+    if isinstance(w, torch.Tensor):
+        return x @ w.T
+    f = _dq.dequant_gemm if triton else _dq.dequant_gemm_ref
+    return f(x, w.qweight, w.scales, w.zeros, w.group_size)

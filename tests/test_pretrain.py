@@ -1,0 +1,160 @@
+"""hanlin pretrain: a from-scratch model learns, resumes on the same curve, exports to a GGUF llama.cpp runs, and
+bad settings say what is wrong. Real tiny llamas (the "1m" preset) on SmolLM2's tokenizer, real packed shards."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from hanlin import ConfigurationError
+from tests.conftest import requires_llama, requires_smollm2
+
+pytestmark = [requires_smollm2]
+
+CORPUS = [f'def scale_{i}(values, factor={i}):\n    """Multiply every value by {i}."""\n    return [v * factor for v in '
+          'values]\n' for i in range(60)] + [f"class Point{i}:\n    def __init__(self, x, y):\n        self.x = x\n"
+                                             "        self.y = y\n" for i in range(60)]
+
+
+def write_packed(folder: Path, tokenizer_folder: Path, texts: list[str], seq_len: int = 64) -> Path:
+    from transformers import AutoTokenizer
+
+    from hanlin.plugins.data.packed import PackedWriter
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_folder))
+    with PackedWriter(folder, tokenizer=str(tokenizer_folder), seq_len=seq_len, eos_id=tok.eos_token_id,
+                      vocab_size=len(tok)) as writer:
+        for text in texts:
+            writer.add(tok(text, add_special_tokens=False)["input_ids"])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def packed(smol_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_packed(tmp_path_factory.mktemp("packed") / "train", smol_folder, CORPUS)
+
+
+def settings(out: Path, packed: Path, **extra) -> dict:
+    return {"data": str(packed), "preset": "1m", "output_dir": str(out), "batch_size": 4, "learning_rate": 3e-3,
+            "export": [], "threads": 1, **extra}
+
+
+def test_a_sequence_row_restarts_positions_and_targets_at_each_document() -> None:
+    from hanlin.plugins.finetuners.pretrain_data import sequence_row
+
+    row = sequence_row([5, 6, 0, 7, 8, 9, 0, 3], [2, 6])  # a continued doc [5 6], then [0 7 8 9], then [0 3]
+    assert row.position_ids == [0, 1, 0, 1, 2, 3, 0, 1]
+    assert row.targets == [6, -100, 7, 8, 9, -100, 3, -100]
+    assert sequence_row([1, 2, 3], []).targets == [2, 3, -100]
+
+
+def test_a_packed_row_trains_as_its_documents_alone(smol_folder: Path) -> None:
+    """Per-document attention: the summed loss of a row with three documents equals the three documents' losses
+    computed one by one (a token attending across a boundary would change it)."""
+    import torch
+
+    from hanlin.plugins.finetuners.losses import token_loss_sum
+    from hanlin.plugins.finetuners.packing import collate
+    from hanlin.plugins.finetuners.pretrain import PretrainTrainer
+    from hanlin.plugins.finetuners.pretrain_config import PRESETS, architecture, load_pretrain_config
+    from hanlin.plugins.finetuners.pretrain_data import sequence_row
+    from hanlin.plugins.finetuners.varlen_attention import use_varlen_attention
+
+    cfg = load_pretrain_config(None, data="unused", preset="1m")
+    model = PretrainTrainer._new_model(architecture(cfg, 64, 64, 1, 2), seed=1)
+    use_varlen_attention(model)
+    docs = [[11, 12, 13, 2], [21, 22, 23, 24, 25, 2], [31, 32, 33]]
+    whole, n = token_loss_sum(model, collate([sequence_row(sum(docs, []), [4, 10])], 0), False)
+    alone = [token_loss_sum(model, collate([sequence_row(d, [0])], 0), False) for d in docs]
+    assert n == sum(k for _, k in alone) == 10
+    assert torch.allclose(whole, sum(loss for loss, _ in alone), rtol=1e-5)
+    assert PRESETS["1m"]["hidden_size"] == model.config.hidden_size
+
+
+@pytest.fixture(scope="module")
+def trained(packed: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One short run through the plugin manager's 'pretrain' method, shared by the tests that read its results."""
+    from hanlin.loading import tune
+
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    exports = ["merged", "gguf"] if importlib.util.find_spec("gguf") else ["merged"]
+    return out, tune(None, method="pretrain", **settings(out, packed, max_steps=30, eval_split=0.1, export=exports,
+                                                          gguf_type="f32", learning_rate=5e-3))
+
+
+def test_loss_falls_from_scratch_and_beats_the_unigram_baseline(trained) -> None:
+    out, result = trained
+    assert result.steps == 30
+    first, last = sum(result.losses[:3]) / 3, sum(result.losses[-3:]) / 3
+    assert last < first - 3.0, result.losses  # from ~ln(49152) = 10.8 down by more than 3 nats
+    final = result.eval[-1]
+    assert final["eval_ppl"] < 0.5 * final["unigram_ppl"], final
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 30 and all(0 < r["mfu"] < 1 for r in records)
+    assert "held-out perplexity" in result.summary
+
+
+def test_resume_continues_the_same_curve(tmp_path: Path, packed: Path) -> None:
+    from hanlin.plugins.finetuners.pretrain import PretrainTrainer
+    from hanlin.plugins.finetuners.pretrain_config import load_pretrain_config
+
+    straight = PretrainTrainer(load_pretrain_config(None, **settings(tmp_path / "a", packed, max_steps=8))).train()
+    cfg = load_pretrain_config(None, **settings(tmp_path / "b", packed, max_steps=8, save_every=4))
+    killed = PretrainTrainer(cfg).train(stop_after=4)
+    resumed = PretrainTrainer(cfg).train(resume=True)
+    assert killed.losses == pytest.approx(straight.losses[:4], rel=1e-5)
+    assert resumed.resumed_from == 4 and resumed.steps == 8
+    assert resumed.losses == pytest.approx(straight.losses[4:], rel=1e-4)
+
+
+@requires_llama
+@pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="pip install 'hanlin[tune]'")
+def test_the_export_runs_in_llama_cpp_with_the_torch_models_tokens(trained) -> None:
+    from transformers import AutoTokenizer
+
+    from tests.test_gguf_export import llama_greedy, torch_greedy
+
+    out, result = trained
+    merged, gguf_file = result.exported["merged"], result.exported["gguf"]
+    assert gguf_file == out / "model.gguf"
+    assert not (merged / "chat_template.jinja").exists()  # a base model: prompted with the plain layout
+    ids = AutoTokenizer.from_pretrained(str(merged))("def scale_7(values", add_special_tokens=False)["input_ids"]
+    assert llama_greedy(gguf_file, ids, 8) == torch_greedy(merged, ids, 8)
+
+
+def test_bad_settings_are_named_before_anything_loads(tmp_path: Path, packed: Path) -> None:
+    from hanlin.plugins.finetuners.pretrain import pretrain
+    from hanlin.plugins.finetuners.pretrain_config import load_pretrain_config
+
+    with pytest.raises(ConfigurationError, match="unknown preset 'huge'.*presets: 1m, tiny"):
+        load_pretrain_config(None, data=str(packed), preset="huge")
+    with pytest.raises(ConfigurationError, match="max_steps or max_minutes"):
+        load_pretrain_config(None, data=str(packed), max_steps=3, max_minutes=1)
+    with pytest.raises(ConfigurationError, match="eval_every needs held-out data"):
+        load_pretrain_config(None, data=str(packed), eval_every=5)
+    with pytest.raises(ConfigurationError, match="lerning_rate: unknown setting; known settings: data"):
+        load_pretrain_config(None, data=str(packed), lerning_rate=1e-3)
+    with pytest.raises(ConfigurationError, match="does not exist; write it with `hanlin data`"):
+        pretrain(None, **settings(tmp_path / "x", tmp_path / "nowhere", max_steps=1))
+    bad = tmp_path / "arch.json"
+    bad.write_text('{"hidden_size": 96,\n "num_attention_heads": 5,}')
+    with pytest.raises(ConfigurationError, match=r"arch.json:2: not valid JSON"):
+        pretrain(None, **settings(tmp_path / "y", packed, max_steps=1, model_config_file=str(bad)))
+    bad.write_text('{"hidden_size": 96, "num_attention_heads": 5}')
+    with pytest.raises(ConfigurationError, match="hidden_size 96 must divide by num_attention_heads 5"):
+        pretrain(None, **settings(tmp_path / "z", packed, max_steps=1, model_config_file=str(bad)))
+
+
+def test_the_command_reports_a_bad_folder_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from hanlin.cli import app
+    from hanlin.plugin_manager import plugins
+
+    plugins().add_commands(app)
+    out = CliRunner().invoke(app, ["pretrain", "--data", str(tmp_path / "missing"), "--max-steps", "1"])
+    assert out.exit_code == 2
+    assert "missing' does not exist" in out.output and "Traceback" not in out.output

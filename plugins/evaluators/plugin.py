@@ -117,6 +117,14 @@ def _eval_app(typer: Any) -> Any:
         examples: bool = typer.Option(True, "--examples/--no-examples", help=(
             "Agent datasets: the protocols' short worked example (a made-up tool) in the prompt.")),
         list_datasets: bool = typer.Option(False, "--list", help="List the datasets and exit."),
+        ray: bool = typer.Option(False, "--ray", help=(
+            "Run the items on Ray actors that each hold the model (a local Ray unless --ray-address); outputs go to "
+            "the same prediction cache, so a re-run resumes. pip install 'hanlin[ray]'.")),
+        ray_address: str | None = typer.Option(None, "--ray-address", help=(
+            "With --ray: 'auto' (the cluster this machine is in) or ray://HOST:10001; default: start a local Ray.")),
+        ray_workers: int | None = typer.Option(None, "--ray-workers", help=(
+            "With --ray: actors (each loads the model; default one per CPU, or per GPU with --ray-gpus).")),
+        ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="With --ray: GPUs per actor (e.g. 1 on a GPU cluster)."),
     ) -> None:
         """Run datasets through a model and score the answers: hanlin eval -m smollm2 -d gsm8k --limit 20"""
         if ctx.invoked_subcommand is not None:  # `hanlin eval <sub-command>`: that command does the work
@@ -128,7 +136,8 @@ def _eval_app(typer: Any) -> Any:
              settings=dict(shots=shots, limit=limit, workers=workers, max_tokens=max_tokens, temperature=temperature,
                            samples=samples, seed=seed, mode=mode),
              circular=circular, agent=dict(protocols=tuple(dict.fromkeys(protocol or ["react"])), max_steps=max_steps,
-                        constrain=constrain, examples=examples))
+                        constrain=constrain, examples=examples),
+             ray=dict(address=ray_address, workers=ray_workers, gpus_per_worker=ray_gpus) if ray else None)
 
     # Annotations are strings here (postponed evaluation) that typer would resolve in this module's globals, where
     # typer is not imported (it loads only for the CLI): hand it the real Context class.
@@ -168,9 +177,10 @@ def _list(typer: Any) -> None:
 
 def _run(typer: Any, *, models: list[str], runtime: str | None, datasets: list[str], out: Path | None,
          no_cache: bool, settings: dict[str, Any], circular: str | None = None,
-         agent: dict[str, Any] | None = None) -> None:
+         agent: dict[str, Any] | None = None, ray: dict[str, Any] | None = None) -> None:
     """Every dataset on every model, one model loaded at a time; each model's files are written as soon as it is
-    done (an interrupted comparison keeps the models already finished), the chart once all are."""
+    done (an interrupted comparison keeps the models already finished), the chart once all are. ``ray``: the
+    generation runs on Ray actors instead (``ray_exec.evaluate_on_ray``)."""
     from hanlin.errors import HanlinError
     from hanlin.loading import load_model
     from hanlin.plugins.evaluators.report import StderrProgress, summary_table, write_chart, write_outputs
@@ -195,6 +205,15 @@ def _run(typer: Any, *, models: list[str], runtime: str | None, datasets: list[s
         cache = None if no_cache else PredictionCache()
         progress = StderrProgress()
         for name in dict.fromkeys(models):
+            if ray is not None:
+                from hanlin.plugins.evaluators.ray_exec import evaluate_models_on_ray
+
+                done = evaluate_models_on_ray(name, runtime, chosen, options, cache, progress, **ray)
+                results += done
+                if out is not None:
+                    files = write_outputs(out, done, options, model=done[0].model, runtime=runtime)
+                    typer.echo(f"wrote {files[0]} and {len(files) - 1} more files under {out}", err=True)
+                continue
             chat_model = load_model(name, runtime=runtime)
             done = []
             try:

@@ -109,7 +109,9 @@ class JsonlReader(Reader):
         if not isinstance(text, str):
             return f"column {self.text_key!r} is {type(text).__name__}, not a string"
         rid = row.get(self.id_key) if self.id_key else None
-        meta = {k: v for k, v in row.items() if k not in (self.text_key, self.id_key)}
+        meta = {k: v for k, v in row.items() if k not in (self.text_key, self.id_key, "metadata")}
+        if isinstance(row.get("metadata"), dict):  # a document written by write_jsonl: its metadata comes back
+            meta = {**row["metadata"], **meta}
         meta["source"] = where
         return Document(str(rid) if rid is not None else where, text, meta)
 
@@ -127,7 +129,7 @@ class JsonlReader(Reader):
                 try:
                     row = json.loads(text)
                 except json.JSONDecodeError as exc:
-                    self.bad(where, f"broken JSON ({exc.msg} at column {exc.colno})")
+                    self.bad(where, f"broken JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})")
                     continue
                 if not isinstance(row, dict):
                     self.bad(where, f"not a JSON object (a {type(row).__name__})")

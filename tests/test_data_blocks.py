@@ -1,0 +1,182 @@
+"""Each data block on small inputs, with the exact output it must give (and the exact reason it drops)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hanlin.plugins.data.cleaners import BoilerplateCleaner, FtfyCleaner, WhitespaceCleaner
+from hanlin.plugins.data.dedup_exact import ExactDedup
+from hanlin.plugins.data.document import DataError, Document, TaskContext
+from hanlin.plugins.data.filters import GopherFilter, LanguageFilter, LengthFilter, PredicateFilter
+from hanlin.plugins.data.minhash import MinHashDedup, MinHasher, optimal_bands, shingles
+from hanlin.plugins.data.pii import PiiMasker
+from hanlin.plugins.data.readers import ChatReader, HtmlReader, JsonlReader, ParquetReader, TextReader
+
+PROSE = ("The library reads the configuration file when the program starts, and it checks that each value has the "
+         "type that the documentation describes. When a value is wrong, the error names the file and the line, so "
+         "that the user can fix it without reading the source. The same rules apply to values given on the command "
+         "line, which override the file. Tests cover each rule with a small example and the exact message expected.")
+
+
+def run(block, docs, task=0, tmp=None, on_error="skip"):
+    block.open(TaskContext(task, tmp or ".", on_error))
+    out = list(block(docs))
+    block.commit()
+    return out
+
+
+def texts(docs):
+    return [d.text for d in docs]
+
+
+def test_cleaners_exact():
+    assert texts(run(FtfyCleaner(), [Document("a", "CafÃ© â€” naÃ¯ve")])) == ["Café — naïve"]
+    ws = WhitespaceCleaner()
+    assert texts(run(ws, [Document("a", "  a  b\t\tc  \r\n\r\n\r\n\r\n    indented  line \n")])) == [
+        "a b c\n\n    indented line"]
+    bp = BoilerplateCleaner()
+    out = run(bp, [Document("a", "Real content here.\nWe use cookies. Accept all cookies\nShare\nMore content."),
+                   Document("b", "All rights reserved.")])
+    assert texts(out) == ["Real content here.\nMore content."]
+    assert out[0].metadata["boilerplate_lines"] == 2
+    assert bp.stats.dropped == {"empty after boilerplate": 1}
+
+
+def test_filters_exact_reasons():
+    lang = LanguageFilter(languages=["en"])
+    out = run(lang, [Document("en", PROSE), Document("fr", "Bonjour tout le monde, je suis très heureux de vous "
+                                                           "voir ici aujourd'hui avec tous mes amis de Paris.")])
+    assert [d.id for d in out] == ["en"] and out[0].metadata["language"] == "en"
+    assert lang.stats.dropped == {"language fr": 1}
+
+    length = LengthFilter(min_chars=5, max_words=3)
+    run(length, [Document("a", "abc"), Document("b", "one two three four"), Document("c", "one two")])
+    assert length.stats.dropped == {"shorter than 5 chars": 1, "more than 3 words": 1} and length.stats.docs_out == 1
+
+    gopher = GopherFilter()
+    repeated = "\n".join(["Read the list of the things to do with the dog today."] * 12)
+    symbols = " ".join(["#tag and the word of it"] * 20)
+    out = run(gopher, [Document("ok", PROSE), Document("rep", repeated), Document("short", "Too short to be a page."),
+                       Document("sym", symbols)])
+    assert [d.id for d in out] == ["ok"]
+    assert gopher.stats.dropped == {"gopher: duplicate lines": 1, "gopher: too few words": 1,
+                                    "gopher: symbol ratio": 1}
+
+    pred = PredicateFilter(lambda d: "keep" in d.text)
+    assert [d.id for d in run(pred, [Document("a", "keep me"), Document("b", "drop me")])] == ["a"]
+    assert pred.stats.dropped == {"predicate <lambda>": 1}
+    assert PredicateFilter("os.path:isabs").fn("/x") is True
+    with pytest.raises(Exception, match="module:function"):
+        PredicateFilter("nocolon")
+
+
+def test_pii_masking_exact():
+    doc = Document("a", "Mail jane.doe+x@mail.example.org or call +1 555-123-4567 / (555) 987-6543. Server at "
+                        "192.168.0.12, not version 3.11.7 nor 2024-01-15 nor 999.1.1.1.")
+    out = run(PiiMasker(), [doc])[0]
+    assert out.text == ("Mail <EMAIL> or call <PHONE> / <PHONE>. Server at <IP>, not version 3.11.7 nor 2024-01-15 "
+                        "nor 999.1.1.1.")
+    assert out.metadata["pii"] == {"email": 1, "ip": 1, "phone": 2}
+
+
+def test_exact_dedup_keeps_smallest_id_whatever_the_order():
+    block = ExactDedup()
+    ids = ["c", "a", "b", "d"]
+    docs = {"a": "Same  TEXT", "b": "other", "c": "same text", "d": "same text "}
+    keys = [block.key(Document(i, docs[i])) for i in ids]
+    assert block.resolve(ids, keys) == {"c": "a", "d": "a"}
+    assert block.resolve(ids[::-1], keys[::-1]) == {"c": "a", "d": "a"}
+    block.removed = {"c": "a"}
+    assert [d.id for d in run(block, [Document("a", "x"), Document("c", "x")])] == ["a"]
+    assert block.stats.dropped == {"exact duplicate": 1}
+
+
+def test_minhash_bands_signatures_and_clusters():
+    assert optimal_bands(0.8, 128) == (9, 13)  # the split datasketch's MinHashLSH picks for the same threshold
+    assert shingles("A b c", 5) == {"a b c"} and shingles("a b c d", 2) == {"a b", "b c", "c d"}
+    words = PROSE.split()
+    near = " ".join(words[:30] + ["changed"] + words[31:])  # one word of 68 changed: Jaccard ~0.87
+    other = " ".join(reversed(words))
+    h = MinHasher(128, 5, 1)
+    true_j = len(shingles(PROSE, 5) & shingles(near, 5)) / len(shingles(PROSE, 5) | shingles(near, 5))
+    est = float(np.mean(h.signature(PROSE) == h.signature(near)))
+    assert 0.8 < true_j < 0.95 and abs(est - true_j) < 0.12
+    block = MinHashDedup(threshold=0.8)
+    ids = ["z-near", "m-orig", "a-other", "b-near-too"]
+    texts_ = [near, PROSE, other, near + " extra"]
+    keys = [block.key(Document(i, t)) for i, t in zip(ids, texts_)]
+    expected = {"m-orig": "b-near-too", "z-near": "b-near-too"}  # one cluster of three; the smallest id stays
+    assert block.resolve(ids, keys) == expected
+    assert block.resolve(ids[::-1], keys[::-1]) == expected
+
+
+def test_jsonl_reader_reports_each_bad_line(tmp_path):
+    (tmp_path / "in.jsonl").write_bytes(
+        b'{"text": "good one", "id": "g1", "lang": "en"}\n'
+        b'{"text": "broken\n'
+        b'{"text": "bad \xff byte"}\n'
+        b'\n'
+        b'{"text": "  "}\n'
+        b'{"body": "no text"}\n'
+        b'[1, 2]\n'
+        b'{"text": "good two"}\n')
+    reader = JsonlReader(str(tmp_path / "in.jsonl"))
+    out = run(reader, [], tmp=tmp_path)
+    assert [(d.id, d.text, d.metadata) for d in out] == [("g1", "good one", {"lang": "en", "source": "in.jsonl:1"}),
+                                                         ("in.jsonl:8", "good two", {"source": "in.jsonl:8"})]
+    assert reader.stats.docs_in == 7 and reader.stats.docs_out == 2
+    assert {(e["where"], e["detail"]) for e in reader.stats.examples} == {
+        ("in.jsonl:2", "broken JSON (Invalid control character at column 17)"),
+        ("in.jsonl:3", "undecodable bytes (byte 0xff at column 15 is not UTF-8)"),
+        ("in.jsonl:5", "empty document"),
+        ("in.jsonl:6", "missing column 'text' (the row has body)"),
+        ("in.jsonl:7", "not a JSON object (a list)"),
+    }
+    with pytest.raises(DataError, match=r"^in\.jsonl:2: broken JSON"):
+        run(JsonlReader(str(tmp_path / "in.jsonl")), [], tmp=tmp_path, on_error="stop")
+
+
+def test_parquet_text_html_readers(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["one", None, "three"], "n": [1, 2, 3]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "b.parquet")
+    reader = ParquetReader(str(tmp_path / "*.parquet"))
+    out = run(reader, [], tmp=tmp_path)
+    assert [(d.id, d.text, d.metadata["n"]) for d in out] == [("a.parquet:1", "one", 1), ("a.parquet:3", "three", 3)]
+    assert reader.stats.dropped == {"empty document": 1, "missing column 'text'": 1}
+    assert [e["where"] for e in reader.stats.examples] == ["a.parquet:2", "b.parquet:0"]
+
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "a.md").write_text("# Title\n\nBody.")
+    (docs / "sub" / "b.txt").write_bytes(b"line one\nline \xfe two\n")
+    (docs / "c.py").write_text("ignored")
+    text = TextReader(str(docs))
+    assert [(d.id, d.text) for d in run(text, [], tmp=tmp_path)] == [("a.md", "# Title\n\nBody.")]
+    assert text.stats.examples[0]["where"] == "sub/b.txt:2"
+    assert text.stats.examples[0]["detail"] == "undecodable bytes (byte 0xfe at column 6 is not UTF-8)"
+
+    page = ("<html><head><title>T</title></head><body><nav>Home | About | Contact</nav><article><h1>Packing</h1>"
+            f"<p>{PROSE}</p></article><footer>Copyright footer</footer></body></html>")
+    (tmp_path / "p.html").write_text(page)
+    html = HtmlReader(str(tmp_path / "p.html"))
+    (doc,) = run(html, [], tmp=tmp_path)
+    assert PROSE in doc.text and "Home | About" not in doc.text
+
+
+def test_chat_reader_keeps_messages(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
+            {"status": "answered", "model_view": {"messages": [{"role": "user", "content": "2+2?"},
+                                                               {"role": "assistant", "content": "4"}]}},
+            {"messages": [{"role": "wizard", "content": "x"}]}]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    reader = ChatReader(str(tmp_path / "c.jsonl"))
+    out = run(reader, [], tmp=tmp_path)
+    assert texts(out) == ["user: Hi\n\nassistant: Hello!", "user: 2+2?\n\nassistant: 4"]
+    assert out[0].metadata["messages"] == rows[0]["messages"]
+    assert reader.stats.examples[0]["where"] == "c.jsonl:3" and "role" in reader.stats.examples[0]["detail"]

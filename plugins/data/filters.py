@@ -3,7 +3,9 @@ under a short reason ("language fr", "gopher: duplicate lines") so report.json s
 
 from __future__ import annotations
 
+import array
 import importlib
+import os
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -16,12 +18,39 @@ _LANGID: Any = None
 
 
 def _identifier() -> Any:
-    """langid's identifier with normalised probabilities, built once per process (it loads a ~5 MB model)."""
+    """langid's identifier with normalised probabilities, built once per process. langid ships its model as a
+    bz2 string that takes 3-10 s to unpack here; the unpacked arrays are cached once (``langid-model.npz`` in the
+    hanlin cache) and load in well under a second after that, which matters with one load per worker."""
     global _LANGID
     if _LANGID is None:
-        from langid.langid import LanguageIdentifier, model
+        import numpy as np
+        from langid.langid import LanguageIdentifier
 
-        _LANGID = LanguageIdentifier.from_modelstring(model, norm_probs=True)
+        from hanlin.paths import cache_dir
+
+        cached = cache_dir() / "langid-model.npz"
+        if not cached.is_file():
+            import base64
+            import bz2
+            import pickle
+
+            from langid.langid import model
+
+            ptc, pc, classes, nextmove, output = pickle.loads(bz2.decompress(base64.b64decode(model)))
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f"langid-model.{os.getpid()}.tmp.npz")
+            out_keys = np.array(list(output.keys()), dtype=np.int64)
+            out_vals = np.empty(len(output), dtype=object)
+            out_vals[:] = [tuple(v) for v in output.values()]
+            np.savez(tmp, ptc=np.array(ptc).reshape(-1, len(pc)), pc=np.array(pc), classes=np.array(classes),
+                     nextmove=np.array(nextmove), out_keys=out_keys, out_vals=out_vals)
+            os.replace(tmp, cached)
+        z = np.load(cached, allow_pickle=True)  # our own file, written just above from langid's model
+        output = {int(k): tuple(int(x) for x in v) for k, v in zip(z["out_keys"], z["out_vals"])}
+        nextmove = array.array("H")  # langid shifts these states as Python ints: a numpy uint16 would overflow
+        nextmove.frombytes(z["nextmove"].astype(np.uint16).tobytes())
+        _LANGID = LanguageIdentifier(z["ptc"], z["pc"], z["ptc"].shape[0], [str(c) for c in z["classes"]], nextmove,
+                                     output, norm_probs=True)
     return _LANGID
 
 

@@ -335,7 +335,7 @@ def serve_cmd(
 # ---- benchmarks -----------------------------------------------------------------------------
 @bench_app.command("serve")
 def bench_serve_cmd(
-    url: Annotated[str, typer.Option(help="The server's base URL (loopback only), e.g. http://127.0.0.1:8000/v1.")],
+    url: Annotated[str | None, typer.Option(help="The server's base URL (loopback only), e.g. http://127.0.0.1:8000/v1.")] = None,
     model: ModelOpt = DEFAULT_MODEL,
     runtime: RuntimeOpt = None,
     requests: Annotated[int, typer.Option("-n", help="How many requests.")] = 16,
@@ -343,15 +343,25 @@ def bench_serve_cmd(
     max_tokens: Annotated[int, typer.Option(help="Tokens per request.")] = 32,
     api_key: ApiKeyOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
+    replicas: Annotated[list[int] | None, typer.Option("--replicas", help="Instead of --url: start `hanlin serve` with each replica count given (repeat: --replicas 1 --replicas 2) on loopback and load each the same way.")] = None,
 ) -> None:
-    """The same bounded load through `hanlin serve` and straight into the runtime, side by side."""
+    """The same bounded load through `hanlin serve` and straight into the runtime, side by side (or, with
+    --replicas, through servers of 1 and N replicas)."""
     from hanlin.bench import render_table
     from hanlin.server.bench import bench_serve
 
     try:
-        chat_model = load_model(model, runtime=runtime)
-        table = bench_serve(url, chat_model, model, requests=requests, concurrency=concurrency,
-                            max_tokens=max_tokens, api_key=api_key)
+        if replicas:
+            from hanlin.server.bench_replicas import bench_replicas
+
+            table = bench_replicas(model, runtime, replicas, requests=requests, concurrency=concurrency,
+                                   max_tokens=max_tokens)
+        elif url is None:
+            raise ConfigurationError("give --url (a running server) or --replicas 1 --replicas 2 (servers started here)")
+        else:
+            chat_model = load_model(model, runtime=runtime)
+            table = bench_serve(url, chat_model, model, requests=requests, concurrency=concurrency,
+                                max_tokens=max_tokens, api_key=api_key)
     except HanlinError as exc:
         fail(str(exc))
         return

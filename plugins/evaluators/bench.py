@@ -95,8 +95,18 @@ def add_bench_command(typer: Any, cli: Any) -> None:
         limit: int = typer.Option(100, help="HellaSwag items to score."),
         batch_size: int = typer.Option(16, help="Items per scoring call in the batched run."),
         as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+        ray: bool = typer.Option(False, "--ray", help=(
+            "Instead: generation on gsm8k (--limit items, default 100) locally vs on a local Ray of 2 actors, "
+            "items/s, same run (needs hanlin[ray]).")),
     ) -> None:
-        """Likelihood scoring of HellaSwag-100: items/s batched vs one item at a time, same run."""
+        """Likelihood scoring of HellaSwag-100: items/s batched vs one item at a time, same run (--ray: local vs
+        Ray)."""
+        if ray:
+            from hanlin.plugins.evaluators.ray_exec import bench_eval_ray
+
+            print_tables(lambda: [bench_eval_ray(model, limit=limit, say=lambda line: typer.echo(line, err=True))],
+                         as_json)
+            return
         print_tables(lambda: [bench_eval(model, runtime or None, limit=limit, batch_size=batch_size,
                                          say=lambda line: typer.echo(line, err=True))], as_json)
 

@@ -203,3 +203,50 @@ def evaluate_models_on_ray(name: str, runtime: str | None, datasets: Sequence[Da
     results = evaluate_on_ray(factory, datasets, settings, cache_path=cache.path if cache is not None else None,
                               progress=progress, address=address, workers=workers, gpus_per_worker=gpus_per_worker)
     return [rescore(result, d) for result, d in zip(results, datasets)]
+
+
+def bench_eval_ray(model: str = "smollm2-135m-instruct", dataset: str = "gsm8k", limit: int = 16,
+                   max_tokens: int = 32, workers: int = 2, address: str | None = None,
+                   say: Callable[[str], None] = lambda _: None) -> Any:
+    """`hanlin bench eval --ray`: items/s of one generation run locally (one process, the runtime's default threads)
+    and on Ray (``workers`` actors, one CPU thread each), same items, no cache; both times include loading the
+    model, the Ray one its actors' start too (not the cluster's start, a one-time cost shown in a note)."""
+    import functools
+
+    from hanlin.bench import BenchTable
+    from hanlin.loading import load_model
+    from hanlin.plugins.evaluators.datasets import open_dataset
+    from hanlin.plugins.evaluators.runner import evaluate_dataset
+
+    data = open_dataset(dataset)
+    n = len(data.select(limit))
+    settings = EvalSettings(limit=limit, max_tokens=max_tokens)
+    started = time.perf_counter()
+    chat_model = load_model(model)
+    try:
+        local = evaluate_dataset(chat_model, data, settings)
+    finally:
+        chat_model.close()
+    local_s = time.perf_counter() - started
+    say(f"local: {n} items in {local_s:.1f}s")
+    started = time.perf_counter()
+    start_ray(address, num_cpus=workers if address in (None, "", "local") else None)
+    init_s = time.perf_counter() - started
+    factory = functools.partial(load_model, model, **cpu_model_config(model, None, 1))
+    started = time.perf_counter()
+    on_ray = evaluate_on_ray(factory, [data], settings, workers=workers)[0]
+    ray_s = time.perf_counter() - started
+    say(f"ray: {n} items in {ray_s:.1f}s on {workers} actors")
+    same = sum(a.output == b.output for a, b in zip(local.predictions, on_ray.predictions))
+    table = BenchTable(
+        title=f"generation eval of {dataset}-{n} on {model} ({max_tokens} tokens max): items/s, local vs Ray",
+        columns=["executor", "items", "seconds", "items/s", "ratio", "accuracy", "same outputs"],
+        target="Ray at least as fast as the local run once there are more cores than one model uses well",
+    )
+    for label, seconds, result in (("local, 1 process (baseline)", local_s, local),
+                                   (f"ray, {workers} actors x 1 thread", ray_s, on_ray)):
+        table.rows.append([label, n, seconds, n / seconds, f"{local_s / seconds:.2f}x",
+                           f"{result.metrics['accuracy'].value:.2f}", f"{same}/{n}"])
+    table.met = ray_s <= local_s
+    table.notes.append(f"Ray cluster start (once per session, not counted): {init_s:.1f}s")
+    return table

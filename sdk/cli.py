@@ -293,6 +293,7 @@ def serve_cmd(
     max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body accepted; larger ones get 413.")] = 4 * 1024 * 1024,
     base_url: BaseUrlOpt = None,
     eval_folder: Annotated[list[Path] | None, typer.Option("--eval-folder", help="A `hanlin eval --out` folder (or a folder of them) the web UI may open; repeatable. None by default.")] = None,
+    app_option: Annotated[list[str] | None, typer.Option("--app", help="An app's option as APP.OPTION=VALUE, e.g. assistant.kb=./kb-index (mounts the assistant) or research.search=local:./docs; repeatable.")] = None,
     replicas: Annotated[int, typer.Option(min=1, help="Model processes behind this one API (loopback children, routed by least outstanding requests with failover); see hanlin.server.replicas.")] = 1,
 ) -> None:
     """Serve a model (and optionally an agent) over an OpenAI-compatible API, and the web UI at /.
@@ -304,15 +305,17 @@ def serve_cmd(
 
         from hanlin.server import create_app
         from hanlin.server.auth import resolve_api_key
+        from hanlin.server.context import parse_app_options
     except ImportError as exc:
         fail(f"serving needs the serve extra ({exc.name} is missing): pip install 'hanlin[serve]'")
         return
     try:
         key = resolve_api_key(api_key, api_key_file)
+        app_options = parse_app_options(app_option)
         if replicas > 1:
             from hanlin.server.replicas import serve_replicas
 
-            if agent or base_url or eval_folder:
+            if agent or base_url or app_option or eval_folder:
                 raise ConfigurationError("--replicas serves the model alone: drop --agent/--base-url/--app/--eval-folder")
             serve_replicas(model, runtime, replicas, host=host, port=port, api_key=key, max_queue=max_queue,
                            max_body_bytes=max_body_bytes, say=lambda line: typer.echo(line, err=True))
@@ -323,7 +326,7 @@ def serve_cmd(
             agent_name, served_agent = _agent_from_option(agent, chat_model, tool)
         application = create_app(chat_model, model_name=model, api_key=key, agent=served_agent,
                                  agent_name=agent_name, max_queue=max_queue, max_body_bytes=max_body_bytes,
-                                 eval_folders=eval_folder or [])
+                                 eval_folders=eval_folder or [], app_options=app_options)
     except HanlinError as exc:
         fail(str(exc))
         return

@@ -184,12 +184,15 @@ class PluginManager:
                 self._record_error(plugin_name, message)
 
     def add_routes(self, app: Any) -> None:
-        """Let plugins add server routes; a plugin whose hook raises is recorded as failed, the server still starts."""
+        """Let plugins add server routes. A plugin whose hook fails is recorded as failed and the server starts without
+        it, except for a ConfigurationError (the user's options for that app are wrong), which stops the start."""
         self.load()
         for impl in self._pm.hook.register_routes.get_hookimpls():
             plugin_name = self._pm.get_name(impl.plugin) or "?"
             try:
                 impl.function(app=app)
+            except ConfigurationError:
+                raise  # the user's options for that app are wrong: say so rather than serve without it
             except Exception as exc:
                 message = f"register_routes raised {_short_error(exc)}"
                 self._command_errors.setdefault(plugin_name, []).append(message)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,9 @@ from hanlin.messages import Message, to_messages
 from hanlin.server.admission import Admission
 from hanlin.server.agent_serving import agent_reply
 from hanlin.server.auth import KeyCheck
+from hanlin.plugin_manager import plugins
 from hanlin.server.body import DEFAULT_MAX_BODY_BYTES, read_json
+from hanlin.server.context import ServerContext, check_claimed
 from hanlin.server.errors import APIError, install_error_handlers
 from hanlin.server.forced import plan_tools
 from hanlin.server.metrics import Metrics
@@ -78,12 +80,14 @@ def create_app(
     max_queue: int = 32,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     eval_folders: Sequence[str | Path] = (),
+    app_options: Mapping[str, str] | None = None,
 ) -> FastAPI:
     """An app serving ``model`` (and, optionally, ``agent`` as a model named ``agent_name``).
 
     ``api_key``: require ``Authorization: Bearer <key>`` on /v1 (see ``hanlin.server.auth.resolve_api_key``);
     ``max_queue``: requests admitted at once before 429; ``max_body_bytes``: larger bodies get 413.
     ``eval_folders``: the `hanlin eval --out` folders (or folders of them) the web UI at ``/`` may open.
+    ``app_options``: ``{"APP.OPTION": value}`` for the app plugins whose routes the server mounts (``--app``).
     """
     name = model_name or model.name
     served = [name] + ([agent_name] if agent else [])
@@ -253,8 +257,15 @@ def create_app(
 
     from hanlin.server.ui import mount_ui  # the web UI: the page at /, its API under /v1/ui
 
+    context = ServerContext(model=model, model_name=name, authenticate=authenticate, admission=admission,
+                            metrics=metrics, max_body_bytes=max_body_bytes, app_options=dict(app_options or {}))
+    app.state.hanlin = context
     mount_ui(app, model, model_name=name, authenticate=authenticate, admission=admission, metrics=metrics,
-             max_body_bytes=max_body_bytes, agent=agent, eval_folders=eval_folders)
+             max_body_bytes=max_body_bytes, agent=agent, eval_folders=eval_folders, context=context)
+    # App plugins (research, assistant, third parties) add their routes and pages; one that fails is recorded by
+    # the plugin manager (see `hanlin plugins`) and the server starts without it.
+    plugins().add_routes(app)
+    check_claimed(context)
     _install_openapi(app)
     return app
 

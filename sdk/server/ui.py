@@ -41,6 +41,7 @@ from hanlin.messages import Message
 from hanlin.plugin_manager import plugins
 from hanlin.server.admission import Admission
 from hanlin.server.body import read_json
+from hanlin.server.context import ServerContext, app_pages
 from hanlin.server.errors import APIError
 from hanlin.server.metrics import Metrics
 from hanlin.server.streams import ClosingStreamingResponse
@@ -180,7 +181,8 @@ def _default_tool_names(agent: Agent | None) -> list[str]:
 
 def mount_ui(app: FastAPI, model: ChatModel, *, model_name: str, authenticate: Callable[[Request], None],
              admission: Admission, metrics: Metrics, max_body_bytes: int, agent: Agent | None = None,
-             tools: list[str] | None = None, eval_folders: Iterable[str | Path] = ()) -> None:
+             tools: list[str] | None = None, eval_folders: Iterable[str | Path] = (),
+             context: ServerContext | None = None) -> None:
     """Add the page (``/``, ``/ui/...``) and its API (``/v1/ui/...``) to ``app``.
 
     ``tools``: the registered tool names the page may tick (default: the registered default tools plus the served
@@ -218,6 +220,7 @@ def mount_ui(app: FastAPI, model: ChatModel, *, model_name: str, authenticate: C
             "default_tools": [n for n in _default_tool_names(agent) if n in offered],
             "default_max_steps": agent.options.max_steps if agent is not None else 10,
             "eval_folders": len(roots),
+            "pages": app_pages(context) if context is not None else [],
         }
 
     # ---- agent runs ----------------------------------------------------------------------------------

@@ -48,10 +48,13 @@ class Assistant:
         self.check = Check(tuple(banned))
         self.groups = groups or Groups()
 
-    def handle(self, message: ChatMessage | str) -> Decision:
+    def handle(self, message: ChatMessage | str, *, dry_run: bool = False) -> Decision:
+        """Decide on one message. ``dry_run``: a test of the pipeline (the retrieval-testing page): the group's history
+        is read but nothing is remembered and no rate limit is spent."""
         msg = message if isinstance(message, ChatMessage) else ChatMessage(text=message)
         history = self.groups.history(msg.group)
-        self.groups.remember(msg.group, msg.sender, msg.text)
+        if not dry_run:
+            self.groups.remember(msg.group, msg.sender, msg.text)
         records: list[StageRecord] = []
         query, passages = msg.text, []
 
@@ -60,7 +63,7 @@ class Assistant:
             return Decision(group=msg.group, sender=msg.sender, message=msg.text, query=query, answered=False,
                             stage=record.stage, reason=record.reason, passages=passages, records=records)
 
-        limited = self.groups.take(msg.group)
+        limited = None if dry_run else self.groups.take(msg.group)
         if limited:
             return silent(StageRecord(stage="rate_limit", passed=False, reason=limited))
         if self.full:
@@ -89,7 +92,8 @@ class Assistant:
             if not record.passed:
                 return silent(record)
             records.append(record)
-        self.groups.remember(msg.group, "assistant", text)
+        if not dry_run:
+            self.groups.remember(msg.group, "assistant", text)
         return Decision(group=msg.group, sender=msg.sender, message=msg.text, query=query, answered=True, answer=text,
                         stage=records[-1].stage, reason=records[-1].reason, passages=passages,
                         citations=citations(text), records=records)

@@ -26,3 +26,10 @@ def _dataset(subset: str | None = None, **options: Any) -> Any:
 @hookimpl
 def register_evaluators(register: Any) -> None:
     register(ComponentSpec(name="assistant", factory=_dataset, description=DESCRIPTION))
+
+
+@hookimpl
+def register_routes(app: Any) -> None:
+    from hanlin.plugins.apps.assistant.routes import register
+
+    register(app)

@@ -1,4 +1,6 @@
-"""``hanlin assistant serve``: the assistant over HTTP, built with the server's own auth, body and error helpers.
+"""The assistant over HTTP, built with the server's own auth, body and error helpers: alone (``hanlin assistant
+serve``) or inside ``hanlin serve --app assistant.kb=DIR`` (then under the server's key, admission and metrics, with
+the web UI's Assistant tab for retrieval testing).
 
 - ``POST /v1/chat/completions``: an OpenAI-compatible model named ``hanlin-assistant``. The last user message is
   the chat message (``user`` in the body is the group id, the message's ``name`` the sender). Silence is an empty
@@ -6,6 +8,10 @@
   ``hanlin_decision`` of the response.
 - ``POST /v1/assistant/webhook``: a chat message ``{"group": ..., "sender": ..., "text": ...}`` in, the full
   ``Decision`` out (``answered``, ``answer``, ``stage``, ``reason``, ``passages``, ``citations``, ``records``).
+- ``POST /v1/assistant/retrieve`` ``{"query": ..., "top_k": 5}``: retrieval testing, no model call: every hit with
+  its score, the rejection threshold and whether it clears it (HuixiangDou's "is this in the knowledge base?").
+- ``POST /v1/assistant/decide``: the whole pipeline on one message as a dry run (no history kept, no rate limit
+  spent): what the assistant would do, stage by stage.
 
 Malformed JSON, a body of the wrong shape, a wrong key: OpenAI's error shape with 400 / 401 / 413.
 """
@@ -15,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from fastapi import FastAPI, Request  # this module loads only when serving (cli serve, tests)
@@ -34,15 +42,105 @@ class _ChatBody(BaseModel):
     stream: bool = False
 
 
+class RetrieveBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=2000)
+    top_k: int = Field(default=5, ge=1, le=20)
+
+
+class DecideBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=8000)
+    group: str = Field(default="retrieval-test", min_length=1, max_length=200)
+
+
+def retrieval_test(assistant: Any, query: str, top_k: int) -> dict[str, Any]:
+    """Every hit for ``query`` with its score against the rejection threshold the retrieve stage applies."""
+    from hanlin.plugins.tools.kb_index import accepts
+
+    threshold = assistant.retrieve.applied
+    hits = assistant.kb.index.search(" ".join(query.split()), top_k)
+    rows = [{"rank": n, "source": h.chunk.where, "score": round(h.score, 6), "accepted": bool(accepts(h.score, threshold)),
+             "text": h.chunk.text} for n, h in enumerate(hits, 1)]
+    return {"query": query, "threshold": threshold, "in_knowledge_base": any(r["accepted"] for r in rows),
+            "top_k": assistant.retrieve.top_k, "hits": rows}
+
+
 def decision_field(decision: Decision) -> dict[str, Any]:
     return {"answered": decision.answered, "stage": decision.stage, "reason": decision.reason,
             "citations": decision.citations, "passages": [p.model_dump() for p in decision.passages]}
 
 
-def create_assistant_app(assistant: Any, *, api_key: str | None = None, max_body_bytes: int = 1 << 20) -> FastAPI:
-    from hanlin.server.auth import KeyCheck
+def add_assistant_api(app: FastAPI, assistant: Any, *, authenticate: Callable[[Request], None], max_body_bytes: int,
+                      chat_path: str, admit: Callable[[], Any] | None = None) -> None:
+    """The assistant's routes on ``app``, its chat model at ``chat_path``. ``admit``: the server's admission (a slot
+    per request that calls the model; 429 when the server is full)."""
     from hanlin.server.body import read_json
-    from hanlin.server.errors import APIError, install_error_handlers
+    from hanlin.server.errors import APIError
+
+    @contextmanager
+    def slot() -> Iterator[None]:
+        with admit() if admit is not None else nullcontext():
+            yield
+
+    @app.post("/v1/assistant/webhook", tags=["assistant"])
+    async def webhook(request: Request) -> dict[str, Any]:
+        """A group-chat message in; the assistant's decision (an answer with sources, or silence and why) out."""
+        authenticate(request)
+        message = await read_json(request, ChatMessage, max_body_bytes)
+        with slot():
+            decision = await asyncio.to_thread(assistant.handle, message)
+        return decision.model_dump()
+
+    @app.post("/v1/assistant/retrieve", tags=["assistant"])
+    async def retrieve(request: Request) -> dict[str, Any]:
+        """Retrieval testing: the knowledge base's hits for a query, scored against the rejection threshold."""
+        authenticate(request)
+        body = await read_json(request, RetrieveBody, max_body_bytes)
+        return await asyncio.to_thread(retrieval_test, assistant, body.query, body.top_k)
+
+    @app.post("/v1/assistant/decide", tags=["assistant"])
+    async def decide(request: Request) -> dict[str, Any]:
+        """The whole pipeline on one message as a dry run: nothing remembered, no rate limit spent."""
+        authenticate(request)
+        body = await read_json(request, DecideBody, max_body_bytes)
+        with slot():
+            decision = await asyncio.to_thread(assistant.handle, ChatMessage(group=body.group, text=body.text),
+                                               dry_run=True)
+        return decision.model_dump()
+
+    async def chat(request: Request) -> dict[str, Any]:
+        """The assistant as an OpenAI-compatible model: an empty reply is silence (``hanlin_decision`` says why)."""
+        authenticate(request)
+        body = await read_json(request, _ChatBody, max_body_bytes)
+        if body.model != MODEL_NAME:
+            raise APIError(404, f"model '{body.model}' is not served here; available: {MODEL_NAME}", param="model",
+                           code="model_not_found")
+        if body.stream:
+            raise APIError(400, "the assistant answers whole replies only; send stream=false", param="stream")
+        last = next((m for m in reversed(body.messages) if m.get("role") == "user"), None)
+        if last is None or not isinstance(last.get("content"), str):
+            raise APIError(400, "messages must include a user message whose content is a string", param="messages")
+        message = ChatMessage(group=body.user or "default", sender=str(last.get("name") or "user"),
+                              text=last["content"][:8000])
+        with slot():
+            decision = await asyncio.to_thread(assistant.handle, message)
+        return {"id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion", "created": int(time.time()),
+                "model": MODEL_NAME,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": decision.answer},
+                             "logprobs": None, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                "hanlin_decision": decision_field(decision)}
+
+    app.add_api_route(chat_path, chat, methods=["POST"], tags=["assistant"])
+
+
+def create_assistant_app(assistant: Any, *, api_key: str | None = None, max_body_bytes: int = 1 << 20) -> FastAPI:
+    """The assistant alone: ``hanlin-assistant`` at ``/v1/chat/completions`` plus the routes above."""
+    from hanlin.server.auth import KeyCheck
+    from hanlin.server.errors import install_error_handlers
     from hanlin.server.metrics import Metrics
 
     app = FastAPI(title="hanlin assistant", version="0.1.0")
@@ -60,33 +158,6 @@ def create_assistant_app(assistant: Any, *, api_key: str | None = None, max_body
         authenticate(request)
         return {"object": "list", "data": [{"id": MODEL_NAME, "object": "model", "created": 0, "owned_by": "hanlin"}]}
 
-    @app.post("/v1/assistant/webhook")
-    async def webhook(request: Request) -> dict[str, Any]:
-        authenticate(request)
-        message = await read_json(request, ChatMessage, max_body_bytes)
-        decision = await asyncio.to_thread(assistant.handle, message)
-        return decision.model_dump()
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> dict[str, Any]:
-        authenticate(request)
-        body = await read_json(request, _ChatBody, max_body_bytes)
-        if body.model != MODEL_NAME:
-            raise APIError(404, f"model '{body.model}' is not served here; available: {MODEL_NAME}", param="model",
-                           code="model_not_found")
-        if body.stream:
-            raise APIError(400, "the assistant answers whole replies only; send stream=false", param="stream")
-        last = next((m for m in reversed(body.messages) if m.get("role") == "user"), None)
-        if last is None or not isinstance(last.get("content"), str):
-            raise APIError(400, "messages must include a user message whose content is a string", param="messages")
-        message = ChatMessage(group=body.user or "default", sender=str(last.get("name") or "user"),
-                              text=last["content"][:8000])
-        decision = await asyncio.to_thread(assistant.handle, message)
-        return {"id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion", "created": int(time.time()),
-                "model": MODEL_NAME,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": decision.answer},
-                             "logprobs": None, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-                "hanlin_decision": decision_field(decision)}
-
+    add_assistant_api(app, assistant, authenticate=authenticate, max_body_bytes=max_body_bytes,
+                      chat_path="/v1/chat/completions")
     return app

@@ -57,7 +57,7 @@ export async function* events(path, body, signal) {
       const block = buffer.slice(0, end);
       buffer = buffer.slice(end + 2);
       const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).replace(/^ /, "")).join("\n");
-      if (data) yield JSON.parse(data);
+      if (data && data !== "[DONE]") yield JSON.parse(data);  // [DONE]: the OpenAI-style end of a stream
     }
   }
 }

@@ -84,6 +84,15 @@ def register_commands(cli: Any) -> None:
         skip_bad_records: bool = typer.Option(False, "--skip-bad-records", help="Skip malformed rows (counted)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
         seed: int | None = typer.Option(None, "--seed"),
+        nproc: int | None = typer.Option(None, "--nproc", help="Train on N processes per node: torchrun + FSDP2 "
+                                         "(one per GPU; on CPU, gloo). Same result as 1 process, same global batch."),
+        nnodes: int | None = typer.Option(None, "--nnodes", help="Nodes of a multi-node run (torchrun)."),
+        node_rank: int | None = typer.Option(None, "--node-rank", help="This node's rank, from 0 (multi-node)."),
+        master_addr: str | None = typer.Option(None, "--master-addr", help="Rank 0's node address (multi-node)."),
+        master_port: int | None = typer.Option(None, "--master-port", help="Rank 0's port (default: a free one)."),
+        dist_timeout: float | None = typer.Option(None, "--dist-timeout", help="Seconds a rank waits for its peers "
+                                                  "in a collective before the run fails (default 1800)."),
+        run_timeout: float | None = typer.Option(None, "--run-timeout", help="Stop a --nproc run after N seconds."),
     ) -> None:
         """Fine-tune a model on chats, agent traces, plain text or preference pairs."""
         from hanlin.cli import fail
@@ -96,7 +105,14 @@ def register_commands(cli: Any) -> None:
                     "save_every": save_every, "export": export, "seed": seed,
                     "skip_bad_records": skip_bad_records or None}
         try:
-            result = tune(config, resume=resume, progress=_print_progress, **settings)
+            if nproc is not None or nnodes is not None:
+                from hanlin.plugins.finetuners.launcher import tune_distributed
+
+                result = tune_distributed(config, settings, resume=resume, nproc=nproc, nnodes=nnodes,
+                                          node_rank=node_rank, master_addr=master_addr, master_port=master_port,
+                                          dist_timeout=dist_timeout, run_timeout=run_timeout)
+            else:
+                result = tune(config, resume=resume, progress=_print_progress, **settings)
         except HanlinError as exc:
             fail(str(exc))
         sys.stderr.write("\n")

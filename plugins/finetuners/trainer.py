@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import time
 from collections.abc import Callable
@@ -127,11 +128,38 @@ class Trainer:
         self.model.eval()
         with torch.no_grad():
             for rows in self.data.eval_batches():
-                loss, n = token_loss_sum(self.model, self._batch(rows), self.fused)
-                total, count = total + float(loss), count + n
+                loss, n = self._eval_loss(rows)
+                total, count = total + loss, count + n
         self.model.train(was_training)
+        total, count = self._global_sums(total, count)
         mean = total / max(1, count)
         return {"eval_loss": mean, "eval_ppl": math.exp(min(mean, 50))}
+
+    # ---- what a distributed run (distributed.py) replaces: checkpoints, the step's loss, who writes ----------
+    writes = True  # whether this process writes metrics and TensorBoard (one rank of a distributed run does)
+
+    def _global_loss(self, step_loss: float) -> float:
+        return step_loss
+
+    def _eval_loss(self, rows: list[Row]) -> tuple[float, int]:
+        loss, n = token_loss_sum(self.model, self._batch(rows), self.fused)
+        return float(loss), n
+
+    def _global_sums(self, total: float, count: int) -> tuple[float, int]:
+        return total, count
+
+    def _save(self, folder: Path, optimizer: Any, scheduler: Any, position: checkpoint.Position) -> None:
+        checkpoint.save(folder, model=self.model, optimizer=optimizer, scheduler=scheduler, position=position,
+                        config=self.config, keep=self.config.keep_checkpoints)
+
+    def _restore(self, folder: Path, optimizer: Any, scheduler: Any) -> checkpoint.Position:
+        if (folder / "dcp").is_dir():
+            from hanlin.errors import ConfigurationError
+
+            raise ConfigurationError(f"checkpoint {folder} was written by a distributed run (torch.distributed."
+                                     "checkpoint); resume it with --nproc N (any N, 1 included)")
+        return checkpoint.restore(folder, model=self.model, optimizer=optimizer, scheduler=scheduler,
+                                  config=self.config)
 
     # ---- the loop -------------------------------------------------------------------------------
     def train(self, *, resume: bool = False, stop_after: int | None = None) -> TuneResult:
@@ -146,11 +174,12 @@ class Trainer:
         position = checkpoint.Position()
         ckpt_dir = self.out / "checkpoints"
         if resume and (last := checkpoint.latest(ckpt_dir)) is not None:
-            position = checkpoint.restore(last, model=self.model, optimizer=optimizer, scheduler=scheduler, config=c)
+            position = self._restore(last, optimizer, scheduler)
         result = TuneResult(self.out, position.step, resumed_from=position.step)
         self.out.mkdir(parents=True, exist_ok=True)
-        metrics = (self.out / "metrics.jsonl").open("a" if resume else "w", encoding="utf-8")
-        board = _tensorboard(self.out)
+        metrics = (self.out / "metrics.jsonl").open("a" if resume else "w", encoding="utf-8") if self.writes \
+            else open(os.devnull, "w", encoding="utf-8")
+        board = _tensorboard(self.out) if self.writes else None
         self.model.train()
         started, done_here = time.perf_counter(), 0
         epoch_batches = self.data.micro_batches(position.epoch)
@@ -175,6 +204,7 @@ class Trainer:
                 position.step += 1
                 position.tokens += sum(r.n_targets for rows in group for r in rows)
                 done_here += 1
+                step_loss = self._global_loss(step_loss)
                 result.losses.append(step_loss)
                 record = self._record(position, step_loss, scheduler, total, result, started)
                 if c.eval_every and position.step % c.eval_every == 0:
@@ -189,8 +219,7 @@ class Trainer:
                                 board.add_scalar(f"train/{key}", record[key], position.step)
                 self.progress(record)
                 if c.save_every and (position.step % c.save_every == 0 or position.step == total):
-                    checkpoint.save(ckpt_dir, model=self.model, optimizer=optimizer, scheduler=scheduler,
-                                    position=position, config=c, keep=c.keep_checkpoints)
+                    self._save(ckpt_dir, optimizer, scheduler, position)
         finally:
             metrics.close()
             if board is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hanlin import Completion, Message, ModelError, ScriptedModel, ToolCall
+from hanlin import Completion, ConfigurationError, Message, ModelError, ScriptedModel, ToolCall
 from hanlin.plugins.apps.research.citations import Ledger, Passage, cited, remap
 from hanlin.plugins.apps.research.events import load_trace
 from hanlin.plugins.apps.research.graph import PlanError, PlanGraph
@@ -244,8 +244,6 @@ def test_graph_rules_directly() -> None:
 
 
 def test_bad_options_are_clear_errors() -> None:
-    from hanlin import ConfigurationError
-
     with pytest.raises(ConfigurationError, match="max_nodes must be"):
         Research(ScriptedModel([]), Corpus(DOCS), max_nodes=0)
     with pytest.raises(ConfigurationError, match="not a folder"):
@@ -324,3 +322,30 @@ def test_cli_bad_search_is_a_clear_error_before_any_model_loads(tmp_path: Path) 
     out = subprocess.run([sys.executable, "-m", "hanlin.cli", "research", "q", "--search", "local:.",
                           "--max-nodes", "0"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "max_nodes must be an integer of at least 1" in out.stderr, out.stderr
+
+
+def test_eval_dataset_scores_research_beside_react_on_the_same_index(tmp_path: Path) -> None:
+    """`hanlin eval -d research` on the first shipped question, over two files named like its documents: the scripted
+    research run answers with valid citations of both; the scripted ReAct baseline answers nothing useful."""
+    from types import SimpleNamespace
+
+    from hanlin import get_plugin_manager
+
+    (tmp_path / "fastapi.md").write_text("# FastAPI\n\nFastAPI stands on the shoulders of Starlette for the web parts.\n")
+    (tmp_path / "starlette.md").write_text("# Starlette\n\nThe Starlette TestClient is built on httpx.\n")
+    model = scripted([
+        call("add_node", id="toolkit", question="FastAPI Starlette web parts"),
+        call("add_node", id="client", question="Starlette TestClient built on", depends_on=["toolkit"]),
+        call("wait"),
+        call("finish", answer="FastAPI is built on Starlette [1], whose test client is built on httpx [2]."),
+    ], answers={"FastAPI Starlette web parts": "Starlette [1].", "Starlette TestClient built on": "httpx [1]."})
+    dataset = get_plugin_manager().get("evaluators", "research").factory(search=f"local:{tmp_path}",
+                                                                          protocol="tools")
+    result = dataset.evaluate(model, SimpleNamespace(limit=1))
+    m = {k: v.value for k, v in result.metrics.items()}
+    assert m["research_correct"] == 1.0 and m["research_doc_recall"] == 1.0 and m["research_citation_valid"] == 1.0
+    assert m["react_correct"] == 0.0
+    assert [p.group for p in result.predictions] == ["research", "react"]
+    assert result.predictions[0].id == "fastapi-starlette-testclient"
+    with pytest.raises(ConfigurationError, match="choose from research, react"):
+        get_plugin_manager().get("evaluators", "research").factory(systems="research,mindsearch")

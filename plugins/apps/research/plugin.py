@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hanlin import hookimpl
+from hanlin import ComponentSpec, hookimpl
 
 
 @hookimpl
@@ -20,3 +20,16 @@ def register_routes(app: Any) -> None:
     from hanlin.plugins.apps.research.routes import register
 
     register(app)
+
+
+def _dataset(subset: str | None = None, **options: Any) -> Any:
+    from hanlin.plugins.apps.research.dataset import ResearchDataset
+
+    return ResearchDataset(subset, **options)
+
+
+@hookimpl
+def register_evaluators(register: Any) -> None:
+    register(ComponentSpec(name="research", factory=_dataset, description=(
+        "Multi-hop research: the shipped two-document questions over the installed packages' docs, hanlin research "
+        "vs a single ReAct agent (correctness, citation validity, document recall, wall time)")))

@@ -85,7 +85,7 @@ def test_smollm2_on_two_datasets_scores_as_the_local_run(local_ray, tmp_path: Pa
     from hanlin import load_model
 
     datasets = [load_user_dataset(DATA / "capitals.jsonl"), load_user_dataset(DATA / "arithmetic.json")]
-    settings = EvalSettings(limit=3, max_tokens=12)
+    settings = EvalSettings(limit=2, max_tokens=12)
     model = load_model("smollm2-135m-instruct", runtime="cpu", n_threads=1)
     try:
         local = [evaluate_dataset(model, d, settings) for d in datasets]

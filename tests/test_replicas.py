@@ -23,6 +23,11 @@ httpx = pytest.importorskip("httpx")
 
 # ---- the router's rules -----------------------------------------------------------------------------------------
 def test_least_outstanding_wins_and_a_full_endpoint_makes_the_caller_wait() -> None:
+    spread = Router(["a", "b", "c"])  # no limits: still never the busiest
+    held = [spread.acquire() for _ in range(3)]
+    assert sorted(e.url for e in held) == ["a", "b", "c"]
+    spread.release(held[1])
+    assert spread.acquire() is held[1]  # the one that freed up has the fewest outstanding
     router = Router(["a", "b"], max_concurrency=1, wait_timeout=5)
     first, second = router.acquire(), router.acquire()
     assert {first.url, second.url} == {"a", "b"}  # the idle one is chosen, never the busy one
@@ -91,7 +96,7 @@ def _free_port() -> int:
 
 
 def _ask(base: str, content: str, system: str = "You are brief.", turns: list[dict[str, str]] | None = None,
-         max_tokens: int = 12) -> tuple[int, str]:
+         max_tokens: int = 8) -> tuple[int, str]:
     messages = [{"role": "system", "content": system}, {"role": "user", "content": content}, *(turns or [])]
     response = httpx.post(base + "/v1/chat/completions", timeout=120,
                           json={"model": "smollm2", "messages": messages, "max_tokens": max_tokens, "temperature": 0})
@@ -153,12 +158,12 @@ def test_three_replicas_one_killed_mid_load() -> None:
             return result
 
         with ThreadPoolExecutor(6) as pool:
-            results = list(pool.map(load, range(18)))
+            results = list(pool.map(load, range(12)))
         assert killed.is_set()
         failed = [text for status, text in results if status != 200]
         # only a reply already under way on the dead replica may fail; everything that could be retried was
         assert all("after part of the reply was sent" in text for text in failed), failed
-        assert len(failed) <= 3 and len(results) - len(failed) >= 15
+        assert len(failed) <= 3 and len(results) - len(failed) >= 9
 
         health = httpx.get(base + "/health", timeout=10).json()
         assert health["status"] == "degraded"

@@ -183,8 +183,9 @@ class RemoteChatModel(ChatModel):
                 error = str(exc) if isinstance(exc, ModelError) else f"{endpoint.url} broke the stream: {exc}"
                 untried = {e.url for e in self.router.endpoints} - {*tried, endpoint.url}
                 if reply.started or attempt == self.max_retries or not untried:  # the same endpoint is not asked again
-                    raise ModelError(error if isinstance(exc, ModelError) else
-                                     f"{error} after part of the reply was sent; not retried") from None
+                    why = ("after part of the reply was sent; not retried (the reply would repeat)" if reply.started
+                           else f"before any token; tried {len(tried) + 1} endpoint(s), none left to retry on")
+                    raise ModelError(f"{error} ({why})") from None
             finally:
                 response.close()
                 self.router.release(endpoint, failed=bool(error), down=bool(error) and not reply.event_error, error=error)

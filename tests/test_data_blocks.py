@@ -96,6 +96,7 @@ def test_exact_dedup_keeps_smallest_id_whatever_the_order():
 
 def test_minhash_bands_signatures_and_clusters():
     assert optimal_bands(0.8, 128) == (9, 13)  # the split datasketch's MinHashLSH picks for the same threshold
+    assert optimal_bands(0.8, 128, 0.05, 0.95) == (16, 8) and MinHashDedup(threshold=0.8).bands == 16
     assert shingles("A b c", 5) == {"a b c"} and shingles("a b c d", 2) == {"a b", "b c", "c d"}
     words = PROSE.split()
     near = " ".join(words[:30] + ["changed"] + words[31:])  # one word of 68 changed: Jaccard ~0.87
@@ -104,6 +105,13 @@ def test_minhash_bands_signatures_and_clusters():
     true_j = len(shingles(PROSE, 5) & shingles(near, 5)) / len(shingles(PROSE, 5) | shingles(near, 5))
     est = float(np.mean(h.signature(PROSE) == h.signature(near)))
     assert 0.8 < true_j < 0.95 and abs(est - true_j) < 0.12
+    errors = []  # the estimate is unbiased over many pairs (a weak hash family once overestimated by ~0.15)
+    for k in range(12):
+        a = " ".join(f"w{i}" for i in range(300))
+        b = " ".join(f"w{i}" for i in range(20 * k, 300 + 20 * k))
+        sa, sb = shingles(a, 5), shingles(b, 5)
+        errors.append(float(np.mean(h.signature(a) == h.signature(b))) - len(sa & sb) / len(sa | sb))
+    assert abs(float(np.mean(errors))) < 0.03 and max(map(abs, errors)) < 0.12
     block = MinHashDedup(threshold=0.8)
     ids = ["z-near", "m-orig", "a-other", "b-near-too"]
     texts_ = [near, PROSE, other, near + " extra"]

@@ -128,6 +128,7 @@ def test_yaml_pipeline_report_and_packed_round_trip(tmp_path, tokenizer_dir):
     assert decoded == [r["text"] for r in kept]  # same documents, same order (task order), nothing lost
     assert len(ds) == ds.num_tokens // 64 and ds.num_docs == 24
     assert not (tmp_path / "out" / "packed" / "parts").exists()
+    assert not list((tmp_path / "out" / "work").rglob("task-*.jsonl"))  # intermediates removed after the run
 
 
 def test_minhash_is_deterministic_across_shard_layouts_and_workers(tmp_path, tokenizer_dir):
@@ -233,3 +234,13 @@ def test_ray_executor_gives_the_local_result(tmp_path):
     assert [b["dropped"] for b in ray_report["blocks"]] == [b["dropped"] for b in local["blocks"]]
     for p in sorted((tmp_path / "local" / "clean").iterdir()):
         assert (tmp_path / "ray" / "clean" / p.name).read_bytes() == p.read_bytes()
+
+
+def test_a_changed_pipeline_does_not_resume_into_an_old_run(tmp_path):
+    (tmp_path / "in.jsonl").write_text('{"text": "some text that is long enough"}\n')
+    path = tmp_path / "p.yaml"
+    path.write_text("output: out\nblocks:\n  - jsonl: {paths: in.jsonl}\n  - length: {min_chars: 5}\n  - write_jsonl\n")
+    assert Pipeline.from_yaml(path).run()["docs_out"] == 1
+    path.write_text("output: out\nblocks:\n  - jsonl: {paths: in.jsonl}\n  - length: {min_chars: 500}\n  - write_jsonl\n")
+    with pytest.raises(ConfigurationError, match="holds a run of a different pipeline"):
+        Pipeline.from_yaml(path).run()

@@ -294,6 +294,7 @@ class Pipeline:
         started = time.perf_counter()
         n = self.num_tasks()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._check_fingerprint()
         run_executor = get_executor(executor or self.config.executor, workers or self.config.workers)
         skipped = ran = 0
         try:
@@ -311,11 +312,32 @@ class Pipeline:
             run_executor.close()
         for b in self.blocks:
             b.finalize(self.run_dir, n)
+        for s in range(len(self.stages) - 1):  # intermediate shards served their purpose; done markers stay
+            for path in [*self.stage_dir(s).glob("task-*.jsonl"), *self.stage_dir(s).glob("task-*.keys.pkl")]:
+                path.unlink()
         report = self.report(seconds=time.perf_counter() - started, tasks_run=ran, tasks_skipped=skipped)
         tmp = self.run_dir / "report.json.tmp"
         tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False))
         os.replace(tmp, self.run_dir / "report.json")
         return report
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides the outputs (blocks, options, inputs, on_error): a resumed run must have the same."""
+        blocks = [{"name": b.name, "options": b.options} if isinstance(b, BlockConfig) else {"name": b.name,
+                  "object": type(b).__qualname__} for b in self.config.blocks]
+        return json.loads(json.dumps({"blocks": blocks, "on_error": self.config.on_error,
+                                      "inputs": [str(f) for f in self.source.files()]}, default=repr))
+
+    def _check_fingerprint(self) -> None:
+        path = self.run_dir / "work" / "pipeline.json"
+        mine = self.fingerprint()
+        if path.is_file():
+            if json.loads(path.read_text()) != mine:
+                raise ConfigurationError(f"{self.run_dir} holds a run of a different pipeline (blocks, options or "
+                                         f"inputs changed; see {path}); give a new output folder or delete it")
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(mine, indent=1))
 
     def report(self, **extra: Any) -> dict[str, Any]:
         """Counts per block, summed over every task's done marker, in pipeline order."""

@@ -266,7 +266,7 @@ def test_searcher_source_field_becomes_its_citation_and_a_bad_one_is_dropped() -
         return out
 
     model._fn = reply
-    result = run(model)
+    result = run(model, max_parallel=1)  # one searcher at a time: the global numbers follow the plan's order
     answers = {e.node_id: e.answer for e in of(result, "node_answered")}
     assert answers["a"] == "Ada wrote alpha [1]."
     assert answers["b"] == "Bob wrote beta."
@@ -349,3 +349,40 @@ def test_eval_dataset_scores_research_beside_react_on_the_same_index(tmp_path: P
     assert result.predictions[0].id == "fastapi-starlette-testclient"
     with pytest.raises(ConfigurationError, match="choose from research, react"):
         get_plugin_manager().get("evaluators", "research").factory(systems="research,mindsearch")
+
+
+def test_the_question_split_seeds_the_plan_and_the_planner_goes_on_from_it() -> None:
+    """One constrained split (decompose.py) adds q1 and q2 (q2 after q1); the planner is told, waits, finishes."""
+    from hanlin.plugins.apps.research.decompose import SYSTEM
+
+    base = scripted([call("wait"), call("finish", answer="Ada wrote alpha [1], born in London [2].")],
+                    answers={"who wrote alpha": "Ada wrote alpha [1].", "Ada born London": "London [1]."})
+
+    def reply(messages: list[Message], params: Any) -> Any:
+        if messages[0].content == SYSTEM:
+            assert params.constraint is not None and params.constraint.json_schema["required"] == ["steps"]
+            return json.dumps({"steps": [{"question": "who wrote alpha", "needs_previous": False},
+                                         {"question": "Ada born London", "needs_previous": True}]})
+        return base._fn(messages, params)
+
+    model = ScriptedModel(reply)
+    result = run(model)
+    added = of(result, "node_added")
+    assert [(e.node_id, e.question, e.depends_on) for e in added] == [
+        ("q1", "who wrote alpha", []), ("q2", "Ada born London", ["q1"])]
+    planner_task = next(m.content for msgs, _ in model.calls if PLANNER_MARK in msgs[0].content
+                        for m in msgs if m.role == "user")
+    assert "already added" in planner_task and "q2 (Ada born London) after q1" in planner_task
+    assert result.status == "answered" and len(result.references) == 2
+
+
+def test_a_split_that_copies_the_question_seeds_nothing() -> None:
+    import asyncio
+
+    from hanlin.plugins.apps.research.decompose import decompose
+
+    question = "Where was the author of alpha born?"
+    model = ScriptedModel([json.dumps({"steps": [{"question": question, "needs_previous": False}]})])
+    assert asyncio.run(decompose(model, question, 4)) == []
+    model = ScriptedModel(["not json at all"])
+    assert asyncio.run(decompose(model, question, 4)) == []

@@ -174,6 +174,7 @@ class Research:
         node_timeout_s: float | None = 300.0,
         examples: bool = True,
         planner_model: ChatModel | None = None,
+        decompose: bool = True,
     ) -> None:
         for name, value, low in (("max_nodes", max_nodes, 1), ("max_depth", max_depth, 1),
                                  ("max_parallel", max_parallel, 1), ("max_results", max_results, 1)):
@@ -192,6 +193,7 @@ class Research:
         self.planner_max_steps, self.searcher_max_steps = planner_max_steps, searcher_max_steps
         self.max_results, self.node_timeout_s, self.examples = max_results, node_timeout_s, examples
         self.params = GenerationParams(max_tokens=max_tokens, temperature=0.0)
+        self.decompose = decompose  # seed the plan with one constrained split of the question (decompose.py)
 
     def close(self) -> None:
         if self._owns_model:
@@ -254,17 +256,7 @@ class _Run:
                 question: One simple question a search can answer.
                 depends_on: Ids of earlier nodes whose answers this question needs; [] if none.
             """
-            try:
-                node = self.graph.add(id, question, depends_on)
-            except PlanError as exc:
-                self.emit(PlanRejected(kind=exc.kind, message=exc.message, node_id=exc.node_id))
-                return f"refused ({exc.kind}): {exc.message}"
-            self.emit(NodeAdded(node_id=node.id, question=node.question, depends_on=node.depends_on,
-                                depth=node.depth))
-            self.done[node.id] = asyncio.Event()
-            self.tasks[node.id] = asyncio.ensure_future(self.run_node(node))
-            return (f"node {node.id!r} added and being searched. Next: add_node for another sub-question, or wait() "
-                    "to get the answers.")
+            return self.add_node(id, question, depends_on)
 
         async def wait() -> str:
             """Wait for the nodes added so far and return their answers (with their [n] citations)."""
@@ -290,6 +282,37 @@ class _Run:
             return "finished."
 
         return [Tool(add_node, timeout=None), Tool(wait, timeout=None), Tool(finish, timeout=None)]
+
+    def add_node(self, id: str, question: str, depends_on: list[str] | None = None) -> str:
+        try:
+            node = self.graph.add(id, question, depends_on)
+        except PlanError as exc:
+            self.emit(PlanRejected(kind=exc.kind, message=exc.message, node_id=exc.node_id))
+            return f"refused ({exc.kind}): {exc.message}"
+        self.emit(NodeAdded(node_id=node.id, question=node.question, depends_on=node.depends_on, depth=node.depth))
+        self.done[node.id] = asyncio.Event()
+        self.tasks[node.id] = asyncio.ensure_future(self.run_node(node))
+        return (f"node {node.id!r} added and being searched. Next: add_node for another sub-question, or wait() "
+                "to get the answers.")
+
+    async def seed(self) -> str:
+        """The first nodes from one constrained split of the question (see decompose.py); the planner's first
+        message says what was added, so it goes on from there."""
+        from hanlin.plugins.apps.research.decompose import decompose
+
+        steps = await decompose(self.r.planner_model, self.question, self.r.max_nodes)
+        if not steps:
+            self.emit(PlannerNote(text="the question was not split; the planner plans from scratch"))
+            return ""
+        added: list[str] = []
+        for i, (question, needs_previous) in enumerate(steps, 1):
+            parent = [f"q{i - 1}"] if needs_previous and i > 1 and f"q{i - 1}" in self.graph.nodes else []
+            if self.add_node(f"q{i}", question, parent).startswith("node"):
+                added.append(f"q{i} ({question})" + (f" after {parent[0]}" if parent else ""))
+        self.emit(PlannerNote(text=f"the question split into {len(added)} node(s)"))
+        return ("\nThese sub-questions were already added and are being searched: " + "; ".join(added)
+                + ". Call wait() to get their answers; add_node only if something is still missing; then "
+                  "finish(answer).") if added else ""
 
     def report(self) -> str:
         lines = []
@@ -466,7 +489,8 @@ class _Run:
         agent = Agent(self.r.planner_model, self.planner_tools(), protocol=self.r.planner_protocol,
                       instructions=PLANNER_INSTRUCTIONS.format(max_nodes=self.r.max_nodes),
                       max_steps=self.r.planner_max_steps, params=self.r.params, examples=False)
-        stream = agent.astream(f"Question: {self.question}")
+        seeded = await self.seed() if self.r.decompose else ""
+        stream = agent.astream(f"Question: {self.question}{seeded}")
         try:
             async for event in stream:
                 if isinstance(event, ErrorEvent):

@@ -37,7 +37,8 @@ RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 class RemoteChatModel(ChatModel):
     """``base_url``: one endpoint, or several (a list, or comma-separated) served as replicas of one model.
-    ``max_concurrency``: requests in flight per endpoint (one number, or one per URL); ``health_interval``: seconds
+    ``max_concurrency``: requests in flight per endpoint (one number, or one per URL; default
+    ``$HANLIN_REMOTE_MAX_CONCURRENCY``, else unbounded); ``health_interval``: seconds
     between background probes of several endpoints (0: none; failures still take an endpoint out at once)."""
 
     def __init__(self, model: str, *, base_url: str | Sequence[str] | None = None, api_key: str | None = None,
@@ -49,6 +50,12 @@ class RemoteChatModel(ChatModel):
         if not base_url:
             raise ConfigurationError("the remote runtime needs base_url (e.g. http://127.0.0.1:8000/v1) or HANLIN_BASE_URL")
         urls = split_urls(base_url)
+        if max_concurrency is None and os.environ.get("HANLIN_REMOTE_MAX_CONCURRENCY"):
+            limit = os.environ["HANLIN_REMOTE_MAX_CONCURRENCY"]
+            if not limit.isdigit() or int(limit) < 1:
+                raise ConfigurationError(f"HANLIN_REMOTE_MAX_CONCURRENCY must be a positive number of requests per "
+                                         f"endpoint, got {limit!r}")
+            max_concurrency = int(limit)
         self.name = model
         self.base_url = ",".join(urls)  # the identity the eval cache keys on: the whole replica set
         key = api_key if api_key is not None else os.environ.get("HANLIN_API_KEY") or os.environ.get("OPENAI_API_KEY")

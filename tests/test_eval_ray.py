@@ -97,3 +97,16 @@ def test_smollm2_on_two_datasets_scores_as_the_local_run(local_ray, tmp_path: Pa
         assert [p.output for p in mine.predictions] == [p.output for p in theirs.predictions]
         assert mine.metrics["accuracy"].value == theirs.metrics["accuracy"].value
         assert mine.model_calls == len(theirs.predictions)
+
+
+def test_what_ray_does_not_distribute_is_refused_before_a_model_loads() -> None:
+    from hanlin.errors import ConfigurationError
+    from hanlin.plugins.evaluators.agent_eval import ToolUseDataset
+    from hanlin.plugins.evaluators.ray_exec import check_rayable
+
+    capitals = load_user_dataset(DATA / "capitals.jsonl")
+    check_rayable([capitals], EvalSettings())
+    with pytest.raises(ConfigurationError, match="likelihood mode runs locally"):
+        check_rayable([capitals], EvalSettings(mode="likelihood"))
+    with pytest.raises(ConfigurationError, match="'tooluse' .* runs on the local path only"):
+        check_rayable([capitals, ToolUseDataset()], EvalSettings())

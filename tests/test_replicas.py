@@ -174,6 +174,9 @@ def test_three_replicas_one_killed_mid_load() -> None:
         os.kill(children[home], signal.SIGKILL)  # ... and move, without a failed request, when it dies
         assert _session_on_one_replica(base, "A", steps=2, dead=(1, home)) not in (1, home)
 
+        completion = httpx.post(base + "/v1/completions", timeout=120, json={
+            "model": "smollm2", "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0})
+        assert completion.status_code == 200 and completion.json()["choices"][0]["text"].strip()
         metrics = httpx.get(base + "/metrics", timeout=10).text
         assert 'hanlin_replica_up{replica="1"} 0' in metrics and 'hanlin_replica_up{replica="0"}' in metrics
     finally:

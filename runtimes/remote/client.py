@@ -127,7 +127,8 @@ class RemoteChatModel(ChatModel):
                                        "json_schema": {"name": "output", "schema": params.constraint.json_schema}}
         return body
 
-    def _open(self, body: dict[str, Any], affinity: str | None, tried: list[str]) -> tuple[Endpoint, Any]:
+    def _open(self, body: dict[str, Any], affinity: str | None, tried: list[str],
+              route: str = "/chat/completions") -> tuple[Endpoint, Any]:
         """A streaming response from an endpoint, retrying connection errors and busy answers (429, 5xx) on
         endpoints not yet in ``tried`` first, then, once every one was tried, on all again after a backoff. The
         endpoint stays counted as outstanding until the caller releases it."""
@@ -140,7 +141,7 @@ class RemoteChatModel(ChatModel):
                 tried.clear()
             endpoint = self.router.acquire(affinity, exclude=tried)
             try:
-                response = self._client.send(self._client.build_request("POST", endpoint.url + "/chat/completions",
+                response = self._client.send(self._client.build_request("POST", endpoint.url + route,
                                                                         json=body), stream=True)
             except httpx.TransportError as exc:
                 error = f"cannot reach {endpoint.url}: {exc}"
@@ -170,16 +171,27 @@ class RemoteChatModel(ChatModel):
         raise ModelError(message)
 
     def _stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Chunk]:
+        body = self._body(messages, params)
+        return self._routed(body, affinity_key(body["messages"]), "/chat/completions")
+
+    def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
+        """Raw text completion through ``/completions`` (the legacy route vLLM, SGLang and hanlin serve keep), so a
+        replica front serves it too; affinity on the prompt's first 256 characters."""
+        body = {k: v for k, v in self._body([], params).items() if k not in ("messages", "tools", "tool_choice")}
+        if "response_format" in body:
+            raise ConfigurationError("raw text completion over the remote runtime takes no constraint")
+        body["prompt"] = prompt
+        return self._routed(body, hashlib.sha256(prompt[:256].encode("utf-8")).hexdigest()[:32], "/completions")
+
+    def _routed(self, body: dict[str, Any], affinity: str | None, route: str) -> Iterator[Chunk]:
         """Stream one reply. A failure before the first token (a replica died, sent an error event, broke the
         connection) is retried on an endpoint not yet tried, up to ``max_retries`` times; after it, or with no
         other endpoint left, it is an error."""
         import httpx
 
-        body = self._body(messages, params)
-        affinity = affinity_key(body["messages"])
         tried: list[str] = []
         for attempt in range(self.max_retries + 1):
-            endpoint, response = self._open(body, affinity, tried)
+            endpoint, response = self._open(body, affinity, tried, route)
             reply = _Reply()
             ok, error = False, ""
             try:
@@ -246,7 +258,7 @@ class _Reply:
                                    prompt_tokens_reused=cached,
                                    prompt_tokens_evaluated=None if cached is None else u.get("prompt_tokens", 0) - cached)
             for choice in event.get("choices") or []:
-                delta = choice.get("delta") or {}
+                delta = choice.get("delta") or {"content": choice.get("text")}  # a chat delta, or a completion
                 if delta.get("content"):
                     self.started = True
                     yield Chunk(text=delta["content"])

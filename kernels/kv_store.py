@@ -1,7 +1,8 @@
 """Write this step's keys and values into the paged KV cache, one token per program.
 
 The cache is [num_blocks, block_size, kv_heads, head_dim] for k and for v; ``slots[t] = block * block_size +
-offset`` says where token t goes, and a negative slot skips the token (padding in a CUDA-graph batch).
+offset`` says where token t goes, and a negative slot skips the token (padding in a CUDA-graph batch). A uint8
+cache is the int8 KV cache: the store quantizes each (token, head) row (hanlin.kernels.kv_quant).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from hanlin.kernels.kv_quant import is_int8, kv_store_int8, kv_store_int8_ref
 
 
 @triton.jit
@@ -31,6 +34,8 @@ def _kv_store_kernel(
 
 def kv_store_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  slots: torch.Tensor) -> None:
+    if is_int8(k_cache):
+        return kv_store_int8_ref(k, v, k_cache, v_cache, slots)
     keep = slots >= 0
     flat_k = k_cache.view(-1, *k_cache.shape[2:])
     flat_v = v_cache.view(-1, *v_cache.shape[2:])
@@ -46,6 +51,8 @@ def kv_store(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     tokens, heads, dim = k.shape
     if k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("k and v need a unit stride in head_dim")
+    if is_int8(k_cache):
+        return kv_store_int8(k, v, k_cache, v_cache, slots)
     if tokens:
         _kv_store_kernel[(tokens,)](
             k, v, k_cache, v_cache, slots.to(torch.int64).contiguous(),

@@ -3,7 +3,8 @@
 One query token per sequence. A long context is cut into partitions processed by separate programs, so even a
 batch of one sequence keeps the GPU busy; each partition keeps a running max and sum (online softmax) and the
 partials are merged exactly afterwards. Grouped-query attention maps query head h to kv head h // (q_heads //
-kv_heads). ``window`` > 0 limits attention to the last ``window`` positions (sliding-window layers).
+kv_heads). ``window`` > 0 limits attention to the last ``window`` positions (sliding-window layers). A uint8 cache
+is the int8 KV cache (hanlin.kernels.kv_quant): its rows are dequantized as they are loaded.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from hanlin.kernels.kv_quant import dequantize_rows, is_int8, load_int8_rows
 from hanlin.kernels.paged_offsets import paged_offsets
 
 
@@ -22,7 +24,7 @@ def _paged_decode_kernel(
     q_ptr, kc_ptr, vc_ptr, table_ptr, lens_ptr, out_ptr, m_ptr, l_ptr,
     stride_qb, stride_qh, stride_tb, stride_ob, stride_oh, stride_os,
     scale, window, group, kv_heads, head_dim, blocks_per_part,
-    BLOCK_SIZE: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_D: tl.constexpr, KV_INT8: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1)
@@ -48,15 +50,21 @@ def _paged_decode_kernel(
         pos = blk * BLOCK_SIZE + offs
         valid = (pos < n) & (pos >= lo)
         phys = tl.load(table_ptr + seq * stride_tb + blk, mask=blk * BLOCK_SIZE < n, other=0)
-        base = paged_offsets(phys, offs, kvh, d, kv_heads, head_dim, BLOCK_SIZE)  # 64-bit: see paged_offsets
         kmask = valid[:, None] & dmask[None, :]
-        k = tl.load(kc_ptr + base, mask=kmask, other=0.0).to(tl.float32)
+        if KV_INT8:
+            k = load_int8_rows(kc_ptr, phys, offs, kvh, d, kv_heads, head_dim, valid, kmask, BLOCK_SIZE)
+        else:
+            base = paged_offsets(phys, offs, kvh, d, kv_heads, head_dim, BLOCK_SIZE)  # 64-bit: see paged_offsets
+            k = tl.load(kc_ptr + base, mask=kmask, other=0.0).to(tl.float32)
         s = tl.where(valid, tl.sum(k * q[None, :], axis=1), float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing seen yet: keep exp() finite
         p = tl.exp(s - m_safe)
         alpha = tl.exp(m_i - m_safe)
-        v = tl.load(vc_ptr + base, mask=kmask, other=0.0).to(tl.float32)
+        if KV_INT8:
+            v = load_int8_rows(vc_ptr, phys, offs, kvh, d, kv_heads, head_dim, valid, kmask, BLOCK_SIZE)
+        else:
+            v = tl.load(vc_ptr + base, mask=kmask, other=0.0).to(tl.float32)
         acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
         l_i = l_i * alpha + tl.sum(p, axis=0)
         m_i = m_new
@@ -77,8 +85,8 @@ def paged_decode_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     for b in range(batch):
         n = int(context_lens[b])
         blocks = block_tables[b, : (n + block_size - 1) // block_size].long()
-        k = k_cache[blocks].reshape(-1, kv_heads, dim)[:n].float()
-        v = v_cache[blocks].reshape(-1, kv_heads, dim)[:n].float()
+        k = dequantize_rows(k_cache[blocks]).reshape(-1, kv_heads, dim)[:n]
+        v = dequantize_rows(v_cache[blocks]).reshape(-1, kv_heads, dim)[:n]
         lo = max(n - window, 0) if window > 0 else 0
         k, v = k[lo:], v[lo:]
         k = k.repeat_interleave(q_heads // kv_heads, dim=1)
@@ -111,7 +119,7 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
             q, k_cache, v_cache, block_tables, context_lens, partial, m, l,
             q.stride(0), q.stride(1), block_tables.stride(0), partial.stride(0), partial.stride(1), partial.stride(2),
             scale, window, q_heads // kv_heads, kv_heads, dim, blocks_per_part,
-            BLOCK_SIZE=block_size, BLOCK_D=triton.next_power_of_2(dim),
+            BLOCK_SIZE=block_size, BLOCK_D=triton.next_power_of_2(dim), KV_INT8=is_int8(k_cache),
         )
     # Merge the partitions: each partial is scaled by exp(its max - the global max).
     m_all = m.max(dim=-1, keepdim=True).values

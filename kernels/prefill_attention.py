@@ -4,7 +4,8 @@ itself.
 
 The new tokens' k/v are stored into the cache first (kv_store); query i of sequence b sits at position
 ``context_lens[b] - q_len_b + i``. Tiles of BLOCK_M queries sweep the key blocks with an online softmax
-(FlashAttention-style). ``window`` > 0 restricts each query to the last ``window`` positions (sliding window).
+(FlashAttention-style). ``window`` > 0 restricts each query to the last ``window`` positions (sliding window). A uint8 cache is the int8
+KV cache (hanlin.kernels.kv_quant): its rows are dequantized to q's dtype as they are loaded.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from hanlin.kernels.kv_quant import dequantize_rows, is_int8, load_int8_rows
 from hanlin.kernels.paged_offsets import paged_offsets
 
 
@@ -25,7 +27,7 @@ def _prefill_kernel(
     stride_qt, stride_qh, stride_tb, stride_ot, stride_oh,
     scale, window, group, kv_heads, head_dim,
     BLOCK_M: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, KV_INT8: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1)
@@ -52,10 +54,16 @@ def _prefill_kernel(
     for blk in range(first // BLOCK_SIZE, tl.cdiv(last, BLOCK_SIZE)):
         phys = tl.load(table_ptr + seq * stride_tb + blk)
         kpos = blk * BLOCK_SIZE + offs_n
-        base = paged_offsets(phys, offs_n, kvh, d, kv_heads, head_dim, BLOCK_SIZE)  # 64-bit: see paged_offsets
         kmask = (kpos < n)[:, None] & dmask[None, :]
-        k = tl.load(kc_ptr + base, mask=kmask, other=0.0)
-        v = tl.load(vc_ptr + base, mask=kmask, other=0.0)
+        if KV_INT8:  # dequantized in registers to q's dtype: the dots below are the float cache's
+            k = load_int8_rows(kc_ptr, phys, offs_n, kvh, d, kv_heads, head_dim, kpos < n, kmask,
+                               BLOCK_SIZE).to(q_ptr.dtype.element_ty)
+            v = load_int8_rows(vc_ptr, phys, offs_n, kvh, d, kv_heads, head_dim, kpos < n, kmask,
+                               BLOCK_SIZE).to(q_ptr.dtype.element_ty)
+        else:
+            base = paged_offsets(phys, offs_n, kvh, d, kv_heads, head_dim, BLOCK_SIZE)  # 64-bit: see paged_offsets
+            k = tl.load(kc_ptr + base, mask=kmask, other=0.0)
+            v = tl.load(vc_ptr + base, mask=kmask, other=0.0)
         if UPCAST:  # Triton's CPU interpreter computes bf16 dots wrongly; the GPU path keeps bf16 tensor cores
             s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), out_dtype=tl.float32,
                        input_precision=PRECISION) * scale
@@ -92,8 +100,8 @@ def prefill_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     for b in range(len(context_lens)):
         s0, s1, n = int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1]), int(context_lens[b])
         blocks = block_tables[b, : (n + block_size - 1) // block_size].long()
-        k = k_cache[blocks].reshape(-1, kv_heads, dim)[:n].float().repeat_interleave(q_heads // kv_heads, dim=1)
-        v = v_cache[blocks].reshape(-1, kv_heads, dim)[:n].float().repeat_interleave(q_heads // kv_heads, dim=1)
+        k = dequantize_rows(k_cache[blocks]).reshape(-1, kv_heads, dim)[:n].repeat_interleave(q_heads // kv_heads, dim=1)
+        v = dequantize_rows(v_cache[blocks]).reshape(-1, kv_heads, dim)[:n].repeat_interleave(q_heads // kv_heads, dim=1)
         qpos = torch.arange(n - (s1 - s0), n, device=q.device)
         kpos = torch.arange(n, device=q.device)
         allowed = kpos[None, :] <= qpos[:, None]
@@ -124,6 +132,7 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     q_lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
     max_q = int(q_lens.max()) if batch else 0
     q = q if q.stride(-1) == 1 else q.contiguous()
+    int8 = is_int8(k_cache)
     upcast = q.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
     if total and max_q:
         _prefill_kernel[(batch, q_heads, triton.cdiv(max_q, block_m))](
@@ -131,6 +140,6 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
             q.stride(0), q.stride(1), block_tables.stride(0), out.stride(0), out.stride(1),
             scale, window, q_heads // kv_heads, kv_heads, dim,
             BLOCK_M=block_m, BLOCK_SIZE=block_size, BLOCK_D=triton.next_power_of_2(dim),
-            UPCAST=upcast, PRECISION="ieee" if q.dtype == torch.float32 or upcast else "tf32",
+            UPCAST=upcast, PRECISION="ieee" if q.dtype == torch.float32 or upcast else "tf32", KV_INT8=int8,
         )
     return out

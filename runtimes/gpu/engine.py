@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from hanlin.kernels import use_triton
+from hanlin.kernels import kv_quant, use_triton
 from hanlin.runtimes.gpu.block_manager import BlockManager
 from hanlin.runtimes.gpu.config import ModelConfig
 from hanlin.runtimes.gpu.cuda_graphs import DecodeGraphs
@@ -36,7 +36,7 @@ class Engine:
     def __init__(self, folder: str | Path, *, device: str = "auto", dtype: str | None = None, block_size: int = 16,
                  num_blocks: int | None = None, cache_memory: int | str | None = None, memory_fraction: float = 0.85,
                  max_batch_tokens: int = 2048, max_seqs: int = 256, kernels: str = "auto",
-                 decode_graphs: str = "auto", max_model_len: int | None = None) -> None:
+                 decode_graphs: str = "auto", max_model_len: int | None = None, kv_cache_dtype: str = "auto") -> None:
         """The KV cache is ``num_blocks`` blocks, or ``cache_memory`` bytes ("4GiB", "512MB" or an int), or else
         ``memory_fraction`` of the device memory free once the weights are loaded, less a step's workspace (the
         activations of the largest prefill chunk and of the captured decode graphs), 512 MiB on CPU.
@@ -44,7 +44,10 @@ class Engine:
         "eager" runs the same padded static-buffer path without capturing (how CPU tests check it).
         ``max_model_len`` caps prompt + new tokens below the checkpoint's positions (Qwen2.5's 32k): the captured
         decode attention's grid is sized for it, so a workload of 2k-token requests does not launch 16x the
-        programs it needs at every step."""
+        programs it needs at every step. ``kv_cache_dtype``: "auto" (the model's dtype) or "int8" (per-head
+        per-token asymmetric, hanlin.kernels.kv_quant: about twice the tokens in the same memory)."""
+        if kv_cache_dtype not in ("auto", "int8"):
+            raise ValueError(f"kv_cache_dtype must be 'auto' or 'int8', got {kv_cache_dtype!r}")
         if not 0 < memory_fraction <= 1:
             raise ValueError(f"memory_fraction must be in (0, 1], got {memory_fraction!r}")
         if num_blocks is not None and cache_memory is not None:
@@ -76,7 +79,8 @@ class Engine:
             raise ValueError(f"max_model_len {max_model_len} is past the model's {c.max_position} positions")
         self.max_model_len = max_model_len or c.max_position
         graphs = decode_graphs if decode_graphs != "auto" else ("capture" if on_gpu and triton else "off")
-        per_block = 2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim * self.dtype.itemsize
+        row_bytes = c.head_dim * self.dtype.itemsize if kv_cache_dtype == "auto" else kv_quant.cache_shape(1, 1, 1, c.head_dim)[-1]
+        per_block = 2 * c.num_layers * block_size * c.num_kv_heads * row_bytes
         if cache_memory is not None:
             num_blocks = parse_bytes(cache_memory) // per_block
         if num_blocks is None:
@@ -90,8 +94,11 @@ class Engine:
             raise ValueError(f"the KV cache would hold {num_blocks} blocks of {block_size} tokens ({per_block} bytes "
                              "each); give it more memory (num_blocks, cache_memory or memory_fraction)")
         shape = (num_blocks, block_size, c.num_kv_heads, c.head_dim)
-        self.kv = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
-                    torch.zeros(shape, dtype=self.dtype, device=self.device)) for _ in range(c.num_layers)]
+        kv_dtype = self.dtype
+        if kv_cache_dtype == "int8":  # uint8 rows: codes then fp16 scale and offset (hanlin.kernels.kv_quant)
+            shape, kv_dtype = kv_quant.cache_shape(*shape), torch.uint8
+        self.kv = [(torch.zeros(shape, dtype=kv_dtype, device=self.device),
+                    torch.zeros(shape, dtype=kv_dtype, device=self.device)) for _ in range(c.num_layers)]
         # CUDA graphs pad batches with rows that write into a scratch block the allocator never hands out
         usable = num_blocks - 1 if graphs != "off" else num_blocks
         self.blocks = BlockManager(usable, block_size)

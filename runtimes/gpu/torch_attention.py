@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from hanlin.kernels.kv_quant import dequantize_rows
+
 
 def paged_decode_gathered(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                           context_lens: torch.Tensor, scale: float | None = None, window: int = 0) -> torch.Tensor:
@@ -22,8 +24,8 @@ def paged_decode_gathered(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     scale = scale if scale is not None else 1.0 / math.sqrt(dim)
     width = block_tables.shape[1] * block_size
     tables = block_tables.long()
-    keys = k_cache[tables].reshape(batch, width, kv_heads, dim).float()
-    values = v_cache[tables].reshape(batch, width, kv_heads, dim).float()
+    keys = dequantize_rows(k_cache[tables]).reshape(batch, width, kv_heads, dim)  # int8 cache: dequantized here
+    values = dequantize_rows(v_cache[tables]).reshape(batch, width, kv_heads, dim)
     positions = torch.arange(width, device=q.device)[None, :]
     lens = context_lens.to(torch.long)[:, None]
     valid = positions < lens

@@ -9,7 +9,7 @@ from typing import Any
 from hanlin import ChatModel, ConfigurationError, ModelSpec, RuntimeSpec, hookimpl
 
 OPTIONS = ("device", "dtype", "kernels", "block_size", "num_blocks", "cache_memory", "memory_fraction",
-           "max_batch_tokens", "max_seqs", "max_model_len", "decode_graphs", "cache_dir")
+           "max_batch_tokens", "max_seqs", "max_model_len", "decode_graphs", "cache_dir", "kv_cache_dtype")
 
 
 def available() -> str | None:

@@ -1,5 +1,7 @@
 """hanlin pretrain: a from-scratch model learns, resumes on the same curve, exports to a GGUF llama.cpp runs, and
-bad settings say what is wrong. Real tiny llamas (the "1m" preset) on SmolLM2's tokenizer, real packed shards."""
+bad settings say what is wrong. Real tiny llamas (the "1m" preset), a real BPE tokenizer fitted to the test corpus
+(a folder like any other: SmolLM2's works the same, but its 49k-token head makes every step slower), real packed
+shards."""
 
 from __future__ import annotations
 
@@ -10,9 +12,7 @@ from pathlib import Path
 import pytest
 
 from hanlin import ConfigurationError
-from tests.conftest import requires_llama, requires_smollm2
-
-pytestmark = [requires_smollm2]
+from tests.conftest import requires_llama
 
 CORPUS = [f'def scale_{i}(values, factor={i}):\n    """Multiply every value by {i}."""\n    return [v * factor for v in '
           'values]\n' for i in range(60)] + [f"class Point{i}:\n    def __init__(self, x, y):\n        self.x = x\n"
@@ -33,8 +33,12 @@ def write_packed(folder: Path, tokenizer_folder: Path, texts: list[str], seq_len
 
 
 @pytest.fixture(scope="module")
-def packed(smol_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_packed(tmp_path_factory.mktemp("packed") / "train", smol_folder, CORPUS)
+def bpe_packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The corpus packed with a BPE tokenizer fitted to it (no borrowed piece at all)."""
+    from hanlin.plugins.finetuners.pretrain_tokenizer import train_tokenizer
+
+    folder = tmp_path_factory.mktemp("bpe")
+    return write_packed(folder / "packed", train_tokenizer(CORPUS, folder / "tok", vocab_size=400), CORPUS)
 
 
 def settings(out: Path, packed: Path, **extra) -> dict:
@@ -75,13 +79,13 @@ def test_a_packed_row_trains_as_its_documents_alone(smol_folder: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(packed: Path, tmp_path_factory: pytest.TempPathFactory):
+def trained(bpe_packed: Path, tmp_path_factory: pytest.TempPathFactory):
     """One short run through the plugin manager's 'pretrain' method, shared by the tests that read its results."""
     from hanlin.loading import tune
 
     out = tmp_path_factory.mktemp("pretrain") / "run"
     exports = ["merged", "gguf"] if importlib.util.find_spec("gguf") else ["merged"]
-    return out, tune(None, method="pretrain", **settings(out, packed, max_steps=30, eval_split=0.1, export=exports,
+    return out, tune(None, method="pretrain", **settings(out, bpe_packed, max_steps=30, eval_split=0.1, export=exports,
                                                           gguf_type="f32", learning_rate=5e-3))
 
 
@@ -89,7 +93,7 @@ def test_loss_falls_from_scratch_and_beats_the_unigram_baseline(trained) -> None
     out, result = trained
     assert result.steps == 30
     first, last = sum(result.losses[:3]) / 3, sum(result.losses[-3:]) / 3
-    assert last < first - 3.0, result.losses  # from ~ln(49152) = 10.8 down by more than 3 nats
+    assert last < first - 2.5, result.losses  # from ~ln(400) = 6.0 down by more than 2.5 nats
     final = result.eval[-1]
     assert final["eval_ppl"] < 0.5 * final["unigram_ppl"], final
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -97,12 +101,12 @@ def test_loss_falls_from_scratch_and_beats_the_unigram_baseline(trained) -> None
     assert "held-out perplexity" in result.summary
 
 
-def test_resume_continues_the_same_curve(tmp_path: Path, packed: Path) -> None:
+def test_resume_continues_the_same_curve(tmp_path: Path, bpe_packed: Path) -> None:
     from hanlin.plugins.finetuners.pretrain import PretrainTrainer
     from hanlin.plugins.finetuners.pretrain_config import load_pretrain_config
 
-    straight = PretrainTrainer(load_pretrain_config(None, **settings(tmp_path / "a", packed, max_steps=8))).train()
-    cfg = load_pretrain_config(None, **settings(tmp_path / "b", packed, max_steps=8, save_every=4))
+    straight = PretrainTrainer(load_pretrain_config(None, **settings(tmp_path / "a", bpe_packed, max_steps=8))).train()
+    cfg = load_pretrain_config(None, **settings(tmp_path / "b", bpe_packed, max_steps=8, save_every=4))
     killed = PretrainTrainer(cfg).train(stop_after=4)
     resumed = PretrainTrainer(cfg).train(resume=True)
     assert killed.losses == pytest.approx(straight.losses[:4], rel=1e-5)
@@ -112,7 +116,13 @@ def test_resume_continues_the_same_curve(tmp_path: Path, packed: Path) -> None:
 
 @requires_llama
 @pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="pip install 'hanlin[tune]'")
-def test_the_export_runs_in_llama_cpp_with_the_torch_models_tokens(trained) -> None:
+@requires_llama
+@pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="pip install 'hanlin[tune]'")
+def test_the_export_tokenizes_and_generates_in_llama_cpp_as_in_torch(trained) -> None:
+    """From scratch end to end without any borrowed piece: BPE fitted to the corpus, packed, pre-trained, GGUF;
+    llama.cpp splits text into the same ids as the HF tokenizer (digits alone, byte-level), decodes them back, and
+    greedy decoding gives the torch model's tokens."""
+    import llama_cpp
     from transformers import AutoTokenizer
 
     from tests.test_gguf_export import llama_greedy, torch_greedy
@@ -121,31 +131,38 @@ def test_the_export_runs_in_llama_cpp_with_the_torch_models_tokens(trained) -> N
     merged, gguf_file = result.exported["merged"], result.exported["gguf"]
     assert gguf_file == out / "model.gguf"
     assert not (merged / "chat_template.jinja").exists()  # a base model: prompted with the plain layout
-    ids = AutoTokenizer.from_pretrained(str(merged))("def scale_7(values", add_special_tokens=False)["input_ids"]
-    assert llama_greedy(gguf_file, ids, 8) == torch_greedy(merged, ids, 8)
+    tok = AutoTokenizer.from_pretrained(str(merged))
+    assert 257 < len(tok) <= 400 and tok.eos_token == "<|endoftext|>"
+    text = "def scale_42(values, factor=1337):\n    return  [v for v in values]"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    llm = llama_cpp.Llama(model_path=str(gguf_file), n_ctx=128, verbose=False, vocab_only=True)
+    assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
+    assert llm.detokenize(ids).decode() == text
+    llm.close()
+    assert llama_greedy(gguf_file, ids[:6], 8) == torch_greedy(merged, ids[:6], 8)
 
 
-def test_bad_settings_are_named_before_anything_loads(tmp_path: Path, packed: Path) -> None:
+def test_bad_settings_are_named_before_anything_loads(tmp_path: Path, bpe_packed: Path) -> None:
     from hanlin.plugins.finetuners.pretrain import pretrain
     from hanlin.plugins.finetuners.pretrain_config import load_pretrain_config
 
     with pytest.raises(ConfigurationError, match="unknown preset 'huge'.*presets: 1m, tiny"):
-        load_pretrain_config(None, data=str(packed), preset="huge")
+        load_pretrain_config(None, data=str(bpe_packed), preset="huge")
     with pytest.raises(ConfigurationError, match="max_steps or max_minutes"):
-        load_pretrain_config(None, data=str(packed), max_steps=3, max_minutes=1)
+        load_pretrain_config(None, data=str(bpe_packed), max_steps=3, max_minutes=1)
     with pytest.raises(ConfigurationError, match="eval_every needs held-out data"):
-        load_pretrain_config(None, data=str(packed), eval_every=5)
+        load_pretrain_config(None, data=str(bpe_packed), eval_every=5)
     with pytest.raises(ConfigurationError, match="lerning_rate: unknown setting; known settings: data"):
-        load_pretrain_config(None, data=str(packed), lerning_rate=1e-3)
+        load_pretrain_config(None, data=str(bpe_packed), lerning_rate=1e-3)
     with pytest.raises(ConfigurationError, match="does not exist; write it with `hanlin data`"):
         pretrain(None, **settings(tmp_path / "x", tmp_path / "nowhere", max_steps=1))
     bad = tmp_path / "arch.json"
     bad.write_text('{"hidden_size": 96,\n "num_attention_heads": 5,}')
     with pytest.raises(ConfigurationError, match=r"arch.json:2: not valid JSON"):
-        pretrain(None, **settings(tmp_path / "y", packed, max_steps=1, model_config_file=str(bad)))
+        pretrain(None, **settings(tmp_path / "y", bpe_packed, max_steps=1, model_config_file=str(bad)))
     bad.write_text('{"hidden_size": 96, "num_attention_heads": 5}')
     with pytest.raises(ConfigurationError, match="hidden_size 96 must divide by num_attention_heads 5"):
-        pretrain(None, **settings(tmp_path / "z", packed, max_steps=1, model_config_file=str(bad)))
+        pretrain(None, **settings(tmp_path / "z", bpe_packed, max_steps=1, model_config_file=str(bad)))
 
 
 def test_the_command_reports_a_bad_folder_in_one_line(tmp_path: Path) -> None:
@@ -158,3 +175,12 @@ def test_the_command_reports_a_bad_folder_in_one_line(tmp_path: Path) -> None:
     out = CliRunner().invoke(app, ["pretrain", "--data", str(tmp_path / "missing"), "--max-steps", "1"])
     assert out.exit_code == 2
     assert "missing' does not exist" in out.output and "Traceback" not in out.output
+
+
+def test_a_tokenizer_needs_a_corpus(tmp_path: Path) -> None:
+    from hanlin.plugins.finetuners.pretrain_tokenizer import train_tokenizer
+
+    with pytest.raises(ConfigurationError, match="learnt no merges"):
+        train_tokenizer([""], tmp_path / "tok", vocab_size=400)
+    with pytest.raises(ConfigurationError, match="vocab_size 100 is below"):
+        train_tokenizer(CORPUS, tmp_path / "tok", vocab_size=100)

@@ -12,7 +12,10 @@ from typing import Any
 
 
 def add_commands(cli: Any, typer: Any) -> None:
+    from hanlin.plugins.finetuners.launcher import with_launch_flags
+
     @cli.command("pretrain")
+    @with_launch_flags
     def pretrain_cmd(
         config: Path | None = typer.Argument(None, help="YAML config (its keys: the options below)."),
         data: str | None = typer.Option(None, "--data", "-d", help="Packed token folder (from `hanlin data`)."),
@@ -35,6 +38,7 @@ def add_commands(cli: Any, typer: Any) -> None:
         threads: int | None = typer.Option(None, "--threads"),
         resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
         seed: int | None = typer.Option(None, "--seed"),
+        launch: Any = None,
     ) -> None:
         """Pre-train a llama-style model from scratch (or continue one) on packed token shards."""
         from hanlin.cli import fail
@@ -48,7 +52,12 @@ def add_commands(cli: Any, typer: Any) -> None:
                     "eval_every": eval_every, "save_every": save_every, "export": export, "threads": threads,
                     "seed": seed}
         try:
-            result = pretrain(config, resume=resume, progress=print_progress, **settings)
+            if launch is not None:  # --nproc/--nnodes: torchrun + FSDP2 (launcher.py, dist_pretrain.py)
+                from hanlin.plugins.finetuners.dist_pretrain import launch_pretrain
+
+                result = launch_pretrain(config, settings, launch, resume=resume)
+            else:
+                result = pretrain(config, resume=resume, progress=print_progress, **settings)
         except HanlinError as exc:
             fail(str(exc))
         sys.stderr.write("\n")
@@ -67,7 +76,8 @@ def add_commands(cli: Any, typer: Any) -> None:
         seq_len: int = typer.Option(256, "--seq-len"),
         batch_size: int = typer.Option(8, "--batch-size"),
         steps: int = typer.Option(12, "--steps", help="Optimizer steps per loop."),
-        tokenizer: str = typer.Option("smollm2", "--tokenizer", help="Tokenizer folder or model."),
+        tokenizer: str = typer.Option("train", "--tokenizer",
+                                      help="'train' (an 8k BPE fitted to the documents), a folder or a model."),
         threads: int | None = typer.Option(None, "--threads"),
         as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
     ) -> None:

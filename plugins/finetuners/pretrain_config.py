@@ -19,11 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hanlin.errors import ConfigurationError
 
 # Llama-style shapes by name. Parameter counts depend on the tokenizer's vocabulary (tied embeddings): with
-# SmolLM2's 49,152 tokens "tiny" is ~14M in all, ~1.6M of it outside the embedding.
+# an 8k-token trained BPE vocabulary "tiny" is ~8.4M (6.3M in the layers); with SmolLM2's 49,152 tokens, 19M.
 PRESETS: dict[str, dict[str, int]] = {
     "1m": {"hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2, "num_attention_heads": 4,
            "num_key_value_heads": 2},
-    "tiny": {"hidden_size": 256, "intermediate_size": 640, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "tiny": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 8, "num_attention_heads": 4,
              "num_key_value_heads": 2},
     "small": {"hidden_size": 384, "intermediate_size": 1024, "num_hidden_layers": 6, "num_attention_heads": 6,
               "num_key_value_heads": 2},

@@ -24,10 +24,19 @@ def tune(config: str | Path | dict[str, Any] | TuneConfig | None = None, *, resu
         from hanlin.plugins.finetuners.gguf_export import check_exportable
 
         check_exportable(trainer.base.folder)
+    if cfg.gguf_quant:  # an unknown type is refused before training too
+        from hanlin.plugins.quantizers.cli import gguf_method
+
+        gguf_method(cfg.gguf_quant)
     result = trainer.train(resume=resume)
     result.exported = export_all(trainer.model, trainer.base.tokenizer, trainer.base.folder, Path(cfg.output_dir),
                                  cfg.export, cfg.gguf_type, trainer.base.source_gguf, trainer.data.templated)
     result.summary = summarize(cfg, trainer, result)
+    if cfg.gguf_quant:
+        from hanlin.plugins.quantizers.cli import quantize_in_place
+
+        report = quantize_in_place(result.exported["gguf"], cfg.gguf_quant, threads=cfg.threads)
+        result.summary += "\n" + report.summary()
     return result
 
 

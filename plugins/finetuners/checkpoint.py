@@ -23,7 +23,7 @@ from hanlin.plugins.finetuners.config import TuneConfig
 
 # settings that may change between a run and its resume without changing what is trained (max_steps is not one:
 # the learning-rate schedule is laid out over the run's total steps)
-_FREE = {"output_dir", "save_every", "keep_checkpoints", "log_every", "export", "gguf_type", "threads", "device"}
+_FREE = {"output_dir", "save_every", "keep_checkpoints", "log_every", "export", "gguf_type", "gguf_quant", "threads", "device"}
 
 
 @dataclass

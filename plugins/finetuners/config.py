@@ -73,6 +73,9 @@ class TuneConfig(BaseModel):
 
     export: list[Literal["adapter", "merged", "gguf"]] = Field(default_factory=lambda: ["adapter"])
     gguf_type: Literal["f32", "f16", "bf16", "q8_0"] = "f16"
+    # a llama.cpp type (q4_k_m, q5_k_m, q6_k, q8_0, q4_0) the exported GGUF is quantized to afterwards (`hanlin
+    # quantize`'s GGUF methods); model.gguf is then that file, the merged folder keeps full precision
+    gguf_quant: str | None = None
     # the GGUF a GGUF export copies its tokenizer from; a base installed as a GGUF is its own source, and without
     # one the tokenizer is rebuilt from the HF folder's tokenizer.json
     gguf_source: str | None = None
@@ -85,6 +88,9 @@ class TuneConfig(BaseModel):
             self.export = [e for e in self.export if e != "adapter"] or ["merged"]
         if self.method == "dpo" and self.format not in ("auto", "preference"):
             raise ValueError("method dpo trains on preference records (prompt/chosen/rejected); set format: preference")
+        if self.gguf_quant and "gguf" not in self.export:
+            raise ValueError(f"gguf_quant {self.gguf_quant!r} quantizes the GGUF export: add gguf to export "
+                             "(--export gguf)")
         if self.eval_every and not self.eval_split:
             raise ValueError("eval_every needs eval_split > 0 (the share of records held out for evaluation)")
         return self

@@ -51,6 +51,32 @@ def quantize(model: str | Path, to: str, out: str | Path, *, calib: str | Path |
                            options=given)
 
 
+def gguf_method(method: str) -> Quantizer:
+    """A registered method that writes GGUF (what ``hanlin tune --quant`` accepts), or a ConfigurationError."""
+    from hanlin.plugins.quantizers.gguf import GGUFQuantizer
+    from hanlin.plugins.quantizers.plugin import GGUF_TYPES
+
+    made = quantizer(method)
+    if not isinstance(made, GGUFQuantizer):
+        raise ConfigurationError(f"'{method}' does not write GGUF; the GGUF export quantizes to one of "
+                                 f"{', '.join(GGUF_TYPES)} (use `hanlin quantize --to {method}` on the merged folder)")
+    return made
+
+
+def quantize_in_place(gguf_file: Path, method: str, **options: Any) -> QuantizeReport:
+    """Quantize an exported GGUF and put the result under the same name (a tuning run's ``model.gguf``); the input
+    is replaced only once the quantized file is complete."""
+    import os
+
+    gguf_file = Path(gguf_file)
+    staged = gguf_file.with_name(f".{gguf_file.stem}-{method}.gguf")
+    given = {k: v for k, v in options.items() if v is not None}
+    report = gguf_method(method).quantize(gguf_file, staged, calib=None, options=given)
+    os.replace(staged, gguf_file)
+    report.out = str(gguf_file)
+    return report
+
+
 def add_commands(cli: Any) -> None:
     import typer
 
@@ -108,10 +134,14 @@ def _add_bench(bench: Any, typer: Any) -> None:
         tokens: int = typer.Option(64, "--tokens", help="Decode tokens per speed run."),
         eval_chars: int = typer.Option(6000, "--eval-chars", help="Characters of held-out text for perplexity."),
         threads: int = typer.Option(2, "--threads"),
+        rounds: int = typer.Option(3, "--rounds", help="Round-robin decode rounds (best kept)."),
+        calib: Path | None = typer.Option(None, "--calib", help="Also quantize each type with an importance "
+                                                               "matrix from this local file (+imatrix rows)."),
         as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
     ) -> None:
         """GGUF f16 vs each type: size on disk, llama.cpp decode tok/s, perplexity on held-out text (same run)."""
         from hanlin.plugins.quantizers.bench import bench_quantize
 
         print_tables(lambda: bench_quantize(model, [t.strip() for t in types.split(",") if t.strip()],
-                                            tokens=tokens, eval_chars=eval_chars, threads=threads), as_json)
+                                            tokens=tokens, eval_chars=eval_chars, threads=threads, rounds=rounds,
+                                            calib=calib), as_json)

@@ -8,6 +8,7 @@ scored, so two files are compared on exactly the same tokens.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -25,7 +26,23 @@ class Perplexity:
 
 def gguf_perplexity(model_path: str | Path, text: str, *, n_ctx: int = 512, threads: int | None = None,
                     max_tokens: int | None = None) -> Perplexity:
-    """Perplexity of the GGUF file on ``text`` (at most ``max_tokens`` tokens), computed by llama.cpp."""
+    """Perplexity of the GGUF file on ``text`` (at most ``max_tokens`` tokens), computed by llama.cpp.
+
+    Remembered per (file, its size and mtime, text, settings) for the life of the process: quantizing one source
+    to several types measures the source once."""
+    stat = Path(model_path).stat()
+    key = (str(Path(model_path).resolve()), stat.st_size, stat.st_mtime_ns, hashlib.sha256(text.encode()).hexdigest(),
+           n_ctx, max_tokens)
+    if key not in _MEMO:
+        _MEMO[key] = _measure(model_path, text, n_ctx=n_ctx, threads=threads, max_tokens=max_tokens)
+    return _MEMO[key]
+
+
+_MEMO: dict[tuple[object, ...], Perplexity] = {}
+
+
+def _measure(model_path: str | Path, text: str, *, n_ctx: int, threads: int | None,
+             max_tokens: int | None) -> Perplexity:
     import llama_cpp
     import numpy as np
 
@@ -44,13 +61,12 @@ def gguf_perplexity(model_path: str | Path, text: str, *, n_ctx: int = 512, thre
                 break
             llm.reset()
             llm.eval(window)
-            logits = np.asarray(llm.scores[:len(window)], dtype=np.float64)
             first = max(len(bos), 1)  # the first text token has nothing before it unless BOS is there
-            rows = logits[first - 1:len(window) - 1]
+            rows = np.asarray(llm.scores[first - 1:len(window) - 1], dtype=np.float32)  # a view: no copy
             targets = np.asarray(window[first:])
             peak = rows.max(axis=1, keepdims=True)
-            log_norm = np.log(np.exp(rows - peak).sum(axis=1)) + peak[:, 0]
-            total += float((log_norm - rows[np.arange(len(targets)), targets]).sum())
+            log_norm = np.log(np.exp(rows - peak).sum(axis=1, dtype=np.float64)) + peak[:, 0]
+            total += float((log_norm - rows[np.arange(len(targets)), targets]).sum(dtype=np.float64))
             count += len(targets)
     finally:
         llm.close()

@@ -62,6 +62,9 @@ def test_a_session_keeps_its_endpoint_until_it_is_down_or_far_busier() -> None:
     hogs = [router.acquire("session-1") for _ in range(2)]  # its endpoint now 2 busier than the idle one: it moves
     assert router.acquire("session-1") is not moved
     assert all(h is moved for h in hogs)
+    limited = Router(["a", "b"], max_concurrency=1, wait_timeout=0.5)
+    pinned = limited.acquire("s")
+    assert limited.acquire("s") is not pinned  # its replica is full: the request goes on elsewhere, it does not wait
 
 
 def test_excluded_and_down_endpoints() -> None:

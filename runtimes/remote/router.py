@@ -12,8 +12,10 @@ SGLang). This module decides, per request, which one to use; the HTTP itself sta
   used only when no healthy one is left, so a stale mark cannot stop all traffic;
 - prefix affinity: requests sharing an affinity key (the client derives it from the conversation's prefix: the
   system prompt and first user turn, which every step of an agent session repeats) go to the endpoint that served
-  that key before, where the KV cache already holds the prefix, as long as that endpoint is healthy and not more
-  than ``balance_threshold`` requests busier than the least busy one (SGLang's router uses the same escape hatch).
+  that key before, where the KV cache already holds the prefix, as long as that endpoint is healthy, below its
+  limit and fewer than ``balance_threshold`` requests busier than the least busy one (SGLang's router and Ray
+  Serve's PrefixCacheAffinityRouter use the same escape hatch). Few-shot chat prompts share their first user turn,
+  so a few-shot evaluation's items share a key: the threshold is what spreads them.
 
 Failover is the caller's job: ``client.py`` retries a request that failed before any token arrived on an endpoint
 it has not tried yet (``exclude``), because only then is the retry invisible to the user.
@@ -69,7 +71,7 @@ class Router:
 
     def __init__(self, urls: Sequence[str], *, max_concurrency: int | Sequence[int | None] | None = None,
                  probe: Probe | None = None, health_interval: float = 0.0, wait_timeout: float = 600.0,
-                 balance_threshold: int = 8, affinity_size: int = 4096) -> None:
+                 balance_threshold: int = 4, affinity_size: int = 4096) -> None:
         limits = list(max_concurrency) if isinstance(max_concurrency, Sequence) else [max_concurrency] * len(urls)
         if len(limits) != len(urls):
             raise ConfigurationError(f"max_concurrency has {len(limits)} limits for {len(urls)} endpoints; give one "
@@ -123,8 +125,9 @@ class Router:
     def _choose(self, live: list[Endpoint], affinity: str | None) -> Endpoint | None:
         least = min(e.outstanding for e in live)
         pinned = self._affinity.get(affinity) if affinity is not None else None
-        if pinned is not None and pinned in live and pinned.outstanding - least < self.balance_threshold:
-            return pinned if pinned.has_room() else None  # wait for the replica holding the prefix
+        if (pinned is not None and pinned in live and pinned.has_room()
+                and pinned.outstanding - least < self.balance_threshold):
+            return pinned  # a full or much busier replica is not waited for: the prefix is recomputed elsewhere
         open_ = [e for e in live if e.has_room()]
         if not open_:
             return None

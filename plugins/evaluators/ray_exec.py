@@ -105,7 +105,11 @@ def evaluate_on_ray(factory: ModelFactory, datasets: Sequence[Dataset], settings
     check_rayable(datasets, settings)
     ray = start_ray(address)
     if workers is None:
-        workers = max(1, int(ray.cluster_resources().get("GPU" if gpus_per_worker else "CPU", 1) // max(gpus_per_worker, 1)))
+        resources = ray.cluster_resources()
+        workers = int(resources.get("GPU", 0) / gpus_per_worker) if gpus_per_worker else int(resources.get("CPU", 1))
+        if workers < 1:
+            raise ConfigurationError(f"the Ray cluster has {resources.get('GPU', 0)} GPUs, fewer than --ray-gpus "
+                                     f"{gpus_per_worker} per worker; lower --ray-gpus or drop it to run on CPUs")
     if workers < 1 or (chunk_size is not None and chunk_size < 1):
         raise ConfigurationError(f"--ray needs at least one worker and one item per chunk, got {workers}, {chunk_size}")
     selected = [d.select(settings.limit) for d in datasets]

@@ -35,7 +35,7 @@ def corpus(quick: bool) -> tuple[list[dict], list[dict]]:
     files = sorted(p for p in stdlib.rglob("*.py") if "test" not in p.relative_to(stdlib).parts[0]
                    and "site-packages" not in p.parts)
     if quick:
-        files = files[:120]
+        files = files[:80]
     docs = [{"id": str(p.relative_to(stdlib)), "text": p.read_text(encoding="utf-8", errors="replace")}
             for p in files]
     if not quick:
@@ -104,6 +104,7 @@ def main() -> None:
                       preset=args.preset or ("1m" if quick else "tiny"), output_dir=str(model_dir),
                       batch_size=8, learning_rate=3e-3 if quick else 2e-3, warmup_ratio=0.05, log_every=10,
                       export=["merged", "gguf"], gguf_type="f32" if quick else "f16",
+                      eval_sequences=64 if quick else 256,
                       progress=(lambda r: None) if quick else print_progress, **budget)
     print(result.summary)
 

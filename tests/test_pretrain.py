@@ -55,6 +55,16 @@ def test_a_sequence_row_restarts_positions_and_targets_at_each_document() -> Non
     assert sequence_row([1, 2, 3], []).targets == [2, 3, -100]
 
 
+def test_held_out_sequences_are_a_tail_or_a_folder_evenly_thinned() -> None:
+    from hanlin.plugins.finetuners.pretrain_data import split
+
+    assert split(range(10), None, 0.3) == (list(range(7)), range(10), [7, 8, 9])
+    train, source, held = split(range(10), range(100), 0.0, limit=4)
+    assert train == list(range(10)) and source == range(100) and held == [0, 25, 50, 75]
+    with pytest.raises(ConfigurationError, match="leaves none to train on"):
+        split(range(3), None, 0.9)
+
+
 def test_a_packed_row_trains_as_its_documents_alone(smol_folder: Path) -> None:
     """Per-document attention: the summed loss of a row with three documents equals the three documents' losses
     computed one by one (a token attending across a boundary would change it)."""

@@ -83,7 +83,7 @@ class PretrainTrainer(Trainer):
         tag = model_tag(config, fields)
         tune = to_tune_config(config, model_tag=tag, max_steps=config.max_steps or saved.get("max_steps"),
                               seq_len=train.seq_len)
-        train_index, eval_source, eval_index = split(train, held, config.eval_split)
+        train_index, eval_source, eval_index = split(train, held, config.eval_split, config.eval_sequences)
         self.config = tune
         self.progress = progress or (lambda _: None)
         self.base = base

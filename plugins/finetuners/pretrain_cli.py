@@ -21,6 +21,7 @@ def add_commands(cli: Any, typer: Any) -> None:
         data: str | None = typer.Option(None, "--data", "-d", help="Packed token folder (from `hanlin data`)."),
         eval_data: str | None = typer.Option(None, "--eval-data", help="A second packed folder held out."),
         eval_split: float | None = typer.Option(None, "--eval-split", help="Share of sequences held out instead."),
+        eval_sequences: int | None = typer.Option(None, "--eval-sequences", help="Held-out sequences evaluated."),
         tokenizer: str | None = typer.Option(None, "--tokenizer", help="Tokenizer folder or model (default: data's)."),
         preset: str | None = typer.Option(None, "--preset", help="1m, tiny, small, 100m, 350m or 1b."),
         model_config_file: str | None = typer.Option(None, "--model-config", help="JSON of LlamaConfig fields."),
@@ -46,6 +47,7 @@ def add_commands(cli: Any, typer: Any) -> None:
         from hanlin.plugins.finetuners.pretrain import pretrain
 
         settings = {"data": data, "eval_data": eval_data, "eval_split": eval_split, "tokenizer": tokenizer,
+                    "eval_sequences": eval_sequences,
                     "preset": preset, "model_config_file": model_config_file, "init_from": init_from,
                     "output_dir": output_dir, "max_steps": max_steps, "max_minutes": max_minutes, "epochs": epochs,
                     "learning_rate": learning_rate, "batch_size": batch_size, "grad_accum": grad_accum,

@@ -44,6 +44,8 @@ class PretrainConfig(BaseModel):
     data: str = Field(description="packed token folder (hanlin-packed-v1, written by `hanlin data`)")
     eval_data: str | None = Field(default=None, description="a second packed folder held out for perplexity")
     eval_split: float = Field(default=0.0, ge=0, lt=1, description="share of sequences held out (the last ones)")
+    eval_sequences: int | None = Field(default=256, gt=0, description="at most this many held-out sequences, evenly "
+                                       "spaced over the held-out set (None: all)")
     tokenizer: str | None = Field(default=None, description="tokenizer folder or model name (default: the data's)")
     preset: str = "tiny"
     model_config_file: str | None = Field(default=None, description="JSON of LlamaConfig fields over the preset")

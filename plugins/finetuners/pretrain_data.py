@@ -101,17 +101,24 @@ class PackedRunData:
         return self.config.batch_size * self.config.grad_accum * self.train.seq_len
 
 
-def split(train: Any, eval_data: Any, eval_split: float) -> tuple[list[int], Any, list[int]]:
+def split(train: Any, eval_data: Any, eval_split: float, limit: int | None = None) -> tuple[list[int], Any, list[int]]:
     """(training sequence ids, held-out source, held-out ids): a separate folder, or the last ``eval_split`` of the
-    sequences (a contiguous tail, so only the one document that straddles the cut is seen by both sides)."""
+    sequences (a contiguous tail, so only the one document that straddles the cut is seen by both sides). At most
+    ``limit`` held-out sequences are evaluated, evenly spaced, so an evaluation costs the same on any corpus size."""
     n = len(train)
     if eval_data is not None:
-        return list(range(n)), eval_data, list(range(len(eval_data)))
+        return list(range(n)), eval_data, _spaced(list(range(len(eval_data))), limit)
     n_eval = math.ceil(n * eval_split) if eval_split else 0
     if n_eval and n_eval >= n:
         raise ConfigurationError(f"eval_split {eval_split} of {n} sequences leaves none to train on; lower it or "
                                  "pass eval_data")
-    return list(range(n - n_eval)), train, list(range(n - n_eval, n))
+    return list(range(n - n_eval)), train, _spaced(list(range(n - n_eval, n)), limit)
+
+
+def _spaced(index: list[int], limit: int | None) -> list[int]:
+    if limit is None or len(index) <= limit:
+        return index
+    return [index[(k * len(index)) // limit] for k in range(limit)]
 
 
 def unigram_baseline(train: Any, train_index: Sequence[int], held: Any, held_index: Sequence[int],

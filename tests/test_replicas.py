@@ -201,3 +201,12 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
 
+
+
+def test_each_gpu_replica_sees_its_own_device() -> None:
+    from hanlin.server.replicas import gpu_devices
+
+    assert gpu_devices(3, visible="", count=8) == ["0", "1", "2"]
+    assert gpu_devices(4, visible="2,5") == ["2", "5", "2", "5"]  # more replicas than GPUs: they share, in turn
+    with pytest.raises(ConfigurationError, match="needs a CUDA device"):
+        gpu_devices(2, visible="", count=0)

@@ -9,7 +9,7 @@ runtime through ``load_model(..., runtime="remote")``, that is through the plugi
 
 Children are started with a random key only the front knows (they listen on 127.0.0.1 only), are told by the
 kernel to die with the front (``PR_SET_PDEATHSIG`` on Linux; elsewhere the front terminates them on exit), and each
-gets ``cpu_count // N`` threads on the cpu runtime. ``/health`` and ``/metrics`` of the front aggregate the
+gets ``cpu_count // N`` threads on the cpu runtime, or one GPU of its own on the gpu runtime. ``/health`` and ``/metrics`` of the front aggregate the
 children's (``replica="i"`` labels).
 """
 
@@ -65,6 +65,23 @@ def replica_config(model: str, runtime: str | None, replicas: int) -> dict[str, 
     return {}
 
 
+def gpu_devices(n: int, visible: str | None = None, count: int | None = None) -> list[str]:
+    """On the gpu runtime, child i sees one GPU: the i-th visible one (``CUDA_VISIBLE_DEVICES`` if set, else every
+    device torch counts), round robin when there are more replicas than GPUs (they then share one)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    if visible:
+        ids = [d.strip() for d in visible.split(",") if d.strip()]
+    else:
+        if count is None:
+            import torch
+
+            count = torch.cuda.device_count()
+        ids = [str(i) for i in range(count)]
+    if not ids:
+        raise ConfigurationError("--replicas with --runtime gpu needs a CUDA device, and none is visible here")
+    return [ids[i % len(ids)] for i in range(n)]
+
+
 class Replicas:
     """The child processes: started, waited for, and stopped."""
 
@@ -76,13 +93,15 @@ class Replicas:
         self.ports = _free_ports(n)
         self.urls = [f"http://127.0.0.1:{p}" for p in self.ports]
         env = {**os.environ, "HANLIN_API_KEY": self.key}
+        devices = gpu_devices(n) if runtime == "gpu" else [None] * n
         self.procs: list[subprocess.Popen[bytes]] = []
-        for port in self.ports:
+        for port, device in zip(self.ports, devices):
             cmd = [sys.executable, "-m", "hanlin.server.replicas", "--model", model, "--port", str(port),
                    "--max-queue", str(max_queue), "--config", json.dumps(config or {})]
             if runtime:
                 cmd += ["--runtime", runtime]
-            self.procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
+            child_env = env if device is None else {**env, "CUDA_VISIBLE_DEVICES": device}
+            self.procs.append(subprocess.Popen(cmd, env=child_env, stdin=subprocess.DEVNULL,
                                                preexec_fn=_die_with_parent if sys.platform == "linux" else None))
 
     def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -27,20 +28,12 @@ STEPS = 4
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory, smol_folder: Path) -> dict[str, Any]:
-    """A 2-layer random llama with SmolLM2's tokenizer, and 24 mixed-length chats."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
+    """A 2-layer random llama with SmolLM2's tokenizer (test_finetune_data's), and 24 mixed-length chats."""
     from hanlin.plugins.finetuners.bench import synthetic_chats
+    from tests.test_finetune_data import tiny_llama
 
     root = tmp_path_factory.mktemp("dist")
-    folder = root / "tiny"
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(str(smol_folder), local_files_only=True)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    LlamaForCausalLM(config).save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
+    folder = tiny_llama(root / "tiny", smol_folder)
     data = root / "chats.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_chats(24, 60)))
     return {"root": root, "model": str(folder), "data": [str(data)]}
@@ -52,7 +45,8 @@ def _config(tiny: dict[str, Any], out: Path, **changes: Any) -> Any:
     # batch 3 on 2 ranks: uneven shares (2 rows and 1), so the global-token normalisation is what makes them equal
     settings = dict(model=tiny["model"], data=tiny["data"], method="lora", max_steps=STEPS, batch_size=3,
                     grad_accum=2, max_length=128, learning_rate=1e-2, save_every=2, keep_checkpoints=4,
-                    lora={"r": 4, "alpha": 8, "dropout": 0.0}, export=["adapter"], output_dir=str(out))
+                    lora={"r": 4, "alpha": 8, "dropout": 0.0}, export=["adapter"], output_dir=str(out),
+                    eval_split=0.2, eval_every=2)
     return load_config(None, **{**settings, **changes})
 
 
@@ -71,11 +65,22 @@ def _assert_weights_equal(a: dict[str, Any], b: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def two_proc(tiny: dict[str, Any]) -> Any:
-    """The run on 2 processes through the path `hanlin tune --nproc 2` takes."""
-    from hanlin.plugins.finetuners.launcher import LaunchOptions, launch_tune
+    """The documented command: `hanlin tune CONFIG --nproc 2` (its losses read back from metrics.jsonl)."""
+    from typer.testing import CliRunner
+
+    from hanlin.cli import app
+    from hanlin.plugin_manager import plugins
 
     out = tiny["root"] / "two"
-    return launch_tune(_config(tiny, out), LaunchOptions(nproc=2, dist_timeout=120, run_timeout=600))
+    config = tiny["root"] / "two.yaml"
+    config.write_text(json.dumps(_config(tiny, out).model_dump(mode="json")))  # JSON is YAML
+    plugins().add_commands(app)
+    ran = CliRunner().invoke(app, ["tune", str(config), "--nproc", "2", "--dist-timeout", "120",
+                                   "--run-timeout", "600"])
+    assert ran.exit_code == 0, ran.output
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return SimpleNamespace(losses=[r["loss"] for r in records], eval=[r for r in records if "eval_loss" in r],
+                           summary=ran.stdout)
 
 
 def test_two_processes_equal_one(tiny: dict[str, Any], two_proc: Any) -> None:
@@ -84,6 +89,8 @@ def test_two_processes_equal_one(tiny: dict[str, Any], two_proc: Any) -> None:
     one = tune(_config(tiny, tiny["root"] / "one"))
     assert len(two_proc.losses) == len(one.losses) == STEPS
     assert two_proc.losses == pytest.approx(one.losses, rel=1e-5)
+    assert [e["eval_loss"] for e in two_proc.eval] == pytest.approx([e["eval_loss"] for e in one.eval], rel=1e-5)
+    assert len(two_proc.eval) == 2
     _assert_weights_equal(_adapter(tiny["root"] / "one"), _adapter(tiny["root"] / "two"))
     assert "processes: 2 (gloo, FSDP2)" in two_proc.summary
     # the checkpoints are sharded DCP ones, written by 2
@@ -126,6 +133,42 @@ def test_checkpoint_of_two_resumes_on_one(tiny: dict[str, Any], two_proc: Any, t
     assert result.resumed_from == 2
     assert result.losses == pytest.approx(two_proc.losses[2:], rel=1e-5)
     _assert_weights_equal(_adapter(out), _adapter(tiny["root"] / "two"))
+
+
+@pytest.mark.parametrize("method", ["dpo", "full"])
+def test_dpo_and_full_fine_tuning_take_the_sharded_path(method: str, tiny: dict[str, Any], tmp_path: Path) -> None:
+    """DPO (policy and adapter-off reference through the FSDP root) and full fine-tuning (every weight sharded and
+    trained, exported merged) on a world of one, equal to the single-process trainer; the multi-rank split of
+    DPO pairs is checked below."""
+    import torch.distributed as dist
+
+    from hanlin.plugins.finetuners.api import tune
+    from hanlin.plugins.finetuners.distributed import DistributedTrainer, RankContext
+
+    changes: dict[str, Any] = {"method": method, "max_steps": 2, "save_every": 0, "export": ["merged"]}
+    if method == "dpo":
+        pairs = tmp_path / "pairs.jsonl"
+        pairs.write_text("".join(json.dumps({"prompt": f"Question {i}: what is {i} plus {i}?",
+                                             "chosen": f"It is {2 * i}.", "rejected": f"Maybe {i}, or not."}) + "\n"
+                                 for i in range(8)))
+        changes.update(data=[str(pairs)], export=["adapter"], learning_rate=1e-3)
+    single = tune(_config(tiny, tmp_path / "single", **changes))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        trainer = DistributedTrainer(_config(tiny, tmp_path / "sharded", **changes), RankContext(0, 1, 0, "cpu", "gloo"))
+        sharded = trainer.train()
+        exported = trainer.export()
+    finally:
+        dist.destroy_process_group()
+    assert sharded.losses == pytest.approx(single.losses, rel=1e-5) and len(sharded.losses) == 2
+    if method == "full":
+        from safetensors.torch import load_file
+
+        a = load_file(str(exported["merged"] / "model.safetensors"))
+        b = load_file(str(tmp_path / "single" / "merged" / "model.safetensors"))
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    else:
+        _assert_weights_equal(_adapter(tmp_path / "sharded"), _adapter(tmp_path / "single"))
 
 
 def test_rank_share_keeps_pairs_and_stands_in_for_an_empty_share() -> None:

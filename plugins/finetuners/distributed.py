@@ -145,23 +145,20 @@ def uses_mixed_precision(config: TuneConfig, device: str) -> bool:
     return device.startswith("cuda") and config.dtype != "float32" and torch.cuda.is_bf16_supported()
 
 
-class DistributedTrainer(Trainer):
-    """The shared trainer (trainer.py) on one rank; only the loss of a micro-batch, the step's denominator and
-    loss, evaluation, checkpoints and who writes differ."""
+class ShardedTraining:
+    """What a rank of a sharded run changes in a trainer.Trainer (or a subclass, like pre-training's): the loss of
+    a micro-batch (this rank's share, through the FSDP root), the step's denominator and loss (global), evaluation
+    (global sums), checkpoints (DCP) and who writes. Put it first among the bases and call ``_shard`` once the
+    trainer's own ``__init__`` has built the model."""
 
-    def __init__(self, config: TuneConfig, ctx: RankContext, *, progress: Progress | None = None,
-                 cache_dir: Path | None = None) -> None:
-        if config.method == "qlora":
-            raise ConfigurationError("qlora's 4-bit base (bitsandbytes) cannot be sharded by FSDP2; with --nproc use "
-                                     "method: lora (the sharded fp32/bf16 base takes 1/N of the memory per process)")
+    ctx: RankContext
+    root: Any
+
+    def _shard(self: Any, ctx: RankContext, mixed: bool) -> None:
         self.ctx = ctx
-        self.user_config = config  # checkpoints are fingerprinted on what the user asked for
-        mixed = uses_mixed_precision(config, ctx.device)
-        # sharded weights stay fp32 under mixed precision: bf16 is the compute copy FSDP makes per unit
-        local = config.model_copy(update={"device": ctx.device, **({"dtype": "float32"} if mixed else {})})
-        # a GGUF base is converted once: convert_gguf holds a file lock while one rank converts
-        super().__init__(local, progress=progress if ctx.rank == 0 else None, cache_dir=cache_dir)
         self.writes = ctx.rank == 0
+        if ctx.rank != 0:
+            self.progress = lambda _: None
         self.root = shard_model(self.model, ctx, mixed=mixed, fused=self.fused)
 
     # ---- one micro-batch ------------------------------------------------------------------------
@@ -206,14 +203,18 @@ class DistributedTrainer(Trainer):
         return all_reduce_sum(total, self.ctx.device), round(all_reduce_sum(count, self.ctx.device))
 
     # ---- checkpoints (torch.distributed.checkpoint) ------------------------------------------------
+    def _fingerprinted(self: Any) -> TuneConfig:
+        """The settings a checkpoint is fingerprinted on: the user's, before the rank's device was filled in."""
+        return getattr(self, "user_config", None) or self.config
+
     def _save(self, folder: Path, optimizer: Any, scheduler: Any, position: Position) -> None:
         dist_checkpoint.save(folder, model=self.model, optimizer=optimizer.optimizer, scheduler=scheduler,
-                             position=position, config=self.user_config, keep=self.config.keep_checkpoints,
+                             position=position, config=self._fingerprinted(), keep=self.config.keep_checkpoints,
                              rank=self.ctx.rank, world=self.ctx.world)
 
     def _restore(self, folder: Path, optimizer: Any, scheduler: Any) -> Position:
         return dist_checkpoint.restore(folder, model=self.model, optimizer=optimizer.optimizer, scheduler=scheduler,
-                                       config=self.user_config)
+                                       config=self._fingerprinted())
 
     # ---- the run --------------------------------------------------------------------------------
     def train(self, *, resume: bool = False, stop_after: int | None = None) -> TuneResult:
@@ -227,6 +228,23 @@ class DistributedTrainer(Trainer):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+class DistributedTrainer(ShardedTraining, Trainer):
+    """The shared trainer (trainer.py) on one rank of ``hanlin tune --nproc``."""
+
+    def __init__(self, config: TuneConfig, ctx: RankContext, *, progress: Progress | None = None,
+                 cache_dir: Path | None = None) -> None:
+        if config.method == "qlora":
+            raise ConfigurationError("qlora's 4-bit base (bitsandbytes) cannot be sharded by FSDP2; with --nproc use "
+                                     "method: lora (the sharded fp32/bf16 base takes 1/N of the memory per process)")
+        self.user_config = config  # checkpoints are fingerprinted on what the user asked for
+        mixed = uses_mixed_precision(config, ctx.device)
+        # sharded weights stay fp32 under mixed precision: bf16 is the compute copy FSDP makes per unit
+        local = config.model_copy(update={"device": ctx.device, **({"dtype": "float32"} if mixed else {})})
+        # a GGUF base is converted once: convert_gguf holds a file lock while one rank converts
+        Trainer.__init__(self, local, progress=progress, cache_dir=cache_dir)
+        self._shard(ctx, mixed)
 
     def export(self) -> dict[str, Path]:
         """Adapter / merged / GGUF, written by rank 0 alone from the gathered weights, through the same export
@@ -275,7 +293,16 @@ def run_tune(job: dict[str, Any], ctx: RankContext) -> dict[str, Any] | None:
     result.exported = trainer.export()
     if ctx.rank != 0:
         return None
-    result.summary = summarize(config, trainer, result) + f"\nprocesses: {ctx.world} ({ctx.backend}, FSDP2)"
+    result.summary = summarize(config, trainer, result) + processes_line(ctx)
+    return result_fields(result)
+
+
+def processes_line(ctx: RankContext) -> str:
+    return f"\nprocesses: {ctx.world} ({ctx.backend}, FSDP2)"
+
+
+def result_fields(result: TuneResult) -> dict[str, Any]:
+    """Rank 0's TuneResult as JSON, for the launcher (launcher.launch_run rebuilds it)."""
     return {"output_dir": str(result.output_dir), "steps": result.steps, "losses": result.losses,
             "eval": result.eval, "tokens": result.tokens, "seconds": result.seconds,
             "peak_memory_mb": result.peak_memory_mb, "resumed_from": result.resumed_from,

@@ -167,24 +167,65 @@ def failure_message(code: int, tail: list[str], folder: Path, options: LaunchOpt
 def launch_tune(config: TuneConfig, options: LaunchOptions, *, resume: bool = False, cache_dir: Path | None = None,
                 stop_after: int | None = None) -> TuneResult:
     """``hanlin tune --nproc N``: the run of ``hanlin.tune`` on N processes (distributed.run_tune in each)."""
-    from hanlin.plugins.finetuners.trainer import TuneResult
-
     job = {"config": config.model_dump(mode="json"), "resume": resume, "stop_after": stop_after,
            "cache_dir": str(cache_dir) if cache_dir else None}
-    out = launch("hanlin.plugins.finetuners.distributed:run_tune", job, options)
+    return launch_run("hanlin.plugins.finetuners.distributed:run_tune", job, options, Path(config.output_dir))
+
+
+def launch_run(entry: str, job: dict[str, Any], options: LaunchOptions, output_dir: Path) -> TuneResult:
+    """A training run on N processes whose entry returns rank 0's TuneResult fields (distributed.result_fields)."""
+    from hanlin.plugins.finetuners.trainer import TuneResult
+
+    out = launch(entry, job, options)
     if out is None:
-        return TuneResult(Path(config.output_dir), 0, summary=f"node {options.node_rank}: its ranks finished; rank 0's "
-                          "node reports the run")
+        return TuneResult(output_dir, 0, summary=f"node {options.node_rank}: its ranks finished; rank 0's node "
+                          "reports the run")
     exported = {k: Path(v) for k, v in out.pop("exported").items()}
     return TuneResult(**{**out, "output_dir": Path(out["output_dir"]), "exported": exported})
 
 
-def tune_distributed(config: str | Path | None, settings: dict[str, Any], *, resume: bool = False,
-                     **flags: Any) -> TuneResult:
-    """``hanlin tune [CONFIG] ... --nproc N``: the config checked here, before any process starts."""
-    from hanlin.plugins.finetuners.config import load_config
+_FLAGS: list[tuple[str, str, type, str]] = [
+    ("nproc", "--nproc", int, "Run on N processes per node: torchrun + FSDP2 (one per GPU; on CPU, gloo). Same "
+                              "result as 1 process for the same global batch."),
+    ("nnodes", "--nnodes", int, "Nodes of a multi-node run (torchrun)."),
+    ("node_rank", "--node-rank", int, "This node's rank, from 0 (multi-node)."),
+    ("master_addr", "--master-addr", str, "Rank 0's node address (multi-node)."),
+    ("master_port", "--master-port", int, "Rank 0's port (default: a free one)."),
+    ("dist_timeout", "--dist-timeout", float, "Seconds a rank waits for its peers in a collective before the run "
+                                              "fails (default 1800)."),
+    ("run_timeout", "--run-timeout", float, "Stop a --nproc run after N seconds."),
+]
 
-    return launch_tune(load_config(config, **settings), launch_options(**flags), resume=resume)
+
+def with_launch_flags(command: Any) -> Any:
+    """Adds the ``--nproc`` family of flags to a typer command, which receives them as ``launch``: LaunchOptions,
+    or None when neither --nproc nor --nnodes is given (run in this process). One definition for every command
+    that trains (``hanlin tune``, ``hanlin pretrain``)."""
+    import functools
+    import inspect
+
+    import typer
+
+    signature = inspect.signature(command)
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind | None,
+                               default=typer.Option(None, flag, help=text)) for name, flag, kind, text in _FLAGS]
+    kept = [p for p in signature.parameters.values() if p.name != "launch"]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        flags = {name: kwargs.pop(name, None) for name, *_ in _FLAGS}
+        launch = None
+        if flags["nproc"] is not None or flags["nnodes"] is not None:
+            try:
+                launch = launch_options(**flags)
+            except ConfigurationError as exc:
+                from hanlin.cli import fail
+
+                fail(str(exc))
+        return command(*args, launch=launch, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=kept + extra)  # type: ignore[attr-defined]
+    return wrapper
 
 
 # ---- inside each rank ---------------------------------------------------------------------------

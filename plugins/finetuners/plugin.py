@@ -64,7 +64,10 @@ def register_finetuners(register: Any) -> None:
 def register_commands(cli: Any) -> None:
     import typer
 
+    from hanlin.plugins.finetuners.launcher import with_launch_flags
+
     @cli.command("tune")
+    @with_launch_flags
     def tune_cmd(
         config: Path | None = typer.Argument(None, help="YAML config (its keys: see `hanlin tune --help` options)."),
         model: str | None = typer.Option(None, "--model", "-m", help="Base model: name, .gguf file or HF folder."),
@@ -81,20 +84,10 @@ def register_commands(cli: Any) -> None:
         packing: bool | None = typer.Option(None, "--packing/--no-packing", help="Pack samples into full rows."),
         save_every: int | None = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
         export: list[str] | None = typer.Option(None, "--export", help="adapter, merged, gguf (repeatable)."),
-        quant: str | None = typer.Option(None, "--quant", help="Quantize the GGUF export: q4_k_m, q5_k_m, q6_k, "
-                                                               "q8_0 or q4_0 (config key: gguf_quant)."),
         skip_bad_records: bool = typer.Option(False, "--skip-bad-records", help="Skip malformed rows (counted)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
         seed: int | None = typer.Option(None, "--seed"),
-        nproc: int | None = typer.Option(None, "--nproc", help="Train on N processes per node: torchrun + FSDP2 "
-                                         "(one per GPU; on CPU, gloo). Same result as 1 process, same global batch."),
-        nnodes: int | None = typer.Option(None, "--nnodes", help="Nodes of a multi-node run (torchrun)."),
-        node_rank: int | None = typer.Option(None, "--node-rank", help="This node's rank, from 0 (multi-node)."),
-        master_addr: str | None = typer.Option(None, "--master-addr", help="Rank 0's node address (multi-node)."),
-        master_port: int | None = typer.Option(None, "--master-port", help="Rank 0's port (default: a free one)."),
-        dist_timeout: float | None = typer.Option(None, "--dist-timeout", help="Seconds a rank waits for its peers "
-                                                  "in a collective before the run fails (default 1800)."),
-        run_timeout: float | None = typer.Option(None, "--run-timeout", help="Stop a --nproc run after N seconds."),
+        launch: Any = None,
     ) -> None:
         """Fine-tune a model on chats, agent traces, plain text or preference pairs."""
         from hanlin.cli import fail
@@ -104,15 +97,14 @@ def register_commands(cli: Any) -> None:
         settings = {"model": model, "data": data, "method": method, "output_dir": output_dir,
                     "max_steps": max_steps, "epochs": epochs, "learning_rate": learning_rate,
                     "batch_size": batch_size, "max_length": max_length, "packing": packing,
-                    "save_every": save_every, "export": export, "seed": seed, "gguf_quant": quant,
+                    "save_every": save_every, "export": export, "seed": seed,
                     "skip_bad_records": skip_bad_records or None}
         try:
-            if nproc is not None or nnodes is not None:
-                from hanlin.plugins.finetuners.launcher import tune_distributed
+            if launch is not None:  # --nproc/--nnodes: torchrun + FSDP2 (launcher.py)
+                from hanlin.plugins.finetuners.config import load_config
+                from hanlin.plugins.finetuners.launcher import launch_tune
 
-                result = tune_distributed(config, settings, resume=resume, nproc=nproc, nnodes=nnodes,
-                                          node_rank=node_rank, master_addr=master_addr, master_port=master_port,
-                                          dist_timeout=dist_timeout, run_timeout=run_timeout)
+                result = launch_tune(load_config(config, **settings), launch, resume=resume)
             else:
                 result = tune(config, resume=resume, progress=_print_progress, **settings)
         except HanlinError as exc:
@@ -141,8 +133,17 @@ def _add_bench(cli: Any, typer: Any) -> None:
         batch_size: int = typer.Option(8, "--batch-size"),
         threads: int | None = typer.Option(None, "--threads", help="torch threads (default: torch's choice)."),
         as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+        nproc: int | None = typer.Option(None, "--nproc", help="Instead: 1 vs N processes (torchrun + FSDP2), "
+                                         "tokens/s, scaling efficiency and memory per process."),
+        steps: int = typer.Option(4, "--steps", help="Optimizer steps per configuration (with --nproc)."),
     ) -> None:
         """LoRA tokens/s and peak memory: packed vs unpacked vs transformers Trainer + peft, same data."""
+        if nproc:
+            from hanlin.plugins.finetuners.dist_bench import bench_tune_nproc
+
+            print_tables(lambda: bench_tune_nproc(model, nproc=nproc, samples=samples, max_length=max_length,
+                                                  batch_size=batch_size, steps=steps), as_json)
+            return
         from hanlin.plugins.finetuners.bench import bench_tune
 
         print_tables(lambda: bench_tune(model, samples=samples, max_length=max_length, batch_size=batch_size,

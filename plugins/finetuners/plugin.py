@@ -84,6 +84,8 @@ def register_commands(cli: Any) -> None:
         packing: bool | None = typer.Option(None, "--packing/--no-packing", help="Pack samples into full rows."),
         save_every: int | None = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
         export: list[str] | None = typer.Option(None, "--export", help="adapter, merged, gguf (repeatable)."),
+        quant: str | None = typer.Option(None, "--quant", help="Quantize the GGUF export: q4_k_m, q5_k_m, q6_k, "
+                                                               "q8_0 or q4_0 (config key: gguf_quant)."),
         skip_bad_records: bool = typer.Option(False, "--skip-bad-records", help="Skip malformed rows (counted)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
         seed: int | None = typer.Option(None, "--seed"),
@@ -97,7 +99,7 @@ def register_commands(cli: Any) -> None:
         settings = {"model": model, "data": data, "method": method, "output_dir": output_dir,
                     "max_steps": max_steps, "epochs": epochs, "learning_rate": learning_rate,
                     "batch_size": batch_size, "max_length": max_length, "packing": packing,
-                    "save_every": save_every, "export": export, "seed": seed,
+                    "save_every": save_every, "export": export, "seed": seed, "gguf_quant": quant,
                     "skip_bad_records": skip_bad_records or None}
         try:
             if launch is not None:  # --nproc/--nnodes: torchrun + FSDP2 (launcher.py)

@@ -72,13 +72,14 @@ class EvalWorker:
     def __init__(self, factory: ModelFactory, cache_path: str | None) -> None:
         self.model = factory()
         self.cache = PredictionCache(Path(cache_path)) if cache_path else None
-        self.prepared: set[str] = set()
+        self.runs: dict[tuple[str, EvalSettings], _Run] = {}
 
     def partition(self, dataset: Dataset, settings: EvalSettings, item_ids: list[str]) -> dict[str, Any]:
-        if dataset.name not in self.prepared:  # judging may need it (the HumanEval sandbox)
+        run = self.runs.get((dataset.name, settings))
+        if run is None:  # once per dataset: its prompts (all items) and what judging needs (the HumanEval sandbox)
             dataset.prepare()
-            self.prepared.add(dataset.name)
-        run = _Run(self.model, dataset, settings, self.cache, None)
+            run = self.runs[(dataset.name, settings)] = _Run(self.model, dataset, settings, self.cache, None)
+        calls = run.calls
         wanted = set(item_ids)
         tasks = [(item, s) for item in run.items if item.id in wanted for s in range(settings.samples)]
         if callable(getattr(self.model, "generate_batch", None)):
@@ -87,7 +88,7 @@ class EvalWorker:
             predictions = [run.complete(*task) for task in tasks]
         prompts = [{"id": item.id, "prompt": run.prompts[item.id], "params": run.params(0).model_dump(exclude_none=True)}
                    for item in run.items if item.id in wanted]
-        return {"predictions": predictions, "prompts": prompts, "calls": run.calls, "shots": run.shots,
+        return {"predictions": predictions, "prompts": prompts, "calls": run.calls - calls, "shots": run.shots,
                 "model": self.model.name, "pid": os.getpid()}
 
     def close(self) -> None:

@@ -186,11 +186,8 @@ def dequant_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     return out.reshape(*lead, n)
 
 
-def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Round-to-nearest asymmetric int4 of W [N, K] per (row, group of K): (qweight, scales fp32, zeros uint8).
-
-    The range of each group maps onto codes 0..15 with an integer zero point, so a group's min and max are
-    represented to within half a step (the quantize -> dequantize error bound tests check)."""
+def _rtn_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codes [N, groups, group] (float, 0..15), scales and zeros [N, groups] of W's round-to-nearest int4."""
     n, k = w.shape
     groups = -(-k // group_size)
     pad = groups * group_size - k
@@ -203,5 +200,22 @@ def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch
     scales = ((hi - lo) / 15.0).clamp(min=1e-8)
     zeros = torch.round(-lo / scales).clamp(0, 15)
     codes = torch.round(g / scales[..., None] + zeros[..., None]).clamp(0, 15)
-    codes = codes.reshape(n, -1)[:, :k].to(torch.uint8)
-    return pack_int4(codes), scales, zeros.to(torch.uint8)
+    return codes, scales, zeros
+
+
+def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest asymmetric int4 of W [N, K] per (row, group of K): (qweight, scales fp32, zeros uint8).
+
+    The range of each group (widened to include 0) maps onto codes 0..15 with an integer zero point, so every
+    weight is represented to within half a step (the quantize -> dequantize error bound tests check)."""
+    n, k = w.shape
+    codes, scales, zeros = _rtn_int4(w, group_size)
+    return pack_int4(codes.reshape(n, -1)[:, :k].to(torch.uint8)), scales, zeros.to(torch.uint8)
+
+
+def fake_quantize_int4(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    """What :func:`quantize_int4` then :func:`dequantize_int4` give (fp32 [N, K]), without packing: the AWQ
+    search evaluates it for every candidate scale."""
+    n, k = w.shape
+    codes, scales, zeros = _rtn_int4(w, group_size)
+    return ((codes - zeros[..., None]) * scales[..., None]).reshape(n, -1)[:, :k]

@@ -89,18 +89,30 @@ def test_scale_search_beats_round_to_nearest_and_the_folder_runs(tmp_path, token
     assert config["format"] == "pack_quantized" and config["config_groups"]["group_0"]["weights"]["group_size"] == 32
     engine = Engine(tmp_path / "w4", kernels="torch", dtype="float32", device="cpu", num_blocks=16)
     assert isinstance(engine.model.w["layers.0.qkv"], Int4Weight)
-    # the engine's int4 model against the source model with the same fake quantization applied in torch
+    # an independent reader of the same numbers: the folder dequantized into a float llama for transformers
     import transformers
+    from safetensors.torch import load_file
 
+    from hanlin.kernels.dequant_gemm import dequantize_int4, unpack_zeros
+
+    packed = load_file(str(tmp_path / "w4" / "model.safetensors"))
+    state = {k: v for k, v in packed.items() if not k.split(".")[-1].startswith("weight_")}
+    for key in [k for k in packed if k.endswith(".weight_packed")]:
+        m = key.removesuffix(".weight_packed")
+        n, k = packed[m + ".weight_shape"].tolist()
+        state[m + ".weight"] = dequantize_int4(packed[key], packed[m + ".weight_scale"],
+                                               unpack_zeros(packed[m + ".weight_zero_point"], n), k, 32)
     ref = transformers.AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    assert set(ref.load_state_dict(state, strict=False).missing_keys) <= {"lm_head.weight"}  # tied to the embedding
+    ref.tie_weights()
     prompt = list(range(100, 112))
-    ours = engine.score([(prompt, 1)])[0]
+    ours = torch.tensor(engine.score([(prompt, 1)])[0])
     with torch.no_grad():
-        full = ref(torch.tensor([prompt])).logits[0, :-1].log_softmax(-1)
-    theirs = full.gather(1, torch.tensor(prompt[1:])[:, None])[:, 0]
-    # int4 changes the numbers but not wildly: close to full precision, and not identical to it
-    diff = (torch.tensor(ours) - theirs).abs()
-    assert 0 < diff.max() < 1.0, diff
+        theirs = ref(torch.tensor([prompt])).logits[0, :-1].log_softmax(-1).gather(1, torch.tensor(prompt[1:])[:, None])[:, 0]
+        source = transformers.AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+        original = source(torch.tensor([prompt])).logits[0, :-1].log_softmax(-1).gather(1, torch.tensor(prompt[1:])[:, None])[:, 0]
+    torch.testing.assert_close(ours, theirs, atol=1e-3, rtol=1e-4)  # the engine runs exactly what was written
+    assert (ours - original).abs().max() > 1e-3  # which is quantized, not the source
 
 
 def test_nan_in_a_layer_is_reported_by_name(tmp_path, tokenizer_files) -> None:
@@ -123,3 +135,34 @@ def test_calibration_is_required_and_options_are_checked(tmp_path, tokenizer_fil
     src = tiny_llama(tmp_path / "src", tokenizer_files)
     with pytest.raises(ConfigurationError, match="empty"):
         AWQQuantizer().quantize(src, tmp_path / "o", calib=empty, options={})
+
+
+def test_w4a16_smollm2_follows_the_float_model(tmp_path, tokenizer_files) -> None:
+    """SmolLM2 with every decoder linear int4 (group 128, RTN here: the search is tested above and costs minutes
+    on this model), loaded by the gpu runtime: its greedy tokens, read back teacher-forced by the float engine,
+    are the float engine's own top-1 at >= 60% of the positions (measured 24/36 = 0.67 with 12 tokens each: a
+    135M model loses much at 4 bits, and this one was already a Q4_1 GGUF; AWQ's numbers are in the report)."""
+    from hanlin.plugins.quantizers.awq import _load, pack_state, write_folder
+    from hanlin.runtimes.gpu.engine import Engine
+    from hanlin.runtimes.gpu.sequence import SamplingParams
+
+    smol = tokenizer_files
+    model, tok = _load(smol)
+    write_folder(smol, tmp_path / "w4", pack_state(model, 128), json.loads((smol / "config.json").read_text()), 128, [])
+    del model
+    prompts = [tok(t).input_ids for t in ("The capital of France is", "def fibonacci(n):\n   ",
+                                           "Water boils at a temperature of")]
+    common = dict(kernels="torch", dtype="float32", device="cpu", num_blocks=32, block_size=16)
+    w4 = Engine(tmp_path / "w4", **common)
+    got = w4.generate(prompts, SamplingParams(max_tokens=12, ignore_eos=True))
+    full = Engine(smol, **common)
+    agree = total = 0
+    for prompt, new in zip(prompts, got):
+        seq = prompt + new
+        blocks = [full.blocks.allocate() for _ in range(-(-len(seq) // 16))]
+        batch = full._flat_batch([(seq, 0, blocks, range(len(prompt) - 1, len(seq) - 1))])
+        best = full.model.forward(batch, full.kv).argmax(-1).tolist()
+        full.blocks.release(blocks)
+        agree += sum(int(b == t) for b, t in zip(best, new))
+        total += len(new)
+    assert agree / total >= 0.6, (agree, total)

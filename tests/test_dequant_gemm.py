@@ -16,7 +16,7 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 
 from hanlin.kernels import TOLERANCES  # noqa: E402
 from hanlin.kernels.dequant_gemm import (  # noqa: E402
-    GEMV_MAX_M, dequant_gemm, dequant_gemm_ref, dequantize_int4, pack_int4, pack_zeros, quantize_int4, unpack_int4,
+    GEMV_MAX_M, dequant_gemm, dequant_gemm_ref, dequantize_int4, fake_quantize_int4, pack_int4, pack_zeros, quantize_int4, unpack_int4,
     unpack_zeros,
 )
 
@@ -49,6 +49,7 @@ def test_quantize_dequantize_error_is_within_half_a_step(k: int, group: int) -> 
     step = scales[:, torch.arange(k) // group]
     assert ((back - w).abs() <= step / 2 + 1e-6).all()
     assert (back - w).abs().max() > 0  # it really is quantized
+    torch.testing.assert_close(fake_quantize_int4(w, group), back)  # the AWQ search's unpacked shortcut agrees
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hanlin.kernels.dequant_gemm import dequantize_int4, quantize_int4
+from hanlin.kernels.dequant_gemm import fake_quantize_int4
 
 GRID = 20  # alpha in 0, 1/20, ..., 19/20 (AutoAWQ's grid)
 
@@ -31,18 +31,14 @@ class GroupResult:
     awq_error: float
 
 
-def fake_quant(w: torch.Tensor, group_size: int) -> torch.Tensor:
-    """W after int4 RTN quantize -> dequantize (fp32), as the W4A16 kernel will see it."""
-    qweight, scales, zeros = quantize_int4(w, group_size)
-    return dequantize_int4(qweight, scales, zeros, w.shape[1], group_size)
-
-
-def output_error(x: torch.Tensor, weights: list[torch.Tensor], scales: torch.Tensor, group_size: int) -> float:
-    """Mean squared error of x @ W.T when W's columns are scaled by ``scales``, quantized, then unscaled."""
+def output_error(x: torch.Tensor, weights: list[torch.Tensor], scales: torch.Tensor, group_size: int,
+                 refs: list[torch.Tensor] | None = None) -> float:
+    """Mean squared error of x @ W.T when W's columns are scaled by ``scales``, quantized, then unscaled (``refs``:
+    the exact outputs, when already computed)."""
     total = 0.0
-    for w in weights:
-        ref = x @ w.T
-        q = fake_quant(w * scales[None, :], group_size) / scales[None, :]
+    for i, w in enumerate(weights):
+        ref = refs[i] if refs is not None else x @ w.T
+        q = fake_quantize_int4(w * scales[None, :], group_size) / scales[None, :]
         total += float(((x @ q.T) - ref).pow(2).mean())
     return total
 
@@ -53,14 +49,15 @@ def search_scales(x: torch.Tensor, weights: list[torch.Tensor], mean_abs: torch.
     per-channel mean |x| over all calibration tokens is ``mean_abs`` [K]."""
     x, mean_abs = x.float(), mean_abs.float().clamp(min=1e-4)
     weights = [w.float() for w in weights]
+    refs = [x @ w.T for w in weights]
     ones = torch.ones_like(mean_abs)
-    rtn = output_error(x, weights, ones, group_size)
+    rtn = output_error(x, weights, ones, group_size, refs)
     best = GroupResult(ones, 0.0, rtn, rtn)
     for step in range(1, grid):
         alpha = step / grid
         s = mean_abs.pow(alpha)
         s = s / (s.max() * s.min()).sqrt()  # centre the scales around 1 (AutoAWQ's normalisation)
-        err = output_error(x, weights, s, group_size)
+        err = output_error(x, weights, s, group_size, refs)
         if err < best.awq_error:
             best = GroupResult(s, alpha, rtn, err)
     return best

@@ -28,6 +28,7 @@ BLOCKS: dict[str, tuple[str, str]] = {
     "pii": ("pii:PiiMasker", "mask e-mails, phone numbers and IP addresses"),
     "write_jsonl": ("writers:JsonlWriter", "write JSONL shards (part-NNNNN.jsonl)"),
     "write_parquet": ("writers:ParquetWriter", "write Parquet shards (part-NNNNN.parquet)"),
+    "perplexity": ("perplexity:PerplexityFilter", "keep documents a small causal LM (HF folder) scores within bounds"),
     "pack": ("pack:PackBlock", "tokenize and pack into hanlin-packed-v1 token shards for pre-training"),
 }
 

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -89,6 +90,59 @@ def test_replicas_refuse_options_they_cannot_honour() -> None:
 
     result = CliRunner().invoke(app, ["serve", "--replicas", "2", "--agent", "x"])
     assert result.exit_code == 2 and "--replicas serves the model alone" in result.output
+
+
+# ---- a reply cut after its first tokens ---------------------------------------------------------------------------
+class _Replica:
+    """A loopback endpoint that streams "Hel" "lo" and [DONE], or (``cut``) "Hel" and then drops the connection,
+    as a replica killed mid-reply does."""
+
+    def __init__(self, cut: bool) -> None:
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        def event(**delta: Any) -> bytes:
+            return f"data: {json.dumps({'choices': [{'index': 0, 'delta': delta, 'finish_reason': None}]})}\n\n".encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers["Content-Length"]))
+                body = event(content="Hel") + (b"" if cut else event(content="lo") + b"data: [DONE]\n\n")
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Content-Length", str(len(body) + (10_000 if cut else 0)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+
+def test_a_reply_cut_after_tokens_fails_a_stream_but_is_asked_again_when_nobody_saw_it() -> None:
+    from hanlin.runtimes.remote.client import RemoteChatModel
+
+    cut, whole = _Replica(cut=True), _Replica(cut=False)
+    try:
+        for streamed in (True, False):
+            model = RemoteChatModel("m", base_url=[cut.url, whole.url], health_interval=0, backoff=0.01)
+            busy = model.router.acquire(exclude=[cut.url])  # the whole replica is busier: the cut one goes first
+            if streamed:
+                pieces: list[str] = []
+                with pytest.raises(ModelError, match="after part of the reply was sent"):
+                    for chunk in model.stream("hi"):
+                        pieces.append(chunk.text)
+                assert pieces == ["Hel"]  # the caller saw a token: asking again would repeat it
+            else:
+                assert model.generate("hi").text == "Hello"  # nobody saw "Hel": asked again on the live replica
+            model.router.release(busy)
+            model.close()
+    finally:
+        cut.server.shutdown()
+        whole.server.shutdown()
 
 
 # ---- three real replicas on loopback ------------------------------------------------------------------------------

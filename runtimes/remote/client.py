@@ -21,6 +21,7 @@ from hanlin import (
     Capabilities,
     ChatModel,
     Chunk,
+    Completion,
     ConfigurationError,
     ContextOverflowError,
     GenerationParams,
@@ -29,6 +30,7 @@ from hanlin import (
     ToolCall,
     Usage,
 )
+from hanlin.chat_model import completion_from_chunks
 from hanlin.messages import to_openai_messages
 from hanlin.runtimes.remote.router import Endpoint, Router, split_urls
 
@@ -174,6 +176,17 @@ class RemoteChatModel(ChatModel):
         body = self._body(messages, params)
         return self._routed(body, affinity_key(body["messages"]), "/chat/completions")
 
+    def _generate(self, messages: list[Message], params: GenerationParams) -> Completion:
+        """Not streamed: nobody has seen a token until the reply is whole, so a reply cut by a dying replica is
+        asked again (the dead one is out of rotation by then) instead of failing, up to ``max_retries`` times."""
+        for attempt in range(self.max_retries + 1):
+            try:
+                return completion_from_chunks(self._stream(messages, params))
+            except _PartialReply:
+                if attempt == self.max_retries:
+                    raise
+        raise ModelError("not reached")
+
     def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
         """Raw text completion through ``/completions`` (the legacy route vLLM, SGLang and hanlin serve keep), so a
         replica front serves it too; affinity on the prompt's first 256 characters."""
@@ -204,7 +217,7 @@ class RemoteChatModel(ChatModel):
                 if reply.started or attempt == self.max_retries or not untried:  # the same endpoint is not asked again
                     why = ("after part of the reply was sent; not retried (the reply would repeat)" if reply.started
                            else f"before any token; tried {len(tried) + 1} endpoint(s), none left to retry on")
-                    raise ModelError(f"{error} ({why})") from None
+                    raise (_PartialReply if reply.started else ModelError)(f"{error} ({why})") from None
             finally:
                 response.close()
                 self.router.release(endpoint, failed=bool(error), down=bool(error) and not reply.event_error, error=error)
@@ -227,6 +240,10 @@ def affinity_key(messages: list[dict[str, Any]]) -> str | None:
         return None
     blob = json.dumps(messages[:end + 1], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
+
+
+class _PartialReply(ModelError):
+    """A reply that broke after some of it was streamed: a streaming caller must not get it twice."""
 
 
 class _Reply:

@@ -111,6 +111,18 @@ def test_loss_falls_from_scratch_and_beats_the_unigram_baseline(trained) -> None
     assert "held-out perplexity" in result.summary
 
 
+def test_continued_pretraining_starts_from_the_models_weights(trained, bpe_packed: Path, tmp_path: Path) -> None:
+    """--init-from loads an HF folder (here the run above's export) and trains it further: its first loss is the
+    trained model's, not a fresh model's ~ln(vocab)."""
+    from hanlin.plugins.finetuners.pretrain import pretrain
+
+    _, first_run = trained
+    result = pretrain(None, **settings(tmp_path / "more", bpe_packed, max_steps=2, preset="tiny",
+                                       init_from=str(first_run.exported["merged"])))
+    assert result.losses[0] < first_run.losses[0] - 2.0, (result.losses, first_run.losses[:3])
+    assert "continued" in result.summary
+
+
 def test_resume_continues_the_same_curve(tmp_path: Path, bpe_packed: Path) -> None:
     from hanlin.plugins.finetuners.pretrain import PretrainTrainer
     from hanlin.plugins.finetuners.pretrain_config import load_pretrain_config

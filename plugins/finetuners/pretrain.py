@@ -41,8 +41,8 @@ def resolve_tokenizer_folder(name: str, cache_dir: Path | None = None) -> Path:
 class PretrainTrainer(Trainer):
     """trainer.Trainer over packed shards and a from-scratch (or continued) model."""
 
-    def __init__(self, config: PretrainConfig, *, progress: Progress | None = None,
-                 cache_dir: Path | None = None) -> None:
+    def __init__(self, config: PretrainConfig, *, progress: Progress | None = None, cache_dir: Path | None = None,
+                 resume: bool = False) -> None:
         import torch
         from transformers import AutoTokenizer
 
@@ -55,7 +55,7 @@ class PretrainTrainer(Trainer):
             raise ConfigurationError(f"eval_data was tokenized with {held.meta.get('tokenizer')!r}, data with "
                                      f"{train.meta.get('tokenizer')!r}; pack both with the same tokenizer")
         self.out = Path(config.output_dir)
-        saved = self._saved_run()
+        saved = self._saved_run() if resume else {}  # a resumed time-bounded run keeps its step count
         if config.init_from:
             tune = to_tune_config(config, model_tag=model_tag(config, None), max_steps=config.max_steps,
                                   seq_len=train.seq_len).model_copy(update={"model": config.init_from})
@@ -166,7 +166,7 @@ def pretrain(config: str | Path | dict[str, Any] | PretrainConfig | None = None,
         cfg = load_pretrain_config(None, **{**config, **settings})
     else:
         cfg = load_pretrain_config(config, **settings)
-    trainer = PretrainTrainer(cfg, progress=progress, cache_dir=cache_dir)
+    trainer = PretrainTrainer(cfg, progress=progress, cache_dir=cache_dir, resume=resume)
     if "gguf" in cfg.export:
         from hanlin.plugins.finetuners.gguf_export import check_exportable
 

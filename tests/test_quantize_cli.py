@@ -152,3 +152,42 @@ def test_report_is_flagged_by_a_failed_check_or_a_layer_warning() -> None:
                                                             message="NaN")]})
     assert warned.flagged and "blk.1.ffn_down.weight: NaN" in warned.summary()
     assert QuantizeReport.model_validate_json(warned.model_dump_json()) == warned
+
+
+class _CopyMethod:
+    """A third party's method as a plugin registers it: it writes ``out`` and reports a failed check."""
+
+    def quantize(self, source: Path, out: Path, *, calib: Path | None, options: dict) -> QuantizeReport:
+        out.write_bytes(source.read_bytes())
+        check = QualityCheck(metric="nll", text=str(calib), tokens=3, source=1.0, quantized=2.0, max_increase=0.1)
+        return QuantizeReport(method="copy-w4", source=str(source), out=str(out), size_bytes_in=4, size_bytes_out=4,
+                              seconds=0.0, calibration=str(calib), checks=[check], details={"options": options})
+
+
+class _CopyPlugin:
+    from hanlin import ComponentSpec, hookimpl
+
+    @hookimpl
+    def register_quantizers(self, register):  # noqa: ANN001
+        register(self.ComponentSpec(name="copy-w4", factory=_CopyMethod, description="test method"))
+
+
+def test_a_registered_method_gets_the_command_json_and_strict(tmp_path: Path) -> None:
+    from hanlin.plugin_manager import plugins
+    from hanlin.plugins.quantizers.cli import gguf_method
+
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    calib = tmp_path / "c.txt"
+    calib.write_text("some text")
+    with plugins().registered(_CopyPlugin(), "copy-plugin"):
+        args = ["quantize", str(tmp_path / "m.gguf"), "--to", "copy-w4", "--out", str(tmp_path / "o"), "--calib",
+                str(calib), "--threads", "3"]
+        ran = _cli(*args, "--json")
+        assert ran.exit_code == 0, ran.output
+        report = json.loads(ran.output)
+        assert report["details"]["options"] == {"check": True, "threads": 3} and report["calibration"] == str(calib)
+        strict = _cli(*args, "--strict")
+        assert strict.exit_code == 1 and "DEGRADED beyond +10%" in strict.output
+        with pytest.raises(ConfigurationError, match="'copy-w4' does not write GGUF; the GGUF export quantizes"):
+            gguf_method("copy-w4")
+    assert (tmp_path / "o").read_bytes() == b"GGUF"

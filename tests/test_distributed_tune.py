@@ -212,9 +212,11 @@ def _launch_in_thread(job: dict[str, Any], **options: Any) -> tuple[threading.Th
     return thread, outcome
 
 
-def test_a_killed_rank_fails_the_run_with_a_clear_message(tmp_path: Path) -> None:
+def test_a_killed_rank_fails_the_run_with_a_clear_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from hanlin.errors import HanlinError
 
+    mark = f"hanlin-test-{os.getpid()}-{time.monotonic_ns()}"
+    monkeypatch.setenv("HANLIN_TEST_MARK", mark)
     thread, outcome = _launch_in_thread({"pids": str(tmp_path)}, dist_timeout=60)
     deadline = time.monotonic() + 120
     while not (tmp_path / "rank-1").is_file() and thread.is_alive() and time.monotonic() < deadline:
@@ -229,15 +231,34 @@ def test_a_killed_rank_fails_the_run_with_a_clear_message(tmp_path: Path) -> Non
     assert isinstance(error, HanlinError), outcome
     assert "rank 1 was killed by SIGKILL" in str(error)
     assert time.monotonic() - killed_at < 60
+    assert _processes_marked(mark) == []  # rank 0, blocked in a collective with the dead rank, was stopped too
 
 
-def test_run_timeout_stops_every_rank(tmp_path: Path) -> None:
+def _processes_marked(mark: str) -> list[int]:
+    """Processes (of this user) whose environment holds ``mark``: the launcher's torchrun and its ranks."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mark.encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return [pid for pid in found if pid != os.getpid()]
+
+
+def test_run_timeout_stops_every_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every process the run started is gone when the launcher returns (found by a marker in their inherited
+    environment). 15 s lets the ranks start and enter their collectives first: torchrun's workers run in sessions
+    of their own, so killing only torchrun's process group would leave them spinning."""
     from hanlin.errors import HanlinError
 
-    thread, outcome = _launch_in_thread({"pids": str(tmp_path)}, run_timeout=5)
+    mark = f"hanlin-test-{os.getpid()}-{time.monotonic_ns()}"
+    monkeypatch.setenv("HANLIN_TEST_MARK", mark)
+    thread, outcome = _launch_in_thread({"pids": str(tmp_path)}, run_timeout=15)
     thread.join(timeout=120)
     assert not thread.is_alive()
-    assert isinstance(outcome.get("error"), HanlinError) and "--run-timeout 5 s" in str(outcome["error"])
-    for pid_file in tmp_path.glob("rank-*"):  # no rank outlives the launcher
-        with pytest.raises(ProcessLookupError):
-            os.kill(int(pid_file.read_text()), 0)
+    assert isinstance(outcome.get("error"), HanlinError) and "--run-timeout 15 s" in str(outcome["error"])
+    deadline = time.monotonic() + 5  # a rank re-parented at the kill notices within its 1 s watch period
+    while _processes_marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_marked(mark) == []

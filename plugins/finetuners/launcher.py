@@ -116,20 +116,29 @@ def _run(cmd: list[str], timeout: float | None) -> tuple[int, list[str], bool]:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
-        _kill_group(proc)
+        _stop(proc)
     except BaseException:  # Ctrl-C: take the ranks down with the launcher
-        _kill_group(proc)
+        _stop(proc)
         raise
     reader.join(timeout=5)
     return proc.returncode, list(tail), timed_out
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
+def _stop(proc: subprocess.Popen[str], grace: float = 30.0) -> None:
+    """torchrun stops its workers when it gets SIGTERM (they run in sessions of their own, which killing
+    torchrun's process group would not reach); after ``grace`` seconds everything left is killed. A rank whose
+    torchrun died anyway exits by itself (``_exit_with_launcher``)."""
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=grace)
     except ProcessLookupError:
         pass
-    proc.wait()
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
 
 def failure_message(code: int, tail: list[str], folder: Path, options: LaunchOptions) -> str:
@@ -236,6 +245,22 @@ def resolve_entry(entry: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def _exit_with_launcher(period: float = 1.0) -> None:
+    """A rank whose torchrun is gone (killed, crashed) is re-parented; it exits then instead of living on,
+    spinning in collectives with the other orphans."""
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(period)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="hanlin-parent-watch").start()
+
+
 def rank_main(job_file: Path) -> int:
     """One rank: join the process group, run the entry, hand rank 0's result back; on an error leave a one-line
     reason for the launcher's message and exit non-zero."""
@@ -243,6 +268,7 @@ def rank_main(job_file: Path) -> int:
 
     from hanlin.plugins.finetuners.distributed import init_process_group
 
+    _exit_with_launcher()
     spec = json.loads(job_file.read_text())
     rank = int(os.environ.get("RANK", "0"))
     try:

@@ -23,6 +23,11 @@ TARGETS = {  # summary name -> (bench step, words starting its table's title)
     "batch-1 decode >= 50% of the bandwidth bound": ("bench_throughput", "batch-1 decode:"),
     "every kernel correct and at its speed target": ("bench_kernels", "kernels:"),
 }
+QUANT_TARGETS = {  # `hanlin bench quant` (issue 21), reported beside the engine's targets
+    "W4A16 batch-1 decode >= 2x bf16": ("bench_quant", "W4A16 batch-1 decode:"),
+    "KV int8 throughput >= 1.3x bf16 cache (256 requests)": ("bench_quant", "KV int8 throughput:"),
+    "dequant-GEMM faster than bf16 matmul at M = 1": ("bench_quant", "dequant-GEMM:"),
+}
 
 
 def _read(path: Path) -> str:
@@ -63,15 +68,17 @@ def summarize(work: Path, start: float) -> dict[str, Any]:
             steps[name]["stdout_tail"] = _read(work / f"{name}.log")[-3000:]
             steps[name]["stderr_tail"] = _read(work / f"{name}.err")[-3000:]
     tests = {name: junit_counts(work / f"{name}.xml") for name in TEST_STEPS}
-    bench = {name: bench_tables(_read(work / f"{name}.log")) for name in ("bench_kernels", "bench_throughput")}
-    targets = {}
-    for target, (step, title) in TARGETS.items():
-        table = next((t for t in bench[step] or [] if t.get("title", "").startswith(title)), None)
-        targets[target] = None if table is None else table.get("met")
+    bench = {name: bench_tables(_read(work / f"{name}.log")) for name in ("bench_kernels", "bench_throughput",
+                                                                          "bench_quant")}
+    targets, quant_targets = {}, {}
+    for found, wanted in ((targets, TARGETS), (quant_targets, QUANT_TARGETS)):
+        for target, (step, title) in wanted.items():
+            table = next((t for t in bench[step] or [] if t.get("title", "").startswith(title)), None)
+            found[target] = None if table is None else table.get("met")
     ok = bool(steps) and all(s["rc"] == 0 for s in steps.values()) and all(
         t is not None and not t["failures"] and not t["errors"] for t in tests.values())
     return {"ok": ok, "device": _device(), "seconds": round(time.time() - start), "steps": steps, "tests": tests,
-            "targets": targets, "bench": bench}
+            "targets": targets, "quant_targets": quant_targets, "bench": bench}
 
 
 def _device() -> str:
@@ -86,7 +93,7 @@ def main(argv: list[str]) -> int:
     work, path, start = Path(argv[1]), Path(argv[2]), float(argv[3])
     summary = summarize(work, start)
     path.write_text(json.dumps(summary, indent=2, default=str))
-    brief = {k: summary[k] for k in ("ok", "seconds", "targets")}
+    brief = {k: summary[k] for k in ("ok", "seconds", "targets", "quant_targets")}
     brief["steps"] = {k: v["rc"] for k, v in summary["steps"].items()}
     print(json.dumps(brief, indent=2))
     print(f"gpu_check: summary in {path}", file=sys.stderr)

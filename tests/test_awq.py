@@ -148,7 +148,7 @@ def test_w4a16_smollm2_follows_the_float_model(tmp_path, tokenizer_files) -> Non
 
     smol = tokenizer_files
     model, tok = _load(smol)
-    write_folder(smol, tmp_path / "w4", pack_state(model, 128), json.loads((smol / "config.json").read_text()), 128, [])
+    write_folder(smol, tmp_path / "w4", pack_state(model, 128), 128, [])
     del model
     prompts = [tok(t).input_ids for t in ("The capital of France is", "def fibonacci(n):\n   ",
                                            "Water boils at a temperature of")]

@@ -22,7 +22,6 @@ packed layout is documented in hanlin.kernels.dequant_gemm. Embeddings, norms an
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -82,7 +81,7 @@ def quantize_awq(source: Path, out: Path, calib: Path, *, group_size: int = 128,
         raise NonFiniteActivations(stats.nonfinite)
     notes = apply_awq(model, stats, group_size)
     state = pack_state(model, group_size)
-    write_folder(source, out, state, cfg, group_size, notes)
+    write_folder(source, out, state, group_size, notes)
     report = QuantizeReport(
         method="awq-w4", source=str(source), out=str(out), size_bytes_in=_weights_size(source),
         size_bytes_out=_weights_size(out), seconds=0.0, calibration=str(calib),
@@ -203,52 +202,19 @@ def apply_awq(model: Any, stats: Stats, group_size: int) -> list[GroupNote]:
     return notes
 
 
-# ---- packing and writing --------------------------------------------------------------------------------------
+# ---- packing and writing: the gpu runtime's int4 format (hanlin.runtimes.gpu.quant_linear) -----------------------
 def pack_state(model: Any, group_size: int) -> dict[str, Any]:
-    """The checkpoint's tensors: every decoder linear packed (compressed-tensors names), the rest unchanged."""
-    import torch
+    from hanlin.runtimes.gpu.quant_linear import pack_linears
 
-    from hanlin.kernels.dequant_gemm import pack_zeros, quantize_int4
-
-    linears = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in f".{name}"}
-    state: dict[str, Any] = {}
-    for key, tensor in model.state_dict().items():
-        module = key.rsplit(".", 1)[0]
-        if module in linears and key.endswith(".weight"):
-            qweight, scales, zeros = quantize_int4(tensor, group_size)
-            state[module + ".weight_packed"] = qweight
-            state[module + ".weight_scale"] = scales.to(torch.float16)
-            state[module + ".weight_zero_point"] = pack_zeros(zeros)
-            state[module + ".weight_shape"] = torch.tensor(list(tensor.shape), dtype=torch.int64)
-        else:
-            state[key] = tensor.contiguous()
-    return state
+    return pack_linears(model.state_dict(), group_size)
 
 
-def quantization_config(group_size: int, notes: list[GroupNote]) -> dict[str, Any]:
-    return {
-        "quant_method": "compressed-tensors", "format": "pack_quantized",
-        "config_groups": {"group_0": {"targets": ["Linear"], "weights": {
-            "num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": group_size}}},
-        "ignore": ["lm_head"],
-        "hanlin": {"method": "awq", "scaled_groups": sum(1 for n in notes if n.alpha > 0), "groups": len(notes)},
-    }
+def write_folder(source: Path, out: Path, state: dict[str, Any], group_size: int, notes: list[GroupNote]) -> None:
+    from hanlin.runtimes.gpu.quant_linear import write_int4_folder
 
-
-def write_folder(source: Path, out: Path, state: dict[str, Any], cfg: dict[str, Any], group_size: int,
-                 notes: list[GroupNote]) -> None:
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    for f in source.iterdir():  # tokenizer, chat template, generation config...
-        if f.is_file() and not f.name.endswith(".safetensors") and f.name not in ("config.json",
-                                                                                   "model.safetensors.index.json"):
-            shutil.copy2(f, out / f.name)
-    if cfg.get("tie_word_embeddings", True):
-        state.pop("lm_head.weight", None)  # tied: safetensors refuses shared storage
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps({**cfg, "quantization_config": quantization_config(group_size, notes)},
-                                                indent=2))
+    write_int4_folder(source, out, state, group_size, hanlin={
+        "method": "awq" if notes else "rtn", "scaled_groups": sum(1 for n in notes if n.alpha > 0),
+        "groups": len(notes)})
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""`hanlin bench throughput` and `hanlin bench kernels`: the gpu engine's own benchmark commands."""
+"""`hanlin bench throughput`, `hanlin bench kernels` and `hanlin bench quant`: the gpu engine's own benchmark
+commands."""
 
 from __future__ import annotations
 
@@ -53,3 +54,23 @@ def add_commands(cli: Any) -> None:
         from hanlin.runtimes.gpu.bench import run_all
 
         print_tables(lambda: run_all(suite="kernels", tiny=smoke, dtype=dtype), as_json)
+
+    @group.command("quant")
+    def bench_quant_cmd(
+        model: Annotated[str, typer.Option("--model", "-m", help="Model name or HF folder / GGUF path.")] = "smollm2-135m-instruct",
+        what: Annotated[str, typer.Option(help="Comma-separated: w4a16 (batch-1 decode, int4 vs float weights), "
+                                          "kv-int8 (throughput, int8 vs float KV cache), gemm (dequant-GEMM vs "
+                                          "torch.matmul).")] = "w4a16,kv-int8,gemm",
+        requests: Annotated[int | None, typer.Option(help="kv-int8: requests (default 256 on a GPU, 8 on CPU).")] = None,
+        cache_memory: Annotated[str | None, typer.Option("--cache-memory", help="kv-int8: KV cache memory for both "
+                                                         "(default 2GiB on a GPU, 16MiB on CPU).")] = None,
+        smoke: Annotated[bool, typer.Option("--smoke", help="gemm: tiny shapes under the Triton interpreter (CPU).")] = False,
+        cache_dir: Annotated[str | None, typer.Option("--cache-dir", help="Where a GGUF model's HF conversion is kept.")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the tables as JSON.")] = False,
+    ) -> None:
+        """W4A16 and the int8 KV cache, each beside the float engine measured in the same run."""
+        from hanlin.runtimes.gpu.bench_quant import run_quant
+
+        options = {"model": model, "requests": requests, "cache_memory": cache_memory, "smoke": smoke,
+                   "cache_dir": cache_dir}
+        print_tables(lambda: run_quant(what, **{k: v for k, v in options.items() if v is not None}), as_json)

@@ -5,11 +5,17 @@ A folder written by ``hanlin quantize --to awq-w4`` (or any compressed-tensors `
 ``X.weight_zero_point`` / ``X.weight_shape`` (layout: hanlin.kernels.dequant_gemm). The model fuses q/k/v and
 gate/up at load; packed rows concatenate along N exactly like float rows, so a fused int4 weight is the
 concatenation of its parts' packed rows, scales and (unpacked) zero points.
+
+``pack_linears`` and ``write_int4_folder`` write that format from float weights (the AWQ quantizer after its
+scale search; the benchmarks with plain round-to-nearest).
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -83,3 +89,52 @@ def linear(x: torch.Tensor, w: torch.Tensor | Int4Weight, triton: bool) -> torch
         return x @ w.T
     f = _dq.dequant_gemm if triton else _dq.dequant_gemm_ref
     return f(x, w.qweight, w.scales, w.zeros, w.group_size)
+
+
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def pack_linears(state: dict[str, torch.Tensor], group_size: int) -> dict[str, torch.Tensor]:
+    """A float checkpoint's tensors with every decoder linear weight (``*.layers.N.*.{q,k,v,o,gate,up,down}_proj
+    .weight``) replaced by its round-to-nearest int4 tensors under compressed-tensors names; the rest unchanged."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        module = key.removesuffix(".weight")
+        if key.endswith(".weight") and ".layers." in f".{key}" and module.rsplit(".", 1)[-1] in LINEARS:
+            qweight, scales, zeros = _dq.quantize_int4(tensor, group_size)
+            out[module + ".weight_packed"] = qweight.cpu()
+            out[module + ".weight_scale"] = scales.to(torch.float16).cpu()
+            out[module + ".weight_zero_point"] = _dq.pack_zeros(zeros).cpu()
+            out[module + ".weight_shape"] = torch.tensor(list(tensor.shape), dtype=torch.int64)
+        else:
+            out[key] = tensor.contiguous().cpu()
+    return out
+
+
+def quantization_config(group_size: int, **extra: Any) -> dict[str, Any]:
+    """config.json's ``quantization_config`` for :func:`pack_linears`' tensors (what :func:`int4_config` reads)."""
+    return {
+        "quant_method": "compressed-tensors", "format": "pack_quantized",
+        "config_groups": {"group_0": {"targets": ["Linear"], "weights": {
+            "num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": group_size}}},
+        "ignore": ["lm_head"], **extra,
+    }
+
+
+def write_int4_folder(source: Path, out: Path, state: dict[str, torch.Tensor], group_size: int,
+                      **extra: Any) -> None:
+    """``out``: the packed ``state`` as model.safetensors, source's config.json with the quantization_config
+    (plus ``extra``), and every other file of ``source`` (tokenizer, chat template, generation config)."""
+    from safetensors.torch import save_file
+
+    cfg = json.loads((source / "config.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    for f in source.iterdir():
+        if f.is_file() and not f.name.endswith(".safetensors") and f.name not in ("config.json",
+                                                                                   "model.safetensors.index.json"):
+            shutil.copy2(f, out / f.name)
+    if cfg.get("tie_word_embeddings", True):
+        state.pop("lm_head.weight", None)  # tied: safetensors refuses shared storage, and the loader ties it
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps({**cfg, "quantization_config": quantization_config(group_size, **extra)},
+                                                indent=2))

@@ -43,8 +43,8 @@ def bench_documents(n: int) -> list[str]:
     return mixed[:n]
 
 
-def bench_pretrain(*, preset: str = "tiny", docs: int = 96, seq_len: int = 256, batch_size: int = 8,
-                   steps: int = 12, tokenizer: str = "train", threads: int | None = None) -> list[Any]:
+def bench_pretrain(*, preset: str = "tiny", docs: int = 48, seq_len: int = 1024, batch_size: int = 4,
+                   steps: int = 6, tokenizer: str = "train", threads: int | None = None) -> list[Any]:
     import torch
 
     from hanlin.bench import BenchTable

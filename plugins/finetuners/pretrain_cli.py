@@ -74,10 +74,10 @@ def add_commands(cli: Any, typer: Any) -> None:
     @bench.command("pretrain")
     def bench_pretrain_cmd(
         preset: str = typer.Option("tiny", "--preset", help="Model size preset."),
-        docs: int = typer.Option(96, "--docs", help="Standard-library source files in the corpus."),
-        seq_len: int = typer.Option(256, "--seq-len"),
-        batch_size: int = typer.Option(8, "--batch-size"),
-        steps: int = typer.Option(12, "--steps", help="Optimizer steps per loop."),
+        docs: int = typer.Option(48, "--docs", help="Standard-library source files in the corpus."),
+        seq_len: int = typer.Option(1024, "--seq-len"),
+        batch_size: int = typer.Option(4, "--batch-size"),
+        steps: int = typer.Option(6, "--steps", help="Optimizer steps per loop."),
         tokenizer: str = typer.Option("train", "--tokenizer",
                                       help="'train' (an 8k BPE fitted to the documents), a folder or a model."),
         threads: int | None = typer.Option(None, "--threads"),

@@ -20,10 +20,14 @@ def weight_bytes_per_token(engine: Any) -> int:
     """Bytes of weights one decode token reads: every tensor the forward uses, once. A tied LM head shares the
     embedding's storage and is counted once, as the LM head read; an untied embedding table is only indexed, so it
     costs one row."""
+    from hanlin.runtimes.gpu.quant_linear import Int4Weight
+
     w = engine.model.w
     seen: dict[tuple[int, int], int] = {}
     for name, t in w.items():
-        if name != "embed":
+        if isinstance(t, Int4Weight):  # a W4A16 linear: its packed codes, scales and zero points
+            seen[(id(t), 0)] = t.nbytes()
+        elif name != "embed":
             seen.setdefault((t.data_ptr(), t.nbytes), t.nbytes)
     embed = w["embed"]
     tied = (embed.data_ptr(), embed.nbytes) in seen

@@ -7,6 +7,8 @@
   cache memory (``--cache-memory``; a cache too small for the whole workload is what makes the cache's capacity
   the limit, as on a busy server).
 - ``gemm``: the dequant-GEMM kernel vs ``torch.matmul`` on the float weight at decode shapes (M = 1 and 16).
+- ``quality``: perplexity on held-out text (CPU, any machine): full precision vs KV int8 vs W4A16 RTN vs a given
+  AWQ folder (``--awq DIR``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from hanlin import ConfigurationError
 from hanlin.bench import BenchTable
 from hanlin.runtimes.gpu.bench import _hf_folder, _release, run_engine, workload
 
-WHAT = ("w4a16", "kv-int8", "gemm")
+WHAT = ("w4a16", "kv-int8", "gemm", "quality")
 GEMM_SHAPES = [(896, 4864), (4864, 896), (4096, 4096), (4096, 11008), (11008, 4096)]  # (K, N): Qwen2.5-0.5B, Llama-7B
 
 
@@ -180,6 +182,40 @@ def bench_dequant_gemm(smoke: bool = False, **_: Any) -> BenchTable:
     return table
 
 
+def bench_quality(model: str, cache_dir: str | None = None, awq: str | None = None, text: str | None = None,
+                  max_tokens: int = 1536, **_: Any) -> BenchTable:
+    """Perplexity on held-out text through the engine (fp32, torch reference ops): full precision, KV int8, W4A16
+    round-to-nearest and, given ``awq`` (a ``hanlin quantize --to awq-w4`` folder of this model), W4A16 AWQ."""
+    import importlib.metadata
+
+    from hanlin.runtimes.gpu.perplexity import engine_perplexity
+
+    spec, folder = _hf_folder(model, cache_dir)
+    if text:
+        label, body = text, Path(text).read_text()
+    else:  # the quantizers' default held-out text: never calibration data unless the user chose it
+        meta = importlib.metadata.metadata("pydantic")
+        label, body = f"pydantic {meta['Version']} METADATA", (meta.get_payload() or "")[:6000]  # type: ignore[attr-defined]
+    cpu = {"kernels": "torch", "dtype": "float32", "device": "cpu", "max_tokens": max_tokens}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [("fp32 weights, fp32 KV", folder, {}), ("KV int8", folder, {"kv_cache_dtype": "int8"}),
+                ("W4A16 RTN (group 128)", rtn_int4_folder(folder, Path(tmp) / "rtn"), {})]
+        if awq:
+            runs.append(("W4A16 AWQ (group 128)", Path(awq), {}))
+        base = None
+        for name, path, extra in runs:
+            ppl, tokens = engine_perplexity(path, body, **cpu, **extra)
+            base = base or ppl
+            rows.append([name, tokens, ppl, ppl / base])
+    return BenchTable(
+        title=f"quality: perplexity through the hanlin gpu engine (CPU, fp32, torch reference ops), {spec.name}, "
+              f"held-out {label}",
+        columns=["configuration", "scored tokens", "perplexity", "ratio to full precision"], rows=rows,
+        notes=["windows of 256 tokens, each from an empty cache; the same tokens for every row"],
+    )
+
+
 def _device_name() -> str:
     import torch
 
@@ -193,4 +229,5 @@ def run_quant(what: str = "w4a16,kv-int8,gemm", **options: Any) -> Any:
         raise ConfigurationError(f"unknown --what {', '.join(bad) or '(none)'}; use a comma-separated list of "
                                  f"{', '.join(WHAT)}")
     for name in names:
-        yield {"w4a16": bench_w4a16, "kv-int8": bench_kv_int8, "gemm": bench_dequant_gemm}[name](**options)
+        yield {"w4a16": bench_w4a16, "kv-int8": bench_kv_int8, "gemm": bench_dequant_gemm,
+               "quality": bench_quality}[name](**options)

@@ -60,11 +60,15 @@ def add_commands(cli: Any) -> None:
         model: Annotated[str, typer.Option("--model", "-m", help="Model name or HF folder / GGUF path.")] = "smollm2-135m-instruct",
         what: Annotated[str, typer.Option(help="Comma-separated: w4a16 (batch-1 decode, int4 vs float weights), "
                                           "kv-int8 (throughput, int8 vs float KV cache), gemm (dequant-GEMM vs "
-                                          "torch.matmul).")] = "w4a16,kv-int8,gemm",
+                                          "torch.matmul), quality (perplexity on CPU).")] = "w4a16,kv-int8,gemm",
         requests: Annotated[int | None, typer.Option(help="kv-int8: requests (default 256 on a GPU, 8 on CPU).")] = None,
         cache_memory: Annotated[str | None, typer.Option("--cache-memory", help="kv-int8: KV cache memory for both "
                                                          "(default 2GiB on a GPU, 16MiB on CPU).")] = None,
         smoke: Annotated[bool, typer.Option("--smoke", help="gemm: tiny shapes under the Triton interpreter (CPU).")] = False,
+        awq: Annotated[str | None, typer.Option("--awq", help="quality: also this `hanlin quantize --to awq-w4` "
+                                                "folder of the model.")] = None,
+        text: Annotated[str | None, typer.Option("--text", help="quality: held-out text file (default: pydantic's "
+                                                 "package description).")] = None,
         cache_dir: Annotated[str | None, typer.Option("--cache-dir", help="Where a GGUF model's HF conversion is kept.")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the tables as JSON.")] = False,
     ) -> None:
@@ -72,5 +76,5 @@ def add_commands(cli: Any) -> None:
         from hanlin.runtimes.gpu.bench_quant import run_quant
 
         options = {"model": model, "requests": requests, "cache_memory": cache_memory, "smoke": smoke,
-                   "cache_dir": cache_dir}
+                   "cache_dir": cache_dir, "awq": awq, "text": text}
         print_tables(lambda: run_quant(what, **{k: v for k, v in options.items() if v is not None}), as_json)

@@ -69,6 +69,9 @@ def take_int4(raw: dict[str, torch.Tensor], names: list[str], group_size: int, d
         for suffix in ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape"):
             if f"{name}.{suffix}" not in raw:
                 raise KeyError(f"{name}.{suffix} is missing from the quantized checkpoint")
+        if f"{name}.weight_g_idx" in raw:
+            raise ValueError(f"{name} has a weight_g_idx (activation-ordered groups); the gpu runtime runs contiguous "
+                             "groups only: quantize without act-order (hanlin quantize --to awq-w4)")
         n, k = (int(v) for v in raw[f"{name}.weight_shape"])
         parts.append((raw[f"{name}.weight_packed"], raw[f"{name}.weight_scale"],
                       _dq.unpack_zeros(raw[f"{name}.weight_zero_point"], n), k))

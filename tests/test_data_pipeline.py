@@ -244,8 +244,9 @@ def test_ray_executor_gives_the_local_result(tmp_path):
 def test_a_changed_pipeline_does_not_resume_into_an_old_run(tmp_path):
     (tmp_path / "in.jsonl").write_text('{"text": "some text that is long enough"}\n')
     path = tmp_path / "p.yaml"
-    path.write_text("output: out\nblocks:\n  - jsonl: {paths: in.jsonl}\n  - length: {min_chars: 5}\n  - write_jsonl\n")
+    text = "output: out\nblocks:\n  - jsonl: {paths: in.jsonl}\n  - length: {min_chars: 5}\n  - write_jsonl\n"
+    path.write_text(text)
     assert Pipeline.from_yaml(path).run()["docs_out"] == 1
-    path.write_text("output: out\nblocks:\n  - jsonl: {paths: in.jsonl}\n  - length: {min_chars: 500}\n  - write_jsonl\n")
+    path.write_text(text.replace("min_chars: 5", "min_chars: 500"))
     with pytest.raises(ConfigurationError, match="holds a run of a different pipeline"):
         Pipeline.from_yaml(path).run()

@@ -140,12 +140,26 @@ def pipeline_table(docs: list[Document], tmp: Path, workers: int, ray: bool) -> 
         report = pipe.run(workers=w, executor=executor)
         seconds = time.perf_counter() - start
         base = base or seconds
-        outputs.append(sorted(p.read_bytes() for p in (run_dir / "clean").glob("*.jsonl")))
+        outputs.append({p.name: p.read_bytes() for p in sorted((run_dir / "clean").glob("*.jsonl"))})
         table.rows.append([executor, w, round(seconds, 2), round(len(docs) / seconds), round(base / seconds, 2),
                            report["docs_out"]])
-    table.notes.append("identical output shards in every run: " + str(all(o == outputs[0] for o in outputs)))
+    table.notes.append(_compare_outputs(outputs, [f"{e} x{w}" for e, w in runs]))
     table.notes.append("seconds include starting the workers (and Ray itself) and langid's model load per worker")
     return table
+
+
+def _compare_outputs(outputs: list[dict[str, bytes]], names: list[str]) -> str:
+    """'identical ...' or where the first run that differs from the first one differs (file, line, document id)."""
+    for name, out in zip(names[1:], outputs[1:]):
+        if out == outputs[0]:
+            continue
+        for part in sorted(set(out) | set(outputs[0])):
+            a, b = outputs[0].get(part, b"").splitlines(), out.get(part, b"").splitlines()
+            for n, (x, y) in enumerate(zip(a + [b""] * len(b), b + [b""] * len(a)), 1):
+                if x != y:
+                    ids = [json.loads(v)["id"] if v else None for v in (x, y)]
+                    return f"OUTPUTS DIFFER: {name} vs {names[0]} at {part}:{n} (ids {ids[0]} / {ids[1]})"
+    return f"identical output shards in all {len(outputs)} runs"
 
 
 def _jaccard(a: set[str], b: set[str]) -> float:

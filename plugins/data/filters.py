@@ -155,8 +155,9 @@ class GopherFilter(Filter):
         self.min_words, self.max_words = min_words, max_words
         self.min_mean_word, self.max_mean_word = min_mean_word, max_mean_word
         self.max_symbol_ratio, self.max_bullet_lines = max_symbol_ratio, max_bullet_lines
-        self.max_ellipsis_lines, self.min_alpha_words, self.min_stop_words = max_ellipsis_lines, min_alpha_words, min_stop_words
-        self.max_dup_lines, self.max_dup_paragraphs, self.max_dup_line_chars = max_dup_lines, max_dup_paragraphs, max_dup_line_chars
+        self.max_ellipsis_lines, self.min_alpha_words = max_ellipsis_lines, min_alpha_words
+        self.min_stop_words, self.max_dup_lines = min_stop_words, max_dup_lines
+        self.max_dup_paragraphs, self.max_dup_line_chars = max_dup_paragraphs, max_dup_line_chars
         self.max_top_ngram = {int(k): v for k, v in (max_top_ngram or {2: 0.2, 3: 0.18, 4: 0.16}).items()}
         self.max_dup_ngram = {int(k): v for k, v in (max_dup_ngram or {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12,
                                                                        9: 0.11, 10: 0.10}).items()}

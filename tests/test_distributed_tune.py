@@ -137,6 +137,29 @@ def test_checkpoint_of_two_resumes_on_one(tiny: dict[str, Any], two_proc: Any, t
     _assert_weights_equal(_adapter(out), _adapter(tiny["root"] / "two"))
 
 
+def test_a_checkpoint_resumes_only_in_its_own_format(tiny: dict[str, Any], two_proc: Any, tmp_path: Path) -> None:
+    """A DCP checkpoint resumed without --nproc, or a single-process one resumed with it, is refused up front with
+    what to do (not a missing-file error half-way through a restore)."""
+    import torch.distributed as dist
+
+    from hanlin.errors import ConfigurationError
+    from hanlin.plugins.finetuners.distributed import DistributedTrainer, RankContext
+    from hanlin.plugins.finetuners.trainer import Trainer
+
+    out = _from_step_two(tiny, "plain-resume")
+    with pytest.raises(ConfigurationError, match=r"written by a distributed run .* resume it with --nproc N"):
+        Trainer(_config(tiny, out)).train(resume=True)
+    single = tmp_path / "single"
+    Trainer(_config(tiny, single, max_steps=2)).train()  # its step-2 checkpoint is trainable.pt + state.pt
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(ConfigurationError, match="single-process run .* resume it without --nproc"):
+            DistributedTrainer(_config(tiny, single, max_steps=2), RankContext(0, 1, 0, "cpu", "gloo")).train(
+                resume=True)
+    finally:
+        dist.destroy_process_group()
+
+
 @pytest.mark.parametrize("method", ["dpo", "full"])
 def test_dpo_and_full_fine_tuning_take_the_sharded_path(method: str, tiny: dict[str, Any], tmp_path: Path) -> None:
     """DPO (policy and adapter-off reference through the FSDP root) and full fine-tuning (every weight sharded and

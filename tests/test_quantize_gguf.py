@@ -67,6 +67,11 @@ def test_tuned_tiny_llama_ends_as_q4_k_m_that_llama_cpp_runs(tmp_path: Path, tin
         llm.close()
     assert len(made) == 6 and all(0 <= t < vocab for t in made) and vocab == 49152
 
+    from hanlin.plugins.quantizers.cli import quantize  # the tuning folder itself: its full-precision merged/ folder
+
+    again = quantize(tmp_path / "o", "q8_0", tmp_path / "again.gguf", check=False, threads=2)
+    assert again.source == str(tmp_path / "o" / "merged") and tensor_types(tmp_path / "again.gguf")["Q8_0"] >= 14
+
 
 def test_q8_0_keeps_smollm2_perplexity_and_q4_0_loses_more(tmp_path: Path) -> None:
     """From the shipped Q4_1 file (llama.cpp dequantizes it to f32 first, so q8_0 is measured against those

@@ -40,7 +40,7 @@ def bench_quantize(model: str, types: list[str], *, tokens: int = 64, eval_chars
                 row = f"{name}+imatrix" if weighted else name
                 options: dict[str, Any] = {"check": False, "threads": threads}
                 if weighted:
-                    options["imatrix"] = calib
+                    options.update(imatrix=calib, imatrix_folder=folder)
                 report = GGUFQuantizer(name).quantize(files["f16"], Path(tmp) / f"{row}.gguf", calib=None,
                                                       options=options)
                 files[row] = Path(report.out)

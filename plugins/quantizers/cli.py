@@ -47,17 +47,26 @@ def quantize(model: str | Path, to: str, out: str | Path, *, calib: str | Path |
     method = quantizer(to)
     source = source_path(model)
     given = {k: v for k, v in options.items() if v is not None}
+    tuned_gguf = source.parent / "model.gguf"
+    if source.name == "merged" and tuned_gguf.is_file() and _writes_gguf(method):
+        # a tuning run's folder: its GGUF export holds the exact tokenizer block (copied from the base's GGUF)
+        given.setdefault("tokenizer_gguf", tuned_gguf)
     return method.quantize(source, Path(out).expanduser(), calib=Path(calib).expanduser() if calib else None,
                            options=given)
 
 
+def _writes_gguf(method: Quantizer) -> bool:
+    from hanlin.plugins.quantizers.gguf import GGUFQuantizer
+
+    return isinstance(method, GGUFQuantizer)
+
+
 def gguf_method(method: str) -> Quantizer:
     """A registered method that writes GGUF (what ``hanlin tune --quant`` accepts), or a ConfigurationError."""
-    from hanlin.plugins.quantizers.gguf import GGUFQuantizer
     from hanlin.plugins.quantizers.plugin import GGUF_TYPES
 
     made = quantizer(method)
-    if not isinstance(made, GGUFQuantizer):
+    if not _writes_gguf(made):
         raise ConfigurationError(f"'{method}' does not write GGUF; the GGUF export quantizes to one of "
                                  f"{', '.join(GGUF_TYPES)} (use `hanlin quantize --to {method}` on the merged folder)")
     return made

@@ -43,7 +43,10 @@ FTYPES = {
 # Allowed relative perplexity rise per type on the default check, set from measurements on SmolLM2-135M (the
 # smallest model degrades most; see the README table): 8-bit is near lossless, 4-bit costs several percent.
 MAX_INCREASE = {"q8_0": 0.02, "q6_k": 0.04, "q5_k_m": 0.08, "q4_k_m": 0.15, "q4_0": 0.25, "f16": 0.01}
-OPTIONS = ("imatrix", "eval_text", "check", "max_increase", "threads", "check_tokens", "tokenizer_gguf")
+# imatrix_folder: the HF folder to run the calibration text through when the source is a GGUF file exported from
+# it (the benchmark, a tuning run), instead of converting the GGUF back to an HF folder
+OPTIONS = ("imatrix", "imatrix_folder", "eval_text", "check", "max_increase", "threads", "check_tokens",
+           "tokenizer_gguf")
 _FLOAT_TYPES = {"F32", "F16", "BF16"}
 _FALLBACK = re.compile(r"^warning: (\S+)\s+- ncols\s+(\d+) not divisible by (\d+) \(required for type\s+(\w+)\)"
                        r" -> falling back to\s+(\w+)")
@@ -73,7 +76,8 @@ class GGUFQuantizer:
             base = self._base_gguf(source, Path(tmp), options.get("tokenizer_gguf"), report)
             imatrix = None
             if imatrix_file is not None:
-                imatrix = self._imatrix(source, Path(imatrix_file), threads, report)
+                imatrix = self._imatrix(Path(options.get("imatrix_folder") or source), Path(imatrix_file), threads,
+                                        report)
             partial = Path(tmp) / out.name
             self._run(base, partial, threads, imatrix, report)
             if options.get("check", True):

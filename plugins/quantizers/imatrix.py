@@ -53,7 +53,22 @@ class ImportanceMatrix:
 
 def compute_imatrix(hf_folder: Path, calibration: Path, *, max_samples: int = 128, max_length: int = 512,
                     threads: int | None = None, include_output: bool = False) -> ImportanceMatrix:
-    """Run the calibration samples through the HF model and collect each linear layer's input statistics."""
+    """Run the calibration samples through the HF model and collect each linear layer's input statistics.
+
+    Remembered for the life of the process per (folder, calibration file and its mtime, settings): quantizing one
+    model to several types computes the matrix once."""
+    stamp = [(p, p.stat().st_mtime_ns) for p in (Path(calibration), *sorted(Path(hf_folder).glob("*.safetensors")))]
+    key = (str(Path(hf_folder).resolve()), tuple(stamp), max_samples, max_length, include_output)
+    if key not in _MEMO:
+        _MEMO[key] = _compute(Path(hf_folder), Path(calibration), max_samples, max_length, threads, include_output)
+    return _MEMO[key]
+
+
+_MEMO: dict[tuple[object, ...], ImportanceMatrix] = {}
+
+
+def _compute(hf_folder: Path, calibration: Path, max_samples: int, max_length: int, threads: int | None,
+             include_output: bool) -> ImportanceMatrix:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -191,3 +191,9 @@ def test_a_registered_method_gets_the_command_json_and_strict(tmp_path: Path) ->
         with pytest.raises(ConfigurationError, match="'copy-w4' does not write GGUF; the GGUF export quantizes"):
             gguf_method("copy-w4")
     assert (tmp_path / "o").read_bytes() == b"GGUF"
+
+
+def test_bench_refuses_unknown_types_before_loading() -> None:
+    ran = _cli("bench", "quantize", "--types", "q8_0,q3_k")
+    assert ran.exit_code == 2 and "q3_k not GGUF types to compare with f16; pick from q4_k_m" in ran.output
+    assert _cli("bench", "quantize", "--types", "f16").exit_code == 2  # f16 is the baseline, not a row

@@ -37,6 +37,8 @@ def add_commands(cli: Any, typer: Any) -> None:
         save_every: int | None = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
         export: list[str] | None = typer.Option(None, "--export", help="merged, gguf (repeatable)."),
         threads: int | None = typer.Option(None, "--threads"),
+        checkpointing: bool = typer.Option(False, "--activation-checkpointing",
+                                           help="Recompute activations in the backward pass (less memory)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
         seed: int | None = typer.Option(None, "--seed"),
         launch: Any = None,
@@ -52,6 +54,7 @@ def add_commands(cli: Any, typer: Any) -> None:
                     "output_dir": output_dir, "max_steps": max_steps, "max_minutes": max_minutes, "epochs": epochs,
                     "learning_rate": learning_rate, "batch_size": batch_size, "grad_accum": grad_accum,
                     "eval_every": eval_every, "save_every": save_every, "export": export, "threads": threads,
+                    "gradient_checkpointing": checkpointing or None,
                     "seed": seed}
         try:
             if launch is not None:  # --nproc/--nnodes: torchrun + FSDP2 (launcher.py, dist_pretrain.py)

@@ -64,7 +64,7 @@ def run(folder: Path, out: Path, tmp_path: Path, **options):
 
 
 def test_scale_search_beats_round_to_nearest_and_the_folder_runs(tmp_path, tokenizer_files) -> None:
-    from hanlin.plugins.quantizers.awq_search import output_error, search_scales
+    from hanlin.plugins.quantizers.awq_search import output_error, search_clip, search_scales
     from hanlin.runtimes.gpu.engine import Engine
     from hanlin.runtimes.gpu.quant_linear import Int4Weight
 
@@ -84,6 +84,11 @@ def test_scale_search_beats_round_to_nearest_and_the_folder_runs(tmp_path, token
     held = x[300:]
     assert result.alpha > 0
     assert output_error(held, [w], result.scales, 32) < 0.8 * output_error(held, [w], torch.ones(64), 32)
+    # clipping: some (row, group) ranges are cut back, and the output error on the rows searched goes down
+    seen = x[:128]
+    clipped = search_clip(seen, w, 32)
+    assert 0 < (clipped != w).float().mean() < 0.2 and (clipped.abs() <= w.abs()).all()
+    assert output_error(seen, [clipped], torch.ones(64), 32, [seen @ w.T]) < output_error(seen, [w], torch.ones(64), 32)
 
     config = json.loads((tmp_path / "w4" / "config.json").read_text())["quantization_config"]
     assert config["format"] == "pack_quantized" and config["config_groups"]["group_0"]["weights"]["group_size"] == 32

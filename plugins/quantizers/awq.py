@@ -8,7 +8,8 @@ folder the gpu runtime loads.
 
 Scale groups (as AutoAWQ): q/k/v after input_layernorm, gate/up after post_attention_layernorm, down after up_proj
 (the scale divides up_proj's rows); o_proj after v_proj only when every head has its own kv head (with grouped
-query attention one v row feeds several o columns, so o_proj is plain RTN).
+query attention one v row feeds several o columns, so o_proj gets no scales). Then every linear but q/k gets its
+weight clipping searched per (row, group) (awq_search.search_clip).
 
 The folder: config.json with
 ``quantization_config = {"quant_method": "compressed-tensors", "format": "pack_quantized", "config_groups":
@@ -165,11 +166,12 @@ class GroupNote:
         self.name, self.alpha, self.rtn_error, self.awq_error = name, alpha, rtn_error, awq_error
 
 
-def apply_awq(model: Any, stats: Stats, group_size: int) -> list[GroupNote]:
-    """Search and fold the scales of every layer group, in place; returns one note per group."""
+def apply_awq(model: Any, stats: Stats, group_size: int, clip: bool = True) -> list[GroupNote]:
+    """Search and fold the scales of every layer group, then (``clip``) search each group's weight clipping, in
+    place; returns one note per group."""
     import torch
 
-    from hanlin.plugins.quantizers.awq_search import search_scales
+    from hanlin.plugins.quantizers.awq_search import search_clip, search_scales
 
     notes: list[GroupNote] = []
     cfg = model.config
@@ -188,17 +190,24 @@ def apply_awq(model: Any, stats: Stats, group_size: int) -> list[GroupNote]:
             for name, linears, norm, prev in groups:
                 result = search_scales(stats.rows[name], [m.weight for m in linears], stats.mean_abs(name), group_size)
                 notes.append(GroupNote(name, result.alpha, result.rtn_error, result.awq_error))
-                if result.alpha == 0:
-                    continue
-                s = result.scales.to(linears[0].weight.dtype)
-                for m in linears:
-                    m.weight.mul_(s[None, :])
-                if norm is not None:
-                    norm.div_(s)
-                else:
-                    prev.weight.div_(s[:, None])
-                    if prev.bias is not None:
-                        prev.bias.div_(s)
+                if result.alpha > 0:
+                    s = result.scales.to(linears[0].weight.dtype)
+                    for m in linears:
+                        m.weight.mul_(s[None, :])
+                    if norm is not None:
+                        norm.div_(s)
+                    else:
+                        prev.weight.div_(s[:, None])
+                        if prev.bias is not None:
+                            prev.bias.div_(s)
+                if clip:  # not q/k: clipping them distorts attention scores (AutoAWQ skips them too)
+                    rows = stats.rows[name] / result.scales[None, :]  # the input the scaled weights will see
+                    for m in linears:
+                        if m is not attn.q_proj and m is not attn.k_proj:
+                            m.weight.copy_(search_clip(rows, m.weight, group_size).to(m.weight.dtype))
+            if clip and heads != kv_heads:  # o_proj got no scales (GQA): it is still clipped
+                attn.o_proj.weight.copy_(search_clip(stats.rows[p + "self_attn.o_proj"], attn.o_proj.weight,
+                                                     group_size).to(attn.o_proj.weight.dtype))
     return notes
 
 

@@ -7,6 +7,10 @@ weight or the rows of the linear that produced the input) gives them finer steps
 unchanged before rounding. The search (AWQ, Lin et al. 2023) tries ``s = mean|x|^alpha`` over a grid of alpha and
 keeps the one with the smallest output error on calibration activations; alpha = 0 is plain RTN, so the result is
 never worse than RTN on those activations.
+
+After the scales, ``search_clip`` (AWQ's second step) shrinks each (row, group) of the scaled weight to the
+fraction of its largest |w|, from 1 down to 0.55, that minimises that group's share of the output error: an outlier
+weight that stretches a group's 16 levels is clipped when the error it saves on the others is larger.
 """
 
 from __future__ import annotations
@@ -61,3 +65,33 @@ def search_scales(x: torch.Tensor, weights: list[torch.Tensor], mean_abs: torch.
         if err < best.awq_error:
             best = GroupResult(s, alpha, rtn, err)
     return best
+
+
+CLIP_GRID = 20  # clip ratios 1, 0.95, ..., 0.55 (AutoAWQ: n_grid 20, max_shrink 0.5)
+CLIP_ROWS = 128  # calibration rows the clip search reads (AutoAWQ: 64 tokens x batches)
+
+
+def search_clip(x: torch.Tensor, w: torch.Tensor, group_size: int, grid: int = CLIP_GRID,
+                rows: int = CLIP_ROWS) -> torch.Tensor:
+    """W [N, K] with each (row, group) clipped to the symmetric range +-ratio x its max |w| that minimises the
+    mean squared error of that group's partial output on rows of ``x`` [R, K]; ratio 1 (no clip) is a candidate."""
+    x, w = x[:rows].float(), w.float()
+    n, k = w.shape
+    groups = -(-k // group_size)
+    pad = groups * group_size - k
+    wp = torch.nn.functional.pad(w, (0, pad)).reshape(n, groups, group_size)
+    xp = torch.nn.functional.pad(x, (0, pad)).reshape(x.shape[0], groups, group_size)
+    exact = torch.einsum("rgj,ngj->rng", xp, wp)
+    top = wp.abs().amax(-1, keepdim=True)
+    best_err = torch.full((n, groups), float("inf"))
+    best = wp.clone()
+    for step in range(grid // 2):
+        ratio = 1 - step / grid
+        clipped = torch.minimum(torch.maximum(wp, -top * ratio), top * ratio)
+        q = fake_quantize_int4(clipped.reshape(n, -1)[:, :k], group_size)
+        qp = torch.nn.functional.pad(q, (0, pad)).reshape(n, groups, group_size)
+        err = (torch.einsum("rgj,ngj->rng", xp, qp) - exact).pow(2).mean(0)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better[..., None], clipped, best)
+    return best.reshape(n, -1)[:, :k]

@@ -196,6 +196,24 @@ def test_dpo_and_full_fine_tuning_take_the_sharded_path(method: str, tiny: dict[
         _assert_weights_equal(_adapter(tmp_path / "sharded"), _adapter(tmp_path / "single"))
 
 
+def test_what_cannot_be_sharded_is_refused_before_any_process_starts(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from hanlin.cli import app
+    from hanlin.plugin_manager import plugins
+
+    plugins().add_commands(app)
+    started = time.monotonic()
+    ran = CliRunner().invoke(app, ["tune", "-m", "any", "-d", str(tmp_path / "x.jsonl"), "--method", "qlora",
+                                   "--nproc", "2"])
+    assert ran.exit_code == 2 and "qlora's 4-bit base (bitsandbytes) cannot be sharded" in ran.output
+    assert "method: lora" in ran.output and "distributed run failed" not in ran.output  # no torchrun started
+    assert time.monotonic() - started < 10
+    ran = CliRunner().invoke(app, ["tune", "-m", "any", "-d", "x.jsonl", "--nproc", "2", "--nnodes", "2",
+                                   "--node-rank", "2"])
+    assert ran.exit_code == 2 and "--node-rank 2 must be below --nnodes 2" in ran.output
+
+
 def test_rank_share_keeps_pairs_and_stands_in_for_an_empty_share() -> None:
     from hanlin.plugins.finetuners.distributed import rank_share
     from hanlin.plugins.finetuners.packing import Row

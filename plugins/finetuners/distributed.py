@@ -235,9 +235,7 @@ class DistributedTrainer(ShardedTraining, Trainer):
 
     def __init__(self, config: TuneConfig, ctx: RankContext, *, progress: Progress | None = None,
                  cache_dir: Path | None = None) -> None:
-        if config.method == "qlora":
-            raise ConfigurationError("qlora's 4-bit base (bitsandbytes) cannot be sharded by FSDP2; with --nproc use "
-                                     "method: lora (the sharded fp32/bf16 base takes 1/N of the memory per process)")
+        check_shardable(config)
         self.user_config = config  # checkpoints are fingerprinted on what the user asked for
         mixed = uses_mixed_precision(config, ctx.device)
         # sharded weights stay fp32 under mixed precision: bf16 is the compute copy FSDP makes per unit
@@ -265,6 +263,13 @@ class DistributedTrainer(ShardedTraining, Trainer):
         c = self.user_config
         return export_all(model, base.tokenizer, base.folder, Path(c.output_dir), c.export, c.gguf_type,
                           base.source_gguf, self.data.templated)
+
+
+def check_shardable(config: TuneConfig) -> None:
+    """Settings --nproc cannot run, refused by the launcher before any process starts (and by each rank)."""
+    if config.method == "qlora":
+        raise ConfigurationError("qlora's 4-bit base (bitsandbytes) cannot be sharded by FSDP2; with --nproc use "
+                                 "method: lora (the sharded fp32/bf16 base takes 1/N of the memory per process)")
 
 
 def all_reduce_max(value: float, device: str) -> float:

@@ -176,6 +176,9 @@ def failure_message(code: int, tail: list[str], folder: Path, options: LaunchOpt
 def launch_tune(config: TuneConfig, options: LaunchOptions, *, resume: bool = False, cache_dir: Path | None = None,
                 stop_after: int | None = None) -> TuneResult:
     """``hanlin tune --nproc N``: the run of ``hanlin.tune`` on N processes (distributed.run_tune in each)."""
+    from hanlin.plugins.finetuners.distributed import check_shardable
+
+    check_shardable(config)
     job = {"config": config.model_dump(mode="json"), "resume": resume, "stop_after": stop_after,
            "cache_dir": str(cache_dir) if cache_dir else None}
     return launch_run("hanlin.plugins.finetuners.distributed:run_tune", job, options, Path(config.output_dir))

@@ -136,6 +136,17 @@ def test_resume_continues_the_same_curve(tmp_path: Path, bpe_packed: Path) -> No
     assert resumed.losses == pytest.approx(straight.losses[4:], rel=1e-4)
 
 
+def test_gradient_accumulation_trains_as_the_larger_batch(tmp_path: Path, bpe_packed: Path) -> None:
+    """2 micro-batches of 2 rows per step give the losses of 1 batch of 4 (the loss is normalised per step)."""
+    from hanlin.plugins.finetuners.pretrain import PretrainTrainer
+    from hanlin.plugins.finetuners.pretrain_config import load_pretrain_config
+
+    whole = PretrainTrainer(load_pretrain_config(None, **settings(tmp_path / "a", bpe_packed, max_steps=3))).train()
+    accumulated = PretrainTrainer(load_pretrain_config(None, **settings(tmp_path / "b", bpe_packed, max_steps=3,
+                                                                        batch_size=2, grad_accum=2))).train()
+    assert accumulated.losses == pytest.approx(whole.losses, rel=1e-4)
+
+
 @requires_llama
 @pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="pip install 'hanlin[tune]'")
 @requires_llama

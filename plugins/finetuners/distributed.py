@@ -140,9 +140,14 @@ def all_reduce_sum(value: float, device: str) -> float:
 
 
 def uses_mixed_precision(config: TuneConfig, device: str) -> bool:
+    """bf16 compute over fp32 sharded weights: asked for (dtype bfloat16), or by default on a GPU that has bf16.
+    The sharded weights stay fp32 either way, so the optimizer steps them in place (no separate fp32 masters,
+    which DCP's optimizer state could not name)."""
     import torch
 
-    return device.startswith("cuda") and config.dtype != "float32" and torch.cuda.is_bf16_supported()
+    if config.dtype == "bfloat16":
+        return True
+    return device.startswith("cuda") and config.dtype == "auto" and torch.cuda.is_bf16_supported()
 
 
 class ShardedTraining:

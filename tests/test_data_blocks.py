@@ -225,3 +225,21 @@ def test_perplexity_filter_scores_with_a_real_causal_lm(tmp_path):
     assert sorted(d.id for d in out) == sorted(str(i) for i, e in enumerate(expected) if e <= cut)
     assert scores == pytest.approx([e for e in expected if e <= cut], rel=1e-4)
     assert block.stats.dropped == {f"perplexity above {cut}": 1}
+
+
+def test_writers_write_shards_on_commit_only(tmp_path):
+    from hanlin.plugins.data.writers import JsonlWriter, ParquetWriter
+
+    docs = [Document("a", "first", {"lang": "en"}), Document("b", "second é", {"pii": {"email": 1}})]
+    jw, pw = JsonlWriter(path="j"), ParquetWriter(path="p")
+    for w in (jw, pw):
+        w.open(TaskContext(7, tmp_path))
+        assert [d.id for d in w(docs)] == ["a", "b"]
+        assert not list((tmp_path / w.path).glob("part-*[ltq]"))  # only the .tmp exists before commit
+        w.commit()
+    assert [json.loads(x) for x in (tmp_path / "j" / "part-00007.jsonl").read_text().splitlines()] == [
+        d.as_dict() for d in docs]
+    back = run(ParquetReader(str(tmp_path / "p" / "part-00007.parquet")), [], tmp=tmp_path)
+    assert [(d.id, d.text, d.metadata) for d in back] == [
+        ("a", "first", {"lang": "en", "source": "part-00007.parquet:1"}),
+        ("b", "second é", {"pii": {"email": 1}, "source": "part-00007.parquet:2"})]

@@ -191,6 +191,9 @@ class ParquetReader(Reader):
                     self.bad(where, f"column {self.text_key!r} is {type(text).__name__}, not a string")
                     continue
                 rid = row.pop(self.id_key, None) if self.id_key else None
+                meta = row.pop("metadata", None)
+                if isinstance(meta, str) and meta.startswith("{"):  # written by write_parquet: metadata comes back
+                    row = {**json.loads(meta), **row}
                 row["source"] = where
                 doc = Document(str(rid) if rid is not None else where, text or "", row)
                 if (kept := self.emit(doc, where)) is not None:

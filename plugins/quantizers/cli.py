@@ -97,16 +97,18 @@ def add_commands(cli: Any) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="Output file (.gguf) or folder, per method."),
         calib: Path | None = typer.Option(None, "--calib", help="Local calibration file (.jsonl with text/messages "
                                                                "or .txt); never downloaded."),
-        imatrix: Path | None = typer.Option(None, "--imatrix", help="GGUF: importance matrix from this calibration "
-                                                                   "file (.jsonl/.txt) or llama.cpp imatrix file."),
+        imatrix: Path | None = typer.Option(None, "--imatrix", help="GGUF: importance matrix computed from this "
+                                                                   "calibration file (.jsonl/.txt; default: "
+                                                                   "--calib). llama.cpp's imatrix files are not "
+                                                                   "read."),
         eval_text: Path | None = typer.Option(None, "--eval-text", help="Text for the quality check (default: a "
                                                                        "held-out package description)."),
         check: bool = typer.Option(True, "--check/--no-check", help="Compare quantized vs source after."),
         max_increase: float | None = typer.Option(None, "--max-increase", help="Allowed relative degradation of "
-                                                                            "the check's metric (default 0.05 for "
-                                                                            "8-bit, 0.25 for 4-bit)."),
+                                                                            "the check's metric, per method (GGUF: "
+                                                                            "q8_0 0.02 ... q4_k_m 0.20, q4_0 0.40)."),
         strict: bool = typer.Option(False, "--strict", help="Exit 1 when the check fails or a warning is raised."),
-        threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all)."),
+        threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: up to 4)."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     ) -> None:
         """Quantize a model (or a tuned one) offline: GGUF types through llama.cpp's own quantizer, and any other

@@ -40,9 +40,12 @@ FTYPES = {
     "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
     "f16": "LLAMA_FTYPE_MOSTLY_F16",  # not registered as a method: the benchmark's baseline
 }
-# Allowed relative perplexity rise per type on the default check, set from measurements on SmolLM2-135M (the
-# smallest model degrades most; see the README table): 8-bit is near lossless, 4-bit costs several percent.
-MAX_INCREASE = {"q8_0": 0.02, "q6_k": 0.04, "q5_k_m": 0.08, "q4_k_m": 0.15, "q4_0": 0.25, "f16": 0.01}
+# Allowed relative perplexity rise per type on the default check (512 tokens of held-out text). Set from
+# SmolLM2-135M, the smallest model here and the one that degrades most (`hanlin bench quantize`, 2163 tokens):
+# q8_0 +0.6%, q4_k_m +7.3% (+3.4% with an imatrix), q4_0 +31.5% (+12.4%); on the check's first 512 tokens
+# q4_k_m measured +15.8%. The limits flag a file that is broken or far worse than its type should be, not the
+# ordinary cost of 4 bits; pass --max-increase for a stricter gate.
+MAX_INCREASE = {"q8_0": 0.02, "q6_k": 0.05, "q5_k_m": 0.10, "q4_k_m": 0.20, "q4_0": 0.40, "f16": 0.01}
 # imatrix_folder: the HF folder to run the calibration text through when the source is a GGUF file exported from
 # it (the benchmark, a tuning run), instead of converting the GGUF back to an HF folder
 OPTIONS = ("imatrix", "imatrix_folder", "eval_text", "check", "max_increase", "threads", "check_tokens",

@@ -386,3 +386,19 @@ def test_a_split_that_copies_the_question_seeds_nothing() -> None:
     assert asyncio.run(decompose(model, question, 4)) == []
     model = ScriptedModel(["not json at all"])
     assert asyncio.run(decompose(model, question, 4)) == []
+
+
+def test_a_final_answer_not_drawn_from_the_node_answers_is_refused() -> None:
+    """The 0.5B planner copied its instructions' example ("The Zeta phone is made by Orbo [1]"): finish refuses an
+    answer whose words mostly appear in no node answer, shows the node answers, and takes the grounded retry."""
+    model = scripted([
+        call("add_node", id="author", question="who wrote alpha"),
+        call("wait"),
+        call("finish", answer="The Zeta phone is made by Orbo [1], which is based in Lyon."),
+        call("finish", answer="Ada wrote alpha [1]."),
+    ], answers={"who wrote alpha": "Ada wrote alpha [1]."})
+    result = run(model, decompose=False)
+    assert result.status == "answered" and result.answer == "Ada wrote alpha [1]."
+    refusal = next(m.content for msgs, _ in model.calls for m in msgs
+                   if m.role == "tool" and m.content.startswith("refused: the answer says"))
+    assert "zeta" in refusal and "author: Ada wrote alpha [1]." in refusal

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -153,6 +154,15 @@ def numbered_search_tool(backend: Any, k: int, ledger: Ledger, local: dict[int, 
     return Tool(search, timeout=60.0)
 
 
+_STOP = frozenset("the and that this with which what from into does about have their there they them than then "
+                  "also only when were been being over under more most such each other used uses using".split())
+
+
+def _words(text: str) -> list[str]:
+    """Lower-case content words (4+ letters, not a stop word): what a grounded answer shares with its sources."""
+    return [w for w in re.findall(r"[a-z][a-z0-9_-]{3,}", text.lower()) if w not in _STOP]
+
+
 class Research:
     """Plan, search concurrently, cite. ``model``: a ChatModel (shared by planner and searchers) or a model name;
     ``planner_model``: another ChatModel for the planner alone."""
@@ -278,6 +288,10 @@ class _Run:
                 return f"nodes {running} are not answered yet: call wait() first, then finish(answer)."
             if not answer.strip():
                 return "the answer is empty: write the answer to the question, with [n] citations."
+            foreign = self.unsupported_words(answer)
+            if foreign:
+                return (f"refused: the answer says {', '.join(foreign[:6])}, which no node answer says. Write the "
+                        "final answer from the node answers alone (keep their [n]):\n" + self.node_answers())
             self.final_answer = answer
             return "finished."
 
@@ -313,6 +327,21 @@ class _Run:
         return ("\nThese sub-questions were already added and are being searched: " + "; ".join(added)
                 + ". Call wait() to get their answers; add_node only if something is still missing; then "
                   "finish(answer).") if added else ""
+
+    def unsupported_words(self, answer: str) -> list[str]:
+        """The answer's content words found in neither the question nor any node answer, when they are most of its
+        content words: a final answer made up (the 0.5B planner copied its instructions' example answer, "The Zeta
+        phone is made by Orbo [1]") rather than drawn from what the searchers read."""
+        known = set(_words(self.question))
+        for node in self.graph.nodes.values():
+            known.update(_words(node.question) + _words(node.answer))
+        words = list(dict.fromkeys(_words(strip_citations(answer))))
+        foreign = [w for w in words if w not in known]
+        return foreign if words and len(foreign) * 2 > len(words) else []
+
+    def node_answers(self) -> str:
+        return "\n".join(f"{n.id}: {n.answer}" for n in self.graph.nodes.values() if n.status == "answered") \
+            or "(no node was answered)"
 
     def report(self) -> str:
         lines = []

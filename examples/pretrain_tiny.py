@@ -111,7 +111,7 @@ def main() -> None:
     completion = complete(model_dir / "model.gguf", SIGNATURE, 48 if not quick else 16)
     print("llama.cpp greedy completion of the signature:\n" + SIGNATURE + completion)
     cli = [sys.executable, "-c", "from hanlin.cli import main; main()"]
-    run = subprocess.run([*cli, "run", "--model", str(model_dir), "--max-steps", "2", "--no-examples",
+    run = subprocess.run([*cli, "run", "--model", str(model_dir), "--max-steps", "1", "--no-examples",
                           SIGNATURE.strip()], capture_output=True, text=True, timeout=600)
     status = {0: "answered", 1: "gave up"}.get(run.returncode, "error")
     print(f"$ hanlin run --model {model_dir} {SIGNATURE.strip()!r}  -> exit {run.returncode} ({status})")

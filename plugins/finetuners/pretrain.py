@@ -191,7 +191,8 @@ def pretrain(config: str | Path | dict[str, Any] | PretrainConfig | None = None,
 
 def summarize(cfg: PretrainConfig, trainer: PretrainTrainer, result: TuneResult) -> str:
     data = trainer.data
-    start = "continued " + cfg.init_from if cfg.init_from else f"from scratch ({cfg.preset})"
+    shape = cfg.preset + (f" + {Path(cfg.model_config_file).name}" if cfg.model_config_file else "")
+    start = "continued " + cfg.init_from if cfg.init_from else f"from scratch ({shape})"
     lines = [f"pre-trained {start}: {trainer.n_params() / 1e6:.1f}M parameters, {result.steps} steps"
              + (f" (resumed at step {result.resumed_from})" if result.resumed_from else ""),
              f"data: {data.n_train} sequences of {data.train.seq_len} tokens for training"

@@ -75,10 +75,10 @@ def test_filters_exact_reasons():
 
 def test_pii_masking_exact():
     doc = Document("a", "Mail jane.doe+x@mail.example.org or call +1 555-123-4567 / (555) 987-6543. Server at "
-                        "192.168.0.12, not version 3.11.7 nor 2024-01-15 nor 999.1.1.1.")
+                        "192.168.0.12, not version 3.11.7 nor 2024-01-15 nor 999.1.1.1 nor ticket 12 345 678.")
     out = run(PiiMasker(), [doc])[0]
     assert out.text == ("Mail <EMAIL> or call <PHONE> / <PHONE>. Server at <IP>, not version 3.11.7 nor 2024-01-15 "
-                        "nor 999.1.1.1.")
+                        "nor 999.1.1.1 nor ticket 12 345 678.")
     assert out.metadata["pii"] == {"email": 1, "ip": 1, "phone": 2}
 
 

@@ -34,6 +34,7 @@ def _gguf_factory(name: str) -> Any:
 def register_quantizers(register: Any) -> None:
     for name, description in GGUF_TYPES.items():
         register(ComponentSpec(name=name, factory=_gguf_factory(name), description=description))
+    register(ComponentSpec(name="awq-w4", factory=lambda: __import__("hanlin.plugins.quantizers.awq", fromlist=["_"]).AWQQuantizer(), description="AWQ W4A16 for the gpu runtime: int4 weights, group 128, zero points, activation-aware scales from --calib"))  # noqa: E501
 
 
 @hookimpl

@@ -217,6 +217,9 @@ def test_convert_chat_round_trip_and_text_records(tmp_path):
     result = convert([str(tmp_path / "docs.jsonl")], tmp_path / "back.jsonl", reader="jsonl", to="chat")
     assert result["written"] == 2
     assert [json.loads(x) for x in (tmp_path / "back.jsonl").read_text().splitlines()] == chats
+    convert([str(tmp_path / "chat.jsonl")], tmp_path / "docs.parquet", reader="chat", to="parquet")
+    convert([str(tmp_path / "docs.parquet")], tmp_path / "back2.jsonl", reader="parquet", to="chat")
+    assert (tmp_path / "back2.jsonl").read_text() == (tmp_path / "back.jsonl").read_text()
     loaded = load_records(tmp_path / "back.jsonl")  # what the finetuners read
     assert [m.content for m in loaded.records[0].messages] == ["Be brief.", "Hi", "Hello."]
 
@@ -225,6 +228,15 @@ def test_convert_chat_round_trip_and_text_records(tmp_path):
     convert([str(tmp_path / "notes")], tmp_path / "text.jsonl", reader="text", to="chat")
     assert json.loads((tmp_path / "text.jsonl").read_text()) == {"text": "# Notes\n\nSome text."}
     assert load_records(tmp_path / "text.jsonl").records[0].text == "# Notes\n\nSome text."
+
+    (tmp_path / "qa.jsonl").write_text('{"question": "Capital of France?", "text": "Paris."}\n{"text": "no q"}\n')
+    with pytest.raises(ConfigurationError, match=r"qa\.jsonl:2: no 'question' field"):
+        convert([str(tmp_path / "qa.jsonl")], tmp_path / "qa-chat.jsonl", prompt_key="question")
+    assert not list(tmp_path.glob("qa-chat*"))  # no half-written file
+    (tmp_path / "qa.jsonl").write_text('{"question": "Capital of France?", "text": "Paris."}\n')
+    convert([str(tmp_path / "qa.jsonl")], tmp_path / "qa-chat.jsonl", prompt_key="question")
+    assert json.loads((tmp_path / "qa-chat.jsonl").read_text()) == {"messages": [
+        {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}]}
 
 
 def test_ray_executor_gives_the_local_result(tmp_path):

@@ -50,6 +50,18 @@ def convert(inputs: list[str], output: str | Path, *, reader: str = "jsonl", to:
     output.parent.mkdir(parents=True, exist_ok=True)
     block.open(TaskContext(0, output.parent, on_error))
     tmp = output.with_name(output.name + ".tmp")
+    try:
+        written = _write(block, tmp, to, prompt_key)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half file left behind
+        raise
+    os.replace(tmp, output)
+    stats = block.stats.as_dict()
+    return {"read": stats["docs_in"], "written": written, "skipped": stats["dropped"], "examples": stats["examples"],
+            "output": str(output)}
+
+
+def _write(block: Any, tmp: Path, to: Target, prompt_key: str | None) -> int:
     written = 0
     if to == "parquet":
         from hanlin.plugins.data.writers import ParquetWriter
@@ -64,7 +76,4 @@ def convert(inputs: list[str], output: str | Path, *, reader: str = "jsonl", to:
                 row = to_record(doc, prompt_key) if to == "chat" else doc.as_dict()
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 written += 1
-    os.replace(tmp, output)
-    stats = block.stats.as_dict()
-    return {"read": stats["docs_in"], "written": written, "skipped": stats["dropped"], "examples": stats["examples"],
-            "output": str(output)}
+    return written

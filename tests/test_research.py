@@ -210,6 +210,16 @@ def test_plain_answer_after_wait_counts_as_finish() -> None:
     assert result.status == "answered" and result.answer == "Ada wrote alpha [1]."
 
 
+def test_a_made_up_plain_answer_is_replaced_by_the_node_answers() -> None:
+    model = scripted([call("add_node", id="a", question="who wrote alpha"), call("wait"),
+                      "Final Answer: The Zeta phone is made by Orbo [1], which is based in Lyon."],
+                     answers={"who wrote alpha": "Ada wrote alpha [1]."})
+    result = run(model, decompose=False)
+    assert result.status == "answered" and result.answer == "Ada wrote alpha [1]."
+    notes = [e.text for e in of(result, "planner_note")]
+    assert any("zeta" in n and "not used" in n for n in notes)
+
+
 def test_trace_replays(tmp_path: Path) -> None:
     model = scripted([call("add_node", id="a", question="who wrote alpha"), call("wait"),
                       call("finish", answer="Ada [1].")])

@@ -541,7 +541,13 @@ class _Run:
                     else:
                         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
                         self.report()
-                        self.final_answer = event.text
+                        text = re.sub(r"^\s*final answer\s*:\s*", "", event.text, flags=re.IGNORECASE)
+                        foreign = self.unsupported_words(text)
+                        if foreign:  # made up, like a refused finish(): the node answers are the answer instead
+                            self.emit(PlannerNote(text=f"the planner's answer says {', '.join(foreign[:6])}, which "
+                                                       "no node answer says; not used"))
+                        else:
+                            self.final_answer = text
                 elif isinstance(event, RunFinished) and event.status == "error":
                     raise RuntimeError("the planner's model failed; see the planner notes")
         finally:

@@ -9,7 +9,7 @@
 #    transformers' batched generate, with the batch-1 decode table against the memory-bandwidth bound; 4. the engine
 #    tests on the GPU (CUDA-graph capture with decode_graphs="auto", the default cache sizing, bf16 against
 #    transformers teacher-forced, the scheduler, sampling and serving tests); 5. the finetuners' QLoRA export on a
-#    real bitsandbytes 4-bit base. After the throughput benchmark, `hanlin bench quant` (W4A16 vs bf16 batch-1
+#    real bitsandbytes 4-bit base. After the throughput benchmark, `hanlin bench quant-gpu` (W4A16 vs bf16 batch-1
 #    decode, KV int8 vs bf16 cache throughput on 256 requests in 2 GiB of cache, dequant-GEMM vs torch.matmul at
 #    decode shapes); the W4A16 / KV int8 kernel tests run with the kernel tests. One JSON summary: per step its exit status and time, per test run the counts and
 #    the failures, every benchmark table, and the targets (>= 10x throughput, >= 50% of the bandwidth bound, every
@@ -72,7 +72,7 @@ step bench_kernels 90 "$PY" -m hanlin.cli bench kernels --dtype bfloat16 --json
 wait "$CONVERT"
 echo -e "convert\t$?\t0" >> "$WORK/steps.tsv"
 step bench_throughput 300 "$PY" -m hanlin.cli bench throughput -m "$MODEL" --requests 256 --json
-step bench_quant 150 "$PY" -m hanlin.cli bench quant -m "$MODEL" --json
+step bench_quant 150 "$PY" -m hanlin.cli bench quant-gpu -m "$MODEL" --json
 step engine_tests 240 "${PYTEST[@]}" --junitxml="$WORK/engine_tests.xml" \
     tests/test_gpu_cuda.py tests/test_gpu_runtime.py tests/test_gpu_scheduler.py tests/test_sampling.py \
     tests/test_gpu_serving.py -k "not test_hanlin_run_on_the_gpu_runtime"

@@ -23,7 +23,7 @@ TARGETS = {  # summary name -> (bench step, words starting its table's title)
     "batch-1 decode >= 50% of the bandwidth bound": ("bench_throughput", "batch-1 decode:"),
     "every kernel correct and at its speed target": ("bench_kernels", "kernels:"),
 }
-QUANT_TARGETS = {  # `hanlin bench quant` (issue 21), reported beside the engine's targets
+QUANT_TARGETS = {  # `hanlin bench quant-gpu` (issue 21), reported beside the engine's targets
     "W4A16 batch-1 decode >= 2x bf16": ("bench_quant", "W4A16 batch-1 decode:"),
     "KV int8 throughput >= 1.3x bf16 cache (256 requests)": ("bench_quant", "KV int8 throughput:"),
     "dequant-GEMM faster than bf16 matmul at M = 1": ("bench_quant", "dequant-GEMM:"),

@@ -24,10 +24,11 @@ def listed_commands(help_text: str) -> list[str]:
 def test_help_lists_commands() -> None:
     out = hanlin("--help")
     assert out.returncode == 0
-    assert listed_commands(out.stdout) == ["plugins", "models", "tools", "run", "chat", "serve", "tune", "research",
-                                           "bench", "kb", "mcp", "eval", "assistant"]
+    assert listed_commands(out.stdout) == ["plugins", "models", "tools", "run", "chat", "serve", "tune", "pretrain",
+                                           "quantize", "research", "bench", "kb", "mcp", "eval", "data", "assistant"]
     # each plugin adds its own benchmark: the core CLI knows no runtime
-    assert listed_commands(hanlin("bench", "--help").stdout) == ["serve", "eval", "tune", "cpu", "throughput", "kernels"]
+    assert listed_commands(hanlin("bench", "--help").stdout) == ["serve", "eval", "tune", "pretrain", "quantize", "data",
+                                                                 "cpu", "throughput", "kernels", "quant-gpu"]
 
 
 def test_plugins_json_has_exactly_the_documented_keys() -> None:

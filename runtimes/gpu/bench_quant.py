@@ -1,4 +1,4 @@
-"""`hanlin bench quant`: what W4A16 and the int8 KV cache buy, each beside its baseline measured in the same run.
+"""`hanlin bench quant-gpu`: what W4A16 and the int8 KV cache buy, each beside its baseline measured in the same run.
 
 - ``w4a16``: batch-1 decode tok/s of the engine on int4 weights (round-to-nearest, group 128: the speed does not
   depend on how the scales were chosen) vs the same model in the engine's dtype. Decode at batch 1 reads every
@@ -136,7 +136,7 @@ def bench_dequant_gemm(smoke: bool = False, **_: Any) -> BenchTable:
 
     device = torch.device("cuda" if _cuda() else "cpu")
     if device.type == "cpu" and not smoke:
-        raise ConfigurationError("bench quant --what gemm needs a GPU (or --smoke: tiny shapes under the Triton "
+        raise ConfigurationError("bench quant-gpu --what gemm needs a GPU (or --smoke: tiny shapes under the Triton "
                                  "interpreter, where the timings mean nothing)")
     if device.type == "cpu":
         import os

@@ -1,4 +1,4 @@
-"""`hanlin bench throughput`, `hanlin bench kernels` and `hanlin bench quant`: the gpu engine's own benchmark
+"""`hanlin bench throughput`, `hanlin bench kernels` and `hanlin bench quant-gpu`: the gpu engine's own benchmark
 commands."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def add_commands(cli: Any) -> None:
 
         print_tables(lambda: run_all(suite="kernels", tiny=smoke, dtype=dtype), as_json)
 
-    @group.command("quant")
+    @group.command("quant-gpu")
     def bench_quant_cmd(
         model: Annotated[str, typer.Option("--model", "-m", help="Model name or HF folder / GGUF path.")] = "smollm2-135m-instruct",
         what: Annotated[str, typer.Option(help="Comma-separated: w4a16 (batch-1 decode, int4 vs float weights), "

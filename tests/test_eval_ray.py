@@ -29,10 +29,18 @@ ROOT = Path(__file__).parent.parent
 @pytest.fixture(scope="module")
 def local_ray():
     # workers are new processes: they must import this module (the model factory lives here) from the checkout
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
+    # (set for the workers only while Ray runs: a checkout on PYTHONPATH made later tests' `pip install` fail)
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), saved) if p)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        yield
+    finally:
+        ray.shutdown()
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
 
 
 def _answer(messages, params) -> str:

@@ -376,7 +376,7 @@ def test_the_question_split_seeds_the_plan_and_the_planner_goes_on_from_it() -> 
         return base._fn(messages, params)
 
     model = ScriptedModel(reply)
-    result = run(model)
+    result = run(model, decompose=True)
     added = of(result, "node_added")
     assert [(e.node_id, e.question, e.depends_on) for e in added] == [
         ("q1", "who wrote alpha", []), ("q2", "Ada born London", ["q1"])]

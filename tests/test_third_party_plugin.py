@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +19,19 @@ def site(tmp_path_factory) -> Path:
     """A target dir holding two real installed distributions: the example plugin and a broken one."""
     target = tmp_path_factory.mktemp("site")
     for package in (ROOT / "examples" / "plugin_package", ROOT / "tests" / "broken_plugin_pkg"):
-        build = tmp_path_factory.mktemp("build")
-        subprocess.run(
+        # built from a copy: setuptools writes build/ and *.egg-info into the source folder, and a leftover one from
+        # another run must not change what is installed
+        source = tmp_path_factory.mktemp("build") / package.name
+        shutil.copytree(package, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+        out = subprocess.run(
             [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-             "--target", str(target), str(package)],
-            check=True, capture_output=True, text=True, cwd=build,
+             "--target", str(target), str(source)],
+            capture_output=True, text=True, cwd=source.parent,
+            # a checkout on PYTHONPATH shadows PyPI packages with its top-level folders (transformers imports the
+            # `kernels` package from the Hub, and would find hanlin's kernels/ folder)
+            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
         )
+        assert out.returncode == 0, f"pip could not install {package.name}:\n{out.stdout}\n{out.stderr}"
     return target
 
 

@@ -76,6 +76,7 @@ def add_research_command(cli: Any) -> None:
         protocol: str = typer.Option("react", help="Agent protocol of the searchers."),
         planner_protocol: str = typer.Option("tools", help="Agent protocol of the planner."),
         max_tokens: int = typer.Option(160, help="Most tokens per model reply."),
+        decompose: bool = typer.Option(False, help="Seed the plan with one constrained split of the question."),
         json_out: bool = typer.Option(False, "--json", help="Print each event as a JSON line."),
         trace: Path | None = typer.Option(None, help="Save the run's events as JSONL (replayable)."),
     ) -> None:
@@ -85,7 +86,8 @@ def add_research_command(cli: Any) -> None:
 
         try:
             app = Research(model, search, max_nodes=max_nodes, max_depth=max_depth, max_parallel=max_parallel,
-                           planner_protocol=planner_protocol, searcher_protocol=protocol, max_tokens=max_tokens)
+                           planner_protocol=planner_protocol, searcher_protocol=protocol, max_tokens=max_tokens,
+                           decompose=decompose)
         except HanlinError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None

@@ -5,7 +5,8 @@ Both systems search the same index with the same numbered ``search`` tool and ar
 shown reference's passage is verbatim in the document it names) and recall of the documents the question needs.
 Metrics are named ``research_*`` and ``react_*`` so one table shows the two side by side, in the same run.
 Options (``--option KEY=VALUE``): ``search`` (``packages`` by default, or ``local:DIR``), ``max_parallel``,
-``max_nodes``, ``protocol`` (the searchers' protocol, ``react`` by default), ``systems`` (``research,react``).
+``max_nodes``, ``protocol`` (the searchers' protocol, ``react`` by default), ``decompose`` (seed the plan with a
+constrained split), ``systems`` (``research,react``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class ResearchDataset(Dataset):
     fewshot_source = "none"
 
     def __init__(self, subset: str | None = None, search: str = "packages", max_parallel: int | str = 1,
-                 max_nodes: int | str = 4, systems: str = "research,react", protocol: str = "react") -> None:
+                 max_nodes: int | str = 4, systems: str = "research,react", protocol: str = "react",
+                 decompose: bool | str = False) -> None:
         super().__init__()
         if subset is not None:
             raise ConfigurationError(f"dataset 'research' has no subsets; got {subset!r}")
@@ -38,6 +40,7 @@ class ResearchDataset(Dataset):
         if unknown or not chosen:
             raise ConfigurationError(f"systems={systems!r}: choose from {', '.join(SYSTEMS)} (comma-separated)")
         self.search, self.systems, self.protocol = search, chosen, protocol
+        self.decompose = decompose if isinstance(decompose, bool) else decompose.lower() in ("1", "true", "yes")
         try:
             self.max_parallel, self.max_nodes = int(max_parallel), int(max_nodes)
         except ValueError:
@@ -56,7 +59,7 @@ class ResearchDataset(Dataset):
         row = item.extra["row"]
         if system == "research":
             run = run_research(model, row, self.search, max_parallel=self.max_parallel, max_nodes=self.max_nodes,
-                               searcher_protocol=self.protocol)
+                               searcher_protocol=self.protocol, decompose=self.decompose)
         else:
             run = run_react(model, row, self.search)
         return {"system": system, "id": item.id, **score(row, run["answer"], run["references"]),
@@ -91,6 +94,7 @@ class ResearchDataset(Dataset):
                              predictions=predictions, prompts=[], shots=0, model_calls=0, cached=0,
                              elapsed_s=time.perf_counter() - start,
                              info={"search": self.search, "max_parallel": self.max_parallel,
-                                   "max_nodes": self.max_nodes, "searcher_protocol": self.protocol},
+                                   "max_nodes": self.max_nodes, "searcher_protocol": self.protocol,
+                                   "decompose": self.decompose},
                              notes=[f"{len(items)} questions; search {self.search}; systems {', '.join(self.systems)} "
                                     "(same search tool and index, same scoring)"])

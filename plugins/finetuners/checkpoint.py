@@ -70,9 +70,8 @@ def latest(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def restore(checkpoint: Path, *, model: Any, optimizer: Any, scheduler: Any, config: TuneConfig) -> Position:
-    import torch
-
+def read_position(checkpoint: Path, config: TuneConfig) -> dict[str, Any]:
+    """The checkpoint's position.json without its fingerprint, refused when it was written under other settings."""
     meta = json.loads((checkpoint / "position.json").read_text())
     if meta.pop("fingerprint") != fingerprint(config):
         raise ConfigurationError(
@@ -80,6 +79,13 @@ def restore(checkpoint: Path, *, model: Any, optimizer: Any, scheduler: Any, con
             "optimizer, schedule or max_steps changed); resume with the original config, or start fresh in a new "
             "output_dir"
         )
+    return meta
+
+
+def restore(checkpoint: Path, *, model: Any, optimizer: Any, scheduler: Any, config: TuneConfig) -> Position:
+    import torch
+
+    meta = read_position(checkpoint, config)
     weights = torch.load(checkpoint / "trainable.pt", map_location="cpu")
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hanlin.errors import ConfigurationError
-from hanlin.plugins.finetuners.checkpoint import Position, fingerprint
+from hanlin.plugins.finetuners.checkpoint import Position, fingerprint, read_position
 from hanlin.plugins.finetuners.config import TuneConfig
 
 
@@ -82,13 +82,7 @@ def restore(checkpoint: Path, *, model: Any, optimizer: Any, scheduler: Any, con
             f"checkpoint {checkpoint} was written by a single-process run (trainable.pt), not by `--nproc`; resume "
             "it without --nproc, or start the distributed run fresh in a new output_dir"
         )
-    meta = json.loads((checkpoint / "position.json").read_text())
-    if meta.pop("fingerprint") != fingerprint(config):
-        raise ConfigurationError(
-            f"checkpoint {checkpoint} was written under different training settings (model, data, method, "
-            "optimizer, schedule or max_steps changed); resume with the original config, or start fresh in a new "
-            "output_dir"
-        )
+    meta = read_position(checkpoint, config)
     meta.pop("world_size", None)
     # the optimizer state is created (lazily, by its first step) before DCP can load into it
     state = {"model": trainable_state(model), "optim": get_optimizer_state_dict(model, optimizer)}

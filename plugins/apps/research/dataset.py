@@ -11,7 +11,6 @@ constrained split), ``systems`` (``research,react``).
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -67,7 +66,7 @@ class ResearchDataset(Dataset):
                 "references": [r.model_dump() for r in run["references"]]}
 
     def evaluate(self, model: Any, settings: Any, progress: Any = None) -> Any:
-        from hanlin.plugins.evaluators.metrics import Score
+        from hanlin.plugins.evaluators.metrics import mean_with_stderr
         from hanlin.plugins.evaluators.results import DatasetResult, Prediction
 
         start = time.perf_counter()
@@ -78,11 +77,7 @@ class ResearchDataset(Dataset):
         for system in self.systems:
             mine = [r for r in rows if r["system"] == system]
             for key in SCORES:
-                values = [float(r[key]) for r in mine]
-                mean = sum(values) / len(values)
-                spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) \
-                    if len(values) > 1 else float("nan")
-                metrics[f"{system}_{key}"] = Score(mean, spread, len(values))
+                metrics[f"{system}_{key}"] = mean_with_stderr([float(r[key]) for r in mine])
         predictions = [Prediction(id=r["id"], sample=self.systems.index(r["system"]), group=r["system"],
                                   gold=next(i.answer for i in items if i.id == r["id"]), output=r["answer"],
                                   extracted=r["answer"], correct=bool(r["correct"]),

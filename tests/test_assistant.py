@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from hanlin import ScriptedModel
+from hanlin.errors import ConfigurationError
 from hanlin.plugins.apps.assistant.answer import Answer
 from hanlin.plugins.apps.assistant.check import Check
 from hanlin.plugins.apps.assistant.groups import Groups
@@ -90,18 +91,37 @@ def test_relevance_passes_and_refuses_on_its_threshold() -> None:
     assert not refused.passed and "does not answer" in refused.reason
 
 
-def test_answer_is_grounded_in_the_numbered_passages() -> None:
-    model = ScriptedModel(["Use the portal [1]."])
+def test_answer_is_decoded_under_a_schema_whose_source_is_a_given_passage() -> None:
+    model = ScriptedModel([json.dumps({"source": 1, "answer": "Use the portal [2]."})])
     text, record = Answer(model).run("how do I reset my password?", PASSAGES)
-    prompt = model.calls[0][0][-1].content
-    assert text == "Use the portal [1]." and record.passed
+    prompt, params = model.calls[0][0][-1].content, model.calls[0][1]
+    assert text == "Use the portal [1]." and record.passed and record.detail["format"] == "json"
     assert "[1] (vpn.md › VPN › Passwords)" in prompt and "[2] (printer.md" in prompt
+    schema = params.constraint.json_schema
+    assert schema["properties"]["source"]["enum"] == [1, 2] and schema["required"] == ["source", "answer"]
+
+
+def test_answer_grammar_cannot_cite_a_passage_it_was_not_given() -> None:
+    from hanlin.grammar import json_schema_grammar
+    from hanlin.plugins.apps.assistant.answer import answer_schema
+
+    grammar = json_schema_grammar(answer_schema([1, 2]))
+    assert 'root--source ::= "1" | "2"\n' in grammar
+
+
+def test_an_answer_in_free_text_is_read_as_written() -> None:
+    text, record = Answer(ScriptedModel(["Use the portal [1]."])).run("q", PASSAGES)
+    assert text == "Use the portal [1]." and record.detail["format"] == "text"
+    empty, record = Answer(ScriptedModel([json.dumps({"source": 2, "answer": " [2] "})])).run("q", PASSAGES)
+    assert empty == "" and not record.passed and "empty" in record.reason
 
 
 @pytest.mark.parametrize(("answer", "why"), [
     ("I don't know.", "does not know"), ("I’m not sure, maybe the portal [1].", "does not know"),
     ("Use the portal.", "cites no passage"), ("Use the portal [3].", "[3] it was not given"),
-    ("Ask about the salary bands [1].", "banned topic 'salary'"),
+    ("Ask about the salary bands [1].", "banned topic 'salary'"), ("[1] [2]", "nothing besides its citations"),
+    ("The portal takes HP 59A toner [1].", "states 59A, which the cited passage(s) [1] do not contain"),
+    ("Call the helpdesk hotline and ask an administrator [1].", "only 0% of what the answer adds to the question"),
 ])
 def test_check_refuses_bad_answers(answer, why) -> None:
     record = Check(banned=["salary"]).run(answer, PASSAGES)
@@ -110,7 +130,18 @@ def test_check_refuses_bad_answers(answer, why) -> None:
 
 def test_check_passes_a_cited_answer() -> None:
     record = Check(banned=["salary"]).run("Reset it at the portal [1], toner is HP 58A [2].", PASSAGES)
-    assert record.passed and record.detail["cited"] == [1, 2]
+    assert record.passed and record.detail["cited"] == [1, 2] and record.score == 1.0
+
+
+def test_check_measures_support_on_what_the_answer_adds_to_the_question() -> None:
+    """Restating the question is no evidence: the invented part alone is measured, so repeating the question's
+    words cannot carry an answer over the line, and an answer that only restates it passes on its citation."""
+    question = "Where do I reset my VPN password quickly?"
+    made_up = "To reset your VPN password quickly, phone the helpdesk administrator [1]."
+    record = Check().run(made_up, PASSAGES, question)
+    assert not record.passed and record.detail["not_in_sources"] == ["phone", "helpdesk", "administrator"]
+    assert Check().run("You reset your VPN password at the portal [1].", PASSAGES, question).passed
+    assert Check().run("Reset your VPN password quickly [1].", PASSAGES, question).passed
 
 
 def test_rewrite_resolves_a_pronoun_from_the_group_history_only_when_there_is_one() -> None:
@@ -237,12 +268,12 @@ def test_tune_reads_labelled_files_with_clear_errors(tmp_path) -> None:
 def routed_model():
     """Scores 9 everywhere, answers from passage [1]; a rewrite prompt is answered with the history it saw."""
     def reply(messages, params):
-        if params.constraint is not None:
+        if params.constraint is not None and params.constraint.json_schema == SCORE_SCHEMA:
             return score(9)
         last = messages[-1].content
         if last.startswith("Earlier messages:"):
             return last.split("\n\nLast message:")[0].replace("\n", " | ")
-        return "Reset it at the self-service portal [1]."
+        return json.dumps({"source": 1, "answer": "Reset it at the self-service portal."})
     return ScriptedModel(reply)
 
 
@@ -323,3 +354,33 @@ def test_openai_route_silence_is_an_empty_reply_with_the_reason(server) -> None:
     assert "[1]" in answered["choices"][0]["message"]["content"] and answered["hanlin_decision"]["citations"] == [1]
     wrong = httpx.post(f"{url}/v1/chat/completions", json={"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]})
     assert wrong.status_code == 404 and wrong.json()["error"]["code"] == "model_not_found"
+
+
+# ---- the evaluation --------------------------------------------------------------------------------
+def test_the_evaluation_decides_each_message_under_a_threshold_tuned_without_it(kb) -> None:
+    """Held out: odd lines are decided under the threshold tuned on even lines and vice versa, so the F1 that
+    `hanlin eval -d assistant` reports is what a team tuning on some messages gets on new ones."""
+    from hanlin.plugins.apps.assistant.evaluation import AssistantDataset
+    from hanlin.plugins.evaluators.base import EvalItem
+    from hanlin.plugins.tools.kb_tuning import Labelled, tune
+
+    texts = [("reset VPN password portal", True), ("toner cartridge for the printer", True),
+             ("what is the weather in Paris", False), ("VPN password length", True), ("best pizza in town", False),
+             ("printer supply room", True), ("who won the football match", False), ("portal account reset", True)]
+
+    class Small(AssistantDataset):
+        def load(self) -> list[EvalItem]:
+            return [EvalItem(id=f"m{n}", question=t, answer="", group="answerable" if good else "chatter", line=n)
+                    for n, (t, good) in enumerate(texts, 1)]
+
+    held = Small().fold_thresholds(kb.index)
+    for fold in (0, 1):
+        other = [Labelled(t, good, n) for n, (t, good) in enumerate(texts, 1) if n % 2 != fold]
+        assert held[fold] == tune(kb.index, other).threshold
+    assert held[0] != held[1]  # the folds really differ on this set, so a swapped fold would show
+    item = Small().items()[2]  # line 3: odd, decided under the threshold tuned on even lines
+    assert Small().fold(item) == 1 and Small(tuning="all").fold(item) == -1
+    assert Small(tuning="all").fold_thresholds(kb.index) == {
+        -1: tune(kb.index, [Labelled(t, good, n) for n, (t, good) in enumerate(texts, 1)]).threshold}
+    with pytest.raises(ConfigurationError, match="option tuning is 'heldout'"):
+        AssistantDataset(tuning="in-sample")

@@ -1,5 +1,12 @@
-"""Stage: refuse to send an answer that says it does not know, cites nothing or a passage it was not given, or
-touches a banned topic."""
+"""Stage: refuse to send an answer that says it does not know, cites nothing or a passage it was not given, says
+nothing besides its citations, states what its cited passages do not, or touches a banned topic.
+
+"Supported" is checked on words, with no model call: a small model asked whether a passage supports a claim says
+yes to nearly everything (its relevance scores were 10 for almost every retrieved passage, measured). Two cheap
+signals catch the answers that matter in a chat: a *specific* token (a version, a number, an identifier such as
+``HTTP/3`` or ``max_redirects``) that appears in no cited passage, and an answer whose content words mostly come
+from neither the cited passages nor the question (an answer made up around the passages' topic).
+"""
 
 from __future__ import annotations
 
@@ -13,17 +20,54 @@ UNSURE = ("i don't know", "i do not know", "i'm not sure", "i am not sure", "not
           "does not contain", "doesn't contain", "do not contain", "cannot answer", "can't answer", "not provided",
           "unable to answer", "not specified")
 CITATION = re.compile(r"\[(\d+)\]")
+# A token that names one thing exactly: it has a digit, or an inner "/", "_", "." or "-" between word characters,
+# or is an acronym (HTTP, QUIC).
+_SPECIFIC = re.compile(r"(?<![\w/.-])(?=[\w/.-]*(?:\d|\w[/_.-]\w|\b[A-Z]{3,}\b))[\w][\w/.+-]*\w(?![\w/-])")
+_WORD = re.compile(r"[a-z][a-z0-9]{3,}")
+_STOP = frozenset(
+    "the and that this with which what from into does about have their there they them than then also only when "
+    "were been being over under more most such each other used uses using your yours will would should could can "
+    "able just like some many much very here where while these those it's its passage passages answer question "
+    "based according provided following given need needs make sure want help helps way ways case".split())
+MIN_SUPPORT = 0.5  # the share of the answer's new content words (not the question's) the cited passages must have
 
 
 def citations(text: str) -> list[int]:
     return sorted({int(n) for n in CITATION.findall(text)})
 
 
+def _stem(word: str) -> str:
+    return word[:6]  # "supports"/"supported"/"support" alike; enough for a grounding test, not for a search index
+
+
+def content_words(text: str) -> list[str]:
+    return [w for w in _WORD.findall(text.lower()) if w not in _STOP]
+
+
+def specific_tokens(text: str) -> list[str]:
+    return list(dict.fromkeys(t.rstrip(".") for t in _SPECIFIC.findall(CITATION.sub(" ", text))))
+
+
+def unsupported(answer: str, question: str, sources: str) -> tuple[list[str], list[str], float]:
+    """(specific tokens no source has, the answer's new content words no source has, the share of its new words
+    that the sources have). "New" = not in the question: restating the question is no evidence, so an answer that
+    wraps invented advice around the question's words ("to run uvicorn behind nginx, configure nginx to proxy...")
+    is measured on the invented part alone."""
+    lowered = sources.lower()
+    missing = [t for t in specific_tokens(answer) if t.lower() not in lowered]
+    asked = {_stem(w) for w in content_words(question)}
+    known = {_stem(w) for w in content_words(sources)}
+    own = [w for w in dict.fromkeys(content_words(CITATION.sub(" ", answer))) if _stem(w) not in asked]
+    foreign = [w for w in own if _stem(w) not in known]
+    support = 1 - len(foreign) / len(own) if own else 1.0  # only the question's words: nothing new to check
+    return missing, foreign, support
+
+
 @dataclass(slots=True)
 class Check:
     banned: Sequence[str] = field(default_factory=tuple)
 
-    def run(self, answer: str, passages: list[Passage]) -> StageRecord:
+    def run(self, answer: str, passages: list[Passage], question: str = "") -> StageRecord:
         lowered = answer.lower()
         unsure = next((p for p in UNSURE if p in lowered.replace("’", "'")), None)
         if unsure:
@@ -39,5 +83,21 @@ class Check:
         topic = next((b for b in self.banned if b.lower() in lowered), None)
         if topic:
             return StageRecord(stage="check", passed=False, reason=f"the answer touches the banned topic {topic!r}")
-        return StageRecord(stage="check", passed=True, reason=f"answer cites {cited} of the given passages",
-                           detail={"cited": cited})
+        if not content_words(CITATION.sub(" ", answer)) and not specific_tokens(answer):
+            return StageRecord(stage="check", passed=False, detail={"cited": cited},
+                               reason="the answer says nothing besides its citations")
+        sources = "\n".join(f"{p.source}\n{p.text}" for p in passages if p.number in cited)
+        missing, foreign, support = unsupported(answer, question, sources)
+        detail = {"cited": cited, "support": round(support, 3), "not_in_sources": missing + foreign}
+        if missing:
+            return StageRecord(stage="check", passed=False, detail=detail,
+                               reason=f"the answer states {', '.join(missing[:4])}, which the cited passage(s) "
+                                      f"{cited} do not contain")
+        if support < MIN_SUPPORT:
+            return StageRecord(stage="check", passed=False, score=round(support, 3), threshold=MIN_SUPPORT,
+                               detail=detail,
+                               reason=f"only {support:.0%} of what the answer adds to the question is in the cited "
+                                      f"passage(s) {cited} (need {MIN_SUPPORT:.0%}; not there: {', '.join(foreign[:6])})")
+        return StageRecord(stage="check", passed=True, score=round(support, 3), threshold=MIN_SUPPORT, detail=detail,
+                           reason=f"answer cites {cited} of the given passages, which hold {support:.0%} of what "
+                                  "it adds to the question")

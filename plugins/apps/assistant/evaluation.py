@@ -8,9 +8,12 @@ answerable), answered chatter, answer correctness on the answered answerable one
 citation precision (cited passages from the right document), and the same decision metrics for the ablation that
 uses only the retrieval threshold (then answers whatever passes it).
 
-The retrieval threshold is tuned with ``kb_tuning`` on all the messages (answerable vs the rest; no model call),
-so both variants share it; the model thresholds are the defaults (question 6, relevance 5) unless a tuned
-``assistant.json`` is passed with ``--option thresholds=PATH``.
+The retrieval threshold is tuned with ``kb_tuning`` (answerable vs the rest; no model call) and applied held out:
+the messages are split in two folds (alternate lines), and each message is decided under the threshold tuned on
+the other fold, as a team tuning on some labelled messages then meets new ones (``--option tuning=all`` tunes on
+all messages, in sample, as earlier versions did). Both variants share the thresholds; the model thresholds are
+the defaults (question 6, relevance 5) unless a tuned ``assistant.json`` is passed with
+``--option thresholds=PATH``.
 """
 
 from __future__ import annotations
@@ -68,11 +71,16 @@ class AssistantDataset(Dataset):
     supports_fewshot = False
     fewshot_source = "none"
 
-    def __init__(self, subset: str | None = None, thresholds: str | None = None, cache: str | None = None) -> None:
+    def __init__(self, subset: str | None = None, thresholds: str | None = None, cache: str | None = None,
+                 tuning: str = "heldout") -> None:
         super().__init__()
         if subset not in (None, *KINDS):
             raise ConfigurationError(f"dataset 'assistant' subsets are {', '.join(KINDS)}; got {subset!r}")
+        if tuning not in ("heldout", "all"):
+            raise ConfigurationError(f"dataset 'assistant' option tuning is 'heldout' (two folds, each message "
+                                     f"decided under the threshold tuned on the other) or 'all'; got {tuning!r}")
         self.subset, self.thresholds_path, self.cache = subset, thresholds, Path(cache) if cache else None
+        self.tuning = tuning
 
     def load(self) -> list[EvalItem]:
         self.source = f"hanlin: {DATA.name} over the METADATA of {', '.join(PACKAGES)}"
@@ -104,18 +112,18 @@ class AssistantDataset(Dataset):
         from hanlin.plugins.apps.assistant.pipeline import Assistant, open_kb
         from hanlin.plugins.apps.assistant.records import ChatMessage
         from hanlin.plugins.apps.assistant.settings import Thresholds, load_thresholds
-        from hanlin.plugins.tools.kb_tuning import Labelled, tune
 
         kb = open_kb(corpus_index(self.cache))
-        all_items = self.items()
-        tuned = tune(kb.index, [Labelled(i.question, i.group == "answerable", i.line) for i in all_items])
         base = load_thresholds(Path(self.thresholds_path).parent) if self.thresholds_path else Thresholds()
-        thresholds = base.model_copy(update={"retrieval": tuned.threshold})
+        retrieval = self.fold_thresholds(kb.index)
+        folds = {fold: base.model_copy(update={"retrieval": t}) for fold, t in retrieval.items()}
         items = self.select_interleaved(limit)
         rows = []
         for variant, full in (("full", True), ("retrieval_only", False)):
-            assistant = Assistant(model, kb, thresholds=thresholds, full=full, groups=Groups(rate=10**6))
+            assistants = {fold: Assistant(model, kb, thresholds=t, full=full, groups=Groups(rate=10**6))
+                          for fold, t in folds.items()}
             for item in items:
+                assistant = assistants[self.fold(item)]
                 d = assistant.handle(ChatMessage(group=f"eval-{item.id}", sender="member", text=item.question))
                 keys = [k.lower() for k in item.answer.split("|") if k]
                 cited = [p for p in d.passages if p.number in d.citations]
@@ -126,8 +134,21 @@ class AssistantDataset(Dataset):
                              "cited_right": sum(p.source.split(" ")[0] == item.extra["source"] for p in cited)})
                 if progress is not None:
                     progress(variant, len(rows))
-        return {"rows": rows, "metrics": self.metrics(rows), "retrieval_threshold": tuned.threshold,
-                "thresholds": thresholds.model_dump(), "messages": len(items)}
+        return {"rows": rows, "metrics": self.metrics(rows), "retrieval_thresholds": retrieval,
+                "thresholds": base.model_dump(exclude={"retrieval"}), "messages": len(items)}
+
+    def fold(self, item: EvalItem) -> int:
+        """The fold whose threshold decides ``item``: the other fold's, or the one in-sample threshold (-1)."""
+        return -1 if self.tuning == "all" else item.line % 2
+
+    def fold_thresholds(self, index: Any) -> dict[int, float]:
+        """Fold -> the retrieval threshold that decides its messages (tuned on the other fold's labels)."""
+        from hanlin.plugins.tools.kb_tuning import Labelled, tune
+
+        labelled = [(i.line, Labelled(i.question, i.group == "answerable", i.line)) for i in self.items()]
+        if self.tuning == "all":
+            return {-1: tune(index, [lab for _, lab in labelled]).threshold}
+        return {fold: tune(index, [lab for line, lab in labelled if line % 2 != fold]).threshold for fold in (0, 1)}
 
     @staticmethod
     def metrics(rows: list[Mapping[str, Any]]) -> dict[str, float]:
@@ -165,8 +186,15 @@ class AssistantDataset(Dataset):
         return DatasetResult(dataset=self.name, kind="assistant", model=model.name, metrics=metrics, groups={},
                              predictions=predictions, prompts=[], shots=0, model_calls=0, cached=0,
                              elapsed_s=time.perf_counter() - start,
-                             info={"retrieval_threshold": done["retrieval_threshold"],
+                             info={"retrieval_thresholds": done["retrieval_thresholds"],
                                    "thresholds": done["thresholds"]},
-                             notes=[f"{n} messages; retrieval threshold {done['retrieval_threshold']:.4f} tuned on "
-                                    "all 124 messages (kb_tuning); model thresholds "
-                                    f"{done['thresholds']['question']:g}/{done['thresholds']['relevance']:g}"])
+                             notes=[f"{n} messages; {self.tuning_note(done['retrieval_thresholds'])}; model "
+                                    f"thresholds {done['thresholds']['question']:g}/{done['thresholds']['relevance']:g}"])
+
+    @staticmethod
+    def tuning_note(thresholds: Mapping[int, float]) -> str:
+        if -1 in thresholds:
+            return f"retrieval threshold {thresholds[-1]:.4f} tuned on all {len(DATA.read_text().splitlines())} " \
+                   "messages, in sample (kb_tuning)"
+        return ("retrieval threshold held out: odd lines decided under the one tuned on even lines "
+                f"({thresholds[1]:.4f}), even under odd ({thresholds[0]:.4f})")

@@ -88,7 +88,7 @@ class Assistant:
             return silent(record)
         records.append(record)
         if self.full:
-            record = self.check.run(text, passages)
+            record = self.check.run(text, passages, query)
             if not record.passed:
                 return silent(record)
             records.append(record)

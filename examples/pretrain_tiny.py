@@ -11,7 +11,8 @@ docstrings) plus the long descriptions in the installed packages' METADATA. One 
 3. `hanlin data` pipeline: jsonl reader -> ftfy -> whitespace -> length filter -> exact dedup -> tokenize-and-pack
 4. `hanlin pretrain`: a llama model from the size preset, cosine schedule with warm-up, for a bounded time
 5. held-out perplexity against a unigram model of the training tokens (the bar for having learnt anything)
-6. GGUF export, a greedy completion of a function signature by llama.cpp, and `hanlin run --model OUT`
+6. GGUF export, a greedy completion of a function signature by llama.cpp, and the same by `hanlin run --model OUT`
+   (plain text: a base model has no chat template)
 """
 
 from __future__ import annotations
@@ -108,14 +109,15 @@ def main() -> None:
                       progress=(lambda r: None) if quick else print_progress, **budget)
     print(result.summary)
 
-    completion = complete(model_dir / "model.gguf", SIGNATURE, 48 if not quick else 16)
+    tokens = 48 if not quick else 16
+    completion = complete(model_dir / "model.gguf", SIGNATURE, tokens)
     print("llama.cpp greedy completion of the signature:\n" + SIGNATURE + completion)
     cli = [sys.executable, "-c", "from hanlin.cli import main; main()"]
-    run = subprocess.run([*cli, "run", "--model", str(model_dir), "--max-steps", "1", "--no-examples",
-                          SIGNATURE.strip()], capture_output=True, text=True, timeout=600)
-    status = {0: "answered", 1: "gave up"}.get(run.returncode, "error")
-    print(f"$ hanlin run --model {model_dir} {SIGNATURE.strip()!r}  -> exit {run.returncode} ({status})")
-    print((run.stdout + run.stderr)[-400:])
+    # A base model has no chat template, so `hanlin run` continues the text as written (no agent prompt).
+    run = subprocess.run([*cli, "run", "--model", str(model_dir), "--max-tokens", str(tokens), SIGNATURE],
+                         capture_output=True, text=True, timeout=600)
+    print(f"$ hanlin run --model {model_dir} --max-tokens {tokens} {SIGNATURE!r}  -> exit {run.returncode}")
+    print(run.stdout + run.stderr[-400:])
 
 
 def complete(gguf: Path, prompt: str, n: int) -> str:

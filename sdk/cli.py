@@ -192,8 +192,23 @@ def run_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print only the final result and trace as JSON.")] = False,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
+    complete: Annotated[bool | None, typer.Option("--complete/--agent", help=(
+        "--complete: continue TASK as plain text, no agent and no chat template (what a base model from "
+        "`hanlin pretrain` is for). Default: plain text for a model without a chat template, the agent otherwise."))]
+    = None,
+    max_tokens: Annotated[int, typer.Option(help="Tokens to write with --complete.")] = 64,
 ) -> None:
     """Run an agent on one task, streaming its thoughts, tool calls and observations."""
+    if complete is not False:
+        try:
+            chat_model = load_model(model, runtime=runtime, **_model_config(base_url, api_key))
+        except HanlinError as exc:
+            fail(str(exc))
+            return
+        if complete or not chat_model.capabilities.chat_template:
+            _complete_text(chat_model, task, max_tokens, temperature, seed, explicit=bool(complete))
+            return
+        model = chat_model  # type: ignore[assignment]  # load_model takes a loaded model as it is
     try:
         agent = _build_agent(model, runtime, protocol, tool, max_steps, constrain, temperature, seed,
                              _model_config(base_url, api_key), samples=samples, examples=examples)
@@ -209,6 +224,26 @@ def run_cmd(
     if as_json:
         typer.echo(json.dumps(result.to_record(), ensure_ascii=False, default=str))
     raise typer.Exit(EXIT[result.status])
+
+
+def _complete_text(chat_model: Any, prompt: str, max_tokens: int, temperature: float | None, seed: int | None,
+                   *, explicit: bool) -> None:
+    """Stream a plain-text continuation of ``prompt``: a base model asked in an agent's chat layout only babbles."""
+    if not explicit:
+        typer.echo(f"({chat_model.name} has no chat template: continuing the text as written; --agent runs the "
+                   "agent anyway)", err=True)
+    params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature or 0.0}
+    if seed is not None:
+        params["seed"] = seed
+    try:
+        typer.echo(prompt, nl=False)
+        for chunk in chat_model.stream_prompt(prompt, **params):
+            typer.echo(chunk.text, nl=False)
+        typer.echo("")
+    except NotImplementedError as exc:
+        fail(f"{exc}; --complete needs a runtime that owns its tokenizer (cpu, gpu, transformers)")
+    except HanlinError as exc:
+        fail(str(exc))
 
 
 @app.command("chat")

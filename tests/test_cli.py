@@ -89,6 +89,18 @@ def test_run_streams_events_and_saves_a_trace(tmp_path) -> None:
 
 @requires_llama
 @requires_smollm2
+def test_run_complete_continues_the_text_without_an_agent(smollm2) -> None:
+    """--complete on a chat model: the prompt continued as plain text (no chat template, no agent events), the same
+    tokens as the runtime's own raw completion."""
+    out = hanlin("run", "--complete", "--max-tokens", "8", "The capital of France is", "--model", "smollm2")
+    assert out.returncode == 0, out.stderr
+    expected = "".join(c.text for c in smollm2.stream_prompt("The capital of France is", max_tokens=8, temperature=0.0))
+    assert out.stdout == "The capital of France is" + expected + "\n" and "step 1" not in out.stdout
+    assert "no chat template" not in out.stderr  # asked for explicitly: no notice
+
+
+@requires_llama
+@requires_smollm2
 def test_chat_session_with_reset_and_exit() -> None:
     out = hanlin("chat", "--model", "smollm2", "--max-steps", "2", stdin="Hello there\n/reset\n/exit\n")
     assert out.returncode == 0, out.stderr

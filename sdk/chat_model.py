@@ -163,6 +163,10 @@ class ChatModel:
 
     name: str = "model"
     capabilities: Capabilities = Capabilities()
+    # True where ``_generate`` does more than collect the stream: the remote runtime asks again, on another replica,
+    # a reply cut mid-way, which only a caller that has not seen its first tokens can afford. ``agenerate`` and the
+    # server's non-streamed routes then go through ``_generate``.
+    generates_whole: bool = False
 
     # ---- what runtimes implement -------------------------------------------------
     def _stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Chunk]:
@@ -191,6 +195,11 @@ class ChatModel:
     async def agenerate(
         self, messages: str | Iterable[MessageLike], params: GenerationParams | None = None, **kwargs: Any
     ) -> Completion:
+        if self.generates_whole:
+            import asyncio
+
+            converted, coerced = to_messages(messages), _coerce_params(params, kwargs)
+            return await asyncio.to_thread(self._generate, converted, coerced)
         chunks = [chunk async for chunk in self.astream(messages, params, **kwargs)]
         return completion_from_chunks(chunks)
 

@@ -145,6 +145,29 @@ def test_a_reply_cut_after_tokens_fails_a_stream_but_is_asked_again_when_nobody_
         whole.server.shutdown()
 
 
+def test_the_servers_non_streamed_route_asks_a_cut_reply_again_on_another_replica() -> None:
+    """`hanlin serve` in front of replicas: a non-streamed client has seen nothing when a replica dies mid-reply, so
+    it gets the whole reply from the live replica (it got a 500 when the route collected the model's stream)."""
+    from hanlin.runtimes.remote.client import RemoteChatModel
+    from hanlin.server import create_app
+    from tests.loopback_server import serving
+
+    cut, whole = _Replica(cut=True), _Replica(cut=False)
+    model = RemoteChatModel("m", base_url=[cut.url, whole.url], health_interval=0, backoff=0.01)
+    try:
+        with serving(create_app(model, model_name="front")) as url:
+            busy = model.router.acquire(exclude=[cut.url])  # the cut replica goes first
+            reply = httpx.post(f"{url}/v1/chat/completions", timeout=30,
+                               json={"model": "front", "messages": [{"role": "user", "content": "hi"}]})
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["choices"][0]["message"]["content"] == "Hello"
+            model.router.release(busy)
+    finally:
+        model.close()
+        cut.server.shutdown()
+        whole.server.shutdown()
+
+
 # ---- three real replicas on loopback ------------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:

@@ -176,6 +176,8 @@ class RemoteChatModel(ChatModel):
         body = self._body(messages, params)
         return self._routed(body, affinity_key(body["messages"]), "/chat/completions")
 
+    generates_whole = True  # see _generate: the server's non-streamed routes use it, so a front over replicas retries
+
     def _generate(self, messages: list[Message], params: GenerationParams) -> Completion:
         """Not streamed: nobody has seen a token until the reply is whole, so a reply cut by a dying replica is
         asked again (the dead one is out of rotation by then) instead of failing, up to ``max_retries`` times."""

@@ -104,13 +104,25 @@ def create_app(
             raise APIError(404, f"model '{requested}' is not served here; available: {', '.join(served)}",
                            param="model", code="model_not_found")
 
-    async def generate(messages: list[Message], params: GenerationParams, *, raw: str | None = None) -> AsyncIterator[Chunk]:
+    async def whole(messages: list[Message], params: GenerationParams) -> AsyncIterator[Chunk]:
+        """A non-streamed reply as one chunk, from a model that makes whole replies its own way (``generates_whole``:
+        the remote runtime asks again a reply a dying replica cut, which a stream already shown cannot)."""
+        done = await model.agenerate(messages, params)
+        yield Chunk(text=done.text, tool_calls=done.tool_calls, finish_reason=done.finish_reason, usage=done.usage)
+
+    async def generate(messages: list[Message], params: GenerationParams, *, raw: str | None = None,
+                       streamed: bool = True) -> AsyncIterator[Chunk]:
         """Stream from the model, counted in ``in_flight`` and the latency histogram however it ends."""
         started = time.perf_counter()
         first = True
         try:
             with metrics.generating():
-                source = model.astream(messages, params) if raw is None else model.astream_prompt(raw, params)
+                if raw is not None:
+                    source = model.astream_prompt(raw, params)
+                elif not streamed and model.generates_whole:
+                    source = whole(messages, params)
+                else:
+                    source = model.astream(messages, params)
                 async with aclosing(source):
                     async for chunk in source:
                         if first and chunk.text:
@@ -132,7 +144,7 @@ def create_app(
             metrics.latency.observe(time.perf_counter() - started)
 
     async def collect(messages: list[Message], params: GenerationParams, *, raw: str | None = None) -> list[Chunk]:
-        async with aclosing(generate(messages, params, raw=raw)) as stream:
+        async with aclosing(generate(messages, params, raw=raw, streamed=False)) as stream:
             return [c async for c in stream]
 
     @app.get("/health")

@@ -356,6 +356,27 @@ def test_openai_route_silence_is_an_empty_reply_with_the_reason(server) -> None:
     assert wrong.status_code == 404 and wrong.json()["error"]["code"] == "model_not_found"
 
 
+def test_openai_client_streams_a_checked_answer_and_a_silence(server) -> None:
+    """stream=true through the official client: the answer arrives as chunks, the last one carries the decision;
+    silence is a stream with no content. The reply is decided whole first, so nothing unchecked is ever sent."""
+    import openai
+
+    url, _ = server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+    def ask(text: str, group: str) -> tuple[str, dict]:
+        chunks = list(client.chat.completions.create(model="hanlin-assistant", user=group, stream=True,
+                                                     messages=[{"role": "user", "content": text}]))
+        content = "".join(c.choices[0].delta.content or "" for c in chunks)
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        return content, chunks[-1].model_extra["hanlin_decision"]
+
+    content, decision = ask("how do I reset my VPN password?", "s1")
+    assert content == "Reset it at the self-service portal [1]." and decision["answered"] and decision["citations"] == [1]
+    content, decision = ask("what is the weather in Paris today?", "s2")
+    assert content == "" and not decision["answered"] and decision["stage"] == "retrieve"
+
+
 # ---- the evaluation --------------------------------------------------------------------------------
 def test_the_evaluation_decides_each_message_under_a_threshold_tuned_without_it(kb) -> None:
     """Held out: odd lines are decided under the threshold tuned on even lines and vice versa, so the F1 that

@@ -5,7 +5,9 @@ the web UI's Assistant tab for retrieval testing).
 - ``POST /v1/chat/completions``: an OpenAI-compatible model named ``hanlin-assistant``. The last user message is
   the chat message (``user`` in the body is the group id, the message's ``name`` the sender). Silence is an empty
   reply (``content: ""``); the decision, with its stage and reason, is in the documented extra field
-  ``hanlin_decision`` of the response.
+  ``hanlin_decision`` of the response. ``stream: true`` is served as OpenAI's chunks, but the reply is still decided
+  whole first (an answer is checked before any of it is sent): the role chunk at once, then the answer, then a last
+  chunk with ``finish_reason`` and ``hanlin_decision``, then ``[DONE]``.
 - ``POST /v1/assistant/webhook``: a chat message ``{"group": ..., "sender": ..., "text": ...}`` in, the full
   ``Decision`` out (``answered``, ``answer``, ``stage``, ``reason``, ``passages``, ``citations``, ``records``).
 - ``POST /v1/assistant/retrieve`` ``{"query": ..., "top_k": 5}``: retrieval testing, no model call: every hit with
@@ -21,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from fastapi import FastAPI, Request  # this module loads only when serving (cli serve, tests)
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from hanlin.plugins.apps.assistant.records import ChatMessage, Decision
@@ -111,28 +114,45 @@ def add_assistant_api(app: FastAPI, assistant: Any, *, authenticate: Callable[[R
                                                dry_run=True)
         return decision.model_dump()
 
-    async def chat(request: Request) -> dict[str, Any]:
+    async def chat(request: Request) -> Any:
         """The assistant as an OpenAI-compatible model: an empty reply is silence (``hanlin_decision`` says why)."""
         authenticate(request)
         body = await read_json(request, _ChatBody, max_body_bytes)
         if body.model != MODEL_NAME:
             raise APIError(404, f"model '{body.model}' is not served here; available: {MODEL_NAME}", param="model",
                            code="model_not_found")
-        if body.stream:
-            raise APIError(400, "the assistant answers whole replies only; send stream=false", param="stream")
         last = next((m for m in reversed(body.messages) if m.get("role") == "user"), None)
         if last is None or not isinstance(last.get("content"), str):
             raise APIError(400, "messages must include a user message whose content is a string", param="messages")
         message = ChatMessage(group=body.user or "default", sender=str(last.get("name") or "user"),
                               text=last["content"][:8000])
+        reply_id, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
+        if body.stream:  # the slot is taken before the 200, so a full server still answers 429
+            held = admit() if admit is not None else nullcontext()
+            return StreamingResponse(streamed(message, reply_id, created, held), media_type="text/event-stream")
         with slot():
             decision = await asyncio.to_thread(assistant.handle, message)
-        return {"id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion", "created": int(time.time()),
-                "model": MODEL_NAME,
+        return {"id": reply_id, "object": "chat.completion", "created": created, "model": MODEL_NAME,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": decision.answer},
                              "logprobs": None, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
                 "hanlin_decision": decision_field(decision)}
+
+    async def streamed(message: ChatMessage, reply_id: str, created: int, held: Any) -> AsyncIterator[str]:
+        """OpenAI's chunks for a reply decided whole: nothing of an answer leaves before the check stage passed it."""
+        from hanlin.server.wire import sse
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+            return sse({"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": MODEL_NAME,
+                        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra})
+
+        with held:
+            yield chunk({"role": "assistant", "content": ""})
+            decision = await asyncio.to_thread(assistant.handle, message)
+        if decision.answer:
+            yield chunk({"content": decision.answer})
+        yield chunk({}, "stop", hanlin_decision=decision_field(decision))
+        yield "data: [DONE]\n\n"
 
     app.add_api_route(chat_path, chat, methods=["POST"], tags=["assistant"])
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hanlin import ParseError, tool
-from hanlin.plugins.protocols.rewoo_parser import parse_plan, substitute
+from hanlin.plugins.protocols.rewoo_parser import parse_plan, substitute, without_cut_line
 
 
 @tool
@@ -78,6 +78,29 @@ def test_too_many_steps() -> None:
     text = "\n".join(f'#E{i} = calculator[{{"expression": "{i}"}}]' for i in range(1, 6))
     with pytest.raises(ParseError, match="at most 3"):
         parse_plan(text, TOOLS, max_steps=3)
+
+
+def test_a_repeated_step_is_dropped_and_references_to_it_point_at_the_first() -> None:
+    calc = 'calculator[{"expression": "2 * 3"}]'
+    text = (f"Plan: a\n#E1 = {calc}\nPlan: a again\n#E2 = {calc}\n#E3 = {calc}\n"
+            'Plan: use it\n#E4 = calculator[{"expression": "#E3 + 1"}]\n#E5 = calculator[{"expression": "#E1 + 1"}]')
+    plan = parse_plan(text, TOOLS, max_steps=2)  # five written, two distinct: within the limit
+    assert [(s.id, s.arguments, s.depends_on) for s in plan] == [
+        (1, {"expression": "2 * 3"}, set()), (4, {"expression": "#E1 + 1"}, {1})]
+    with pytest.raises(ParseError, match="#E2 is defined twice"):
+        parse_plan(f"#E1 = {calc}\n#E2 = {calc}\n#E2 = calculator[{{\"expression\": \"1\"}}]", TOOLS)
+
+
+def test_a_plan_cut_at_the_token_limit_keeps_its_complete_steps() -> None:
+    from hanlin import Agent, Completion, ScriptedModel, load_tool
+
+    calculator = load_tool("calculator")
+    cut = 'Plan: multiply\n#E1 = calculator[{"expression": "6 * 7"}]\nPlan: again\n#E2 = calculator[{"expres'
+    model = ScriptedModel([Completion(text=cut, finish_reason="length"), "42"])
+    result = Agent(model, [calculator], protocol="rewoo").run("6 * 7?")
+    assert result.status == "answered" and result.output_text == "42"
+    assert "Evidence: 42" in model.calls[1][0][-1].content  # the complete step ran; the cut one was dropped
+    assert without_cut_line("#E1 = calculator[") == "" and without_cut_line("a\nb") == "a"
 
 
 def test_substitute() -> None:

@@ -16,7 +16,7 @@ from hanlin import AgentProtocol, Constraint, Message, ParseError, ToolCall, hoo
 from hanlin.protocols import RunContext
 
 from hanlin.plugins.protocols.react import EXAMPLE_TOOL, describe_tools
-from hanlin.plugins.protocols.rewoo_parser import PlanStep, parse_plan, substitute
+from hanlin.plugins.protocols.rewoo_parser import PlanStep, parse_plan, substitute, without_cut_line
 
 
 # Invented tools, so the example shows the format and #E references without suggesting a real tool's use.
@@ -108,8 +108,12 @@ class ReWOO(AgentProtocol):
                 return ctx.give_up("max_steps", f"reached max_steps={ctx.options.max_steps} without a usable plan")
             ctx.start_step("plan")
             completion = await ctx.generate(self.planner_prompt(ctx), constraint=self.plan_constraint(ctx))
+            text = without_cut_line(completion.text) if completion.finish_reason == "length" else completion.text
             try:
-                plan = parse_plan(completion.text, ctx.tools, max_steps=self.max_plan_steps)
+                if not text.strip() and completion.text.strip():
+                    raise ParseError("the plan was cut off at the token limit before its first step was complete",
+                                     hint="Write a short plan: one step per piece of evidence, each step once.")
+                plan = parse_plan(text, ctx.tools, max_steps=self.max_plan_steps)
             except ParseError as exc:
                 ctx.messages.append(Message.assistant(completion.text))
                 ctx.messages.append(Message.user(f"That plan could not be used: {exc}. {exc.hint}"))

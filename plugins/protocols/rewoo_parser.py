@@ -47,6 +47,8 @@ def parse_plan(text: str, tools: Mapping[str, Any] | None = None, *, max_steps: 
     if not isinstance(text, str):
         raise ParseError(f"expected plan text, got {type(text).__name__}", hint=PLAN_HINT)
     steps: list[PlanStep] = []
+    seen: dict[str, int] = {}  # a call (tool and arguments) -> the step that first made it
+    aliases: dict[int, int] = {}  # a dropped repeat's id -> that first step's id
     description = ""
     for lineno, line in enumerate(text.splitlines(), start=1):
         if _FENCE.match(line):  # only a fence's own line is dropped: a JSON string argument may hold "```"
@@ -61,27 +63,53 @@ def parse_plan(text: str, tools: Mapping[str, Any] | None = None, *, max_steps: 
         if m is None:
             raise ParseError(f"line {lineno} is not a valid step: {line.strip()[:120]!r}", hint=PLAN_HINT, text=text)
         step_id, tool, raw_args = int(m.group(1)), m.group(2), m.group(3)
-        if any(s.id == step_id for s in steps):
+        if step_id in aliases or any(s.id == step_id for s in steps):
             raise ParseError(f"#E{step_id} is defined twice (line {lineno})", hint="Number the steps #E1, #E2, ... once each.", text=text)
         if tools is not None and tool not in tools:
             known = ", ".join(tools) or "(none)"
             raise ParseError(f"step #E{step_id} uses unknown tool '{tool}'", hint=f"Use only these tools: {known}.", text=text)
         arguments = _parse_args(raw_args, step_id, tool, tools, text)
         refs = {int(r) for r in _REF.findall(json.dumps(arguments))}
-        bad = sorted(r for r in refs if r not in {s.id for s in steps})
+        bad = sorted(r for r in refs if r not in {s.id for s in steps} and r not in aliases)
         if bad:
             raise ParseError(
                 f"step #E{step_id} refers to {', '.join(f'#E{b}' for b in bad)} before it is defined",
                 hint="A step may only use the results of steps written above it.",
                 text=text,
             )
-        steps.append(PlanStep(step_id, tool, arguments, description, refs))
+        arguments = _redirect(arguments, aliases)
+        refs = {aliases.get(r, r) for r in refs}
+        key = json.dumps([tool, arguments], sort_keys=True, default=str)
+        if key in seen:  # the same call again: small models loop on one step; keep the first, point references at it
+            aliases[step_id] = seen[key]
+        else:
+            seen[key] = step_id
+            steps.append(PlanStep(step_id, tool, arguments, description, refs))
         description = ""
     if len(steps) > max_steps:
         raise ParseError(f"the plan has {len(steps)} steps; at most {max_steps} are allowed", hint="Make a shorter plan.", text=text)
     if not steps and not text.strip():
         raise ParseError("the planner returned an empty reply", hint=PLAN_HINT, text=text)
     return steps
+
+
+def _redirect(value: Any, aliases: dict[int, int]) -> Any:
+    """``value`` with references to dropped repeated steps pointed at the step they repeated."""
+    if not aliases:
+        return value
+    if isinstance(value, str):
+        return _REF.sub(lambda m: f"#E{aliases.get(int(m.group(1)), int(m.group(1)))}", value)
+    if isinstance(value, dict):
+        return {k: _redirect(v, aliases) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redirect(v, aliases) for v in value]
+    return value
+
+
+def without_cut_line(text: str) -> str:
+    """A plan cut off at the token limit, less its last line (the one being written when the cut came): the complete
+    steps before it still make a plan. A 0.5B planner looping on one step used to lose the whole plan this way."""
+    return text.rsplit("\n", 1)[0] if "\n" in text else ""
 
 
 def _parse_args(raw: str, step_id: int, tool: str, tools: Mapping[str, Any] | None, text: str) -> dict[str, Any]:

@@ -241,9 +241,8 @@ def test_three_replicas_one_killed_mid_load() -> None:
             results = list(pool.map(load, range(12)))
         assert killed.is_set()
         failed = [text for status, text in results if status != 200]
-        # only a reply already under way on the dead replica may fail; everything that could be retried was
-        assert all("after part of the reply was sent" in text for text in failed), failed
-        assert len(failed) <= 3 and len(results) - len(failed) >= 9
+        # non-streamed: no client saw a token of a reply the dead replica cut, so every one was asked again elsewhere
+        assert failed == [], failed
 
         health = httpx.get(base + "/health", timeout=10).json()
         assert health["status"] == "degraded"

@@ -142,6 +142,8 @@ def test_check_measures_support_on_what_the_answer_adds_to_the_question() -> Non
     assert not record.passed and record.detail["not_in_sources"] == ["phone", "helpdesk", "administrator"]
     assert Check().run("You reset your VPN password at the portal [1].", PASSAGES, question).passed
     assert Check().run("Reset your VPN password quickly [1].", PASSAGES, question).passed
+    assert Check().run("Reset it at the portal, e.g. on a phone [1].", PASSAGES, question).detail["not_in_sources"] \
+        == ["phone"]  # "e.g." is no claim
 
 
 def test_rewrite_resolves_a_pronoun_from_the_group_history_only_when_there_is_one() -> None:

@@ -44,8 +44,12 @@ def content_words(text: str) -> list[str]:
     return [w for w in _WORD.findall(text.lower()) if w not in _STOP]
 
 
+_ABBREVIATIONS = frozenset({"e.g", "i.e", "etc", "vs", "a.k.a"})
+
+
 def specific_tokens(text: str) -> list[str]:
-    return list(dict.fromkeys(t.rstrip(".") for t in _SPECIFIC.findall(CITATION.sub(" ", text))))
+    tokens = (t.rstrip(".") for t in _SPECIFIC.findall(CITATION.sub(" ", text)))
+    return list(dict.fromkeys(t for t in tokens if t.lower() not in _ABBREVIATIONS))
 
 
 def unsupported(answer: str, question: str, sources: str) -> tuple[list[str], list[str], float]:

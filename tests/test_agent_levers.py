@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from hanlin import (Agent, Completion, ConfigurationError, FinalAnswer, ModelSpec, ParseError, RunFinished,
                     RuntimeSpec, ScriptedModel, ToolCall, get_plugin_manager, hookimpl, load_traces, tool)
 from hanlin.agent import normalise_answer
-from hanlin.plugins.protocols.react import EXAMPLE_TOOL, REACT_EXAMPLE
+from hanlin.plugins.protocols.react import EXAMPLE_CALC_TOOL, EXAMPLE_TOOL, REACT_EXAMPLE
 from hanlin.plugins.protocols.react_parser import parse_react
 from hanlin.plugins.protocols.rewoo import PLAN_EXAMPLE
 from hanlin.plugins.protocols.rewoo_parser import parse_plan
@@ -118,6 +118,47 @@ def test_the_repeat_guard_withdraws_the_tools_for_one_step_only_in_react() -> No
     assert result.status == "answered" and runs == [1, 5]
     offered = ["Action: " in g for g in grammars]
     assert offered == [True, True, False, True, True]  # only the step right after the repeat is answer-only
+
+
+def test_after_a_repeat_react_may_still_call_a_tool_this_run_has_not_called() -> None:
+    """A repeated look-up must not force the looked-up fact as the answer: the untried tools stay on offer for that
+    step; every tool this run called is withdrawn, and calls from an earlier run of the session do not count."""
+    runs: list[int] = []
+    grammars: list[str] = []
+    replies = ['Thought: x\nAction: calc\nAction Input: {"expression": "1"}',  # an earlier run of the session
+               "Thought: done\nFinal Answer: 1",
+               'Thought: look\nAction: counter\nAction Input: {"n": 1}',
+               'Thought: look\nAction: counter\nAction Input: {"n": 1}',  # the repeat
+               'Thought: compute\nAction: calc\nAction Input: {"expression": "2 * 3"}',
+               "Thought: done\nFinal Answer: 6"]
+
+    def reply(messages, params):
+        grammars.append(params.constraint.grammar)
+        return replies[len(grammars) - 1]
+
+    agent = Agent(ScriptedModel(reply), [_counter_tool(runs), calc])
+    agent.run("first", session_id="s")
+    result = agent.run("count, then compute", session_id="s")
+    assert result.status == "answered" and result.output_text == "6" and runs == [1]
+    after_repeat = grammars[4]
+    assert '"calc"' in after_repeat and '"counter"' not in after_repeat and '"Final Answer: "' in after_repeat
+    assert all('"counter"' in g and '"calc"' in g for g in grammars[:4])  # every other step offers both
+
+
+def test_after_a_second_repeat_in_a_run_react_may_only_answer() -> None:
+    grammars: list[str] = []
+    look = 'Thought: look\nAction: counter\nAction Input: {"n": 1}'
+    work = 'Thought: compute\nAction: calc\nAction Input: {"expression": "2"}'
+    replies = [look, look, work, work, "Thought: done\nFinal Answer: 2"]
+
+    def reply(messages, params):
+        grammars.append(params.constraint.grammar)
+        return replies[len(grammars) - 1]
+
+    result = Agent(ScriptedModel(reply), [_counter_tool([]), calc, python]).run("count, then compute")
+    assert result.status == "answered" and result.output_text == "2"
+    assert '"python"' in grammars[2] and '"calc"' in grammars[2]  # one repeat: the untried tools stay
+    assert "Action: " not in grammars[4]  # a second repeat: only the answer is left
 
 
 def test_the_repeat_guard_withdraws_the_tools_for_one_step_only_in_native_calling() -> None:
@@ -278,15 +319,48 @@ def test_worked_examples_are_switchable_and_never_name_a_real_tool(protocol: str
 
     assert "Arvel" not in _system(protocol, [calc, lookup])  # a real tool with the made-up name: no example
 
+    @tool(name=EXAMPLE_CALC_TOOL)
+    def add(a: int, b: int) -> int:
+        """Add.
+
+        Args:
+            a: a number
+            b: another
+        """
+        return a + b
+
+    assert "Arvel" not in _system(protocol, [calc, add])  # nor with the example's other made-up tool's name
+
 
 def test_the_worked_examples_are_in_the_format_the_parsers_read() -> None:
     body = REACT_EXAMPLE.split("Question:", 1)[1].split("\n", 1)[1]
-    step = parse_react(body)  # the first step, up to its Observation
-    assert step.action == EXAMPLE_TOOL and step.arguments == {"town": "Arvel"}
-    assert parse_react(body.rsplit("Observation:", 1)[1].split("\n", 1)[1]).final == "2000"
+    steps = [parse_react(part if i == 0 else part.split("\n", 1)[1]) for i, part in enumerate(body.split("Observation:"))]
+    assert [(s.action, s.arguments) for s in steps[:3]] == [
+        (EXAMPLE_TOOL, {"town": "Arvel"}), (EXAMPLE_TOOL, {"town": "Brisk"}), (EXAMPLE_CALC_TOOL, {"a": 1200, "b": 800})]
+    # the looked-up facts are not the answer: the example computes with a tool before answering
+    assert steps[3].final == "2000" and "2000" not in body.split("Observation: 2000")[0]
     plan = parse_plan(PLAN_EXAMPLE)
     assert [(s.tool, s.depends_on) for s in plan] == [(EXAMPLE_TOOL, set()), (EXAMPLE_TOOL, set()),
                                                       ("add_numbers", {1, 2})]
+
+
+def test_react_repeats_the_question_after_each_observation() -> None:
+    """After a long observation a small model loses a multi-step question from view (Qwen2.5-Coder-0.5B answered all
+    14 look-up-then-calculate tooluse items with the looked-up fact): the observation turn restates the question. A
+    correction turn in between is not taken for the question."""
+    runs: list[int] = []
+    model = ScriptedModel(['Thought: look\nAction: counter\nAction Input: {"n": 2}',
+                           "Thought: hmm",  # unparseable: corrected with an 'Observation: Error' user turn
+                           'Thought: again\nAction: counter\nAction Input: {"n": 3}',
+                           "Thought: done\nFinal Answer: 4"])
+    question = "What is  the   counter after 2,\nplus one?"
+    result = Agent(model, [_counter_tool(runs)]).run(question)
+    assert result.status == "answered" and runs == [2, 3]
+    first, after_correction = model.calls[1][0][-1].content, model.calls[3][0][-1].content
+    assert first.startswith("Observation: 3\nThe question was: What is the counter after 2, plus one?\n")
+    assert first.endswith("\nIf this answers the question, reply with the Final Answer.")
+    assert after_correction.startswith("Observation: 4\nThe question was: What is the counter after 2, plus one?")
+    assert model.calls[2][0][-1].content.startswith("Observation: Error: ")
 
 
 # ---- the evaluation's levers ------------------------------------------------------------------------------------

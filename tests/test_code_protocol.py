@@ -11,7 +11,8 @@ from pydantic import BaseModel
 from hanlin import Agent, ScriptedModel, ToolResult, load_tool, tool
 from hanlin.errors import ParseError
 from hanlin.events import ToolCallEvent, ToolResultEvent
-from hanlin.plugins.protocols.code import STOP, code_grammar, parse_code_step
+from hanlin.plugins.protocols.code import (EXAMPLE_FUNCTION, LOOKUP_EXAMPLE, REPEATED_CELL_NOTE, REPEATED_FAILURE_NOTE,
+                                          STOP, code_grammar, parse_code_step)
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("jupyter_client") is None or importlib.util.find_spec("ipykernel") is None,
@@ -171,6 +172,56 @@ def test_an_exception_is_an_observation_and_the_model_recovers() -> None:
     assert [e.kind for e in result.events if e.type == "error"] == ["tool_failed"]
 
 
+def test_a_failing_cell_sent_again_unchanged_is_told_so() -> None:
+    failing = "print(values[5])"
+    result, model, _ = run([cell("values = [1, 2]"), cell(failing), cell(failing), cell("print(len(values))"),
+                            cell("print(len(values))"), cell("final_answer(len(values))")], max_steps=6)
+    assert result.status == "answered" and result.output == "2"
+    seen = observations(result)
+    assert REPEATED_FAILURE_NOTE not in seen[1] and REPEATED_FAILURE_NOTE in seen[2]  # only the repeat is told
+    assert "IndexError" in seen[2] and REPEATED_FAILURE_NOTE in model.calls[3][0][-1].content
+    assert REPEATED_CELL_NOTE not in seen[3] and REPEATED_CELL_NOTE in seen[4]  # a repeated cell that worked
+
+
+def test_each_observation_restates_the_task() -> None:
+    """After a long observation a small model loses the task from view; each observation turn restates it (a
+    correction turn is not taken for the task)."""
+    result, model, _ = run([cell("print(6 * 7)"), "no code here", cell("print(7)"), cell("final_answer(42)")])
+    assert result.status == "answered"
+    first, correction = model.calls[1][0][-1].content, model.calls[2][0][-1].content
+    assert first == "Observation:\n42\nThe task was: the task\nIf this gives the answer, call final_answer(...) with it."
+    assert correction.startswith("Observation: Error: ")  # a user turn, yet not taken for the task
+    assert model.calls[3][0][-1].content.startswith("Observation:\n7\nThe task was: the task\n")
+
+
+def test_after_a_repeated_cell_that_worked_the_next_step_may_only_call_final_answer() -> None:
+    grammars: list[str] = []
+    replies = [cell("print(6 * 7)"), cell("x = 1"), cell("x = 1"), cell("final_answer(42)")]
+
+    def reply(messages, params):
+        grammars.append(params.constraint.grammar)
+        return replies[len(grammars) - 1]
+
+    result, _, _ = run(reply)
+    assert result.status == "answered" and result.output == "42"
+    only_final = ['"final_answer(" cline' in g for g in grammars]
+    assert only_final == [False, False, False, True]  # only after the unchanged repeat (x = 1 twice)
+    grammars.clear()
+    replies[:] = [cell("print(y)"), cell("print(y)"), cell("final_answer(0)")]
+    failing, _, _ = run(reply)
+    assert failing.status == "answered"
+    assert not any('"final_answer(" cline' in g for g in grammars)  # a failing repeat is told to change, not to stop
+
+
+def test_the_look_up_example_is_shown_only_with_functions_to_call() -> None:
+    _, bare, _ = run([cell("final_answer(1)")])
+    _, with_tool, _ = run([cell("final_answer(1)")], tools=[load_tool("calculator")])
+    _, switched_off, _ = run([cell("final_answer(1)")], tools=[load_tool("calculator")], examples=False)
+    assert EXAMPLE_FUNCTION not in bare.calls[0][0][0].content
+    assert LOOKUP_EXAMPLE in with_tool.calls[0][0][0].content
+    assert EXAMPLE_FUNCTION not in switched_off.calls[0][0][0].content
+
+
 def test_a_syntax_error_is_an_observation() -> None:
     result, model, _ = run([cell("print(1"), cell("final_answer(1)")])
     assert result.status == "answered"
@@ -228,6 +279,7 @@ def test_the_step_grammar_compiles_in_llama_cpp() -> None:
     import llama_cpp
 
     assert llama_cpp.LlamaGrammar.from_string(code_grammar(), verbose=False) is not None
+    assert llama_cpp.LlamaGrammar.from_string(code_grammar(final_only=True), verbose=False) is not None
 
 
 # ---- the default model, for real -------------------------------------------------------------------------------

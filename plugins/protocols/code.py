@@ -23,7 +23,7 @@ from typing import Any
 from hanlin import Completion, Constraint, Message, ParseError, ProtocolError, StepProtocol, Tool, ToolCall, hookimpl
 from hanlin.chat_model import ChatModel
 from hanlin.events import ErrorEvent, ToolCallEvent, ToolResultEvent
-from hanlin.plugins.protocols.code_bridge import Bridge, signature
+from hanlin.plugins.protocols.code_bridge import Bridge, python_name, signature
 from hanlin.protocols import Action, ParsedStep, RunContext
 
 STOP = ["\n```\n", "\nObservation:"]  # a model without the grammar stops after its block
@@ -31,7 +31,14 @@ CODE_LANGS = {"", "python", "py", "python3", "ipython"}
 MAX_CODE_LINES = 60  # the grammar's bounds: a runaway cell still ends as a well-formed block
 MAX_LINE_CHARS = 200
 NO_OUTPUT_NOTE = "(no output: print() what you need to see, or call final_answer(...))"
-OBSERVATION_NUDGE = "If this gives the answer, call final_answer(...) with it."
+REPEATED_FAILURE_NOTE = ("[This is the same code as your previous step and it failed the same way. Change it: fix the "
+                         "error, or print() what a function returns and read it before using it.]")
+REPEATED_CELL_NOTE = "[This is the same code as your previous step, so now call final_answer(...) with its output.]"
+CORRECTION = "Observation: Error: "  # how an unparseable step is answered (a user turn, but not a new task)
+# The task is repeated after each observation: a small model loses it from view after a long one. Telling
+# Qwen2.5-Coder-0.5B also "if it still needs a calculation, write the code for that" made it run cells until the run
+# gave up (14 of 14 look-up items, from 14 wrong answers), so the nudge only points at the answer.
+OBSERVATION_NUDGE = "The task was: {question}\nIf this gives the answer, call final_answer(...) with it."
 
 EXAMPLE = '''Here is an example with a different task:
 Task: How many days are there from 2024-01-15 to 2024-03-01?
@@ -46,6 +53,24 @@ Observation:
 Thought: The difference is 46 days.
 ```python
 final_answer(46)
+```'''
+# A function that returns text: print it, read the fact, compute with it. Qwen2.5-Coder-0.5B, shown only the dates
+# example, answered look-up-then-calculate questions with the looked-up fact, or searched the returned text with
+# .find() for numbers that were not there. The function is made up and defined by the example itself.
+EXAMPLE_FUNCTION = "lookup_population"
+LOOKUP_EXAMPLE = f'''And an example with a made-up function, {EXAMPLE_FUNCTION}(town: str) -> str, that you do not have:
+Task: How many people live in Arvel and Brisk together?
+Thought: I will look up both towns and print what the function returns.
+```python
+print({EXAMPLE_FUNCTION}("Arvel"))
+print({EXAMPLE_FUNCTION}("Brisk"))
+```
+Observation:
+Arvel has 1200 inhabitants.
+Brisk has 800 inhabitants.
+Thought: Arvel has 1200 and Brisk has 800. The task asks for both together, so I add them.
+```python
+final_answer(1200 + 800)
 ```'''
 
 
@@ -89,8 +114,9 @@ def parse_code_step(text: str, finish_reason: str | None = None) -> tuple[str, s
     return idea, code
 
 
-def code_grammar(max_lines: int = MAX_CODE_LINES, max_line_chars: int = MAX_LINE_CHARS) -> str:
-    """GBNF for one step: ``Thought: <line>`` then one fenced python block whose lines never contain three backticks."""
+def code_grammar(max_lines: int = MAX_CODE_LINES, max_line_chars: int = MAX_LINE_CHARS, final_only: bool = False) -> str:
+    """GBNF for one step: ``Thought: <line>`` then one fenced python block whose lines never contain three backticks.
+    ``final_only``: the block is one ``final_answer(...)`` line (the step after a repeated cell that worked)."""
     from hanlin.grammar import GrammarBuilder, gbnf_literal, line_rule
 
     g = GrammarBuilder()
@@ -100,9 +126,26 @@ def code_grammar(max_lines: int = MAX_CODE_LINES, max_line_chars: int = MAX_LINE
     # "``" + "`\n" (Qwen2.5's does), and a model denied that pair writes `` plus junk instead.
     g.add("cchar", '[^`\\n] | "`" [^`\\n] | "``" [^`\\n]')
     g.add("cline", f'cchar{{0,{max_line_chars}}} ("`" | "``")? "\\n"')
+    body = f"{gbnf_literal('final_answer(')} cline" if final_only else f"cline{{1,{max_lines}}}"
     g.add("root", f"{gbnf_literal('Thought: ')} thought {gbnf_literal(chr(10) + '```python' + chr(10))} "
-                  f"cline{{1,{max_lines}}} {gbnf_literal('```')} {gbnf_literal(chr(10))}?")
+                  f"{body} {gbnf_literal('```')} {gbnf_literal(chr(10))}?")
     return g.render("root")
+
+
+def repeated_success(ctx: RunContext) -> bool:
+    """Whether this run's last cell repeated the one before it, unchanged, and ran without error: the code protocol's
+    loop guard (as ReAct's after a repeated call). Qwen2.5-Coder-0.5B re-ran a cell whose output it had until the run
+    gave up; the next step may then only call final_answer. Read from the transcript, so each step can tell."""
+    cells: list[str] = []
+    last_failed = True
+    for m in reversed(ctx.messages):  # this run's turns, back to the task
+        if m.role == "user" and not m.content.startswith(CORRECTION):
+            break
+        if m.role == "tool" and not cells:
+            last_failed = m.is_error
+        if m.role == "assistant" and m.tool_calls and len(cells) < 2:
+            cells.append(str(m.tool_calls[0].arguments.get("code", "")).strip())
+    return not last_failed and len(cells) == 2 and cells[0] == cells[1]
 
 
 class CodeAgent(StepProtocol):
@@ -146,18 +189,24 @@ class CodeAgent(StepProtocol):
         ]
         if getattr(ctx.options, "examples", True):
             parts.append(EXAMPLE)
+            if self.functions(ctx) and EXAMPLE_FUNCTION not in {python_name(n) for n in self.functions(ctx)}:
+                parts.append(LOOKUP_EXAMPLE)  # only where the cell has functions to call, none of this name
         parts.append("Compute with code instead of guessing. Begin!")
         return "\n\n".join(parts)
 
     def render(self, ctx: RunContext) -> list[Message]:
         out = [Message.system(self.system_prompt(ctx))]
+        question = ""
         for m in ctx.messages:
             if m.role == "tool":
-                nudge = "" if m.is_error else f"\n{OBSERVATION_NUDGE}"
+                task = " ".join(question.split()) or "(see above)"
+                nudge = "" if m.is_error else "\n" + OBSERVATION_NUDGE.format(question=task)
                 out.append(Message.user(f"Observation:\n{m.content}{nudge}"))
             elif m.role == "system":
                 continue  # the app's instructions are part of our own system prompt
             else:
+                if m.role == "user" and not m.content.startswith(CORRECTION):
+                    question = m.content  # the task the observations that follow serve
                 out.append(Message(role=m.role, content=m.content))
         return out
 
@@ -169,7 +218,7 @@ class CodeAgent(StepProtocol):
             return None
         from hanlin.grammar import STEP_MAX_TOKENS
 
-        return Constraint(grammar=code_grammar(), max_tokens=STEP_MAX_TOKENS)
+        return Constraint(grammar=code_grammar(final_only=repeated_success(ctx)), max_tokens=STEP_MAX_TOKENS)
 
     def parse(self, completion: Completion, ctx: RunContext) -> ParsedStep:
         thought, code = parse_code_step(completion.text, completion.finish_reason)
@@ -183,7 +232,7 @@ class CodeAgent(StepProtocol):
         return Message.assistant(f"Thought: {parsed.thought}\n```python\n{code}\n```", parsed.calls)
 
     def correction(self, hint: str) -> Message:
-        return Message.user(f"Observation: Error: {hint}")
+        return Message.user(f"{CORRECTION}{hint}")
 
     # ---- the kernel ---------------------------------------------------------------------------
     def _python(self, ctx: RunContext) -> tuple[Any, bool]:
@@ -236,6 +285,7 @@ class CodeAgent(StepProtocol):
                 await asyncio.to_thread(kit.end_session, session or "default")
 
     async def _loop(self, ctx: RunContext, kit: Any) -> None:
+        previous: tuple[str, bool] | None = None  # the last cell's code and whether it failed
         while ctx.steps_left:
             parsed = await self.next_step(ctx)
             if parsed is None:
@@ -244,6 +294,12 @@ class CodeAgent(StepProtocol):
                 continue
             assert isinstance(parsed, Action)
             observation, final = await self.run_cell(ctx, kit, parsed.calls[0])
+            code = parsed.calls[0].arguments["code"]
+            if final is None and previous is not None and previous[0].strip() == code.strip():
+                # Qwen2.5-Coder-0.5B re-sent a failing cell unchanged until the run gave up (3 of 14 look-up items).
+                note = REPEATED_FAILURE_NOTE if observation.is_error and previous[1] else REPEATED_CELL_NOTE
+                observation = observation.model_copy(update={"content": f"{observation.content}\n{note}"})
+            previous = (code, observation.is_error)
             ctx.messages.append(observation)
             if final is None:
                 ctx.record_success()  # a failing cell is an observation, not a format mistake

@@ -16,22 +16,34 @@ from hanlin import Completion, Constraint, Message, StepProtocol, ToolCall, hook
 from hanlin.protocols import Action, Final, ParsedStep, RunContext
 from hanlin.plugins.protocols.react_parser import parse_react
 
+CORRECTION = "Observation: Error: "  # how a malformed step is answered (a user turn, but not a new question)
 STOP = ["\nObservation:"]  # not a bare "Observation:": a reply that starts with one would be cut to nothing
-OBSERVATION_NUDGE = "If this answers the question, reply with the Final Answer."
-# Worked examples use this invented tool, never one a run offers (the example is left out if one has this name).
+# After each observation the question is repeated: after a long observation Qwen2.5-Coder-0.5B lost a multi-step task
+# from view and answered look-up-then-calculate questions (14 of 63 tooluse items) with the looked-up fact itself.
+# Spelling out "if a calculation is still needed, take the next Action" made it act forever instead (it called the
+# calculator again and again with the right result in hand), so the nudge only points at the answer.
+OBSERVATION_NUDGE = "The question was: {question}\nIf this answers the question, reply with the Final Answer."
+# Worked examples use invented tools, never ones a run offers (the example is left out if a real tool has one of
+# these names). The example looks facts up and then computes with a tool: a looked-up fact is not yet the answer.
 EXAMPLE_TOOL = "lookup_population"
+EXAMPLE_CALC_TOOL = "add_numbers"
+EXAMPLE_TOOLS = (EXAMPLE_TOOL, EXAMPLE_CALC_TOOL)
 REACT_EXAMPLE = (
-    f"\nAn example with a made-up tool, {EXAMPLE_TOOL}, that you do not have:\n"
+    f"\nAn example with made-up tools, {EXAMPLE_TOOL} and {EXAMPLE_CALC_TOOL}, that you do not have:\n"
     "Question: How many people live in Arvel and Brisk together?\n"
-    "Thought: I need the population of each town.\n"
+    "Thought: I need the population of each town, then their sum.\n"
     f"Action: {EXAMPLE_TOOL}\n"
     'Action Input: {"town": "Arvel"}\n'
-    "Observation: 1200\n"
-    "Thought: Now Brisk.\n"
+    "Observation: Arvel has 1200 inhabitants.\n"
+    "Thought: Arvel has 1200. Now Brisk.\n"
     f"Action: {EXAMPLE_TOOL}\n"
     'Action Input: {"town": "Brisk"}\n'
-    "Observation: 800\n"
-    "Thought: 1200 + 800 = 2000.\n"
+    "Observation: Brisk has 800 inhabitants.\n"
+    "Thought: The question asks for both together, so I still have to add 1200 and 800.\n"
+    f"Action: {EXAMPLE_CALC_TOOL}\n"
+    'Action Input: {"a": 1200, "b": 800}\n'
+    "Observation: 2000\n"
+    "Thought: 2000 is the number of people in both towns.\n"
     "Final Answer: 2000\n\n"
 )
 
@@ -78,21 +90,25 @@ class ReAct(StepProtocol):
         switched off, when no tools are offered, when the answer must be JSON (the example's answer is not), or when a
         real tool happens to carry the made-up name."""
         if (not ctx.options.examples or not ctx.tools or ctx.options.output_type is not None
-                or EXAMPLE_TOOL in ctx.tools):
+                or set(EXAMPLE_TOOLS) & set(ctx.tools)):
             return ""
         return REACT_EXAMPLE
 
     def render(self, ctx: RunContext) -> list[Message]:
         out = [Message.system(self.system_prompt(ctx))]
+        question = ""
         for m in ctx.messages:
             if m.role == "tool":
                 prefix = "Error: " if m.is_error else ""
-                # The nudge measurably stops small models from calling the same tool again (8/10 vs 6/10
-                # right answers on tests/data/tool_use_prompts.jsonl with qwen2.5-coder-0.5b).
-                out.append(Message.user(f"Observation: {prefix}{m.content}\n{OBSERVATION_NUDGE}"))
+                # The nudge stops small models from calling the same tool again, and the repeated question keeps a
+                # multi-step task in view after a long observation (see OBSERVATION_NUDGE).
+                nudge = OBSERVATION_NUDGE.format(question=" ".join(question.split()) or "(see above)")
+                out.append(Message.user(f"Observation: {prefix}{m.content}\n{nudge}"))
             elif m.role == "system":
                 continue  # the app's instructions are part of our own system prompt
             else:
+                if m.role == "user" and not m.content.startswith(CORRECTION):
+                    question = m.content  # the task the observations that follow serve (a correction is not one)
                 out.append(Message(role=m.role, content=m.content))
         return out
 
@@ -107,7 +123,7 @@ class ReAct(StepProtocol):
         return Action([ToolCall(name=step.action, arguments=step.arguments)], thought=step.thought)
 
     def correction(self, hint: str) -> Message:
-        return Message.user(f"Observation: Error: {hint}")
+        return Message.user(f"{CORRECTION}{hint}")
 
     def constraint(self, ctx: RunContext) -> Constraint | None:
         if "grammar" not in ctx.model.capabilities.constraints:
@@ -115,6 +131,27 @@ class ReAct(StepProtocol):
         from hanlin.grammar import STEP_MAX_TOKENS
 
         return Constraint(grammar=react_grammar(ctx, self.max_string_chars), max_tokens=STEP_MAX_TOKENS)
+
+
+def withdrawn_tools(ctx: RunContext) -> set[str]:
+    """The tools a step may not call. None, except on the step after a repeated call (``RunContext.repeated``): there
+    the tools this run has called are withdrawn and the untried ones stay, so a look-up that was repeated can still
+    be followed by a calculation; after a second repeat in the run every tool is withdrawn and only the answer is left.
+    Withdrawing every tool at the first repeat forced Qwen2.5-Coder-0.5B, which re-issues its first look-up once
+    nearly always, to answer look-up-then-calculate questions with the looked-up fact; offered the untried tools, it
+    called the calculator with the fact (kb-08: 0.30 * 240), then repeated that call too."""
+    if not ctx.repeated:
+        return set()
+    steps: list[set[str]] = []  # each of this run's tool-calling steps, as its calls
+    for m in reversed(ctx.messages):  # back to the question: a session's earlier runs are not this run
+        if m.role == "user" and not m.content.startswith(CORRECTION):
+            break
+        if m.role == "assistant" and m.tool_calls:
+            steps.append({f"{c.name}\0{json.dumps(c.arguments, sort_keys=True, default=str)}" for c in m.tool_calls})
+    repeats = sum(1 for later, earlier in zip(steps, steps[1:]) if later & earlier)
+    if repeats >= 2:
+        return set(ctx.tools)
+    return {key.split("\0", 1)[0] for step in steps for key in step}
 
 
 def react_grammar(ctx: RunContext, max_string_chars: int | None = None) -> str:
@@ -125,8 +162,8 @@ def react_grammar(ctx: RunContext, max_string_chars: int | None = None) -> str:
     g = GrammarBuilder(max_string_chars=max_string_chars or STEP_STRING_CHARS)
     g.add("thought", line_rule())
     actions = []
-    # Stuck re-issuing the previous step's call (see RunContext.repeated): only the answer is left to give.
-    for i, tool in enumerate(ctx.tools.values() if not ctx.repeated else []):
+    # Stuck re-issuing the previous step's call (see RunContext.repeated): the answer or an untried tool is left.
+    for i, tool in enumerate(t for t in ctx.tools.values() if t.name not in withdrawn_tools(ctx)):
         args = g.schema(tool.parameters, f"args{i}")
         actions.append(f"{gbnf_literal(tool.name)} {gbnf_literal(chr(10) + 'Action Input: ')} {args}")
     schema = ctx.output_schema()

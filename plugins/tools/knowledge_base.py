@@ -102,7 +102,7 @@ class KnowledgeBaseToolkit(Toolkit):
         """Search the knowledge base for passages that answer a question; it says so when the answer is not there.
 
         Args:
-            query: the question to look up, e.g. "how often should tomatoes be watered".
+            query: the one fact you need, as a short question in your own words (not the whole task).
         """
         answer = self.lookup(query)
         return ToolResult(content=answer.render(), data=answer.as_dict())

@@ -4,6 +4,7 @@ event trace. The real-model end to end is in tests/test_research_e2e.py."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from hanlin import Completion, ConfigurationError, Message, ModelError, Scripted
 from hanlin.plugins.apps.research.citations import Ledger, Passage, cited, remap
 from hanlin.plugins.apps.research.events import load_trace
 from hanlin.plugins.apps.research.graph import PlanError, PlanGraph
+from hanlin.plugins.apps.research.grounding import sentences
 from hanlin.plugins.apps.research.pipeline import Research, replay
 from hanlin.plugins.tools.search_backends import SearchHit
 
@@ -60,9 +62,20 @@ def scripted(planner: list[Completion | str], answers: dict[str, str] | None = N
         if "broken" in question:
             raise ModelError(f"the searcher's model failed on {question!r}")
         text = (answers or {}).get(question, f"{question.rstrip('?')}: see [1].")
-        return json.dumps({"answer": text, "source": 1})  # the searcher's answer is decoded under a JSON schema
+        return quoting(messages, text)
 
     return ScriptedModel(reply)
+
+
+def quoting(messages: list[Message], answer: str) -> str:
+    """A searcher's answer as its schema asks: the shown sentence (labelled "[n] ...") that shares the most words with
+    ``answer`` as the quote (the first one if none does), and ``answer``."""
+    task = next(m.content for m in messages if m.role == "user")
+    passages = {int(n): text for n, text in re.findall(r"^\[(\d+)\] [^:\n]+: (.*)$", task, re.MULTILINE)}
+    said = set(re.findall(r"[a-z]+", answer.lower()))
+    quotes = sentences(passages)
+    quote = max(quotes, key=lambda q: (len(said & set(re.findall(r"[a-z]+", q.lower()))), -quotes.index(q)))
+    return json.dumps({"quote": quote, "answer": answer})
 
 
 def run(model: ScriptedModel, backend: Any = None, **options: Any) -> Any:
@@ -162,7 +175,8 @@ def test_searcher_citing_a_result_it_never_saw_is_flagged() -> None:
                       call("finish", answer="Ada [1] [2].")],
                      answers={"who wrote alpha": "Ada [1][4]."})
     result = run(model)
-    assert [(f.where, f.number) for f in of(result, "citation_flagged")] == [("a", 4), ("final", 2)]
+    # the searcher's own "[4]" is no citation (its quote's number is), so only the final answer's [2] is flagged
+    assert [(f.where, f.number) for f in of(result, "citation_flagged")] == [("final", 2)]
     assert of(result, "node_answered")[0].answer == "Ada [1]."
     assert result.answer == "Ada [1]." and len(result.references) == 1
 
@@ -200,7 +214,8 @@ def test_finish_before_wait_is_refused_and_an_unread_plain_answer_is_not_used() 
     planner_calls = [msgs for msgs, _ in model.calls if PLANNER_MARK in msgs[0].content]
     assert "not answered yet" in [m for m in planner_calls[2] if m.role == "tool"][-1].content
     assert any("before reading any node answer" in e.text for e in of(result, "planner_note"))
-    assert result.status == "answered" and result.answer == "who wrote alpha: see [1]."
+    # (the searcher's "who wrote alpha: see" is not in the sentence it quotes: the quote is its answer)
+    assert result.status == "answered" and result.answer == "alpha is written by Ada [1]."
     assert result.references[0].passage == "alpha is written by Ada."
 
 
@@ -262,26 +277,25 @@ def test_bad_options_are_clear_errors() -> None:
         Research(ScriptedModel([]), "bing")
 
 
-def test_searcher_source_field_becomes_its_citation_and_a_bad_one_is_dropped() -> None:
+def test_searcher_quote_is_its_citation_and_an_answer_the_quote_does_not_say_is_replaced() -> None:
+    """The searcher's answer quotes a shown sentence (an enum in its schema): the quote's [n] is the citation, and a
+    short answer the quote does not support (or one that only repeats the question) gives way to the quote."""
     model = scripted([call("add_node", id="a", question="who wrote alpha"),
-                      call("add_node", id="b", question="who wrote beta"), call("wait"),
+                      call("add_node", id="b", question="who wrote beta"),
+                      call("add_node", id="c", question="who wrote alpha and beta"),
+                      call("add_node", id="d", question="who wrote alpha or beta"), call("wait"),
                       call("finish", answer="Ada [1], Bob [2].")],
-                     answers={"who wrote alpha": "Ada wrote alpha", "who wrote beta": "Bob"})
-    plan_replies = model._fn
-
-    def reply(messages: list[Message], params: Any) -> Any:
-        out = plan_replies(messages, params)
-        if isinstance(out, str) and "Bob" in out:  # the beta searcher names a result it was never shown
-            return json.dumps({"answer": "Bob wrote beta", "source": 7})
-        return out
-
-    model._fn = reply
+                     answers={"who wrote alpha": "Ada wrote alpha [3]", "who wrote beta": "Carol, beta",
+                              "who wrote alpha and beta": "alpha and beta", "who wrote alpha or beta": "Bob [1]"})
     result = run(model, max_parallel=1)  # one searcher at a time: the global numbers follow the plan's order
     answers = {e.node_id: e.answer for e in of(result, "node_answered")}
-    assert answers["a"] == "Ada wrote alpha [1]."
-    assert answers["b"] == "Bob wrote beta."
-    assert ("b", 7) in [(f.where, f.number) for f in of(result, "citation_flagged")]
-    assert result.answer == "Ada [1], Bob." and len(result.references) == 1
+    assert answers["a"] == "Ada wrote alpha [1]."  # its own "[3]" is not a citation: the quote's [1] is
+    assert answers["b"] == "beta is written by Bob [2]."  # "Carol" is in no sentence it was shown
+    assert answers["c"].endswith("is written by Ada [1].") or answers["c"].endswith("is written by Bob [2].")
+    assert answers["d"] == "Bob [2]."  # it quoted its second result, the beta sentence: that is its citation
+    notes = [e.text for e in of(result, "searcher_step") if e.kind == "error"]
+    assert any("'Carol, beta' is not in the sentence it quotes" in n for n in notes)
+    assert any("'alpha and beta' is not in the sentence it quotes, or only repeats the question" in n for n in notes)
 
 
 def test_question_set_answers_are_in_their_documents() -> None:
@@ -344,11 +358,11 @@ def test_eval_dataset_scores_research_beside_react_on_the_same_index(tmp_path: P
     (tmp_path / "fastapi.md").write_text("# FastAPI\n\nFastAPI stands on the shoulders of Starlette for the web parts.\n")
     (tmp_path / "starlette.md").write_text("# Starlette\n\nThe Starlette TestClient is built on httpx.\n")
     model = scripted([
-        call("add_node", id="toolkit", question="FastAPI Starlette web parts"),
+        call("add_node", id="toolkit", question="FastAPI web parts toolkit"),
         call("add_node", id="client", question="Starlette TestClient built on", depends_on=["toolkit"]),
         call("wait"),
         call("finish", answer="FastAPI is built on Starlette [1], whose test client is built on httpx [2]."),
-    ], answers={"FastAPI Starlette web parts": "Starlette [1].", "Starlette TestClient built on": "httpx [1]."})
+    ], answers={"FastAPI web parts toolkit": "Starlette [1].", "Starlette TestClient built on": "httpx [1]."})
     dataset = get_plugin_manager().get("evaluators", "research").factory(search=f"local:{tmp_path}",
                                                                           protocol="tools")
     result = dataset.evaluate(model, SimpleNamespace(limit=1))

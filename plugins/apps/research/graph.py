@@ -35,6 +35,8 @@ class Node:
     started: float | None = None
     ended: float | None = None
     cited: list[int] = field(default_factory=list)
+    short: str = ""  # the searcher's short answer, without citations (what a child node's query names)
+    quote: str = ""  # the sentence the searcher quoted for it, "[n] ..." in its own numbering
 
 
 class PlanGraph:

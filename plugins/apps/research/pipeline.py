@@ -25,7 +25,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
-from hanlin import Agent, ChatModel, ConfigurationError, GenerationParams, Tool, ToolResult
+from hanlin import Agent, ChatModel, ConfigurationError, GenerationParams, Message, Tool, ToolResult
+from hanlin.chat_model import Constraint
 from hanlin.events import ErrorEvent, FinalAnswer, RunFinished, ToolCallEvent, ToolResultEvent
 from hanlin.plugins.apps.research.citations import Ledger, Passage, cited, strip_citations
 from hanlin.plugins.apps.research.events import (
@@ -44,6 +45,16 @@ from hanlin.plugins.apps.research.events import (
     write_trace,
 )
 from hanlin.plugins.apps.research.graph import Node, PlanError, PlanGraph
+from hanlin.plugins.apps.research.reader import read_pages
+from hanlin.plugins.apps.research.grounding import (
+    answer_model,
+    content_words,
+    describe,
+    grounded_answer,
+    query_for,
+    refers_back,
+    sentences,
+)
 from hanlin.sync_bridge import iterate_sync, run_sync
 
 PLANNER_INSTRUCTIONS = """You answer a hard question by splitting it into simple sub-questions that a search \
@@ -59,9 +70,12 @@ add_node(id="base", question="Where is the company that makes the Zeta phone bas
 wait()
 finish(answer="The Zeta phone is made by Orbo [1], which is based in Lyon [2].")"""
 
-SEARCHER_INSTRUCTIONS = """You answer one question from numbered search results. Answer in one sentence using \
-only the results, and end it with the number of the result you used, e.g. "Orbo makes the Zeta phone [2]." If the \
-results do not have the answer, call search with other keywords."""
+SEARCHER_INSTRUCTIONS = """You answer one question from numbered search results. Quote the sentence of the results \
+that answers it (with its [n]) and give the short answer (the name or phrase asked for) taken from that sentence. If \
+the results do not have the answer, call search with other keywords."""
+
+
+SEEDED_PLANNER_STEPS = 3
 
 
 class SearcherAnswer(BaseModel):
@@ -154,15 +168,6 @@ def numbered_search_tool(backend: Any, k: int, ledger: Ledger, local: dict[int, 
     return Tool(search, timeout=60.0)
 
 
-_STOP = frozenset("the and that this with which what from into does about have their there they them than then "
-                  "also only when were been being over under more most such each other used uses using".split())
-
-
-def _words(text: str) -> list[str]:
-    """Lower-case content words (4+ letters, not a stop word): what a grounded answer shares with its sources."""
-    return [w for w in re.findall(r"[a-z][a-z0-9_-]{3,}", text.lower()) if w not in _STOP]
-
-
 class Research:
     """Plan, search concurrently, cite. ``model``: a ChatModel (shared by planner and searchers) or a model name;
     ``planner_model``: another ChatModel for the planner alone."""
@@ -178,13 +183,14 @@ class Research:
         planner_protocol: str = "tools",
         searcher_protocol: str = "react",
         planner_max_steps: int = 10,
-        searcher_max_steps: int = 3,
+        searcher_max_steps: int = 1,
         max_results: int = 3,
         max_tokens: int = 160,
         node_timeout_s: float | None = 300.0,
         examples: bool = True,
         planner_model: ChatModel | None = None,
         decompose: bool = False,
+        read_lines: int = 2,
     ) -> None:
         for name, value, low in (("max_nodes", max_nodes, 1), ("max_depth", max_depth, 1),
                                  ("max_parallel", max_parallel, 1), ("max_results", max_results, 1)):
@@ -207,6 +213,8 @@ class Research:
         # model it raised citation validity (0.40 -> 0.73) and document recall (0.10 -> 0.30) on 5 questions but not
         # correctness, and on the end-to-end test question the unsplit question was answered better.
         self.decompose = decompose
+        # each searcher reads the pages of its first results: their `read_lines` best lines are results too (0: off)
+        self.read_lines = read_lines
 
     def close(self) -> None:
         if self._owns_model:
@@ -323,7 +331,9 @@ class _Run:
             return ""
         added: list[str] = []
         for i, (question, needs_previous) in enumerate(steps, 1):
-            parent = [f"q{i - 1}"] if needs_previous and i > 1 and f"q{i - 1}" in self.graph.nodes else []
+            # a step that says "that library" needs the step before it even when the split did not say so
+            follows = needs_previous or refers_back(question)
+            parent = [f"q{i - 1}"] if follows and i > 1 and f"q{i - 1}" in self.graph.nodes else []
             if self.add_node(f"q{i}", question, parent).startswith("node"):
                 added.append(f"q{i} ({question})" + (f" after {parent[0]}" if parent else ""))
         self.emit(PlannerNote(text=f"the question split into {len(added)} node(s)"))
@@ -335,12 +345,27 @@ class _Run:
         """The answer's content words found in neither the question nor any node answer, when they are most of its
         content words: a final answer made up (the 0.5B planner copied its instructions' example answer, "The Zeta
         phone is made by Orbo [1]") rather than drawn from what the searchers read."""
-        known = set(_words(self.question))
+        known = set(content_words(self.question))
         for node in self.graph.nodes.values():
-            known.update(_words(node.question) + _words(node.answer))
-        words = list(dict.fromkeys(_words(strip_citations(answer))))
+            known.update(content_words(node.question) + content_words(node.answer))
+        words = list(dict.fromkeys(content_words(strip_citations(answer))))
         foreign = [w for w in words if w not in known]
         return foreign if words and len(foreign) * 2 > len(words) else []
+
+    def lost_parts(self, answer: str) -> list[Node]:
+        """The answered nodes whose short answer the final answer does not say: fewer than half of its content words
+        are in it (or, for an answer with none, such as "3.10", the answer itself is not)."""
+        said = strip_citations(answer).lower()
+        words = set(content_words(said))
+        lost = []
+        for node in self.graph.nodes.values():
+            short = (node.short or strip_citations(node.answer)).strip().lower()
+            if node.status != "answered" or not short:
+                continue
+            mine = set(content_words(short))
+            if (sum(w in words for w in mine) * 2 < len(mine)) if mine else short not in said:
+                lost.append(node)
+        return lost
 
     def node_answers(self) -> str:
         return "\n".join(f"{n.id}: {n.answer}" for n in self.graph.nodes.values() if n.status == "answered") \
@@ -376,13 +401,10 @@ class _Run:
         return "\n".join(lines)
 
     def searcher_query(self, node: Node) -> str:
-        """The node's question, with what its parents answered (their answers name the things it asks about)."""
-        parts = [node.question]
-        for parent_id in node.depends_on:
-            parent = self.graph.nodes[parent_id]
-            if parent.status == "answered":
-                parts.append(strip_citations(parent.answer))
-        return " ".join(" ".join(parts).split())[:300]
+        """The node's question naming what its parents answered ("that toolkit" -> "Starlette", see grounding.py)."""
+        answers = [parent.short or strip_citations(parent.answer) for parent in
+                   (self.graph.nodes[p] for p in node.depends_on) if parent.status == "answered"]
+        return " ".join(query_for(node.question, answers).split())[:300]
 
     async def run_node(self, node: Node) -> None:
         try:
@@ -407,20 +429,58 @@ class _Run:
         node.status, node.error, node.ended = "failed", error, self.now()
         self.emit(NodeFailed(node_id=node.id, error=error))
 
+    def shown_passages(self, local: dict[int, int]) -> dict[int, str]:
+        """``{result number: passage text}`` of every result this searcher was shown."""
+        return {n: p.text for n, g in sorted(local.items()) if (p := self.ledger.get(g)) is not None}
+
+    def _quoted(self, node: Node, output: Any) -> str:
+        """The node's answer from a decoded QuotedAnswer: the short answer if its quote supports it (else the quoted
+        sentence), cited with the quote's result number."""
+        short, quote, number = describe(output)
+        text, kept = grounded_answer(strip_citations(short), quote, self.searcher_query(node))
+        node.short, node.quote = text, quote
+        if not kept:
+            self.emit(SearcherStep(node_id=node.id, kind="error", text=f"the answer {short!r} is not in the sentence "
+                                   "it quotes, or only repeats the question; the quoted sentence is the answer"))
+        return f"{node.short} [{number}]."
+
+    async def _answer_once(self, node: Node, results: str, output_type: type[BaseModel]) -> BaseModel:
+        """One answer decoded under ``output_type``'s schema, from the node's task (its question and results)."""
+        messages = [Message.system(SEARCHER_INSTRUCTIONS + " Reply as JSON."),
+                    Message.user(self.searcher_task(node, results))]
+        params = self.r.params.model_copy(update={"constraint": Constraint(
+            json_schema=output_type.model_json_schema(), max_tokens=self.r.params.max_tokens)})
+        done = await self.r.model.agenerate(messages, params)
+        return output_type.model_validate_json(done.text)
+
     async def _search(self, node: Node) -> None:
         local: dict[int, int] = {}
-        agent = Agent(self.r.model, [self.search_tool(local)], protocol=self.r.searcher_protocol,
-                      instructions=SEARCHER_INSTRUCTIONS, max_steps=self.r.searcher_max_steps,
-                      params=self.r.params, examples=False, output_type=SearcherAnswer)
         # The first search is made for the searcher, with its question as the query: small models otherwise answer
         # from memory without searching at all (Qwen2.5-Coder-0.5B did, on the first question tried).
-        search = agent.tools[0]
+        search = self.search_tool(local)
         query = self.searcher_query(node)
         self.emit(SearcherStep(node_id=node.id, kind="tool_call", text=f"search({json.dumps({'query': query})})"))
         first = await search.ainvoke({"query": query})
         self.emit(SearcherStep(node_id=node.id, kind="tool_result", text=first.content[:300]))
+        # ... and the pages behind those results are read: their best lines for the query are results too
+        read = await asyncio.to_thread(read_pages, self.ledger, local, query, self.r.read_lines) \
+            if self.r.read_lines and not first.is_error else ""
+        if read:
+            self.emit(SearcherStep(node_id=node.id, kind="tool_result", text=f"read: {read[:300]}"))
+        results = first.content + (f"\nRead in those pages:\n{read}" if read else "")
+        # the answer quotes one sentence of these results (an enum in its schema, see grounding.py); nothing shown:
+        # the plain {answer, source} schema, and the searcher can search again
+        quotes = sentences(self.shown_passages(local), query)
+        output_type = answer_model(quotes) if quotes else SearcherAnswer
+        # one step has room for the answer only (a search it could not read on would be cut off by max_steps, as the
+        # 0.5B model's first step always was): then the search tool is not offered and the step is the answer
+        tools = [search] if self.r.searcher_max_steps > 1 else []
+        agent = Agent(self.r.model, tools, protocol=self.r.searcher_protocol,
+                      instructions=SEARCHER_INSTRUCTIONS if tools else SEARCHER_INSTRUCTIONS.split(" If the")[0],
+                      max_steps=self.r.searcher_max_steps,
+                      params=self.r.params, examples=False, output_type=output_type)
         result, last_error = None, ""
-        async for event in agent.astream(self.searcher_task(node, first.content)):
+        async for event in agent.astream(self.searcher_task(node, results)):
             if isinstance(event, ToolCallEvent):
                 self.emit(SearcherStep(node_id=node.id, kind="tool_call",
                                        text=f"{event.call.name}({json.dumps(event.call.arguments)})"))
@@ -434,8 +494,22 @@ class _Run:
                 if isinstance(output, SearcherAnswer):
                     text = output.answer.strip()
                     result = text if cited(text) else f"{text.rstrip('.')} [{output.source}]."
+                    node.short = strip_citations(text).rstrip(".")
+                elif output is not None and hasattr(output, "quote"):
+                    short, quote, number = describe(output)
+                    result = self._quoted(node, output)
                 else:
                     result = event.text
+            elif isinstance(event, RunFinished) and event.status != "answered" and quotes:
+                # the agent searched on without answering: one constrained answer over the results it was first shown
+                self.emit(SearcherStep(node_id=node.id, kind="error", text=f"the searcher ended {event.status}; "
+                                       "answering from the first results"))
+                # (what it found in its own searches is quotable too)
+                seen = self.shown_passages(local)
+                everything = "\n".join(f"[{n}] {self.ledger.get(local[n]).title}: {text}"  # type: ignore[union-attr]
+                                        for n, text in seen.items())
+                result = self._quoted(node, await self._answer_once(node, everything,
+                                                                    answer_model(sentences(seen, query))))
             elif isinstance(event, RunFinished) and event.status != "answered":
                 self._fail(node, f"the searcher ended {event.status} without an answer"
                                  + (f" ({last_error})" if last_error else ""))
@@ -496,6 +570,13 @@ class _Run:
             self.tasks[node.id] = asyncio.ensure_future(self.run_node(node))
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         answer = self.final_answer
+        if answer:
+            lost = self.lost_parts(answer)
+            if lost:  # the planner's answer dropped what a node found: those node answers are added, cited
+                self.emit(PlannerNote(text=f"the final answer left out the answers of {[n.id for n in lost]}; "
+                                           "they are added from the nodes"))
+                answer = " ".join(dict.fromkeys([answer.strip(), *(n.answer for n in lost)]))
+                self.shown.update(g for n in lost for g in n.cited)
         if answer is None:
             self.report()
             answered = [n for n in self.graph.nodes.values() if n.status == "answered"]
@@ -518,10 +599,13 @@ class _Run:
         self.queue.put_nowait(None)
 
     async def plan(self) -> None:
+        seeded = await self.seed() if self.r.decompose else ""
+        # a seeded plan leaves the planner wait(), finish() and a re-plan: on the 0.5B model its further steps were
+        # refused finishes (copies of its instructions' example) that cost ~10 s each and changed nothing
+        steps = min(self.r.planner_max_steps, SEEDED_PLANNER_STEPS) if seeded else self.r.planner_max_steps
         agent = Agent(self.r.planner_model, self.planner_tools(), protocol=self.r.planner_protocol,
                       instructions=PLANNER_INSTRUCTIONS.format(max_nodes=self.r.max_nodes),
-                      max_steps=self.r.planner_max_steps, params=self.r.params, examples=False)
-        seeded = await self.seed() if self.r.decompose else ""
+                      max_steps=steps, params=self.r.params, examples=False)
         stream = agent.astream(f"Question: {self.question}{seeded}")
         try:
             async for event in stream:

@@ -171,3 +171,14 @@ def test_a_searcher_that_only_searches_is_answered_from_what_it_read() -> None:
     assert any("answering from the first results" in e.text for e in of(result, "searcher_step"))
     assert result.answer == "Bob [1]." and result.references[0].passage == "beta is written by Bob."
 
+
+
+def test_the_measured_configuration_is_a_dataset_variant() -> None:
+    """`hanlin eval -d research:decompose` (the CLI passes a subset, not options) runs the seeded plan."""
+    from hanlin import ConfigurationError
+    from hanlin.plugins.evaluators.datasets import open_dataset
+
+    assert open_dataset("research:decompose").decompose is True
+    assert open_dataset("research").decompose is False
+    with pytest.raises(ConfigurationError, match="research:decompose"):
+        open_dataset("research:mindsearch")

@@ -4,7 +4,8 @@ Both systems search the same index with the same numbered ``search`` tool and ar
 ``evaluate.py``): answer correctness (one phrase of every answer group in the answer), citation validity (each
 shown reference's passage is verbatim in the document it names) and recall of the documents the question needs.
 Metrics are named ``research_*`` and ``react_*`` so one table shows the two side by side, in the same run.
-Options (``--option KEY=VALUE``): ``search`` (``packages`` by default, or ``local:DIR``), ``max_parallel``,
+``-d research:decompose`` seeds each plan with a constrained split of the question (``decompose=True``). Options
+of the factory (Python): ``search`` (``packages`` by default, or ``local:DIR``), ``max_parallel``,
 ``max_nodes``, ``protocol`` (the searchers' protocol, ``react`` by default), ``decompose`` (seed the plan with a
 constrained split), ``systems`` (``research,react``).
 """
@@ -32,14 +33,16 @@ class ResearchDataset(Dataset):
                  max_nodes: int | str = 4, systems: str = "research,react", protocol: str = "react",
                  decompose: bool | str = False) -> None:
         super().__init__()
-        if subset is not None:
-            raise ConfigurationError(f"dataset 'research' has no subsets; got {subset!r}")
+        if subset not in (None, "decompose"):
+            raise ConfigurationError(f"dataset 'research' has one variant, research:decompose (the plan seeded by a "
+                                     f"constrained split of the question); got {subset!r}")
         chosen = tuple(s.strip() for s in systems.split(",") if s.strip())
         unknown = [s for s in chosen if s not in SYSTEMS]
         if unknown or not chosen:
             raise ConfigurationError(f"systems={systems!r}: choose from {', '.join(SYSTEMS)} (comma-separated)")
         self.search, self.systems, self.protocol = search, chosen, protocol
         self.decompose = decompose if isinstance(decompose, bool) else decompose.lower() in ("1", "true", "yes")
+        self.decompose = self.decompose or subset == "decompose"  # `hanlin eval -d research:decompose`
         try:
             self.max_parallel, self.max_nodes = int(max_parallel), int(max_nodes)
         except ValueError:

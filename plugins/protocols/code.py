@@ -54,9 +54,10 @@ Thought: The difference is 46 days.
 ```python
 final_answer(46)
 ```'''
-# A function that returns text: print it, read the fact, compute with it. Qwen2.5-Coder-0.5B, shown only the dates
-# example, answered look-up-then-calculate questions with the looked-up fact, or searched the returned text with
-# .find() for numbers that were not there. The function is made up and defined by the example itself.
+# A function that returns text: print it, read the fact, compute with it. Shown only the dates example,
+# Qwen2.5-Coder-0.5B seldom called the knowledge base on look-up-then-calculate questions and computed with numbers
+# it made up (0 of 14 tooluse items); with this example too it still did (0 of 14): the format is shown, the model's
+# own limits remain. The function is made up and defined by the example itself.
 EXAMPLE_FUNCTION = "lookup_population"
 LOOKUP_EXAMPLE = f'''And an example with a made-up function, {EXAMPLE_FUNCTION}(town: str) -> str, that you do not have:
 Task: How many people live in Arvel and Brisk together?

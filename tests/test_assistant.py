@@ -79,7 +79,9 @@ def test_a_nonsense_score_is_a_clear_error(reply) -> None:
 def test_retrieve_is_silent_below_the_threshold_and_numbers_what_passes(kb) -> None:
     passages, record = Retrieve(kb, top_k=2, threshold=0.5).run("reset VPN password")
     assert record.passed and passages[0].number == 1 and passages[0].source.startswith("vpn.md")
-    assert all(p.score >= 0.5 for p in passages)
+    assert all(p.score >= 0.85 * passages[0].score for p in passages)
+    # which passages go to the model does not depend on the threshold (so thresholds can be tuned by replay)
+    assert Retrieve(kb, top_k=2, threshold=-10.0).run("reset VPN password")[0] == passages
     passages, record = Retrieve(kb, top_k=2, threshold=0.5).run("what is the weather in Paris")
     assert not record.passed and passages == [] and "below the rejection threshold 0.500" in record.reason
 
@@ -380,30 +382,67 @@ def test_openai_client_streams_a_checked_answer_and_a_silence(server) -> None:
 
 
 # ---- the evaluation --------------------------------------------------------------------------------
-def test_the_evaluation_decides_each_message_under_a_threshold_tuned_without_it(kb) -> None:
-    """Held out: odd lines are decided under the threshold tuned on even lines and vice versa, so the F1 that
-    `hanlin eval -d assistant` reports is what a team tuning on some messages gets on new ones."""
+REPLAY = {  # message -> (question score, relevance score, answer)
+    "how do I reset my VPN password?": (9, 9, "Reset it at the portal."),
+    "what toner does the second-floor printer take?": (8, 3, "It takes HP 58A toner cartridges."),
+    "does the VPN support IPv6 tunnels?": (7, 8, "Yes, the VPN supports IPv6 tunnels since 2021."),
+    "printer on fire lol": (2, 6, "Call the fire brigade."),
+    "what is the weather in Paris today?": (6, 1, "Sunny."),
+    "ok": (0, 0, ""),
+}
+
+
+def replay_model() -> ScriptedModel:
+    def reply(messages, params):
+        last = messages[-1].content
+        text = next(t for t in REPLAY if t in last)
+        question, relevance, answer = REPLAY[text]
+        if params.constraint is not None and params.constraint.json_schema == SCORE_SCHEMA:
+            return score(question if last.startswith("Message:") else relevance)
+        return json.dumps({"source": 1, "answer": answer})
+    return ScriptedModel(reply)
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_replayed_decisions_equal_the_pipeline_under_any_thresholds(kb, full) -> None:
+    """The evaluation asks the model once per message and replays every threshold: exact only if no stage's output
+    depends on a threshold. Checked against the real pipeline on a grid of thresholds."""
+    from hanlin.plugins.apps.assistant import replay
+
+    model = replay_model()
+    probes = replay.probe(model, kb, [(t, True) for t in REPLAY], floor=replay.OPEN)
+    asked = len(model.calls)
+    grid = [Thresholds(question=q, relevance=r, retrieval=v) for q in (0, 7, 9) for r in (0, 6) for v in (0.0, 0.5, 2.0)]
+    decided = set()
+    for t in grid:
+        assistant = Assistant(model, kb, thresholds=t, full=full, groups=Groups(rate=10**6))
+        for text, p in zip(REPLAY, probes):
+            real = assistant.handle(ChatMessage(group=text, text=text))
+            answered, why = replay.decide(p, t, full)
+            assert (answered, why.split(":")[0]) == (real.answered, real.stage), (t, text, why, real.reason)
+            assert (p.answer if answered else "") == real.answer
+            decided.add((answered, real.stage))
+    assert asked == 3 * 5 + 1  # one pass: three calls a message past the length gate, the answer for "ok" (the
+    # retrieval-only ablation answers it; the full pipeline never asks its question score)
+    assert len(decided) >= (5 if full else 3)  # the grid reaches every stage's refusal, so the replay is tested
+
+
+def test_the_evaluation_tunes_each_fold_on_the_other(kb) -> None:
+    """Held out: odd lines are decided under thresholds tuned on even lines and vice versa."""
     from hanlin.plugins.apps.assistant.evaluation import AssistantDataset
     from hanlin.plugins.evaluators.base import EvalItem
-    from hanlin.plugins.tools.kb_tuning import Labelled, tune
 
-    texts = [("reset VPN password portal", True), ("toner cartridge for the printer", True),
-             ("what is the weather in Paris", False), ("VPN password length", True), ("best pizza in town", False),
-             ("printer supply room", True), ("who won the football match", False), ("portal account reset", True)]
-
-    class Small(AssistantDataset):
-        def load(self) -> list[EvalItem]:
-            return [EvalItem(id=f"m{n}", question=t, answer="", group="answerable" if good else "chatter", line=n)
-                    for n, (t, good) in enumerate(texts, 1)]
-
-    held = Small().fold_thresholds(kb.index)
-    for fold in (0, 1):
-        other = [Labelled(t, good, n) for n, (t, good) in enumerate(texts, 1) if n % 2 != fold]
-        assert held[fold] == tune(kb.index, other).threshold
-    assert held[0] != held[1]  # the folds really differ on this set, so a swapped fold would show
-    item = Small().items()[2]  # line 3: odd, decided under the threshold tuned on even lines
-    assert Small().fold(item) == 1 and Small(tuning="all").fold(item) == -1
-    assert Small(tuning="all").fold_thresholds(kb.index) == {
-        -1: tune(kb.index, [Labelled(t, good, n) for n, (t, good) in enumerate(texts, 1)]).threshold}
+    items = [EvalItem(id=f"m{n}", question="q", answer="", group="chatter", line=n) for n in (1, 2, 3)]
+    held, pooled = AssistantDataset(), AssistantDataset(tuning="all")
+    assert [held.fold(i) for i in items] == [1, 0, 1] and {pooled.fold(i) for i in items} == {-1}
+    assert [held.trains(i, 1) for i in items] == [False, True, False]  # fold 1 is tuned on even lines only
+    assert all(pooled.trains(i, -1) for i in items)
     with pytest.raises(ConfigurationError, match="option tuning is 'heldout'"):
         AssistantDataset(tuning="in-sample")
+
+
+def test_the_tuner_never_accepts_a_message_the_check_refused() -> None:
+    rows = [Row("a", True, 9, 1.0, 9, checked=True), Row("b", True, 9, 0.9, 9, checked=False),
+            Row("c", False, 9, 0.8, 9, checked=True)]
+    tuned = search(rows)
+    assert (tuned.precision, tuned.recall) == (1.0, 0.5)  # b cannot be won back by any threshold

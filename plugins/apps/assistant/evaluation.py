@@ -8,12 +8,13 @@ answerable), answered chatter, answer correctness on the answered answerable one
 citation precision (cited passages from the right document), and the same decision metrics for the ablation that
 uses only the retrieval threshold (then answers whatever passes it).
 
-The retrieval threshold is tuned with ``kb_tuning`` (answerable vs the rest; no model call) and applied held out:
-the messages are split in two folds (alternate lines), and each message is decided under the threshold tuned on
-the other fold, as a team tuning on some labelled messages then meets new ones (``--option tuning=all`` tunes on
-all messages, in sample, as earlier versions did). Both variants share the thresholds; the model thresholds are
-the defaults (question 6, relevance 5) unless a tuned ``assistant.json`` is passed with
-``--option thresholds=PATH``.
+The thresholds are tuned on labelled messages and applied held out: the messages are split in two folds
+(alternate lines), and each message is decided under the thresholds tuned on the other fold, as a team tuning on
+some labelled messages then meets new ones. Every message is asked the model once (``replay.py``) and the decisions
+under any thresholds are replayed: the full pipeline's question, retrieval and relevance thresholds are tuned
+together with the check's verdicts (``tune.search``), the ablation's retrieval threshold alone (``kb_tuning``).
+``--option tuning=all`` tunes on all messages (in sample); ``--option thresholds=PATH`` uses a tuned
+``assistant.json`` as it is.
 """
 
 from __future__ import annotations
@@ -107,48 +108,54 @@ class AssistantDataset(Dataset):
         return chosen
 
     def run(self, model: Any, limit: int | None = None, progress: Any = None) -> dict[str, Any]:
-        """Both variants on the selected messages: per-message rows and the metrics."""
-        from hanlin.plugins.apps.assistant.groups import Groups
-        from hanlin.plugins.apps.assistant.pipeline import Assistant, open_kb
-        from hanlin.plugins.apps.assistant.records import ChatMessage
-        from hanlin.plugins.apps.assistant.settings import Thresholds, load_thresholds
+        """One model pass over the selected messages (``replay.probe``), then both variants decided by replay under
+        thresholds tuned on the other fold (or all messages, or the given file): per-message rows and the metrics."""
+        from hanlin.plugins.apps.assistant import replay
+        from hanlin.plugins.apps.assistant.pipeline import open_kb
+        from hanlin.plugins.apps.assistant.settings import load_thresholds
 
         kb = open_kb(corpus_index(self.cache))
-        base = load_thresholds(Path(self.thresholds_path).parent) if self.thresholds_path else Thresholds()
-        retrieval = self.fold_thresholds(kb.index)
-        folds = {fold: base.model_copy(update={"retrieval": t}) for fold, t in retrieval.items()}
         items = self.select_interleaved(limit)
+        scores = [kb.index.search(i.question, 1)[0].score for i in items]
+        goods = [i.group == "answerable" for i in items]
+        folds = sorted({self.fold(i) for i in items})
+        floor = min(replay.lowest_threshold([s for s, i in zip(scores, items) if self.trains(i, f)],
+                                            [g for g, i in zip(goods, items) if self.trains(i, f)]) for f in folds)
+        fixed = load_thresholds(Path(self.thresholds_path).parent) if self.thresholds_path else None
+        if fixed is not None:
+            floor = min(floor, fixed.retrieval) if fixed.retrieval is not None else replay.OPEN
+        probes = replay.probe(model, kb, [(i.question, g) for i, g in zip(items, goods)], floor,
+                              progress=None if progress is None else (lambda n: progress("probe", n)))
+        chosen: dict[int, dict[str, Any]] = {}
+        for f in folds:
+            train = [(p, i.question) for p, i in zip(probes, items) if self.trains(i, f)]
+            full = fixed or replay.tuned_full([p for p, _ in train], [t for _, t in train])
+            only = fixed.retrieval if fixed is not None else replay.tuned_retrieval([p for p, _ in train])
+            chosen[f] = {"full": full, "retrieval_only": full.model_copy(update={"retrieval": only})}
         rows = []
-        for variant, full in (("full", True), ("retrieval_only", False)):
-            assistants = {fold: Assistant(model, kb, thresholds=t, full=full, groups=Groups(rate=10**6))
-                          for fold, t in folds.items()}
-            for item in items:
-                assistant = assistants[self.fold(item)]
-                d = assistant.handle(ChatMessage(group=f"eval-{item.id}", sender="member", text=item.question))
+        for variant in ("full", "retrieval_only"):
+            for item, p in zip(items, probes):
+                answered, why = replay.decide(p, chosen[self.fold(item)][variant], variant == "full")
+                answer = p.answer if answered else ""
                 keys = [k.lower() for k in item.answer.split("|") if k]
-                cited = [p for p in d.passages if p.number in d.citations]
+                cited = [q for q in p.passages if f"[{q.number}]" in answer]
                 rows.append({"variant": variant, "id": item.id, "kind": item.group, "text": item.question,
-                             "answered": d.answered, "stage": d.stage, "reason": d.reason, "answer": d.answer,
-                             "correct": bool(d.answered and keys and any(k in d.answer.lower() for k in keys)),
+                             "answered": answered, "stage": why.split(":")[0], "reason": why.split(": ", 1)[1],
+                             "answer": answer,
+                             "correct": bool(answered and keys and any(k in answer.lower() for k in keys)),
                              "cited": len(cited),
-                             "cited_right": sum(p.source.split(" ")[0] == item.extra["source"] for p in cited)})
-                if progress is not None:
-                    progress(variant, len(rows))
-        return {"rows": rows, "metrics": self.metrics(rows), "retrieval_thresholds": retrieval,
-                "thresholds": base.model_dump(exclude={"retrieval"}), "messages": len(items)}
+                             "cited_right": sum(q.source.split(" ")[0] == item.extra["source"] for q in cited)})
+        thresholds = {f: {v: t.model_dump() for v, t in c.items()} for f, c in chosen.items()}
+        return {"rows": rows, "metrics": self.metrics(rows), "thresholds": thresholds, "messages": len(items),
+                "asked": sum(p.asked for p in probes)}
 
     def fold(self, item: EvalItem) -> int:
-        """The fold whose threshold decides ``item``: the other fold's, or the one in-sample threshold (-1)."""
+        """The fold of ``item``: decided under thresholds tuned on the other fold (-1: one fold, in sample)."""
         return -1 if self.tuning == "all" else item.line % 2
 
-    def fold_thresholds(self, index: Any) -> dict[int, float]:
-        """Fold -> the retrieval threshold that decides its messages (tuned on the other fold's labels)."""
-        from hanlin.plugins.tools.kb_tuning import Labelled, tune
-
-        labelled = [(i.line, Labelled(i.question, i.group == "answerable", i.line)) for i in self.items()]
-        if self.tuning == "all":
-            return {-1: tune(index, [lab for _, lab in labelled]).threshold}
-        return {fold: tune(index, [lab for line, lab in labelled if line % 2 != fold]).threshold for fold in (0, 1)}
+    def trains(self, item: EvalItem, fold: int) -> bool:
+        """Whether ``item``'s label tunes the thresholds that decide ``fold``."""
+        return fold == -1 or self.fold(item) != fold
 
     @staticmethod
     def metrics(rows: list[Mapping[str, Any]]) -> dict[str, float]:
@@ -186,15 +193,17 @@ class AssistantDataset(Dataset):
         return DatasetResult(dataset=self.name, kind="assistant", model=model.name, metrics=metrics, groups={},
                              predictions=predictions, prompts=[], shots=0, model_calls=0, cached=0,
                              elapsed_s=time.perf_counter() - start,
-                             info={"retrieval_thresholds": done["retrieval_thresholds"],
-                                   "thresholds": done["thresholds"]},
-                             notes=[f"{n} messages; {self.tuning_note(done['retrieval_thresholds'])}; model "
-                                    f"thresholds {done['thresholds']['question']:g}/{done['thresholds']['relevance']:g}"])
+                             info={"thresholds": done["thresholds"], "asked_model": done["asked"]},
+                             notes=[f"{n} messages ({done['asked']} asked the model, once each); "
+                                    + self.tuning_note(done["thresholds"])])
 
-    @staticmethod
-    def tuning_note(thresholds: Mapping[int, float]) -> str:
-        if -1 in thresholds:
-            return f"retrieval threshold {thresholds[-1]:.4f} tuned on all {len(DATA.read_text().splitlines())} " \
-                   "messages, in sample (kb_tuning)"
-        return ("retrieval threshold held out: odd lines decided under the one tuned on even lines "
-                f"({thresholds[1]:.4f}), even under odd ({thresholds[0]:.4f})")
+    def tuning_note(self, chosen: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> str:
+        def show(t: Mapping[str, Any]) -> str:
+            return f"question {t['question']:g} / retrieval {t['retrieval']:.4f} / relevance {t['relevance']:g}"
+
+        if self.thresholds_path:
+            return f"thresholds from {self.thresholds_path}: {show(next(iter(chosen.values()))['full'])}"
+        if -1 in chosen:
+            return f"thresholds tuned on these messages, in sample: {show(chosen[-1]['full'])}"
+        return ("thresholds held out: odd lines decided under those tuned on even lines "
+                f"({show(chosen[1]['full'])}), even under odd ({show(chosen[0]['full'])})")

@@ -1,5 +1,10 @@
 """Stage: look the question up in the knowledge base (hanlin's ``knowledge_base`` toolkit): top-k passages and the
-tuned rejection threshold. A best score below it means the topic is not in the knowledge base: silence."""
+tuned rejection threshold. A best score below it means the topic is not in the knowledge base: silence.
+
+The threshold decides *whether* (on the best passage); *which* passages go to the model does not depend on it:
+the top-k that score at least ``KEEP`` of the best. So the passages, the answer and the check a message gets are
+the same under every threshold, and thresholds can be tuned by replaying one pass over labelled messages
+(``evaluation.py``) instead of one model pass per candidate."""
 
 from __future__ import annotations
 
@@ -7,6 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from hanlin.plugins.apps.assistant.records import Passage, StageRecord
+
+KEEP = 0.85  # a passage goes with the best one when it scores at least this share of the best
+
+
+def kept(hits: list[Any]) -> list[Any]:
+    """The hits that go to the model (when the best clears the threshold): the best and those close to it."""
+    if not hits:
+        return []
+    floor = hits[0].score - (1 - KEEP) * abs(hits[0].score)  # scores may be negative (cosine)
+    return [h for h in hits if h.score >= floor]
 
 
 @dataclass(slots=True)
@@ -25,13 +40,13 @@ class Retrieve:
         threshold = self.applied
         hits = self.kb.index.search(query, self.top_k)
         best = hits[0]
-        kept = [h for h in hits if accepts(h.score, threshold)]
         passages = [Passage(number=n, source=h.chunk.where, score=round(h.score, 6), text=h.chunk.text)
-                    for n, h in enumerate(kept, 1)]
+                    for n, h in enumerate(kept(hits), 1)]
         detail = {"hits": [{"source": h.chunk.where, "score": round(h.score, 6)} for h in hits]}
-        if not kept:
+        if not accepts(best.score, threshold):
             return [], StageRecord(stage="retrieve", passed=False, score=best.score, threshold=threshold, detail=detail,
                                    reason=f"not in the knowledge base: the best passage ({best.chunk.where}) scored "
                                           f"{best.score:.3f}, below the rejection threshold {threshold:.3f}")
         return passages, StageRecord(stage="retrieve", passed=True, score=best.score, threshold=threshold, detail=detail,
-                                     reason=f"{len(kept)} passage(s) at or above the threshold {threshold:.3f}")
+                                     reason=f"the best passage scored {best.score:.3f}, at or above the threshold "
+                                            f"{threshold:.3f}; {len(passages)} passage(s) within {KEEP:.0%} of it")

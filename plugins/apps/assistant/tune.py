@@ -33,6 +33,7 @@ class Row:
     question: float
     retrieval: float
     relevance: float
+    checked: bool = True  # the check stage passed its answer (the evaluation's replay knows; `tune` asks no answer)
 
 
 @dataclass(slots=True)
@@ -92,13 +93,18 @@ def search(rows: list[Row]) -> Tuned:
     best: tuple[tuple[float, ...], Tuned] | None = None
     for tq in MODEL_STEPS:
         for tv in MODEL_STEPS:
-            scores = [r.retrieval if r.question >= tq and r.relevance >= tv else floor for r in rows]
-            m = choose([c for c in sweep(scores, labels) if c.threshold > floor] or sweep(scores, labels))
+            scores = [r.retrieval if r.question >= tq and r.relevance >= tv and r.checked else floor for r in rows]
+            candidates = [c for c in sweep(scores, labels) if c.threshold > floor]
+            if not candidates:  # these thresholds refuse every message: F1 0, never better than a real choice
+                continue
+            m = choose(candidates)
             key = (m.f1, m.precision, -abs(tq - DEFAULT.question), -abs(tv - DEFAULT.relevance))
             if best is None or key > best[0]:
                 real = [r.retrieval for r in rows]
                 best = (key, Tuned(tq, m.threshold, with_margin(m.threshold, real), tv, m.precision, m.recall, m.f1))
-    assert best is not None
+    if best is None:  # no thresholds answer any message: the defaults, and a retrieval threshold above them all
+        top = max(r.retrieval for r in rows) + 1.0
+        return Tuned(DEFAULT.question, top, top, DEFAULT.relevance, 0.0, 0.0, 0.0)
     return best[1]
 
 

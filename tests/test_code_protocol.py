@@ -11,8 +11,7 @@ from pydantic import BaseModel
 from hanlin import Agent, ScriptedModel, ToolResult, load_tool, tool
 from hanlin.errors import ParseError
 from hanlin.events import ToolCallEvent, ToolResultEvent
-from hanlin.plugins.protocols.code import (EXAMPLE_FUNCTION, LOOKUP_EXAMPLE, REPEATED_CELL_NOTE, REPEATED_FAILURE_NOTE,
-                                          STOP, code_grammar, parse_code_step)
+from hanlin.plugins.protocols.code import REPEATED_CELL_NOTE, REPEATED_FAILURE_NOTE, STOP, code_grammar, parse_code_step
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("jupyter_client") is None or importlib.util.find_spec("ipykernel") is None,
@@ -211,15 +210,6 @@ def test_after_a_repeated_cell_that_worked_the_next_step_may_only_call_final_ans
     failing, _, _ = run(reply)
     assert failing.status == "answered"
     assert not any('"final_answer(" cline' in g for g in grammars)  # a failing repeat is told to change, not to stop
-
-
-def test_the_look_up_example_is_shown_only_with_functions_to_call() -> None:
-    _, bare, _ = run([cell("final_answer(1)")])
-    _, with_tool, _ = run([cell("final_answer(1)")], tools=[load_tool("calculator")])
-    _, switched_off, _ = run([cell("final_answer(1)")], tools=[load_tool("calculator")], examples=False)
-    assert EXAMPLE_FUNCTION not in bare.calls[0][0][0].content
-    assert LOOKUP_EXAMPLE in with_tool.calls[0][0][0].content
-    assert EXAMPLE_FUNCTION not in switched_off.calls[0][0][0].content
 
 
 def test_a_syntax_error_is_an_observation() -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from hanlin import Completion, Constraint, Message, ParseError, ProtocolError, StepProtocol, Tool, ToolCall, hookimpl
 from hanlin.chat_model import ChatModel
 from hanlin.events import ErrorEvent, ToolCallEvent, ToolResultEvent
-from hanlin.plugins.protocols.code_bridge import Bridge, python_name, signature
+from hanlin.plugins.protocols.code_bridge import Bridge, signature
 from hanlin.protocols import Action, ParsedStep, RunContext
 
 STOP = ["\n```\n", "\nObservation:"]  # a model without the grammar stops after its block
@@ -54,25 +54,9 @@ Thought: The difference is 46 days.
 ```python
 final_answer(46)
 ```'''
-# A function that returns text: print it, read the fact, compute with it. Shown only the dates example,
-# Qwen2.5-Coder-0.5B seldom called the knowledge base on look-up-then-calculate questions and computed with numbers
-# it made up (0 of 14 tooluse items); with this example too it still did (0 of 14): the format is shown, the model's
-# own limits remain. The function is made up and defined by the example itself.
-EXAMPLE_FUNCTION = "lookup_population"
-LOOKUP_EXAMPLE = f'''And an example with a made-up function, {EXAMPLE_FUNCTION}(town: str) -> str, that you do not have:
-Task: How many people live in Arvel and Brisk together?
-Thought: I will look up both towns and print what the function returns.
-```python
-print({EXAMPLE_FUNCTION}("Arvel"))
-print({EXAMPLE_FUNCTION}("Brisk"))
-```
-Observation:
-Arvel has 1200 inhabitants.
-Brisk has 800 inhabitants.
-Thought: Arvel has 1200 and Brisk has 800. The task asks for both together, so I add them.
-```python
-final_answer(1200 + 800)
-```'''
+# No second example with a look-up function: Qwen2.5-Coder-0.5B copied its answer (2000) into 2 of 63 tooluse answers
+# (kb-06, kb-13) and gained nothing on the 14 look-up-then-calculate items (0 of 14 in runs with and without it); the
+# dates example's 46 is copied too at times (kb-10, kb-15 before).
 
 
 def parse_code_step(text: str, finish_reason: str | None = None) -> tuple[str, str]:
@@ -190,8 +174,6 @@ class CodeAgent(StepProtocol):
         ]
         if getattr(ctx.options, "examples", True):
             parts.append(EXAMPLE)
-            if self.functions(ctx) and EXAMPLE_FUNCTION not in {python_name(n) for n in self.functions(ctx)}:
-                parts.append(LOOKUP_EXAMPLE)  # only where the cell has functions to call, none of this name
         parts.append("Compute with code instead of guessing. Begin!")
         return "\n\n".join(parts)
 

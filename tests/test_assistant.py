@@ -412,7 +412,8 @@ def test_replayed_decisions_equal_the_pipeline_under_any_thresholds(kb, full) ->
     model = replay_model()
     probes = replay.probe(model, kb, [(t, True) for t in REPLAY], floor=replay.OPEN)
     asked = len(model.calls)
-    grid = [Thresholds(question=q, relevance=r, retrieval=v) for q in (0, 7, 9) for r in (0, 6) for v in (0.0, 0.5, 2.0)]
+    grid = [Thresholds(question=q, relevance=r, retrieval=v, support=s) for q in (0, 7, 9) for r in (0, 6)
+            for v in (0.0, 0.5, 2.0) for s in (0.0, 0.5)]
     decided = set()
     for t in grid:
         assistant = Assistant(model, kb, thresholds=t, full=full, groups=Groups(rate=10**6))

@@ -29,7 +29,7 @@ _STOP = frozenset(
     "were been being over under more most such each other used uses using your yours will would should could can "
     "able just like some many much very here where while these those it's its passage passages answer question "
     "based according provided following given need needs make sure want help helps way ways case".split())
-MIN_SUPPORT = 0.5  # the share of the answer's new content words (not the question's) the cited passages must have
+MIN_SUPPORT = 0.5  # default share of the answer's new content words (not the question's) the cited passages must have
 
 
 def citations(text: str) -> list[int]:
@@ -70,6 +70,7 @@ def unsupported(answer: str, question: str, sources: str) -> tuple[list[str], li
 @dataclass(slots=True)
 class Check:
     banned: Sequence[str] = field(default_factory=tuple)
+    min_support: float = MIN_SUPPORT  # a tuned threshold (Thresholds.support): how much made-up wording to allow
 
     def run(self, answer: str, passages: list[Passage], question: str = "") -> StageRecord:
         lowered = answer.lower()
@@ -92,16 +93,18 @@ class Check:
                                reason="the answer says nothing besides its citations")
         sources = "\n".join(f"{p.source}\n{p.text}" for p in passages if p.number in cited)
         missing, foreign, support = unsupported(answer, question, sources)
-        detail = {"cited": cited, "support": round(support, 3), "not_in_sources": missing + foreign}
+        detail = {"cited": cited, "support": support, "not_in_sources": missing + foreign}
         if missing:
             return StageRecord(stage="check", passed=False, detail=detail,
                                reason=f"the answer states {', '.join(missing[:4])}, which the cited passage(s) "
                                       f"{cited} do not contain")
-        if support < MIN_SUPPORT:
-            return StageRecord(stage="check", passed=False, score=round(support, 3), threshold=MIN_SUPPORT,
+        if support < self.min_support:
+            return StageRecord(stage="check", passed=False, score=round(support, 3), threshold=self.min_support,
                                detail=detail,
                                reason=f"only {support:.0%} of what the answer adds to the question is in the cited "
-                                      f"passage(s) {cited} (need {MIN_SUPPORT:.0%}; not there: {', '.join(foreign[:6])})")
-        return StageRecord(stage="check", passed=True, score=round(support, 3), threshold=MIN_SUPPORT, detail=detail,
+                                      f"passage(s) {cited} (need {self.min_support:.0%}; not there: "
+                                      f"{', '.join(foreign[:6])})")
+        return StageRecord(stage="check", passed=True, score=round(support, 3), threshold=self.min_support,
+                           detail=detail,
                            reason=f"answer cites {cited} of the given passages, which hold {support:.0%} of what "
                                   "it adds to the question")

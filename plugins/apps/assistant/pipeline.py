@@ -45,7 +45,7 @@ class Assistant:
         self.retrieve = Retrieve(self.kb, top_k, thresholds.retrieval)
         self.relevance = Relevance(model, thresholds.relevance)
         self.answer = Answer(model)
-        self.check = Check(tuple(banned))
+        self.check = Check(tuple(banned), thresholds.support)
         self.groups = groups or Groups()
 
     def handle(self, message: ChatMessage | str, *, dry_run: bool = False) -> Decision:

@@ -39,19 +39,20 @@ class Probe:
     retrieval: float
     relevance: float = 0.0
     answer: str = ""
-    checked: bool = False
+    checked: bool = False  # the check passed it on everything but support (which is a tuned threshold)
     check_reason: str = "not asked: below every retrieval threshold the tuner can choose"
     passages: list[Passage] = field(default_factory=list)
     asked: bool = True  # False: under every retrievable threshold, so never asked the model
+    support: float = 0.0  # the check's support score of the answer
 
     def row(self, text: str) -> Row:
-        return Row(text, self.good, self.question, self.retrieval, self.relevance, self.checked)
+        return Row(text, self.good, self.question, self.retrieval, self.relevance, self.checked, self.support)
 
 
 def probe(model: Any, kb: Any, texts: Sequence[tuple[str, bool]], floor: float, top_k: int = 3,
           progress: Callable[[int], None] | None = None) -> list[Probe]:
     """Every stage once per message (gates open); messages under ``floor`` get the retrieval score only."""
-    is_q, rel, ans, check = IsQuestion(model, 0), Relevance(model, 0), Answer(model), Check()
+    is_q, rel, ans, check = IsQuestion(model, 0), Relevance(model, 0), Answer(model), Check(min_support=0.0)
     retrieve = Retrieve(kb, top_k, OPEN)
     probes = []
     for n, (text, good) in enumerate(texts, 1):
@@ -66,7 +67,8 @@ def probe(model: Any, kb: Any, texts: Sequence[tuple[str, bool]], floor: float, 
             verdict = check.run(answer, passages, text) if answer else None
             probes.append(Probe(good, -1.0 if q is None else float(q), score, float(relevance), answer,
                                 bool(verdict and verdict.passed),
-                                verdict.reason if verdict else "the model wrote an empty answer", passages))
+                                verdict.reason if verdict else "the model wrote an empty answer", passages,
+                                support=float(verdict.detail.get("support", 0.0)) if verdict else 0.0))
         if progress is not None:
             progress(n)
     return probes
@@ -110,4 +112,6 @@ def decide(p: Probe, t: Thresholds, full: bool) -> tuple[bool, str]:
         return False, "answer: empty"
     if full and not p.checked:
         return False, f"check: {p.check_reason}"
+    if full and p.support < t.support:
+        return False, f"check: support {p.support:.2f} < {t.support:g}"
     return True, "check: passed" if full else "answer: written"

@@ -2,7 +2,8 @@
 answer-or-stay-silent decision on labelled messages: ``good`` should be answered, ``bad`` should get silence.
 
 Each message is scored once by each stage (the model scores are integers 0..10, the retrieval score is the best
-passage's); a message is accepted when every score reaches its threshold. The search is exact: every pair of model
+passage's; the evaluation's replay also knows the check's verdict and support score of its answer); a message is
+accepted when every score reaches its threshold. The support threshold is searched over ``SUPPORT_STEPS``. The search is exact: every pair of model
 thresholds (0..10), and for each pair the knowledge base's own retrieval sweep (``kb_tuning``: every observed best
 score is a candidate, ties to higher precision then the lower threshold), with the messages the model thresholds
 refuse pushed below every retrieval candidate. Across pairs, ties go to the higher precision, then to the model
@@ -11,6 +12,7 @@ thresholds nearest the defaults (a few labelled messages rarely justify switchin
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from hanlin.plugins.apps.assistant.relevance import Relevance
 from hanlin.plugins.apps.assistant.settings import Thresholds
 
 MODEL_STEPS = tuple(range(11))
+SUPPORT_STEPS = (0.0, 0.25, 0.5, 0.75)
 DEFAULT = Thresholds()
 
 
@@ -34,6 +37,7 @@ class Row:
     retrieval: float
     relevance: float
     checked: bool = True  # the check stage passed its answer (the evaluation's replay knows; `tune` asks no answer)
+    support: float = 1.0  # the check's support score of that answer
 
 
 @dataclass(slots=True)
@@ -45,6 +49,7 @@ class Tuned:
     precision: float
     recall: float
     f1: float
+    support: float = DEFAULT.support
 
 
 def read_messages(path: str | Path, good: bool) -> list[str]:
@@ -91,17 +96,18 @@ def search(rows: list[Row]) -> Tuned:
     labels = [r.good for r in rows]
     floor = min(r.retrieval for r in rows) - 1.0  # below every real retrieval score: never accepted by a real one
     best: tuple[tuple[float, ...], Tuned] | None = None
-    for tq in MODEL_STEPS:
-        for tv in MODEL_STEPS:
-            scores = [r.retrieval if r.question >= tq and r.relevance >= tv and r.checked else floor for r in rows]
-            candidates = [c for c in sweep(scores, labels) if c.threshold > floor]
-            if not candidates:  # these thresholds refuse every message: F1 0, never better than a real choice
-                continue
-            m = choose(candidates)
-            key = (m.f1, m.precision, -abs(tq - DEFAULT.question), -abs(tv - DEFAULT.relevance))
-            if best is None or key > best[0]:
-                real = [r.retrieval for r in rows]
-                best = (key, Tuned(tq, m.threshold, with_margin(m.threshold, real), tv, m.precision, m.recall, m.f1))
+    real = [r.retrieval for r in rows]
+    for tq, tv, ts in itertools.product(MODEL_STEPS, MODEL_STEPS, SUPPORT_STEPS):
+        scores = [r.retrieval if r.question >= tq and r.relevance >= tv and r.checked and r.support >= ts else floor
+                  for r in rows]
+        candidates = [c for c in sweep(scores, labels) if c.threshold > floor]
+        if not candidates:  # these thresholds refuse every message: F1 0, never better than a real choice
+            continue
+        m = choose(candidates)
+        key = (m.f1, m.precision, -abs(tq - DEFAULT.question), -abs(tv - DEFAULT.relevance),
+               -abs(ts - DEFAULT.support))
+        if best is None or key > best[0]:
+            best = (key, Tuned(tq, m.threshold, with_margin(m.threshold, real), tv, m.precision, m.recall, m.f1, ts))
     if best is None:  # no thresholds answer any message: the defaults, and a retrieval threshold above them all
         top = max(r.retrieval for r in rows) + 1.0
         return Tuned(DEFAULT.question, top, top, DEFAULT.relevance, 0.0, 0.0, 0.0)
@@ -109,7 +115,8 @@ def search(rows: list[Row]) -> Tuned:
 
 
 def thresholds_of(tuned: Tuned) -> Thresholds:
-    return Thresholds(question=tuned.question, retrieval=tuned.written, relevance=tuned.relevance)
+    return Thresholds(question=tuned.question, retrieval=tuned.written, relevance=tuned.relevance,
+                      support=tuned.support)
 
 
 def report(tuned: Tuned, rows: list[Row]) -> dict[str, Any]:

@@ -113,6 +113,7 @@ def test_the_quote_is_one_of_the_shown_sentences_ranked_by_the_query() -> None:
     assert grounded_answer("Starlette", quote, "test client of Starlette built on") == \
         ("Test client built on httpx2", False)
     assert grounded_answer("3.10", "[1] Python 3.10 or newer.", "which Python") == ("3.10", True)
+    assert grounded_answer("[", "[1] [Uvicorn] runs it.", "which server") == ("[Uvicorn] runs it", False)  # seen
 
 
 def test_a_final_answer_that_drops_a_nodes_part_gets_it_back_with_its_citation() -> None:

@@ -86,8 +86,9 @@ def grounded_answer(answer: str, quote: str, question: str = "") -> tuple[str, b
     sentence = re.sub(r"^\[\d+\]\s+", "", quote).strip().rstrip(".")
     short = " ".join(answer.split()).strip().rstrip(".")
     words = set(tokenize(short))
-    if not words:  # "3.10", "HTTP/2": kept only when the quote says it
-        return (short, True) if short and short.lower() in sentence.lower() else (sentence, False)
+    if not words:  # "3.10", "HTTP/2": kept only when the quote says it and it has a letter or digit ("[" is none)
+        said = re.search(r"\w", short) is not None and short.lower() in sentence.lower()
+        return (short, True) if said else (sentence, False)
     new = words - set(tokenize(question))
     if new and sum(w in set(tokenize(sentence)) for w in new) * 2 >= len(new):
         return short, True

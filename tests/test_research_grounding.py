@@ -90,7 +90,8 @@ def test_a_searcher_reads_the_page_behind_its_result_and_cites_the_line_it_quote
                       call("wait"), call("finish", answer="httpx2 [2].")],  # the read line: global [2]
                      answers={"What is the test client of Starlette built on?": "httpx2"})
     result = run(model, Index(), max_results=1)
-    task = next(m.content for msgs, _ in model.calls for m in msgs if m.role == "user" and "Search results:" in m.content)
+    task = next(m.content for msgs, _ in model.calls for m in msgs
+                if m.role == "user" and "Search results:" in m.content)
     assert "Read in those pages:\n[2] starlette 1.0: Test client built on `httpx2`." in task
     assert result.answer == "httpx2 [1]." and result.references[0].passage == "Test client built on `httpx2`."
     assert result.references[0].url == page.as_uri()
@@ -130,6 +131,16 @@ def test_a_final_answer_that_drops_a_nodes_part_gets_it_back_with_its_citation()
     # the node's query named its parent's answer, not "the author"
     queries = [e.text for e in of(result, "searcher_step") if e.node_id == "born" and e.kind == "tool_call"]
     assert queries == ['search({"query": "where was Ada born Ada wrote alpha"})']
+
+
+def test_a_part_is_lost_when_its_new_words_are_missing_even_if_the_question_words_are_there() -> None:
+    """Seen on the default model: the node answered "ASGI toolkit: Starlette", the planner finished with "an ASGI
+    toolkit [1]": the words the node added (Starlette) are what counts."""
+    model = scripted([call("add_node", id="toolkit", question="which ASGI toolkit is alpha written with"),
+                      call("wait"), call("finish", answer="an ASGI toolkit [1].")],
+                     answers={"which ASGI toolkit is alpha written with": "ASGI toolkit: Ada"})
+    result = run(model)
+    assert result.answer == "an ASGI toolkit [1]. ASGI toolkit: Ada [1]."
 
 
 def test_a_split_step_that_refers_back_waits_for_the_step_before() -> None:

@@ -46,6 +46,7 @@ from hanlin.plugins.apps.research.events import (
 )
 from hanlin.plugins.apps.research.graph import Node, PlanError, PlanGraph
 from hanlin.plugins.apps.research.reader import read_pages
+from hanlin.plugins.tools.search_backends import tokenize
 from hanlin.plugins.apps.research.grounding import (
     answer_model,
     content_words,
@@ -353,16 +354,17 @@ class _Run:
         return foreign if words and len(foreign) * 2 > len(words) else []
 
     def lost_parts(self, answer: str) -> list[Node]:
-        """The answered nodes whose short answer the final answer does not say: fewer than half of its content words
-        are in it (or, for an answer with none, such as "3.10", the answer itself is not)."""
+        """The answered nodes whose short answer the final answer does not say: fewer than half of the words it adds
+        to its own query are in it ("ASGI toolkit: Starlette" is lost from "an ASGI toolkit [1]"), or, for an answer
+        with none, such as "3.10", the answer itself is not."""
         said = strip_citations(answer).lower()
-        words = set(content_words(said))
+        words = set(tokenize(said))
         lost = []
         for node in self.graph.nodes.values():
             short = (node.short or strip_citations(node.answer)).strip().lower()
             if node.status != "answered" or not short:
                 continue
-            mine = set(content_words(short))
+            mine = set(tokenize(short)) - set(tokenize(self.searcher_query(node))) or set(tokenize(short))
             if (sum(w in words for w in mine) * 2 < len(mine)) if mine else short not in said:
                 lost.append(node)
         return lost

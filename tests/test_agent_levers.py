@@ -120,47 +120,6 @@ def test_the_repeat_guard_withdraws_the_tools_for_one_step_only_in_react() -> No
     assert offered == [True, True, False, True, True]  # only the step right after the repeat is answer-only
 
 
-def test_after_a_repeat_react_may_still_call_a_tool_this_run_has_not_called() -> None:
-    """A repeated look-up must not force the looked-up fact as the answer: the untried tools stay on offer for that
-    step; every tool this run called is withdrawn, and calls from an earlier run of the session do not count."""
-    runs: list[int] = []
-    grammars: list[str] = []
-    replies = ['Thought: x\nAction: calc\nAction Input: {"expression": "1"}',  # an earlier run of the session
-               "Thought: done\nFinal Answer: 1",
-               'Thought: look\nAction: counter\nAction Input: {"n": 1}',
-               'Thought: look\nAction: counter\nAction Input: {"n": 1}',  # the repeat
-               'Thought: compute\nAction: calc\nAction Input: {"expression": "2 * 3"}',
-               "Thought: done\nFinal Answer: 6"]
-
-    def reply(messages, params):
-        grammars.append(params.constraint.grammar)
-        return replies[len(grammars) - 1]
-
-    agent = Agent(ScriptedModel(reply), [_counter_tool(runs), calc])
-    agent.run("first", session_id="s")
-    result = agent.run("count, then compute", session_id="s")
-    assert result.status == "answered" and result.output_text == "6" and runs == [1]
-    after_repeat = grammars[4]
-    assert '"calc"' in after_repeat and '"counter"' not in after_repeat and '"Final Answer: "' in after_repeat
-    assert all('"counter"' in g and '"calc"' in g for g in grammars[:4])  # every other step offers both
-
-
-def test_after_a_second_repeat_in_a_run_react_may_only_answer() -> None:
-    grammars: list[str] = []
-    look = 'Thought: look\nAction: counter\nAction Input: {"n": 1}'
-    work = 'Thought: compute\nAction: calc\nAction Input: {"expression": "2"}'
-    replies = [look, look, work, work, "Thought: done\nFinal Answer: 2"]
-
-    def reply(messages, params):
-        grammars.append(params.constraint.grammar)
-        return replies[len(grammars) - 1]
-
-    result = Agent(ScriptedModel(reply), [_counter_tool([]), calc, python]).run("count, then compute")
-    assert result.status == "answered" and result.output_text == "2"
-    assert '"python"' in grammars[2] and '"calc"' in grammars[2]  # one repeat: the untried tools stay
-    assert "Action: " not in grammars[4]  # a second repeat: only the answer is left
-
-
 def test_the_repeat_guard_withdraws_the_tools_for_one_step_only_in_native_calling() -> None:
     runs: list[int] = []
     offered: list[bool] = []
@@ -329,7 +288,8 @@ def test_worked_examples_are_switchable_and_never_name_a_real_tool(protocol: str
         """
         return a + b
 
-    assert "Arvel" not in _system(protocol, [calc, add])  # nor with the example's other made-up tool's name
+    if protocol != "tools":  # react's and rewoo's examples also use a made-up tool that adds
+        assert "Arvel" not in _system(protocol, [calc, add])  # nor with the example's other made-up tool's name
 
 
 def test_the_worked_examples_are_in_the_format_the_parsers_read() -> None:

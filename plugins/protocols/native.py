@@ -14,20 +14,17 @@ from typing import Any
 from hanlin import ChatModel, Completion, Constraint, Message, ParseError, ProtocolError, StepProtocol, hookimpl
 from hanlin.protocols import Action, Final, ParsedStep, RunContext
 
-from hanlin.plugins.protocols.react import EXAMPLE_CALC_TOOL, EXAMPLE_TOOL, EXAMPLE_TOOLS
+from hanlin.plugins.protocols.react import EXAMPLE_TOOL
 from hanlin.runtimes.tool_calls import looks_like_call
 
 _DECODER = json.JSONDecoder()
-# A looked-up fact is not yet the answer to a question that asks for a calculation with it (see react.py's nudge).
-RESULT_NUDGE = ("(If this gives exactly what the question asks for, reply with the answer in words; if it still needs "
-                "a calculation or another look-up, call a tool for that.)")
+RESULT_NUDGE = "(If this answers the question, reply with the answer in words; call a tool only for what is still missing.)"
 
 # Told in words: the call itself is written in the model's own tool-call format, which the runtime's template sets.
 NATIVE_EXAMPLE = (
-    f"An example with made-up tools, {EXAMPLE_TOOL} and {EXAMPLE_CALC_TOOL}, that you do not have: asked how many "
-    f'people live in Arvel and Brisk together, you would call {EXAMPLE_TOOL} with {{"town": "Arvel"}}, read its '
-    f'result (1200), call it with {{"town": "Brisk"}} (800), call {EXAMPLE_CALC_TOOL} with {{"a": 1200, "b": 800}} '
-    "(2000), then reply with the answer: 2000. Call a tool only for what you cannot know; "
+    f"An example with a made-up tool, {EXAMPLE_TOOL}, that you do not have: asked how many people live in Arvel "
+    f'and Brisk together, you would call {EXAMPLE_TOOL} with {{"town": "Arvel"}}, read its result (1200), call it '
+    'with {"town": "Brisk"} (800), then reply with the answer: 2000. Call a tool only for what you cannot know; '
     "answer from the results the tools return."
 )
 
@@ -66,7 +63,7 @@ class NativeTools(StepProtocol):
         system = ctx.options.instructions or "You are a helpful assistant. Use the tools when they help."
         if ctx.options.output_type is not None:
             system += "\nGive your final answer as a JSON object matching this schema: " + json.dumps(ctx.output_schema())
-        elif ctx.options.examples and ctx.tools and not set(EXAMPLE_TOOLS) & set(ctx.tools):
+        elif ctx.options.examples and ctx.tools and EXAMPLE_TOOL not in ctx.tools:
             system += "\n" + NATIVE_EXAMPLE
         # Small models re-issue the call they were just answered; a nudge after each result (as ReAct's) points at
         # the answer. Added here, in the model's view only: the transcript keeps the tool's own result.

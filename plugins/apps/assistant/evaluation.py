@@ -13,8 +13,9 @@ The thresholds are tuned on labelled messages and applied held out: the messages
 some labelled messages then meets new ones. Every message is asked the model once (``replay.py``) and the decisions
 under any thresholds are replayed: the full pipeline's question, retrieval and relevance thresholds are tuned
 together with the check's verdicts (``tune.search``), the ablation's retrieval threshold alone (``kb_tuning``).
-``--option tuning=all`` tunes on all messages (in sample); ``--option thresholds=PATH`` uses a tuned
-``assistant.json`` as it is.
+From Python, ``AssistantDataset(tuning="all")`` tunes on all messages (in sample) and
+``AssistantDataset(thresholds=PATH)`` uses a tuned ``assistant.json`` as it is (``hanlin eval`` passes a subset
+only: ``-d assistant:chatter``).
 """
 
 from __future__ import annotations

@@ -200,6 +200,12 @@ def test_assistant_mounted_in_serve_with_retrieval_testing(kb_folder: Path) -> N
         assert [h["rank"] for h in got["hits"]] == list(range(1, len(got["hits"]) + 1))
         off = httpx.post(f"{url}/v1/assistant/retrieve", headers=auth, json={"query": "quantum chromodynamics"}).json()
         assert not off["in_knowledge_base"] and not any(h["accepted"] for h in off["hits"])
+        # the topic is in the knowledge base (the VPN passage clears the threshold) but not the question's words
+        near = httpx.post(f"{url}/v1/assistant/retrieve", headers=auth, json={
+            "query": "does the VPN password portal support IPv6 tunnels and WireGuard keys?"}).json()
+        assert near["hits"][0]["source"].startswith("vpn.md") and near["hits"][0]["score"] >= near["threshold"]
+        assert not near["in_knowledge_base"] and near["coverage"] < near["coverage_threshold"]
+        assert {"ipv6", "tunnels", "wireguard"} <= set(near["missing"]) and "password" not in near["missing"]
         # a dry run spends no rate limit: with rate 1, two dry runs then a real message all answer
         for _ in range(2):
             d = httpx.post(f"{url}/v1/assistant/decide", headers=auth, json={"text": "how do I reset my VPN password?"})

@@ -25,7 +25,7 @@ from hanlin.plugins.apps.assistant.retrieve import Retrieve
 from hanlin.plugins.apps.assistant.rewrite import Rewrite
 from hanlin.plugins.apps.assistant.scoring import SCORE_SCHEMA, ScoreFormatError
 from hanlin.plugins.apps.assistant.settings import Thresholds
-from hanlin.plugins.apps.assistant.tune import Row, search
+from hanlin.plugins.apps.assistant.tune import COVERAGE_STEPS, Row, search
 from hanlin.plugins.tools.kb_index import KnowledgeIndex
 from hanlin.plugins.tools.knowledge_base import KnowledgeBaseToolkit
 from tests.loopback_server import serving
@@ -84,6 +84,34 @@ def test_retrieve_is_silent_below_the_threshold_and_numbers_what_passes(kb) -> N
     assert Retrieve(kb, top_k=2, threshold=-10.0).run("reset VPN password")[0] == passages
     passages, record = Retrieve(kb, top_k=2, threshold=0.5).run("what is the weather in Paris")
     assert not record.passed and passages == [] and "below the rejection threshold 0.500" in record.reason
+
+
+def test_coverage_weighs_rare_words_and_names_the_missing_ones() -> None:
+    from hanlin.plugins.apps.assistant.coverage import Coverage
+
+    chunks = ["install the package with pip", "install the server with pip", "install the cli with pip, then "
+              "configure the proxy", "retries are configured per client"]
+    cov = Coverage(chunks)
+    assert cov.weight("proxy") > cov.weight("instal")  # a word in one chunk outweighs one in three ("install" stemmed)
+    full = cov.of("How do I install the proxy?", [chunks[2]])
+    assert full.share == 1.0 and full.missing == []
+    part = cov.of("How do I install a SOCKS proxy with retries?", [chunks[2]])
+    assert part.missing == ["socks", "retries"]  # rarest first: SOCKS is in no chunk, retries in one
+    # one of two words covered each time, but a rare word missing costs more than a common one
+    assert 0 < cov.of("configure socks", [chunks[2]]).share < 0.5 < cov.of("configure install", [chunks[3]]).share < 1
+    assert cov.of("hi!", chunks).share == 0.0  # no content words: nothing a passage could cover
+
+
+def test_retrieve_is_silent_when_the_passages_miss_the_question_words(kb) -> None:
+    """Same topic (the VPN passage scores well) but not this question (IPv6 tunnels): silence, naming the words."""
+    question = "does the VPN password portal support IPv6 tunnels and WireGuard keys?"
+    passages, record = Retrieve(kb, top_k=2, threshold=0.5, coverage=0.3).run(question)
+    assert not record.passed and passages == [] and record.score >= 0.5
+    assert "the knowledge base has the topic but not this question" in record.reason
+    assert "missing: support, ipv6, tunnels, wireguard" in record.reason
+    assert record.detail["coverage"] < 0.3
+    passages, record = Retrieve(kb, top_k=2, threshold=0.5, coverage=0.3).run("how do I reset my VPN password?")
+    assert record.passed and passages and record.detail["coverage"] > 0.9 and record.detail["missing"] == []
 
 
 def test_relevance_passes_and_refuses_on_its_threshold() -> None:
@@ -218,11 +246,12 @@ def test_groups_are_thread_safe_and_keep_their_own_history() -> None:
 
 # ---- tuning ----------------------------------------------------------------------------------------
 def brute_force(rows: list[Row]) -> float:
-    """The best F1 over every combination of thresholds that can change a decision."""
+    """The best F1 over every combination of thresholds that can change a decision (coverage on the tuner's steps)."""
     best = 0.0
     cuts = sorted({r.retrieval for r in rows})
-    for tq, tv, tr in itertools.product(range(11), range(11), cuts):
-        best = max(best, f1_of([r.question >= tq and r.relevance >= tv and r.retrieval >= tr for r in rows], rows))
+    for tq, tv, tr, tc in itertools.product(range(11), range(11), cuts, COVERAGE_STEPS):
+        best = max(best, f1_of([r.question >= tq and r.relevance >= tv and r.retrieval >= tr and r.coverage >= tc
+                                for r in rows], rows))
     return best
 
 
@@ -233,10 +262,11 @@ def f1_of(accepted: list[bool], rows: list[Row]) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
-def apply(rows: list[Row], q: float, r: float, v: float) -> float:
+def apply(rows: list[Row], q: float, r: float, v: float, c: float) -> float:
     from hanlin.plugins.tools.kb_index import accepts
 
-    return f1_of([x.question >= q and x.relevance >= v and accepts(x.retrieval, r) for x in rows], rows)
+    return f1_of([x.question >= q and x.relevance >= v and accepts(x.retrieval, r) and x.coverage >= c for x in rows],
+                 rows)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -247,12 +277,23 @@ def test_tuned_thresholds_equal_a_brute_force_search(seed) -> None:
         good = i % 2 == 0
         rows.append(Row(f"m{i}", good, rng.randint(3, 10) if good else rng.randint(0, 8),
                         round(rng.uniform(0.3, 0.9) if good else rng.uniform(0.0, 0.6), 3),
-                        rng.randint(2, 10) if good else rng.randint(0, 7)))
+                        rng.randint(2, 10) if good else rng.randint(0, 7),
+                        coverage=round(rng.uniform(0.2, 1.0) if good else rng.uniform(0.0, 0.5), 2)))
     tuned = search(rows)
     best = brute_force(rows)
     assert tuned.f1 == pytest.approx(best)
     # the thresholds as written (retrieval with its margin) give exactly that F1 on the labelled messages
-    assert apply(rows, tuned.question, tuned.written, tuned.relevance) == pytest.approx(best)
+    assert apply(rows, tuned.question, tuned.written, tuned.relevance, tuned.coverage) == pytest.approx(best)
+
+
+def test_tune_scores_each_labelled_message_once_per_stage(kb) -> None:
+    """`hanlin assistant tune` scores: the model's two scores, the best passage's and the question's coverage."""
+    from hanlin.plugins.apps.assistant.tune import score_rows
+
+    good, bad = "how do I reset my VPN password?", "does the VPN support IPv6 tunnels?"
+    rows = score_rows(replay_model(), kb, [good], [bad])
+    assert [(r.text, r.good, r.question, r.relevance) for r in rows] == [(good, True, 9, 9), (bad, False, 7, 8)]
+    assert rows[0].coverage > 0.9 > 0.3 > rows[1].coverage and rows[0].retrieval > rows[1].retrieval
 
 
 def test_tune_reads_labelled_files_with_clear_errors(tmp_path) -> None:
@@ -412,8 +453,8 @@ def test_replayed_decisions_equal_the_pipeline_under_any_thresholds(kb, full) ->
     model = replay_model()
     probes = replay.probe(model, kb, [(t, True) for t in REPLAY], floor=replay.OPEN)
     asked = len(model.calls)
-    grid = [Thresholds(question=q, relevance=r, retrieval=v, support=s) for q in (0, 7, 9) for r in (0, 6)
-            for v in (0.0, 0.5, 2.0) for s in (0.0, 0.5)]
+    grid = [Thresholds(question=q, relevance=r, retrieval=v, support=s, coverage=c) for q in (0, 7, 9)
+            for r in (0, 6) for v in (0.0, 0.5, 2.0) for s in (0.0, 0.5) for c in (0.0, 0.6)]
     decided = set()
     for t in grid:
         assistant = Assistant(model, kb, thresholds=t, full=full, groups=Groups(rate=10**6))
@@ -426,6 +467,25 @@ def test_replayed_decisions_equal_the_pipeline_under_any_thresholds(kb, full) ->
     assert asked == 3 * 5 + 1  # one pass: three calls a message past the length gate, the answer for "ok" (the
     # retrieval-only ablation answers it; the full pipeline never asks its question score)
     assert len(decided) >= (5 if full else 3)  # the grid reaches every stage's refusal, so the replay is tested
+    if full:  # and the coverage test, on a message whose topic is in the knowledge base but not its words (IPv6)
+        assert any("coverage" in replay.decide(p, t, True)[1] for p in probes for t in grid)
+
+
+def test_a_kept_model_pass_is_reused_only_for_the_same_model_and_messages(kb, tmp_path) -> None:
+    """The evaluation's model pass takes ~40 minutes on the default model: kept in a file, thresholds, the check and
+    the coverage can change and be measured again without it; another model or message list asks again."""
+    from hanlin.plugins.apps.assistant import replay
+
+    asked = [(t, n % 2 == 0) for n, t in enumerate(REPLAY)]
+    probes = replay.probe(replay_model(), kb, asked, floor=replay.OPEN)
+    path = tmp_path / "probes.jsonl"
+    replay.save(path, probes, asked, "scripted")
+    again = replay.load(path, asked, "scripted", Retrieve(kb))
+    assert again == probes  # passages, scores, answers and the check's verdicts all come back
+    assert replay.load(path, asked, "another-model", Retrieve(kb)) is None
+    assert replay.load(path, asked[:-1], "scripted", Retrieve(kb)) is None
+    assert replay.load(path, [(t, not g) for t, g in asked], "scripted", Retrieve(kb)) is None  # relabelled
+    assert replay.load(tmp_path / "none.jsonl", asked, "scripted", Retrieve(kb)) is None
 
 
 def test_the_evaluation_tunes_each_fold_on_the_other(kb) -> None:

@@ -310,6 +310,11 @@ def test_question_set_answers_are_in_their_documents() -> None:
         text = " ".join(docs[d] for d in item["documents"]).lower()
         for group in item["answers"]:
             assert any(alt.lower() in text for alt in group), (item["id"], group)
+        # each part is scored on its own: no answer to one part may contain an answer to another ("sniffio" holds
+        # "sniff"), or naming the first hop would score the second
+        for n, group in enumerate(item["answers"]):
+            others = [alt.lower() for m, g in enumerate(item["answers"]) if m != n for alt in g]
+            assert not any(o in alt.lower() for alt in group for o in others), (item["id"], group)
 
 
 def test_scores_count_only_passages_found_in_the_cited_document(tmp_path: Path) -> None:

@@ -100,6 +100,10 @@ def test_assistant_retrieval_testing_page(page: Page, shots: Path, tmp_path: Pat
         page.locator("#assistant-retrieve").click()
         expect(verdict).to_contain_text("Not in the knowledge base", timeout=20_000)
         assert page.locator("table.hits tbody tr.accepted").count() == 0
+        box.fill("does the VPN password portal support IPv6 tunnels and WireGuard keys?")  # the topic, not the words
+        page.locator("#assistant-retrieve").click()
+        expect(verdict).to_contain_text("the topic is, but the passages hold only", timeout=20_000)
+        expect(verdict).to_contain_text("ipv6, tunnels")
         box.fill("how do I reset my VPN password?")
         page.locator("#assistant-decide").click()
         expect(verdict).to_have_text("The assistant would answer.", timeout=20_000)

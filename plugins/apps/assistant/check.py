@@ -36,7 +36,7 @@ def citations(text: str) -> list[int]:
     return sorted({int(n) for n in CITATION.findall(text)})
 
 
-def _stem(word: str) -> str:
+def stem(word: str) -> str:
     return word[:6]  # "supports"/"supported"/"support" alike; enough for a grounding test, not for a search index
 
 
@@ -59,10 +59,10 @@ def unsupported(answer: str, question: str, sources: str) -> tuple[list[str], li
     is measured on the invented part alone."""
     lowered = sources.lower()
     missing = [t for t in specific_tokens(answer) if t.lower() not in lowered]
-    asked = {_stem(w) for w in content_words(question)}
-    known = {_stem(w) for w in content_words(sources)}
-    own = [w for w in dict.fromkeys(content_words(CITATION.sub(" ", answer))) if _stem(w) not in asked]
-    foreign = [w for w in own if _stem(w) not in known]
+    asked = {stem(w) for w in content_words(question)}
+    known = {stem(w) for w in content_words(sources)}
+    own = [w for w in dict.fromkeys(content_words(CITATION.sub(" ", answer))) if stem(w) not in asked]
+    foreign = [w for w in own if stem(w) not in known]
     support = 1 - len(foreign) / len(own) if own else 1.0  # only the question's words: nothing new to check
     return missing, foreign, support
 

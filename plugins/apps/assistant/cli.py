@@ -62,7 +62,7 @@ def add_assistant_command(cli: Any) -> None:
              good: Path = typer.Option(..., help="JSONL of messages that should be answered: {\"text\": ...}."),
              bad: Path = typer.Option(..., help="JSONL of messages that should get silence."),
              model: str = typer.Option(DEFAULT_MODEL, "--model", "-m")) -> None:
-        """Tune the question, retrieval and relevance thresholds for F1; write them to KB/assistant.json."""
+        """Tune the question, retrieval, coverage and relevance thresholds for F1; write them to KB/assistant.json."""
         from hanlin import load_model
         from hanlin.errors import HanlinError
         from hanlin.plugins.apps.assistant.pipeline import open_kb
@@ -78,9 +78,9 @@ def add_assistant_command(cli: Any) -> None:
         except HanlinError as exc:
             fail(str(exc))
             return
-        typer.echo(f"question >= {tuned.question:g}, retrieval >= {tuned.written:.4f}, relevance >= "
-                   f"{tuned.relevance:g}: precision {tuned.precision:.3f} recall {tuned.recall:.3f} F1 "
-                   f"{tuned.f1:.3f} on {len(rows)} messages")
+        typer.echo(f"question >= {tuned.question:g}, retrieval >= {tuned.written:.4f}, coverage >= "
+                   f"{tuned.coverage:g}, relevance >= {tuned.relevance:g}: precision {tuned.precision:.3f} "
+                   f"recall {tuned.recall:.3f} F1 {tuned.f1:.3f} on {len(rows)} messages")
         typer.echo(f"wrote {path}")
 
     @app.command()

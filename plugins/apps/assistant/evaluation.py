@@ -5,15 +5,17 @@ pytest, click, jinja2), written to a cache folder by the research app's corpus b
 knowledge base. Messages are answerable (covered by those docs: a source file and answer keywords), unanswerable
 (same topics, not in the docs) or chatter. Metrics: decision precision / recall / F1 (positive = answered, gold =
 answerable), answered chatter, answer correctness on the answered answerable ones (a keyword is in the answer),
-citation precision (cited passages from the right document), and the same decision metrics for the ablation that
-uses only the retrieval threshold (then answers whatever passes it).
+citation precision (cited passages from the right document), and the same for two ablations: the retrieval
+threshold alone (``retrieval_only_*``: answers whatever passes it), and the retrieval threshold with the question's
+coverage but no model score or check (``no_model_*``).
 
 The thresholds are tuned on labelled messages and applied held out: the messages are split in two folds
 (alternate lines), and each message is decided under the thresholds tuned on the other fold, as a team tuning on
 some labelled messages then meets new ones. Every message is asked the model once (``replay.py``) and the decisions
 under any thresholds are replayed: the full pipeline's question, retrieval and relevance thresholds are tuned
 together with the check's verdicts (``tune.search``), the ablation's retrieval threshold alone (``kb_tuning``).
-From Python, ``AssistantDataset(tuning="all")`` tunes on all messages (in sample) and
+From Python, ``AssistantDataset(probes=PATH)`` keeps the model pass in a file (and reuses it when it matches the
+model and messages), ``AssistantDataset(tuning="all")`` tunes on all messages (in sample) and
 ``AssistantDataset(thresholds=PATH)`` uses a tuned ``assistant.json`` as it is (``hanlin eval`` passes a subset
 only: ``-d assistant:chatter``).
 """
@@ -33,6 +35,9 @@ from hanlin.plugins.evaluators.base import Dataset, EvalItem
 PACKAGES = ["httpx", "requests", "uvicorn", "pluggy", "pytest", "click", "jinja2"]
 DATA = Path(__file__).parent / "data" / "assistant_eval.jsonl"
 KINDS = ("answerable", "unanswerable", "chatter")
+# full: every stage; retrieval_only: the best passage's score alone (the ablation baseline); no_model: the retrieval
+# score and the question's coverage, no model score or check (what the model stages add beyond the lexical test)
+VARIANTS = ("full", "retrieval_only", "no_model")
 
 
 def prf(pairs: list[tuple[bool, bool]]) -> dict[str, float]:
@@ -74,7 +79,7 @@ class AssistantDataset(Dataset):
     fewshot_source = "none"
 
     def __init__(self, subset: str | None = None, thresholds: str | None = None, cache: str | None = None,
-                 tuning: str = "heldout") -> None:
+                 tuning: str = "heldout", probes: str | None = None) -> None:
         super().__init__()
         if subset not in (None, *KINDS):
             raise ConfigurationError(f"dataset 'assistant' subsets are {', '.join(KINDS)}; got {subset!r}")
@@ -83,6 +88,7 @@ class AssistantDataset(Dataset):
                                      f"decided under the threshold tuned on the other) or 'all'; got {tuning!r}")
         self.subset, self.thresholds_path, self.cache = subset, thresholds, Path(cache) if cache else None
         self.tuning = tuning
+        self.probes_path = Path(probes) if probes else None  # the model pass, kept: re-tune and re-decide without it
 
     def load(self) -> list[EvalItem]:
         self.source = f"hanlin: {DATA.name} over the METADATA of {', '.join(PACKAGES)}"
@@ -109,10 +115,11 @@ class AssistantDataset(Dataset):
         return chosen
 
     def run(self, model: Any, limit: int | None = None, progress: Any = None) -> dict[str, Any]:
-        """One model pass over the selected messages (``replay.probe``), then both variants decided by replay under
+        """One model pass over the selected messages (``replay.probe``), then each variant decided by replay under
         thresholds tuned on the other fold (or all messages, or the given file): per-message rows and the metrics."""
         from hanlin.plugins.apps.assistant import replay
         from hanlin.plugins.apps.assistant.pipeline import open_kb
+        from hanlin.plugins.apps.assistant.retrieve import Retrieve
         from hanlin.plugins.apps.assistant.settings import load_thresholds
 
         kb = open_kb(corpus_index(self.cache))
@@ -125,18 +132,26 @@ class AssistantDataset(Dataset):
         fixed = load_thresholds(Path(self.thresholds_path).parent) if self.thresholds_path else None
         if fixed is not None:
             floor = min(floor, fixed.retrieval) if fixed.retrieval is not None else replay.OPEN
-        probes = replay.probe(model, kb, [(i.question, g) for i, g in zip(items, goods)], floor,
-                              progress=None if progress is None else (lambda n: progress("probe", n)))
+        asked = [(i.question, g) for i, g in zip(items, goods)]
+        probes = replay.load(self.probes_path, asked, model.name, Retrieve(kb)) if self.probes_path else None
+        if probes is None:
+            probes = replay.probe(model, kb, asked, floor,
+                                  progress=None if progress is None else (lambda n: progress("probe", n)))
+            if self.probes_path:
+                replay.save(self.probes_path, probes, asked, model.name)
         chosen: dict[int, dict[str, Any]] = {}
         for f in folds:
             train = [(p, i.question) for p, i in zip(probes, items) if self.trains(i, f)]
             full = fixed or replay.tuned_full([p for p, _ in train], [t for _, t in train])
             only = fixed.retrieval if fixed is not None else replay.tuned_retrieval([p for p, _ in train])
-            chosen[f] = {"full": full, "retrieval_only": full.model_copy(update={"retrieval": only})}
+            lexical = fixed or replay.tuned_without_model([p for p, _ in train], [t for _, t in train])
+            chosen[f] = {"full": full, "retrieval_only": full.model_copy(update={"retrieval": only}),
+                         "no_model": lexical}
         rows = []
-        for variant in ("full", "retrieval_only"):
+        for variant in VARIANTS:
             for item, p in zip(items, probes):
-                answered, why = replay.decide(p, chosen[self.fold(item)][variant], variant == "full")
+                answered, why = replay.decide(p, chosen[self.fold(item)][variant], variant == "full",
+                                              coverage=variant != "retrieval_only")
                 answer = p.answer if answered else ""
                 keys = [k.lower() for k in item.answer.split("|") if k]
                 cited = [q for q in p.passages if f"[{q.number}]" in answer]
@@ -161,11 +176,11 @@ class AssistantDataset(Dataset):
     @staticmethod
     def metrics(rows: list[Mapping[str, Any]]) -> dict[str, float]:
         out: dict[str, float] = {}
-        for variant in ("full", "retrieval_only"):
+        for variant in VARIANTS:
             mine = [r for r in rows if r["variant"] == variant]
             if not mine:
                 continue
-            prefix = "" if variant == "full" else "retrieval_only_"
+            prefix = "" if variant == "full" else f"{variant}_"
             for k, v in prf([(r["kind"] == "answerable", r["answered"]) for r in mine]).items():
                 out[f"{prefix}decision_{k}"] = v
             out[f"{prefix}answered_chatter"] = sum(r["answered"] for r in mine if r["kind"] == "chatter")
@@ -186,7 +201,7 @@ class AssistantDataset(Dataset):
         nan = float("nan")
         n = done["messages"]
         metrics = {k: Score(float(v), nan, n) for k, v in done["metrics"].items()}
-        predictions = [Prediction(id=r["id"], sample=0 if r["variant"] == "full" else 1, group=r["kind"],
+        predictions = [Prediction(id=r["id"], sample=VARIANTS.index(r["variant"]), group=r["kind"],
                                   gold="answer" if r["kind"] == "answerable" else "silence", output=r["answer"],
                                   extracted="answer" if r["answered"] else "silence",
                                   correct=r["answered"] == (r["kind"] == "answerable"),
@@ -200,7 +215,8 @@ class AssistantDataset(Dataset):
 
     def tuning_note(self, chosen: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> str:
         def show(t: Mapping[str, Any]) -> str:
-            return f"question {t['question']:g} / retrieval {t['retrieval']:.4f} / relevance {t['relevance']:g}"
+            return (f"question {t['question']:g} / retrieval {t['retrieval']:.4f} / coverage {t['coverage']:g} / "
+                    f"relevance {t['relevance']:g} / support {t['support']:g}")
 
         if self.thresholds_path:
             return f"thresholds from {self.thresholds_path}: {show(next(iter(chosen.values()))['full'])}"

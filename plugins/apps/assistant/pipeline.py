@@ -42,7 +42,7 @@ class Assistant:
         self.full = full  # False: retrieval threshold only (the ablation baseline)
         self.is_question = IsQuestion(model, thresholds.question)
         self.rewrite = Rewrite(model) if rewrite else None
-        self.retrieve = Retrieve(self.kb, top_k, thresholds.retrieval)
+        self.retrieve = Retrieve(self.kb, top_k, thresholds.retrieval, thresholds.coverage if full else 0.0)
         self.relevance = Relevance(model, thresholds.relevance)
         self.answer = Answer(model)
         self.check = Check(tuple(banned), thresholds.support)

@@ -14,8 +14,10 @@ message's score, less the margin) is silent under all of them: it is not asked t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from hanlin.plugins.apps.assistant.answer import Answer
@@ -23,11 +25,9 @@ from hanlin.plugins.apps.assistant.check import Check
 from hanlin.plugins.apps.assistant.is_question import IsQuestion
 from hanlin.plugins.apps.assistant.records import Passage
 from hanlin.plugins.apps.assistant.relevance import Relevance
-from hanlin.plugins.apps.assistant.retrieve import Retrieve
+from hanlin.plugins.apps.assistant.retrieve import OPEN, Retrieve
 from hanlin.plugins.apps.assistant.settings import Thresholds
 from hanlin.plugins.apps.assistant.tune import Row, search, thresholds_of
-
-OPEN = -1e9  # a retrieval threshold every message clears
 
 
 @dataclass(slots=True)
@@ -44,9 +44,11 @@ class Probe:
     passages: list[Passage] = field(default_factory=list)
     asked: bool = True  # False: under every retrievable threshold, so never asked the model
     support: float = 0.0  # the check's support score of the answer
+    coverage: float = 0.0  # the share of the question's words the passages hold
 
     def row(self, text: str) -> Row:
-        return Row(text, self.good, self.question, self.retrieval, self.relevance, self.checked, self.support)
+        return Row(text, self.good, self.question, self.retrieval, self.relevance, self.checked, self.support,
+                   self.coverage)
 
 
 def probe(model: Any, kb: Any, texts: Sequence[tuple[str, bool]], floor: float, top_k: int = 3,
@@ -57,9 +59,9 @@ def probe(model: Any, kb: Any, texts: Sequence[tuple[str, bool]], floor: float, 
     probes = []
     for n, (text, good) in enumerate(texts, 1):
         passages, record = retrieve.run(text)
-        score = float(record.score or 0.0)
+        score, coverage = float(record.score or 0.0), float(record.detail["coverage"])
         if score < floor:
-            probes.append(Probe(good, -1.0, score, asked=False))
+            probes.append(Probe(good, -1.0, score, asked=False, coverage=coverage, passages=passages))
         else:
             q = is_q.run(text).score
             relevance = rel.run(text, passages).score or 0.0 if q is not None else 0.0
@@ -68,9 +70,42 @@ def probe(model: Any, kb: Any, texts: Sequence[tuple[str, bool]], floor: float, 
             probes.append(Probe(good, -1.0 if q is None else float(q), score, float(relevance), answer,
                                 bool(verdict and verdict.passed),
                                 verdict.reason if verdict else "the model wrote an empty answer", passages,
-                                support=float(verdict.detail.get("support", 0.0)) if verdict else 0.0))
+                                support=float(verdict.detail.get("support", 0.0)) if verdict else 0.0,
+                                coverage=coverage))
         if progress is not None:
             progress(n)
+    return probes
+
+
+def save(path: Path, probes: Sequence[Probe], asked: Sequence[tuple[str, bool]], model: str) -> None:
+    """Keep a model pass: one JSON line per message, with the message and the model that answered it."""
+    def plain(p: Probe) -> dict[str, Any]:
+        return {**{f.name: getattr(p, f.name) for f in fields(p)}, "passages": [q.model_dump() for q in p.passages]}
+
+    lines = [json.dumps({"model": model, "text": text, "probe": plain(p)}) for p, (text, _) in zip(probes, asked)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def load(path: Path, asked: Sequence[tuple[str, bool]], model: str, retrieve: Retrieve) -> list[Probe] | None:
+    """A kept pass when it is of these messages (in order, same labels) by this model; None: ask the model again.
+    The check and the coverage need no model, so they are computed again (``retrieve`` gives the knowledge base's
+    word frequencies): a change to either is measured without a new pass."""
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if [(r["model"], r["text"], r["probe"]["good"]) for r in rows] != [(model, t, g) for t, g in asked]:
+        return None
+    probes, check = [], Check(min_support=0.0)
+    for r in rows:
+        p = Probe(**{**r["probe"], "passages": [Passage(**q) for q in r["probe"]["passages"]]})
+        if p.passages:
+            p.coverage = retrieve.covered(r["text"], [q.text for q in p.passages]).share
+        if p.answer:
+            verdict = check.run(p.answer, p.passages, r["text"])
+            p.checked, p.check_reason = verdict.passed, verdict.reason
+            p.support = float(verdict.detail.get("support", 0.0))
+        probes.append(p)
     return probes
 
 
@@ -87,6 +122,14 @@ def tuned_full(probes: Sequence[Probe], texts: Sequence[str]) -> Thresholds:
     return thresholds_of(search([p.row(t) for p, t in zip(probes, texts, strict=True)]))
 
 
+def tuned_without_model(probes: Sequence[Probe], texts: Sequence[str]) -> Thresholds:
+    """The retrieval and coverage thresholds tuned together as if no model stage scored or checked anything."""
+    rows = [p.row(t) for p, t in zip(probes, texts, strict=True)]
+    for r in rows:
+        r.question, r.relevance, r.checked, r.support = 10.0, 10.0, True, 1.0
+    return thresholds_of(search(rows))
+
+
 def tuned_retrieval(probes: Sequence[Probe]) -> float:
     from hanlin.plugins.tools.kb_tuning import choose, sweep, with_margin
 
@@ -94,8 +137,10 @@ def tuned_retrieval(probes: Sequence[Probe]) -> float:
     return with_margin(choose(sweep(scores, goods)).threshold, scores)
 
 
-def decide(p: Probe, t: Thresholds, full: bool) -> tuple[bool, str]:
-    """(answered, the stage that decided and why) under thresholds ``t``; ``full`` False: retrieval only."""
+def decide(p: Probe, t: Thresholds, full: bool, coverage: bool | None = None) -> tuple[bool, str]:
+    """(answered, the stage that decided and why) under thresholds ``t``; ``full`` False: no model scores or check
+    (the retrieval score only, and the question's coverage too when ``coverage``, by default as ``full``)."""
+    coverage = full if coverage is None else coverage
     from hanlin.plugins.tools.kb_index import accepts
 
     retrieved = accepts(p.retrieval, t.retrieval if t.retrieval is not None else OPEN)
@@ -106,6 +151,8 @@ def decide(p: Probe, t: Thresholds, full: bool) -> tuple[bool, str]:
                        f"is_question: scored {p.question:g} < {t.question:g}")
     if not retrieved:
         return False, f"retrieve: best passage {p.retrieval:.3f} < {t.retrieval:.3f}"
+    if coverage and p.coverage < t.coverage:
+        return False, f"retrieve: coverage {p.coverage:.2f} < {t.coverage:g}"
     if full and p.relevance < t.relevance:
         return False, f"relevance: scored {p.relevance:g} < {t.relevance:g}"
     if not p.answer:

@@ -60,20 +60,24 @@ class DecideBody(BaseModel):
 
 
 def retrieval_test(assistant: Any, query: str, top_k: int) -> dict[str, Any]:
-    """Every hit for ``query`` with its score; ``in_knowledge_base`` when the best clears the rejection threshold,
-    ``accepted`` on the hits that would go to the model (the retrieve stage's top-k within ``KEEP`` of the best)."""
+    """Every hit for ``query`` with its score; ``in_knowledge_base`` when the best clears the rejection threshold and
+    the passages cover enough of the question's words (``coverage``, ``missing``), ``accepted`` on the hits that would
+    go to the model (the retrieve stage's top-k within ``KEEP`` of the best)."""
     from hanlin.plugins.tools.kb_index import accepts
 
     from hanlin.plugins.apps.assistant.retrieve import kept
 
-    threshold = assistant.retrieve.applied
-    hits = assistant.kb.index.search(" ".join(query.split()), top_k)
-    found = bool(hits) and accepts(hits[0].score, threshold)
-    going = {id(h) for h in kept(hits[:assistant.retrieve.top_k])} if found else set()
+    stage = assistant.retrieve
+    threshold, query = stage.applied, " ".join(query.split())
+    hits = assistant.kb.index.search(query, top_k)
+    sent = kept(hits[:stage.top_k])
+    covered = stage.covered(query, [h.chunk.text for h in sent])
+    found = bool(hits) and accepts(hits[0].score, threshold) and covered.share >= stage.coverage
+    going = {id(h) for h in sent} if found else set()
     rows = [{"rank": n, "source": h.chunk.where, "score": round(h.score, 6), "accepted": id(h) in going,
              "text": h.chunk.text} for n, h in enumerate(hits, 1)]
-    return {"query": query, "threshold": threshold, "in_knowledge_base": found,
-            "top_k": assistant.retrieve.top_k, "hits": rows}
+    return {"query": query, "threshold": threshold, "in_knowledge_base": found, "top_k": stage.top_k, "hits": rows,
+            "coverage": covered.share, "coverage_threshold": stage.coverage, "missing": covered.missing}
 
 
 def decision_field(decision: Decision) -> dict[str, Any]:

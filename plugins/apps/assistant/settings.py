@@ -19,6 +19,7 @@ class Thresholds(BaseModel):
     question: float = Field(default=6.0, ge=0, le=10)
     relevance: float = Field(default=5.0, ge=0, le=10)
     support: float = Field(default=0.5, ge=0, le=1)  # check: share of an answer's new words its passages must hold
+    coverage: float = Field(default=0.3, ge=0, le=1)  # retrieve: share of the question's words the passages must hold
 
 
 def load_thresholds(kb: str | Path) -> Thresholds:

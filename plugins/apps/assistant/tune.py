@@ -1,13 +1,16 @@
-"""Tune the assistant's three thresholds (question score, retrieval score, relevance score) for F1 of the
-answer-or-stay-silent decision on labelled messages: ``good`` should be answered, ``bad`` should get silence.
+"""Tune the assistant's thresholds (question score, retrieval score, question coverage, relevance score, and in the
+evaluation the answer's support) for F1 of the answer-or-stay-silent decision on labelled messages: ``good`` should
+be answered, ``bad`` should get silence.
 
 Each message is scored once by each stage (the model scores are integers 0..10, the retrieval score is the best
 passage's; the evaluation's replay also knows the check's verdict and support score of its answer); a message is
-accepted when every score reaches its threshold. The support threshold is searched over ``SUPPORT_STEPS``. The search is exact: every pair of model
-thresholds (0..10), and for each pair the knowledge base's own retrieval sweep (``kb_tuning``: every observed best
-score is a candidate, ties to higher precision then the lower threshold), with the messages the model thresholds
-refuse pushed below every retrieval candidate. Across pairs, ties go to the higher precision, then to the model
-thresholds nearest the defaults (a few labelled messages rarely justify switching a stage off).
+accepted when every score reaches its threshold. The support threshold is searched over ``SUPPORT_STEPS``, the
+coverage threshold over ``COVERAGE_STEPS`` (coarse steps: a few labelled messages cannot place it finer). The search
+is exact: every pair of model thresholds (0..10) with every support and coverage step, and for each the knowledge
+base's own retrieval sweep (``kb_tuning``: every observed best score is a candidate, ties to higher precision then
+the lower threshold), with the messages the other thresholds refuse pushed below every retrieval candidate. Across
+combinations, ties go to the higher precision, then to the thresholds nearest the defaults (a few labelled messages
+rarely justify switching a stage off).
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ from typing import Any
 
 from hanlin.errors import ConfigurationError
 from hanlin.plugins.apps.assistant.is_question import IsQuestion
-from hanlin.plugins.apps.assistant.records import Passage
 from hanlin.plugins.apps.assistant.relevance import Relevance
 from hanlin.plugins.apps.assistant.settings import Thresholds
 
 MODEL_STEPS = tuple(range(11))
 SUPPORT_STEPS = (0.0, 0.25, 0.5, 0.75)
+COVERAGE_STEPS = tuple(round(0.05 * n, 2) for n in range(13))  # 0 .. 0.6
 DEFAULT = Thresholds()
 
 
@@ -38,6 +41,7 @@ class Row:
     relevance: float
     checked: bool = True  # the check stage passed its answer (the evaluation's replay knows; `tune` asks no answer)
     support: float = 1.0  # the check's support score of that answer
+    coverage: float = 1.0  # the share of the question's words its passages hold (coverage.py)
 
 
 @dataclass(slots=True)
@@ -50,6 +54,7 @@ class Tuned:
     recall: float
     f1: float
     support: float = DEFAULT.support
+    coverage: float = DEFAULT.coverage
 
 
 def read_messages(path: str | Path, good: bool) -> list[str]:
@@ -78,15 +83,15 @@ def read_messages(path: str | Path, good: bool) -> list[str]:
 
 
 def score_rows(model: Any, kb: Any, good: list[str], bad: list[str], top_k: int = 3) -> list[Row]:
-    is_q, rel = IsQuestion(model), Relevance(model)
+    from hanlin.plugins.apps.assistant.retrieve import OPEN, Retrieve
+
+    is_q, rel, retrieve = IsQuestion(model), Relevance(model), Retrieve(kb, top_k, OPEN)
     rows = []
     for text, label in [(t, True) for t in good] + [(t, False) for t in bad]:
-        hits = kb.index.search(text, top_k)
-        passages = [Passage(number=n, source=h.chunk.where, score=h.score, text=h.chunk.text)
-                    for n, h in enumerate(hits, 1)]
+        passages, record = retrieve.run(text)
         q = is_q.run(text).score
-        rows.append(Row(text, label, -1.0 if q is None else q, hits[0].score,
-                        rel.run(text, passages).score or 0.0))
+        rows.append(Row(text, label, -1.0 if q is None else q, float(record.score or 0.0),
+                        rel.run(text, passages).score or 0.0, coverage=record.detail["coverage"]))
     return rows
 
 
@@ -97,17 +102,18 @@ def search(rows: list[Row]) -> Tuned:
     floor = min(r.retrieval for r in rows) - 1.0  # below every real retrieval score: never accepted by a real one
     best: tuple[tuple[float, ...], Tuned] | None = None
     real = [r.retrieval for r in rows]
-    for tq, tv, ts in itertools.product(MODEL_STEPS, MODEL_STEPS, SUPPORT_STEPS):
-        scores = [r.retrieval if r.question >= tq and r.relevance >= tv and r.checked and r.support >= ts else floor
-                  for r in rows]
+    for tq, tv, ts, tc in itertools.product(MODEL_STEPS, MODEL_STEPS, SUPPORT_STEPS, COVERAGE_STEPS):
+        scores = [r.retrieval if r.question >= tq and r.relevance >= tv and r.checked and r.support >= ts
+                  and r.coverage >= tc else floor for r in rows]
         candidates = [c for c in sweep(scores, labels) if c.threshold > floor]
         if not candidates:  # these thresholds refuse every message: F1 0, never better than a real choice
             continue
         m = choose(candidates)
         key = (m.f1, m.precision, -abs(tq - DEFAULT.question), -abs(tv - DEFAULT.relevance),
-               -abs(ts - DEFAULT.support))
+               -abs(ts - DEFAULT.support), -abs(tc - DEFAULT.coverage))
         if best is None or key > best[0]:
-            best = (key, Tuned(tq, m.threshold, with_margin(m.threshold, real), tv, m.precision, m.recall, m.f1, ts))
+            best = (key, Tuned(tq, m.threshold, with_margin(m.threshold, real), tv, m.precision, m.recall, m.f1, ts,
+                               tc))
     if best is None:  # no thresholds answer any message: the defaults, and a retrieval threshold above them all
         top = max(r.retrieval for r in rows) + 1.0
         return Tuned(DEFAULT.question, top, top, DEFAULT.relevance, 0.0, 0.0, 0.0)
@@ -116,7 +122,7 @@ def search(rows: list[Row]) -> Tuned:
 
 def thresholds_of(tuned: Tuned) -> Thresholds:
     return Thresholds(question=tuned.question, retrieval=tuned.written, relevance=tuned.relevance,
-                      support=tuned.support)
+                      support=tuned.support, coverage=tuned.coverage)
 
 
 def report(tuned: Tuned, rows: list[Row]) -> dict[str, Any]:

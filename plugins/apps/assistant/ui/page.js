@@ -41,6 +41,8 @@ export function page(root) {
     }
   }
 
+  const pct = (x) => `${Math.round((x ?? 0) * 100)}%`;
+
   function hitsTable(rows, threshold) {
     return h("div", { class: "table-wrap" }, h("table", { class: "hits" },
       h("thead", {}, h("tr", {}, h("th", {}, "#"), h("th", {}, "score"), h("th", {}, threshold === null ? "cited" : `vs ${fmt(threshold)}`), h("th", {}, "source"), h("th", {}, "passage"))),
@@ -58,8 +60,10 @@ export function page(root) {
       out.dataset.verdict = r.in_knowledge_base ? "in" : "out";
       put(out, 
         h("p", { class: `verdict-line ${r.in_knowledge_base ? "in" : "out"}`, id: "assistant-verdict" },
-          r.in_knowledge_base ? `In the knowledge base: ${r.hits.filter((x) => x.accepted).length} passage(s) at or above the threshold ${fmt(r.threshold)}.`
-            : `Not in the knowledge base: the best score ${fmt(r.hits[0]?.score)} is below the threshold ${fmt(r.threshold)}; the assistant stays silent.`),
+          r.in_knowledge_base ? `In the knowledge base: ${r.hits.filter((x) => x.accepted).length} passage(s) at or above the threshold ${fmt(r.threshold)}, holding ${pct(r.coverage)} of the question's words.`
+            : (r.hits[0]?.score ?? -Infinity) >= r.threshold
+              ? `Not in the knowledge base: the topic is, but the passages hold only ${pct(r.coverage)} of the question's words (at least ${pct(r.coverage_threshold)} needed; missing: ${r.missing.slice(0, 5).join(", ")}); the assistant stays silent.`
+              : `Not in the knowledge base: the best score ${fmt(r.hits[0]?.score)} is below the threshold ${fmt(r.threshold)}; the assistant stays silent.`),
         hitsTable(r.hits, r.threshold));
     });
   }

@@ -21,7 +21,8 @@ from urllib.parse import unquote, urlparse
 from hanlin import Agent, ChatModel, GenerationParams
 from hanlin.plugins.apps.research.citations import Ledger
 from hanlin.plugins.apps.research.events import Reference
-from hanlin.plugins.apps.research.pipeline import Research, make_search_backend, numbered_search_tool
+from hanlin.plugins.apps.research.pipeline import Research
+from hanlin.plugins.apps.research.searcher import make_search_backend, numbered_search_tool
 
 BASELINE_INSTRUCTIONS = """Answer the question by searching documents. The search results are numbered [1], [2], \
 ... Search as often as you need, then answer in one or two sentences, writing after each fact the number of the \

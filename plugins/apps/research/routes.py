@@ -59,7 +59,7 @@ class _Backend:
     async def get(self) -> Any:
         async with self._lock:
             if self._backend is None:
-                from hanlin.plugins.apps.research.pipeline import make_search_backend
+                from hanlin.plugins.apps.research.searcher import make_search_backend
 
                 self._backend = await asyncio.to_thread(make_search_backend, self.search)
             return self._backend

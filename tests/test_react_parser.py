@@ -168,3 +168,12 @@ def test_rewoo_plan_grammar_holds_each_call_to_its_tools_schema(matcher) -> None
                          '#E2 = calculator[{"expression": "#E1 * 3"}]')
     assert not rewoo.accepts('Plan: add\n#E1 = calculator[{"question": "2+2"}]')
     assert not rewoo.accepts('Plan: add\n#E1 = calculator[{"expression": "2+2", "type": "string"}]')
+
+
+def test_a_stray_closing_brace_at_the_end_of_a_string_argument_is_dropped() -> None:
+    """Qwen2.5 writes ')}' as one token: {"code": "print(n)}"} followed by a second '}' was a SyntaxError each time."""
+    step = parse_react('Thought: count\nAction: python\nAction Input: {"code": "n = 3\\nprint(n)}"\n    }\n')
+    assert step.arguments == {"code": "n = 3\nprint(n)"}
+    # a brace the string itself opened is kept
+    kept = parse_react('Thought: d\nAction: python\nAction Input: {"code": "d = {1: 2}", "note": "x"}')
+    assert kept.arguments == {"code": "d = {1: 2}", "note": "x"}

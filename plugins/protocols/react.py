@@ -10,6 +10,8 @@ and Action Input is JSON valid for that tool's schema.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from hanlin import Completion, Constraint, Message, StepProtocol, ToolCall, hookimpl
@@ -23,6 +25,15 @@ STOP = ["\nObservation:"]  # not a bare "Observation:": a reply that starts with
 # Spelling out "if a calculation is still needed, take the next Action" made it act forever instead (it called the
 # calculator again and again with the right result in hand), so the nudge only points at the answer.
 OBSERVATION_NUDGE = "The question was: {question}\nIf this answers the question, reply with the Final Answer."
+# A question that names tools ("find the rate in the knowledge base, then use the calculator") is a plan the model
+# has to finish. Qwen2.5-Coder-0.5B answered such look-up-then-calculate questions with the looked-up fact (0 of 14
+# tooluse items): it re-issued its first call, and the repeat guard then forced the answer. So while a tool the
+# question names is still unused the nudge says which; once a question naming several tools has had them all, the
+# nudge points at the last result (after computing the answer the model read "find the rate" in the restated
+# question and answered with the rate, or went back to the first tool).
+PENDING_NUDGE = "The question was: {question}\nIt asks you to use {pending}, which you have not used yet."
+DONE_NUDGE = ("The question was: {question}\nYou have used the tools it asks for; the last one gave the result above.\n"
+              "If this result answers the question, reply with it as the Final Answer.")
 # Worked examples use invented tools, never ones a run offers (the example is left out if a real tool has one of
 # these names). The example looks facts up and then computes with a tool: a looked-up fact is not yet the answer.
 EXAMPLE_TOOL = "lookup_population"
@@ -96,19 +107,23 @@ class ReAct(StepProtocol):
 
     def render(self, ctx: RunContext) -> list[Message]:
         out = [Message.system(self.system_prompt(ctx))]
-        question = ""
+        question, used, plan = "", set(), False
         for m in ctx.messages:
             if m.role == "tool":
                 prefix = "Error: " if m.is_error else ""
-                # The nudge stops small models from calling the same tool again, and the repeated question keeps a
-                # multi-step task in view after a long observation (see OBSERVATION_NUDGE).
-                nudge = OBSERVATION_NUDGE.format(question=" ".join(question.split()) or "(see above)")
-                out.append(Message.user(f"Observation: {prefix}{m.content}\n{nudge}"))
+                out.append(Message.user(f"Observation: {prefix}{m.content}\n{observation_nudge(question, ctx.tools, used)}"))
             elif m.role == "system":
                 continue  # the app's instructions are part of our own system prompt
+            elif m.role == "assistant":
+                used |= {c.name for c in m.tool_calls}
+                # On a question that names several tools, earlier steps are shown without their Thought line:
+                # Qwen2.5-Coder-0.5B copied its first thought ("I need to find X") word for word into every later
+                # step, and with it the first call. Elsewhere the transcript stays as the model wrote it.
+                out.append(Message(role="assistant", content=without_thought(m.content) if plan else m.content))
             else:
                 if m.role == "user" and not m.content.startswith(CORRECTION):
-                    question = m.content  # the task the observations that follow serve (a correction is not one)
+                    question, used = m.content, set()  # the task the observations that follow serve
+                    plan = len(requested_tools(question, ctx.tools)) > 1
                 out.append(Message(role=m.role, content=m.content))
         return out
 
@@ -130,21 +145,63 @@ class ReAct(StepProtocol):
             return None
         from hanlin.grammar import STEP_MAX_TOKENS
 
-        return Constraint(grammar=react_grammar(ctx, self.max_string_chars), max_tokens=STEP_MAX_TOKENS)
+        # Stuck re-issuing the previous step's call (see RunContext.repeated): only the answer is left to give, or a
+        # tool the question asks for that the run has not used. Offering every tool the run had not called let
+        # Qwen2.5-Coder-0.5B call one after another until max_steps: tooluse@react fell from 0.41 to 0.27 on all 63
+        # items (answered 51%), plain look-ups from most to 0 of 7.
+        offered = pending_tools(ctx) if ctx.repeated else list(ctx.tools)
+        return Constraint(grammar=react_grammar(ctx, self.max_string_chars, offered), max_tokens=STEP_MAX_TOKENS)
 
 
-def react_grammar(ctx: RunContext, max_string_chars: int | None = None) -> str:
-    """GBNF for one step: a thought line, then one valid action or the final answer."""
+def requested_tools(question: str, tools: Iterable[str]) -> list[str]:
+    """The offered tools a question names ("use the calculator", "in the knowledge base" for knowledge_base), in
+    the order offered; case and underscores are ignored, whole words only."""
+    text = " " + " ".join(re.findall(r"[a-z0-9]+", question.lower())) + " "
+    return [t for t in tools if " " + " ".join(re.findall(r"[a-z0-9]+", t.lower())) + " " in text]
+
+
+def observation_nudge(question: str, tools: Iterable[str], used: set[str]) -> str:
+    """What follows an observation: the question again and, where the question names tools, which are still unused
+    (or, once a question naming several has had them all, that the last result is the one to answer with)."""
+    q = " ".join(question.split()) or "(see above)"
+    requested = requested_tools(question, tools)
+    pending = [t for t in requested if t not in used]
+    if pending:
+        return PENDING_NUDGE.format(question=q, pending=" and ".join(pending))
+    return (DONE_NUDGE if len(requested) > 1 else OBSERVATION_NUDGE).format(question=q)
+
+
+def pending_tools(ctx: RunContext) -> list[str]:
+    """The tools the run's current question names that no step since it has called."""
+    start = max((i for i, m in enumerate(ctx.messages) if m.role == "user" and not m.content.startswith(CORRECTION)),
+                default=0)
+    used = {c.name for m in ctx.messages[start:] if m.role == "assistant" for c in m.tool_calls}
+    question = ctx.messages[start].content if ctx.messages else ""
+    return [t for t in requested_tools(question, ctx.tools) if t not in used]
+
+
+def without_thought(step: str) -> str:
+    """A ReAct step less its leading Thought line (the step unchanged when it has no Action/Final line after it)."""
+    if not step.lstrip().startswith("Thought:"):
+        return step
+    for label in ("\nAction:", "\nFinal Answer:"):
+        if label in step:
+            return step[step.index(label) + 1:]
+    return step
+
+
+def react_grammar(ctx: RunContext, max_string_chars: int | None = None, offered: Iterable[str] | None = None) -> str:
+    """GBNF for one step: a thought line, then one valid action (of the ``offered`` tools, default all unless the
+    step follows a repeated call) or the final answer."""
     from hanlin.grammar import STEP_STRING_CHARS, GrammarBuilder, gbnf_literal, line_rule
 
     # Bounded: a runaway string still ends as a valid step (see hanlin.grammar).
     g = GrammarBuilder(max_string_chars=max_string_chars or STEP_STRING_CHARS)
     g.add("thought", line_rule())
     actions = []
-    # Stuck re-issuing the previous step's call (see RunContext.repeated): only the answer is left to give. Offering
-    # the tools the run had not called yet instead let Qwen2.5-Coder-0.5B call one after another until max_steps:
-    # tooluse@react fell from 0.41 to 0.27 on all 63 items (answered 51%), plain look-ups from most to 0 of 7.
-    for i, tool in enumerate(ctx.tools.values() if not ctx.repeated else []):
+    if offered is None:
+        offered = [] if ctx.repeated else list(ctx.tools)
+    for i, tool in enumerate(ctx.tools[name] for name in offered):
         args = g.schema(tool.parameters, f"args{i}")
         actions.append(f"{gbnf_literal(tool.name)} {gbnf_literal(chr(10) + 'Action Input: ')} {args}")
     schema = ctx.output_schema()

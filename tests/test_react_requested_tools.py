@@ -1,0 +1,88 @@
+"""ReAct on questions that name the tools to use ("find the rate in the knowledge base, then use the calculator"):
+the observation nudge says which named tools are still unused and, once all are, that they are; the repeat guard
+offers the still-unused named tools beside the answer; earlier steps are shown without their Thought line. Loop logic
+on ScriptedModel (the quality these buy is measured by `hanlin eval -d tooluse --protocol react`)."""
+
+from __future__ import annotations
+
+from hanlin import Agent, ScriptedModel, tool
+from hanlin.plugins.protocols.react import observation_nudge, requested_tools, without_thought
+
+
+@tool
+def calculator(expression: str) -> str:
+    """Evaluate arithmetic.
+
+    Args:
+        expression: the expression
+    """
+    return str(eval(expression, {"__builtins__": {}}))  # test-only: the scripted model writes the expressions
+
+
+@tool
+def knowledge_base(query: str) -> str:
+    """Look a fact up.
+
+    Args:
+        query: the fact
+    """
+    return "Meals: at most 45 euros per day."
+
+
+QUESTION = "What is paid for meals on a 6-day trip? Find the daily limit in the knowledge base, then use the calculator."
+LOOKUP = 'Thought: I need the daily limit.\nAction: knowledge_base\nAction Input: {"query": "daily meal limit"}'
+COMPUTE = 'Thought: 45 per day for 6 days.\nAction: calculator\nAction Input: {"expression": "45 * 6"}'
+
+
+def test_requested_tools_are_the_offered_tools_the_question_names_as_whole_words() -> None:
+    tools = ["calculator", "python", "knowledge_base"]
+    assert requested_tools(QUESTION, tools) == ["calculator", "knowledge_base"]
+    assert requested_tools("Use Python to count.", tools) == ["python"]
+    assert requested_tools("Is a calculators shop open? Ask pythonistas.", tools) == []  # whole words only
+
+
+def test_the_nudge_names_the_unused_requested_tools_then_says_they_are_used() -> None:
+    model = ScriptedModel([LOOKUP, COMPUTE, "Thought: done\nFinal Answer: 270"])
+    result = Agent(model, [calculator, knowledge_base]).run(QUESTION)
+    assert result.status == "answered" and result.output_text == "270"
+    after_lookup, after_compute = model.calls[1][0][-1].content, model.calls[2][0][-1].content
+    assert after_lookup.endswith("\nIt asks you to use calculator, which you have not used yet.")
+    assert after_compute.endswith("\nYou have used the tools it asks for; the last one gave the result above.\n"
+                                  "If this result answers the question, reply with it as the Final Answer.")
+    # the earlier observation turn is rendered the same way at every later step (the prompt only grows)
+    assert model.calls[2][0][-3].content == after_lookup
+    # a question that names no tool, or one tool it has used, keeps the plain nudge
+    for question in ("What is 2 + 2?", "What is 2 + 2? Use the calculator."):
+        assert observation_nudge(question, ["calculator"], {"calculator"}).endswith(
+            "\nIf this answers the question, reply with the Final Answer.")
+
+
+def test_after_a_repeat_the_grammar_offers_only_the_unused_requested_tools() -> None:
+    grammars: list[str] = []
+    replies = [LOOKUP, LOOKUP,  # the repeat: not run again
+               COMPUTE, COMPUTE,  # a repeat with every requested tool used: only the answer is left
+               "Thought: done\nFinal Answer: 270"]
+
+    def reply(messages, params):
+        grammars.append(params.constraint.grammar)
+        return replies[len(grammars) - 1]
+
+    result = Agent(ScriptedModel(reply), [calculator, knowledge_base]).run(QUESTION)
+    assert result.status == "answered" and result.output_text == "270"
+    offered = [("knowledge_base" in g.split("action ::=")[-1] if "action ::=" in g else False,
+                "calculator" in g.split("action ::=")[-1] if "action ::=" in g else False) for g in grammars]
+    assert offered == [(True, True), (True, True), (False, True), (True, True), (False, False)]
+
+
+def test_on_a_question_naming_several_tools_earlier_steps_are_shown_without_their_thought() -> None:
+    model = ScriptedModel([LOOKUP, COMPUTE, "Thought: done\nFinal Answer: 270"])
+    Agent(model, [calculator, knowledge_base]).run(QUESTION)
+    shown = [m.content for m in model.calls[2][0] if m.role == "assistant"]
+    assert shown == ['Action: knowledge_base\nAction Input: {"query": "daily meal limit"}',
+                     'Action: calculator\nAction Input: {"expression": "45 * 6"}']
+    assert without_thought("Thought: sure\nFinal Answer: 3") == "Final Answer: 3"
+    assert without_thought("no labels at all") == "no labels at all"
+    # a question naming one tool or none keeps the steps as the model wrote them
+    plain = ScriptedModel([COMPUTE, "Thought: done\nFinal Answer: 270"])
+    Agent(plain, [calculator, knowledge_base]).run("What is 45 * 6? Use the calculator.")
+    assert [m.content for m in plain.calls[1][0] if m.role == "assistant"] == [COMPUTE]

@@ -176,6 +176,33 @@ def test_check_measures_support_on_what_the_answer_adds_to_the_question() -> Non
         == ["phone"]  # "e.g." is no claim
 
 
+def test_a_how_question_s_own_names_are_context_a_yes_no_question_s_are_claims() -> None:
+    """'How do I ... example.py?' -- the user's file is no claim about the docs; 'Does the VPN support IPv6?' 'Yes,
+    ... IPv6' affirms exactly what the passages must say."""
+    how = Check().run("Reset the password for config.yaml at the portal [1].", PASSAGES,
+                      "How do I reset the VPN password for config.yaml?")
+    assert how.passed, how.reason
+    yes = Check().run("Yes, the VPN supports IPv6 [1].", PASSAGES, "Does the VPN support IPv6?")
+    assert not yes.passed and "states IPv6" in yes.reason
+
+
+def test_a_token_found_in_another_given_passage_gets_its_citation() -> None:
+    """The small model often cites the passage next to the one it used: the citation is repaired, not the answer
+    lost; a token in no given passage is still refused."""
+    record = Check().run("Reset it at the portal; the toner is HP 58A [1].", PASSAGES, "what toner and where?")
+    assert record.passed and record.detail["answer"] == "Reset it at the portal; the toner is HP 58A [1][2]."
+    assert record.detail["cited"] == [1, 2]
+    assert not Check().run("The toner is HP 59A [1].", PASSAGES).passed  # 59A is nowhere
+
+
+def test_the_pipeline_sends_the_answer_with_the_repaired_citations(kb) -> None:
+    model = ScriptedModel([score(9), score(9), json.dumps({"source": 1, "answer": "The toner is HP 58A"})])
+    decision = Assistant(model, kb, thresholds=Thresholds(retrieval=0.0)).handle("password toner")
+    assert [p.source.split(" ")[0] for p in decision.passages] == ["vpn.md", "printer.md"]
+    assert decision.answered, decision.reason
+    assert decision.answer == "The toner is HP 58A [1][2]" and decision.citations == [1, 2]
+
+
 def test_rewrite_resolves_a_pronoun_from_the_group_history_only_when_there_is_one() -> None:
     model = ScriptedModel(["How do I reset the VPN password?"])
     stage = Rewrite(model)

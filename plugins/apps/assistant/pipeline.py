@@ -92,6 +92,7 @@ class Assistant:
             if not record.passed:
                 return silent(record)
             records.append(record)
+            text = record.detail.get("answer", text)  # with the citations the check added
         if not dry_run:
             self.groups.remember(msg.group, "assistant", text)
         return Decision(group=msg.group, sender=msg.sender, message=msg.text, query=query, answered=True, answer=text,

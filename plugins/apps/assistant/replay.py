@@ -67,6 +67,7 @@ def probe(model: Any, kb: Any, texts: Sequence[tuple[str, bool]], floor: float, 
             relevance = rel.run(text, passages).score or 0.0 if q is not None else 0.0
             answer, _ = ans.run(text, passages)
             verdict = check.run(answer, passages, text) if answer else None
+            answer = verdict.detail.get("answer", answer) if verdict else answer
             probes.append(Probe(good, -1.0 if q is None else float(q), score, float(relevance), answer,
                                 bool(verdict and verdict.passed),
                                 verdict.reason if verdict else "the model wrote an empty answer", passages,
@@ -104,6 +105,7 @@ def load(path: Path, asked: Sequence[tuple[str, bool]], model: str, retrieve: Re
         if p.answer:
             verdict = check.run(p.answer, p.passages, r["text"])
             p.checked, p.check_reason = verdict.passed, verdict.reason
+            p.answer = verdict.detail.get("answer", p.answer)
             p.support = float(verdict.detail.get("support", 0.0))
         probes.append(p)
     return probes

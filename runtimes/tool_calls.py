@@ -323,14 +323,15 @@ def _other_name(g: Any, names: Sequence[str]) -> str:
 
 
 def call_grammar(tools: ToolSpecs, fmt: CallFormat, *, forced: bool, parallel: bool = True,
-                 max_string_chars: int | None = None) -> str:
+                 max_string_chars: int | None = None, array: bool = False) -> str:
     """GBNF for calls to ``tools``.
 
     ``forced`` (tool_choice required or named): the reply is calls in ``fmt`` from its first token. Otherwise the
     grammar is the *lazy* one, applied from a trigger on: its root accepts every shape a trigger can open (hermes
     tags, Mistral's array, InternLM2's plugin block, Llama's python tag, a bare object or array); the runtime
     switches it off again when a call is complete, so text and further calls may follow (parallel calls written
-    one fence after another). ``parallel=False`` allows exactly one call.
+    one fence after another). ``parallel=False`` allows exactly one call. ``array`` (lazy only): the root is a JSON
+    array of calls, the grammar a runtime switches on when a reply opens with a bare object (see ``ToolPlan.lead``).
     """
     from hanlin.grammar import STEP_STRING_CHARS, GrammarBuilder
 
@@ -370,7 +371,9 @@ def call_grammar(tools: ToolSpecs, fmt: CallFormat, *, forced: bool, parallel: b
     # multiple unchanged (3/6); objects one after another ('call ( sp call )*') also 0/6 and 0/6. Unconstrained,
     # the model writes one object and stops: the forced '[' is what makes it write several calls.
     g.add("fence", f'"```" ( "json" | "tool_call" ) [ \\t]* "\\n" sp {"calls" if parallel else "call"} sp "```"')
-    if forced:
+    if array:
+        g.add("root", "calls sp")
+    elif forced:
         root = {"hermes": "hermes", "mistral": "mistral", "internlm2": "internlm", "llama3_json": "call"}[fmt.name]
         g.add("root", root)
     else:
@@ -411,6 +414,11 @@ class ToolReply:
         """The part of ``delta`` that may be shown now."""
         return self.filter.feed(delta) if self.filter is not None else delta
 
+    def restart(self) -> None:
+        """Drop the held text: the runtime decodes the reply again from its start (``ToolPlan.lead``)."""
+        if self.filter is not None:
+            self.filter.pending, self.filter.held = "", False
+
     def finish(self) -> tuple[str, list[ToolCall]]:
         """(the held text that is not a call, the calls)."""
         if self.filter is None:
@@ -433,7 +441,12 @@ class ToolPlan:
     lazy_grammar: str | None = None
     parallel: bool = True
     trigger: re.Pattern[str] | None = None  # where the lazy grammar switches on
-
+    # A reply that opens with a bare call ('{"name": "<offered tool>"', the trigger) is decoded again from its start
+    # under this grammar, a JSON array of calls: the model lays the array out itself and after each call chooses
+    # between "," (another call) and "]". Qwen2.5-Coder-0.5B opens most calls with '{"' and, left to itself, stops
+    # after one even when the request asks for several (the fence's array in call_grammar showed the same). Only the
+    # trigger restarts: a reply that opens with other JSON (an answer, a function nobody offered) is left alone.
+    lead: str | None = None
 
     def reply(self) -> ToolReply:
         return ToolReply(self.callable_tools, self.parallel)
@@ -464,4 +477,6 @@ def plan_tools(params: GenerationParams, fmt: CallFormat, capabilities: Capabili
     elif can_constrain:
         plan.lazy_grammar = call_grammar(callable_tools, fmt, forced=False, parallel=parallel)
         plan.trigger = call_trigger([tool_name(t) for t in callable_tools])
+        if parallel:
+            plan.lead = call_grammar(callable_tools, fmt, forced=False, array=True)
     return plan

@@ -498,21 +498,43 @@ def test_replayed_decisions_equal_the_pipeline_under_any_thresholds(kb, full) ->
         assert any("coverage" in replay.decide(p, t, True)[1] for p in probes for t in grid)
 
 
-def test_a_kept_model_pass_is_reused_only_for_the_same_model_and_messages(kb, tmp_path) -> None:
+def test_a_kept_model_pass_is_reused_for_the_same_model_and_messages_only(kb, tmp_path) -> None:
     """The evaluation's model pass takes ~40 minutes on the default model: kept in a file, thresholds, the check and
-    the coverage can change and be measured again without it; another model or message list asks again."""
+    the coverage can change and be measured again without it, and added messages are asked alone; another model, a
+    relabelled message, or a message kept unasked that a lower floor now reaches are asked again."""
     from hanlin.plugins.apps.assistant import replay
 
     asked = [(t, n % 2 == 0) for n, t in enumerate(REPLAY)]
     probes = replay.probe(replay_model(), kb, asked, floor=replay.OPEN)
     path = tmp_path / "probes.jsonl"
-    replay.save(path, probes, asked, "scripted")
+    replay.save(path, probes[:-1], asked[:-1], "scripted")
     again = replay.load(path, asked, "scripted", Retrieve(kb))
-    assert again == probes  # passages, scores, answers and the check's verdicts all come back
-    assert replay.load(path, asked, "another-model", Retrieve(kb)) is None
-    assert replay.load(path, asked[:-1], "scripted", Retrieve(kb)) is None
-    assert replay.load(path, [(t, not g) for t, g in asked], "scripted", Retrieve(kb)) is None  # relabelled
-    assert replay.load(tmp_path / "none.jsonl", asked, "scripted", Retrieve(kb)) is None
+    assert again[:-1] == probes[:-1] and again[-1] is None  # all comes back; the message not kept is to be asked
+    assert replay.load(path, asked, "another-model", Retrieve(kb)) == [None] * len(asked)
+    relabelled = replay.load(path, [(t, not g) for t, g in asked], "scripted", Retrieve(kb))
+    assert relabelled == [None] * len(asked)
+    assert replay.load(tmp_path / "none.jsonl", asked, "scripted", Retrieve(kb)) == [None] * len(asked)
+    low = replay.probe(replay_model(), kb, asked[:1], floor=10.0)  # under the floor: kept without asking the model
+    replay.save(path, low, asked[:1], "scripted")
+    assert replay.load(path, asked[:1], "scripted", Retrieve(kb), floor=10.0)[0] == low[0]
+    assert replay.load(path, asked[:1], "scripted", Retrieve(kb), floor=0.0) == [None]  # the floor reaches it now
+
+
+def test_the_labelled_messages_are_a_sound_evaluation_set() -> None:
+    """Unique ids, the three kinds in numbers, and each answerable message's answer in the document it names."""
+    from hanlin.plugins.apps.assistant.evaluation import DATA, PACKAGES
+    from hanlin.plugins.apps.research.corpus import package_documents
+
+    rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) >= 100 and len({r["id"] for r in rows}) == len(rows) == len({r["text"] for r in rows})
+    kinds = [r["kind"] for r in rows]
+    assert min(kinds.count(k) for k in ("answerable", "unanswerable", "chatter")) >= 30
+    docs = {name.lower(): " ".join(text.lower().split()) for name, text in package_documents(PACKAGES).items()}
+    for r in rows:
+        if r["kind"] == "answerable":
+            assert any(a.lower() in docs[r["source"]] for a in r["answer"]), r["id"]
+        else:
+            assert "answer" not in r and "source" not in r, r["id"]
 
 
 def test_the_evaluation_tunes_each_fold_on_the_other(kb) -> None:

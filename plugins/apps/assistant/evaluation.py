@@ -1,4 +1,4 @@
-"""``hanlin eval -d assistant``: the answer-or-stay-silent decision on 124 labelled chat messages.
+"""``hanlin eval -d assistant``: the answer-or-stay-silent decision on 156 labelled chat messages.
 
 The corpus is the long descriptions (METADATA) of seven installed packages (httpx, requests, uvicorn, pluggy,
 pytest, click, jinja2), written to a cache folder by the research app's corpus builder and indexed by the
@@ -74,7 +74,7 @@ def corpus_index(cache: Path | None = None) -> Path:
 class AssistantDataset(Dataset):
     name = "assistant"
     kind = "assistant"  # type: ignore[assignment]  # runs itself (evaluate), not the generation runner
-    description = "Knowledge assistant: answer-or-silence decision on 124 chat messages over package docs"
+    description = "Knowledge assistant: answer-or-silence decision on 156 chat messages over package docs"
     supports_fewshot = False
     fewshot_source = "none"
 
@@ -133,12 +133,16 @@ class AssistantDataset(Dataset):
         if fixed is not None:
             floor = min(floor, fixed.retrieval) if fixed.retrieval is not None else replay.OPEN
         asked = [(i.question, g) for i, g in zip(items, goods)]
-        probes = replay.load(self.probes_path, asked, model.name, Retrieve(kb)) if self.probes_path else None
-        if probes is None:
-            probes = replay.probe(model, kb, asked, floor,
-                                  progress=None if progress is None else (lambda n: progress("probe", n)))
-            if self.probes_path:
-                replay.save(self.probes_path, probes, asked, model.name)
+        kept = (replay.load(self.probes_path, asked, model.name, Retrieve(kb), floor) if self.probes_path
+                else [None] * len(asked))
+        missing = [n for n, p in enumerate(kept) if p is None]
+        fresh = replay.probe(model, kb, [asked[n] for n in missing], floor,
+                             progress=None if progress is None else (lambda n: progress("probe", n)))
+        for n, p in zip(missing, fresh):
+            kept[n] = p
+        probes = [p for p in kept if p is not None]
+        if self.probes_path and missing:
+            replay.save(self.probes_path, probes, asked, model.name)
         chosen: dict[int, dict[str, Any]] = {}
         for f in folds:
             train = [(p, i.question) for p, i in zip(probes, items) if self.trains(i, f)]
@@ -163,7 +167,7 @@ class AssistantDataset(Dataset):
                              "cited_right": sum(q.source.split(" ")[0] == item.extra["source"] for q in cited)})
         thresholds = {f: {v: t.model_dump() for v, t in c.items()} for f, c in chosen.items()}
         return {"rows": rows, "metrics": self.metrics(rows), "thresholds": thresholds, "messages": len(items),
-                "asked": sum(p.asked for p in probes)}
+                "asked": sum(p.asked for p in probes), "asked_now": sum(probes[n].asked for n in missing)}
 
     def fold(self, item: EvalItem) -> int:
         """The fold of ``item``: decided under thresholds tuned on the other fold (-1: one fold, in sample)."""

@@ -88,22 +88,28 @@ def save(path: Path, probes: Sequence[Probe], asked: Sequence[tuple[str, bool]],
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def load(path: Path, asked: Sequence[tuple[str, bool]], model: str, retrieve: Retrieve) -> list[Probe] | None:
-    """A kept pass when it is of these messages (in order, same labels) by this model; None: ask the model again.
+def load(path: Path, asked: Sequence[tuple[str, bool]], model: str, retrieve: Retrieve,
+         floor: float = OPEN) -> list[Probe | None]:
+    """The kept probe of each message (same text, label and model), or None where the model must be asked: a message
+    not kept, or one kept unasked that ``floor`` now reaches. Adding labelled messages asks the model for them only.
     The check and the coverage need no model, so they are computed again (``retrieve`` gives the knowledge base's
     word frequencies): a change to either is measured without a new pass."""
-    if not path.is_file():
-        return None
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if [(r["model"], r["text"], r["probe"]["good"]) for r in rows] != [(model, t, g) for t, g in asked]:
-        return None
-    probes, check = [], Check(min_support=0.0)
-    for r in rows:
-        p = Probe(**{**r["probe"], "passages": [Passage(**q) for q in r["probe"]["passages"]]})
-        if p.passages:
-            p.coverage = retrieve.covered(r["text"], [q.text for q in p.passages]).share
-        if p.answer:
-            verdict = check.run(p.answer, p.passages, r["text"])
+    kept: dict[tuple[str, bool], dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip() and (row := json.loads(line))["model"] == model:
+                kept[(row["text"], row["probe"]["good"])] = row["probe"]
+    probes: list[Probe | None] = []
+    check = Check(min_support=0.0)
+    for text, good in asked:
+        row = kept.get((text, good))
+        p = None if row is None else Probe(**{**row, "passages": [Passage(**q) for q in row["passages"]]})
+        if p is not None and not p.asked and p.retrieval >= floor:
+            p = None
+        if p is not None and p.passages:
+            p.coverage = retrieve.covered(text, [q.text for q in p.passages]).share
+        if p is not None and p.answer:
+            verdict = check.run(p.answer, p.passages, text)
             p.checked, p.check_reason = verdict.passed, verdict.reason
             p.answer = verdict.detail.get("answer", p.answer)
             p.support = float(verdict.detail.get("support", 0.0))

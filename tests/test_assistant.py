@@ -186,6 +186,14 @@ def test_a_how_question_s_own_names_are_context_a_yes_no_question_s_are_claims()
     assert not yes.passed and "states IPv6" in yes.reason
 
 
+def test_a_bare_yes_answers_a_yes_no_question_when_its_passage_says_what_the_question_asks() -> None:
+    passed = Check().run("Yes [1].", PASSAGES, "Can I reset the VPN password at the portal?")
+    assert passed.passed, passed.reason
+    made_up = Check().run("Yes [1].", PASSAGES, "Does the VPN support IPv6?")
+    assert not made_up.passed and "states IPv6" in made_up.reason  # the question's claim is not in passage [1]
+    assert not Check().run("Yes [1].", PASSAGES, "Which portal resets passwords?").passed  # not a yes/no question
+
+
 def test_a_token_found_in_another_given_passage_gets_its_citation() -> None:
     """The small model often cites the passage next to the one it used: the citation is repaired, not the answer
     lost; a token in no given passage is still refused."""

@@ -52,6 +52,7 @@ _ABBREVIATIONS = frozenset({"e.g", "i.e", "etc", "vs", "a.k.a"})
 # a question answered by yes or no: what it names is what the answer affirms, so the answer's tokens that come from
 # it are claims too ("Does httpx support HTTP/3?" "Yes, httpx supports HTTP/3 [1]." needs HTTP/3 in the passage)
 _YES_NO = re.compile(r"\s*(?:does|do|did|is|are|was|were|can|could|will|would|should|has|have|had)\b", re.IGNORECASE)
+_BARE = re.compile(r"\W*(?:yes|no)\W*", re.IGNORECASE)
 
 
 def specific_tokens(text: str) -> list[str]:
@@ -59,8 +60,9 @@ def specific_tokens(text: str) -> list[str]:
     return list(dict.fromkeys(t for t in tokens if t.lower() not in _ABBREVIATIONS))
 
 
-def cite_where_found(answer: str, passages: Sequence[Passage]) -> str:
-    """``answer`` with citations added for the passages that hold a specific token its own citations lack.
+def cite_where_found(answer: str, passages: Sequence[Passage], claim: str | None = None) -> str:
+    """``answer`` with citations added for the passages that hold a specific token of ``claim`` (the answer itself
+    by default) that its own citations lack.
 
     The 0.5B model often cites the passage next to the one it used ("click.echo [1]" with click.echo in [2]). A
     token found in another passage it was given is grounded; the citation is repaired rather than the answer lost.
@@ -68,7 +70,7 @@ def cite_where_found(answer: str, passages: Sequence[Passage]) -> str:
     cited = set(citations(answer))
     sources = "\n".join(p.text for p in passages if p.number in cited).lower()
     extra: list[int] = []
-    for token in specific_tokens(answer):
+    for token in specific_tokens(answer if claim is None else claim):
         if token.lower() in sources:
             continue
         holder = next((p.number for p in passages if p.number not in cited and token.lower() in p.text.lower()), None)
@@ -80,6 +82,11 @@ def cite_where_found(answer: str, passages: Sequence[Passage]) -> str:
         return answer
     last = list(CITATION.finditer(answer))[-1]
     return answer[:last.end()] + "".join(f"[{n}]" for n in sorted(extra)) + answer[last.end():]
+
+
+def bare_yes_or_no(answer: str, question: str) -> bool:
+    """"Yes [1]." to "Does Jinja support template inheritance?": the answer affirms (or denies) the question itself."""
+    return bool(_YES_NO.match(question)) and bool(_BARE.fullmatch(CITATION.sub(" ", answer)))
 
 
 def unsupported(answer: str, question: str, sources: str) -> tuple[list[str], list[str], float]:
@@ -119,14 +126,16 @@ class Check:
         topic = next((b for b in self.banned if b.lower() in lowered), None)
         if topic:
             return StageRecord(stage="check", passed=False, reason=f"the answer touches the banned topic {topic!r}")
-        if not content_words(CITATION.sub(" ", answer)) and not specific_tokens(answer):
+        # a bare "Yes [1]." claims what the question asks: its words are checked against the passages instead
+        claim, context = (question, "") if bare_yes_or_no(answer, question) else (answer, question)
+        if not content_words(CITATION.sub(" ", claim)) and not specific_tokens(claim):
             return StageRecord(stage="check", passed=False, detail={"cited": cited},
                                reason="the answer says nothing besides its citations")
-        repaired = cite_where_found(answer, passages)
+        repaired = cite_where_found(answer, passages, claim)
         if repaired != answer:
             answer, cited = repaired, citations(repaired)
         sources = "\n".join(f"{p.source}\n{p.text}" for p in passages if p.number in cited)
-        missing, foreign, support = unsupported(answer, question, sources)
+        missing, foreign, support = unsupported(claim, context, sources)
         detail = {"cited": cited, "support": support, "not_in_sources": missing + foreign, "answer": answer}
         if missing:
             return StageRecord(stage="check", passed=False, detail=detail,

@@ -84,14 +84,14 @@ def test_default_model_calls_when_a_tool_fits_and_answers_when_none_does(qwen) -
 
 def test_default_model_writes_every_call_a_request_asks_for(qwen) -> None:
     # Qwen2.5-Coder-0.5B opens this reply with a bare '{"name": ...' and, left to itself, ends after the first call
-    # (one conversion of two). The reply is decoded again as a JSON array of calls (ToolPlan.lead): it writes both.
+    # (one conversion of two). The call is made the first item of a JSON array of calls (ToolPlan.lead): both come.
     from hanlin import Message
     from hanlin.plugins.evaluators.function_calling import SYSTEM, FunctionCallingDataset
 
     item = next(i for i in FunctionCallingDataset().load() if i.id == "parallel-011")
     messages = [Message.system(SYSTEM), Message.user(item.question)]
     chunks = list(qwen.stream(messages, tools=item.extra["functions"], temperature=0, max_tokens=120))
-    assert not any(c.text for c in chunks)  # the first, abandoned call never reaches the stream
+    assert not any(c.text for c in chunks)  # the rewritten start never reaches the stream as text
     calls = chunks[-1].tool_calls
     assert [(c.name, c.arguments["value"]) for c in calls] == [("convert_temperature", -40), ("convert_temperature", 100)]
     # JSON that is not a call to an offered tool is left as the model wrote it

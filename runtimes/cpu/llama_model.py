@@ -282,12 +282,14 @@ class LlamaChatModel(ChatModel):
                         start = trigger_start(text[searched:], plan.trigger)
                         if start is not None and plan.lead is not None and searched == 0 \
                                 and text[start] == "{" and not text[:start].strip():
-                            # the reply opens with a bare call: start it again as an array of calls (ToolPlan.lead);
-                            # the last prompt token is evaluated again for its logits
-                            rewrite.append((len(tokens) - 1, tokens[-1:]))
+                            # the reply opens with a bare call: the same call becomes the first item of an array of
+                            # calls (ToolPlan.lead), re-evaluated from the prompt's end; held text is replaced with it
+                            call = "[\n  " + text[start:]
+                            rewrite.append((len(tokens), self._tokenize_piece(text[:start] + call)))
                             reply.restart()
-                            written = b""
-                            lazy_on = sampler.activate(plan.lead, [])
+                            reply.feed(call)
+                            written = (text[:start] + call).encode("utf-8")
+                            lazy_on = sampler.activate(plan.lead, self._tokenize_piece(call))
                         elif start is not None:
                             lazy_on = sampler.activate(plan.lazy_grammar, self._tokenize_piece(text[searched + start:]))
                             searched = len(text) if not lazy_on else searched

@@ -112,8 +112,8 @@ def decode(llm: Any, sampler: GrammarFirstSampler, suffix: list[int], max_tokens
     """Evaluate the prompt suffix, then yield sampled tokens, evaluating each before the next.
 
     ``rewrite``: the caller may put one ``(keep, tokens)`` in it while it holds a yielded token; then the context is
-    cut back to its first ``keep`` tokens and ``tokens`` are evaluated in place of the yielded one (a reply decoded
-    again from its start: see ``tool_calls.ToolPlan.lead``).
+    cut back to its first ``keep`` tokens and ``tokens`` are evaluated in place of the yielded one (a reply whose
+    start is rewritten: see ``tool_calls.ToolPlan.lead``).
     """
     llm.eval(suffix)
     for _ in range(max_tokens):

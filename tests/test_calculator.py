@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hanlin import ToolSpec, get_plugin_manager, load_tool
-from hanlin.plugins.tools.calculator import MAX_RESULT_DIGITS, evaluate
+from hanlin.plugins.tools.calculator import MAX_RESULT_DIGITS, CalculatorError, evaluate
 
 calc = load_tool("calculator")
 
@@ -157,3 +157,23 @@ def test_any_string_gives_a_result_not_an_exception(text: str) -> None:
     result = calc.invoke({"expression": text})
     assert isinstance(result.content, str) and result.content
     assert "Traceback" not in result.content and 'File "' not in result.content
+
+
+@pytest.mark.parametrize(("expression", "expected"), [
+    ("216 / 36 = 6", "6"),  # the equation a small model writes: the left side is computed
+    ("1 + 1 = 2.0", "2"),  # the same number written another way is no disagreement
+    ("216 / 36 = 5", "6 (not 5: the result written after '=' was wrong and is ignored)"),
+    ("3 <= 4", "true"),  # comparisons keep their meaning
+    ("2 == 2", "true"),
+])
+def test_a_result_written_after_equals_is_checked_not_parsed(expression: str, expected: str) -> None:
+    assert evaluate(expression) == expected
+
+
+def test_a_number_with_a_unit_gets_an_error_that_shows_the_numbers_alone() -> None:
+    with pytest.raises(CalculatorError, match=r"'minutes' after 90 looks like a unit: write the numbers alone, "
+                                              r"e.g. '90 / 4 = 22.5'"):
+        evaluate("90 minutes / 4 = 22.5 minutes")
+    with pytest.raises(CalculatorError) as raised:  # a constant after a number is not a unit
+        evaluate("3 pi")
+    assert "unit" not in str(raised.value)

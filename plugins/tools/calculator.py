@@ -13,7 +13,8 @@ Decisions, because models write arithmetic the way people do:
   cannot separate arguments: outside function-call parentheses, groups of
   exactly three digits. Inside a call commas always separate arguments
   (``max(1,000)`` is max(1, 0)), and the error for a miscount says so.
-- A trailing ``=`` ("37*91+5 =") is ignored.
+- A trailing ``=`` ("37*91+5 =") is ignored, and so is a result written after it ("216 / 36 = 6"): small models
+  write the equation they expect; the left side is computed, and a claimed result that differs is pointed out.
 - Integers are exact, big ones included; ``/`` of two integers is exact when
   it divides evenly (``2**200 / 2`` stays an integer), otherwise a float.
 - Floats are printed with 15 significant digits, the precision a double
@@ -122,6 +123,9 @@ def _drop_thousands_separators(text: str) -> str:
     return "".join(out)
 
 
+_UNIT = re.compile(r"(\d(?:[\d.]*\d)?)\s*([A-Za-z]{2,})\b(?!\s*\()")  # "90 minutes / 4", "216 euros * 3"
+
+
 def _parse(expression: str, text: str) -> ast.Expression:
     try:
         with warnings.catch_warnings():
@@ -133,7 +137,14 @@ def _parse(expression: str, text: str) -> ast.Expression:
             column = exc.offset if exc.offset and exc.offset <= len(text) else len(text) + 1  # 0: ran out of input
             where = f"\n  {text}\n  {' ' * (column - 1)}^"
         shown = f"'{expression}'" + (f" (read as '{text}')" if text != expression.strip() else "")
-        raise CalculatorError(f"{shown} is not a valid expression: {exc.msg}{where}") from None
+        def unit(m: re.Match[str]) -> bool:
+            return m[2] not in CONSTANTS and m[2] not in FUNCTIONS
+
+        units = [u for u in _UNIT.finditer(text) if unit(u)]
+        bare = _UNIT.sub(lambda m: m[1] if unit(m) else m[0], text)
+        hint = (f"\n'{units[0][2]}' after {units[0][1]} looks like a unit: write the numbers alone, e.g. "
+                f"'{' '.join(bare.split())}'") if units else ""
+        raise CalculatorError(f"{shown} is not a valid expression: {exc.msg}{where}{hint}") from None
     except ValueError as exc:  # e.g. null bytes
         raise CalculatorError(f"'{expression}' is not a valid expression: {exc}") from None
 
@@ -277,7 +288,8 @@ def evaluate(expression: str) -> str:
         raise CalculatorError("the expression is empty; write arithmetic such as '37 * 91 + 5'")
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise CalculatorError(f"the expression is {len(expression)} characters; the limit is {MAX_EXPRESSION_CHARS}")
-    tree = _parse(expression, _normalise(expression))
+    text, claimed = _claimed_result(_normalise(expression))
+    tree = _parse(expression, text)
     try:
         value = _Evaluator(expression).visit(tree)
     except ZeroDivisionError:
@@ -290,7 +302,21 @@ def evaluate(expression: str) -> str:
         raise CalculatorError("the expression is nested too deeply") from None
     if _is_int(value) and _digits(value) > MAX_RESULT_DIGITS:
         raise CalculatorError(f"the result has {_digits(value):,} digits; the limit is {MAX_RESULT_DIGITS}")
-    return _format(value)
+    result = _format(value)
+    if claimed is not None and _format(_Evaluator(expression).visit(_parse(expression, claimed))) != result:
+        return f"{result} (not {claimed}: the result written after '=' was wrong and is ignored)"
+    return result
+
+
+_CLAIMED = re.compile(r"(?P<lhs>.*?[^=<>!])=(?P<rhs>\s*-?[\d.]+(?:e-?\d+)?\s*)")
+
+
+def _claimed_result(text: str) -> tuple[str, str | None]:
+    """("216 / 36 = 6") -> ("216 / 36 ", "6"): one '=' (not ==, <=, >=, !=) followed by a plain number."""
+    match = _CLAIMED.fullmatch(text)
+    if match is None or "=" in match["lhs"].replace("==", "").replace("<=", "").replace(">=", "").replace("!=", ""):
+        return text, None
+    return match["lhs"], match["rhs"].strip()
 
 
 @tool(timeout=5)

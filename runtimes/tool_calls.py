@@ -323,15 +323,14 @@ def _other_name(g: Any, names: Sequence[str]) -> str:
 
 
 def call_grammar(tools: ToolSpecs, fmt: CallFormat, *, forced: bool, parallel: bool = True,
-                 max_string_chars: int | None = None, array: bool = False) -> str:
+                 max_string_chars: int | None = None) -> str:
     """GBNF for calls to ``tools``.
 
     ``forced`` (tool_choice required or named): the reply is calls in ``fmt`` from its first token. Otherwise the
     grammar is the *lazy* one, applied from a trigger on: its root accepts every shape a trigger can open (hermes
     tags, Mistral's array, InternLM2's plugin block, Llama's python tag, a bare object or array); the runtime
     switches it off again when a call is complete, so text and further calls may follow (parallel calls written
-    one fence after another). ``parallel=False`` allows exactly one call. ``array`` (lazy only): the root is a JSON
-    array of calls, the grammar a runtime switches on when a reply opens with a bare object (see ``ToolPlan.lead``).
+    one fence after another). ``parallel=False`` allows exactly one call.
     """
     from hanlin.grammar import STEP_STRING_CHARS, GrammarBuilder
 
@@ -370,10 +369,12 @@ def call_grammar(tools: ToolSpecs, fmt: CallFormat, *, forced: bool, parallel: b
     # object ('( call | calls )') gave parallel 0/6 and parallel_multiple 0/6 against 2/6 and 3/6 with the array,
     # multiple unchanged (3/6); objects one after another ('call ( sp call )*') also 0/6 and 0/6. Unconstrained,
     # the model writes one object and stops: the forced '[' is what makes it write several calls.
+    # The same array was tried for a reply that opens with a bare call ('{"name": "<offered>"'), rewritten as the
+    # first item of an array (all 157, greedy, cpu): parallel 0.52 -> 0.64 and parallel_multiple 0.29 -> 0.33, but
+    # multiple 0.66 -> 0.41 (a second, unasked call to another offered function) and overall 0.64 -> 0.59; decoding
+    # the reply again from '[' gave multiple 0.54, overall 0.62. Both were dropped: an unasked call runs an action.
     g.add("fence", f'"```" ( "json" | "tool_call" ) [ \\t]* "\\n" sp {"calls" if parallel else "call"} sp "```"')
-    if array:
-        g.add("root", "calls sp")
-    elif forced:
+    if forced:
         root = {"hermes": "hermes", "mistral": "mistral", "internlm2": "internlm", "llama3_json": "call"}[fmt.name]
         g.add("root", root)
     else:
@@ -414,11 +415,6 @@ class ToolReply:
         """The part of ``delta`` that may be shown now."""
         return self.filter.feed(delta) if self.filter is not None else delta
 
-    def restart(self) -> None:
-        """Drop the held text: the runtime replaces what it wrote so far (``ToolPlan.lead``)."""
-        if self.filter is not None:
-            self.filter.pending, self.filter.held = "", False
-
     def finish(self) -> tuple[str, list[ToolCall]]:
         """(the held text that is not a call, the calls)."""
         if self.filter is None:
@@ -441,15 +437,7 @@ class ToolPlan:
     lazy_grammar: str | None = None
     parallel: bool = True
     trigger: re.Pattern[str] | None = None  # where the lazy grammar switches on
-    # A reply that opens with a bare call ('{"name": "<offered tool>"', the trigger) is rewritten as the first item of
-    # a JSON array of calls, '[\n  {"name": ...', and continued under this grammar: after each call the model chooses
-    # between "," (another call) and "]". Qwen2.5-Coder-0.5B opens most calls with '{"' and, left to itself, stops
-    # after one even when the request asks for several (the fence's array in call_grammar showed the same). The
-    # layout is the one the model picks itself when made to open an array; '[{"' inline gave it one call only
-    # (parallel-011). Decoding the reply again from an opening '[' instead changed the first call as well: on the
-    # function_calling set (157, greedy) parallel 0.52 -> 0.64 but multiple 0.66 -> 0.54, overall 0.64 -> 0.62.
-    # Only the trigger rewrites: a reply that opens with other JSON (an answer, a function nobody offered) is left.
-    lead: str | None = None
+
 
     def reply(self) -> ToolReply:
         return ToolReply(self.callable_tools, self.parallel)
@@ -480,6 +468,4 @@ def plan_tools(params: GenerationParams, fmt: CallFormat, capabilities: Capabili
     elif can_constrain:
         plan.lazy_grammar = call_grammar(callable_tools, fmt, forced=False, parallel=parallel)
         plan.trigger = call_trigger([tool_name(t) for t in callable_tools])
-        if parallel:
-            plan.lead = call_grammar(callable_tools, fmt, forced=False, array=True)
     return plan

@@ -250,10 +250,7 @@ class LlamaChatModel(ChatModel):
             top_p=params.top_p if params.top_p is not None else 0.95,
             min_p=0.05 if temperature > 0 else 0.0, repeat_penalty=self.repeat_penalty,
         )
-        if plan.lead is not None:
-            self._check_grammar(plan.lead)
-        rewrite: list[tuple[int, list[int]]] = []
-        sampled = decode(llm, sampler, tokens[reused:], max_tokens + 1, rewrite)
+        sampled = decode(llm, sampler, tokens[reused:], max_tokens + 1)
         generated, finish = 0, "length"
         try:
             for token in sampled:
@@ -280,17 +277,7 @@ class LlamaChatModel(ChatModel):
                     elif not lazy_on and plan.lazy_grammar is not None:  # a call may be starting: constrain it
                         text = written.decode("utf-8", errors="ignore")
                         start = trigger_start(text[searched:], plan.trigger)
-                        if start is not None and plan.lead is not None and searched == 0 \
-                                and text[start] == "{" and not text[:start].strip():
-                            # the reply opens with a bare call: the same call becomes the first item of an array of
-                            # calls (ToolPlan.lead), re-evaluated from the prompt's end; held text is replaced with it
-                            call = "[\n  " + text[start:]
-                            rewrite.append((len(tokens), self._tokenize_piece(text[:start] + call)))
-                            reply.restart()
-                            reply.feed(call)
-                            written = (text[:start] + call).encode("utf-8")
-                            lazy_on = sampler.activate(plan.lead, self._tokenize_piece(call))
-                        elif start is not None:
+                        if start is not None:
                             lazy_on = sampler.activate(plan.lazy_grammar, self._tokenize_piece(text[searched + start:]))
                             searched = len(text) if not lazy_on else searched
                 if scanner.stopped:

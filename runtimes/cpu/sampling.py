@@ -107,22 +107,10 @@ class GrammarFirstSampler:
         self._chain.close()
 
 
-def decode(llm: Any, sampler: GrammarFirstSampler, suffix: list[int], max_tokens: int,
-           rewrite: list[tuple[int, list[int]]] | None = None) -> Iterator[int]:
-    """Evaluate the prompt suffix, then yield sampled tokens, evaluating each before the next.
-
-    ``rewrite``: the caller may put one ``(keep, tokens)`` in it while it holds a yielded token; then the context is
-    cut back to its first ``keep`` tokens and ``tokens`` are evaluated in place of the yielded one (a reply whose
-    start is rewritten: see ``tool_calls.ToolPlan.lead``).
-    """
+def decode(llm: Any, sampler: GrammarFirstSampler, suffix: list[int], max_tokens: int) -> Iterator[int]:
+    """Evaluate the prompt suffix, then yield sampled tokens, evaluating each before the next."""
     llm.eval(suffix)
     for _ in range(max_tokens):
         token = sampler.next_token()
         yield token
-        if rewrite:
-            keep, tokens = rewrite.pop()
-            llm._ctx.kv_cache_seq_rm(-1, keep, -1)
-            llm.n_tokens = keep
-            llm.eval(tokens)
-        else:
-            llm.eval([token])
+        llm.eval([token])

@@ -148,8 +148,9 @@ def tuned_retrieval(probes: Sequence[Probe]) -> float:
 def decide(p: Probe, t: Thresholds, full: bool, coverage: bool | None = None) -> tuple[bool, str]:
     """(answered, the stage that decided and why) under thresholds ``t``; ``full`` False: no model scores or check
     (the retrieval score only, and the question's coverage too when ``coverage``, by default as ``full``)."""
-    coverage = full if coverage is None else coverage
     from hanlin.plugins.tools.kb_index import accepts
+
+    coverage = full if coverage is None else coverage
 
     retrieved = accepts(p.retrieval, t.retrieval if t.retrieval is not None else OPEN)
     if not p.asked or (not retrieved and not full):

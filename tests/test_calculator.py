@@ -163,6 +163,7 @@ def test_any_string_gives_a_result_not_an_exception(text: str) -> None:
     ("216 / 36 = 6", "6"),  # the equation a small model writes: the left side is computed
     ("1 + 1 = 2.0", "2"),  # the same number written another way is no disagreement
     ("216 / 36 = 5", "6 (not 5: the result written after '=' was wrong and is ignored)"),
+    ("2 + 2 = 4.0.1", "4 (not 4.0.1: the result written after '=' was wrong and is ignored)"),
     ("3 <= 4", "true"),  # comparisons keep their meaning
     ("2 == 2", "true"),
 ])

@@ -303,9 +303,16 @@ def evaluate(expression: str) -> str:
     if _is_int(value) and _digits(value) > MAX_RESULT_DIGITS:
         raise CalculatorError(f"the result has {_digits(value):,} digits; the limit is {MAX_RESULT_DIGITS}")
     result = _format(value)
-    if claimed is not None and _format(_Evaluator(expression).visit(_parse(expression, claimed))) != result:
+    if claimed is not None and _claimed_value(expression, claimed) != result:
         return f"{result} (not {claimed}: the result written after '=' was wrong and is ignored)"
     return result
+
+
+def _claimed_value(expression: str, claimed: str) -> str | None:
+    try:
+        return _format(_Evaluator(expression).visit(_parse(expression, claimed)))
+    except CalculatorError:  # "1.2.3" is no number: not what the expression gives either
+        return None
 
 
 _CLAIMED = re.compile(r"(?P<lhs>.*?[^=<>!])=(?P<rhs>\s*-?[\d.]+(?:e-?\d+)?\s*)")

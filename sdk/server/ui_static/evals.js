@@ -33,9 +33,12 @@ export async function evalsPage(root) {
   });
   folderA.addEventListener("change", load);
   folderB.addEventListener("change", load);
+  let latest = 0; // the newest load: an older one still awaiting the server must not add its tables too
   await load();
 
   async function load() {
+    const mine = ++latest;
+    const current = () => mine === latest;
     clear(scoresBox);
     clear(predsBox);
     let a, b = null;
@@ -43,22 +46,26 @@ export async function evalsPage(root) {
       a = await api(`/v1/ui/evals/${folderPath(folderA.value)}/scores`);
       if (folderB.value) b = await api(`/v1/ui/evals/${folderPath(folderB.value)}/scores`);
     } catch (err) {
-      return scoresBox.append(message("error", err.message));
+      if (current()) scoresBox.append(message("error", err.message));
+      return;
     }
+    if (!current()) return;
     scoresBox.append(scoreTable(a, b));
-    if (Object.keys(a.models || {}).length > 1) chart(scoresBox, folderA.value);
+    if (Object.keys(a.models || {}).length > 1) chart(scoresBox, folderA.value, current);
     predictions(predsBox, folderA.value, a);
   }
 }
 
 // The folder's scores.png, as `hanlin eval` drew it (models side by side, standard errors as error bars).
-async function chart(box, folder) {
+async function chart(box, folder, current) {
   let image;
   try {
     image = await blob(`/v1/ui/evals/${folderPath(folder)}/chart`);
   } catch (err) {
-    return box.append(message("info", err.status === 404 ? "No chart in this folder (scores.png)." : err.message));
+    if (current()) box.append(message("info", err.status === 404 ? "No chart in this folder (scores.png)." : err.message));
+    return;
   }
+  if (!current()) return;
   const url = URL.createObjectURL(image);
   const img = h("img", { class: "chart", src: url, alt: "Scores of the models in this folder, with standard errors" });
   img.addEventListener("load", () => URL.revokeObjectURL(url));

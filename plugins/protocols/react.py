@@ -111,7 +111,8 @@ class ReAct(StepProtocol):
         for m in ctx.messages:
             if m.role == "tool":
                 prefix = "Error: " if m.is_error else ""
-                out.append(Message.user(f"Observation: {prefix}{m.content}\n{observation_nudge(question, ctx.tools, used)}"))
+                nudge = observation_nudge(question, ctx.tools, used)
+                out.append(Message.user(f"Observation: {prefix}{m.content}\n{nudge}"))
             elif m.role == "system":
                 continue  # the app's instructions are part of our own system prompt
             elif m.role == "assistant":

@@ -5,6 +5,7 @@ models and real files; the real-model run is tests/test_research_e2e.py."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from hanlin.plugins.apps.research.grounding import (
     MAX_SENTENCES,
     answer_model,
     grounded_answer,
+    prose,
     query_for,
     refers_back,
     sentences,
@@ -194,3 +196,69 @@ def test_the_measured_configuration_is_a_dataset_variant() -> None:
     assert open_dataset("research").decompose is False
     with pytest.raises(ConfigurationError, match="research:decompose"):
         open_dataset("research:mindsearch")
+
+
+def description(name: str) -> str:
+    """The real long description (METADATA) of an installed package, as the package corpus holds it."""
+    from hanlin.plugins.apps.research.corpus import package_documents
+
+    return package_documents([name])[f"{name}.md"]
+
+
+def test_badges_links_headings_code_and_html_are_not_quotable() -> None:
+    """Lines of real package descriptions: a badge row, a logo, a heading, a list of links, code, a table rule give
+    no quote; link text and prose around a link are kept, without the URL."""
+    pydantic, numpy = description("pydantic"), description("numpy")
+    badges = next(line for line in pydantic.splitlines() if line.startswith("[!["))
+    assert prose(badges) == "" and prose(" ".join(pydantic.splitlines()[4:9])) == ""  # one badge, a row of them
+    assert prose(next(line for line in numpy.splitlines() if line.startswith("<img"))) == ""  # the logo
+    assert prose("## Pydantic Logfire :fire:") == "" and prose("|---|:---:|") == ""
+    assert prose("[Learn more](https://pydantic.dev/logfire/) | [Docs](https://docs.pydantic.dev)") == ""
+    assert prose(">>> import requests") == "" and prose("```python from pydantic import BaseModel ```") == ""
+    assert prose("See [documentation](https://docs.pydantic.dev/) for more details.") == \
+        "See documentation for more details."
+    assert prose("draws inspiration from `many sources <https://github.com/python-trio/trio/wiki>`__, in "
+                 "particular Curio.") == "draws inspiration from many sources, in particular Curio."
+    assert prose("Requests is a simple, yet elegant, HTTP library.") == \
+        "Requests is a simple, yet elegant, HTTP library."
+
+
+def test_what_the_index_shows_of_a_readme_quotes_its_prose_not_its_markup(tmp_path: Path) -> None:
+    """Snippets the local index shows of real descriptions: requests' opens with a heading and a row of badges whose
+    URLs name the package again and again (as the index shows it, heading as a label and whitespace folded, the row
+    was one "sentence" that shared the package name with the query more than any prose, and it was quoted), numpy's
+    with a logo and a list of links, hypothesis-graphql's answer sentence holds a link."""
+    from hanlin.plugins.tools.search_backends import LocalIndexBackend
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name in ("requests", "numpy", "hypothesis-graphql", "trafilatura", "pydantic"):
+        (folder / f"{name}.md").write_text(description(name), encoding="utf-8")
+    index = LocalIndexBackend(folder, snippet_chars=400)
+    expected = {"What is requests?": None,
+                "What is numpy?": "NumPy is the fundamental package for scientific computing with Python.",
+                "Which ready-made tool runs on top of hypothesis-graphql?": "For a ready-made tool, try Schemathesis: "
+                "it runs on top of this library and reports server crashes without any test code."}
+    for query, sentence in expected.items():
+        passages = {n: hit.snippet for n, hit in enumerate(index.search(query, 3), 1)}
+        assert any("](" in text or "**" in text for text in passages.values()), passages  # markup was shown
+        quotes = sentences(passages, query)
+        assert quotes and not [q for q in quotes if re.search(r"\]\(|https?:|\*\*|```|<\w|\{|>>>", q)], quotes
+        assert sentence is None or f"[1] {sentence}" in quotes, quotes
+
+
+def test_the_reader_reads_sentences_that_the_citation_check_finds_in_the_document(tmp_path: Path) -> None:
+    """The reader's lines of real descriptions (markdown with badges, reStructuredText wrapped over lines) are
+    prose, whole sentences, and each is accepted by the evaluation's citation check as it is cited."""
+    from hanlin.plugins.apps.research.evaluate import passage_in_document
+    from hanlin.plugins.apps.research.events import Reference
+    from hanlin.plugins.apps.research.reader import document_lines
+
+    for name in ("pydantic", "trafilatura", "numpy", "pluggy"):
+        page = tmp_path / f"{name}.md"
+        page.write_text(description(name), encoding="utf-8")
+        lines = document_lines(page.as_uri())
+        assert len(lines) >= 5, (name, lines)
+        assert not [line for line in lines if "![" in line or line.startswith(("#", "<", "|", "```"))], lines
+        for line in lines:
+            assert passage_in_document(Reference(number=1, url=page.as_uri(), passage=line)), (name, line)

@@ -22,7 +22,7 @@ from hanlin.plugins.tools.search_backends import tokenize
 
 MAX_SENTENCES = 8
 MAX_SENTENCE_CHARS = 220
-MIN_WORDS = 3
+MIN_WORDS = 4
 
 _STOP = frozenset("the and that this with which what from into does about have their there they them than then "
                   "also only when were been being over under more most such each other used uses using".split())
@@ -42,16 +42,63 @@ def content_words(text: str) -> list[str]:
     return [w for w in re.findall(r"[a-z][a-z0-9_-]{3,}", text.lower()) if w not in _STOP]
 
 
+# markdown / reStructuredText / HTML markup around the prose of a package description (what a badge row, a link
+# list or a logo is made of); a URL may be wrapped onto the next line ("](\nhttps://numfocus.org)" in numpy's)
+_URL = r"\(\s*[^()\s]*(?:\([^()\s]*\)[^()\s]*)*\s*\)"
+_IMAGE = re.compile(r"\[\s*!\[[^\]]*\]" + _URL + r"\s*\]" + _URL + r"|!\[[^\]]*\]" + _URL)  # [![a](src)](href)
+_LINK = re.compile(r"\[([^\]]*)\]" + _URL + r"|\[([^\]]+)\]\[[^\]]*\]")  # [text](href), [text][ref]
+_RST_LINK = re.compile(r"`([^`<]+?)\s*<[^>`]+>`_{1,2}")  # `text <href>`_
+_HTML = re.compile(r"</?[a-zA-Z][\w-]*(?:\s[^<>]*)?/?>")
+# spans that hold no prose, removed before a passage is cut into sentences (their dots would cut it wrongly):
+# fenced code, HTML comments, rST directives with their options (".. image:: src :width: 200px")
+BLOCKS = re.compile(r"```.*?```|<!--.*?-->|\.\.\s+(?:\|[^|\n]+\|\s+)?[a-z][\w-]*::[^\n]*(?:\n?\s*:[a-z-]+:[^\n]*)*",
+                     re.DOTALL)
+_RST_NOISE = re.compile(r"(?<!\S)\|\w[\w-]*(?: [\w-]+)*\|(?!\S)|(?<!\S)<?https?://\S+")  # |badge|, a bare URL
+_TABLE_RULE = re.compile(r"\|?(?:\s*:?-{3,}:?\s*\|)+(?:\s*:?-{3,}:?\s*)?|[=~^+*#-]{4,}")
+# code: a prompt or an import first, a fence (its other end outside the snippet), an assignment, braces, a call
+# that ends the line
+_CODE = re.compile(r"^(?:>>>|\$ |\.\.\. |pip3? install|python -m|import \w|from [\w.]+ import)|```|>>>|\"\"\"|\s=\s|"
+                   r"[{}]|\w\(.*\)\s*$")
+# sentence ends, blank lines, a line that starts a list item, heading, table row or badge (a line wrapped inside a
+# paragraph is not an end), " --- " (the local index's passage joint), and list items run into one line
+SPLIT = re.compile(r"(?<=[.!?])\s+|\n\s*\n\s*|\n(?=\s*(?:[-*+]\s|[#|>]|\d+\.\s|\[!|!\[|\.\.\s))|\s+---\s+"
+                   r"|\s+[-*\u2022]\s+")
+
+
+def prose(fragment: str) -> str:
+    """``fragment`` (one sentence or line of a description) without its markup, or "" when it is not prose that a
+    quote can be: a badge or logo, a line of links only, a heading, a table rule, code, HTML, or fewer than
+    ``MIN_WORDS`` words. Link text is kept ("[httpx](https://...)" reads "httpx"); badge URLs must not count as
+    words shared with the question (a README header of badges named the package in every URL and was quoted)."""
+    text = " ".join(BLOCKS.sub(" ", fragment).strip("\u2026").split())
+    if text.startswith("#") or _CODE.search(text):
+        return ""
+    text = _IMAGE.sub(" ", text)
+    linked = _LINK.findall(text) + _RST_LINK.findall(text)
+    unlinked = _HTML.sub(" ", _RST_LINK.sub(" ", _LINK.sub(" ", text)))
+    text = _RST_LINK.sub(lambda m: m.group(1), _LINK.sub(lambda m: m.group(1) or m.group(2), text))
+    text = _TABLE_RULE.sub(" ", _RST_NOISE.sub(" ", _HTML.sub(" ", text))).replace("**", "")
+    if linked and len(_words(_RST_NOISE.sub(" ", unlinked))) < 2:
+        return ""  # "[Docs](...) | [Source](...) | [PyPI](...)": a list of links
+    text = " ".join(text.split()).strip(" |-#*>:").strip()
+    text = re.sub(r"\s+([.,;:!?])", r"\1", re.sub(r"\s*\|\s*", " | ", text))
+    return text if len(_words(text)) >= MIN_WORDS else ""
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[^\W_][\w'\u2019.+/-]*", text)
+
+
 def sentences(passages: dict[int, str], query: str = "") -> list[str]:
-    """The passages' sentences (``{result number: text}``), each as ``"[n] sentence"``, the ``MAX_SENTENCES`` that
-    share the most words with ``query`` (ties: result order); sentences of fewer than ``MIN_WORDS`` words are left
-    out (headings, badges). Few candidates, the likely ones: the 0.5B model picked an unrelated sentence more often
-    from a long list."""
+    """The passages' sentences (``{result number: text}``), each as ``"[n] sentence"`` without its markup, the
+    ``MAX_SENTENCES`` that share the most words with ``query`` (ties: result order); fragments that are no prose
+    (``prose``: badges, links only, headings, code) are left out. Few candidates, the likely ones: the 0.5B model
+    picked an unrelated sentence more often from a long list."""
     out: list[str] = []
     for number, text in passages.items():
-        for part in re.split(r"(?<=[.!?])\s+|\n+|\s+---\s+", text):
-            part = " ".join(part.strip("…").strip().lstrip("-#*> ").split())
-            if len(part.split()) < MIN_WORDS:
+        for part in SPLIT.split(BLOCKS.sub(" ", text)):
+            part = prose(part)
+            if not part:
                 continue
             labelled = f"[{number}] {part[:MAX_SENTENCE_CHARS]}"
             if labelled not in out:

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from hanlin.plugins.apps.research.citations import Ledger, Passage
+from hanlin.plugins.apps.research.grounding import BLOCKS, SPLIT, prose
 from hanlin.plugins.tools.search_backends import read_document, tokenize
 
 MAX_LINE_CHARS = 300
@@ -32,9 +33,12 @@ def document_lines(url: str) -> list[str]:
         return []
     _, text = read_document(path)
     lines = []
-    for raw in text.splitlines():
-        line = " ".join(raw.strip().lstrip("*->#").split())
-        if len(line.split()) >= MIN_WORDS and not line.startswith(("```", "|", "<", "[!", "..")):
+    # a paragraph wrapped over several lines (most reStructuredText descriptions) is read as its sentences, not
+    # as broken lines; code, badges, link lists and headings are not read (grounding.prose): the line is kept as
+    # the document has it (the citation check looks for it there), whitespace folded
+    for raw in SPLIT.split(BLOCKS.sub("\n\n", text)):
+        line = " ".join(raw.strip().lstrip("*->").split())
+        if len(line.split()) >= MIN_WORDS and prose(line) and line[:MAX_LINE_CHARS] not in lines:
             lines.append(line[:MAX_LINE_CHARS])
     return lines
 

@@ -19,10 +19,12 @@ from hanlin.plugins.apps.research.grounding import (
     MAX_SENTENCES,
     answer_model,
     grounded_answer,
+    name_in,
     prose,
     query_for,
     refers_back,
     sentences,
+    supported_answer,
 )
 from hanlin.plugins.apps.research.reader import best_lines, read_pages
 from hanlin.plugins.tools.search_backends import SearchHit
@@ -66,6 +68,39 @@ def test_a_child_query_names_its_parents_answer() -> None:
     assert not refers_back("Which organization develops Click?")
 
 
+def test_rare_query_words_rank_the_quotes_and_a_long_parent_answer_is_named_by_what_it_adds() -> None:
+    """Seen on the default model (trafilatura-justext): the page's own name, on most sentences, tied the "title:
+    summary" line with the answer line on word count, the first was quoted and, whole, became the next hop's query."""
+    passages = {1: "trafilatura 2.3.1: trafilatura: Python & Command-line tool to gather text and metadata on the Web.",
+                4: "Main text (own rule-based extractor with jusText and readability-lxml as fallbacks)",
+                5: "Trafilatura is a comprehensive Python package and command-line tool for text."}
+    question = "Trafilatura's main text extractor falls back on which boilerplate tool?"
+    quotes = sentences(passages, question)
+    assert quotes[0].startswith("[4] Main text") and len(quotes) == 3
+    assert sentences({1: "An unrelated line about nothing much.", 2: "Test client built on httpx2."},
+                     "test client built") == ["[2] Test client built on httpx2."]
+    answer = "Main text (own rule-based extractor with jusText and readability-lxml as fallbacks)"
+    assert name_in(answer, question) == "own rule-based jusText readability-lxml fallbacks"
+    assert query_for("How does that tool's summary describe it?", [name_in(answer, question)]) == \
+        "How does own rule-based jusText readability-lxml fallbacks's summary describe it?"
+    assert name_in("Starlette", "which ASGI toolkit") == "Starlette"  # a short answer is passed on as it is
+    # a name the sentence marks as code is the name (httpx-requests: "Features well-established requests gives")
+    assert name_in("Features: HTTPX builds on the well-established usability of `requests`, and gives you",
+                   "HTTPX builds on the usability of which library?") == "requests"
+
+
+def test_an_answer_another_shown_sentence_supports_is_kept_with_that_sentence_as_its_quote() -> None:
+    """Seen on the default model (joblib-cloudpickle): the answer "cloudpickle.Pickler" was right, its quote (a
+    joblib sentence) was not; the sentence that says it was among those shown."""
+    shown = ["[2] Joblib supports Python >= 3.10.",
+             "[1] cloudpickle 3.1.3: cloudpickle: Pickler class to extend the standard pickle.Pickler functionality"]
+    question = "Which standard-library class does cloudpickle extend?"
+    assert supported_answer("cloudpickle.Pickler", shown[0], question, shown) == ("cloudpickle.Pickler", True, shown[1])
+    # nothing shown says it: the chosen quote's sentence is the answer, as before
+    assert supported_answer("marshal.Marshaller", shown[0], question, shown) == (
+        "Joblib supports Python >= 3.10", False, shown[0])
+
+
 def test_the_reader_finds_the_line_the_snippet_missed(tmp_path: Path) -> None:
     page = tmp_path / "starlette.md"
     page.write_text(STARLETTE)
@@ -103,9 +138,12 @@ def test_the_quote_is_one_of_the_shown_sentences_ranked_by_the_query() -> None:
     filler = " ".join(f"Filler sentence number {i}." for i in range(20))
     passages = {1: "Starlette is a toolkit. It is fast.", 2: f"--- Test client built on httpx2. {filler}"}
     quotes = sentences(passages, "test client built")
-    assert quotes[0] == "[2] Test client built on httpx2." and len(quotes) == MAX_SENTENCES
-    model = answer_model(quotes)
-    assert model.model_json_schema()["properties"]["quote"]["enum"] == quotes
+    assert quotes == ["[2] Test client built on httpx2."]  # sentences sharing no word with the query: not offered
+    many = " ".join(f"The test client is built on httpx{i}." for i in range(20))
+    offered = sentences({1: many}, "test client built")
+    assert len(offered) == MAX_SENTENCES
+    model = answer_model(offered)
+    assert model.model_json_schema()["properties"]["quote"]["enum"] == offered
     with pytest.raises(ValidationError):
         model.model_validate({"quote": "[3] a sentence nobody showed", "answer": "x"})
     # the short answer stands when the quote says what it adds to the question, else the quote is the answer

@@ -13,6 +13,7 @@ on?") into a search query that names the parent's answer ("... of Starlette ..."
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from hanlin.plugins.tools.search_backends import tokenize
 MAX_SENTENCES = 8
 MAX_SENTENCE_CHARS = 220
 MIN_WORDS = 4
+MAX_NAME_WORDS = 6
 
 _STOP = frozenset("the and that this with which what from into does about have their there they them than then "
                   "also only when were been being over under more most such each other used uses using".split())
@@ -103,9 +105,18 @@ def sentences(passages: dict[int, str], query: str = "") -> list[str]:
             labelled = f"[{number}] {part[:MAX_SENTENCE_CHARS]}"
             if labelled not in out:
                 out.append(labelled)
+    # a query word counts by its rarity among these sentences (the package's own name, on most of them, counts for
+    # little: trafilatura's "title: summary" line outranked "Main text (own rule-based extractor with jusText ... as
+    # fallbacks)" on word count alone), and sentences under half the best score are not offered (the 0.5B model
+    # quoted the third of eight, a prompt_toolkit line, over "HTTPX builds on the well-established usability of
+    # `requests`")
     terms = set(tokenize(query))
-    ranked = sorted(range(len(out)), key=lambda i: (-len(terms & set(tokenize(out[i]))), i))
-    return [out[i] for i in ranked[:MAX_SENTENCES]]
+    tokens = [set(tokenize(re.sub(r"^\[\d+\]\s", "", line))) & terms for line in out]
+    weight = {t: math.log((len(out) + 1) / (sum(t in tok for tok in tokens) + 0.5)) for t in terms}
+    scores = [sum(weight[t] for t in tok) for tok in tokens]
+    ranked = sorted(range(len(out)), key=lambda i: (-scores[i], i))
+    best = max(scores, default=0.0)
+    return [out[i] for i in ranked[:MAX_SENTENCES] if scores[i] * 2 >= best]
 
 
 def answer_model(quotes: list[str]) -> type[BaseModel]:
@@ -140,6 +151,43 @@ def grounded_answer(answer: str, quote: str, question: str = "") -> tuple[str, b
     if new and sum(w in set(tokenize(sentence)) for w in new) * 2 >= len(new):
         return short, True
     return sentence, False
+
+
+def name_in(answer: str, question: str, max_words: int = MAX_NAME_WORDS) -> str:
+    """What a parent's answer adds to its question, short enough to stand in a child's query: the answer itself
+    when it has at most ``max_words`` words, else its words that are not in the question (in order, no stop words,
+    at most ``max_words``). A quoted sentence passed on whole made the child's search a search for the parent's
+    sentence ("How does trafilatura 2.3.1: trafilatura: Python & Command-line tool to gather text ... XML's
+    summary describe it?" found trafilatura again, not the tool it names)."""
+    words = answer.split()
+    if len(words) <= max_words:
+        return answer
+    asked = set(tokenize(question))
+    # names the sentence marks as code (`requests`, ``prompt_toolkit``) that the question does not have: those
+    coded = [c for c in dict.fromkeys(re.findall(r"`+([^`]+?)`+", answer)) if not set(tokenize(c)) & asked]
+    if coded and len(" ".join(coded).split()) <= max_words:
+        return " ".join(coded)
+    kept: list[str] = []
+    for word in words:
+        core = word.strip(".,;:!?()[]*`'\"")
+        toks = tokenize(core)
+        if toks and not set(toks) & asked and core.lower() not in _STOP and core.lower() not in map(str.lower, kept):
+            kept.append(core)
+    return " ".join(kept[:max_words]) or answer
+
+
+def supported_answer(answer: str, quote: str, question: str, shown: list[str]) -> tuple[str, bool, str]:
+    """``(text, kept, quote)``: ``grounded_answer`` against the quote the searcher chose, else against the first of
+    the other ``shown`` sentences that says what the answer adds (the 0.5B model answered "cloudpickle.Pickler", right,
+    but quoted a joblib sentence; "cloudpickle: Pickler class to extend the standard pickle.Pickler functionality"
+    was shown beside it): a supported answer is kept with the sentence that supports it as its quote."""
+    text, kept = grounded_answer(answer, quote, question)
+    if kept:
+        return text, kept, quote
+    for other in shown:
+        if other != quote and grounded_answer(answer, other, question)[1]:
+            return grounded_answer(answer, other, question)[0], True, other
+    return text, kept, quote
 
 
 def query_for(question: str, parent_answers: list[str]) -> str:

@@ -22,7 +22,15 @@ from hanlin.events import ErrorEvent, FinalAnswer, RunFinished, ToolCallEvent, T
 from hanlin.plugins.apps.research.citations import Ledger, Passage, cited, strip_citations
 from hanlin.plugins.apps.research.events import CitationFlagged, NodeAnswered, NodeFailed, SearcherStep
 from hanlin.plugins.apps.research.graph import Node, PlanGraph
-from hanlin.plugins.apps.research.grounding import answer_model, describe, grounded_answer, query_for, sentences
+from hanlin.plugins.apps.research.grounding import (
+    answer_model,
+    describe,
+    name_in,
+    query_for,
+    quote_number,
+    sentences,
+    supported_answer,
+)
 from hanlin.plugins.apps.research.reader import read_pages
 
 SEARCHER_INSTRUCTIONS = """You answer one question from numbered search results. Quote the sentence of the results \
@@ -113,7 +121,7 @@ class Searcher:
 
     def query(self, node: Node) -> str:
         """The node's question naming what its parents answered ("that toolkit" -> "Starlette", see grounding.py)."""
-        answers = [parent.short or strip_citations(parent.answer) for parent in
+        answers = [name_in(parent.short or strip_citations(parent.answer), self.query(parent)) for parent in
                    (self.graph.nodes[p] for p in node.depends_on) if parent.status == "answered"]
         return " ".join(query_for(node.question, answers).split())[:300]
 
@@ -125,11 +133,12 @@ class Searcher:
         """``{result number: passage text}`` of every result this searcher was shown."""
         return {n: p.text for n, g in sorted(local.items()) if (p := self.ledger.get(g)) is not None}
 
-    def _quoted(self, node: Node, output: Any) -> str:
-        """The node's answer from a decoded QuotedAnswer: the short answer if its quote supports it (else the quoted
-        sentence), cited with the quote's result number."""
-        short, quote, number = describe(output)
-        text, kept = grounded_answer(strip_citations(short), quote, self.query(node))
+    def _quoted(self, node: Node, output: Any, shown: list[str]) -> str:
+        """The node's answer from a decoded QuotedAnswer: the short answer if its quote, or another of the ``shown``
+        sentences, supports it (else the quoted sentence), cited with that sentence's result number."""
+        short, quote, _ = describe(output)
+        text, kept, quote = supported_answer(strip_citations(short), quote, self.query(node), shown)
+        number = quote_number(quote)
         node.short, node.quote = text, quote
         if not kept:
             self.emit(SearcherStep(node_id=node.id, kind="error", text=f"the answer {short!r} is not in the sentence "
@@ -190,7 +199,7 @@ class Searcher:
                     node.short = strip_citations(text).rstrip(".")
                 elif output is not None and hasattr(output, "quote"):
                     short, quote, number = describe(output)
-                    result = self._quoted(node, output)
+                    result = self._quoted(node, output, quotes)
                 else:
                     result = event.text
             elif isinstance(event, RunFinished) and event.status != "answered" and quotes:
@@ -201,8 +210,8 @@ class Searcher:
                 seen = self.shown_passages(local)
                 everything = "\n".join(f"[{n}] {self.ledger.get(local[n]).title}: {text}"  # type: ignore[union-attr]
                                         for n, text in seen.items())
-                result = self._quoted(node, await self._answer_once(node, everything,
-                                                                    answer_model(sentences(seen, query))))
+                offered = sentences(seen, query)
+                result = self._quoted(node, await self._answer_once(node, everything, answer_model(offered)), offered)
             elif isinstance(event, RunFinished) and event.status != "answered":
                 self.fail(node, f"the searcher ended {event.status} without an answer"
                                  + (f" ({last_error})" if last_error else ""))

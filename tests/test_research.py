@@ -431,3 +431,17 @@ def test_a_final_answer_not_drawn_from_the_node_answers_is_refused() -> None:
     refusal = next(m.content for msgs, _ in model.calls for m in msgs
                    if m.role == "tool" and m.content.startswith("refused: the answer says"))
     assert "zeta" in refusal and "author: Ada wrote alpha [1]." in refusal
+
+
+def test_package_corpus_leaves_out_hanlins_own_readme(tmp_path, monkeypatch):
+    """hanlin's README quotes the evaluation's questions: in the corpus it answered them with its own usage lines."""
+    from hanlin.plugins.apps.research import corpus
+
+    every = corpus.package_documents()
+    assert "hanlin.md" not in every and "httpx.md" in every
+    assert "hanlin.md" in corpus.package_documents(["hanlin"])  # named: a user asking about hanlin gets it
+    monkeypatch.setenv("HANLIN_HOME", str(tmp_path))
+    stale = tmp_path / "research" / "packages"
+    stale.mkdir(parents=True)
+    (stale / "hanlin.md").write_text("# hanlin\n" + "a corpus built before hanlin was left out " * 10)
+    assert corpus.default_corpus_dir() == stale and not (stale / "hanlin.md").exists()

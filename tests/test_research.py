@@ -333,6 +333,24 @@ def test_scores_count_only_passages_found_in_the_cited_document(tmp_path: Path) 
                                                                  "doc_recall": 0.5}
 
 
+def test_a_passage_that_ends_at_a_heading_label_is_found_in_its_document(tmp_path: Path) -> None:
+    """The local index labels a section with its heading ("Heading: ..."); a short passage runs on into the next
+    heading, so it ends "... Heading:" (sse-starlette's and openai's first passages, cited on the default model and
+    counted invalid for the colon the index added)."""
+    from hanlin.plugins.apps.research.corpus import build_package_corpus
+    from hanlin.plugins.apps.research.evaluate import passage_in_document
+    from hanlin.plugins.apps.research.events import Reference
+    from hanlin.plugins.tools.search_backends import LocalIndexBackend
+
+    index = LocalIndexBackend(build_package_corpus(tmp_path, ["sse-starlette", "openai"]), snippet_chars=400)
+    for query in ("sse-starlette SSE plugin for Starlette", "openai official Python library for the openai API"):
+        hit = index.search(query, 1)[0]
+        assert hit.snippet.endswith(":"), hit.snippet
+        assert passage_in_document(Reference(number=1, url=hit.url, passage=hit.snippet)), hit.snippet
+    made_up = Reference(number=1, url=hit.url, passage="openai: The official Python library for the Rust API:")
+    assert not passage_in_document(made_up)
+
+
 def test_planner_adding_no_node_falls_back_to_searching_the_question() -> None:
     model = scripted(["The Zeta phone is made by Orbo [1]."])  # copies its prompt's example, adds nothing
     result = run(model)

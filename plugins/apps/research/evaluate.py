@@ -39,12 +39,14 @@ def _squash(text: str) -> str:
 
 
 def passage_in_document(ref: Reference) -> bool:
-    """The reference's passage (less the heading label the index puts in front) is verbatim in its document."""
+    """The reference's passage (less the heading labels the index puts in it: "Heading: ...", and a passage that
+    ends at a heading ends "... Heading:") is verbatim in its document."""
     path = Path(unquote(urlparse(ref.url).path))
     if not path.is_file():
         return False
     text = _squash(path.read_text(encoding="utf-8", errors="replace"))
-    fragments = [_squash(f) for f in re.split(r":\s|(?<=[.!?])\s", ref.passage.strip("…")) if len(f.split()) >= 4]
+    passage = ref.passage.strip("…").rstrip().removesuffix(":")
+    fragments = [_squash(f) for f in re.split(r":\s|(?<=[.!?])\s", passage) if len(f.split()) >= 4]
     return bool(fragments) and all(f in text for f in fragments)
 
 

@@ -176,6 +176,20 @@ def test_check_measures_support_on_what_the_answer_adds_to_the_question() -> Non
         == ["phone"]  # "e.g." is no claim
 
 
+def test_numbers_and_code_names_are_claims_found_only_as_whole_tokens() -> None:
+    """The default model's made-up answers: "the default timeout is 10 seconds" over a passage with "100%", "6
+    connections", "use the `unregister` method" -- each names something the cited passage must hold whole."""
+    hundred = [Passage(number=1, source="a.md", score=1.0, text="100% test coverage; the portal resets 3 times.")]
+    ten = Check().run("The default timeout is 10 seconds [1].", hundred, "What is the default timeout?")
+    assert not ten.passed and "states 10," in ten.reason
+    six = Check().run("It handles 6 connections at the portal [1].", hundred, "How many connections?")
+    assert not six.passed and "states 6," in six.reason
+    assert Check().run("The portal resets 3 times [1].", hundred, "How often does the portal reset?").passed
+    code = Check().run("Use the `unregister` method at the portal [1].", PASSAGES, "How do I remove a VPN user?")
+    assert not code.passed and "states unregister," in code.reason
+    assert Check().run("Use the `portal` [1].", PASSAGES, "How do I reset it?").passed  # a code name it holds
+
+
 def test_a_how_question_s_own_names_are_context_a_yes_no_question_s_are_claims() -> None:
     """'How do I ... example.py?' -- the user's file is no claim about the docs; 'Does the VPN support IPv6?' 'Yes,
     ... IPv6' affirms exactly what the passages must say."""

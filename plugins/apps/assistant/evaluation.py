@@ -1,4 +1,4 @@
-"""``hanlin eval -d assistant``: the answer-or-stay-silent decision on 156 labelled chat messages.
+"""``hanlin eval -d assistant``: the answer-or-stay-silent decision on 198 labelled chat messages.
 
 The corpus is the long descriptions (METADATA) of seven installed packages (httpx, requests, uvicorn, pluggy,
 pytest, click, jinja2), written to a cache folder by the research app's corpus builder and indexed by the
@@ -74,7 +74,7 @@ def corpus_index(cache: Path | None = None) -> Path:
 class AssistantDataset(Dataset):
     name = "assistant"
     kind = "assistant"  # type: ignore[assignment]  # runs itself (evaluate), not the generation runner
-    description = "Knowledge assistant: answer-or-silence decision on 156 chat messages over package docs"
+    description = "Knowledge assistant: answer-or-silence decision on 198 chat messages over package docs"
     supports_fewshot = False
     fewshot_source = "none"
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from hanlin import ComponentSpec, hookimpl
 
-DESCRIPTION = ("Knowledge assistant, 156 chat messages over 7 installed packages' docs: answer-or-silence P/R/F1, "
+DESCRIPTION = ("Knowledge assistant, 198 chat messages over 7 installed packages' docs: answer-or-silence P/R/F1, "
                "correctness, citation precision, retrieval-only ablation")
 
 

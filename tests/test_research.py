@@ -328,9 +328,27 @@ def test_scores_count_only_passages_found_in_the_cited_document(tmp_path: Path) 
                                                          "framework/toolkit for async web services.")
     made_up = Reference(number=2, url=doc.as_uri(), passage="Starlette was written in Rust by a team of ten.")
     assert score(item, "Starlette; its test client uses httpx2 [1]", [real]) == {
-        "correct": 1.0, "citation_valid": 1.0, "doc_recall": 0.5}
+        "correct": 1.0, "citation_valid": 1.0, "citation_support": 0.0, "doc_recall": 0.5}
     assert score(item, "Starlette [1][2]", [real, made_up]) == {"correct": 0.0, "citation_valid": 0.5,
-                                                                 "doc_recall": 0.5}
+                                                                 "citation_support": 1.0, "doc_recall": 0.5}
+
+
+def test_citation_support_checks_each_claim_against_the_passages_it_cites() -> None:
+    """Citation precision on words: the text before a citation (after it, for one written first) must have at
+    least half of its words in the cited passage; the question's own words are no evidence when there are others."""
+    from hanlin.plugins.apps.research.evaluate import citation_support
+    from hanlin.plugins.apps.research.events import Reference
+
+    refs = [Reference(number=1, url="file:///a.md", passage="Starlette is a lightweight ASGI toolkit."),
+            Reference(number=2, url="file:///b.md", passage="The test client is built on HTTPX.")]
+    assert citation_support("Starlette is an ASGI toolkit [1]. Its test client is built on HTTPX [2].", refs) == 1.0
+    assert citation_support("Starlette is an ASGI toolkit [2]. Its test client uses HTTPX [2].", refs) == 0.5
+    assert citation_support("[1] Starlette: lightweight ASGI toolkit.", refs) == 1.0  # the citation written first
+    assert citation_support("[1]", refs) == 0.0 and citation_support("Starlette, ASGI", refs) == 0.0
+    assert citation_support("Its test client is built on HTTPX [3].", refs) == 0.0  # no reference [3]
+    question = "Which lightweight ASGI toolkit is FastAPI built on?"
+    assert citation_support("The lightweight ASGI toolkit FastAPI is built on is Starlette [1].", refs, question) == 1.0
+    assert citation_support("The lightweight ASGI toolkit FastAPI is built on is Django [1].", refs, question) == 0.0
 
 
 def test_a_passage_that_ends_at_a_heading_label_is_found_in_its_document(tmp_path: Path) -> None:

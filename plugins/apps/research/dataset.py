@@ -19,7 +19,7 @@ from hanlin.errors import ConfigurationError
 from hanlin.plugins.evaluators.base import Dataset, EvalItem
 
 SYSTEMS = ("research", "react")
-SCORES = ("correct", "citation_valid", "doc_recall", "wall_s")
+SCORES = ("correct", "citation_valid", "citation_support", "doc_recall", "wall_s")
 
 
 class ResearchDataset(Dataset):
@@ -85,6 +85,7 @@ class ResearchDataset(Dataset):
                                   gold=next(i.answer for i in items if i.id == r["id"]), output=r["answer"],
                                   extracted=r["answer"], correct=bool(r["correct"]),
                                   detail=f"{r['system']}: {r['status']}; citation_valid {r['citation_valid']:.2f}, "
+                                         f"citation_support {r['citation_support']:.2f}, "
                                          f"doc_recall {r['doc_recall']:.2f}, {r['wall_s']:.1f} s; references: "
                                          + "; ".join(f"[{x['number']}] {x['url']}" for x in r["references"]))
                        for r in rows]

@@ -3,9 +3,10 @@
 ``data/multihop.jsonl``: each question needs two package descriptions (``documents``); ``answers`` is a list of
 groups, and an answer is right when it contains one phrase of every group (case-insensitive). Scores per run:
 ``correct``; ``citation_valid``: the share of shown references whose passage is verbatim in the document it names
-(a run that cites nothing scores 0); ``doc_recall``: the share of the needed documents among the cited ones.
-The baseline is one ReAct agent with the same numbered ``search`` tool over the same index, so both are scored the
-same way.
+(a run that cites nothing scores 0); ``citation_support``: the share of the answer's citations whose claim has at
+least half of its words in the passages it cites (citation precision, on words); ``doc_recall``: the share of the
+needed documents among the cited ones. The baseline is one ReAct agent with the same numbered ``search`` tool over
+the same index, so both are scored the same way.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def load_questions() -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+_STOP = frozenset("the and that for with which what from into its are was were has have this also".split())
+
+
 def _squash(text: str) -> str:
     return " ".join(re.sub(r"[#*`>\[\]()_\-]", " ", text).split()).lower()
 
@@ -50,13 +54,46 @@ def passage_in_document(ref: Reference) -> bool:
     return bool(fragments) and all(f in text for f in fragments)
 
 
+_CITED = re.compile(r"(?:\s*\[(\d+)\])+")
+_TERM = re.compile(r"[a-z0-9][a-z0-9_.+/-]*[a-z0-9]|\d")
+
+
+def _terms(text: str) -> set[str]:
+    return {t for t in _TERM.findall(_squash(text)) if len(t) > 2 or t.isdigit()} - _STOP
+
+
+def citation_support(answer: str, references: list[Reference], question: str = "") -> float:
+    """The share of the answer's citations whose claim -- the text since the previous citation, or up to the next
+    one for a citation written first -- has at least half of its words (3+ characters, or numbers) in the passages
+    it cites: citation precision, checked on words. The question's words in a claim are left out when it has
+    others ("the boilerplate tool Trafilatura uses is jusText [1]" claims jusText). A citation of a passage not in
+    the reference list, or of a claim with no words ("[1]" alone), supports nothing; an answer that cites nothing
+    scores 0."""
+    passages = {r.number: _terms(r.passage) for r in references}
+    asked = _terms(question)
+    supported, total, start = 0, 0, 0
+    groups = list(_CITED.finditer(answer))
+    for n, group in enumerate(groups):
+        claim = _terms(answer[start:group.start()])
+        start = group.end()
+        if not claim:  # a citation written before its claim ("[1] httpx: ..."): the text up to the next one
+            claim = _terms(answer[start:groups[n + 1].start() if n + 1 < len(groups) else len(answer)])
+        claim = (claim - asked) or claim
+        for number in {int(n) for n in re.findall(r"\d+", group.group())}:
+            held = passages.get(number, set())
+            total += 1
+            supported += bool(claim) and 2 * len(claim & held) >= len(claim)
+    return supported / total if total else 0.0
+
+
 def score(item: dict[str, Any], answer: str, references: list[Reference]) -> dict[str, float]:
     lowered = answer.lower()
     correct = all(any(alt.lower() in lowered for alt in group) for group in item["answers"])
     valid = sum(passage_in_document(r) for r in references) / len(references) if references else 0.0
     cited_docs = {Path(unquote(urlparse(r.url).path)).name for r in references}
     recall = len(cited_docs & set(item["documents"])) / len(item["documents"])
-    return {"correct": float(correct), "citation_valid": valid, "doc_recall": recall}
+    return {"correct": float(correct), "citation_valid": valid,
+            "citation_support": citation_support(answer, references, item.get("question", "")), "doc_recall": recall}
 
 
 def run_research(model: ChatModel, item: dict[str, Any], search: str, **options: Any) -> dict[str, Any]:

@@ -73,13 +73,13 @@ def citation_support(answer: str, references: list[Reference], question: str = "
     asked = _terms(question)
     supported, total, start = 0, 0, 0
     groups = list(_CITED.finditer(answer))
-    for n, group in enumerate(groups):
+    for index, group in enumerate(groups):
         claim = _terms(answer[start:group.start()])
         start = group.end()
         if not claim:  # a citation written before its claim ("[1] httpx: ..."): the text up to the next one
-            claim = _terms(answer[start:groups[n + 1].start() if n + 1 < len(groups) else len(answer)])
+            claim = _terms(answer[start:groups[index + 1].start() if index + 1 < len(groups) else len(answer)])
         claim = (claim - asked) or claim
-        for number in {int(n) for n in re.findall(r"\d+", group.group())}:
+        for number in {int(d) for d in re.findall(r"\d+", group.group())}:
             held = passages.get(number, set())
             total += 1
             supported += bool(claim) and 2 * len(claim & held) >= len(claim)

@@ -185,8 +185,8 @@ def supported_answer(answer: str, quote: str, question: str, shown: list[str]) -
     if kept:
         return text, kept, quote
     for other in shown:
-        if other != quote and grounded_answer(answer, other, question)[1]:
-            return grounded_answer(answer, other, question)[0], True, other
+        if other != quote and (found := grounded_answer(answer, other, question))[1]:
+            return found[0], True, other
     return text, kept, quote
 
 

@@ -198,7 +198,6 @@ class Searcher:
                     result = text if cited(text) else f"{text.rstrip('.')} [{output.source}]."
                     node.short = strip_citations(text).rstrip(".")
                 elif output is not None and hasattr(output, "quote"):
-                    short, quote, number = describe(output)
                     result = self._quoted(node, output, quotes)
                 else:
                     result = event.text

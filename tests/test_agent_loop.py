@@ -502,3 +502,33 @@ def test_a_call_repeated_from_the_previous_step_is_not_rerun_and_only_the_answer
     assert observations[0] == "2" and observations[1].startswith("2\n[The same counter call as in your previous step")
     assert "Action: " in grammars[0] and "Action: " in grammars[1] and "Action: " not in grammars[2]
     assert "Final Answer: " in grammars[2]
+
+
+@tool
+def python(code: str) -> str:
+    """Run Python code.
+
+    Args:
+        code: the source
+    """
+    return f"ran {code!r}"
+
+
+def test_tools_protocol_runs_python_code_the_model_showed_instead_of_calling_the_tool() -> None:
+    shown = "To find out, you can use:\n```python\nprint(2 + 3)\n```\nThis prints the sum."
+    model = ScriptedModel([shown, "The sum is 5.", f"Done: {shown}"])
+    result = Agent(model, [python, add], protocol="tools").run("What is 2 + 3? Use Python.")
+    assert result.status == "answered" and result.output == "The sum is 5."
+    assistant, observation = result.messages[1], result.messages[2]
+    assert [(c.name, c.arguments) for c in assistant.tool_calls] == [("python", {"code": "print(2 + 3)"})]
+    assert observation.tool_call_id == assistant.tool_calls[0].id and observation.content == "ran 'print(2 + 3)'"
+
+    # once the code tool has returned a result, code in a reply illustrates the answer
+    model = ScriptedModel([Completion(text="", tool_calls=[ToolCall(id="c1", name="python", arguments={"code": "1"})]),
+                           shown])
+    result = Agent(model, [python], protocol="tools").run("q")
+    assert result.status == "answered" and result.output == shown
+    # without a tool that runs code, or with two blocks, the reply is the answer
+    assert Agent(ScriptedModel([shown]), [add], protocol="tools").run("q").output == shown
+    two = shown + "\nor:\n```python\nprint(5)\n```"
+    assert Agent(ScriptedModel([two]), [python], protocol="tools").run("q").output == two

@@ -24,12 +24,11 @@ from hanlin import Completion, Constraint, Message, ParseError, ProtocolError, S
 from hanlin.chat_model import ChatModel
 from hanlin.events import ErrorEvent, ToolCallEvent, ToolResultEvent
 from hanlin.plugins.protocols.code_bridge import Bridge, signature
+from hanlin.plugins.protocols.code_fence import MAX_CODE_LINES, MAX_LINE_CHARS, add_code_block
 from hanlin.protocols import Action, ParsedStep, RunContext
 
 STOP = ["\n```\n", "\nObservation:"]  # a model without the grammar stops after its block
 CODE_LANGS = {"", "python", "py", "python3", "ipython"}
-MAX_CODE_LINES = 60  # the grammar's bounds: a runaway cell still ends as a well-formed block
-MAX_LINE_CHARS = 200
 NO_OUTPUT_NOTE = "(no output: print() what you need to see, or call final_answer(...))"
 REPEATED_FAILURE_NOTE = ("[This is the same code as your previous step and it failed the same way. Change it: fix the "
                          "error, or print() what a function returns and read it before using it.]")
@@ -106,11 +105,9 @@ def code_grammar(max_lines: int = MAX_CODE_LINES, max_line_chars: int = MAX_LINE
 
     g = GrammarBuilder()
     g.add("thought", line_rule())
-    # A character that cannot start a run of three backticks: one or two backticks are followed by something else;
-    # a line may end with one or two. The closing fence may take a newline: tokenizers often split "```\n" as
-    # "``" + "`\n" (Qwen2.5's does), and a model denied that pair writes `` plus junk instead.
-    g.add("cchar", '[^`\\n] | "`" [^`\\n] | "``" [^`\\n]')
-    g.add("cline", f'cchar{{0,{max_line_chars}}} ("`" | "``")? "\\n"')
+    # The closing fence may take a newline: tokenizers often split "```\n" as "``" + "`\n" (Qwen2.5's does), and a
+    # model denied that pair writes `` plus junk instead.
+    add_code_block(g, max_line_chars)
     body = f"{gbnf_literal('final_answer(')} cline" if final_only else f"cline{{1,{max_lines}}}"
     g.add("root", f"{gbnf_literal('Thought: ')} thought {gbnf_literal(chr(10) + '```python' + chr(10))} "
                   f"{body} {gbnf_literal('```')} {gbnf_literal(chr(10))}?")

@@ -8,12 +8,15 @@ runtime declares ``native_tools`` can use it.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Collection
 from typing import Any
 
-from hanlin import ChatModel, Completion, Constraint, Message, ParseError, ProtocolError, StepProtocol, hookimpl
+from hanlin import (ChatModel, Completion, Constraint, Message, ParseError, ProtocolError, StepProtocol, ToolCall,
+                    hookimpl)
 from hanlin.protocols import Action, Final, ParsedStep, RunContext
 
+from hanlin.plugins.protocols.code_fence import fenced_code, is_code_tool
 from hanlin.plugins.protocols.react import EXAMPLE_TOOL
 from hanlin.runtimes.tool_calls import looks_like_call
 
@@ -43,6 +46,18 @@ def unknown_call(text: str, names: Collection[str]) -> str | None:
             return value["name"]
         break  # only the first object counts: prose that quotes JSON later is still an answer
     return None
+
+
+def code_written_as_text(text: str, ctx: RunContext) -> ToolCall | None:
+    """A reply that shows Python code instead of running it, as a call to the code tool. Asked to "use Python to
+    find out", Qwen2.5-Coder-0.5B explains ("you can use the datetime module: ```python ...```") rather than calling
+    the tool (5 of 21 python items of the tooluse set, each answered with no result). Only before that tool has
+    returned a result in this run: afterwards code in a reply illustrates the answer. One fenced block only."""
+    name = next((name for name, tool in ctx.tools.items() if is_code_tool(tool)), None)
+    if name is None or any(m.role == "tool" and m.name == name and not m.is_error for m in ctx.messages):
+        return None
+    code = fenced_code(text)
+    return None if code is None else ToolCall(id=f"call_{uuid.uuid4().hex[:12]}", name=name, arguments={"code": code})
 
 
 class NativeTools(StepProtocol):
@@ -105,10 +120,14 @@ class NativeTools(StepProtocol):
             raise ParseError(f"the model called '{name}', which is not a tool",
                              hint=f"there is no tool named '{name}'. Call one of: {known}; or reply with your final "
                                   "answer in plain words.")
+        if not ctx.repeated and (call := code_written_as_text(text, ctx)) is not None:
+            return Action([call], thought=text)
         return Final(text)
 
     def assistant_message(self, completion: Completion, parsed: ParsedStep | None) -> Message:
-        return Message.assistant(completion.text, completion.tool_calls)
+        # parsed.calls: the runtime's calls, or the code the reply showed (code_written_as_text), so each tool
+        # result in the transcript answers a call of the turn before it
+        return Message.assistant(completion.text, parsed.calls if isinstance(parsed, Action) else [])
 
 
 @hookimpl

@@ -177,3 +177,44 @@ def test_a_stray_closing_brace_at_the_end_of_a_string_argument_is_dropped() -> N
     # a brace the string itself opened is kept
     kept = parse_react('Thought: d\nAction: python\nAction Input: {"code": "d = {1: 2}", "note": "x"}')
     assert kept.arguments == {"code": "d = {1: 2}", "note": "x"}
+
+
+@tool
+def python(code: str) -> str:
+    """Run Python code.
+
+    Args:
+        code: the source
+    """
+    return ""
+
+
+def test_a_code_tools_input_is_read_from_a_python_block() -> None:
+    """In a JSON string Qwen2.5-Coder-0.5B crammed loops onto one line (SyntaxErrors); in a fence it writes them."""
+    text = "Thought: count\nAction: python\nAction Input:\n```python\nn = 0\nfor i in range(3):\n    n += i\nprint(n)\n```"
+    step = parse_react(text, {"python": python, "calculator": calculator})
+    assert step.action == "python" and step.arguments == {"code": "n = 0\nfor i in range(3):\n    n += i\nprint(n)"}
+    json_step = parse_react('Thought: t\nAction: python\nAction Input: {"code": "print(1)"}', {"python": python})
+    assert json_step.arguments == {"code": "print(1)"}  # JSON still reads
+
+
+@requires_smollm2
+def test_react_asks_a_code_tool_for_a_python_block(matcher) -> None:
+    from hanlin import Agent, ScriptedModel
+
+    seen = []
+
+    def reply(messages, params):
+        seen.append((messages[0].content, params.constraint.grammar))
+        return "Thought: t\nFinal Answer: 4"
+
+    Agent(ScriptedModel(reply), [calculator, python]).run("q")
+    Agent(ScriptedModel(reply), [calculator]).run("q")
+    (prompt, grammar), (plain_prompt, _) = seen
+    assert "For python, Action Input is the code itself in a ```python block" in prompt
+    assert "```python" not in plain_prompt
+    step = matcher(grammar)
+    block = "Thought: loop\nAction: python\nAction Input:\n```python\nfor i in range(3):\n    print(i)\n```"
+    assert step.accepts(block) and step.accepts(block + "\n")
+    assert not step.accepts('Thought: t\nAction: python\nAction Input: {"code": "print(1)"}')
+    assert step.accepts('Thought: add\nAction: calculator\nAction Input: {"expression": "2+2"}')

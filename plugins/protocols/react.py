@@ -4,7 +4,8 @@ Observations go back to the model as user turns ("Observation: ..."), so the
 rendered prompt of step n+1 extends the prompt of step n token for token and a
 runtime with prefix caching only pays for the new turn. When the runtime can
 take a grammar, each step is constrained so the tool name is a registered one
-and Action Input is JSON valid for that tool's schema.
+and Action Input is JSON valid for that tool's schema (a tool that runs code
+takes a ```python block instead: see code_fence).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from hanlin import Completion, Constraint, Message, StepProtocol, ToolCall, hookimpl
 from hanlin.protocols import Action, Final, ParsedStep, RunContext
+from hanlin.plugins.protocols.code_fence import MAX_CODE_LINES, add_code_block, is_code_tool
 from hanlin.plugins.protocols.react_parser import parse_react
 
 CORRECTION = "Observation: Error: "  # how a malformed step is answered (a user turn, but not a new question)
@@ -87,6 +89,7 @@ class ReAct(StepProtocol):
             "Thought: think about what to do next\n"
             f"Action: the tool name, one of [{names}]\n"
             "Action Input: the tool's arguments as a JSON object\n"
+            f"{self.code_format(ctx)}"
             'The tool\'s result will then be given to you as "Observation: ...".\n\n'
             "When you have the answer, or no tool is needed, use this format:\n"
             "Thought: the reasoning that leads to the answer\n"
@@ -95,6 +98,17 @@ class ReAct(StepProtocol):
             f"{self.example(ctx)}"
             "Begin!"
         )
+
+    def code_format(self, ctx: RunContext) -> str:
+        """How a code tool's input is written: a ```python block (see code_fence), not a JSON string. Measured on
+        tooluse@react, all 63: python 10 -> 11 of 21 (SyntaxErrors of one-line loops gone: 5 items better; 4 worse,
+        whose fenced cells computed a part of the answer, e.g. `2**100` for its digit sum); overall 0.49 -> 0.52 +-
+        0.05 paired, within noise. A placeholder asking for "code that computes the whole answer" measured 0.51."""
+        names = [name for name, tool in ctx.tools.items() if is_code_tool(tool)]
+        if not names:
+            return ""
+        return (f"For {' or '.join(names)}, Action Input is the code itself in a ```python block, not JSON:\n"
+                f"Action: {names[0]}\nAction Input:\n```python\n<the code, printing what you need>\n```\n")
 
     def example(self, ctx: RunContext) -> str:
         """A short worked run with a made-up tool: it shows the format once, never a real tool's use. Left out when
@@ -203,6 +217,12 @@ def react_grammar(ctx: RunContext, max_string_chars: int | None = None, offered:
     if offered is None:
         offered = [] if ctx.repeated else list(ctx.tools)
     for i, tool in enumerate(ctx.tools[name] for name in offered):
+        if is_code_tool(tool):  # the code in a fenced block, as the prompt's format line says
+            line = add_code_block(g)
+            fence = chr(10) + "Action Input:" + chr(10) + "```python" + chr(10)
+            actions.append(f"{gbnf_literal(tool.name)} {gbnf_literal(fence)} {line}{{1,{MAX_CODE_LINES}}} "
+                           f"{gbnf_literal('```')}")
+            continue
         args = g.schema(tool.parameters, f"args{i}")
         actions.append(f"{gbnf_literal(tool.name)} {gbnf_literal(chr(10) + 'Action Input: ')} {args}")
     schema = ctx.output_schema()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hanlin.errors import ParseError
+from hanlin.plugins.protocols.code_fence import fenced_code, is_code_tool
 
 # A label counts only at the start of a line ("Thought: I need the final answer: soon" is a thought, not an
 # answer), and tolerates indentation, markdown emphasis ("**Action:**") and any case.
@@ -115,6 +116,9 @@ def _clean_tool_name(text: str) -> str:
 
 
 def _parse_arguments(raw: str, name: str, tools: Mapping[str, Any] | None, text: str) -> dict[str, Any]:
+    tool = (tools or {}).get(name)
+    if tool is not None and is_code_tool(tool) and (code := fenced_code(raw)) is not None:
+        return {"code": code}  # a code tool's input as a ```python block (see code_fence)
     # A fence opening on the label's line ("Action Input: ```json"), or inline backticks around the arguments.
     stripped = _LEADING_FENCE.sub("", raw.strip()).strip().strip("`").strip()
     start = stripped.find("{")

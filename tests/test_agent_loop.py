@@ -26,6 +26,7 @@ from hanlin import (
     ScriptedModel,
     StepStarted,
     TokenDelta,
+    Tool,
     ToolCall,
     ToolCallEvent,
     load_traces,
@@ -404,6 +405,30 @@ def test_native_call_to_an_unknown_tool_written_as_text_is_corrected_not_answere
     assert "no tool named 'Harbor Wi-Fi'" in model.calls[1][0][-1].content
     plain = ScriptedModel(['The JSON {"name": "x"} has no arguments, so this is an answer.'])
     assert Agent(plain, [add], protocol="tools").run("q").status == "answered"
+
+
+def test_native_call_to_an_unknown_name_whose_arguments_fit_one_tool_calls_that_tool() -> None:
+    @tool
+    def knowledge_base(query: str) -> str:
+        """Search.
+
+        Args:
+            query: what to find
+        """
+        return f"found {query}"
+
+    misnamed = '{"name": "lumen_harbor_travel_policy", "arguments": {"query": "hotel limit"}}'
+    model = ScriptedModel([misnamed, "140 euros"])
+    result = Agent(model, [add, knowledge_base], protocol="tools").run("hotel?")
+    assert result.status == "answered" and result.output == "140 euros"
+    call = result.messages[1].tool_calls[0]
+    assert (call.name, call.arguments) == ("knowledge_base", {"query": "hotel limit"})
+    assert result.messages[2].content == "found hotel limit" and result.messages[2].tool_call_id == call.id
+    # arguments that fit no tool, or several, are still a mistake to correct
+    for tools in ([add], [knowledge_base, Tool(knowledge_base.fn, name="search")]):
+        model = ScriptedModel([misnamed, "42"])
+        assert Agent(model, tools, protocol="tools").run("q").output == "42"
+        assert "no tool named 'lumen_harbor_travel_policy'" in model.calls[1][0][-1].content
 
 
 def test_native_step_after_a_repeat_may_only_write_words() -> None:

@@ -417,9 +417,16 @@ def test_native_call_to_an_unknown_name_whose_arguments_fit_one_tool_calls_that_
         """
         return f"found {query}"
 
+    class Loose(BaseModel):  # pydantic's default: unknown keys ignored, so any dict validates
+        verbose: bool = False
+
+    def status(verbose: bool = False) -> str:
+        return "ok"
+
     misnamed = '{"name": "lumen_harbor_travel_policy", "arguments": {"query": "hotel limit"}}'
     model = ScriptedModel([misnamed, "140 euros"])
-    result = Agent(model, [add, knowledge_base], protocol="tools").run("hotel?")
+    loose = Tool(status, description="Status.", args_model=Loose)
+    result = Agent(model, [add, knowledge_base, loose], protocol="tools").run("hotel?")
     assert result.status == "answered" and result.output == "140 euros"
     call = result.messages[1].tool_calls[0]
     assert (call.name, call.arguments) == ("knowledge_base", {"query": "hotel limit"})

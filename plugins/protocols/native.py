@@ -59,6 +59,8 @@ def only_tool_taking(arguments: Any, ctx: RunContext) -> str | None:
         return None
     fits = []
     for name, tool in ctx.tools.items():
+        if not set(arguments) <= set(tool.parameters.get("properties", {})):
+            continue  # an args_model that ignores unknown keys would take anything
         try:
             tool.validate(arguments)
         except ValidationError:

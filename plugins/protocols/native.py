@@ -8,11 +8,8 @@ runtime declares ``native_tools`` can use it.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Collection
 from typing import Any
-
-from pydantic import ValidationError
 
 from hanlin import (ChatModel, Completion, Constraint, Message, ParseError, ProtocolError, StepProtocol, ToolCall,
                     hookimpl)
@@ -57,15 +54,9 @@ def only_tool_taking(arguments: Any, ctx: RunContext) -> str | None:
     arguments say which tool it meant when exactly one tool takes them."""
     if not isinstance(arguments, dict) or not arguments:
         return None
-    fits = []
-    for name, tool in ctx.tools.items():
-        if not set(arguments) <= set(tool.parameters.get("properties", {})):
-            continue  # an args_model that ignores unknown keys would take anything
-        try:
-            tool.validate(arguments)
-        except ValidationError:
-            continue
-        fits.append(name)
+    # Every argument one of the tool's properties: an args_model that ignores unknown keys would take anything.
+    fits = [name for name, tool in ctx.tools.items() if set(arguments) <= set(tool.parameters.get("properties", {}))
+            and ctx.check_call(ToolCall(name=name, arguments=arguments)) is None]
     return fits[0] if len(fits) == 1 else None
 
 
@@ -78,7 +69,7 @@ def code_written_as_text(text: str, ctx: RunContext) -> ToolCall | None:
     if name is None or any(m.role == "tool" and m.name == name and not m.is_error for m in ctx.messages):
         return None
     code = fenced_code(text)
-    return None if code is None else ToolCall(id=f"call_{uuid.uuid4().hex[:12]}", name=name, arguments={"code": code})
+    return None if code is None else ToolCall(name=name, arguments={"code": code})
 
 
 class NativeTools(StepProtocol):
@@ -139,8 +130,7 @@ class NativeTools(StepProtocol):
         if (unknown := unknown_call(text, ctx.tools)) is not None:
             name, arguments = unknown
             if (tool := only_tool_taking(arguments, ctx)) is not None:
-                return Action([ToolCall(id=f"call_{uuid.uuid4().hex[:12]}", name=tool, arguments=arguments)],
-                              thought=text)
+                return Action([ToolCall(name=tool, arguments=arguments)], thought=text)
             known = ", ".join(ctx.tools) or "(no tools)"
             raise ParseError(f"the model called '{name}', which is not a tool",
                              hint=f"there is no tool named '{name}'. Call one of: {known}; or reply with your final "

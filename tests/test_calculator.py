@@ -171,6 +171,24 @@ def test_a_result_written_after_equals_is_checked_not_parsed(expression: str, ex
     assert evaluate(expression) == expected
 
 
+@pytest.mark.parametrize(("expression", "expected"), [
+    ("1 + 2 + 3 + ... + 250", "31375"),  # what Qwen2.5-Coder-0.5B sent for "the sum of 1 to 250"
+    ("1 + ... + 100", "5050"),  # one written term: steps of 1
+    ("2 + 4 + … + 100", "2550"),
+    ("10 + 7 + ... + 1", "22"),
+    ("(1 * 2 * ... * 7) / 12", "420"),
+    ("3 * 1 + 2 + ... + 4", None),  # the 3 would multiply the first term only: refused, not guessed
+    ("1 + 3 + ... + 10", None),  # 10 is not reached in steps of 2
+    ("1 + 2 + ... * 9", None),
+])
+def test_a_series_written_with_an_ellipsis(expression: str, expected: str | None) -> None:
+    if expected is not None:
+        assert evaluate(expression) == expected
+    else:
+        with pytest.raises(CalculatorError, match="series|ellipsis|steps"):
+            evaluate(expression)
+
+
 def test_a_number_with_a_unit_gets_an_error_that_shows_the_numbers_alone() -> None:
     with pytest.raises(CalculatorError, match=r"'minutes' after 90 looks like a unit: write the numbers alone, "
                                               r"e.g. '90 / 4 = 22.5'"):

@@ -43,6 +43,27 @@ def test_errors_are_trimmed_tracebacks(python) -> None:
     assert result.content.count("\n") <= 8
 
 
+def test_a_word_written_as_a_bare_name_gets_the_quoted_line_as_a_hint(python) -> None:
+    """Qwen2.5-Coder-0.5B wrote mississippi.count('s'); the bare NameError alone made it re-send the cell."""
+    result = run(python, "word_count = 1\nmississippi.count('s')")
+    assert result.is_error and "NameError" in result.content
+    assert result.content.endswith("put it in quotes:\n'mississippi'.count('s')")
+    # a builtin's NameError (del'd or shadowed names aside) and other errors get no hint
+    assert "Hint" not in run(python, "1 / 0").content
+
+
+def test_quoted_line_leaves_attributes_and_strings_alone() -> None:
+    from hanlin.plugins.tools.python_hints import error_hint, quoted_line
+
+    assert quoted_line("s = 'evaluation'\nx.evaluation + evaluation[::-1]", "evaluation") == \
+        "x.evaluation + 'evaluation'[::-1]"
+    assert quoted_line("print('evaluation')", "evaluation") is None
+    assert quoted_line("print(evaluation", "evaluation") is None  # does not tokenize: no line to show
+    assert error_hint("NameError", "name 'evaluation' is not defined", "print(evaluation").endswith(
+        "put it in quotes: 'evaluation'")
+    assert error_hint("NameError", "name 'len' is not defined", "len(x)") is None
+
+
 def test_timeout_interrupts_and_keeps_state(python) -> None:
     result = run(python, "kept = 'yes'\nimport time\nwhile True:\n    time.sleep(0.05)")
     assert result.is_error and "timed out after 3 s" in result.content

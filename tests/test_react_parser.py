@@ -198,6 +198,30 @@ def test_a_code_tools_input_is_read_from_a_python_block() -> None:
     assert json_step.arguments == {"code": "print(1)"}  # JSON still reads
 
 
+def test_a_python_block_cut_by_the_stop_sequence_is_read_whole() -> None:
+    """The model wrote "Observation:" where the closing fence belonged; the step stops there, inside the block. Read
+    as a bare value, only "def is_prime(n):" reached the kernel (python-01)."""
+    program = "def is_prime(n):\n    return n > 1\n\ncount = 0\nfor k in range(10):\n    count += is_prime(k)"
+    step = parse_react(f"Thought: count\nAction: python\nAction Input:\n```python\n{program}", {"python": python})
+    assert step.arguments == {"code": program}
+    # a fence of another language, or two openings, is not taken for an unclosed python block
+    with pytest.raises(ParseError):
+        parse_react("Thought: t\nAction: python\nAction Input:\n```json\n{", {"python": python})
+
+
+def test_a_final_answer_line_inside_a_python_block_is_not_sent_as_code() -> None:
+    """The model re-sent its cell with "Final Answer: 12" as the last line: a SyntaxError it repeated (python-13)."""
+    cell = "words = 'a b c'.split()\nprint(len(words))"
+    text = f"Thought: t\nAction: python\nAction Input:\n```python\n{cell}\nFinal Answer: 3\n```"
+    assert parse_react(text, {"python": python}).arguments == {"code": cell}
+    # a variable that merely holds the words stays code
+    kept = "final_answer = 3\nprint(final_answer)"
+    assert parse_react(f"Thought: t\nAction: python\nAction Input:\n```python\n{kept}\n```",
+                       {"python": python}).arguments == {"code": kept}
+    with pytest.raises(ParseError, match="only a 'Final Answer:' line"):
+        parse_react("Thought: t\nAction: python\nAction Input:\n```python\nFinal Answer: 3\n```", {"python": python})
+
+
 @requires_smollm2
 def test_react_asks_a_code_tool_for_a_python_block(matcher) -> None:
     from hanlin import Agent, ScriptedModel

@@ -15,6 +15,7 @@ from typing import Any
 MAX_CODE_LINES = 60  # the grammar's bounds: a runaway cell still ends as a well-formed block
 MAX_LINE_CHARS = 200
 PYTHON_FENCE = re.compile(r"```(?:python|py)[ \t]*\n(.*?)```", re.DOTALL)
+PYTHON_OPENING = re.compile(r"```(?:python|py)[ \t]*\n(.*)", re.DOTALL)
 
 
 def is_code_tool(tool: Any) -> bool:
@@ -30,6 +31,17 @@ def fenced_code(text: str) -> str | None:
     if len(blocks) != 1 or not blocks[0].strip():
         return None
     return blocks[0].strip("\n")
+
+
+def unclosed_fenced_code(text: str) -> str | None:
+    """The code after a ```python fence that nothing closes (None if ``text`` has any other backtick fence).
+
+    A ReAct step is cut at its stop sequence: Qwen2.5-Coder-0.5B wrote a whole program and then "Observation:" where
+    the closing fence belonged, so the step ended inside the block. Read as a bare value, only the block's first line
+    ("def is_prime(n):") reached the kernel: a SyntaxError, then a guessed answer (python-01, 400 for 168)."""
+    if text.count("```") != 1 or (match := PYTHON_OPENING.search(text)) is None or not match[1].strip():
+        return None
+    return match[1].strip("\n")
 
 
 def add_code_block(g: Any, max_line_chars: int = MAX_LINE_CHARS) -> str:

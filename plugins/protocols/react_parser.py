@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hanlin.errors import ParseError
-from hanlin.plugins.protocols.code_fence import fenced_code, is_code_tool
+from hanlin.plugins.protocols.code_fence import fenced_code, is_code_tool, unclosed_fenced_code
 
 # A label counts only at the start of a line ("Thought: I need the final answer: soon" is a thought, not an
 # answer), and tolerates indentation, markdown emphasis ("**Action:**") and any case.
@@ -31,6 +31,8 @@ _THOUGHT = re.compile(_LABEL.format(name=r"thought"), _FLAGS)
 _LEADING_FENCE = re.compile(r"^```[\w+-]*[ \t]*\n?")
 _TRAILING_FENCE = re.compile(r"\n?[ \t]*```[ \t]*$")
 _OBSERVATION = re.compile(r"\n\s*observation\s*:", re.IGNORECASE)
+# "Final Answer: 12" is never Python (two names in a row), so inside a code block it is the model answering.
+_FINAL_IN_CODE = re.compile(r"^[ \t]*[*_`]*final answer[*_` \t]*:", _FLAGS)
 
 FORMAT_HINT = (
     "Reply in this format:\nThought: <your reasoning>\nAction: <tool name>\nAction Input: <JSON object>\n"
@@ -117,8 +119,12 @@ def _clean_tool_name(text: str) -> str:
 
 def _parse_arguments(raw: str, name: str, tools: Mapping[str, Any] | None, text: str) -> dict[str, Any]:
     tool = (tools or {}).get(name)
-    if tool is not None and is_code_tool(tool) and (code := fenced_code(raw)) is not None:
-        return {"code": code}  # a code tool's input as a ```python block (see code_fence)
+    if tool is not None and is_code_tool(tool):
+        code = fenced_code(raw)
+        if code is None:
+            code = unclosed_fenced_code(raw)
+        if code is not None:  # a code tool's input as a ```python block (see code_fence)
+            return {"code": _code_before_final_answer(code, text)}
     # A fence opening on the label's line ("Action Input: ```json"), or inline backticks around the arguments.
     stripped = _LEADING_FENCE.sub("", raw.strip()).strip().strip("`").strip()
     start = stripped.find("{")
@@ -154,6 +160,24 @@ def _parse_arguments(raw: str, name: str, tools: Mapping[str, Any] | None, text:
         hint=f"Action Input must be one JSON object, e.g. {_example(name, tools)}",
         text=text,
     )
+
+
+def _code_before_final_answer(code: str, text: str) -> str:
+    """The code less a "Final Answer:" line and what follows it. Having run a cell, Qwen2.5-Coder-0.5B sent the same
+    cell again with "Final Answer: 12" as its last line: a SyntaxError, re-sent until the run gave up (python-13). Cut
+    there, an unchanged cell meets the repeat guard, which gives back the earlier result and asks for the answer; a
+    new cell runs, so the answer comes from its output rather than from the model's guess."""
+    match = _FINAL_IN_CODE.search(code)
+    if match is None:
+        return code
+    head = code[: match.start()].rstrip()
+    if not head.strip():
+        raise ParseError(
+            "the ```python block holds only a 'Final Answer:' line",
+            hint="Write 'Final Answer: <the answer>' on its own line, outside any code block.",
+            text=text,
+        )
+    return head
 
 
 def _single_parameter(name: str, tools: Mapping[str, Any] | None) -> str | None:

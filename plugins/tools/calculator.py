@@ -20,6 +20,7 @@ Decisions, because models write arithmetic the way people do:
 - Floats are printed with 15 significant digits, the precision a double
   always carries, so 0.1 + 0.2 reads 0.3 and not 0.30000000000000004.
 - Comparisons work and give ``true``/``false``.
+- A sum or product written with an ellipsis ("1 + 2 + ... + 250") is the series it shows (calculator_series).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hanlin import ToolInputError, ToolSpec, hookimpl, tool
+from hanlin.plugins.tools.calculator_series import SeriesError, expand_series
 
 MAX_EXPRESSION_CHARS = 500
 MAX_RESULT_DIGITS = 4000  # below CPython's 4300-digit int<->str limit, so every allowed result can be printed
@@ -289,6 +291,10 @@ def evaluate(expression: str) -> str:
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise CalculatorError(f"the expression is {len(expression)} characters; the limit is {MAX_EXPRESSION_CHARS}")
     text, claimed = _claimed_result(_normalise(expression))
+    try:
+        text = expand_series(text)
+    except SeriesError as exc:
+        raise CalculatorError(str(exc)) from None
     tree = _parse(expression, text)
     try:
         value = _Evaluator(expression).visit(tree)
@@ -328,13 +334,15 @@ def _claimed_result(text: str) -> tuple[str, str | None]:
 
 @tool(timeout=5)
 def calculator(expression: str) -> str:
-    """Evaluate an arithmetic expression exactly and return the result.
+    """Evaluate an arithmetic expression exactly and return the result. Knows sqrt, factorial, gcd, lcm, log, round,
+    min, max and more.
 
     Supports + - * / // % ** (or ^), parentheses, comparisons, big integers,
     the constants pi, e, tau, and the functions sqrt, exp, log (log(x) or
     log(x, base)), log10, log2, sin, cos, tan, asin, acos, atan, atan2, sinh,
     cosh, tanh, floor, ceil, round, abs, min, max, factorial, gcd, lcm, hypot,
-    degrees, radians. Angles are in radians.
+    degrees, radians. Angles are in radians. A sum or product may be written
+    with an ellipsis: 1 + 2 + ... + 100.
 
     Args:
         expression: The arithmetic to evaluate, e.g. "37 * 91 + 5" or "sqrt(2) * 10".

@@ -28,6 +28,7 @@ from typing import Any
 
 from hanlin import ToolResult
 from hanlin.errors import ToolError
+from hanlin.plugins.tools.python_hints import error_hint
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _LIVE: weakref.WeakSet[KernelSession] = weakref.WeakSet()
@@ -351,9 +352,9 @@ class KernelSession:
             after = (f"; no new kernel could be started: {failed}" if failed else
                      ", so the kernel was restarted: all variables and imports are gone, re-run what you need")
             return ToolResult.error(why + after)
-        return self._result(out, timeout)
+        return self._result(out, timeout, code)
 
-    def _result(self, out: dict[str, Any], timeout: float) -> ToolResult:
+    def _result(self, out: dict[str, Any], timeout: float, code: str) -> ToolResult:
         parts = ["".join(out["stdout"])] if out["stdout"] else []
         if out["result"] is not None:
             parts.append(out["result"])
@@ -369,6 +370,8 @@ class KernelSession:
                 return ToolResult.error("input() is not available: nobody can type here; put the values in the code")
             lines = [line for line in trace.splitlines() if line.strip() and not set(line.strip()) <= {"-"}]
             short = "\n".join(lines[-8:])  # the end of the traceback is where the cause is
+            if hint := error_hint(name, value, code):
+                short += "\n" + hint
             return ToolResult(content=cut(f"{text}\n{short}".strip(), self.max_output_chars), is_error=True,
                               artifacts=out["images"])
         return ToolResult(content=text or "(no output)", artifacts=out["images"])

@@ -48,20 +48,32 @@ def test_a_word_written_as_a_bare_name_gets_the_quoted_line_as_a_hint(python) ->
     result = run(python, "word_count = 1\nmississippi.count('s')")
     assert result.is_error and "NameError" in result.content
     assert result.content.endswith("put it in quotes:\n'mississippi'.count('s')")
-    # a builtin's NameError (del'd or shadowed names aside) and other errors get no hint
+    # sent again unchanged, it would only fail again: the hint's fix runs instead, and the reply says so
+    again = run(python, "word_count = 1\nmississippi.count('s')")
+    assert not again.is_error and again.content == "[run with 'mississippi' in quotes, as the hint said]\n4"
+    # only straight after the failure: another cell in between, and the same cell fails as written
+    run(python, "evaluation[::-1]")
+    run(python, "1 + 1")
+    assert run(python, "evaluation[::-1]").content.startswith("NameError")
+    # other errors get no hint
     assert "Hint" not in run(python, "1 / 0").content
 
 
 def test_quoted_line_leaves_attributes_and_strings_alone() -> None:
     from hanlin.plugins.tools.python_hints import error_hint, quoted_line
 
+    undefined = "name 'evaluation' is not defined"
+
     assert quoted_line("s = 'evaluation'\nx.evaluation + evaluation[::-1]", "evaluation") == \
         "x.evaluation + 'evaluation'[::-1]"
     assert quoted_line("print('evaluation')", "evaluation") is None
     assert quoted_line("print(evaluation", "evaluation") is None  # does not tokenize: no line to show
-    assert error_hint("NameError", "name 'evaluation' is not defined", "print(evaluation").endswith(
-        "put it in quotes: 'evaluation'")
+    assert error_hint("NameError", undefined, "print(evaluation").text.endswith("put it in quotes: 'evaluation'")
     assert error_hint("NameError", "name 'len' is not defined", "len(x)") is None
+    fixed = error_hint("NameError", undefined, "r = evaluation[::-1]\nprint(r, len(evaluation))").fixed_code
+    assert fixed == "r = 'evaluation'[::-1]\nprint(r, len('evaluation'))"
+    for binds in ("print(evaluation)\nevaluation = 1", "for evaluation in x: pass", "evaluation += 1"):
+        assert error_hint("NameError", undefined, binds).fixed_code is None  # quoting a target is no fix
 
 
 def test_timeout_interrupts_and_keeps_state(python) -> None:

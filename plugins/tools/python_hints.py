@@ -5,6 +5,10 @@ Asked to reverse 'evaluation' or count the s in 'mississippi', Qwen2.5-Coder-0.5
 until the run gave up (3 of 21 python tool-use items). The hint shows the cell's line with the name quoted, as
 CPython's own "Did you mean" hints do for typos, so the fix is there to copy. It is worded as a condition: the name
 may also be a variable that an earlier cell never defined.
+
+The model did not copy it: it re-sent the failing cell unchanged, again and again. A cell re-sent straight after
+failing can only fail the same way, so the kernel session then runs the hint's fix instead and says so (the whole
+cell with the word quoted wherever it is read; no fix is offered where the name is also assigned or bound).
 """
 
 from __future__ import annotations
@@ -14,12 +18,21 @@ import io
 import keyword
 import re
 import tokenize
+from dataclasses import dataclass
 
+_BINDING = {"for", "as", "def", "class", "import", "from", "global", "nonlocal", "del", "lambda"}
 _UNDEFINED = re.compile(r"name '(?P<name>\w+)' is not defined")
 
 
-def error_hint(error_name: str, error_value: str, code: str) -> str | None:
-    """One line to add after the traceback, or None when there is nothing useful to say."""
+@dataclass(frozen=True, slots=True)
+class Hint:
+    text: str  # appended to the traceback
+    name: str  # the undefined name
+    fixed_code: str | None = None  # the whole cell with the fix applied, where there is one
+
+
+def error_hint(error_name: str, error_value: str, code: str) -> Hint | None:
+    """What to add after the traceback, or None when there is nothing useful to say."""
     if error_name != "NameError":
         return None
     match = _UNDEFINED.search(error_value)
@@ -28,26 +41,48 @@ def error_hint(error_name: str, error_value: str, code: str) -> str | None:
     name = match["name"]
     if keyword.iskeyword(name) or hasattr(builtins, name) or name.startswith("_"):
         return None
-    line = quoted_line(code, name)
-    if line is None:
-        return f"Hint: no variable is named {name}. If you meant the text {name!r}, put it in quotes: {name!r}"
-    return f"Hint: no variable is named {name}. If you meant the text {name!r}, put it in quotes:\n{line}"
+    uses = _bare_uses(code, name)
+    if not uses:
+        return Hint(f"Hint: no variable is named {name}. If you meant the text {name!r}, put it in quotes: {name!r}",
+                    name)
+    lines = code.splitlines()
+    first = _quoted(lines[uses[0].start[0] - 1], [t for t in uses if t.start[0] == uses[0].start[0]], name)
+    text = f"Hint: no variable is named {name}. If you meant the text {name!r}, put it in quotes:\n{first.strip()}"
+    for row in sorted({t.start[0] for t in uses}):
+        lines[row - 1] = _quoted(lines[row - 1], [t for t in uses if t.start[0] == row], name)
+    return Hint(text, name, "\n".join(lines))
 
 
 def quoted_line(code: str, name: str) -> str | None:
-    """The first line of ``code`` that uses ``name`` as a bare name, with each such use quoted (None if the code does
-    not tokenize or never uses it, e.g. it only appears inside a string)."""
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(code).readline))
-    except (tokenize.TokenError, SyntaxError, IndentationError):
-        return None
-    uses = [t for i, t in enumerate(tokens) if t.type == tokenize.NAME and t.string == name
-            and not (i and tokens[i - 1].string == ".")]  # x.name is an attribute, not the undefined name
+    """The first line of ``code`` that uses ``name`` as a bare name, with each such use quoted."""
+    uses = _bare_uses(code, name)
     if not uses:
         return None
     row = uses[0].start[0]
-    source = code.splitlines()[row - 1]
-    # Replace from the right so the earlier columns stay valid.
-    for t in sorted((t for t in uses if t.start[0] == row), key=lambda t: t.start[1], reverse=True):
-        source = source[: t.start[1]] + repr(name) + source[t.end[1]:]
-    return source.strip()
+    return _quoted(code.splitlines()[row - 1], [t for t in uses if t.start[0] == row], name).strip()
+
+
+def _bare_uses(code: str, name: str) -> list[tokenize.TokenInfo]:
+    """Where ``name`` is read as a variable (none if the code does not tokenize, only holds it in a string or an
+    attribute, or assigns to it: quoting an assignment target would be a new error, not a fix)."""
+    try:
+        tokens = [t for t in tokenize.generate_tokens(io.StringIO(code).readline)
+                  if t.type not in (tokenize.NL, tokenize.COMMENT)]
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        return []
+    uses = []
+    for i, t in enumerate(tokens):
+        if t.type != tokenize.NAME or t.string != name or (i and tokens[i - 1].string == "."):
+            continue  # x.name is an attribute, not the undefined name
+        after = tokens[i + 1].string if i + 1 < len(tokens) else ""
+        before = tokens[i - 1].string if i else ""
+        if (after.endswith("=") and after not in ("==", "<=", ">=", "!=")) or before in _BINDING:
+            return []
+        uses.append(t)
+    return uses
+
+
+def _quoted(line: str, uses: list[tokenize.TokenInfo], name: str) -> str:
+    for t in sorted(uses, key=lambda t: t.start[1], reverse=True):  # from the right: earlier columns stay valid
+        line = line[: t.start[1]] + repr(name) + line[t.end[1]:]
+    return line

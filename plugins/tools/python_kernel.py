@@ -84,6 +84,7 @@ class KernelSession:
         self._private: Path | None = None  # sockets, connection file, IPython's and the code's temp files
         self._lock = threading.Lock()
         self._closed = False
+        self._fix_for: tuple[str, str, str] | None = None  # (failed cell, the hint's fix, the undefined name)
         self._images = 0
 
     @property
@@ -340,6 +341,12 @@ class KernelSession:
                     self._restart()
                 return ToolResult.error(f"the kernel's setup code failed, so the code was not run: {problem}")
         process = getattr(self._km.provisioner, "process", None)
+        ran_fix = ""
+        if self._fix_for is not None and code == self._fix_for[0]:
+            # The same cell again, straight after it failed on an undefined bare word: unchanged it can only fail
+            # the same way, so it runs with the word quoted, the fix the hint showed (see python_hints).
+            code, ran_fix = self._fix_for[1], f"[run with {self._fix_for[2]!r} in quotes, as the hint said]\n"
+        self._fix_for = None
         out = self._run(code, timeout, on_input)
         if self._closed:
             self._stop()
@@ -352,7 +359,8 @@ class KernelSession:
             after = (f"; no new kernel could be started: {failed}" if failed else
                      ", so the kernel was restarted: all variables and imports are gone, re-run what you need")
             return ToolResult.error(why + after)
-        return self._result(out, timeout, code)
+        result = self._result(out, timeout, code)
+        return result.model_copy(update={"content": ran_fix + result.content}) if ran_fix else result
 
     def _result(self, out: dict[str, Any], timeout: float, code: str) -> ToolResult:
         parts = ["".join(out["stdout"])] if out["stdout"] else []
@@ -371,7 +379,9 @@ class KernelSession:
             lines = [line for line in trace.splitlines() if line.strip() and not set(line.strip()) <= {"-"}]
             short = "\n".join(lines[-8:])  # the end of the traceback is where the cause is
             if hint := error_hint(name, value, code):
-                short += "\n" + hint
+                short += "\n" + hint.text
+                if hint.fixed_code is not None:
+                    self._fix_for = (code, hint.fixed_code, hint.name)
             return ToolResult(content=cut(f"{text}\n{short}".strip(), self.max_output_chars), is_error=True,
                               artifacts=out["images"])
         return ToolResult(content=text or "(no output)", artifacts=out["images"])

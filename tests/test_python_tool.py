@@ -59,6 +59,16 @@ def test_a_word_written_as_a_bare_name_gets_the_quoted_line_as_a_hint(python) ->
     assert "Hint" not in run(python, "1 / 0").content
 
 
+def test_a_cell_that_returns_is_told_to_end_with_the_value_and_runs_that_when_sent_again(python) -> None:
+    """Qwen2.5-Coder-0.5B wrote its datetime cells as a function body ending in `return days`, six times over."""
+    cell = "from datetime import date\ndays = (date(2024, 11, 3) - date(2024, 1, 15)).days\nreturn days"
+    first = run(python, cell)
+    assert first.is_error and "'return' outside function" in first.content
+    assert first.content.endswith("end it with the value to show it (or print it): days")
+    again = run(python, cell)
+    assert again.content == "[run with its last line's return as a plain value, as the hint said]\n293"
+
+
 def test_quoted_line_leaves_attributes_and_strings_alone() -> None:
     from hanlin.plugins.tools.python_hints import error_hint, quoted_line
 
@@ -67,13 +77,12 @@ def test_quoted_line_leaves_attributes_and_strings_alone() -> None:
     assert quoted_line("s = 'evaluation'\nx.evaluation + evaluation[::-1]", "evaluation") == \
         "x.evaluation + 'evaluation'[::-1]"
     assert quoted_line("print('evaluation')", "evaluation") is None
-    assert quoted_line("print(evaluation", "evaluation") is None  # does not tokenize: no line to show
-    assert error_hint("NameError", undefined, "print(evaluation").text.endswith("put it in quotes: 'evaluation'")
+    assert error_hint("NameError", undefined, "print(evaluation") is None  # does not tokenize: no line to show
     assert error_hint("NameError", "name 'len' is not defined", "len(x)") is None
     fixed = error_hint("NameError", undefined, "r = evaluation[::-1]\nprint(r, len(evaluation))").fixed_code
     assert fixed == "r = 'evaluation'[::-1]\nprint(r, len('evaluation'))"
     for binds in ("print(evaluation)\nevaluation = 1", "for evaluation in x: pass", "evaluation += 1"):
-        assert error_hint("NameError", undefined, binds).fixed_code is None  # quoting a target is no fix
+        assert error_hint("NameError", undefined, binds) is None  # a variable used too early, not a word
 
 
 def test_timeout_interrupts_and_keeps_state(python) -> None:

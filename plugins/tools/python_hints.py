@@ -4,11 +4,12 @@ Asked to reverse 'evaluation' or count the s in 'mississippi', Qwen2.5-Coder-0.5
 ``mississippi.count('s')``: the word as a bare name. The NameError alone did not tell it why; it re-sent the same cell
 until the run gave up (3 of 21 python tool-use items). The hint shows the cell's line with the name quoted, as
 CPython's own "Did you mean" hints do for typos, so the fix is there to copy. It is worded as a condition: the name
-may also be a variable that an earlier cell never defined.
+may also be a variable that an earlier cell never defined (a name the cell assigns or binds gets no hint: that is a
+variable used too early). A cell that ends in ``return value`` is told that a cell shows its last value.
 
 The model did not copy it: it re-sent the failing cell unchanged, again and again. A cell re-sent straight after
 failing can only fail the same way, so the kernel session then runs the hint's fix instead and says so (the whole
-cell with the word quoted wherever it is read; no fix is offered where the name is also assigned or bound).
+cell with the word quoted wherever it is read, or ending with the returned value).
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ _UNDEFINED = re.compile(r"name '(?P<name>\w+)' is not defined")
 @dataclass(frozen=True, slots=True)
 class Hint:
     text: str  # appended to the traceback
-    name: str  # the undefined name
+    fix: str  # what the fix does, for the note on the result of a cell that ran with it
     fixed_code: str | None = None  # the whole cell with the fix applied, where there is one
 
 
 def error_hint(error_name: str, error_value: str, code: str) -> Hint | None:
     """What to add after the traceback, or None when there is nothing useful to say."""
+    if error_name == "SyntaxError" and "'return' outside function" in error_value:
+        return _return_hint(code)
     if error_name != "NameError":
         return None
     match = _UNDEFINED.search(error_value)
@@ -42,15 +45,26 @@ def error_hint(error_name: str, error_value: str, code: str) -> Hint | None:
     if keyword.iskeyword(name) or hasattr(builtins, name) or name.startswith("_"):
         return None
     uses = _bare_uses(code, name)
-    if not uses:
-        return Hint(f"Hint: no variable is named {name}. If you meant the text {name!r}, put it in quotes: {name!r}",
-                    name)
+    if not uses:  # a name the cell also assigns is a variable used too early, not a word meant as text
+        return None
     lines = code.splitlines()
     first = _quoted(lines[uses[0].start[0] - 1], [t for t in uses if t.start[0] == uses[0].start[0]], name)
     text = f"Hint: no variable is named {name}. If you meant the text {name!r}, put it in quotes:\n{first.strip()}"
     for row in sorted({t.start[0] for t in uses}):
         lines[row - 1] = _quoted(lines[row - 1], [t for t in uses if t.start[0] == row], name)
-    return Hint(text, name, "\n".join(lines))
+    return Hint(text, f"{name!r} in quotes", "\n".join(lines))
+
+
+def _return_hint(code: str) -> Hint:
+    """A cell ending in ``return days`` (Qwen2.5-Coder-0.5B wrote its datetime cells as a function body): the
+    value on the last line is what a cell shows, so the fix ends the cell with ``days``."""
+    lines = code.rstrip().splitlines()
+    text = "Hint: a cell is not a function, so it cannot return; end it with the value to show it (or print it)"
+    last = lines[-1] if lines else ""
+    if not last.startswith("return ") or not last[len("return "):].strip():
+        return Hint(text + ".", "")
+    value = last[len("return "):].strip()
+    return Hint(f"{text}: {value}", "its last line's return as a plain value", "\n".join(lines[:-1] + [value]))
 
 
 def quoted_line(code: str, name: str) -> str | None:

@@ -84,7 +84,7 @@ class KernelSession:
         self._private: Path | None = None  # sockets, connection file, IPython's and the code's temp files
         self._lock = threading.Lock()
         self._closed = False
-        self._fix_for: tuple[str, str, str] | None = None  # (failed cell, the hint's fix, the undefined name)
+        self._fix_for: tuple[str, str, str] | None = None  # (failed cell, the hint's fixed cell, what the fix did)
         self._images = 0
 
     @property
@@ -343,9 +343,9 @@ class KernelSession:
         process = getattr(self._km.provisioner, "process", None)
         ran_fix = ""
         if self._fix_for is not None and code == self._fix_for[0]:
-            # The same cell again, straight after it failed on an undefined bare word: unchanged it can only fail
-            # the same way, so it runs with the word quoted, the fix the hint showed (see python_hints).
-            code, ran_fix = self._fix_for[1], f"[run with {self._fix_for[2]!r} in quotes, as the hint said]\n"
+            # The same cell again, straight after it failed in a way the hint showed a fix for: unchanged it can only
+            # fail the same way, so it runs with that fix (see python_hints).
+            code, ran_fix = self._fix_for[1], f"[run with {self._fix_for[2]}, as the hint said]\n"
         self._fix_for = None
         out = self._run(code, timeout, on_input)
         if self._closed:
@@ -381,7 +381,7 @@ class KernelSession:
             if hint := error_hint(name, value, code):
                 short += "\n" + hint.text
                 if hint.fixed_code is not None:
-                    self._fix_for = (code, hint.fixed_code, hint.name)
+                    self._fix_for = (code, hint.fixed_code, hint.fix)
             return ToolResult(content=cut(f"{text}\n{short}".strip(), self.max_output_chars), is_error=True,
                               artifacts=out["images"])
         return ToolResult(content=text or "(no output)", artifacts=out["images"])

@@ -65,8 +65,8 @@ def test_a_loop_then_final_answer_in_a_kernel_of_its_own() -> None:
 def test_state_persists_across_steps_and_across_runs_of_a_session(tmp_path) -> None:
     result, model, _ = run([cell("a = 21"), cell("final_answer(a * 2)")])
     assert result.status == "answered" and result.output == "42"
-    assert observations(result)[0].startswith("(no output")  # told to print what it needs to see
-    assert "Observation:\n(no output" in model.calls[1][0][-1].content
+    assert observations(result)[0] == "(no output; a = 21)"  # shown what the silent cell set
+    assert "Observation:\n(no output; a = 21)" in model.calls[1][0][-1].content
 
     python = load_tool("python", workdir=tmp_path)
     script = [cell("b = 5"), cell("final_answer('set')"), cell("final_answer(b + 1)")]
@@ -206,7 +206,7 @@ def test_after_a_repeated_cell_that_worked_the_next_step_may_only_call_final_ans
     only_final = ['"final_answer(" cline' in g for g in grammars]
     assert only_final == [False, False, False, True]  # only after the unchanged repeat (x = 1 twice)
     grammars.clear()
-    replies[:] = [cell("print(y)"), cell("print(y)"), cell("final_answer(0)")]
+    replies[:] = [cell("print(1 / 0)"), cell("print(1 / 0)"), cell("final_answer(0)")]
     failing, _, _ = run(reply)
     assert failing.status == "answered"
     assert not any('"final_answer(" cline' in g for g in grammars)  # a failing repeat is told to change, not to stop

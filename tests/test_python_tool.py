@@ -85,6 +85,20 @@ def test_quoted_line_leaves_attributes_and_strings_alone() -> None:
         assert error_hint("NameError", undefined, binds) is None  # a variable used too early, not a word
 
 
+def test_a_cell_that_prints_nothing_shows_the_variables_it_ended_by_setting(python) -> None:
+    """Shown "(no output)" after `total += i**2` in a loop, Qwen2.5-Coder-0.5B answered with an invented number."""
+    assert run(python, "total = 0\nfor i in range(1, 51):\n    total += i**2").content == "(no output; total = 42925)"
+    assert run(python, "words = ['pear', 'fig']\nwords.sort()").content == "(no output; words = ['fig', 'pear'])"
+    assert run(python, "a, b = 1, 'x'").content == "(no output; a = 1; b = 'x')"
+    assert run(python, "import math").content == "(no output)"  # nothing was set
+    long = run(python, "s = 'y' * 1000").content
+    assert long.startswith("(no output; s = 'yyy") and long.endswith("...)") and len(long) < 400
+    # the silent cells that read the values stay out of the history: the next cell's number follows on
+    before = run(python, "get_ipython().execution_count").content
+    run(python, "c = 3")
+    assert int(run(python, "get_ipython().execution_count").content) == int(before) + 2
+
+
 def test_timeout_interrupts_and_keeps_state(python) -> None:
     result = run(python, "kept = 'yes'\nimport time\nwhile True:\n    time.sleep(0.05)")
     assert result.is_error and "timed out after 3 s" in result.content

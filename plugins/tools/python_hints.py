@@ -14,6 +14,7 @@ cell with the word quoted wherever it is read, or ending with the returned value
 
 from __future__ import annotations
 
+import ast
 import builtins
 import io
 import keyword
@@ -100,3 +101,50 @@ def _quoted(line: str, uses: list[tokenize.TokenInfo], name: str) -> str:
     for t in sorted(uses, key=lambda t: t.start[1], reverse=True):  # from the right: earlier columns stay valid
         line = line[: t.start[1]] + repr(name) + line[t.end[1]:]
     return line
+
+
+MAX_SHOWN_NAMES = 3
+MAX_SHOWN_CHARS = 300
+
+
+def shown_names(code: str) -> list[str]:
+    """The variables a silent cell ended by setting: the targets of a final assignment (``total = sum(...)``) or of
+    the assignments inside a final loop or if, or the object a final method call changed in place (``words.sort()``). Qwen2.5-Coder-0.5B ended cells that way and,
+    shown "(no output)", answered with an invented number (python-09) or a guess (python-10); a note asking it to
+    print changed nothing. The values themselves are what it needed to see."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return []
+    if not tree.body:
+        return []
+    last = tree.body[-1]
+    targets: list[ast.expr] = []
+    if isinstance(last, ast.Assign):
+        targets = list(last.targets)
+    elif isinstance(last, (ast.AugAssign, ast.AnnAssign)) and last.value is not None:
+        targets = [last.target]
+    elif (isinstance(last, ast.Expr) and isinstance(last.value, ast.Call)
+          and isinstance(last.value.func, ast.Attribute) and isinstance(last.value.func.value, ast.Name)):
+        targets = [last.value.func.value]
+    elif isinstance(last, (ast.For, ast.While, ast.If, ast.With)):  # a loop that counts or sums, say
+        loop_vars = ({n.id for n in ast.walk(last.target) if isinstance(n, ast.Name)} if isinstance(last, ast.For)
+                     else set())
+        targets = [t for node in ast.walk(last) if isinstance(node, (ast.AugAssign, ast.Assign))
+                   for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                   if not (isinstance(t, ast.Name) and t.id in loop_vars)]
+    names: list[str] = []
+    for target in targets:
+        for node in ([target] if isinstance(target, ast.Name) else getattr(target, "elts", [])):
+            if isinstance(node, ast.Name) and node.id not in names and not node.id.startswith("_"):
+                names.append(node.id)
+    return names[:MAX_SHOWN_NAMES]
+
+
+def no_output_text(values: dict[str, str]) -> str:
+    """What a cell that printed nothing and ended on no value shows: its last variables, if it set any."""
+    if not values:
+        return "(no output)"
+    shown = "; ".join(f"{name} = {value if len(value) <= MAX_SHOWN_CHARS else value[:MAX_SHOWN_CHARS] + '...'}"
+                      for name, value in values.items())
+    return f"(no output; {shown})"

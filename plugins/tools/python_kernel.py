@@ -28,7 +28,7 @@ from typing import Any
 
 from hanlin import ToolResult
 from hanlin.errors import ToolError
-from hanlin.plugins.tools.python_hints import error_hint
+from hanlin.plugins.tools.python_hints import error_hint, no_output_text, shown_names
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _LIVE: weakref.WeakSet[KernelSession] = weakref.WeakSet()
@@ -213,7 +213,8 @@ class KernelSession:
         return True
 
     # ---- running code ------------------------------------------------------------------------
-    def _run(self, code: str, timeout: float, on_input: Callable[[str], str] | None = None) -> dict[str, Any]:
+    def _run(self, code: str, timeout: float, on_input: Callable[[str], str] | None = None, *,
+             store_history: bool = True) -> dict[str, Any]:
         """Execute and collect output; on timeout interrupt the kernel; detect a dead or a stuck kernel.
 
         With ``on_input`` the cell may ask the host for input (Jupyter's stdin channel): each ``input_request``'s
@@ -221,7 +222,7 @@ class KernelSession:
         against ``timeout`` (the host's work has its own limits). A cell still running ``grace`` seconds after the
         interrupt (it ignores SIGINT, or sits in native code) is "stuck": only a restart frees the kernel.
         """
-        msg_id = self._kc.execute(code, allow_stdin=on_input is not None, store_history=True)
+        msg_id = self._kc.execute(code, allow_stdin=on_input is not None, store_history=store_history)
         out: dict[str, Any] = {"stdout": [], "result": None, "error": None, "images": [], "timed_out": False,
                                "died": False, "stuck": False}
         deadline = time.monotonic() + timeout
@@ -359,8 +360,19 @@ class KernelSession:
             after = (f"; no new kernel could be started: {failed}" if failed else
                      ", so the kernel was restarted: all variables and imports are gone, re-run what you need")
             return ToolResult.error(why + after)
+        if not (out["stdout"] or out["result"] is not None or out["images"] or out["error"] or out["timed_out"]):
+            out["values"] = self._values(shown_names(code))
         result = self._result(out, timeout, code)
         return result.model_copy(update={"content": ran_fix + result.content}) if ran_fix else result
+
+    def _values(self, names: list[str]) -> dict[str, str]:
+        """The reprs of ``names`` in the kernel, each by a silent cell kept out of the history (see shown_names)."""
+        values = {}
+        for name in names:
+            got = self._run(name, 5.0, store_history=False)
+            if got["error"] is None and got["result"] is not None and not (got["timed_out"] or got["died"]):
+                values[name] = got["result"]
+        return values
 
     def _result(self, out: dict[str, Any], timeout: float, code: str) -> ToolResult:
         parts = ["".join(out["stdout"])] if out["stdout"] else []
@@ -384,4 +396,4 @@ class KernelSession:
                     self._fix_for = (code, hint.fixed_code, hint.fix)
             return ToolResult(content=cut(f"{text}\n{short}".strip(), self.max_output_chars), is_error=True,
                               artifacts=out["images"])
-        return ToolResult(content=text or "(no output)", artifacts=out["images"])
+        return ToolResult(content=text or no_output_text(out.get("values", {})), artifacts=out["images"])

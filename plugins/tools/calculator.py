@@ -334,8 +334,7 @@ def _claimed_result(text: str) -> tuple[str, str | None]:
 
 @tool(timeout=5)
 def calculator(expression: str) -> str:
-    """Evaluate an arithmetic expression exactly and return the result. Knows sqrt, factorial, gcd, lcm, log, round,
-    min, max and more.
+    """Evaluate an arithmetic expression exactly and return the result.
 
     Supports + - * / // % ** (or ^), parentheses, comparisons, big integers,
     the constants pi, e, tau, and the functions sqrt, exp, log (log(x) or

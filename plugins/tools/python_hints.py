@@ -45,14 +45,11 @@ def error_hint(error_name: str, error_value: str, code: str) -> Hint | None:
     name = match["name"]
     if keyword.iskeyword(name) or hasattr(builtins, name) or name.startswith("_"):
         return None
-    uses = _bare_uses(code, name)
-    if not uses:  # a name the cell also assigns is a variable used too early, not a word meant as text
+    quoted = _quoted_uses(code, name)
+    if quoted is None:  # a name the cell also assigns is a variable used too early, not a word meant as text
         return None
-    lines = code.splitlines()
-    first = _quoted(lines[uses[0].start[0] - 1], [t for t in uses if t.start[0] == uses[0].start[0]], name)
-    text = f"Hint: no variable is named {name}. If you meant the text {name!r}, put it in quotes:\n{first.strip()}"
-    for row in sorted({t.start[0] for t in uses}):
-        lines[row - 1] = _quoted(lines[row - 1], [t for t in uses if t.start[0] == row], name)
+    first, lines = quoted
+    text = f"Hint: no variable is named {name}. If you meant the text {name!r}, put it in quotes:\n{first}"
     return Hint(text, f"{name!r} in quotes", "\n".join(lines))
 
 
@@ -70,11 +67,23 @@ def _return_hint(code: str) -> Hint:
 
 def quoted_line(code: str, name: str) -> str | None:
     """The first line of ``code`` that uses ``name`` as a bare name, with each such use quoted."""
+    quoted = _quoted_uses(code, name)
+    return quoted[0] if quoted else None
+
+
+def _quoted_uses(code: str, name: str) -> tuple[str, list[str]] | None:
+    """(the first line that reads ``name`` as a bare name, the cell's lines) with each such use quoted; None if
+    there is no such use."""
     uses = _bare_uses(code, name)
     if not uses:
         return None
-    row = uses[0].start[0]
-    return _quoted(code.splitlines()[row - 1], [t for t in uses if t.start[0] == row], name).strip()
+    lines = code.splitlines()
+    for row in sorted({t.start[0] for t in uses}):
+        line = lines[row - 1]
+        for t in sorted((t for t in uses if t.start[0] == row), key=lambda t: t.start[1], reverse=True):
+            line = line[: t.start[1]] + repr(name) + line[t.end[1]:]  # from the right: earlier columns stay valid
+        lines[row - 1] = line
+    return lines[uses[0].start[0] - 1].strip(), lines
 
 
 def _bare_uses(code: str, name: str) -> list[tokenize.TokenInfo]:
@@ -97,21 +106,15 @@ def _bare_uses(code: str, name: str) -> list[tokenize.TokenInfo]:
     return uses
 
 
-def _quoted(line: str, uses: list[tokenize.TokenInfo], name: str) -> str:
-    for t in sorted(uses, key=lambda t: t.start[1], reverse=True):  # from the right: earlier columns stay valid
-        line = line[: t.start[1]] + repr(name) + line[t.end[1]:]
-    return line
-
-
 MAX_SHOWN_NAMES = 3
 MAX_SHOWN_CHARS = 300
 
 
 def shown_names(code: str) -> list[str]:
     """The variables a silent cell ended by setting: the targets of a final assignment (``total = sum(...)``) or of
-    the assignments inside a final loop or if, or the object a final method call changed in place (``words.sort()``). Qwen2.5-Coder-0.5B ended cells that way and,
-    shown "(no output)", answered with an invented number (python-09) or a guess (python-10); a note asking it to
-    print changed nothing. The values themselves are what it needed to see."""
+    the assignments inside a final loop or if, or the object a final method call changed in place (``words.sort()``).
+    Qwen2.5-Coder-0.5B ended cells that way and, shown "(no output)", answered with an invented number (python-09)
+    or a guess (python-10); a note asking it to print changed nothing. The values themselves are what it needed."""
     try:
         tree = ast.parse(code)
     except (SyntaxError, ValueError):

@@ -28,7 +28,7 @@ from typing import Any
 
 from hanlin import ToolResult
 from hanlin.errors import ToolError
-from hanlin.plugins.tools.python_hints import error_hint, no_output_text, shown_names
+from hanlin.plugins.tools.python_hints import Hint, error_hint, no_output_text, shown_names
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _LIVE: weakref.WeakSet[KernelSession] = weakref.WeakSet()
@@ -84,7 +84,7 @@ class KernelSession:
         self._private: Path | None = None  # sockets, connection file, IPython's and the code's temp files
         self._lock = threading.Lock()
         self._closed = False
-        self._fix_for: tuple[str, str, str] | None = None  # (failed cell, the hint's fixed cell, what the fix did)
+        self._fix_for: tuple[str, Hint] | None = None  # the cell that just failed, and its hint with a fixed cell
         self._images = 0
 
     @property
@@ -343,10 +343,10 @@ class KernelSession:
                 return ToolResult.error(f"the kernel's setup code failed, so the code was not run: {problem}")
         process = getattr(self._km.provisioner, "process", None)
         ran_fix = ""
-        if self._fix_for is not None and code == self._fix_for[0]:
+        if self._fix_for is not None and code == self._fix_for[0] and self._fix_for[1].fixed_code is not None:
             # The same cell again, straight after it failed in a way the hint showed a fix for: unchanged it can only
             # fail the same way, so it runs with that fix (see python_hints).
-            code, ran_fix = self._fix_for[1], f"[run with {self._fix_for[2]}, as the hint said]\n"
+            code, ran_fix = self._fix_for[1].fixed_code, f"[run with {self._fix_for[1].fix}, as the hint said]\n"
         self._fix_for = None
         out = self._run(code, timeout, on_input)
         if self._closed:
@@ -393,7 +393,7 @@ class KernelSession:
             if hint := error_hint(name, value, code):
                 short += "\n" + hint.text
                 if hint.fixed_code is not None:
-                    self._fix_for = (code, hint.fixed_code, hint.fix)
+                    self._fix_for = (code, hint)
             return ToolResult(content=cut(f"{text}\n{short}".strip(), self.max_output_chars), is_error=True,
                               artifacts=out["images"])
         return ToolResult(content=text or no_output_text(out.get("values", {})), artifacts=out["images"])

@@ -5,6 +5,7 @@ tokens."""
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,11 @@ class HFPrompt:
         self.use_template, self.tool_roles, self.format = layout.use_template, layout.tool_roles, layout.call_format
         self.native_tools = self.use_template  # a template without tools gets them as instructions
         self.eos_ids = self._eos_ids(folder)
+        # The fast tokenizer keeps "split special tokens" as a flag on itself, set by each call before it encodes
+        # (and its Rust encode lets go of the GIL): callers on several threads (hanlin serve, the gpu runtime)
+        # flipped it under each other, turning a template's <|im_start|> into text, or a hostile tool result's
+        # into a control token. One encode at a time, flag and all.
+        self._encode_lock = threading.Lock()
 
     def _eos_ids(self, folder: Path) -> frozenset[int]:
         """The tokenizer's end token and the generation config's (which may list several)."""
@@ -89,9 +95,13 @@ class HFPrompt:
 
     def _tokenize_segment(self, text: str, special: bool, first: bool) -> list[int]:
         add = first and not self.use_template  # the plain layout takes the tokenizer's BOS; a template writes its own
-        return self.tokenizer(text, add_special_tokens=add, split_special_tokens=not special)["input_ids"]
+        return self._encode(text, add_special_tokens=add, split_special_tokens=not special)
 
     def tokenize(self, text: str, *, templated: bool | None = None) -> list[int]:
         """Token ids; text rendered by the chat template already holds its special tokens, so none are added."""
         templated = self.use_template if templated is None else templated
-        return self.tokenizer(text, add_special_tokens=not templated)["input_ids"]
+        return self._encode(text, add_special_tokens=not templated, split_special_tokens=False)
+
+    def _encode(self, text: str, **options: bool) -> list[int]:
+        with self._encode_lock:
+            return self.tokenizer(text, **options)["input_ids"]

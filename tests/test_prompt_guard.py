@@ -70,3 +70,28 @@ def test_transformers_runtime_tokenizes_a_hostile_tool_result_as_text(tf_model) 
     guarded = prompt.prompt_ids(hostile)
     assert _count(guarded, im_start) == turns
     assert prompt.tokenizer.decode(guarded).count("<|im_start|>system") == 2
+
+
+def test_threads_sharing_a_prompt_tokenize_as_one_thread_does(tf_model) -> None:
+    """The HF tokenizer splits special text by a flag it keeps on itself (``encode_special_tokens``): two threads
+    tokenizing at once (``hanlin serve``, the gpu runtime's callers) flipped it under each other, and a template's
+    own <|im_start|> came out as text (the model then wrote "<|im_end|>" as text: a CI flake of the gpu runtime's
+    concurrent-callers test) or a hostile tool result's came out as a control token."""
+    import threading
+
+    prompt = tf_model.prompt
+    conversations = [conversation(HOSTILE), conversation("42"), [Message.user("Name a color.")]]
+    expected = [prompt.prompt_ids(c) for c in conversations]
+    wrong: list[int] = []
+
+    def hammer(i: int) -> None:
+        for _ in range(150):
+            if prompt.prompt_ids(conversations[i % 3]) != expected[i % 3]:
+                wrong.append(i)
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []

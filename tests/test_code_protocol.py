@@ -11,7 +11,8 @@ from pydantic import BaseModel
 from hanlin import Agent, ScriptedModel, ToolResult, load_tool, tool
 from hanlin.errors import ParseError
 from hanlin.events import ToolCallEvent, ToolResultEvent
-from hanlin.plugins.protocols.code import REPEATED_CELL_NOTE, REPEATED_FAILURE_NOTE, STOP, code_grammar, parse_code_step
+from hanlin.plugins.protocols.code import (FAILED_AFTER_RETURNS, NO_OUTPUT_NOTE, REPEATED_CELL_NOTE,
+                                          REPEATED_FAILURE_NOTE, RETURNS_NOTE, STOP, code_grammar, parse_code_step)
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("jupyter_client") is None or importlib.util.find_spec("ipykernel") is None,
@@ -210,6 +211,58 @@ def test_after_a_repeated_cell_that_worked_the_next_step_may_only_call_final_ans
     failing, _, _ = run(reply)
     assert failing.status == "answered"
     assert not any('"final_answer(" cline' in g for g in grammars)  # a failing repeat is told to change, not to stop
+
+
+def test_a_cell_that_fails_after_a_tool_returned_shows_what_the_tool_returned() -> None:
+    """Qwen2.5-Coder-0.5B called .get() on the knowledge base's text, failed, and re-sent the cell until the run gave
+    up, never having seen the passages (0 of 7 look-up items): a failed cell shows what its calls returned first,
+    the task is restated as after any readable observation, and a repeat of it may only call final_answer."""
+    grammars: list[str] = []
+    failing = cell("r = passages('wifi').get('network')\nprint(r)")
+    replies = [failing, failing, cell("final_answer('HarborGuest')")]
+
+    def reply(messages, params):
+        grammars.append(params.constraint.grammar)
+        return replies[len(grammars) - 1]
+
+    result, model, _ = run(reply, tools=[passages])
+    assert result.status == "answered" and result.output == "HarborGuest"
+    first, repeat = observations(result)[:2]
+    returned, _, error = first.partition(FAILED_AFTER_RETURNS)
+    assert returned == "passages(query='wifi') returned:\n1 passage for 'wifi': the guest network is HarborGuest"
+    assert "AttributeError: 'str' object has no attribute 'get'" in error and error.endswith(RETURNS_NOTE)
+    assert REPEATED_CELL_NOTE in repeat  # answered from the returns, not told to change the code
+    shown = model.calls[1][0][-1].content
+    assert "the guest network is HarborGuest" in shown and "The task was: the task" in shown
+    assert ['"final_answer(" cline' in g for g in grammars] == [False, False, True]
+
+
+def test_what_the_cell_printed_or_a_failed_call_is_not_shown_twice() -> None:
+    printed = cell("r = passages('wifi')\nprint(r)\nprint(r.get('x'))")
+    result, _, _ = run([printed, cell("calculator('2 +* 3')"), cell("final_answer(1)")],
+                       tools=[passages, load_tool("calculator")])
+    seen_print, seen_failed_call = observations(result)[:2]
+    assert FAILED_AFTER_RETURNS not in seen_print and seen_print.count("HarborGuest") == 1
+    assert FAILED_AFTER_RETURNS not in seen_failed_call and "returned:" not in seen_failed_call
+
+
+def test_returns_of_a_loop_of_calls_are_shown_once_each_and_cut_to_the_observation_limit() -> None:
+    loop = cell("for i in range(200):\n    calculator(f'{i} * 1000003')\n"
+                "for i in range(5):\n    calculator('1 + 1')\nx = 1 / 0")
+    result, _, _ = run([loop, cell("final_answer(1)")], tools=[load_tool("calculator")])
+    shown = observations(result)[0]
+    assert shown.count("calculator(expression='1 + 1') returned:") == 1
+    assert "characters cut" in shown and "ZeroDivisionError" in shown.partition(FAILED_AFTER_RETURNS)[2]
+    assert len(shown.partition(FAILED_AFTER_RETURNS)[0]) < 2200
+
+
+def test_a_silent_cell_shows_what_its_calls_returned() -> None:
+    result, _, _ = run([cell("passages('wifi')\nx = 1"), cell("import math"), cell("final_answer(1)")],
+                       tools=[passages])
+    shown, nothing = observations(result)[:2]
+    assert shown == ("(no output; x = 1)\npassages(query='wifi') returned:\n"
+                     "1 passage for 'wifi': the guest network is HarborGuest")
+    assert nothing == NO_OUTPUT_NOTE
 
 
 def test_a_syntax_error_is_an_observation() -> None:

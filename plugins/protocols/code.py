@@ -33,6 +33,10 @@ NO_OUTPUT_NOTE = "(no output: print() what you need to see, or call final_answer
 REPEATED_FAILURE_NOTE = ("[This is the same code as your previous step and it failed the same way. Change it: fix the "
                          "error, or print() what a function returns and read it before using it.]")
 REPEATED_CELL_NOTE = "[This is the same code as your previous step, so now call final_answer(...) with its output.]"
+# A failed cell whose tool calls returned first shows those returns, then this, then the error: the model is asked
+# to read them as it reads any observation (the task and the nudge follow), not only to fix the code.
+FAILED_AFTER_RETURNS = "\n\nThen the code failed:\n"
+RETURNS_NOTE = "If the answer is in the text returned above, call final_answer(...) with it; else fix the code."
 CORRECTION = "Observation: Error: "  # how an unparseable step is answered (a user turn, but not a new task)
 # The task is repeated after each observation: a small model loses it from view after a long one. Telling
 # Qwen2.5-Coder-0.5B also "if it still needs a calculation, write the code for that" made it run cells until the run
@@ -123,8 +127,8 @@ def repeated_success(ctx: RunContext) -> bool:
     for m in reversed(ctx.messages):  # this run's turns, back to the task
         if m.role == "user" and not m.content.startswith(CORRECTION):
             break
-        if m.role == "tool" and not cells:
-            last_failed = m.is_error
+        if m.role == "tool" and not cells:  # a failure after tool returns counts as read (FAILED_AFTER_RETURNS)
+            last_failed = m.is_error and FAILED_AFTER_RETURNS not in m.content
         if m.role == "assistant" and m.tool_calls and len(cells) < 2:
             cells.append(str(m.tool_calls[0].arguments.get("code", "")).strip())
     return not last_failed and len(cells) == 2 and cells[0] == cells[1]
@@ -180,7 +184,8 @@ class CodeAgent(StepProtocol):
         for m in ctx.messages:
             if m.role == "tool":
                 task = " ".join(question.split()) or "(see above)"
-                nudge = "" if m.is_error else "\n" + OBSERVATION_NUDGE.format(question=task)
+                readable = not m.is_error or FAILED_AFTER_RETURNS in m.content
+                nudge = "\n" + OBSERVATION_NUDGE.format(question=task) if readable else ""
                 out.append(Message.user(f"Observation:\n{m.content}{nudge}"))
             elif m.role == "system":
                 continue  # the app's instructions are part of our own system prompt
@@ -242,8 +247,15 @@ class CodeAgent(StepProtocol):
         result = await asyncio.to_thread(kit.run_code, call.arguments["code"], on_input=bridge.handle,
                                          setup=bridge.setup_code())
         content = cut(result.content, self.max_observation_chars)
+        silent = content.startswith("(no output") and not result.is_error  # "(no output; total = 42)" too
         if content == "(no output)" and bridge.final is None:
             content = NO_OUTPUT_NOTE
+        if (silent or result.is_error) and bridge.final is None:
+            returns = bridge.unseen_returns(result.content, self.max_observation_chars)
+            if returns and silent:
+                content = f"{content}\n{returns}"
+            elif returns:
+                content = f"{returns}{FAILED_AFTER_RETURNS}{content}\n{RETURNS_NOTE}"
         if result.is_error and bridge.final is None:
             ctx.emit(ErrorEvent(step=ctx.step, kind="tool_failed", message=content))
         ctx.emit(ToolResultEvent(step=ctx.step, call_id=call.id, name=call.name, content=content,
@@ -277,7 +289,9 @@ class CodeAgent(StepProtocol):
             code = parsed.calls[0].arguments["code"]
             if final is None and previous is not None and previous[0].strip() == code.strip():
                 # Qwen2.5-Coder-0.5B re-sent a failing cell unchanged until the run gave up (3 of 14 look-up items).
-                note = REPEATED_FAILURE_NOTE if observation.is_error and previous[1] else REPEATED_CELL_NOTE
+                # A failure that showed what the tools returned is answered from those returns, like a success.
+                failed = observation.is_error and FAILED_AFTER_RETURNS not in observation.content
+                note = REPEATED_FAILURE_NOTE if failed and previous[1] else REPEATED_CELL_NOTE
                 observation = observation.model_copy(update={"content": f"{observation.content}\n{note}"})
             previous = (code, observation.is_error)
             ctx.messages.append(observation)

@@ -228,6 +228,7 @@ class Bridge:
         self.ctx, self.tools, self.loop = ctx, tools, loop
         self.final: str | None = None
         self.calls: list[ToolCall] = []
+        self.returned: list[tuple[ToolCall, ToolResult]] = []  # the calls that succeeded, with what they gave back
 
     def setup_code(self) -> str:
         specs = []
@@ -276,4 +277,22 @@ class Bridge:
                                    is_error=result.is_error, duration_s=time.perf_counter() - started))
         if result.is_error:
             return {"error": result.content}
+        self.returned.append((call, result))
         return {"value": _value(result, self.tools[call.name])}
+
+    def unseen_returns(self, output: str, limit: int) -> str:
+        """What the cell's successful calls returned that its output does not already show, as text for the model.
+
+        Shown when a cell failed or printed nothing: Qwen2.5-Coder-0.5B called ``knowledge_base(...).get(...)`` on
+        the text the knowledge base returned, got an AttributeError, and re-sent the cell until the run gave up
+        (0 of 7 look-up items), never having seen the passages that held the answer."""
+        from hanlin.plugins.tools.python_kernel import cut
+
+        parts: dict[str, None] = {}  # a call made in a loop is shown once; all of them together fit in `limit`
+        lines = {line.strip() for line in output.splitlines()}
+        for call, result in self.returned:
+            text = result.content.strip()  # a one-line value is shown only as a line of its own: "2" is in any traceback
+            if text and (text not in lines if "\n" not in text else text not in output):
+                args = ", ".join(f"{k}={v!r}" for k, v in call.arguments.items())
+                parts[f"{python_name(call.name)}({args}) returned:\n{result.content}"] = None
+        return cut("\n\n".join(parts), limit) if parts else ""

@@ -468,3 +468,52 @@ def test_eval_compare_prints_differences_with_standard_errors(tmp_path) -> None:
     missing = subprocess.run([sys.executable, "-m", "hanlin.cli", "eval", "compare", str(a), str(tmp_path / "nope")],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "has no scores.json" in missing.stderr
+
+
+def test_eval_compare_paired_scores_item_by_item_and_names_what_changed(tmp_path) -> None:
+    """Two runs of the same 40 questions that differ in 3 items: independent standard errors (about 0.11) call
+    that noise; the per-item differences' standard error (about 0.04) does not, and the items are named."""
+    import json
+    import math
+    import subprocess
+    import sys
+
+    def folder(name: str, dataset: str, wrong: set[int]) -> Path:
+        d = tmp_path / name
+        (d / "m").mkdir(parents=True)
+        rows = [{"id": f"q{i}", "sample": 0, "group": "even" if i % 2 == 0 else "odd", "correct": i not in wrong}
+                for i in range(40)]
+        (d / "m" / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        value = sum(r["correct"] for r in rows) / 40
+        metric = {"accuracy": {"value": value, "stderr": math.sqrt(value * (1 - value) / 39), "n": 40}}
+        (d / "scores.json").write_text(json.dumps({"models": {name: {"datasets": {
+            dataset: {"metrics": metric, "predictions": "m/p.jsonl"}}}}}))
+        return d
+
+    base = set(range(0, 40, 2)) | {1, 3}  # 22 wrong
+    a = folder("a", "tooluse@react", base)
+    b = folder("b", "tooluse@code", base - {1, 3, 4} | {5})  # 3 turned right, 1 turned wrong
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hanlin.cli", "eval", "compare", *args],
+                              capture_output=True, text=True, timeout=120)
+
+    out = cli(str(a), str(b), "--paired", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["group"]: r for r in json.loads(out.stdout)}
+    whole = rows[""]
+    assert whole["dataset"] == "tooluse@react vs tooluse@code" and whole["n"] == 40
+    assert math.isclose(whole["value_1"], 18 / 40) and math.isclose(whole["value_2"], 20 / 40)
+    diffs = [1] * 3 + [-1] + [0] * 36
+    mean = sum(diffs) / 40
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 39 / 40)
+    assert math.isclose(whole["diff"], 0.05) and math.isclose(whole["stderr"], se)
+    assert whole["better_items"] == ["q1", "q3", "q4"] and whole["worse_items"] == ["q5"]
+    assert (rows["even"]["better"], rows["even"]["worse"], rows["odd"]["better"], rows["odd"]["worse"]) == (1, 0, 2, 1)
+    unpaired = json.loads(cli(str(a), str(b), "--json").stdout)[0]
+    assert unpaired["stderr"] > 2 * whole["stderr"]  # what pairing buys
+    table = cli(str(a), str(b), "--paired").stdout
+    assert "better q1, q3, q4; worse q5" in table
+    (b / "m" / "p.jsonl").unlink()
+    missing = cli(str(a), str(b), "--paired")
+    assert missing.returncode == 2 and "--paired needs the predictions files" in missing.stderr

@@ -149,19 +149,22 @@ def _eval_app(typer: Any) -> Any:
         first: Path = typer.Argument(..., help="A folder written by `hanlin eval --out` (or its scores.json)."),
         second: Path = typer.Argument(..., help="The folder to compare it with."),
         as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+        paired: bool = typer.Option(False, "--paired", help=(
+            "Compare item by item from the predictions files (the same questions in both runs): the standard "
+            "error of the per-item differences, per group, and the items that turned right or wrong.")),
     ) -> None:
         """Score differences DIR2 - DIR1 per dataset and metric, with the difference's standard error."""
         import json
 
         from hanlin.errors import HanlinError
-        from hanlin.plugins.evaluators.compare import compare, load_scores, render
+        from hanlin.plugins.evaluators import compare as cmp
 
         try:
-            rows = compare(load_scores(first), load_scores(second))
+            rows = cmp.paired(first, second) if paired else cmp.compare(cmp.load_scores(first), cmp.load_scores(second))
         except HanlinError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        typer.echo(json.dumps(rows, indent=2) if as_json else render(rows))
+        typer.echo(json.dumps(rows, indent=2) if as_json else (cmp.render_paired if paired else cmp.render)(rows))
 
     for name, hint in (("first", Path), ("second", Path)):  # see run_eval: postponed annotations
         compare_cmd.__annotations__[name] = hint

@@ -517,3 +517,25 @@ def test_eval_compare_paired_scores_item_by_item_and_names_what_changed(tmp_path
     (b / "m" / "p.jsonl").unlink()
     missing = cli(str(a), str(b), "--paired")
     assert missing.returncode == 2 and "--paired needs the predictions files" in missing.stderr
+
+
+def test_only_asks_the_items_whose_id_matches_then_limit_takes_the_first(tmp_path: Path) -> None:
+    from hanlin.plugins.evaluators.circular import make_circular
+    from hanlin.plugins.evaluators.runner import chosen_items
+
+    dataset = load_user_dataset(DATA / "capitals.jsonl")
+    ids = [i.id for i in dataset.items()]
+    pattern = f"^({ids[1]}|{ids[3]}|{ids[4]})$"
+    assert [i.id for i in chosen_items(dataset, EvalSettings(only=pattern))] == [ids[1], ids[3], ids[4]]
+    assert [i.id for i in chosen_items(dataset, EvalSettings(only=pattern, limit=2))] == [ids[1], ids[3]]
+    model = _letter_model()
+    result = evaluate_dataset(model, dataset, EvalSettings(only=pattern), None)
+    assert [p.id for p in result.predictions] == [ids[1], ids[3], ids[4]] and len(model.calls) == 3
+    circular = make_circular(load_user_dataset(DATA / "capitals.jsonl"))
+    variants = chosen_items(circular, EvalSettings(only=pattern, limit=2))
+    assert {circular.origin(v.id)[0] for v in variants} == {ids[1], ids[3]}  # --limit counts questions
+    assert len(variants) == 2 * len(dataset.items()[1].choices)  # each with all its rotations
+    with pytest.raises(ConfigurationError, match="no item of dataset .* matching --only 'nothing-like-this'"):
+        chosen_items(dataset, EvalSettings(only="nothing-like-this"))
+    with pytest.raises(ConfigurationError, match=r"--only '\(' is not a regular expression"):
+        EvalSettings(only="(")

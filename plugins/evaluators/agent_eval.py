@@ -55,7 +55,7 @@ from hanlin.plugins.evaluators.postprocess import extract_number, normalize_text
 from hanlin.plugins.evaluators.cache import PredictionCache
 from hanlin.plugins.evaluators.identity import model_identity
 from hanlin.plugins.evaluators.results import DatasetResult, Prediction
-from hanlin.plugins.evaluators.runner import EvalSettings, Progress
+from hanlin.plugins.evaluators.runner import EvalSettings, Progress, chosen_items
 
 TOOLS = ("calculator", "python", "knowledge_base")
 PROTOCOLS = ("react", "rewoo", "tools", "code")
@@ -249,7 +249,7 @@ def evaluate_agent(model: ChatModel, dataset: ToolUseDataset, settings: EvalSett
 
     for protocol in agent_settings.protocols:
         load_protocol(protocol).check_model(model)  # fail before tools start or items run
-    items = dataset.select(settings.limit)
+    items = chosen_items(dataset, settings)
     if not items:
         raise ConfigurationError(f"dataset '{dataset.name}' has no items to evaluate")
     with tempfile.TemporaryDirectory(prefix="hanlin-tooluse-") as workdir:

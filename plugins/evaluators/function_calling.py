@@ -54,7 +54,7 @@ from hanlin.plugins.evaluators.metrics import accuracy, mean_with_stderr
 from hanlin.plugins.evaluators.cache import PredictionCache
 from hanlin.plugins.evaluators.identity import model_identity
 from hanlin.plugins.evaluators.results import DatasetResult, Prediction
-from hanlin.plugins.evaluators.runner import EvalSettings, Progress
+from hanlin.plugins.evaluators.runner import EvalSettings, Progress, chosen_items
 
 CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
 SYSTEM = ("You are a helpful assistant with access to functions. Call a function when one fits the request; "
@@ -261,7 +261,7 @@ def evaluate_function_calling(model: ChatModel, dataset: FunctionCallingDataset,
                               progress: Progress | None = None) -> DatasetResult:
     """Ask every selected item once with its functions offered, judge the calls, score overall and per category."""
     check_model(model, dataset)
-    items = dataset.select(settings.limit)
+    items = chosen_items(dataset, settings)
     if not items:
         raise ConfigurationError(f"dataset '{dataset.name}' has no items to evaluate")
     start = time.perf_counter()

@@ -92,6 +92,9 @@ def _eval_app(typer: Any) -> Any:
             "Dataset, repeatable: mmlu, mmlu:<subject>, gsm8k, hellaswag, truthfulqa_mc1, humaneval, tooluse (an "
             "agent with tools), function_calling (native tool calls), a user .jsonl file or a .json dataset config.")),
         limit: int | None = typer.Option(None, help="Ask only N items per dataset (MMLU: spread over subjects)."),
+        only: str | None = typer.Option(None, "--only", help=(
+            "Ask only the items whose id matches this regular expression (e.g. 'kb-(0[89]|1)', 'abstract_algebra'); "
+            "--limit then takes the first N of them.")),
         shots: int = typer.Option(0, help="Solved examples before each question (0: zero-shot)."),
         workers: int = typer.Option(1, help="Items in flight at once (helps runtimes that serve requests concurrently)."),
         out: Path | None = typer.Option(None, "--out", "-o", help="Write scores.json/.csv, predictions and prompts here."),
@@ -134,7 +137,7 @@ def _eval_app(typer: Any) -> Any:
             return
         _run(typer, models=model or [], runtime=runtime, datasets=dataset or [], out=out, no_cache=no_cache,
              settings=dict(shots=shots, limit=limit, workers=workers, max_tokens=max_tokens, temperature=temperature,
-                           samples=samples, seed=seed, mode=mode),
+                           samples=samples, seed=seed, mode=mode, only=only),
              circular=circular, agent=dict(protocols=tuple(dict.fromkeys(protocol or ["react"])), max_steps=max_steps,
                         constrain=constrain, examples=examples),
              ray=dict(address=ray_address, workers=ray_workers, gpus_per_worker=ray_gpus) if ray else None)

@@ -29,7 +29,7 @@ from hanlin.plugins.evaluators.base import Dataset
 from hanlin.plugins.evaluators.cache import PredictionCache
 from hanlin.plugins.evaluators.metrics import group_scores
 from hanlin.plugins.evaluators.results import DatasetResult, Prediction
-from hanlin.plugins.evaluators.runner import EvalSettings, Progress, _batched, _metrics, _Run
+from hanlin.plugins.evaluators.runner import EvalSettings, Progress, _batched, _metrics, _Run, chosen_items
 
 ModelFactory = Callable[[], ChatModel]
 
@@ -113,7 +113,7 @@ def evaluate_on_ray(factory: ModelFactory, datasets: Sequence[Dataset], settings
                                      f"{gpus_per_worker} per worker; lower --ray-gpus or drop it to run on CPUs")
     if workers < 1 or (chunk_size is not None and chunk_size < 1):
         raise ConfigurationError(f"--ray needs at least one worker and one item per chunk, got {workers}, {chunk_size}")
-    selected = [d.select(settings.limit) for d in datasets]
+    selected = [chosen_items(d, settings) for d in datasets]
     for d, items in zip(datasets, selected):
         if not items:
             raise ConfigurationError(f"dataset '{d.name}' has no items to evaluate")

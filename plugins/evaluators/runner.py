@@ -12,6 +12,7 @@ mode.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import defaultdict
@@ -50,6 +51,7 @@ class EvalSettings:
     seed: int = 0
     batch_size: int = 16  # prompts per call for runtimes with generate_batch (likelihood: items per score call)
     mode: str = "generation"
+    only: str | None = None  # a regular expression: only the items whose id it matches (re.search)
 
     def __post_init__(self) -> None:
         checks = [(self.shots >= 0, f"shots must be 0 or more, got {self.shots}"),
@@ -66,6 +68,12 @@ class EvalSettings:
         for ok, message in checks:
             if not ok:
                 raise ConfigurationError(message)
+        if self.only is not None:
+            try:
+                re.compile(self.only)
+            except re.error as exc:
+                raise ConfigurationError(f"--only {self.only!r} is not a regular expression ({exc}); "
+                                         "e.g. --only 'kb-(0[89]|1)' or --only abstract_algebra") from None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -90,13 +98,30 @@ def _generate(model: ChatModel, prompt: Prompt, params: GenerationParams) -> dic
     return {"text": done.text, "finish_reason": done.finish_reason}
 
 
+def chosen_items(dataset: Dataset, settings: EvalSettings) -> list[EvalItem]:
+    """The items a run asks: ``--only`` keeps those whose id matches, then ``--limit`` takes the first N of them
+    (questions, for a CircularEval dataset: each keeps all its variants)."""
+    if settings.only is None:
+        return dataset.select(settings.limit)
+    origin = getattr(dataset, "origin", None)  # CircularEval: a variant's question id
+
+    def question(item: EvalItem) -> str:
+        return origin(item.id)[0] if origin is not None else item.id
+
+    matched = [item for item in dataset.select(None) if re.search(settings.only, question(item))]
+    if not matched:
+        raise ConfigurationError(f"no item of dataset '{dataset.name}' has an id matching --only {settings.only!r}")
+    keep = list(dict.fromkeys(question(item) for item in matched))[: settings.limit]
+    return [item for item in matched if question(item) in set(keep)]
+
+
 class DatasetRun:
     """What every way of running one dataset on one model starts from: the selected items and the shot count."""
 
     def __init__(self, model: ChatModel, dataset: Dataset, settings: EvalSettings, cache: PredictionCache | None,
                  progress: Progress | None) -> None:
         self.model, self.dataset, self.settings, self.cache, self.progress = model, dataset, settings, cache, progress
-        self.items = dataset.select(settings.limit)
+        self.items = chosen_items(dataset, settings)
         if not self.items:
             raise ConfigurationError(f"dataset '{dataset.name}' has no items to evaluate")
         self.shots = settings.shots if dataset.supports_fewshot else 0

@@ -69,6 +69,20 @@ def test_a_cell_that_returns_is_told_to_end_with_the_value_and_runs_that_when_se
     assert again.content == "[run with its last line's return as a plain value, as the hint said]\n293"
 
 
+def test_a_block_that_lost_its_indentation_is_shown_indented_and_runs_indented_when_sent_again(python) -> None:
+    """Code inside a JSON string loses its indentation: Qwen2.5-Coder-0.5B sent this five times (python-09, tools)."""
+    cell = "total = 0\nfor i in range(1, 51):\ntotal += i**2\nprint(total)"
+    first = run(python, cell)
+    assert first.is_error and "IndentationError" in first.content
+    assert first.content.endswith("must be indented under it, like this:\nfor i in range(1, 51):\n    total += i**2")
+    again = run(python, cell)
+    assert not again.is_error and again.content == "[run with the line after each ':' indented, as the hint said]\n42925"
+    nested = run(python, "for i in range(3):\nif i:\nprint(i)\nprint('end')")
+    assert nested.is_error and run(python, "for i in range(3):\nif i:\nprint(i)\nprint('end')").content.endswith(
+        "as the hint said]\n1\n2\nend")
+    assert "Hint" not in run(python, "def f():").content  # nothing to indent: no hint and no fix
+
+
 def test_quoted_line_leaves_attributes_and_strings_alone() -> None:
     from hanlin.plugins.tools.python_hints import error_hint, quoted_line
 

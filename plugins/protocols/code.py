@@ -118,6 +118,13 @@ def code_grammar(max_lines: int = MAX_CODE_LINES, max_line_chars: int = MAX_LINE
     return g.render("root")
 
 
+def failed_unread(observation: Message) -> bool:
+    """A failed cell with nothing in it to answer from. A failure that showed what its tool calls returned
+    (FAILED_AFTER_RETURNS) is read like a success: the task is restated after it, and a repeat of the cell is told to
+    answer (and may then only call final_answer), not to change the code."""
+    return observation.is_error and FAILED_AFTER_RETURNS not in observation.content
+
+
 def repeated_success(ctx: RunContext) -> bool:
     """Whether this run's last cell repeated the one before it, unchanged, and ran without error: the code protocol's
     loop guard (as ReAct's after a repeated call). Qwen2.5-Coder-0.5B re-ran a cell whose output it had until the run
@@ -127,8 +134,8 @@ def repeated_success(ctx: RunContext) -> bool:
     for m in reversed(ctx.messages):  # this run's turns, back to the task
         if m.role == "user" and not m.content.startswith(CORRECTION):
             break
-        if m.role == "tool" and not cells:  # a failure after tool returns counts as read (FAILED_AFTER_RETURNS)
-            last_failed = m.is_error and FAILED_AFTER_RETURNS not in m.content
+        if m.role == "tool" and not cells:
+            last_failed = failed_unread(m)
         if m.role == "assistant" and m.tool_calls and len(cells) < 2:
             cells.append(str(m.tool_calls[0].arguments.get("code", "")).strip())
     return not last_failed and len(cells) == 2 and cells[0] == cells[1]
@@ -184,8 +191,7 @@ class CodeAgent(StepProtocol):
         for m in ctx.messages:
             if m.role == "tool":
                 task = " ".join(question.split()) or "(see above)"
-                readable = not m.is_error or FAILED_AFTER_RETURNS in m.content
-                nudge = "\n" + OBSERVATION_NUDGE.format(question=task) if readable else ""
+                nudge = "" if failed_unread(m) else "\n" + OBSERVATION_NUDGE.format(question=task)
                 out.append(Message.user(f"Observation:\n{m.content}{nudge}"))
             elif m.role == "system":
                 continue  # the app's instructions are part of our own system prompt
@@ -289,9 +295,7 @@ class CodeAgent(StepProtocol):
             code = parsed.calls[0].arguments["code"]
             if final is None and previous is not None and previous[0].strip() == code.strip():
                 # Qwen2.5-Coder-0.5B re-sent a failing cell unchanged until the run gave up (3 of 14 look-up items).
-                # A failure that showed what the tools returned is answered from those returns, like a success.
-                failed = observation.is_error and FAILED_AFTER_RETURNS not in observation.content
-                note = REPEATED_FAILURE_NOTE if failed and previous[1] else REPEATED_CELL_NOTE
+                note = REPEATED_FAILURE_NOTE if failed_unread(observation) and previous[1] else REPEATED_CELL_NOTE
                 observation = observation.model_copy(update={"content": f"{observation.content}\n{note}"})
             previous = (code, observation.is_error)
             ctx.messages.append(observation)

@@ -546,6 +546,26 @@ def python(code: str) -> str:
     return f"ran {code!r}"
 
 
+def test_tools_protocol_runs_the_shown_code_beside_a_json_call_to_no_tool_and_refuses_an_echoed_correction() -> None:
+    # python-11: code in a ```python block, then the output it expected as a ```json "call" to count_s
+    shown = ("You can count it:\n```python\nprint('mississippi'.count('s'))\n```\nIt outputs:\n"
+             '```json\n{"name": "count_s", "arguments": {"count": 2}}\n```')
+    model = ScriptedModel([shown, "4"])
+    result = Agent(model, [python, add], protocol="tools").run("How many s in mississippi? Use Python.")
+    assert result.status == "answered" and result.output == "4"
+    assert [c.name for c in result.messages[1].tool_calls] == ["python"]
+    # corrected, the model replied with the correction itself: not its answer
+    unknown = '```json\n{"name": "count_s", "arguments": {"count": 2}}\n```'
+    echo = ("The last reply could not be used: there is no tool named 'count_s'. Call one of: python, add; or reply "
+            "with your final answer in plain words.")
+    model = ScriptedModel([unknown, echo, "4"])
+    result = Agent(model, [python, add], protocol="tools").run("q")
+    assert result.status == "answered" and result.output == "4"
+    assert "that was the message about your previous reply, not an answer" in model.calls[2][0][-1].content
+    said = ScriptedModel([unknown, "There is no tool named count_s, so: 4."])  # mentioning the tool is an answer
+    assert Agent(said, [python, add], protocol="tools").run("q").output == "There is no tool named count_s, so: 4."
+
+
 def test_tools_protocol_runs_python_code_the_model_showed_instead_of_calling_the_tool() -> None:
     shown = "To find out, you can use:\n```python\nprint(2 + 3)\n```\nThis prints the sum."
     model = ScriptedModel([shown, "The sum is 5.", f"Done: {shown}"])

@@ -72,6 +72,16 @@ def code_written_as_text(text: str, ctx: RunContext) -> ToolCall | None:
     return None if code is None else ToolCall(name=name, arguments={"code": code})
 
 
+def echoed_correction(text: str, ctx: RunContext) -> str | None:
+    """The hint of the correction this reply answers, when the reply repeats that hint instead of answering."""
+    last = ctx.messages[-1] if ctx.messages else None
+    prefix = "could not be used: "
+    if last is None or last.role != "user" or prefix not in last.content:
+        return None
+    hint = last.content.split(prefix, 1)[1].strip()
+    return hint if hint and hint[:60] in text else None
+
+
 class NativeTools(StepProtocol):
     name = "tools"
     # One call per reply. Qwen2.5-Coder-0.5B writes a lone call in a ```json fence; the runtimes' call grammar frames
@@ -127,16 +137,23 @@ class NativeTools(StepProtocol):
             raise ParseError("the model wrote a tool call while no tools were offered",
                              hint="No tool can be called now. Reply with your final answer in plain words, using "
                                   "the tool results above.")
-        if (unknown := unknown_call(text, ctx.tools)) is not None:
-            name, arguments = unknown
-            if (tool := only_tool_taking(arguments, ctx)) is not None:
-                return Action([ToolCall(name=tool, arguments=arguments)], thought=text)
-            known = ", ".join(ctx.tools) or "(no tools)"
-            raise ParseError(f"the model called '{name}', which is not a tool",
-                             hint=f"there is no tool named '{name}'. Call one of: {known}; or reply with your final "
-                                  "answer in plain words.")
+        unknown = unknown_call(text, ctx.tools)
+        if unknown is not None and (tool := only_tool_taking(unknown[1], ctx)) is not None:
+            return Action([ToolCall(name=tool, arguments=unknown[1])], thought=text)
+        # A python block runs even beside a JSON "call" to no tool: Qwen2.5-Coder-0.5B showed its code, then what it
+        # expected it to print, {"name": "count_s", "arguments": {"count": 2}} in a ```json fence (python-11).
         if not ctx.repeated and (call := code_written_as_text(text, ctx)) is not None:
             return Action([call], thought=text)
+        if unknown is not None:
+            known = ", ".join(ctx.tools) or "(no tools)"
+            raise ParseError(f"the model called '{unknown[0]}', which is not a tool",
+                             hint=f"there is no tool named '{unknown[0]}'. Call one of: {known}; or reply with your "
+                                  "final answer in plain words.")
+        if (hint := echoed_correction(text, ctx)) is not None:
+            # Corrected, the same model replied with the correction itself ("The last reply could not be used:
+            # there is no tool named 'count_s'. ..."), and that was taken for its answer.
+            raise ParseError("the model repeated the correction instead of answering",
+                             hint="that was the message about your previous reply, not an answer. " + hint)
         return Final(text)
 
     def assistant_message(self, completion: Completion, parsed: ParsedStep | None) -> Message:

@@ -83,6 +83,17 @@ def test_a_block_that_lost_its_indentation_is_shown_indented_and_runs_indented_w
     assert "Hint" not in run(python, "def f():").content  # nothing to indent: no hint and no fix
 
 
+def test_a_cell_that_reads_sys_argv_is_told_it_holds_the_kernels_command_line(python) -> None:
+    """Qwen2.5-Coder-0.5B read its words from sys.argv[1], printed the kernel's "-f" and answered from it."""
+    from hanlin.plugins.tools.python_kernel import ARGV_NOTE
+
+    read = run(python, "import sys\nwords = sys.argv[1].split()\nprint(words[-1])")
+    assert not read.is_error and read.content == f"-f\n{ARGV_NOTE}"
+    failed = run(python, "from sys import argv\nprint(argv[7])")
+    assert failed.is_error and "IndexError" in failed.content and ARGV_NOTE in failed.content
+    assert ARGV_NOTE not in run(python, "import sys\nprint(sys.version_info[0])").content
+
+
 def test_quoted_line_leaves_attributes_and_strings_alone() -> None:
     from hanlin.plugins.tools.python_hints import error_hint, quoted_line
 

@@ -52,6 +52,13 @@ def cut(text: str, limit: int) -> str:
 
 
 
+# A cell that reads sys.argv gets the kernel's own command line ("-f", the connection file): Qwen2.5-Coder-0.5B wrote
+# `words = sys.argv[1].split()`, printed "-f", and answered from it (python-10, tools). Like input(), say so.
+ARGV_USE = re.compile(r"\bsys\.argv\b|\bfrom\s+sys\s+import\b[^\n]*\bargv\b")
+ARGV_NOTE = ("[note: sys.argv here is the Python kernel's own command line, not input for this code: write the values "
+             "into the code]")
+
+
 def _manager(argv: list[str], **traits: Any) -> Any:
     """A KernelManager that launches ``argv`` (the sandbox's command) instead of the kernel spec's."""
     from jupyter_client import KernelManager
@@ -390,10 +397,15 @@ class KernelSession:
                 return ToolResult.error("input() is not available: nobody can type here; put the values in the code")
             lines = [line for line in trace.splitlines() if line.strip() and not set(line.strip()) <= {"-"}]
             short = "\n".join(lines[-8:])  # the end of the traceback is where the cause is
+            if ARGV_USE.search(code):
+                short += f"\n{ARGV_NOTE}"
             if hint := error_hint(name, value, code):
                 short += "\n" + hint.text
                 if hint.fixed_code is not None:
                     self._fix_for = (code, hint)
             return ToolResult(content=cut(f"{text}\n{short}".strip(), self.max_output_chars), is_error=True,
                               artifacts=out["images"])
-        return ToolResult(content=text or no_output_text(out.get("values", {})), artifacts=out["images"])
+        content = text or no_output_text(out.get("values", {}))
+        if ARGV_USE.search(code):
+            content += f"\n{ARGV_NOTE}"
+        return ToolResult(content=content, artifacts=out["images"])

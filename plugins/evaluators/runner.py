@@ -111,8 +111,8 @@ def chosen_items(dataset: Dataset, settings: EvalSettings) -> list[EvalItem]:
     matched = [item for item in dataset.select(None) if re.search(settings.only, question(item))]
     if not matched:
         raise ConfigurationError(f"no item of dataset '{dataset.name}' has an id matching --only {settings.only!r}")
-    keep = list(dict.fromkeys(question(item) for item in matched))[: settings.limit]
-    return [item for item in matched if question(item) in set(keep)]
+    keep = set(list(dict.fromkeys(question(item) for item in matched))[: settings.limit])
+    return [item for item in matched if question(item) in keep]
 
 
 class DatasetRun:

@@ -14,6 +14,7 @@ from typing import Any
 from hanlin import (ChatModel, Completion, Constraint, Message, ParseError, ProtocolError, StepProtocol, ToolCall,
                     hookimpl)
 from hanlin.protocols import Action, Final, ParsedStep, RunContext
+from hanlin.protocols.base import CORRECTION_PREFIX
 
 from hanlin.plugins.protocols.code_fence import fenced_code, is_code_tool
 from hanlin.plugins.protocols.react import EXAMPLE_TOOL
@@ -75,10 +76,9 @@ def code_written_as_text(text: str, ctx: RunContext) -> ToolCall | None:
 def echoed_correction(text: str, ctx: RunContext) -> str | None:
     """The hint of the correction this reply answers, when the reply repeats that hint instead of answering."""
     last = ctx.messages[-1] if ctx.messages else None
-    prefix = "could not be used: "
-    if last is None or last.role != "user" or prefix not in last.content:
+    if last is None or last.role != "user" or not last.content.startswith(CORRECTION_PREFIX):
         return None
-    hint = last.content.split(prefix, 1)[1].strip()
+    hint = last.content[len(CORRECTION_PREFIX):].strip()
     return hint if hint and hint[:60] in text else None
 
 

@@ -18,6 +18,8 @@ from hanlin.errors import ParseError
 from hanlin.messages import Message, ToolCall
 from hanlin.protocols.context import RunContext, ToolOutcome
 
+CORRECTION_PREFIX = "Your last reply could not be used: "  # how StepProtocol.correction shows a mistake to the model
+
 
 @dataclass(slots=True)
 class Action:
@@ -95,7 +97,7 @@ class StepProtocol(AgentProtocol):
 
     def correction(self, hint: str) -> Message:
         """How a mistake is shown back to the model."""
-        return Message.user(f"Your last reply could not be used: {hint}")
+        return Message.user(f"{CORRECTION_PREFIX}{hint}")
 
     # ---- the loop -------------------------------------------------------------------------
     async def next_step(self, ctx: RunContext) -> ParsedStep | None:

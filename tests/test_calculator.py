@@ -196,3 +196,15 @@ def test_a_number_with_a_unit_gets_an_error_that_shows_the_numbers_alone() -> No
     with pytest.raises(CalculatorError) as raised:  # a constant after a number is not a unit
         evaluate("3 pi")
     assert "unit" not in str(raised.value)
+
+
+def test_an_error_quotes_a_long_expression_cut() -> None:
+    """kb-08 (tools protocol): a divisor of hundreds of zeros, quoted whole by each error, filled the model's context."""
+    runaway = "240 * 0.0240 * 1000 / 1" + "0" * 400
+    cases = ((runaway, "too large for a float"), ("1 / 0 + " + "1 + " * 60 + "1", "division by zero"),
+             ("2 ** * " + "3 + " * 60 + "3", "is not a valid expression"))
+    for expression, fragment in cases:
+        result = calc.invoke({"expression": expression})
+        assert result.is_error and fragment in result.content
+        assert f"...' ({len(expression):,} characters)" in result.content and len(result.content) < 300, result.content
+    assert calc.invoke({"expression": "1/0"}).content.endswith("division by zero in '1/0'")  # short ones whole

@@ -128,6 +128,18 @@ def _drop_thousands_separators(text: str) -> str:
 _UNIT = re.compile(r"(\d(?:[\d.]*\d)?)\s*([A-Za-z]{2,})\b(?!\s*\()")  # "90 minutes / 4", "216 euros * 3"
 
 
+MAX_QUOTED_CHARS = 80
+
+
+def _quoted(expression: str) -> str:
+    """The expression as an error message quotes it, cut when long. Qwen2.5-Coder-0.5B wrote a divisor of a few
+    hundred zeros; each error quoted it whole, beside the call that held it, and three steps filled the 4,096-token
+    context (kb-08, tools protocol)."""
+    if len(expression) <= MAX_QUOTED_CHARS:
+        return f"'{expression}'"
+    return f"'{expression[:MAX_QUOTED_CHARS]}...' ({len(expression):,} characters)"
+
+
 def _parse(expression: str, text: str) -> ast.Expression:
     try:
         with warnings.catch_warnings():
@@ -135,10 +147,10 @@ def _parse(expression: str, text: str) -> ast.Expression:
             return ast.parse(text, mode="eval")
     except SyntaxError as exc:
         where = ""
-        if exc.lineno == 1 and "\n" not in text:
+        if exc.lineno == 1 and "\n" not in text and len(text) <= MAX_QUOTED_CHARS:
             column = exc.offset if exc.offset and exc.offset <= len(text) else len(text) + 1  # 0: ran out of input
             where = f"\n  {text}\n  {' ' * (column - 1)}^"
-        shown = f"'{expression}'" + (f" (read as '{text}')" if text != expression.strip() else "")
+        shown = _quoted(expression) + (f" (read as {_quoted(text)})" if text != expression.strip() else "")
         def unit(m: re.Match[str]) -> bool:
             return m[2] not in CONSTANTS and m[2] not in FUNCTIONS
 
@@ -148,7 +160,7 @@ def _parse(expression: str, text: str) -> ast.Expression:
                 f"'{' '.join(bare.split())}'") if units else ""
         raise CalculatorError(f"{shown} is not a valid expression: {exc.msg}{where}{hint}") from None
     except ValueError as exc:  # e.g. null bytes
-        raise CalculatorError(f"'{expression}' is not a valid expression: {exc}") from None
+        raise CalculatorError(f"{_quoted(expression)} is not a valid expression: {exc}") from None
 
 
 # ---- limits, checked before the work --------------------------------------------------------------
@@ -299,10 +311,10 @@ def evaluate(expression: str) -> str:
     try:
         value = _Evaluator(expression).visit(tree)
     except ZeroDivisionError:
-        raise CalculatorError(f"division by zero in '{expression}'") from None
+        raise CalculatorError(f"division by zero in {_quoted(expression)}") from None
     except OverflowError:
         raise CalculatorError(
-            f"a number in '{expression}' is too large for a float; use integers or smaller values"
+            f"a number in {_quoted(expression)} is too large for a float; use integers or smaller values"
         ) from None
     except RecursionError:
         raise CalculatorError("the expression is nested too deeply") from None

@@ -566,6 +566,16 @@ def test_tools_protocol_runs_the_shown_code_beside_a_json_call_to_no_tool_and_re
     assert Agent(said, [python, add], protocol="tools").run("q").output == "There is no tool named count_s, so: 4."
 
 
+def test_tools_protocol_corrects_a_call_cut_off_at_the_token_limit() -> None:
+    cut = Completion(text='{"name": "add", "arguments": {"a": 240, "b": 1' + "0" * 300, finish_reason="length")
+    model = ScriptedModel([cut, "42"])
+    result = Agent(model, [add], protocol="tools").run("sum")
+    assert result.status == "answered" and result.output == "42"
+    assert "cut off at the length limit" in model.calls[1][0][-1].content
+    words = Completion(text="The sum of the numbers is forty-two, as", finish_reason="length")  # text cut off: an answer
+    assert Agent(ScriptedModel([words]), [add], protocol="tools").run("sum").status == "answered"
+
+
 def test_tools_protocol_runs_python_code_the_model_showed_instead_of_calling_the_tool() -> None:
     shown = "To find out, you can use:\n```python\nprint(2 + 3)\n```\nThis prints the sum."
     model = ScriptedModel([shown, "The sum is 5.", f"Done: {shown}"])

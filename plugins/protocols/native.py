@@ -132,6 +132,11 @@ class NativeTools(StepProtocol):
                 "the model returned neither text nor tool calls",
                 hint="Either call one of the tools or write your final answer.",
             )
+        if completion.finish_reason == "length" and looks_like_call(text, [t.to_openai() for t in ctx.tools.values()]):
+            # A call the token limit cut off is no answer: kb-08 ended "answered" with half a python call whose
+            # expression ran into hundreds of zeros.
+            raise ParseError("the reply was cut off at the token limit inside a tool call",
+                             hint="your tool call was cut off at the length limit; write a shorter call")
         if ctx.repeated and looks_like_call(text, [t.to_openai() for t in ctx.tools.values()]):
             # Tools were withdrawn for this step (a repeated call), yet the model wrote a call as text: not an answer.
             raise ParseError("the model wrote a tool call while no tools were offered",

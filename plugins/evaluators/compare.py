@@ -33,6 +33,7 @@ def matched(first: dict[str, Any], second: dict[str, Any]) -> list[tuple[str, st
     """(label, dataset in first, dataset in second): the same names, then the same dataset run through different
     agent protocols ("tooluse@react" against "tooluse@code") when each side ran it through one."""
     same = sorted(set(first) & set(second))
+
     def by_base(names: set[str]) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for n in sorted(names):
@@ -82,12 +83,19 @@ def paired(first: Path, second: Path, max_named: int = 12) -> list[dict[str, Any
     """Per dataset and model pair, and per group: the items both runs answered, scored by both, with the mean
     per-item difference and its standard error, and the items that changed."""
     one, two = load_scores(first), load_scores(second)
+    read: dict[tuple[int, str, str], dict[tuple[str, int], tuple[bool, str]]] = {}  # each file once, whatever the pairs
+
+    def verdicts(side: int, model: str, dataset: str) -> dict[tuple[str, int], tuple[bool, str]]:
+        if (side, model, dataset) not in read:
+            folder, scores = (first, one) if side == 1 else (second, two)
+            read[side, model, dataset] = _verdicts(folder, scores[model]["datasets"][dataset])
+        return read[side, model, dataset]
+
     rows = []
     for m1, e1 in one.items():
         for m2, e2 in two.items():
             for dataset, d1, d2 in matched(e1.get("datasets", {}), e2.get("datasets", {})):
-                a = _verdicts(first, e1["datasets"][d1])
-                b = _verdicts(second, e2["datasets"][d2])
+                a, b = verdicts(1, m1, d1), verdicts(2, m2, d2)
                 shared = [k for k in a if k in b]
                 groups = sorted({a[k][1] for k in shared} - {""})
                 for group in ["", *groups] if len(groups) > 1 else [""]:

@@ -132,12 +132,13 @@ class NativeTools(StepProtocol):
                 "the model returned neither text nor tool calls",
                 hint="Either call one of the tools or write your final answer.",
             )
-        if completion.finish_reason == "length" and looks_like_call(text, [t.to_openai() for t in ctx.tools.values()]):
+        specs = [t.to_openai() for t in ctx.tools.values()]
+        if completion.finish_reason == "length" and looks_like_call(text, specs):
             # A call the token limit cut off is no answer: kb-08 ended "answered" with half a python call whose
             # expression ran into hundreds of zeros.
             raise ParseError("the reply was cut off at the token limit inside a tool call",
                              hint="your tool call was cut off at the length limit; write a shorter call")
-        if ctx.repeated and looks_like_call(text, [t.to_openai() for t in ctx.tools.values()]):
+        if ctx.repeated and looks_like_call(text, specs):
             # Tools were withdrawn for this step (a repeated call), yet the model wrote a call as text: not an answer.
             raise ParseError("the model wrote a tool call while no tools were offered",
                              hint="No tool can be called now. Reply with your final answer in plain words, using "

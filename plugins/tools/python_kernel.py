@@ -388,6 +388,7 @@ class KernelSession:
         for image in out["images"]:
             parts.append(f"[image saved to {image}]")
         text = cut("\n".join(p.rstrip("\n") for p in parts), self.max_output_chars)
+        argv_note = f"\n{ARGV_NOTE}" if ARGV_USE.search(code) else ""
         if out["timed_out"]:
             note = f"timed out after {timeout:g} s and was interrupted; variables defined before that are kept"
             return ToolResult(content=(text + "\n" if text else "") + note, is_error=True, artifacts=out["images"])
@@ -396,16 +397,11 @@ class KernelSession:
             if name == "StdinNotImplementedError":
                 return ToolResult.error("input() is not available: nobody can type here; put the values in the code")
             lines = [line for line in trace.splitlines() if line.strip() and not set(line.strip()) <= {"-"}]
-            short = "\n".join(lines[-8:])  # the end of the traceback is where the cause is
-            if ARGV_USE.search(code):
-                short += f"\n{ARGV_NOTE}"
+            short = "\n".join(lines[-8:]) + argv_note  # the end of the traceback is where the cause is
             if hint := error_hint(name, value, code):
                 short += "\n" + hint.text
                 if hint.fixed_code is not None:
                     self._fix_for = (code, hint)
             return ToolResult(content=cut(f"{text}\n{short}".strip(), self.max_output_chars), is_error=True,
                               artifacts=out["images"])
-        content = text or no_output_text(out.get("values", {}))
-        if ARGV_USE.search(code):
-            content += f"\n{ARGV_NOTE}"
-        return ToolResult(content=content, artifacts=out["images"])
+        return ToolResult(content=(text or no_output_text(out.get("values", {}))) + argv_note, artifacts=out["images"])

@@ -106,8 +106,55 @@ def test_quoted_line_leaves_attributes_and_strings_alone() -> None:
     assert error_hint("NameError", "name 'len' is not defined", "len(x)") is None
     fixed = error_hint("NameError", undefined, "r = evaluation[::-1]\nprint(r, len(evaluation))").fixed_code
     assert fixed == "r = 'evaluation'[::-1]\nprint(r, len('evaluation'))"
-    for binds in ("print(evaluation)\nevaluation = 1", "for evaluation in x: pass", "evaluation += 1"):
+    for binds in ("print(evaluation)\nevaluation = 1", "for evaluation in x: pass"):
         assert error_hint("NameError", undefined, binds) is None  # a variable used too early, not a word
+    assert error_hint("NameError", undefined, "evaluation += 1").fixed_code == "evaluation = 0\nevaluation += 1"
+    # a name the cell calls is a function never defined, not a word: quoting it would be no fix
+    assert error_hint("NameError", "name 'is_prime' is not defined", "print(is_prime(7))") is None
+
+
+def test_a_name_used_without_its_import_is_shown_the_import_and_runs_with_it_when_sent_again(python) -> None:
+    """Qwen2.5-Coder-0.5B imported only `date` and used `timedelta` (python-15, code protocol); told to quote the
+    name, it re-sent the cell until the run gave up."""
+    cell = "from datetime import date\nd = date(2024, 2, 20) + timedelta(days=100)\nprint(d)"
+    first = run(python, cell)
+    assert first.is_error and first.content.endswith("it needs an import first:\nfrom datetime import timedelta")
+    again = run(python, cell)
+    assert again.content == "[run with 'from datetime import timedelta' added first, as the hint said]\n2024-05-30"
+    assert run(python, "print(math.floor(2.5))").content.endswith("needs an import first:\nimport math")
+    assert run(python, "print(math.floor(2.5))").content.endswith("as the hint said]\n2")
+
+
+def test_a_total_added_to_before_it_is_set_starts_from_zero_when_sent_again(python) -> None:
+    """`count += 1` in a loop, count never set: sent six times over (python-19, tools protocol)."""
+    cell = "for i in range(1, 10001):\n    if int(i ** 0.5) ** 2 == i:\n        count += 1\nprint(count)"
+    first = run(python, cell)
+    assert first.is_error and first.content.endswith("set it before the loop:\ncount = 0")
+    assert run(python, cell).content == "[run with 'count = 0' first, as the hint said]\n100"
+
+
+def test_statements_crammed_on_one_line_and_percentages_get_their_fix(python) -> None:
+    """`for ...: if ...: ...` on one line (python-08, tools protocol) and `17% * 2350` (calc-05, code protocol), each
+    re-sent unchanged until the run gave up."""
+    cell = "n = 0\nfor i in range(1, 501): if i % 3 == 0 or i % 5 == 0: n += 1\nprint(n)"
+    first = run(python, cell)
+    assert first.is_error and first.content.endswith(
+        "give each its own line, indented:\nfor i in range(1, 501):\n    if i % 3 == 0 or i % 5 == 0: n += 1")
+    assert run(python, cell).content == "[run with each statement after a ':' on its own line, as the hint said]\n233"
+    first = run(python, "print(25% * 80)")
+    assert first.is_error and first.content.endswith("a percentage is a fraction: 25 / 100")
+    assert run(python, "print(25% * 80)").content == \
+        "[run with each percentage written as a fraction, as the hint said]\n20.0"
+
+
+def test_syntax_hints_split_only_real_headers_and_leave_modulo_alone() -> None:
+    from hanlin.plugins.tools.python_syntax_hints import syntax_hint
+
+    assert syntax_hint("for i in range(3): print(i % 2)") is None  # compiles: nothing to fix
+    nested = syntax_hint("if d[1:2] == ':': for f in [lambda x: x]: print(f(1))")
+    assert nested is not None and nested.fixed_code == "if d[1:2] == ':':\n    for f in [lambda x: x]: print(f(1))"
+    assert syntax_hint("x = 10 % 3 +") is None  # a broken cell no fix makes compile gets no hint
+    assert syntax_hint("rate = 4.5%\nprint(rate, 7 % 2)").fixed_code == "rate = (4.5 / 100)\nprint(rate, 7 % 2)"
 
 
 def test_a_cell_that_prints_nothing_shows_the_variables_it_ended_by_setting(python) -> None:

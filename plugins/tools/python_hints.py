@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import ast
 import builtins
+import importlib
 import io
 import keyword
 import re
+import sys
 import tokenize
 from dataclasses import dataclass
 
@@ -39,6 +41,10 @@ def error_hint(error_name: str, error_value: str, code: str) -> Hint | None:
         return _return_hint(code)
     if error_name == "IndentationError" and "expected an indented block" in error_value:
         return _indent_hint(code)
+    if error_name == "SyntaxError":
+        from hanlin.plugins.tools.python_syntax_hints import syntax_hint
+
+        return syntax_hint(code)
     if error_name != "NameError":
         return None
     match = _UNDEFINED.search(error_value)
@@ -47,12 +53,115 @@ def error_hint(error_name: str, error_value: str, code: str) -> Hint | None:
     name = match["name"]
     if keyword.iskeyword(name) or hasattr(builtins, name) or name.startswith("_"):
         return None
+    if hint := _import_hint(name, code) or _unset_total_hint(name, code):
+        return hint
     quoted = _quoted_uses(code, name)
     if quoted is None:  # a name the cell also assigns is a variable used too early, not a word meant as text
         return None
     first, lines = quoted
     text = f"Hint: no variable is named {name}. If you meant the text {name!r}, put it in quotes:\n{first}"
     return Hint(text, f"{name!r} in quotes", "\n".join(lines))
+
+
+def _import_hint(name: str, code: str) -> Hint | None:
+    """A module used without its import (``math.sqrt(2)``), or a function or class of a common module called
+    without one (``date_a + timedelta(days=100)``: Qwen2.5-Coder-0.5B imported only ``date``, python-15, code
+    protocol). Told to put 'timedelta' in quotes, which was no fix, it re-sent the cell until the run gave up. Only
+    where the cell's own use fits: a module whose every ``name.attr`` exists, a callable that the cell calls."""
+    attrs, called = _uses_of(code, name)
+    if name in sys.stdlib_module_names and attrs:
+        module = _module(name)
+        if module is not None and all(hasattr(module, a) for a in attrs):
+            return _import_fix(name, f"import {name}", code)
+    if not called and not attrs:
+        return None
+    for module_name in IMPORTED_FROM:
+        value = getattr(_module(module_name), name, None)
+        if callable(value) and all(hasattr(value, a) for a in attrs):
+            return _import_fix(name, f"from {module_name} import {name}", code)
+    return None
+
+
+# Where a function or class called without an import is looked for, in this order.
+IMPORTED_FROM = ("math", "datetime", "collections", "itertools", "functools", "statistics", "fractions", "decimal",
+                 "random", "calendar", "string")
+
+
+def _module(name: str) -> object | None:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def _import_fix(name: str, statement: str, code: str) -> Hint:
+    text = f"Hint: {name} is not defined in this session; it needs an import first:\n{statement}"
+    return Hint(text, f"'{statement}' added first", f"{statement}\n{code}")
+
+
+def _uses_of(code: str, name: str) -> tuple[set[str], bool]:
+    """(the attributes read from ``name``, whether it is called) in ``code``, by its tokens."""
+    try:
+        tokens = [t for t in tokenize.generate_tokens(io.StringIO(code).readline)
+                  if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT)]
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        return set(), False
+    attrs, called = set(), False
+    for i, t in enumerate(tokens[:-1]):
+        if t.type != tokenize.NAME or t.string != name or (i and tokens[i - 1].string == "."):
+            continue
+        after = tokens[i + 1].string
+        if after == "." and i + 2 < len(tokens):
+            attrs.add(tokens[i + 2].string)
+        called = called or after == "("
+    return attrs, called
+
+
+def _unset_total_hint(name: str, code: str) -> Hint | None:
+    """``count += 1`` in a loop with ``count`` never set (python-19, tools protocol, six times): the fix sets it
+    before the outermost statement that adds to it, to what adding starts from (0, '' or [], 1 for ``*=``)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return None
+    if any(isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Store)
+           and not _is_aug_target(tree, node) for node in ast.walk(tree)):
+        return None  # assigned somewhere: a variable used too early, which the model has to reorder itself
+    for index, statement in enumerate(tree.body):
+        aug = next((n for n in ast.walk(statement) if isinstance(n, ast.AugAssign)
+                    and isinstance(n.target, ast.Name) and n.target.id == name), None)
+        if aug is None:
+            continue
+        start = _start_value(aug)
+        if start is None:
+            return None
+        lines = code.split("\n")
+        row = statement.lineno - 1
+        if any(d.lineno - 1 < row for d in getattr(statement, "decorator_list", [])):
+            row = min(d.lineno - 1 for d in statement.decorator_list)
+        setting = f"{name} = {start}"
+        fixed_code = "\n".join(lines[:row] + [setting] + lines[row:])
+        where = "before the loop" if isinstance(statement, (ast.For, ast.While)) else "first"
+        text = f"Hint: {name} is added to before it has a value; set it {where}:\n{setting}"
+        return Hint(text, f"'{setting}' first", fixed_code)
+    return None
+
+
+def _is_aug_target(tree: ast.AST, name: ast.Name) -> bool:
+    return any(isinstance(n, ast.AugAssign) and n.target is name for n in ast.walk(tree))
+
+
+def _start_value(aug: ast.AugAssign) -> str | None:
+    if isinstance(aug.op, ast.Mult):
+        return "1"
+    if not isinstance(aug.op, (ast.Add, ast.Sub)):
+        return None
+    value = aug.value
+    if isinstance(value, ast.JoinedStr) or (isinstance(value, ast.Constant) and isinstance(value.value, str)):
+        return "''"
+    if isinstance(value, (ast.List, ast.ListComp)):
+        return "[]"
+    return "0"
 
 
 def _indent_hint(code: str) -> Hint | None:
@@ -130,8 +239,8 @@ def _bare_uses(code: str, name: str) -> list[tokenize.TokenInfo]:
             continue  # x.name is an attribute, not the undefined name
         after = tokens[i + 1].string if i + 1 < len(tokens) else ""
         before = tokens[i - 1].string if i else ""
-        if (after.endswith("=") and after not in ("==", "<=", ">=", "!=")) or before in _BINDING:
-            return []
+        if (after.endswith("=") and after not in ("==", "<=", ">=", "!=")) or before in _BINDING or after == "(":
+            return []  # assigned, bound or called: a variable or function, not a word meant as text
         uses.append(t)
     return uses
 

@@ -1,0 +1,107 @@
+"""Hints, with their fixes, for two SyntaxErrors a small model makes and then re-sends unchanged.
+
+- Compound statements on one line: ``for i in range(1, 501): if i % 3 == 0: print(i)``. Python allows a simple
+  statement after a header's ':' but not another ``if``/``for``; code written inside a JSON string is where a model
+  puts everything on one line (Qwen2.5-Coder-0.5B sent that cell six times, python-08, tools protocol).
+- A percentage written as in prose: ``final_answer(17% * 2350)`` (calc-05, code protocol, five times). A '%'
+  followed by an operator, a closing bracket or the end cannot be the modulo operator.
+
+Each fix is the smallest change that makes the cell compile, and only offered when it does (see python_hints.Hint:
+the kernel session runs it if the same cell comes straight back).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tokenize
+
+from hanlin.plugins.tools.python_hints import Hint
+
+_COMPOUND = {"for", "while", "if", "elif", "else", "with", "try", "except", "finally", "def", "class", "async"}
+_NESTED = {"for", "while", "if", "with", "try", "def", "class", "async"}  # what may not follow a header's ':'
+_PERCENT = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*%(?=\s*(?:[-+*/),\]]|$))", re.MULTILINE)
+
+
+def syntax_hint(code: str) -> Hint | None:
+    """A hint for a cell that does not compile, when one of the fixes above makes it compile."""
+    if _compiles(code):
+        return None
+    return _compound_hint(code) or _percent_hint(code)
+
+
+def _compound_hint(code: str) -> Hint | None:
+    lines = code.split("\n")
+    fixed: list[str] = []
+    first_changed = None
+    for line in lines:
+        split = _split_header(line)
+        if split is not None and first_changed is None:
+            first_changed = (line, split)
+        fixed.extend(split or [line])
+    if first_changed is None:
+        return None
+    fixed_code = "\n".join(fixed)
+    if not _compiles(fixed_code):
+        return None
+    text = ("Hint: after a ':' Python allows a simple statement on the same line, not another if, for or while; "
+            "give each its own line, indented:\n" + "\n".join(first_changed[1]))
+    return Hint(text, "each statement after a ':' on its own line", fixed_code)
+
+
+def _split_header(line: str) -> list[str] | None:
+    """``line`` as nested lines when a compound header is followed on the same line by another compound statement
+    (None when it is not)."""
+    indent = line[: len(line) - len(line.lstrip())]
+    body = line.strip()
+    if body.split(" ", 1)[0].rstrip(":") not in _COMPOUND:
+        return None
+    colon = _header_colon(body)
+    if colon is None:
+        return None
+    rest = body[colon + 1:].strip()
+    if not rest or rest.split(" ", 1)[0].rstrip(":") not in _NESTED:
+        return None
+    inner = indent + "    " + rest
+    return [indent + body[: colon + 1], *(_split_header(inner) or [inner])]
+
+
+def _header_colon(body: str) -> int | None:
+    """The column of the ':' that ends the header (not one inside brackets, a string, a slice or a lambda)."""
+    depth, lambdas = 0, 0
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(body).readline):
+            if tok.type == tokenize.NAME and tok.string == "lambda":
+                lambdas += 1
+            elif tok.type == tokenize.OP:
+                if tok.string in "([{":
+                    depth += 1
+                elif tok.string in ")]}":
+                    depth -= 1
+                elif tok.string == ":" and depth == 0:
+                    if lambdas:
+                        lambdas -= 1
+                    else:
+                        return tok.start[1]
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        return None
+    return None
+
+
+def _percent_hint(code: str) -> Hint | None:
+    fixed_code = _PERCENT.sub(lambda m: f"({m[1]} / 100)", code)
+    if fixed_code == code or not _compiles(fixed_code):
+        return None
+    match = _PERCENT.search(code)
+    assert match is not None
+    text = (f"Hint: {match[1]}% is not Python ('%' is the remainder operator); a percentage is a fraction: "
+            f"{match[1]} / 100")
+    return Hint(text, "each percentage written as a fraction", fixed_code)
+
+
+def _compiles(code: str) -> bool:
+    try:
+        compile(code, "<cell>", "exec")
+    except (SyntaxError, ValueError):
+        return False
+    return True

@@ -208,3 +208,28 @@ def test_an_error_quotes_a_long_expression_cut() -> None:
         assert result.is_error and fragment in result.content
         assert f"...' ({len(expression):,} characters)" in result.content and len(result.content) < 300, result.content
     assert calc.invoke({"expression": "1/0"}).content.endswith("division by zero in '1/0'")  # short ones whole
+
+
+@pytest.mark.parametrize(("expression", "expected"), [
+    ("17% of 2350", "399.5"),  # what Qwen2.5-Coder-0.5B sent (calc-05, code protocol)
+    ("2350 * 17%", "399.5"),
+    ("(1 + 10%) * 200", "220"),
+    ("50%", "0.5"),
+    ("10 % 3", "1"),  # the remainder, as before
+    ("10 % -3", "-2"),
+])
+def test_a_percentage_is_a_fraction_and_the_remainder_stays(expression: str, expected: str) -> None:
+    assert evaluate(expression) == expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="0123456789%+-*/() .,of", max_size=24))
+def test_reading_percentages_changes_no_valid_python(text: str) -> None:
+    from hanlin.plugins.tools.percentages import as_fractions
+
+    try:
+        compile(text, "<text>", "eval")
+    except (SyntaxError, ValueError):
+        return
+    assert as_fractions(text) == text
+

@@ -147,6 +147,22 @@ def test_statements_crammed_on_one_line_and_percentages_get_their_fix(python) ->
         "[run with each percentage written as a fraction, as the hint said]\n20.0"
 
 
+def test_a_function_looked_for_in_the_wrong_module_is_imported_from_the_right_one(python) -> None:
+    """`math.isprime(i)`, sent six times over (python-01 and python-16, tools protocol): sympy has isprime."""
+    from hanlin.plugins.tools.python_hints import error_hint
+
+    first = run(python, "import math\nprint(math.mean([1, 2, 6]))")
+    assert first.is_error and first.content.endswith(
+        "Hint: math has no mean; statistics has one:\nfrom statistics import mean\nthen call mean(...)")
+    assert run(python, "import math\nprint(math.mean([1, 2, 6]))").content == \
+        "[run with 'from statistics import mean', as the hint said]\n3"
+    prime = error_hint("AttributeError", "module 'math' has no attribute 'isprime'",
+                       "import math\nprint([i for i in range(9) if math.isprime(i)])")
+    assert prime.fixed_code == "from sympy import isprime\nimport math\nprint([i for i in range(9) if isprime(i)])"
+    nowhere = "module 'math' has no attribute 'nothing_has_this'"
+    assert error_hint("AttributeError", nowhere, "math.nothing_has_this()") is None
+
+
 def test_syntax_hints_split_only_real_headers_and_leave_modulo_alone() -> None:
     from hanlin.plugins.tools.python_syntax_hints import syntax_hint
 

@@ -21,6 +21,8 @@ Decisions, because models write arithmetic the way people do:
   always carries, so 0.1 + 0.2 reads 0.3 and not 0.30000000000000004.
 - Comparisons work and give ``true``/``false``.
 - A sum or product written with an ellipsis ("1 + 2 + ... + 250") is the series it shows (calculator_series).
+- A percentage is a fraction: "17% of 2350" is 0.17 * 2350, "12.5%" is 0.125; "10 % 3" is still the remainder
+  (percentages).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 
 from hanlin import ToolInputError, ToolSpec, hookimpl, tool
 from hanlin.plugins.tools.calculator_series import SeriesError, expand_series
+from hanlin.plugins.tools.percentages import as_fractions
 
 MAX_EXPRESSION_CHARS = 500
 MAX_RESULT_DIGITS = 4000  # below CPython's 4300-digit int<->str limit, so every allowed result can be printed
@@ -99,7 +102,7 @@ def _normalise(expression: str) -> str:
     text = expression.strip()
     for symbol, python in _SYMBOLS.items():
         text = text.replace(symbol, python)
-    return _drop_thousands_separators(text.rstrip("= \t\n"))
+    return as_fractions(_drop_thousands_separators(text.rstrip("= \t\n")))
 
 
 def _drop_thousands_separators(text: str) -> str:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 _BINDING = {"for", "as", "def", "class", "import", "from", "global", "nonlocal", "del", "lambda"}
 _UNDEFINED = re.compile(r"name '(?P<name>\w+)' is not defined")
+_NO_ATTRIBUTE = re.compile(r"module '(?P<module>\w+)' has no attribute '(?P<name>\w+)'")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,8 @@ def error_hint(error_name: str, error_value: str, code: str) -> Hint | None:
         from hanlin.plugins.tools.python_syntax_hints import syntax_hint
 
         return syntax_hint(code)
+    if error_name == "AttributeError" and (missing := _NO_ATTRIBUTE.search(error_value)):
+        return _elsewhere_hint(missing["module"], missing["name"], code)
     if error_name != "NameError":
         return None
     match = _UNDEFINED.search(error_value)
@@ -85,6 +88,21 @@ def _import_hint(name: str, code: str) -> Hint | None:
 # Where a function or class called without an import is looked for, in this order.
 IMPORTED_FROM = ("math", "datetime", "collections", "itertools", "functools", "statistics", "fractions", "decimal",
                  "random", "calendar", "string")
+
+
+def _elsewhere_hint(module_name: str, name: str, code: str) -> Hint | None:
+    """A function looked for in the wrong module: ``math.isprime(i)`` (Qwen2.5-Coder-0.5B, python-01 and python-16,
+    tools protocol: the same cell six times each). Where a common module, or sympy (installed with torch), has it,
+    the hint names the import, and the fix imports it and calls it by its bare name."""
+    use = re.compile(rf"\b{re.escape(module_name)}\.{re.escape(name)}\b")
+    if not use.search(code):
+        return None
+    for candidate in (*IMPORTED_FROM, "sympy"):
+        if candidate != module_name and callable(getattr(_module(candidate), name, None)):
+            statement = f"from {candidate} import {name}"
+            text = f"Hint: {module_name} has no {name}; {candidate} has one:\n{statement}\nthen call {name}(...)"
+            return Hint(text, f"'{statement}'", f"{statement}\n{use.sub(name, code)}")
+    return None
 
 
 def _module(name: str) -> object | None:

@@ -3,8 +3,8 @@
 - Compound statements on one line: ``for i in range(1, 501): if i % 3 == 0: print(i)``. Python allows a simple
   statement after a header's ':' but not another ``if``/``for``; code written inside a JSON string is where a model
   puts everything on one line (Qwen2.5-Coder-0.5B sent that cell six times, python-08, tools protocol).
-- A percentage written as in prose: ``final_answer(17% * 2350)`` (calc-05, code protocol, five times). A '%'
-  followed by an operator, a closing bracket or the end cannot be the modulo operator.
+- A percentage written as in prose: ``final_answer(17% * 2350)`` (calc-05, code protocol, five times; see
+  percentages).
 
 Each fix is the smallest change that makes the cell compile, and only offered when it does (see python_hints.Hint:
 the kernel session runs it if the same cell comes straight back).
@@ -13,14 +13,13 @@ the kernel session runs it if the same cell comes straight back).
 from __future__ import annotations
 
 import io
-import re
 import tokenize
 
+from hanlin.plugins.tools.percentages import as_fractions, first_percentage
 from hanlin.plugins.tools.python_hints import Hint
 
 _COMPOUND = {"for", "while", "if", "elif", "else", "with", "try", "except", "finally", "def", "class", "async"}
 _NESTED = {"for", "while", "if", "with", "try", "def", "class", "async"}  # what may not follow a header's ':'
-_PERCENT = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*%(?=\s*(?:[-+*/),\]]|$))", re.MULTILINE)
 
 
 def syntax_hint(code: str) -> Hint | None:
@@ -89,13 +88,12 @@ def _header_colon(body: str) -> int | None:
 
 
 def _percent_hint(code: str) -> Hint | None:
-    fixed_code = _PERCENT.sub(lambda m: f"({m[1]} / 100)", code)
+    fixed_code = as_fractions(code)
     if fixed_code == code or not _compiles(fixed_code):
         return None
-    match = _PERCENT.search(code)
-    assert match is not None
-    text = (f"Hint: {match[1]}% is not Python ('%' is the remainder operator); a percentage is a fraction: "
-            f"{match[1]} / 100")
+    number = first_percentage(code)
+    text = (f"Hint: {number}% is not Python ('%' is the remainder operator); a percentage is a fraction: "
+            f"{number} / 100")
     return Hint(text, "each percentage written as a fraction", fixed_code)
 
 

@@ -26,6 +26,7 @@ from hanlin.events import ErrorEvent, ToolCallEvent, ToolResultEvent
 from hanlin.plugins.protocols.code_bridge import Bridge, signature
 from hanlin.plugins.protocols.code_fence import MAX_CODE_LINES, MAX_LINE_CHARS, add_code_block
 from hanlin.protocols import Action, ParsedStep, RunContext
+from hanlin.protocols.context import LAST_CALL_NOTE
 
 STOP = ["\n```\n", "\nObservation:"]  # a model without the grammar stops after its block
 CODE_LANGS = {"", "python", "py", "python3", "ipython"}
@@ -209,7 +210,8 @@ class CodeAgent(StepProtocol):
             return None
         from hanlin.grammar import STEP_MAX_TOKENS
 
-        return Constraint(grammar=code_grammar(final_only=repeated_success(ctx)), max_tokens=STEP_MAX_TOKENS)
+        final_only = repeated_success(ctx) or ctx.last_step  # see RunContext.last_step
+        return Constraint(grammar=code_grammar(final_only=final_only), max_tokens=STEP_MAX_TOKENS)
 
     def parse(self, completion: Completion, ctx: RunContext) -> ParsedStep:
         thought, code = parse_code_step(completion.text, completion.finish_reason)
@@ -298,6 +300,8 @@ class CodeAgent(StepProtocol):
                 note = REPEATED_FAILURE_NOTE if failed_unread(observation) and previous[1] else REPEATED_CELL_NOTE
                 observation = observation.model_copy(update={"content": f"{observation.content}\n{note}"})
             previous = (code, observation.is_error)
+            if final is None and ctx.next_is_last:
+                observation = observation.model_copy(update={"content": observation.content + LAST_CALL_NOTE})
             ctx.messages.append(observation)
             if final is None:
                 ctx.record_success()  # a failing cell is an observation, not a format mistake

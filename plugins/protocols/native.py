@@ -15,6 +15,7 @@ from hanlin import (ChatModel, Completion, Constraint, Message, ParseError, Prot
                     hookimpl)
 from hanlin.protocols import Action, Final, ParsedStep, RunContext
 from hanlin.protocols.base import CORRECTION_PREFIX
+from hanlin.protocols.context import LAST_CALL_NOTE
 
 from hanlin.plugins.protocols.code_fence import fenced_code, is_code_tool
 from hanlin.plugins.protocols.react import EXAMPLE_TOOL
@@ -104,22 +105,26 @@ class NativeTools(StepProtocol):
             system += "\n" + NATIVE_EXAMPLE
         # Small models re-issue the call they were just answered; a nudge after each result (as ReAct's) points at
         # the answer. Added here, in the model's view only: the transcript keeps the tool's own result.
-        turns = [m.model_copy(update={"content": f"{m.content}\n{RESULT_NUDGE}"}) if m.role == "tool" and not m.is_error
+        # (Not after the last results of a run: LAST_CALL_NOTE says that no call is left.)
+        turns = [m.model_copy(update={"content": f"{m.content}\n{RESULT_NUDGE}"})
+                 if m.role == "tool" and not m.is_error and not m.content.endswith(LAST_CALL_NOTE)
                  else m for m in ctx.messages if m.role != "system"]
         return [Message.system(system), *turns]
 
     def constraint(self, ctx: RunContext) -> Constraint | None:
-        """Only on the step after a repeated call (tools withdrawn): one line of words that cannot open a JSON object,
-        an array, a fence or a tag. Offered no tools, Qwen2.5-Coder-0.5B still wrote the call again as text, over and
-        over, until the run gave up (3 of the first 10 tooluse items); the answer was in the result it was shown."""
-        if not ctx.repeated or ctx.options.output_type is not None or "grammar" not in ctx.model.capabilities.constraints:
+        """Only on the step after a repeated call and on the last step (tools withdrawn): one line of words that
+        cannot open a JSON object, an array, a fence or a tag. Offered no tools, Qwen2.5-Coder-0.5B still wrote the
+        call again as text, over and over, until the run gave up (3 of the first 10 tooluse items); the answer was in
+        the result it was shown."""
+        if (not (ctx.repeated or ctx.last_step) or ctx.options.output_type is not None
+                or "grammar" not in ctx.model.capabilities.constraints):
             return None
         from hanlin.grammar import STEP_STRING_CHARS
 
         return Constraint(grammar=f"root ::= [^{{\\[`<\\n \\t] [^\\n]{{0,{STEP_STRING_CHARS}}}")
 
     def native_tools(self, ctx: RunContext) -> list[dict[str, Any]] | None:
-        if ctx.repeated:  # stuck re-issuing the previous step's call: no tools offered, so the model answers
+        if ctx.repeated or ctx.last_step:  # stuck re-issuing a call, or out of steps: no tools, so the model answers
             return None
         return [t.to_openai() for t in ctx.tools.values()] or None
 
@@ -138,8 +143,8 @@ class NativeTools(StepProtocol):
             # expression ran into hundreds of zeros.
             raise ParseError("the reply was cut off at the token limit inside a tool call",
                              hint="your tool call was cut off at the length limit; write a shorter call")
-        if ctx.repeated and looks_like_call(text, specs):
-            # Tools were withdrawn for this step (a repeated call), yet the model wrote a call as text: not an answer.
+        if (ctx.repeated or ctx.last_step) and looks_like_call(text, specs):
+            # Tools were withdrawn for this step (a repeated call, the last step), yet the model wrote a call as text.
             raise ParseError("the model wrote a tool call while no tools were offered",
                              hint="No tool can be called now. Reply with your final answer in plain words, using "
                                   "the tool results above.")

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from hanlin.chat_model import ChatModel, Completion, Constraint
 from hanlin.errors import ParseError
 from hanlin.messages import Message, ToolCall
-from hanlin.protocols.context import RunContext, ToolOutcome
+from hanlin.protocols.context import LAST_CALL_NOTE, RunContext, ToolOutcome
 
 CORRECTION_PREFIX = "Your last reply could not be used: "  # how StepProtocol.correction shows a mistake to the model
 
@@ -145,7 +145,11 @@ class StepProtocol(AgentProtocol):
                     return
                 continue
             outcomes = await asyncio.gather(*(ctx.call_tool(call) for call in parsed.calls))
-            ctx.messages.extend(self.observation(o) for o in outcomes)
+            observations = [self.observation(o) for o in outcomes]
+            if ctx.next_is_last and observations:  # in the model's view only: the results' events stay as they were
+                last = observations[-1]
+                observations[-1] = last.model_copy(update={"content": last.content + LAST_CALL_NOTE})
+            ctx.messages.extend(observations)
             failures = [o for o in outcomes if o.failure]
             if not failures:
                 ctx.record_success()

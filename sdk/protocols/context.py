@@ -22,6 +22,10 @@ from hanlin.messages import Message, ToolCall, Usage
 from hanlin.tools import Tool, ToolResult, _format_validation_error
 
 
+# After the tool results of the step before a run's last (see RunContext.last_step).
+LAST_CALL_NOTE = "\n[No tool calls are left in this run: answer the question now, from the results above.]"
+
+
 @dataclass(slots=True)
 class RunOptions:
     max_steps: int = 10
@@ -76,6 +80,20 @@ class RunContext:
     @property
     def steps_left(self) -> bool:
         return self.step < self.options.max_steps
+
+    @property
+    def last_step(self) -> bool:
+        """This is the run's last step and an earlier one acted: only an answer can still end the run well (a call
+        made now would run with no step left to read its result). Protocols then ask for the answer, as after a
+        repeated call, and the model sees LAST_CALL_NOTE after the results of the step before. Qwen2.5-Coder-0.5B
+        went on calling tools to the end of its steps with the right result in hand (3150 / 42 = 75, then 3150 / 75
+        = 42, in turn) and such runs ended with no answer at all; agent frameworks answer from the transcript."""
+        return self.step > 1 and self.step >= self.options.max_steps
+
+    @property
+    def next_is_last(self) -> bool:
+        """The next step will be the run's last (see last_step)."""
+        return self.step >= 1 and self.step == self.options.max_steps - 1
 
     def record_failure(self, kind: str, message: str) -> bool:
         """Note a model mistake shown back to it; returns False once the retry budget is spent."""

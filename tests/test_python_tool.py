@@ -6,6 +6,7 @@ import base64
 import importlib.util
 import os
 import struct
+import sys
 import zlib
 
 import pytest
@@ -123,6 +124,9 @@ def test_a_name_used_without_its_import_is_shown_the_import_and_runs_with_it_whe
     assert again.content == "[run with 'from datetime import timedelta' added first, as the hint said]\n2024-05-30"
     assert run(python, "print(math.floor(2.5))").content.endswith("needs an import first:\nimport math")
     assert run(python, "print(math.floor(2.5))").content.endswith("as the hint said]\n2")
+    # a module off the list is not imported here to look inside (antigravity would open a browser)
+    assert "import antigravity" not in run(python, "antigravity.fly()").content
+    assert "antigravity" not in sys.modules
 
 
 def test_a_total_added_to_before_it_is_set_starts_from_zero_when_sent_again(python) -> None:

@@ -20,7 +20,6 @@ import importlib
 import io
 import keyword
 import re
-import sys
 import tokenize
 from dataclasses import dataclass
 
@@ -72,7 +71,7 @@ def _import_hint(name: str, code: str) -> Hint | None:
     protocol). Told to put 'timedelta' in quotes, which was no fix, it re-sent the cell until the run gave up. Only
     where the cell's own use fits: a module whose every ``name.attr`` exists, a callable that the cell calls."""
     attrs, called = _uses_of(code, name)
-    if name in sys.stdlib_module_names and attrs:
+    if name in IMPORTABLE and attrs:
         module = _module(name)
         if module is not None and all(hasattr(module, a) for a in attrs):
             return _import_fix(name, f"import {name}", code)
@@ -88,6 +87,10 @@ def _import_hint(name: str, code: str) -> Hint | None:
 # Where a function or class called without an import is looked for, in this order.
 IMPORTED_FROM = ("math", "datetime", "collections", "itertools", "functools", "statistics", "fractions", "decimal",
                  "random", "calendar", "string")
+# The modules a hint may import here, in the agent's process, to look inside: a fixed list, since importing some of
+# the standard library has effects (antigravity opens a browser, this prints, turtle starts Tk).
+IMPORTABLE = frozenset({*IMPORTED_FROM, "re", "json", "os", "sys", "time", "operator", "heapq", "bisect",
+                        "textwrap", "unicodedata", "copy", "pathlib", "sympy"})
 
 
 def _elsewhere_hint(module_name: str, name: str, code: str) -> Hint | None:
@@ -106,6 +109,8 @@ def _elsewhere_hint(module_name: str, name: str, code: str) -> Hint | None:
 
 
 def _module(name: str) -> object | None:
+    if name not in IMPORTABLE:
+        return None
     try:
         return importlib.import_module(name)
     except ImportError:
@@ -145,7 +150,7 @@ def _unset_total_hint(name: str, code: str) -> Hint | None:
     if any(isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Store)
            and not _is_aug_target(tree, node) for node in ast.walk(tree)):
         return None  # assigned somewhere: a variable used too early, which the model has to reorder itself
-    for index, statement in enumerate(tree.body):
+    for statement in tree.body:
         aug = next((n for n in ast.walk(statement) if isinstance(n, ast.AugAssign)
                     and isinstance(n.target, ast.Name) and n.target.id == name), None)
         if aug is None:
@@ -154,9 +159,7 @@ def _unset_total_hint(name: str, code: str) -> Hint | None:
         if start is None:
             return None
         lines = code.split("\n")
-        row = statement.lineno - 1
-        if any(d.lineno - 1 < row for d in getattr(statement, "decorator_list", [])):
-            row = min(d.lineno - 1 for d in statement.decorator_list)
+        row = statement.lineno - 1  # a NameError (not UnboundLocalError) comes from a module-level statement
         setting = f"{name} = {start}"
         fixed_code = "\n".join(lines[:row] + [setting] + lines[row:])
         where = "before the loop" if isinstance(statement, (ast.For, ast.While)) else "first"

@@ -26,7 +26,6 @@ from hanlin.events import ErrorEvent, ToolCallEvent, ToolResultEvent
 from hanlin.plugins.protocols.code_bridge import Bridge, signature
 from hanlin.plugins.protocols.code_fence import MAX_CODE_LINES, MAX_LINE_CHARS, add_code_block
 from hanlin.protocols import Action, ParsedStep, RunContext
-from hanlin.protocols.context import LAST_CALL_NOTE
 
 STOP = ["\n```\n", "\nObservation:"]  # a model without the grammar stops after its block
 CODE_LANGS = {"", "python", "py", "python3", "ipython"}
@@ -300,9 +299,7 @@ class CodeAgent(StepProtocol):
                 note = REPEATED_FAILURE_NOTE if failed_unread(observation) and previous[1] else REPEATED_CELL_NOTE
                 observation = observation.model_copy(update={"content": f"{observation.content}\n{note}"})
             previous = (code, observation.is_error)
-            if final is None and ctx.next_is_last:
-                observation = observation.model_copy(update={"content": observation.content + LAST_CALL_NOTE})
-            ctx.messages.append(observation)
+            ctx.messages.append(observation if final is not None else ctx.noted_if_last_results(observation))
             if final is None:
                 ctx.record_success()  # a failing cell is an observation, not a format mistake
                 continue

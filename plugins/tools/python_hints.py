@@ -124,11 +124,7 @@ def _import_fix(name: str, statement: str, code: str) -> Hint:
 
 def _uses_of(code: str, name: str) -> tuple[set[str], bool]:
     """(the attributes read from ``name``, whether it is called) in ``code``, by its tokens."""
-    try:
-        tokens = [t for t in tokenize.generate_tokens(io.StringIO(code).readline)
-                  if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT)]
-    except (tokenize.TokenError, SyntaxError, IndentationError):
-        return set(), False
+    tokens = _tokens(code)
     attrs, called = set(), False
     for i, t in enumerate(tokens[:-1]):
         if t.type != tokenize.NAME or t.string != name or (i and tokens[i - 1].string == "."):
@@ -138,6 +134,15 @@ def _uses_of(code: str, name: str) -> tuple[set[str], bool]:
             attrs.add(tokens[i + 2].string)
         called = called or after == "("
     return attrs, called
+
+
+def _tokens(code: str) -> list[tokenize.TokenInfo]:
+    """The cell's tokens less comments and blank-line breaks (none if it does not tokenize)."""
+    try:
+        return [t for t in tokenize.generate_tokens(io.StringIO(code).readline)
+                if t.type not in (tokenize.NL, tokenize.COMMENT)]
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        return []
 
 
 def _unset_total_hint(name: str, code: str) -> Hint | None:
@@ -249,11 +254,7 @@ def _quoted_uses(code: str, name: str) -> tuple[str, list[str]] | None:
 def _bare_uses(code: str, name: str) -> list[tokenize.TokenInfo]:
     """Where ``name`` is read as a variable (none if the code does not tokenize, only holds it in a string or an
     attribute, or assigns to it: quoting an assignment target would be a new error, not a fix)."""
-    try:
-        tokens = [t for t in tokenize.generate_tokens(io.StringIO(code).readline)
-                  if t.type not in (tokenize.NL, tokenize.COMMENT)]
-    except (tokenize.TokenError, SyntaxError, IndentationError):
-        return []
+    tokens = _tokens(code)
     uses = []
     for i, t in enumerate(tokens):
         if t.type != tokenize.NAME or t.string != name or (i and tokens[i - 1].string == "."):

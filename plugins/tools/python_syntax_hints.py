@@ -32,19 +32,18 @@ def syntax_hint(code: str) -> Hint | None:
 def _compound_hint(code: str) -> Hint | None:
     lines = code.split("\n")
     fixed: list[str] = []
-    first_changed = None
+    first_split: list[str] | None = None
     for line in lines:
         split = _split_header(line)
-        if split is not None and first_changed is None:
-            first_changed = (line, split)
+        first_split = first_split or split
         fixed.extend(split or [line])
-    if first_changed is None:
+    if first_split is None:
         return None
     fixed_code = "\n".join(fixed)
     if not _compiles(fixed_code):
         return None
     text = ("Hint: after a ':' Python allows a simple statement on the same line, not another if, for or while; "
-            "give each its own line, indented:\n" + "\n".join(first_changed[1]))
+            "give each its own line, indented:\n" + "\n".join(first_split))
     return Hint(text, "each statement after a ':' on its own line", fixed_code)
 
 

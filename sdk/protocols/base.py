@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from hanlin.chat_model import ChatModel, Completion, Constraint
 from hanlin.errors import ParseError
 from hanlin.messages import Message, ToolCall
-from hanlin.protocols.context import LAST_CALL_NOTE, RunContext, ToolOutcome
+from hanlin.protocols.context import RunContext, ToolOutcome
 
 CORRECTION_PREFIX = "Your last reply could not be used: "  # how StepProtocol.correction shows a mistake to the model
 
@@ -146,9 +146,8 @@ class StepProtocol(AgentProtocol):
                 continue
             outcomes = await asyncio.gather(*(ctx.call_tool(call) for call in parsed.calls))
             observations = [self.observation(o) for o in outcomes]
-            if ctx.next_is_last and observations:  # in the model's view only: the results' events stay as they were
-                last = observations[-1]
-                observations[-1] = last.model_copy(update={"content": last.content + LAST_CALL_NOTE})
+            if observations:  # the results' events stay as they were
+                observations[-1] = ctx.noted_if_last_results(observations[-1])
             ctx.messages.extend(observations)
             failures = [o for o in outcomes if o.failure]
             if not failures:

@@ -95,6 +95,12 @@ class RunContext:
         """The next step will be the run's last (see last_step)."""
         return self.step >= 1 and self.step == self.options.max_steps - 1
 
+    def noted_if_last_results(self, observation: Message) -> Message:
+        """``observation`` with LAST_CALL_NOTE when it ends the step before the last, in the model's view only."""
+        if not self.next_is_last:
+            return observation
+        return observation.model_copy(update={"content": observation.content + LAST_CALL_NOTE})
+
     def record_failure(self, kind: str, message: str) -> bool:
         """Note a model mistake shown back to it; returns False once the retry budget is spent."""
         self.retries += 1

@@ -5,8 +5,13 @@ on ScriptedModel (the quality these buy is measured by `hanlin eval -d tooluse -
 
 from __future__ import annotations
 
+import importlib.util
+
+import pytest
+
 from hanlin import Agent, ScriptedModel, tool
-from hanlin.plugins.protocols.react import observation_nudge, requested_tools, without_thought
+from hanlin.plugins.protocols.react import observation_nudge, without_thought
+from hanlin.plugins.protocols.tool_plan import planned_order, requested_tools
 
 
 @tool
@@ -71,7 +76,8 @@ def test_after_a_repeat_the_grammar_offers_only_the_unused_requested_tools() -> 
     assert result.status == "answered" and result.output_text == "270"
     offered = [("knowledge_base" in g.split("action ::=")[-1] if "action ::=" in g else False,
                 "calculator" in g.split("action ::=")[-1] if "action ::=" in g else False) for g in grammars]
-    assert offered == [(True, True), (True, True), (False, True), (True, True), (False, False)]
+    # the first step offers the knowledge base only: the question names it before the calculator ("..., then")
+    assert offered == [(True, False), (True, True), (False, True), (True, True), (False, False)]
 
 
 def test_on_a_question_naming_several_tools_earlier_steps_are_shown_without_their_thought() -> None:
@@ -86,3 +92,78 @@ def test_on_a_question_naming_several_tools_earlier_steps_are_shown_without_thei
     plain = ScriptedModel([COMPUTE, "Thought: done\nFinal Answer: 270"])
     Agent(plain, [calculator, knowledge_base]).run("What is 45 * 6? Use the calculator.")
     assert [m.content for m in plain.calls[1][0] if m.role == "assistant"] == [COMPUTE]
+
+
+def test_planned_order_is_the_order_a_question_names_its_tools_in_with_then() -> None:
+    tools = ["calculator", "python", "knowledge_base"]
+    assert planned_order(QUESTION, tools) == ["knowledge_base", "calculator"]
+    assert planned_order("Use the calculator, then check it with Python.", tools) == ["calculator", "python"]
+    assert planned_order("Use Python or the calculator.", tools) == []  # no sequence
+    assert planned_order("Then use Python and the knowledge base.", tools) == []  # "then" before both
+    assert planned_order("Find it in the knowledge base, then answer.", tools) == []  # one tool
+
+
+def test_a_tool_named_later_in_the_sequence_waits_for_the_earlier_ones() -> None:
+    question = "Find the floors and desks per floor in the knowledge base, then use the calculator and the spreadsheet."
+    sheet = 'Thought: check\nAction: spreadsheet\nAction Input: {"formula": "=3*28"}'
+    replies = [LOOKUP, LOOKUP.replace("daily meal limit", "desks per floor"), COMPUTE, sheet,
+               "Thought: done\nFinal Answer: 84"]
+    model = ScriptedModel(replies)
+    result = Agent(model, [calculator, knowledge_base, spreadsheet, clock]).run(question)
+    assert result.status == "answered"
+    actions = [g.split("action ::=")[-1] if "action ::=" in g else "" for g in (p.constraint.grammar for _, p in model.calls)]
+    offered = [tuple(name in a for name in ("knowledge_base", "calculator", "spreadsheet", "clock")) for a in actions]
+    # kb first; once used, the calculator opens (kb may be called again) and the spreadsheet waits for it; the clock,
+    # which the question does not name, only once the sequence is done
+    assert offered == [(True, False, False, False), (True, True, False, False), (True, True, False, False),
+                       (True, True, True, False), (True, True, True, True)]
+
+
+@tool
+def clock() -> str:
+    """The time now."""
+    return "12:00"
+
+
+@tool
+def spreadsheet(formula: str) -> str:
+    """Evaluate a spreadsheet formula.
+
+    Args:
+        formula: the formula
+    """
+    return "ok"
+
+
+def test_tools_protocol_follows_the_questions_sequence_and_names_the_unused_tool() -> None:
+    from hanlin import Completion, ToolCall
+    from hanlin.plugins.protocols.native import PENDING_NUDGE, RESULT_NUDGE
+
+    lookup = ToolCall(name="knowledge_base", arguments={"query": "daily meal limit"})
+    compute = ToolCall(name="calculator", arguments={"expression": "45 * 6"})
+    model = ScriptedModel([Completion(tool_calls=[lookup]), Completion(tool_calls=[compute]), "270"])
+    result = Agent(model, [calculator, knowledge_base, clock], protocol="tools").run(QUESTION)
+    assert result.status == "answered" and result.output == "270"
+    offered = [sorted(t["function"]["name"] for t in p.tools or []) for _, p in model.calls]
+    # the knowledge base first, then it and the calculator; every tool once the sequence is done
+    assert offered == [["knowledge_base"], ["calculator", "knowledge_base"], ["calculator", "clock", "knowledge_base"]]
+    after_lookup, after_compute = model.calls[1][0][-1].content, model.calls[2][0][-1].content
+    assert after_lookup.endswith("\n" + PENDING_NUDGE.format(pending="calculator"))
+    assert after_compute.endswith("\n" + RESULT_NUDGE)
+    assert result.messages[2].content == "Meals: at most 45 euros per day."  # the nudge is in the model's view only
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ipykernel") is None, reason="pip install 'hanlin[tools]'")
+def test_code_protocol_names_the_functions_the_code_has_not_called() -> None:
+    cells = ["Thought: guess\n```python\nprint(6 * 40)\n```",
+             'Thought: look up\n```python\nprint(knowledge_base("daily meal limit"))\n```',
+             'Thought: compute\n```python\nprint(calculator(expression="45 * 6"))\n```',
+             "Thought: done\n```python\nfinal_answer(270)\n```"]
+    model = ScriptedModel(cells)
+    with Agent(model, [calculator, knowledge_base], protocol="code") as agent:
+        result = agent.run(QUESTION)
+    assert result.status == "answered" and result.output == "270"
+    nudges = [model.calls[i][0][-1].content.rsplit("\n", 1)[-1] for i in (1, 2, 3)]
+    assert nudges == ["It asks you to use calculator(...) and knowledge_base(...), which your code has not called yet.",
+                      "It asks you to use calculator(...), which your code has not called yet.",
+                      "If this gives the answer, call final_answer(...) with it."]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import re
 import textwrap
 import threading
 from typing import Any
@@ -25,6 +26,7 @@ from hanlin.chat_model import ChatModel
 from hanlin.events import ErrorEvent, ToolCallEvent, ToolResultEvent
 from hanlin.plugins.protocols.code_bridge import Bridge, signature
 from hanlin.plugins.protocols.code_fence import MAX_CODE_LINES, MAX_LINE_CHARS, add_code_block
+from hanlin.plugins.protocols.tool_plan import requested_tools
 from hanlin.protocols import Action, ParsedStep, RunContext
 
 STOP = ["\n```\n", "\nObservation:"]  # a model without the grammar stops after its block
@@ -42,6 +44,9 @@ CORRECTION = "Observation: Error: "  # how an unparseable step is answered (a us
 # Qwen2.5-Coder-0.5B also "if it still needs a calculation, write the code for that" made it run cells until the run
 # gave up (14 of 14 look-up items, from 14 wrong answers), so the nudge only points at the answer.
 OBSERVATION_NUDGE = "The task was: {question}\nIf this gives the answer, call final_answer(...) with it."
+# While the task names a function the code has not called (see tool_plan): Qwen2.5-Coder-0.5B wrote plain Python
+# with numbers it made up for look-up-then-calculate tasks, never calling knowledge_base(...) (tooluse, 0 of 14).
+PENDING_NUDGE = "The task was: {question}\nIt asks you to use {pending}, which your code has not called yet."
 
 EXAMPLE = '''Here is an example with a different task:
 Task: How many days are there from 2024-01-15 to 2024-03-01?
@@ -57,6 +62,7 @@ Thought: The difference is 46 days.
 ```python
 final_answer(46)
 ```'''
+EXAMPLE_ANSWER = "46"  # must stay the example's answer: one the model gives with nothing behind it is sent back
 # No second example with a look-up function: Qwen2.5-Coder-0.5B copied its answer (2000) into 2 of 63 tooluse answers
 # (kb-06, kb-13) and gained nothing on the 14 look-up-then-calculate items (0 of 14 in runs with and without it); the
 # dates example's 46 is copied too at times (kb-10, kb-15 before).
@@ -185,19 +191,31 @@ class CodeAgent(StepProtocol):
         parts.append("Compute with code instead of guessing. Begin!")
         return "\n\n".join(parts)
 
+    def example_answers(self, ctx: RunContext) -> tuple[str, ...]:
+        return (EXAMPLE_ANSWER,) if getattr(ctx.options, "examples", True) else ()
+
     def render(self, ctx: RunContext) -> list[Message]:
         out = [Message.system(self.system_prompt(ctx))]
-        question = ""
+        question, cells = "", ""
         for m in ctx.messages:
             if m.role == "tool":
                 task = " ".join(question.split()) or "(see above)"
-                nudge = "" if failed_unread(m) else "\n" + OBSERVATION_NUDGE.format(question=task)
+                pending = [f"{t}(...)" for t in requested_tools(question, self.functions(ctx))
+                           if not re.search(rf"\b{re.escape(t)}\s*\(", cells)]
+                if failed_unread(m):
+                    nudge = ""
+                elif pending:
+                    nudge = "\n" + PENDING_NUDGE.format(question=task, pending=" and ".join(pending))
+                else:
+                    nudge = "\n" + OBSERVATION_NUDGE.format(question=task)
                 out.append(Message.user(f"Observation:\n{m.content}{nudge}"))
             elif m.role == "system":
                 continue  # the app's instructions are part of our own system prompt
             else:
                 if m.role == "user" and not m.content.startswith(CORRECTION):
-                    question = m.content  # the task the observations that follow serve
+                    question, cells = m.content, ""  # the task the observations that follow serve
+                elif m.role == "assistant":
+                    cells += "\n" + m.content  # which functions the code has called so far
                 out.append(Message(role=m.role, content=m.content))
         return out
 

@@ -18,17 +18,21 @@ from hanlin.protocols.base import CORRECTION_PREFIX
 from hanlin.protocols.context import LAST_CALL_NOTE
 
 from hanlin.plugins.protocols.code_fence import fenced_code, is_code_tool
-from hanlin.plugins.protocols.react import EXAMPLE_TOOL
+from hanlin.plugins.protocols.react import EXAMPLE_ANSWER, EXAMPLE_TOOL
+from hanlin.plugins.protocols.tool_plan import CORRECTIONS, in_plan_order, requested_tools
 from hanlin.runtimes.tool_calls import looks_like_call
 
 _DECODER = json.JSONDecoder()
 RESULT_NUDGE = "(If this answers the question, reply with the answer in words; call a tool only for what is still missing.)"
+# While the question names a tool not used yet (see tool_plan): Qwen2.5-Coder-0.5B answered look-up-then-calculate
+# questions with the looked-up fact, never calling the calculator the question asked for (tooluse kb+calc, 0 of 14).
+PENDING_NUDGE = "(The question also asks you to use {pending}, which you have not used yet.)"
 
 # Told in words: the call itself is written in the model's own tool-call format, which the runtime's template sets.
 NATIVE_EXAMPLE = (
     f"An example with a made-up tool, {EXAMPLE_TOOL}, that you do not have: asked how many people live in Arvel "
     f'and Brisk together, you would call {EXAMPLE_TOOL} with {{"town": "Arvel"}}, read its result (1200), call it '
-    'with {"town": "Brisk"} (800), then reply with the answer: 2000. Call a tool only for what you cannot know; '
+    f'with {{"town": "Brisk"}} (800), then reply with the answer: {EXAMPLE_ANSWER}. Call a tool only for what you cannot know; '
     "answer from the results the tools return."
 )
 
@@ -97,18 +101,34 @@ class NativeTools(StepProtocol):
                 "(works with any model) or a runtime/model with a tool-calling chat template"
             )
 
+    def shows_example(self, ctx: RunContext) -> bool:
+        return bool(ctx.options.output_type is None and ctx.options.examples and ctx.tools
+                    and EXAMPLE_TOOL not in ctx.tools)
+
+    def example_answers(self, ctx: RunContext) -> tuple[str, ...]:
+        return (EXAMPLE_ANSWER,) if self.shows_example(ctx) else ()
+
     def render(self, ctx: RunContext) -> list[Message]:
         system = ctx.options.instructions or "You are a helpful assistant. Use the tools when they help."
         if ctx.options.output_type is not None:
             system += "\nGive your final answer as a JSON object matching this schema: " + json.dumps(ctx.output_schema())
-        elif ctx.options.examples and ctx.tools and EXAMPLE_TOOL not in ctx.tools:
+        elif self.shows_example(ctx):
             system += "\n" + NATIVE_EXAMPLE
         # Small models re-issue the call they were just answered; a nudge after each result (as ReAct's) points at
         # the answer. Added here, in the model's view only: the transcript keeps the tool's own result.
         # (Not after the last results of a run: LAST_CALL_NOTE says that no call is left.)
-        turns = [m.model_copy(update={"content": f"{m.content}\n{RESULT_NUDGE}"})
-                 if m.role == "tool" and not m.is_error and not m.content.endswith(LAST_CALL_NOTE)
-                 else m for m in ctx.messages if m.role != "system"]
+        turns, question, used = [], "", set()
+        for m in ctx.messages:
+            if m.role == "user" and not m.content.startswith(CORRECTIONS):
+                question, used = m.content, set()
+            elif m.role == "assistant":
+                used |= {c.name for c in m.tool_calls}
+            elif m.role == "tool" and not m.is_error and not m.content.endswith(LAST_CALL_NOTE):
+                pending = [t for t in requested_tools(question, ctx.tools) if t not in used]
+                nudge = PENDING_NUDGE.format(pending=" and ".join(pending)) if pending else RESULT_NUDGE
+                m = m.model_copy(update={"content": f"{m.content}\n{nudge}"})
+            if m.role != "system":
+                turns.append(m)
         return [Message.system(system), *turns]
 
     def constraint(self, ctx: RunContext) -> Constraint | None:
@@ -126,7 +146,8 @@ class NativeTools(StepProtocol):
     def native_tools(self, ctx: RunContext) -> list[dict[str, Any]] | None:
         if ctx.repeated or ctx.last_step:  # stuck re-issuing a call, or out of steps: no tools, so the model answers
             return None
-        return [t.to_openai() for t in ctx.tools.values()] or None
+        allowed = in_plan_order(ctx)  # a tool named after "then" waits for those before it (see tool_plan)
+        return [t.to_openai() for name, t in ctx.tools.items() if name in allowed] or None
 
     def parse(self, completion: Completion, ctx: RunContext) -> ParsedStep:
         if completion.tool_calls:

@@ -11,14 +11,15 @@ takes a ```python block instead: see code_fence).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from typing import Any
 
 from hanlin import Completion, Constraint, Message, StepProtocol, ToolCall, hookimpl
 from hanlin.protocols import Action, Final, ParsedStep, RunContext
+from hanlin.protocols.example_guard import just_sent_back
 from hanlin.plugins.protocols.code_fence import MAX_CODE_LINES, add_code_block, is_code_tool
 from hanlin.plugins.protocols.react_parser import parse_react
+from hanlin.plugins.protocols.tool_plan import in_plan_order, pending_tools, requested_tools
 
 CORRECTION = "Observation: Error: "  # how a malformed step is answered (a user turn, but not a new question)
 STOP = ["\nObservation:"]  # not a bare "Observation:": a reply that starts with one would be cut to nothing
@@ -41,6 +42,7 @@ DONE_NUDGE = ("The question was: {question}\nYou have used the tools it asks for
 EXAMPLE_TOOL = "lookup_population"
 EXAMPLE_CALC_TOOL = "add_numbers"
 EXAMPLE_TOOLS = (EXAMPLE_TOOL, EXAMPLE_CALC_TOOL)
+EXAMPLE_ANSWER = "2000"  # the example's answer: one the model gives with nothing behind it is sent back
 REACT_EXAMPLE = (
     f"\nAn example with made-up tools, {EXAMPLE_TOOL} and {EXAMPLE_CALC_TOOL}, that you do not have:\n"
     "Question: How many people live in Arvel and Brisk together?\n"
@@ -57,7 +59,7 @@ REACT_EXAMPLE = (
     'Action Input: {"a": 1200, "b": 800}\n'
     "Observation: 2000\n"
     "Thought: 2000 is the number of people in both towns.\n"
-    "Final Answer: 2000\n\n"
+    f"Final Answer: {EXAMPLE_ANSWER}\n\n"
 )
 
 
@@ -119,6 +121,9 @@ class ReAct(StepProtocol):
             return ""
         return REACT_EXAMPLE
 
+    def example_answers(self, ctx: RunContext) -> tuple[str, ...]:
+        return (EXAMPLE_ANSWER,) if self.example(ctx) else ()
+
     def render(self, ctx: RunContext) -> list[Message]:
         out = [Message.system(self.system_prompt(ctx))]
         question, used, plan = "", set(), False
@@ -164,16 +169,15 @@ class ReAct(StepProtocol):
         # tool the question asks for that the run has not used. Offering every tool the run had not called let
         # Qwen2.5-Coder-0.5B call one after another until max_steps: tooluse@react fell from 0.41 to 0.27 on all 63
         # items (answered 51%), plain look-ups from most to 0 of 7.
-        # On the run's last step only the answer is left (see RunContext.last_step).
-        offered = [] if ctx.last_step else pending_tools(ctx) if ctx.repeated else list(ctx.tools)
-        return Constraint(grammar=react_grammar(ctx, self.max_string_chars, offered), max_tokens=STEP_MAX_TOKENS)
-
-
-def requested_tools(question: str, tools: Iterable[str]) -> list[str]:
-    """The offered tools a question names ("use the calculator", "in the knowledge base" for knowledge_base), in
-    the order offered; case and underscores are ignored, whole words only."""
-    text = " " + " ".join(re.findall(r"[a-z0-9]+", question.lower())) + " "
-    return [t for t in tools if " " + " ".join(re.findall(r"[a-z0-9]+", t.lower())) + " " in text]
+        # On the run's last step only the answer is left (see RunContext.last_step). Otherwise a tool the question
+        # names after "then" waits for the ones it names before (see tool_plan.in_plan_order).
+        offered = [] if ctx.last_step else pending_tools(ctx) if ctx.repeated else in_plan_order(ctx)
+        # Sent back for answering with the worked example's answer (see example_guard): greedy decoding wrote the
+        # same Final Answer again (python-18: "2000" twice, with 717897987691852588770249 from its cell), so the
+        # step after offers the tools only.
+        final = not (offered and just_sent_back(ctx.messages))
+        return Constraint(grammar=react_grammar(ctx, self.max_string_chars, offered, final=final),
+                          max_tokens=STEP_MAX_TOKENS)
 
 
 def observation_nudge(question: str, tools: Iterable[str], used: set[str]) -> str:
@@ -187,15 +191,6 @@ def observation_nudge(question: str, tools: Iterable[str], used: set[str]) -> st
     return (DONE_NUDGE if len(requested) > 1 else OBSERVATION_NUDGE).format(question=q)
 
 
-def pending_tools(ctx: RunContext) -> list[str]:
-    """The tools the run's current question names that no step since it has called."""
-    start = max((i for i, m in enumerate(ctx.messages) if m.role == "user" and not m.content.startswith(CORRECTION)),
-                default=0)
-    used = {c.name for m in ctx.messages[start:] if m.role == "assistant" for c in m.tool_calls}
-    question = ctx.messages[start].content if ctx.messages else ""
-    return [t for t in requested_tools(question, ctx.tools) if t not in used]
-
-
 def without_thought(step: str) -> str:
     """A ReAct step less its leading Thought line (the step unchanged when it has no Action/Final line after it)."""
     if not step.lstrip().startswith("Thought:"):
@@ -206,9 +201,10 @@ def without_thought(step: str) -> str:
     return step
 
 
-def react_grammar(ctx: RunContext, max_string_chars: int | None = None, offered: Iterable[str] | None = None) -> str:
+def react_grammar(ctx: RunContext, max_string_chars: int | None = None, offered: Iterable[str] | None = None,
+                  final: bool = True) -> str:
     """GBNF for one step: a thought line, then one valid action (of the ``offered`` tools, default all unless the
-    step follows a repeated call) or the final answer."""
+    step follows a repeated call) or, unless ``final`` is False, the final answer."""
     from hanlin.grammar import STEP_STRING_CHARS, GrammarBuilder, gbnf_literal, line_rule
 
     # Bounded: a runaway string still ends as a valid step (see hanlin.grammar).
@@ -229,7 +225,7 @@ def react_grammar(ctx: RunContext, max_string_chars: int | None = None, offered:
     schema = ctx.output_schema()
     final_body = g.schema(schema, "answer") if schema else line_rule(STEP_STRING_CHARS)
     g.add("final", f"{gbnf_literal('Final Answer: ')} {final_body}")
-    alternatives = ["final"]
+    alternatives = ["final"] if final or not actions else []
     if actions:
         g.add("action", f"{gbnf_literal('Action: ')} ( {' | '.join(actions)} )")
         alternatives.insert(0, "action")

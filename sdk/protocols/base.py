@@ -17,6 +17,7 @@ from hanlin.chat_model import ChatModel, Completion, Constraint
 from hanlin.errors import ParseError
 from hanlin.messages import Message, ToolCall
 from hanlin.protocols.context import RunContext, ToolOutcome
+from hanlin.protocols.example_guard import copied_example_answer, example_answer_hint
 
 CORRECTION_PREFIX = "Your last reply could not be used: "  # how StepProtocol.correction shows a mistake to the model
 
@@ -86,6 +87,11 @@ class StepProtocol(AgentProtocol):
     # With native tools: whether one reply may hold several calls (None: the runtime's default, which allows them).
     parallel_tool_calls: ClassVar[bool | None] = None
 
+    def example_answers(self, ctx: RunContext) -> tuple[str, ...]:
+        """The final answers of the worked examples this protocol shows in ``ctx``'s prompt (none by default): a
+        final answer that repeats one with nothing in the run behind it is sent back (see example_guard)."""
+        return ()
+
     def assistant_message(self, completion: Completion, parsed: ParsedStep | None) -> Message:
         calls = parsed.calls if isinstance(parsed, Action) else []
         return Message.assistant(completion.text, calls)
@@ -123,6 +129,14 @@ class StepProtocol(AgentProtocol):
     def finish(self, ctx: RunContext, text: str) -> bool:
         """Take ``text`` as the final answer if it matches the output type; True when the run ended (answered, or
         gave up after the retries), False when the model was shown why it must answer again."""
+        copied = copied_example_answer(text, self.example_answers(ctx), ctx.messages)
+        if copied is not None:
+            hint = example_answer_hint(copied)
+            ctx.messages.append(self.correction(hint))
+            if not ctx.record_failure("example_answer", hint):
+                ctx.give_up("example_answer", f"the model kept answering with the worked example's answer, {copied}")
+                return True
+            return False
         value, problem = ctx.parse_output(text)
         if problem is None:
             ctx.answer(value, text)

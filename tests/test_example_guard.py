@@ -10,7 +10,8 @@ import pytest
 
 from hanlin import Agent, Completion, Message, ScriptedModel, ToolCall, tool
 from hanlin.events import ErrorEvent
-from hanlin.plugins.protocols.react import EXAMPLE_ANSWER
+from hanlin.plugins.protocols.native import NATIVE_EXAMPLE
+from hanlin.plugins.protocols.react import EXAMPLE_ANSWER, EXAMPLE_VALUES, REACT_EXAMPLE
 from hanlin.protocols.example_guard import copied_example_answer, example_answer_hint
 
 
@@ -103,3 +104,19 @@ def test_code_protocol_sends_its_example_answer_back() -> None:
         result = agent.run("How many days are there from 2024-03-01 to 2024-04-16?")
     assert result.status == "answered" and result.output == "46" and len(model.calls) == 3
     assert example_answer_hint("46") in model.calls[1][0][-1].content
+
+
+def test_the_values_sent_back_are_the_examples_own() -> None:
+    import re
+
+    for example in (REACT_EXAMPLE, NATIVE_EXAMPLE):
+        assert set(EXAMPLE_VALUES) <= set(re.findall(r"\d+", example))
+    assert f"Final Answer: {EXAMPLE_ANSWER}" in REACT_EXAMPLE and f"answer: {EXAMPLE_ANSWER}." in NATIVE_EXAMPLE
+
+
+def test_tools_protocol_sends_a_copied_example_value_back() -> None:
+    call = ToolCall(name="digits", arguments={"n": 717897987691852588770249})
+    model = ScriptedModel([Completion(tool_calls=[call]), "Final Answer: 1200", "144"])
+    result = Agent(model, [digits], protocol="tools").run(QUESTION)
+    assert result.status == "answered" and result.output == "144"
+    assert example_answer_hint("1200") in model.calls[2][0][-1].content

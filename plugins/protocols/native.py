@@ -18,7 +18,7 @@ from hanlin.protocols.base import CORRECTION_PREFIX
 from hanlin.protocols.context import LAST_CALL_NOTE
 
 from hanlin.plugins.protocols.code_fence import fenced_code, is_code_tool
-from hanlin.plugins.protocols.react import EXAMPLE_ANSWER, EXAMPLE_TOOL
+from hanlin.plugins.protocols.react import EXAMPLE_ANSWER, EXAMPLE_TOOL, EXAMPLE_VALUES
 from hanlin.plugins.protocols.tool_plan import CORRECTIONS, in_plan_order, requested_tools
 from hanlin.runtimes.tool_calls import looks_like_call
 
@@ -106,7 +106,7 @@ class NativeTools(StepProtocol):
                     and EXAMPLE_TOOL not in ctx.tools)
 
     def example_answers(self, ctx: RunContext) -> tuple[str, ...]:
-        return (EXAMPLE_ANSWER,) if self.shows_example(ctx) else ()
+        return EXAMPLE_VALUES if self.shows_example(ctx) else ()
 
     def render(self, ctx: RunContext) -> list[Message]:
         system = ctx.options.instructions or "You are a helpful assistant. Use the tools when they help."

@@ -42,7 +42,9 @@ DONE_NUDGE = ("The question was: {question}\nYou have used the tools it asks for
 EXAMPLE_TOOL = "lookup_population"
 EXAMPLE_CALC_TOOL = "add_numbers"
 EXAMPLE_TOOLS = (EXAMPLE_TOOL, EXAMPLE_CALC_TOOL)
-EXAMPLE_ANSWER = "2000"  # the example's answer: one the model gives with nothing behind it is sent back
+EXAMPLE_ANSWER = "2000"
+EXAMPLE_VALUES = ("1200", "800", EXAMPLE_ANSWER)  # the example's numbers, sent back when given as an answer with
+# nothing in the run behind them (see example_guard); tests check the example shows each
 REACT_EXAMPLE = (
     f"\nAn example with made-up tools, {EXAMPLE_TOOL} and {EXAMPLE_CALC_TOOL}, that you do not have:\n"
     "Question: How many people live in Arvel and Brisk together?\n"
@@ -122,7 +124,7 @@ class ReAct(StepProtocol):
         return REACT_EXAMPLE
 
     def example_answers(self, ctx: RunContext) -> tuple[str, ...]:
-        return (EXAMPLE_ANSWER,) if self.example(ctx) else ()
+        return EXAMPLE_VALUES if self.example(ctx) else ()
 
     def render(self, ctx: RunContext) -> list[Message]:
         out = [Message.system(self.system_prompt(ctx))]

@@ -1,10 +1,11 @@
 """A final answer copied from the prompt's worked example is sent back, not taken.
 
-A protocol's worked example (ReAct's two towns, 2000 people; the code protocol's 46 days) shows the format once.
-Lost on its own question, Qwen2.5-Coder-0.5B answered with the example's number instead: "2000" in 4 of 63 tooluse
-answers under ReAct (python-18 had 717897987691852588770249 from its cell and answered 2000). An answer that is
-the example's, when nothing in this run (the question, a tool's result) produced that value, cannot be this
-question's answer; the model is told so and answers again. Told once: a question whose answer really is 2000,
+A protocol's worked example (ReAct's two towns of 1200 and 800 people, 2000 together; the code protocol's 46 days)
+shows the format once. Lost on its own question, Qwen2.5-Coder-0.5B answered with the example's numbers instead:
+"2000" in 4 of 63 tooluse answers under ReAct (python-18 had 717897987691852588770249 from its cell and answered
+2000), "1200" in 2 of 14 look-up-then-calculate answers under the tools protocol. An answer that is one of the
+example's values, when nothing in this run (the question, a tool's result) produced it, cannot be this question's
+answer; the model is told so and answers again. Told once: a question whose answer really is 2000,
 worked out without a tool, is taken when the model gives it again.
 """
 
@@ -50,7 +51,7 @@ def copied_example_answer(answer: str, example_answers: Iterable[str], messages:
     return None
 
 
-HINT_END = "not of this question, and nothing in this run gave it."
+HINT_END = "not from this question, and nothing in this run gave it."
 
 
 def just_sent_back(messages: list[Message]) -> bool:
@@ -59,5 +60,5 @@ def just_sent_back(messages: list[Message]) -> bool:
 
 
 def example_answer_hint(example: str) -> str:
-    return (f"{example} is the answer of the made-up example in the instructions, {HINT_END} Answer this question "
+    return (f"{example} comes from the made-up example in the instructions, {HINT_END} Answer this question "
             "from its own results, or call a tool for what is missing.")

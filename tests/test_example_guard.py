@@ -120,3 +120,9 @@ def test_tools_protocol_sends_a_copied_example_value_back() -> None:
     result = Agent(model, [digits], protocol="tools").run(QUESTION)
     assert result.status == "answered" and result.output == "144"
     assert example_answer_hint("1200") in model.calls[2][0][-1].content
+
+
+def test_without_a_retry_left_the_answer_is_taken() -> None:
+    model = ScriptedModel([f"Thought: I know it\nFinal Answer: {EXAMPLE_ANSWER}"])
+    result = Agent(model, [digits], max_retries=0).run(QUESTION)
+    assert result.status == "answered" and result.output_text == "2000" and len(model.calls) == 1

@@ -129,13 +129,13 @@ class StepProtocol(AgentProtocol):
     def finish(self, ctx: RunContext, text: str) -> bool:
         """Take ``text`` as the final answer if it matches the output type; True when the run ended (answered, or
         gave up after the retries), False when the model was shown why it must answer again."""
-        copied = copied_example_answer(text, self.example_answers(ctx), ctx.messages)
+        # A guess, so only while a retry is left: with max_retries=0 (or spent) the answer is taken as it is.
+        copied = (copied_example_answer(text, self.example_answers(ctx), ctx.messages)
+                  if ctx.retries < ctx.options.max_retries else None)
         if copied is not None:
             hint = example_answer_hint(copied)
             ctx.messages.append(self.correction(hint))
-            if not ctx.record_failure("example_answer", hint):
-                ctx.give_up("example_answer", f"the model kept answering with the worked example's answer, {copied}")
-                return True
+            ctx.record_failure("example_answer", hint)  # within the budget: checked above
             return False
         value, problem = ctx.parse_output(text)
         if problem is None:

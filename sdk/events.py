@@ -54,8 +54,8 @@ class ErrorEvent(_Event):
     """Something went wrong. ``recoverable`` errors were shown to the model and the run went on."""
 
     type: Literal["error"] = "error"
-    kind: Literal["parse", "unknown_tool", "invalid_arguments", "tool_failed", "output_invalid", "example_answer", "model",
-                  "max_steps"]
+    kind: Literal["parse", "unknown_tool", "invalid_arguments", "tool_failed", "output_invalid", "example_answer",
+                  "model", "max_steps"]
     message: str
     recoverable: bool = True
 

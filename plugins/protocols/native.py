@@ -32,8 +32,8 @@ PENDING_NUDGE = "(The question also asks you to use {pending}, which you have no
 NATIVE_EXAMPLE = (
     f"An example with a made-up tool, {EXAMPLE_TOOL}, that you do not have: asked how many people live in Arvel "
     f'and Brisk together, you would call {EXAMPLE_TOOL} with {{"town": "Arvel"}}, read its result (1200), call it '
-    f'with {{"town": "Brisk"}} (800), then reply with the answer: {EXAMPLE_ANSWER}. Call a tool only for what you cannot know; '
-    "answer from the results the tools return."
+    f'with {{"town": "Brisk"}} (800), then reply with the answer: {EXAMPLE_ANSWER}. Call a tool only for what you '
+    "cannot know; answer from the results the tools return."
 )
 
 

@@ -196,6 +196,11 @@ def test_a_number_with_a_unit_gets_an_error_that_shows_the_numbers_alone() -> No
     with pytest.raises(CalculatorError) as raised:  # a constant after a number is not a unit
         evaluate("3 pi")
     assert "unit" not in str(raised.value)
+    # the example drops the other words too when only that evaluates, and is left out when nothing does
+    with pytest.raises(CalculatorError, match=r"write the numbers alone, e.g. '3 \* 12'\Z"):
+        evaluate("3 years from purchase * 12")
+    with pytest.raises(CalculatorError, match=r"'km' after 10 looks like a unit: write the numbers alone\Z"):
+        evaluate("10 km per 100 km + 45 euros per day")
 
 
 def test_an_error_quotes_a_long_expression_cut() -> None:

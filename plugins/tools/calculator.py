@@ -143,6 +143,21 @@ def _quoted(expression: str) -> str:
     return f"'{expression[:MAX_QUOTED_CHARS]}...' ({len(expression):,} characters)"
 
 
+def _numbers_alone(bare: str) -> str | None:
+    """The expression with its units dropped, as the unit hint's example: the text less the units if that evaluates,
+    else less every word that is not a function or constant, else None. A suggestion that does not evaluate was
+    offered before ("'years' after 3 looks like a unit: write the numbers alone, e.g. '3 from the date of
+    purchase'")."""
+    words = re.sub(r"[A-Za-z_]\w*", lambda m: m[0] if m[0] in FUNCTIONS or m[0] in CONSTANTS else "", bare)
+    for candidate in (" ".join(bare.split()), " ".join(words.split())):
+        try:
+            evaluate(candidate)
+        except CalculatorError:
+            continue
+        return candidate
+    return None
+
+
 def _parse(expression: str, text: str) -> ast.Expression:
     try:
         with warnings.catch_warnings():
@@ -158,9 +173,11 @@ def _parse(expression: str, text: str) -> ast.Expression:
             return m[2] not in CONSTANTS and m[2] not in FUNCTIONS
 
         units = [u for u in _UNIT.finditer(text) if unit(u)]
-        bare = _UNIT.sub(lambda m: m[1] if unit(m) else m[0], text)
-        hint = (f"\n'{units[0][2]}' after {units[0][1]} looks like a unit: write the numbers alone, e.g. "
-                f"'{' '.join(bare.split())}'") if units else ""
+        hint = ""
+        if units:
+            example = _numbers_alone(_UNIT.sub(lambda m: m[1] if unit(m) else m[0], text))
+            hint = (f"\n'{units[0][2]}' after {units[0][1]} looks like a unit: write the numbers alone"
+                    + (f", e.g. '{example}'" if example else ""))
         raise CalculatorError(f"{shown} is not a valid expression: {exc.msg}{where}{hint}") from None
     except ValueError as exc:  # e.g. null bytes
         raise CalculatorError(f"{_quoted(expression)} is not a valid expression: {exc}") from None

@@ -1,6 +1,6 @@
 """A final answer copied from the prompt's worked example is sent back once: ReAct's example answers 2000, and
 Qwen2.5-Coder-0.5B gave "2000" to questions it had lost (python-18 had 717897987691852588770249 from its cell).
-The detection is a pure function; the loop's handling runs on ScriptedModel for react and tools."""
+The detection is a pure function; the loop's handling runs on ScriptedModel for react, tools and code."""
 
 from __future__ import annotations
 

@@ -305,3 +305,47 @@ def test_run_timeout_stops_every_rank(tmp_path: Path, monkeypatch: pytest.Monkey
     while _processes_marked(mark) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _processes_marked(mark) == []
+
+
+# torchrun's output when rank 1 was killed and rank 0 then aborted in its collective (a CI run of the test above):
+# its log line and its report's root cause both name rank 0.
+TORCHRUN_TAIL = """\
+terminate called without an active exception
+E1205 17:01:00.922000 24453 api.py:1002] failed (exitcode: -6) local_rank: 0 (pid: 24459) of binary: python
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+======================================================
+hanlin.plugins.finetuners.launcher FAILED
+------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-12-05_17:01:00
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 24460)  (SIGKILL)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 24460
+------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-05_17:01:00
+  host      : localhost
+  rank      : 0 (local_rank: 0)
+  exitcode  : -6 (pid: 24459)  (SIGABRT)
+  error_file: <N/A>
+  traceback : Signal 6 (SIGABRT) received by PID 24459
+======================================================"""
+
+
+def test_the_failure_names_the_killed_rank_not_the_one_that_aborted_after_it(tmp_path: Path) -> None:
+    from hanlin.plugins.finetuners.launcher import LaunchOptions, failure_message, reported_failures
+
+    assert reported_failures(TORCHRUN_TAIL) == [(0, -6), (1, -9)]  # the root cause first, as torchrun saw it
+    message = failure_message(1, TORCHRUN_TAIL.splitlines(), tmp_path, LaunchOptions(nproc=2))
+    assert message.startswith("the distributed run failed (2 processes per node x 1 nodes): rank 1 was killed by "
+                              "SIGKILL (out of memory, or killed by hand); rank 0 was killed by SIGABRT after it;")
+    # one failure with a Python error: its rank, exit code and the error the rank wrote
+    single = TORCHRUN_TAIL.split("Failures:")[0] + "Failures:\n  <NO_OTHER_FAILURES>\n" + \
+        "Root Cause (first observed failure):\n[0]:\n  rank      : 1 (local_rank: 1)\n  exitcode  : 1 (pid: 7)\n"
+    (tmp_path / "rank-1.error").write_text("ValueError: bad batch")
+    message = failure_message(1, single.splitlines(), tmp_path, LaunchOptions(nproc=2))
+    assert "rank 1 exited with code 1; torchrun stopped" in message and "rank 1: ValueError: bad batch" in message

@@ -141,32 +141,60 @@ def _stop(proc: subprocess.Popen[str], grace: float = 30.0) -> None:
         proc.wait()
 
 
+# Signals a rank dies of because another rank died first: gloo aborts (SIGABRT) when its peer's connection closes,
+# and torchrun stops the rest (SIGTERM).
+COLLATERAL = {"SIGABRT", "SIGTERM"}
+_REPORT_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)\s*\(local_rank", re.MULTILINE)
+_REPORT_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)", re.MULTILINE)
+
+
+def _signal_name(exit_code: int) -> str | None:
+    if exit_code >= 0:
+        return None
+    return signal.Signals(-exit_code).name if -exit_code in signal.valid_signals() else f"signal {-exit_code}"
+
+
+def reported_failures(text: str) -> list[tuple[int, int]]:
+    """(rank, exit code) of each failure in torchrun's closing report, the root cause first. Only the report's own
+    "rank : N (local_rank: M)" lines count: torchrun's log line before it ("failed (exitcode: -6) local_rank: 0")
+    named whichever rank it saw die first."""
+    entries = []
+    for block in re.split(r"^\[\d+\]:\s*$", text, flags=re.MULTILINE)[1:]:
+        rank, code = _REPORT_RANK.search(block), _REPORT_EXIT.search(block)
+        if rank and code:
+            entries.append((int(rank.group(1)), int(code.group(1))))
+    root = text.rfind("Root Cause")
+    if entries and root >= 0 and text.find("Failures:") < root:
+        entries.insert(0, entries.pop())  # the report lists the other failures first, the root cause last
+    return entries
+
+
 def failure_message(code: int, tail: list[str], folder: Path, options: LaunchOptions) -> str:
-    """Which rank failed first and why, from torchrun's failure report and the ranks' own error files."""
+    """Which rank failed and why, from torchrun's failure report and the ranks' own error files. A rank that died
+    of another's death (COLLATERAL) is not the cause: with rank 1 killed, rank 0 aborted in its collective and
+    torchrun's report named rank 0 (SIGABRT) as the first observed failure."""
     text = "\n".join(tail)
-    rank_match = re.search(r"rank\s*:\s*(\d+)", text)
-    exit_match = re.search(r"exitcode\s*:\s*(-?\d+)", text)
-    rank = int(rank_match.group(1)) if rank_match else None
+    failures = reported_failures(text)
+    failures.sort(key=lambda f: _signal_name(f[1]) in COLLATERAL)  # stable: the root cause first among equals
     errors = {int(p.stem.split("-")[1]): p.read_text().strip() for p in folder.glob("rank-*.error")}
-    if rank is None and errors:
-        rank = min(errors)
-    how = ""
-    if exit_match:
-        exit_code = int(exit_match.group(1))
-        if exit_code < 0:
-            name = signal.Signals(-exit_code).name if -exit_code in signal.valid_signals() else f"signal {-exit_code}"
-            how = f" was killed by {name}" + (" (out of memory, or killed by hand)" if name == "SIGKILL" else "")
-        else:
-            how = f" exited with code {exit_code}"
+    rank = failures[0][0] if failures else min(errors) if errors else None
+
+    def how(exit_code: int) -> str:
+        name = _signal_name(exit_code)
+        if name is None:
+            return f" exited with code {exit_code}"
+        return f" was killed by {name}" + (" (out of memory, or killed by hand)" if name == "SIGKILL" else "")
+
     who = f"rank {rank}" if rank is not None else "a rank"
+    first = how(failures[0][1]) if failures else " failed"
+    others = "".join(f"; rank {r}{how(c)} after it" for r, c in failures[1:])
     lines = [f"the distributed run failed ({options.nproc} processes per node x {options.nnodes} nodes): {who}"
-             f"{how or ' failed'}; torchrun stopped the other ranks"]
+             f"{first}{others}; torchrun stopped the other ranks"]
     if rank is not None and rank in errors:
         lines.append(f"rank {rank}: {errors[rank]}")
     elif errors:
-        first = min(errors)
-        lines.append(f"rank {first}: {errors[first]}")
-    if not exit_match and not errors:
+        lines.append(f"rank {min(errors)}: {errors[min(errors)]}")
+    if not failures and not errors:
         lines.append("torchrun's last output:\n" + "\n".join(tail[-15:]))
     if any("timed out" in e.lower() or "timeout" in e.lower() for e in errors.values()):
         lines.append(f"a collective waited --dist-timeout {options.dist_timeout:g} s for a rank that never joined it")

@@ -19,7 +19,7 @@ from hanlin.protocols.context import LAST_CALL_NOTE
 
 from hanlin.plugins.protocols.code_fence import fenced_code, is_code_tool
 from hanlin.plugins.protocols.react import EXAMPLE_ANSWER, EXAMPLE_TOOL, EXAMPLE_VALUES
-from hanlin.plugins.protocols.tool_plan import CORRECTIONS, in_plan_order, requested_tools
+from hanlin.plugins.protocols.tool_plan import by_question, in_plan_order, requested_tools
 from hanlin.runtimes.tool_calls import looks_like_call
 
 _DECODER = json.JSONDecoder()
@@ -117,13 +117,9 @@ class NativeTools(StepProtocol):
         # Small models re-issue the call they were just answered; a nudge after each result (as ReAct's) points at
         # the answer. Added here, in the model's view only: the transcript keeps the tool's own result.
         # (Not after the last results of a run: LAST_CALL_NOTE says that no call is left.)
-        turns, question, used = [], "", set()
-        for m in ctx.messages:
-            if m.role == "user" and not m.content.startswith(CORRECTIONS):
-                question, used = m.content, set()
-            elif m.role == "assistant":
-                used |= {c.name for c in m.tool_calls}
-            elif m.role == "tool" and not m.is_error and not m.content.endswith(LAST_CALL_NOTE):
+        turns = []
+        for m, question, used in by_question(ctx.messages):
+            if m.role == "tool" and not m.is_error and not m.content.endswith(LAST_CALL_NOTE):
                 pending = [t for t in requested_tools(question, ctx.tools) if t not in used]
                 nudge = PENDING_NUDGE.format(pending=" and ".join(pending)) if pending else RESULT_NUDGE
                 m = m.model_copy(update={"content": f"{m.content}\n{nudge}"})

@@ -11,7 +11,7 @@ takes a ```python block instead: see code_fence).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from hanlin import Completion, Constraint, Message, StepProtocol, ToolCall, hookimpl
@@ -19,7 +19,7 @@ from hanlin.protocols import Action, Final, ParsedStep, RunContext
 from hanlin.protocols.example_guard import just_sent_back
 from hanlin.plugins.protocols.code_fence import MAX_CODE_LINES, add_code_block, is_code_tool
 from hanlin.plugins.protocols.react_parser import parse_react
-from hanlin.plugins.protocols.tool_plan import in_plan_order, pending_tools, requested_tools
+from hanlin.plugins.protocols.tool_plan import by_question, in_plan_order, pending_tools, requested_tools
 
 CORRECTION = "Observation: Error: "  # how a malformed step is answered (a user turn, but not a new question)
 STOP = ["\nObservation:"]  # not a bare "Observation:": a reply that starts with one would be cut to nothing
@@ -128,8 +128,7 @@ class ReAct(StepProtocol):
 
     def render(self, ctx: RunContext) -> list[Message]:
         out = [Message.system(self.system_prompt(ctx))]
-        question, used, plan = "", set(), False
-        for m in ctx.messages:
+        for m, question, used in by_question(ctx.messages):
             if m.role == "tool":
                 prefix = "Error: " if m.is_error else ""
                 nudge = observation_nudge(question, ctx.tools, used)
@@ -137,15 +136,12 @@ class ReAct(StepProtocol):
             elif m.role == "system":
                 continue  # the app's instructions are part of our own system prompt
             elif m.role == "assistant":
-                used |= {c.name for c in m.tool_calls}
                 # On a question that names several tools, earlier steps are shown without their Thought line:
                 # Qwen2.5-Coder-0.5B copied its first thought ("I need to find X") word for word into every later
                 # step, and with it the first call. Elsewhere the transcript stays as the model wrote it.
+                plan = len(requested_tools(question, ctx.tools)) > 1
                 out.append(Message(role="assistant", content=without_thought(m.content) if plan else m.content))
             else:
-                if m.role == "user" and not m.content.startswith(CORRECTION):
-                    question, used = m.content, set()  # the task the observations that follow serve
-                    plan = len(requested_tools(question, ctx.tools)) > 1
                 out.append(Message(role=m.role, content=m.content))
         return out
 
@@ -182,7 +178,7 @@ class ReAct(StepProtocol):
                           max_tokens=STEP_MAX_TOKENS)
 
 
-def observation_nudge(question: str, tools: Iterable[str], used: set[str]) -> str:
+def observation_nudge(question: str, tools: Iterable[str], used: Collection[str]) -> str:
     """What follows an observation: the question again and, where the question names tools, which are still unused
     (or, once a question naming several has had them all, that the last result is the one to answer with)."""
     q = " ".join(question.split()) or "(see above)"
@@ -203,18 +199,15 @@ def without_thought(step: str) -> str:
     return step
 
 
-def react_grammar(ctx: RunContext, max_string_chars: int | None = None, offered: Iterable[str] | None = None,
-                  final: bool = True) -> str:
-    """GBNF for one step: a thought line, then one valid action (of the ``offered`` tools, default all unless the
-    step follows a repeated call) or, unless ``final`` is False, the final answer."""
+def react_grammar(ctx: RunContext, max_string_chars: int | None, offered: Iterable[str], final: bool = True) -> str:
+    """GBNF for one step: a thought line, then one valid action (of the ``offered`` tools) or, unless ``final`` is
+    False, the final answer."""
     from hanlin.grammar import STEP_STRING_CHARS, GrammarBuilder, gbnf_literal, line_rule
 
     # Bounded: a runaway string still ends as a valid step (see hanlin.grammar).
     g = GrammarBuilder(max_string_chars=max_string_chars or STEP_STRING_CHARS)
     g.add("thought", line_rule())
     actions = []
-    if offered is None:
-        offered = [] if ctx.repeated else list(ctx.tools)
     for i, tool in enumerate(ctx.tools[name] for name in offered):
         if is_code_tool(tool):  # the code in a fenced block, as the prompt's format line says
             line = add_code_block(g)

@@ -9,8 +9,9 @@ a result) and which may be called now (a tool named after "then" waits for the o
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
+from hanlin.messages import Message
 from hanlin.protocols import RunContext
 from hanlin.protocols.base import CORRECTION_PREFIX
 
@@ -40,12 +41,25 @@ def planned_order(question: str, tools: Iterable[str]) -> list[str]:
     return [t for _, t in named]
 
 
-def current_question(ctx: RunContext) -> tuple[str, set[str]]:
-    """The run's current question (its last user turn that is not a correction) and the tools called since."""
-    start = max((i for i, m in enumerate(ctx.messages) if m.role == "user" and not m.content.startswith(CORRECTIONS)),
-                default=0)
-    used = {c.name for m in ctx.messages[start:] if m.role == "assistant" for c in m.tool_calls}
-    return (ctx.messages[start].content if ctx.messages else ""), used
+def by_question(messages: Iterable[Message]) -> Iterator[tuple[Message, str, frozenset[str]]]:
+    """Each message with the question it serves (the last user turn before it that is not a correction) and the
+    tools called since that question, this message's calls included: what a protocol's render needs to say which
+    named tools are still unused."""
+    question, used = "", frozenset[str]()
+    for m in messages:
+        if m.role == "user" and not m.content.startswith(CORRECTIONS):
+            question, used = m.content, frozenset()
+        elif m.role == "assistant":
+            used |= {c.name for c in m.tool_calls}
+        yield m, question, used
+
+
+def current_question(ctx: RunContext) -> tuple[str, frozenset[str]]:
+    """The run's current question and the tools called since it was asked."""
+    question, used = "", frozenset[str]()
+    for _, question, used in by_question(ctx.messages):
+        pass
+    return question, used
 
 
 def pending_tools(ctx: RunContext) -> list[str]:

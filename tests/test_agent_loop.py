@@ -369,6 +369,18 @@ def test_native_tool_calling() -> None:
     assert [m.content for m in second[-2:]] == [f"42\n{RESULT_NUDGE}", f"2\n{RESULT_NUDGE}"]
 
 
+@pytest.mark.parametrize("reply,answer", [
+    ("Final Answer: 1411381", "1411381"),
+    ("The Final Answer: 50", "50"),
+    ("final answer is: pear\nbecause", "pear\nbecause"),
+    ("Final Answer:", "Final Answer:"),  # a label with nothing after it stays as it was
+    ("My final answer: 7", "My final answer: 7"),  # only at the head of the reply
+])
+def test_native_answer_loses_reacts_label(reply: str, answer: str) -> None:
+    model = ScriptedModel([Completion(tool_calls=[ToolCall(name="add", arguments={"a": 1, "b": 2})]), reply])
+    assert Agent(model, [add], protocol="tools").run("sum").output == answer
+
+
 def test_native_call_written_as_text_while_tools_are_withdrawn_is_corrected() -> None:
     # Qwen2.5-Coder-0.5B repeats the answered call; with the tools withdrawn it writes the call as text, which is not
     # an answer: the model is told so, and its next reply is the answer.

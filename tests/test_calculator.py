@@ -45,6 +45,10 @@ def test_registered_as_a_default_tool() -> None:
         ("sqrt(2) * 10", "14.142135623731"),
         ("factorial(20)", "2432902008176640000"),
         ("factorial(5.0)", "120"),
+        ("7! / 12", "420"),  # maths' postfix factorial: a number, a group, a call
+        ("10! / (3! * 7 !)", "120"),
+        ("(2 + 3)! - sqrt(16)!", "96"),
+        ("5! != 120", "false"),  # != stays a comparison
         ("gcd(84, 36) + lcm(4, 6)", "24"),
         ("log(8, 2)", "3"),
         ("log(e)", "1"),
@@ -103,6 +107,10 @@ def test_results(expression: str, expected: str) -> None:
         ("(10**3000)**2", "<a 3001-digit integer>**2 would have about 6,000 digits"),
         ("factorial(100000)", "the limit is factorial(1000)"),
         ("factorial(-1)", "non-negative integer"),
+        ("3!!", "'!!' (the double factorial) is not supported"),
+        ("!3", "'!' needs a number before it (n! is factorial(n))"),
+        ("2 + 3)!", "has a ')' with no '(' before the '!'"),
+        ("(-3)!", "factorial needs a non-negative integer, got -3"),
         ("10**3000 * 10**3000", "the product would have about 6,000 digits"),
         ("10**3999 * 10", "the result has 4,001 digits; the limit is 4000"),
         ("degrees(10**4000)", "degrees(<a 4001-digit integer>): int too large to convert to float"),

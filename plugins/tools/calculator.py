@@ -102,7 +102,42 @@ def _normalise(expression: str) -> str:
     text = expression.strip()
     for symbol, python in _SYMBOLS.items():
         text = text.replace(symbol, python)
-    return as_fractions(_drop_thousands_separators(text.rstrip("= \t\n")))
+    return as_fractions(_drop_thousands_separators(_postfix_factorials(text.rstrip("= \t\n"))))
+
+
+def _postfix_factorials(text: str) -> str:
+    """Maths' ``n!`` as ``factorial(n)``: the operand is the number, name or parenthesised group (with its function
+    name) just before the ``!``. Asked for "7 factorial divided by 12", Qwen2.5-Coder-0.5B wrote "7! / 12" five times,
+    told each time it was invalid syntax, and gave up (tooluse calc-10). ``!=`` stays a comparison; ``n!!``, the
+    double factorial, is refused rather than read as (n!)!."""
+    i = 0
+    while (i := text.find("!", i)) >= 0:
+        if text.startswith("!=", i):
+            i += 2
+            continue
+        if text.startswith("!!", i):
+            raise CalculatorError(f"{_quoted(text)}: '!!' (the double factorial) is not supported; write the product out")
+        end = i
+        while end and text[end - 1] == " ":
+            end -= 1
+        start = end
+        if start and text[start - 1] == ")":
+            depth = 0
+            while start:
+                start -= 1
+                depth += {")": 1, "(": -1}.get(text[start], 0)
+                if depth == 0:
+                    break
+            if depth:
+                raise CalculatorError(f"{_quoted(text)} has a ')' with no '(' before the '!'")
+        while start and (text[start - 1].isalnum() or text[start - 1] in "._"):
+            start -= 1
+        if start == end:
+            raise CalculatorError(f"{_quoted(text)}: '!' needs a number before it (n! is factorial(n))")
+        replaced = f"factorial({text[start:end]})"
+        text = text[:start] + replaced + text[i + 1:]
+        i = start + len(replaced)
+    return text
 
 
 def _drop_thousands_separators(text: str) -> str:
@@ -371,8 +406,8 @@ def calculator(expression: str) -> str:
     Supports + - * / // % ** (or ^), parentheses, comparisons, big integers,
     the constants pi, e, tau, and the functions sqrt, exp, log (log(x) or
     log(x, base)), log10, log2, sin, cos, tan, asin, acos, atan, atan2, sinh,
-    cosh, tanh, floor, ceil, round, abs, min, max, factorial, gcd, lcm, hypot,
-    degrees, radians. Angles are in radians. A sum or product may be written
+    cosh, tanh, floor, ceil, round, abs, min, max, factorial (or n!), gcd, lcm,
+    hypot, degrees, radians. Angles are in radians. A sum or product may be written
     with an ellipsis: 1 + 2 + ... + 100.
 
     Args:

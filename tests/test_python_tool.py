@@ -60,14 +60,18 @@ def test_a_word_written_as_a_bare_name_gets_the_quoted_line_as_a_hint(python) ->
     assert "Hint" not in run(python, "1 / 0").content
 
 
-def test_a_cell_that_returns_is_told_to_end_with_the_value_and_runs_that_when_sent_again(python) -> None:
-    """Qwen2.5-Coder-0.5B wrote its datetime cells as a function body ending in `return days`, six times over."""
+def test_a_cell_that_ends_by_returning_runs_with_the_value_as_its_last_line(python) -> None:
+    """Qwen2.5-Coder-0.5B wrote its datetime cells as a function body ending in `return days`, six times over, and
+    under ReWOO no step sees a hint: the cell could not compile, so it runs fixed at once and says so."""
     cell = "from datetime import date\ndays = (date(2024, 11, 3) - date(2024, 1, 15)).days\nreturn days"
-    first = run(python, cell)
-    assert first.is_error and "'return' outside function" in first.content
-    assert first.content.endswith("end it with the value to show it (or print it): days")
-    again = run(python, cell)
-    assert again.content == "[run with its last line's return as a plain value, as the hint said]\n293"
+    ran = run(python, cell)
+    assert not ran.is_error and ran.content == "[run with its last line's return as a plain value: a cell cannot return]\n293"
+    joined = run(python, "from datetime import date; return date(2000, 1, 1).strftime('%A')")
+    assert joined.content.endswith("a cell cannot return]\n'Saturday'")
+    # a return that is not the last line cannot be read as the cell's value: the error and the hint, nothing run
+    early = run(python, "x = 5\nif x:\n    return x\nprint('after')")
+    assert early.is_error and "'return' outside function" in early.content and "after" not in early.content
+    assert early.content.endswith("end it with the value to show it (or print it).")
 
 
 def test_a_block_that_lost_its_indentation_is_shown_indented_and_runs_indented_when_sent_again(python) -> None:

@@ -242,3 +242,28 @@ def test_react_asks_a_code_tool_for_a_python_block(matcher) -> None:
     assert step.accepts(block) and step.accepts(block + "\n")
     assert not step.accepts('Thought: t\nAction: python\nAction Input: {"code": "print(1)"}')
     assert step.accepts('Thought: add\nAction: calculator\nAction Input: {"expression": "2+2"}')
+
+
+@requires_smollm2
+def test_rewoo_plan_grammar_takes_a_code_tools_input_as_a_python_block(matcher) -> None:
+    """In a JSON string Qwen2.5-Coder-0.5B left the code open and the plan ran on inside it (tooluse python 1/21)."""
+    from hanlin import Agent, ScriptedModel
+
+    plan = ('Plan: count\n#E1 = python\n```python\nn = {"a": 1}\nfor i in range(3):\n    n["a"] += i\nprint(n)\n```\n'
+            'Plan: add\n#E2 = calculator[{"expression": "#E1 + 1"}]')
+    seen: list = []
+
+    def reply(messages, params):
+        seen.append((messages, params.constraint.grammar if params.constraint else ""))
+        return [plan, "4"][len(seen) - 1]
+
+    result = Agent(ScriptedModel(reply), [calculator, python], protocol="rewoo").run("q")
+    assert result.status == "answered" and result.tool_calls[0].arguments["code"].endswith('n["a"] += i\nprint(n)')
+    planner, grammar = seen[0]
+    assert "#E1 = python\n```python\n<the code, printing what you need>\n```" in planner[0].content
+    assert "#E1 = python\n```python\nn = {\"a\": 1}" in seen[1][0][-1].content  # the solver sees the block too
+    assert "Use it as it is; do not work it out again. Reply with the answer only." in seen[1][0][0].content
+    steps = matcher(grammar)
+    assert steps.accepts(plan)
+    assert not steps.accepts('Plan: count\n#E1 = python[{"code": "print(1)"}]')  # code goes in the block
+    assert not steps.accepts("Plan: count\n#E1 = python\n```python\n```")  # at least one line

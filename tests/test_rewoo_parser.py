@@ -31,7 +31,17 @@ def lookup(key: str, field: str = "value") -> str:
     return key
 
 
-TOOLS = {"calculator": calculator, "lookup": lookup}
+@tool
+def python(code: str) -> str:
+    """Run code.
+
+    Args:
+        code: the code
+    """
+    return code
+
+
+TOOLS = {"calculator": calculator, "lookup": lookup, "python": python}
 
 
 def test_plan_with_dependencies() -> None:
@@ -66,12 +76,35 @@ def test_no_steps_means_no_tools_needed() -> None:
         ("#E1 = lookup[{\"key\": \"a\"]", "not valid JSON"),
         ("#E1 = lookup[just words]", "must be a JSON object"),
         ("#E1 = lookup[{\"key\": \"a\"} extra]", "unexpected text"),
+        ("#E1 = python\nprint(1)", "step #E1 has no code"),  # a code step's block must follow it
+        ("#E1 = python", "step #E1 has no code"),
+        ("#E1 = python\n```python\n\n```", "empty code block"),
+        ("#E1 = lookup\n```python\nprint(1)\n```", "step #E1 has no arguments"),  # only a code tool takes a block
     ],
 )
 def test_bad_plans(text: str, fragment: str) -> None:
     with pytest.raises(ParseError) as info:
         parse_plan(text, TOOLS)
     assert fragment in str(info.value)
+
+
+def test_a_code_tools_step_takes_its_code_from_the_fenced_block_after_it() -> None:
+    """Qwen2.5-Coder-0.5B left a JSON code string open and the plan ran on inside it (tooluse, python 1 of 21): code
+    comes in a block, any number of lines, braces and quotes as they are; a block the token limit left open runs to
+    the end of the plan; a JSON step for the same tool still parses."""
+    code = 'n = 0\nfor i in range(2, 10):\n    n += all(i % d for d in range(2, i))\nprint({"primes": n})'
+    text = (f"Plan: count primes\n#E1 = python\n```python\n{code}\n```\n"
+            'Plan: double\n#E2 = calculator[{"expression": "#E1 * 2"}]\n'
+            'Plan: again\n#E3 = python[{"code": "print(#E2)"}]\n#E4 = python\n```python\nprint("cut')
+    steps = parse_plan(text, TOOLS)
+    assert [(s.id, s.tool, s.description) for s in steps] == [(1, "python", "count primes"), (2, "calculator", "double"),
+                                                              (3, "python", "again"), (4, "python", "")]
+    assert steps[0].arguments == {"code": code} and steps[1].depends_on == {1}
+    assert steps[2].arguments == {"code": "print(#E2)"} and steps[3].arguments == {"code": 'print("cut'}
+    # in a block, a "#E" of no earlier step is Python (a comment), not a reference; an earlier step's still is
+    commented = parse_plan("#E1 = python\n```python\n#E2 = 2**100\nprint(2**100)\n```\n#E2 = python\n```python\n"
+                           "print(#E1 + 1)  # #E3 later\n```", TOOLS)
+    assert [s.depends_on for s in commented] == [set(), {1}]
 
 
 def test_too_many_steps() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from hanlin import AgentProtocol, Constraint, Message, ParseError, ToolCall, hookimpl
 from hanlin.protocols import RunContext
 
+from hanlin.plugins.protocols.code_fence import MAX_CODE_LINES, add_code_block, is_code_tool
 from hanlin.plugins.protocols.react import EXAMPLE_TOOL, describe_tools
 from hanlin.plugins.protocols.rewoo_parser import PlanStep, parse_plan, substitute, without_cut_line
 
@@ -54,11 +55,24 @@ class ReWOO(AgentProtocol):
                 "#E<n> = <tool>[<arguments as one JSON object>]\n"
                 "Number steps #E1, #E2, ... A later step may use an earlier result by writing #E<n> inside a "
                 "string argument. Use as few steps as the task needs. Write only the plan; do not answer.",
+                *self.code_format(ctx),
                 *self.example(ctx),
             ]
         )
         history = [m for m in ctx.messages[:-1] if m.role == "user" or (m.role == "assistant" and not m.tool_calls)]
         return [Message.system(system), *history, ctx.messages[-1]]
+
+    def code_format(self, ctx: RunContext) -> list[str]:
+        """How a code tool's step is written: its code in a ```python block after the step line, not in a JSON string
+        (see code_fence). In JSON, Qwen2.5-Coder-0.5B left the code's string open and the plan ran on inside it
+        ("...return len(primes)}] #E2 = python[{" as code), or crammed loops onto one line: python 1 of 21 tooluse
+        items answered."""
+        names = [name for name, tool in ctx.tools.items() if is_code_tool(tool)]
+        if not names:
+            return []
+        return [f"For {' or '.join(names)}, write the code on the lines after the step, in a ```python block, not "
+                f"as JSON:\nPlan: <what this step does>\n#E1 = {names[0]}\n```python\n<the code, printing what you "
+                "need>\n```"]
 
     def example(self, ctx: RunContext) -> list[str]:
         """A short plan with made-up tools (none when switched off or when a real tool carries one of their names)."""
@@ -70,13 +84,21 @@ class ReWOO(AgentProtocol):
         lines = []
         for step in plan:
             lines.append(f"Plan: {step.description or '(no description)'}")
-            lines.append(f"{step.label} = {step.tool}[{json.dumps(step.arguments, ensure_ascii=False)}]")
+            tool = ctx.tools.get(step.tool)
+            if tool is not None and is_code_tool(tool) and set(step.arguments) == {"code"}:
+                lines.append(f"{step.label} = {step.tool}\n```python\n{step.arguments['code']}\n```")
+            else:
+                lines.append(f"{step.label} = {step.tool}[{json.dumps(step.arguments, ensure_ascii=False)}]")
             lines.append(f"Evidence: {evidence.get(step.id, '(not run)')}")
-        final = "the answer"
+        final = "the answer only"
         if ctx.options.output_type is not None:
             final = "only a JSON object matching this schema: " + json.dumps(ctx.output_schema())
+        # "Use it as it is": told only to "solve the task using the plan and the evidence", Qwen2.5-Coder-0.5B worked
+        # answers out again and got them wrong ("The square root of 1849 is 27." with 43 as the evidence); replayed
+        # on the 55 solver prompts of a tooluse run, this wording answered 31 right against 27.
         system = (ctx.options.instructions or "You solve tasks from evidence.") + (
-            f"\n\nSolve the task using the plan and the evidence below. Reply with {final}."
+            "\n\nAnswer the task from the evidence below: the evidence is what the tools returned for each step of "
+            f"the plan. Use it as it is; do not work it out again. Reply with {final}."
         )
         body = f"Task: {task}\n\n" + ("\n".join(lines) if lines else "(no tools were needed)") + "\n\nAnswer:"
         return [Message.system(system), Message.user(body)]
@@ -90,14 +112,23 @@ class ReWOO(AgentProtocol):
         # Each tool with its own argument schema, as in ReAct's step grammar (evidence goes inside string arguments,
         # "#E1"). With any JSON object allowed, 45% of Qwen2.5-Coder-0.5B's planned calls on the tooluse set had
         # invalid arguments ({"question": ...} for the knowledge base's "query", the schema's own keys copied in).
-        calls = " | ".join(f'{gbnf_literal(name)} "[" {g.schema(tool.parameters, f"args{i}")} "]"'
-                           for i, (name, tool) in enumerate(ctx.tools.items()))
+        calls = " | ".join(self._call_rule(g, name, tool, i) for i, (name, tool) in enumerate(ctx.tools.items()))
         g.add("step", f'{gbnf_literal("Plan: ")} {line_rule()} "\\n#E" [1-9] [0-9]? " = " ( {calls} )')
         # A plan may end with a newline: '}]\n' is one token to Qwen2.5, and a grammar without the optional end
         # read it as the start of another step, forcing the model into a step it did not want.
         g.add("root", f'step ( "\\n" step ){{0,{self.max_plan_steps - 1}}} "\\n"?')
         # A plan has several steps; each is bounded like a ReAct step.
         return Constraint(grammar=g.render("root"), max_tokens=STEP_MAX_TOKENS * 2)
+
+    @staticmethod
+    def _call_rule(g: Any, name: str, tool: Any, i: int) -> str:
+        """One tool's step body: ``name[{json}]``, or for a code tool ``name`` and a fenced block (see code_format)."""
+        from hanlin.grammar import gbnf_literal
+
+        if is_code_tool(tool):
+            line = add_code_block(g)
+            return f"{gbnf_literal(name + chr(10) + '```python' + chr(10))} {line}{{1,{MAX_CODE_LINES}}} {gbnf_literal('```')}"
+        return f'{gbnf_literal(name)} "[" {g.schema(tool.parameters, f"args{i}")} "]"'
 
     # ---- the run ---------------------------------------------------------------------------
     async def run(self, ctx: RunContext) -> None:

@@ -1,4 +1,5 @@
-"""Parse a ReWOO plan: ``Plan:`` lines, each followed by ``#En = tool[{json args}]``.
+"""Parse a ReWOO plan: ``Plan:`` lines, each followed by ``#En = tool[{json args}]``, or, for a tool that runs code,
+``#En = python`` and a ```python block on the lines after it.
 
 A step's arguments may mention earlier evidence (``#E1``) inside string
 values; the worker substitutes it. The parser checks everything that can be
@@ -16,8 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hanlin.errors import ParseError
+from hanlin.plugins.protocols.code_fence import is_code_tool
 
 _STEP = re.compile(r"^\s*[*`]*#E(\d+)[*`]*\s*[:=]\s*([A-Za-z_][\w\-]*)\s*\[(.*)\]\s*[*`]*\s*$")
+_CODE_STEP = re.compile(r"^\s*[*`]*#E(\d+)[*`]*\s*[:=]\s*([A-Za-z_][\w\-]*)\s*$")  # its code follows in a fence
 _STEP_START = re.compile(r"^\s*[*`]*#E\d+", re.IGNORECASE)
 _PLAN = re.compile(r"^\s*[*_]*plan[*_]*\s*(\d+)?\s*:[*_]*\s*(.*)$", re.IGNORECASE)
 _REF = re.compile(r"#E(\d+)")
@@ -50,7 +53,11 @@ def parse_plan(text: str, tools: Mapping[str, Any] | None = None, *, max_steps: 
     seen: dict[str, int] = {}  # a call (tool and arguments) -> the step that first made it
     aliases: dict[int, int] = {}  # a dropped repeat's id -> that first step's id
     description = ""
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    index = 0
+    while index < len(lines):
+        line, lineno = lines[index], index + 1
+        index += 1
         if _FENCE.match(line):  # only a fence's own line is dropped: a JSON string argument may hold "```"
             continue
         plan_m = _PLAN.match(line)
@@ -59,17 +66,24 @@ def parse_plan(text: str, tools: Mapping[str, Any] | None = None, *, max_steps: 
             continue
         if not _STEP_START.match(line):
             continue
-        m = _STEP.match(line)
+        code_m = _CODE_STEP.match(line)
+        m = _STEP.match(line) or code_m
         if m is None:
             raise ParseError(f"line {lineno} is not a valid step: {line.strip()[:120]!r}", hint=PLAN_HINT, text=text)
-        step_id, tool, raw_args = int(m.group(1)), m.group(2), m.group(3)
+        step_id, tool = int(m.group(1)), m.group(2)
         if step_id in aliases or any(s.id == step_id for s in steps):
             raise ParseError(f"#E{step_id} is defined twice (line {lineno})", hint="Number the steps #E1, #E2, ... once each.", text=text)
         if tools is not None and tool not in tools:
             known = ", ".join(tools) or "(none)"
             raise ParseError(f"step #E{step_id} uses unknown tool '{tool}'", hint=f"Use only these tools: {known}.", text=text)
-        arguments = _parse_args(raw_args, step_id, tool, tools, text)
+        if code_m is not None:
+            code, index = _fenced_block(lines, index, step_id, tool, tools, text)
+            arguments: dict[str, Any] = {"code": code}
+        else:
+            arguments = _parse_args(m.group(3), step_id, tool, tools, text)
         refs = {int(r) for r in _REF.findall(json.dumps(arguments))}
+        if code_m is not None:  # in code "#E2 = 2**100" is a comment: only earlier steps' results are references
+            refs = {r for r in refs if r in aliases or any(s.id == r for s in steps)}
         bad = sorted(r for r in refs if r not in {s.id for s in steps} and r not in aliases)
         if bad:
             raise ParseError(
@@ -104,6 +118,28 @@ def _redirect(value: Any, aliases: dict[int, int]) -> Any:
     if isinstance(value, list):
         return [_redirect(v, aliases) for v in value]
     return value
+
+
+def _fenced_block(lines: list[str], index: int, step_id: int, tool: str, tools: Mapping[str, Any] | None,
+                  text: str) -> tuple[str, int]:
+    """(the code, the index after its closing fence) of the ```python block that starts at ``lines[index]``, the
+    input of a code tool's step (``#E1 = python`` and then the block, as the planner is asked for code). A block the
+    token limit left open runs to the end of the plan."""
+    tool_obj = (tools or {}).get(tool)
+    if tool_obj is not None and not is_code_tool(tool_obj):
+        raise ParseError(f"step #E{step_id} has no arguments", hint=f"Write them in brackets: #E{step_id} = {tool}[{{...}}].",
+                         text=text)
+    while index < len(lines) and not lines[index].strip():
+        index += 1
+    if index == len(lines) or not _FENCE.match(lines[index]):
+        raise ParseError(f"step #E{step_id} has no code", hint=f"Write the code of #E{step_id} = {tool} in a "
+                         "```python block on the lines after it.", text=text)
+    start = index + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].strip() == "```"), len(lines))
+    code = "\n".join(lines[start:end]).strip("\n")
+    if not code.strip():
+        raise ParseError(f"step #E{step_id} has an empty code block", hint="Write the code in the block.", text=text)
+    return code, end + 1
 
 
 def without_cut_line(text: str) -> str:

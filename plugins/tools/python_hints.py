@@ -9,7 +9,9 @@ variable used too early). A cell that ends in ``return value`` is told that a ce
 
 The model did not copy it: it re-sent the failing cell unchanged, again and again. A cell re-sent straight after
 failing can only fail the same way, so the kernel session then runs the hint's fix instead and says so (the whole
-cell with the word quoted wherever it is read, or ending with the returned value).
+cell with the word quoted wherever it is read, or ending with the returned value). A cell that cannot compile only
+because its last line returns does not wait for that: it runs at once with the value as its last line (nothing of it
+could have run, and a ReWOO plan has no second step to re-send it).
 """
 
 from __future__ import annotations
@@ -220,14 +222,44 @@ def _indent_hint(code: str) -> Hint | None:
 
 def _return_hint(code: str) -> Hint:
     """A cell ending in ``return days`` (Qwen2.5-Coder-0.5B wrote its datetime cells as a function body): the
-    value on the last line is what a cell shows, so the fix ends the cell with ``days``."""
+    value on the last line is what a cell shows, so the fix ends the cell with ``days``. A last line that joins
+    statements with ``;`` ("from datetime import date; return date(2000, 1, 1).strftime('%A')") ends the same way."""
     lines = code.rstrip().splitlines()
     text = "Hint: a cell is not a function, so it cannot return; end it with the value to show it (or print it)"
     last = lines[-1] if lines else ""
-    if not last.startswith("return ") or not last[len("return "):].strip():
+    before, joined, after = last.rpartition("; return ")
+    head, value = (f"{before}; ", after.strip()) if joined else ("", last[len("return "):].strip())
+    if not (joined or last.startswith("return ")) or not value:
         return Hint(text + ".", "")
-    value = last[len("return "):].strip()
-    return Hint(f"{text}: {value}", "its last line's return as a plain value", "\n".join(lines[:-1] + [value]))
+    fixed = "\n".join(lines[:-1] + [head + value])
+    if not compiles(fixed):
+        return Hint(text + ".", "")
+    return Hint(f"{text}: {value}", "its last line's return as a plain value", fixed)
+
+
+def returning_cell_fix(code: str) -> Hint | None:
+    """The return hint's fix, for a cell that cannot compile only because its last line returns (a SyntaxError, so
+    nothing of it would run). Such a cell runs fixed at once, with a note: under ReWOO no step would see the hint
+    and send the cell again (tooluse python-06, -07, -10, -12: the planner's cells ended in "return ...", and the
+    solver answered from the error)."""
+    try:
+        compile(code, "<cell>", "exec")
+    except SyntaxError as exc:
+        if "'return' outside function" in str(exc.msg):
+            hint = _return_hint(code)
+            return hint if hint.fixed_code is not None else None
+    except (ValueError, OverflowError):
+        return None
+    return None
+
+
+def compiles(code: str) -> bool:
+    """Whether ``code`` compiles as a cell (SyntaxError, a null byte or a literal too big all say no)."""
+    try:
+        compile(code, "<cell>", "exec")
+    except (SyntaxError, ValueError, OverflowError):
+        return False
+    return True
 
 
 def quoted_line(code: str, name: str) -> str | None:

@@ -16,7 +16,7 @@ import io
 import tokenize
 
 from hanlin.plugins.tools.percentages import as_fractions, first_percentage
-from hanlin.plugins.tools.python_hints import Hint
+from hanlin.plugins.tools.python_hints import Hint, compiles
 
 _COMPOUND = {"for", "while", "if", "elif", "else", "with", "try", "except", "finally", "def", "class", "async"}
 _NESTED = {"for", "while", "if", "with", "try", "def", "class", "async"}  # what may not follow a header's ':'
@@ -24,7 +24,7 @@ _NESTED = {"for", "while", "if", "with", "try", "def", "class", "async"}  # what
 
 def syntax_hint(code: str) -> Hint | None:
     """A hint for a cell that does not compile, when one of the fixes above makes it compile."""
-    if _compiles(code):
+    if compiles(code):
         return None
     return _compound_hint(code) or _percent_hint(code)
 
@@ -40,7 +40,7 @@ def _compound_hint(code: str) -> Hint | None:
     if first_split is None:
         return None
     fixed_code = "\n".join(fixed)
-    if not _compiles(fixed_code):
+    if not compiles(fixed_code):
         return None
     text = ("Hint: after a ':' Python allows a simple statement on the same line, not another if, for or while; "
             "give each its own line, indented:\n" + "\n".join(first_split))
@@ -88,17 +88,10 @@ def _header_colon(body: str) -> int | None:
 
 def _percent_hint(code: str) -> Hint | None:
     fixed_code = as_fractions(code)
-    if fixed_code == code or not _compiles(fixed_code):
+    if fixed_code == code or not compiles(fixed_code):
         return None
     number = first_percentage(code)
     text = (f"Hint: {number}% is not Python ('%' is the remainder operator); a percentage is a fraction: "
             f"{number} / 100")
     return Hint(text, "each percentage written as a fraction", fixed_code)
 
-
-def _compiles(code: str) -> bool:
-    try:
-        compile(code, "<cell>", "exec")
-    except (SyntaxError, ValueError):
-        return False
-    return True

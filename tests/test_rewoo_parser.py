@@ -122,6 +122,10 @@ def test_a_repeated_step_is_dropped_and_references_to_it_point_at_the_first() ->
         (1, {"expression": "2 * 3"}, set()), (4, {"expression": "#E1 + 1"}, {1})]
     with pytest.raises(ParseError, match="#E2 is defined twice"):
         parse_plan(f"#E1 = {calc}\n#E2 = {calc}\n#E2 = calculator[{{\"expression\": \"1\"}}]", TOOLS)
+    # the same step written again under its own number (Qwen2.5-Coder-0.5B looped on "#E1 = ..." until the plan's
+    # token limit: "#E1 is defined twice", three times, gave up on calc-19) is the step, not a second definition
+    again = parse_plan(f"Plan: a\n#E1 = {calc}\nPlan: a\n#E1 = {calc}\n#E2 = {calc}\n#E2 = {calc}", TOOLS)
+    assert [(s.id, s.description) for s in again] == [(1, "a")]
 
 
 def test_a_plan_cut_at_the_token_limit_keeps_its_complete_steps() -> None:
@@ -145,6 +149,10 @@ def test_substitute() -> None:
         "d": 3,
     }
     assert substitute("#E9 stays", evidence) == "#E9 stays"
+    # a string argument keeps the text: {"expression": "#E1"} after a step that returned 4830 was refused as no string
+    schema = {"type": "object", "properties": {"a": {"type": "string"}, "c": {"type": "array", "items": {"type": "string"}},
+                                               "d": {"type": "integer"}}}
+    assert substitute({"a": "#E1", "c": ["#E1"], "d": "#E1"}, evidence, schema) == {"a": "12", "c": ["12"], "d": 12}
 
 
 @settings(max_examples=300, deadline=None)

@@ -192,7 +192,9 @@ class ReWOO(AgentProtocol):
             if failed:
                 outcome = ctx.skip_tool(call, f"skipped: it depends on {', '.join(failed)}, which failed")
             else:
-                arguments = substitute(step.arguments, {d: t for d, (t, _) in deps.items()})
+                tool = ctx.tools.get(step.tool)
+                arguments = substitute(step.arguments, {d: t for d, (t, _) in deps.items()},
+                                       tool.parameters if tool is not None else None)
                 outcome = await ctx.call_tool(call.model_copy(update={"arguments": arguments}))
             done[step.id].set_result((outcome.result.content, outcome.result.is_error))
 

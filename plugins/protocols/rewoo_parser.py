@@ -71,8 +71,6 @@ def parse_plan(text: str, tools: Mapping[str, Any] | None = None, *, max_steps: 
         if m is None:
             raise ParseError(f"line {lineno} is not a valid step: {line.strip()[:120]!r}", hint=PLAN_HINT, text=text)
         step_id, tool = int(m.group(1)), m.group(2)
-        if step_id in aliases or any(s.id == step_id for s in steps):
-            raise ParseError(f"#E{step_id} is defined twice (line {lineno})", hint="Number the steps #E1, #E2, ... once each.", text=text)
         if tools is not None and tool not in tools:
             known = ", ".join(tools) or "(none)"
             raise ParseError(f"step #E{step_id} uses unknown tool '{tool}'", hint=f"Use only these tools: {known}.", text=text)
@@ -94,6 +92,11 @@ def parse_plan(text: str, tools: Mapping[str, Any] | None = None, *, max_steps: 
         arguments = _redirect(arguments, aliases)
         refs = {aliases.get(r, r) for r in refs}
         key = json.dumps([tool, arguments], sort_keys=True, default=str)
+        if step_id in aliases or any(s.id == step_id for s in steps):
+            if seen.get(key) == aliases.get(step_id, step_id):  # the same step written again, number and all
+                description = ""
+                continue
+            raise ParseError(f"#E{step_id} is defined twice (line {lineno})", hint="Number the steps #E1, #E2, ... once each.", text=text)
         if key in seen:  # the same call again: small models loop on one step; keep the first, point references at it
             aliases[step_id] = seen[key]
         else:
@@ -177,23 +180,31 @@ def _parse_args(raw: str, step_id: int, tool: str, tools: Mapping[str, Any] | No
     )
 
 
-def substitute(value: Any, evidence: Mapping[int, str]) -> Any:
+def substitute(value: Any, evidence: Mapping[int, str], schema: Mapping[str, Any] | None = None) -> Any:
     """Replace ``#En`` in string values with the evidence text of step n.
 
     A string that is exactly ``#En`` becomes the evidence parsed as JSON when it
-    is a number or other JSON value, so a numeric argument gets a number.
+    is a number or other JSON value, so a numeric argument gets a number, unless
+    ``schema`` (the argument's JSON schema) wants a string: a calculator step
+    ``{"expression": "#E1"}`` after a step that returned 4830 was refused as "Input
+    should be a valid string" (tooluse calc-08).
     """
+    schema = schema or {}
     if isinstance(value, str):
         whole = _REF.fullmatch(value.strip())
         if whole and int(whole.group(1)) in evidence:
             text = evidence[int(whole.group(1))]
+            if schema.get("type") == "string":
+                return text
             try:
                 return json.loads(text)
             except (json.JSONDecodeError, ValueError):
                 return text
         return _REF.sub(lambda m: evidence.get(int(m.group(1)), m.group(0)), value)
     if isinstance(value, dict):
-        return {k: substitute(v, evidence) for k, v in value.items()}
+        properties = schema.get("properties", {})
+        return {k: substitute(v, evidence, properties.get(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [substitute(v, evidence) for v in value]
+        return [substitute(v, evidence, schema.get("items") if isinstance(schema.get("items"), dict) else None)
+                for v in value]
     return value

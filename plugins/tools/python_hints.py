@@ -208,16 +208,15 @@ def _indent_hint(code: str) -> Hint | None:
         if line.rstrip().endswith(":") and not line.lstrip().startswith("#"):
             opener = indent
     fixed_code = "\n".join(fixed)
-    if fixed_code == code:
-        return None
-    try:
-        compile(fixed_code, "<cell>", "exec")
-    except (SyntaxError, ValueError):
+    if fixed_code == code or not compiles(fixed_code):
         return None
     first = next(i for i, (a, b) in enumerate(zip(code.split("\n"), fixed)) if a != b)
     text = ("Hint: the line after a line ending in ':' must be indented under it, like this:\n"
             f"{fixed[first - 1]}\n{fixed[first]}")
     return Hint(text, "the line after each ':' indented", fixed_code)
+
+
+RETURN_FIX = "its last line's return as a plain value"
 
 
 def _return_hint(code: str) -> Hint:
@@ -234,20 +233,19 @@ def _return_hint(code: str) -> Hint:
     fixed = "\n".join(lines[:-1] + [head + value])
     if not compiles(fixed):
         return Hint(text + ".", "")
-    return Hint(f"{text}: {value}", "its last line's return as a plain value", fixed)
+    return Hint(f"{text}: {value}", RETURN_FIX, fixed)
 
 
-def returning_cell_fix(code: str) -> Hint | None:
-    """The return hint's fix, for a cell that cannot compile only because its last line returns (a SyntaxError, so
-    nothing of it would run). Such a cell runs fixed at once, with a note: under ReWOO no step would see the hint
+def returning_cell_fix(code: str) -> str | None:
+    """The return hint's fixed cell, for a cell that cannot compile only because its last line returns (a SyntaxError,
+    so nothing of it would run). Such a cell runs fixed at once, with a note: under ReWOO no step would see the hint
     and send the cell again (tooluse python-06, -07, -10, -12: the planner's cells ended in "return ...", and the
     solver answered from the error)."""
     try:
         compile(code, "<cell>", "exec")
     except SyntaxError as exc:
         if "'return' outside function" in str(exc.msg):
-            hint = _return_hint(code)
-            return hint if hint.fixed_code is not None else None
+            return _return_hint(code).fixed_code
     except (ValueError, OverflowError):
         return None
     return None

@@ -28,7 +28,8 @@ from typing import Any
 
 from hanlin import ToolResult
 from hanlin.errors import ToolError
-from hanlin.plugins.tools.python_hints import Hint, error_hint, no_output_text, returning_cell_fix, shown_names
+from hanlin.plugins.tools.python_hints import (RETURN_FIX, Hint, error_hint, no_output_text, returning_cell_fix,
+                                              shown_names)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _LIVE: weakref.WeakSet[KernelSession] = weakref.WeakSet()
@@ -354,9 +355,9 @@ class KernelSession:
             # The same cell again, straight after it failed in a way the hint showed a fix for: unchanged it can only
             # fail the same way, so it runs with that fix (see python_hints).
             code, ran_fix = self._fix_for[1].fixed_code, f"[run with {self._fix_for[1].fix}, as the hint said]\n"
-        elif (fix := returning_cell_fix(code)) is not None and fix.fixed_code is not None:
+        elif (fixed := returning_cell_fix(code)) is not None:
             # It would not compile, so nothing of it would run: it runs as the hint would have it (see python_hints).
-            code, ran_fix = fix.fixed_code, f"[run with {fix.fix}: a cell cannot return]\n"
+            code, ran_fix = fixed, f"[run with {RETURN_FIX}: a cell cannot return]\n"
         self._fix_for = None
         out = self._run(code, timeout, on_input)
         if self._closed:

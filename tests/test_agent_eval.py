@@ -6,6 +6,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import os
+import stat
 import tomllib
 from pathlib import Path
 
@@ -163,6 +165,22 @@ def test_a_run_without_any_call_attempt_reports_no_valid_call_rate() -> None:
                                EvalSettings(limit=1), FAST)
     assert set(result.metrics) == {"accuracy", "expected_tool", "steps"} and result.metrics["accuracy"].value == 1.0
     assert result.metrics["expected_tool"].value == 0.0 and any("valid_calls is not reported" in n for n in result.notes)
+
+
+def test_the_tools_folder_lets_the_kernels_users_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run as root, each python kernel has a user of its own: a 0700 temporary folder broke absolute paths into
+    it and warned on every tooluse run. Passable (o+x), not listable by others."""
+    modes = []
+    build = ToolUseDataset.build_tools
+
+    def spy(self: ToolUseDataset, settings: AgentSettings, workdir: Path) -> list:
+        modes.append(stat.S_IMODE(os.stat(workdir).st_mode))
+        return build(self, settings, workdir)
+
+    monkeypatch.setattr(ToolUseDataset, "build_tools", spy)
+    evaluate_agent(ScriptedModel(["Thought: easy\nFinal Answer: 1411381"]), ToolUseDataset(), EvalSettings(limit=1),
+                   FAST)
+    assert len(modes) == 1 and modes[0] & stat.S_IXOTH and not modes[0] & (stat.S_IROTH | stat.S_IWOTH)
 
 
 # ---- a real model ------------------------------------------------------------------------------------------------

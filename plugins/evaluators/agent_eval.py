@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import tempfile
 import threading
 import time
@@ -253,6 +254,9 @@ def evaluate_agent(model: ChatModel, dataset: ToolUseDataset, settings: EvalSett
     if not items:
         raise ConfigurationError(f"dataset '{dataset.name}' has no items to evaluate")
     with tempfile.TemporaryDirectory(prefix="hanlin-tooluse-") as workdir:
+        # Passable by others (not readable): run as root, the python tool's kernels each have a user of their own,
+        # and a private 0700 folder broke their absolute paths (and warned about it on every tooluse run).
+        os.chmod(workdir, 0o711)
         tools = dataset.build_tools(agent_settings, Path(workdir))
         try:
             return [_evaluate_protocol(model, dataset, items, tools, protocol, settings, agent_settings, cache, progress)

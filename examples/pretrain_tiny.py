@@ -7,11 +7,14 @@ The corpus ships with every Python install and nobody here wrote it: the standar
 docstrings) plus the long descriptions in the installed packages' METADATA. One file in 20 is held out. The steps:
 
 1. corpus  -> JSONL shards (train) and one held-out JSONL
-2. tokenizer: byte-level BPE trained on the training text (pretrain_tokenizer.py)
-3. `hanlin data` pipeline: jsonl reader -> ftfy -> whitespace -> length filter -> exact dedup -> tokenize-and-pack
-4. `hanlin pretrain`: a llama model from the size preset, cosine schedule with warm-up, for a bounded time
-5. held-out perplexity against a unigram model of the training tokens (the bar for having learnt anything)
-6. GGUF export, a greedy completion of a function signature by llama.cpp, and the same by `hanlin run --model OUT`
+2. `hanlin data` cleaning: jsonl reader -> ftfy -> whitespace -> code filter (generated files and data tables such as
+   the codecs' mapping tables out: a tiny model trained with them kept completed code with ``0, 0, 0000...``) ->
+   length filter -> exact dedup -> cleaned JSONL
+3. tokenizer: byte-level BPE trained on the cleaned training text (pretrain_tokenizer.py)
+4. `hanlin data` tokenize-and-pack into fixed-length rows, document boundaries kept
+5. `hanlin pretrain`: a llama model from the size preset, cosine schedule with warm-up, for a bounded time
+6. held-out perplexity against a unigram model of the training tokens (the bar for having learnt anything)
+7. GGUF export, a greedy completion of a function signature by llama.cpp, and the same by `hanlin run --model OUT`
    (plain text: a base model has no chat template)
 """
 
@@ -23,17 +26,19 @@ import json
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 
 import hanlin  # noqa: F401  (sets up the hanlin namespace and the OpenMP policy before torch loads)
 
 SIGNATURE = "def read_config(path):\n    "
+TESTS = {"test", "tests", "idle_test"}  # test suites and their data files (some deliberately broken Python)
 
 
 def corpus(quick: bool) -> tuple[list[dict], list[dict]]:
     """(training docs, held-out docs): stdlib modules and package descriptions, every 20th held out."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in stdlib.rglob("*.py") if "test" not in p.relative_to(stdlib).parts[0]
+    files = sorted(p for p in stdlib.rglob("*.py") if not TESTS.intersection(p.relative_to(stdlib).parts[:-1])
                    and "site-packages" not in p.parts)
     if quick:
         files = files[:80]
@@ -59,14 +64,38 @@ def write_jsonl(folder: Path, docs: list[dict], shards: int) -> Path:
     return folder
 
 
-def pack(raw: Path, run_dir: Path, tokenizer: Path, seq_len: int) -> tuple[Path, dict]:
-    """The data pipeline (the same blocks `hanlin data run` reads from a YAML file)."""
+def clean(raw: Path, run_dir: Path) -> tuple[Path, dict]:
+    """The cleaning pipeline (the same blocks `hanlin data run` reads from a YAML file): cleaned JSONL shards."""
     from hanlin.plugins.data.pipeline import Pipeline
 
-    blocks = [{"jsonl": {"paths": str(raw)}}, "ftfy", "whitespace", {"length": {"min_chars": 200}}, "exact_dedup",
+    blocks = [{"jsonl": {"paths": str(raw)}}, "ftfy", "whitespace", "code", {"length": {"min_chars": 200}},
+              "exact_dedup", {"write_jsonl": {"path": "clean"}}]
+    report = Pipeline.from_blocks(blocks, run_dir, workers=1).run()
+    return run_dir / "clean", report
+
+
+def pack(cleaned: Path, run_dir: Path, tokenizer: Path, seq_len: int) -> tuple[Path, dict]:
+    """Tokenize-and-pack the cleaned shards into fixed-length rows, document boundaries kept."""
+    from hanlin.plugins.data.pipeline import Pipeline
+
+    blocks = [{"jsonl": {"paths": str(cleaned)}},
               {"pack": {"tokenizer": str(tokenizer), "seq_len": seq_len, "path": "packed"}}]
     report = Pipeline.from_blocks(blocks, run_dir, workers=1).run()
     return run_dir / "packed", report
+
+
+def print_report(report: dict) -> None:
+    for block in report.get("blocks", []):
+        dropped = ", ".join(f"{n} {why}" for why, n in (block.get("dropped") or {}).items())
+        print(f"  data block {block.get('name')}: {block.get('docs_in')} in, {block.get('docs_out')} out"
+              + (f" (dropped: {dropped})" if dropped else ""))
+
+
+def texts(folder: Path) -> Iterator[str]:
+    for path in sorted(folder.glob("*.jsonl")):
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                yield json.loads(line)["text"]
 
 
 def main() -> None:
@@ -86,15 +115,17 @@ def main() -> None:
     raw_train = write_jsonl(out / "raw" / "train", train_docs, shards=2 if quick else 4)
     raw_held = write_jsonl(out / "raw" / "heldout", held_docs, shards=1)
 
+    clean_train, report = clean(raw_train, out / "clean-train")
+    clean_held, _ = clean(raw_held, out / "clean-heldout")
+    print_report(report)
+
     from hanlin.plugins.finetuners.pretrain_tokenizer import train_tokenizer
 
-    tokenizer = train_tokenizer((d["text"] for d in train_docs), out / "tokenizer", vocab_size=vocab)
+    tokenizer = train_tokenizer(texts(clean_train), out / "tokenizer", vocab_size=vocab)  # fitted to what it will read
     print(f"tokenizer: byte-level BPE, {vocab} tokens -> {tokenizer}")
-
-    train_packed, report = pack(raw_train, out / "data-train", tokenizer, seq_len)
-    held_packed, _ = pack(raw_held, out / "data-heldout", tokenizer, seq_len)
-    for block in report.get("blocks", []):
-        print(f"  data block {block.get('name')}: {block.get('docs_in')} in, {block.get('docs_out')} out")
+    train_packed, report = pack(clean_train, out / "data-train", tokenizer, seq_len)
+    held_packed, _ = pack(clean_held, out / "data-heldout", tokenizer, seq_len)
+    print_report(report)
 
     from hanlin.plugins.finetuners.pretrain import pretrain
     from hanlin.plugins.finetuners.pretrain_cli import print_progress

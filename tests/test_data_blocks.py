@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from hanlin.plugins.data.cleaners import BoilerplateCleaner, FtfyCleaner, WhitespaceCleaner
+from hanlin.plugins.data.code_filter import CodeFilter
 from hanlin.plugins.data.dedup_exact import ExactDedup
 from hanlin.plugins.data.document import DataError, Document, TaskContext
 from hanlin.plugins.data.filters import GopherFilter, LanguageFilter, LengthFilter, PredicateFilter
@@ -71,6 +72,33 @@ def test_filters_exact_reasons():
     assert PredicateFilter("os.path:isabs").fn("/x") is True
     with pytest.raises(Exception, match="module:function"):
         PredicateFilter("nocolon")
+
+
+def test_code_filter_drops_generated_files_and_data_tables_of_the_standard_library():
+    import encodings
+    import importlib.metadata
+    import textwrap
+    from pathlib import Path
+
+    def read(path: str) -> str:
+        return Path(path).read_text(encoding="utf-8")
+
+    codecs = Path(encodings.__file__).parent
+    docs = [Document("textwrap", read(textwrap.__file__)),                 # real code: kept
+            Document("readme", importlib.metadata.metadata("pydantic").get_payload()),  # a package's description
+            Document("cp855", read(codecs / "cp855.py")),                  # "generated from ... with gencodec.py"
+            Document("cp1125", read(codecs / "cp1125.py")),                # a hand-written codec table, no marker
+            Document("minified", "var a=1;" * 200),
+            Document("base64", "DATA = (\n" + "    b'" + "QUJD" * 300 + "'\n)\n")]
+    block = CodeFilter()
+    assert [d.id for d in run(block, docs)] == ["textwrap", "readme"]
+    assert block.stats.dropped == {
+        "code: generated (a marker such as 'do not edit' in the first 5 lines)": 1,
+        "code: digit share over 0.1 (a data table)": 1,
+        "code: a line longer than 1000 chars": 2,
+    }
+    relaxed = CodeFilter(max_digit_fraction=None, generated=False, max_line_length=None, max_mean_line_length=None)
+    assert len(run(relaxed, docs)) == 6
 
 
 def test_pii_masking_exact():

@@ -22,6 +22,7 @@ BLOCKS: dict[str, tuple[str, str]] = {
     "language": ("filters:LanguageFilter", "keep languages (langid) above a probability"),
     "length": ("filters:LengthFilter", "keep documents within char/word bounds"),
     "gopher": ("filters:GopherFilter", "Gopher quality and repetition rules"),
+    "code": ("code_filter:CodeFilter", "drop generated files, data tables and minified text from a code corpus"),
     "predicate": ("filters:PredicateFilter", "keep documents where a user function (module:function) is true"),
     "exact_dedup": ("dedup_exact:ExactDedup", "drop exact duplicates (normalised text), keep the smallest id"),
     "minhash": ("minhash:MinHashDedup", "MinHash LSH near-dedup at a Jaccard threshold, keep the smallest id"),

@@ -597,11 +597,19 @@ def test_tools_protocol_runs_python_code_the_model_showed_instead_of_calling_the
     assert [(c.name, c.arguments) for c in assistant.tool_calls] == [("python", {"code": "print(2 + 3)"})]
     assert observation.tool_call_id == assistant.tool_calls[0].id and observation.content == "ran 'print(2 + 3)'"
 
-    # once the code tool has returned a result, code in a reply illustrates the answer
-    model = ScriptedModel([Completion(text="", tool_calls=[ToolCall(id="c1", name="python", arguments={"code": "1"})]),
-                           shown])
-    result = Agent(model, [python], protocol="tools").run("q")
+    # a question that names the code tool is told a fenced block is a call, so a block after a result is the next call
+    assert "you can write the code itself in a ```python block" in model.calls[0][0][0].content
+    called = Completion(text="", tool_calls=[ToolCall(id="c1", name="python", arguments={"code": "1"})])
+    model = ScriptedModel([called, shown, "5"])
+    result = Agent(model, [python], protocol="tools").run("What is 2 + 3? Run Python.")
+    assert result.status == "answered" and result.output == "5"
+    assert [c.arguments["code"] for m in result.messages for c in m.tool_calls] == ["1", "print(2 + 3)"]
+    # otherwise the line is not shown, and once the code tool has returned a result code in a reply illustrates the
+    # answer
+    model = ScriptedModel([called, shown])
+    result = Agent(model, [python], protocol="tools").run("What is 2 + 3?")
     assert result.status == "answered" and result.output == shown
+    assert "python block" not in model.calls[0][0][0].content
     # without a tool that runs code, or with two blocks, the reply is the answer
     assert Agent(ScriptedModel([shown]), [add], protocol="tools").run("q").output == shown
     two = shown + "\nor:\n```python\nprint(5)\n```"

@@ -155,6 +155,22 @@ def test_statements_crammed_on_one_line_and_percentages_get_their_fix(python) ->
         "[run with each percentage written as a fraction, as the hint said]\n20.0"
 
 
+def test_a_number_written_with_a_leading_zero_gets_its_fix(python) -> None:
+    """`datetime(2024, 11, 03)`: Python's message suggests 0o, which the model took for the fix (python-05 and
+    python-14, tools protocol, re-sent to the end of the run)."""
+    from hanlin.plugins.tools.python_syntax_hints import syntax_hint
+
+    cell = "from datetime import date\nprint((date(2024, 11, 03) - date(2024, 01, 15)).days)"
+    first = run(python, cell)
+    assert first.is_error and first.content.endswith(
+        "Hint: in Python a whole number cannot start with 0: write 3, not 03 (an 0o prefix would make it octal, which "
+        "a date or a count is not)")
+    assert run(python, cell).content == "[run with the leading zeros of each number dropped, as the hint said]\n293"
+    # strings, comments, floats, 0o/0x literals and a plain 00 are not touched
+    assert syntax_hint('x = "03"  # 03\nprint(x, 0o7, 0x1f, 00, 007.5, 0.5)') is None
+    assert syntax_hint('print(05, "05", 0o7)  # 05').fixed_code == 'print(5, "05", 0o7)  # 05'
+
+
 def test_a_function_looked_for_in_the_wrong_module_is_imported_from_the_right_one(python) -> None:
     """`math.isprime(i)`, sent six times over (python-01 and python-16, tools protocol): sympy has isprime."""
     from hanlin.plugins.tools.python_hints import error_hint

@@ -73,9 +73,10 @@ def only_tool_taking(arguments: Any, ctx: RunContext) -> str | None:
 def code_format(ctx: RunContext) -> str:
     """The prompt's line that lets a call to the code tool be a ```python block (see code_fence), as ReAct and ReWOO
     ask, while the question names that tool ("use Python"). Inside a JSON string Qwen2.5-Coder-0.5B wrote worse code
-    than in a fence (`'e' in s` for a count, the sentence read from ``sys.argv``): tooluse@tools python items 9 -> 13
-    of 21 with the line. Shown for every question it cost more than that: the same model then answered look-ups with
-    a passage count ("3") and calculator results from nowhere (all 63: 0.46 -> 0.40)."""
+    than in a fence (`'e' in s` for a count, the sentence read from ``sys.argv``): tooluse@tools python items 9 -> 11
+    of 21 with the line (all 63, paired: 0.46 -> 0.49; 13 of 21 when the python items ran alone). Shown for every
+    question it cost more than that: the model then answered look-ups with a passage count ("3") and calculator
+    questions with numbers from nowhere (all 63: 0.46 -> 0.40)."""
     names = [name for name, tool in ctx.tools.items() if is_code_tool(tool)]
     if not names or not requested_tools(current_question(ctx)[0], names[:1]):
         return ""

@@ -99,7 +99,6 @@ def _percent_hint(code: str) -> Hint | None:
     return Hint(text, "each percentage written as a fraction", fixed_code)
 
 
-
 def _leading_zero_hint(code: str) -> Hint | None:
     """``03`` read as the number 3: Python tokenizes it as ``0`` then ``3``, which is how the literal is found (a
     string or comment holding "03" is a single token and is left alone)."""
@@ -108,7 +107,7 @@ def _leading_zero_hint(code: str) -> Hint | None:
     except (tokenize.TokenError, SyntaxError, IndentationError):
         return None
     lines = code.split("\n")
-    spans = []  # (row, start column, end column) of the zeros to drop
+    spans = []  # (row, start column, end column) of the zeros to drop, the number as written, the number
     for zeros, digits in zip(tokens, tokens[1:]):
         if (zeros.type == digits.type == tokenize.NUMBER and zeros.end == digits.start and set(zeros.string) == {"0"}
                 and digits.string[:1] in "123456789"):

@@ -1,6 +1,6 @@
 """Pre-train a tiny Python model from scratch on this machine's own Python, then run it with hanlin.
 
-    python examples/pretrain_tiny.py --out pretrain-tiny            # ~10M parameters, 10 minutes of training
+    python examples/pretrain_tiny.py --out pretrain-tiny            # 10 minutes of training (3.3M params on a CPU)
     python examples/pretrain_tiny.py --out /tmp/pt --quick          # the CI version: small, under a minute
 
 The corpus ships with every Python install and nobody here wrote it: the standard library's source (code and
@@ -12,10 +12,13 @@ docstrings) plus the long descriptions in the installed packages' METADATA. One 
    length filter -> exact dedup -> cleaned JSONL
 3. tokenizer: byte-level BPE trained on the cleaned training text (pretrain_tokenizer.py)
 4. `hanlin data` tokenize-and-pack into fixed-length rows, document boundaries kept
-5. `hanlin pretrain`: a llama model from the size preset, cosine schedule with warm-up, for a bounded time
+5. `hanlin pretrain`: a llama model from the size preset, cosine schedule with warm-up, for a bounded time. On a
+   CPU the default is the `3m` preset, not the ~8.4M `tiny`: in 10 minutes on 2 cores a model this small is starved
+   of tokens, not of parameters, and `3m` reads twice as many (held-out perplexity 131 against tiny's 227). With CUDA
+   the default is `tiny`.
 6. held-out perplexity against a unigram model of the training tokens (the bar for having learnt anything)
 7. GGUF export, a greedy completion of a function signature by llama.cpp, and the same by `hanlin run --model OUT`
-   (plain text: a base model has no chat template)
+   (plain text: a base model has no chat template), both with a frequency penalty of 0.5 against greedy loops
 """
 
 from __future__ import annotations
@@ -31,7 +34,13 @@ from pathlib import Path
 
 import hanlin  # noqa: F401  (sets up the hanlin namespace and the OpenMP policy before torch loads)
 
-SIGNATURE = "def read_config(path):\n    "
+# The prompt stops at the colon. Byte-level BPE glues a word's leading space to the word (" return"), so a prompt that
+# ends in its indentation ends in a lone whitespace token the model has hardly seen: the 3m model answered
+# "def read_config(path):\n    " with "1):" and "def read_config(path):" with an indented docstring.
+SIGNATURE = "def read_config(path):"
+# Greedy decoding of a model this small loops on one phrase ('"""Return a list of the list of the list of the');
+# OpenAI's frequency penalty, the same in llama.cpp and hanlin, lowers a token by 0.5 per time it was written.
+PENALTY = 0.5
 TESTS = {"test", "tests", "idle_test"}  # test suites and their data files (some deliberately broken Python)
 
 
@@ -103,7 +112,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("pretrain-tiny"))
     parser.add_argument("--quick", action="store_true", help="small corpus and model, under a minute (CI)")
     parser.add_argument("--minutes", type=float, default=10.0, help="training time (ignored with --quick)")
-    parser.add_argument("--preset", default=None, help="model size preset (default: tiny; 1m with --quick)")
+    parser.add_argument("--preset", default=None,
+                        help="model size preset (default: 3m on a CPU, tiny with CUDA; 1m with --quick)")
     args = parser.parse_args()
     out: Path = args.out
     quick = args.quick
@@ -132,9 +142,11 @@ def main() -> None:
 
     model_dir = out / "model"
     budget = {"max_steps": 60} if quick else {"max_minutes": args.minutes}
+    preset = args.preset or default_preset(quick)
     result = pretrain(None, data=str(train_packed), eval_data=str(held_packed), tokenizer=str(tokenizer),
-                      preset=args.preset or ("1m" if quick else "tiny"), output_dir=str(model_dir),
-                      batch_size=8, learning_rate=3e-3 if quick else 2e-3, warmup_ratio=0.05, log_every=10,
+                      preset=preset, output_dir=str(model_dir),
+                      batch_size=8, learning_rate=3e-3 if preset in ("1m", "3m") else 2e-3, warmup_ratio=0.05,
+                      log_every=10,
                       export=["merged", "gguf"], gguf_type="f32" if quick else "f16",
                       eval_sequences=64 if quick else 256,
                       progress=(lambda r: None) if quick else print_progress, **budget)
@@ -142,13 +154,23 @@ def main() -> None:
 
     tokens = 48 if not quick else 16
     completion = complete(model_dir / "model.gguf", SIGNATURE, tokens)
-    print("llama.cpp greedy completion of the signature:\n" + SIGNATURE + completion)
+    print(f"llama.cpp greedy completion of the signature (frequency_penalty {PENALTY}):\n" + SIGNATURE + completion)
     cli = [sys.executable, "-c", "from hanlin.cli import main; main()"]
     # A base model has no chat template, so `hanlin run` continues the text as written (no agent prompt).
-    run = subprocess.run([*cli, "run", "--model", str(model_dir), "--max-tokens", str(tokens), SIGNATURE],
-                         capture_output=True, text=True, timeout=600)
-    print(f"$ hanlin run --model {model_dir} --max-tokens {tokens} {SIGNATURE!r}  -> exit {run.returncode}")
+    run = subprocess.run([*cli, "run", "--model", str(model_dir), "--max-tokens", str(tokens), "--frequency-penalty",
+                          str(PENALTY), SIGNATURE], capture_output=True, text=True, timeout=600)
+    print(f"$ hanlin run --model {model_dir} --max-tokens {tokens} --frequency-penalty {PENALTY} {SIGNATURE!r}  "
+          f"-> exit {run.returncode}")
     print(run.stdout + run.stderr[-400:])
+
+
+def default_preset(quick: bool) -> str:
+    """The shape that learns most in the time budget on this device (see step 5 above)."""
+    if quick:
+        return "1m"
+    import torch
+
+    return "tiny" if torch.cuda.is_available() else "3m"
 
 
 def complete(gguf: Path, prompt: str, n: int) -> str:
@@ -156,7 +178,7 @@ def complete(gguf: Path, prompt: str, n: int) -> str:
 
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=512, n_threads=2, verbose=False)
     try:
-        out = llm.create_completion(prompt, max_tokens=n, temperature=0.0, top_k=1)
+        out = llm.create_completion(prompt, max_tokens=n, temperature=0.0, top_k=1, frequency_penalty=PENALTY)
     finally:
         llm.close()
     return out["choices"][0]["text"]

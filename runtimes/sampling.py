@@ -30,6 +30,26 @@ def new_generator(device: Any, seed: int | None) -> Any:
     return torch.Generator(device=device).manual_seed(seed if seed is not None else random.randrange(2**63))
 
 
+def penalize(logits: Any, written: Sequence[Sequence[int]], frequency: Sequence[float],
+             presence: Sequence[float]) -> Any:
+    """OpenAI's frequency and presence penalties: logits [rows, vocab] where a token's logit is lowered by
+    frequency x how often the row's reply has written it, plus presence once it has written it at all. Applied
+    before greedy or sampled choice alike (as llama.cpp and OpenAI do). A new tensor (the engine's logits are
+    inference tensors); rows without penalties keep their values."""
+    import torch
+
+    rows = [i for i in range(len(written)) if (frequency[i] or presence[i]) and written[i]]
+    if not rows:
+        return logits
+    penalty = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
+    for i in rows:
+        tokens = torch.tensor(written[i], dtype=torch.long, device=logits.device)
+        counts = torch.zeros(logits.shape[-1], dtype=torch.float32, device=logits.device)
+        counts.scatter_add_(0, tokens, torch.ones(len(written[i]), dtype=torch.float32, device=logits.device))
+        penalty[i] = frequency[i] * counts + presence[i] * (counts > 0).float()
+    return (logits.float() - penalty).to(logits.dtype)
+
+
 def sample(logits: Any, temperature: Sequence[float], top_k: Sequence[int], top_p: Sequence[float],
            min_p: Sequence[float], generators: Sequence[Any]) -> Any:
     """Next tokens [rows] (int64, on the logits' device) from logits [rows, vocab]; per row: temperature (0 is
@@ -70,9 +90,14 @@ def sample(logits: Any, temperature: Sequence[float], top_k: Sequence[int], top_
     return tokens
 
 
-def sample_token(logits: Any, temperature: float, top_k: int | None, top_p: float | None, generator: Any) -> int:
+def sample_token(logits: Any, temperature: float, top_k: int | None, top_p: float | None, generator: Any, *,
+                 written: Sequence[int] = (), frequency_penalty: float | None = None,
+                 presence_penalty: float | None = None) -> int:
     """One position's next token (1-D logits) with the default cuts for what is not given, drawn on the CPU with
-    a CPU ``generator``: a seed gives the same tokens whatever device the model is on (the transformers runtime)."""
+    a CPU ``generator``: a seed gives the same tokens whatever device the model is on (the transformers runtime).
+    ``written``: the reply's tokens so far, for the penalties."""
+    if frequency_penalty or presence_penalty:
+        logits = penalize(logits[None], [written], [frequency_penalty or 0.0], [presence_penalty or 0.0])[0]
     if temperature == 0:
         return int(logits.argmax())
     k = DEFAULT_TOP_K if top_k is None else top_k  # 0 means no top-k cut, as in llama.cpp

@@ -61,6 +61,11 @@ class GenerationParams(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=0)
     seed: int | None = None
+    # OpenAI's penalties: each token's logit is lowered by frequency_penalty x how often this reply has written it,
+    # plus presence_penalty once it has written it at all. Greedy decoding of a small base model loops on one
+    # phrase; 0.5 is a usual cure (see examples/pretrain_tiny.py).
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     stop: list[str] = Field(default_factory=list)
     constraint: Constraint | None = None
     tools: list[dict[str, Any]] | None = None  # OpenAI-style function specs, for native tool calling

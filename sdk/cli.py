@@ -152,9 +152,9 @@ def _model_config(base_url: str | None, api_key: str | None) -> dict[str, Any]:
 
 def _build_agent(model: str, runtime: str | None, protocol: str, tool: list[str] | None, max_steps: int,
                  constrain: bool, temperature: float | None, seed: int | None, config: dict[str, Any] | None = None,
-                 *, samples: int = 1, examples: bool = True) -> Agent:
+                 *, samples: int = 1, examples: bool = True, penalties: dict[str, float] | None = None) -> Agent:
     chat_model = load_model(model, runtime=runtime, **(config or {}))
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = dict(penalties or {})
     if temperature is not None:
         params["temperature"] = temperature
     if seed is not None:
@@ -183,6 +183,11 @@ def run_cmd(
     constrain: Annotated[bool, typer.Option("--constrain/--no-constrain", help="Constrained decoding when the runtime supports it.")] = True,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (default: greedy).")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    frequency_penalty: Annotated[float | None, typer.Option(min=-2, max=2, help=(
+        "Lower a token's logit by this much per time the reply has written it (OpenAI's; 0.5 stops a small base "
+        "model's greedy loops)."))] = None,
+    presence_penalty: Annotated[float | None, typer.Option(min=-2, max=2, help=(
+        "Lower a token's logit by this much once the reply has written it (OpenAI's)."))] = None,
     samples: Annotated[int, typer.Option(help=(
         "Self-consistency: run the task N times sampled (--temperature, default 0.7) and keep the majority answer; "
         "the winning run's events are shown once all runs are done."))] = 1,
@@ -199,6 +204,8 @@ def run_cmd(
     max_tokens: Annotated[int, typer.Option(help="Tokens to write with --complete.")] = 64,
 ) -> None:
     """Run an agent on one task, streaming its thoughts, tool calls and observations."""
+    penalties = {k: v for k, v in (("frequency_penalty", frequency_penalty), ("presence_penalty", presence_penalty))
+                 if v is not None}
     if complete is not False:
         try:
             chat_model = load_model(model, runtime=runtime, **_model_config(base_url, api_key))
@@ -206,12 +213,14 @@ def run_cmd(
             fail(str(exc))
             return
         if complete or not chat_model.capabilities.chat_template:
-            _complete_text(chat_model, task, max_tokens, temperature, seed, explicit=bool(complete))
+            _complete_text(chat_model, task, max_tokens, temperature, seed, explicit=bool(complete),
+                           penalties=penalties)
             return
         model = chat_model  # type: ignore[assignment]  # load_model takes a loaded model as it is
     try:
         agent = _build_agent(model, runtime, protocol, tool, max_steps, constrain, temperature, seed,
-                             _model_config(base_url, api_key), samples=samples, examples=examples)
+                             _model_config(base_url, api_key), samples=samples, examples=examples,
+                             penalties=penalties)
         try:
             result = agent.run(task, on_event=None if as_json else EventPrinter())
         finally:
@@ -227,12 +236,12 @@ def run_cmd(
 
 
 def _complete_text(chat_model: Any, prompt: str, max_tokens: int, temperature: float | None, seed: int | None,
-                   *, explicit: bool) -> None:
+                   *, explicit: bool, penalties: dict[str, float] | None = None) -> None:
     """Stream a plain-text continuation of ``prompt``: a base model asked in an agent's chat layout only babbles."""
     if not explicit:
         typer.echo(f"({chat_model.name} has no chat template: continuing the text as written; --agent runs the "
                    "agent anyway)", err=True)
-    params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature or 0.0}
+    params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature or 0.0, **(penalties or {})}
     if seed is not None:
         params["seed"] = seed
     try:

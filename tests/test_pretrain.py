@@ -179,7 +179,7 @@ def test_bad_settings_are_named_before_anything_loads(tmp_path: Path, bpe_packed
     from hanlin.plugins.finetuners.pretrain import pretrain
     from hanlin.plugins.finetuners.pretrain_config import load_pretrain_config
 
-    with pytest.raises(ConfigurationError, match="unknown preset 'huge'.*presets: 1m, tiny"):
+    with pytest.raises(ConfigurationError, match="unknown preset 'huge'.*presets: 1m, 3m, tiny"):
         load_pretrain_config(None, data=str(bpe_packed), preset="huge")
     with pytest.raises(ConfigurationError, match="max_steps or max_minutes"):
         load_pretrain_config(None, data=str(bpe_packed), max_steps=3, max_minutes=1)

@@ -25,11 +25,13 @@ def test_pretrain_tiny_quick(tmp_path: Path) -> None:
     model_ppl, unigram_ppl = map(float, found.groups())
     assert model_ppl < unigram_ppl, out
     assert (tmp_path / "model" / "model.gguf").is_file()
-    found = re.search(r"llama.cpp greedy completion of the signature:\n(def read_config\(path\):\n.*?)\n\$ hanlin run",
+    found = re.search(r"llama.cpp greedy completion of the signature \(frequency_penalty 0.5\):\n"
+                      r"(def read_config\(path\):.*?)\n\$ hanlin run",
                       out, re.S)
     assert found, out
     llama_text = found.group(1)
-    ran = re.search(r"\$ hanlin run --model \S+ --max-tokens 16 .* -> exit (\d)\n(.*?)\n\(model has no chat template",
+    ran = re.search(r"\$ hanlin run --model \S+ --max-tokens 16 --frequency-penalty 0.5 .* -> exit (\d)\n(.*?)\n"
+                    r"\(model has no chat template",
                     out, re.S)
     assert ran and ran.group(1) == "0", out
     # a base model is continued as plain text, token for token what llama.cpp writes (not an agent's chat prompt)

@@ -85,11 +85,12 @@ def endpoint():
 def test_retries_busy_answers_with_backoff(endpoint) -> None:
     server = endpoint([BUSY, BUSY, (200, OK)])
     model = load_model("any-model", runtime="remote", base_url=server.url, api_key="k", backoff=0.01)
-    completion = model.generate("hi", max_tokens=5, temperature=0)
+    completion = model.generate("hi", max_tokens=5, temperature=0, frequency_penalty=0.5)
     assert completion.text == "Hello" and completion.usage.total_tokens == 7
     assert len(server.requests) == 3
     body = server.requests[0]
     assert body["model"] == "any-model" and body["stream"] is True and body["max_tokens"] == 5
+    assert body["frequency_penalty"] == 0.5 and "presence_penalty" not in body  # what was not set is not sent
 
 
 def test_gives_up_after_max_retries(endpoint) -> None:

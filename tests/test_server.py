@@ -121,6 +121,19 @@ def test_completions_and_models(client) -> None:
     assert [m.id for m in client.models.list().data] == ["smollm2", "calc-agent"]
 
 
+def test_completions_take_openais_penalties(client, smollm2) -> None:
+    """The server's answer equals the cpu runtime's own penalized completion, and differs from the plain one."""
+    prompt = "1, 2, 1, 2, 1, 2,"
+    want = "".join(c.text for c in smollm2.stream_prompt(prompt, max_tokens=20, temperature=0, frequency_penalty=1.0))
+    got = client.completions.create(model="smollm2", prompt=prompt, max_tokens=20, temperature=0, frequency_penalty=1.0)
+    plain = client.completions.create(model="smollm2", prompt=prompt, max_tokens=20, temperature=0)
+    assert got.choices[0].text == want != plain.choices[0].text
+    chat = [{"role": "user", "content": "Count: 1, 2, 1, 2, 1, 2,"}]
+    replies = {client.chat.completions.create(model="smollm2", messages=chat, max_tokens=24, temperature=0,
+                                              presence_penalty=p).choices[0].message.content for p in (0.0, 2.0)}
+    assert len(replies) == 2
+
+
 def test_agent_served_as_a_model(client) -> None:
     reply = client.chat.completions.create(model="calc-agent", messages=[{"role": "user", "content": "What is 6*7? Use the calculator."}])
     extra = reply.model_extra
@@ -149,6 +162,7 @@ def _error(response: httpx.Response) -> dict:
         ({"Authorization": f"Bearer {KEY}"}, json.dumps({"model": "gpt-9", "messages": HELLO}).encode(), 404, "'gpt-9' is not served"),
         ({"Authorization": f"Bearer {KEY}"}, json.dumps({"model": "smollm2", "messages": HELLO, "temperature": 7}).encode(), 400, "'temperature'"),
         ({"Authorization": f"Bearer {KEY}"}, json.dumps({"model": "smollm2", "messages": []}).encode(), 400, "'messages'"),
+        ({"Authorization": f"Bearer {KEY}"}, json.dumps({"model": "smollm2", "messages": HELLO, "frequency_penalty": 3}).encode(), 400, "'frequency_penalty'"),
         ({"Authorization": f"Bearer {KEY}"}, json.dumps({"model": "smollm2", "messages": [{"role": "robot", "content": "x"}]}).encode(), 400, "role must be one of"),
         ({"Authorization": f"Bearer {KEY}"}, json.dumps({"model": "smollm2", "messages": HELLO, "n": 3}).encode(), 400, "'n'"),
         ({}, json.dumps({"model": "smollm2", "messages": HELLO}).encode(), 401, "missing API key"),

@@ -23,7 +23,7 @@ def add_commands(cli: Any, typer: Any) -> None:
         eval_split: float | None = typer.Option(None, "--eval-split", help="Share of sequences held out instead."),
         eval_sequences: int | None = typer.Option(None, "--eval-sequences", help="Held-out sequences evaluated."),
         tokenizer: str | None = typer.Option(None, "--tokenizer", help="Tokenizer folder or model (default: data's)."),
-        preset: str | None = typer.Option(None, "--preset", help="1m, tiny, small, 100m, 350m or 1b."),
+        preset: str | None = typer.Option(None, "--preset", help="1m, 3m, tiny, small, 100m, 350m or 1b."),
         model_config_file: str | None = typer.Option(None, "--model-config", help="JSON of LlamaConfig fields."),
         init_from: str | None = typer.Option(None, "--init-from", help="Continue pre-training this model."),
         output_dir: str | None = typer.Option(None, "--out", "-o", help="Checkpoints, metrics and exports."),

@@ -249,6 +249,7 @@ class LlamaChatModel(ChatModel):
             top_k=params.top_k if params.top_k is not None else 40,
             top_p=params.top_p if params.top_p is not None else 0.95,
             min_p=0.05 if temperature > 0 else 0.0, repeat_penalty=self.repeat_penalty,
+            frequency_penalty=params.frequency_penalty or 0.0, presence_penalty=params.presence_penalty or 0.0,
         )
         sampled = decode(llm, sampler, tokens[reused:], max_tokens + 1)
         generated, finish = 0, "length"

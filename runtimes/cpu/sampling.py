@@ -22,14 +22,16 @@ class GrammarFirstSampler:
     """Samples token after token from ``llm``'s context; ``grammar`` (GBNF text) may be None."""
 
     def __init__(self, llm: Any, vocab: Any, grammar: str | None, *, temperature: float, top_k: int, top_p: float,
-                 min_p: float, repeat_penalty: float) -> None:
+                 min_p: float, repeat_penalty: float, frequency_penalty: float = 0.0,
+                 presence_penalty: float = 0.0) -> None:
         import llama_cpp
 
         self._lib = llama_cpp
         self._llm = llm
         self._vocab = vocab
         self._chain = llm._init_sampler(
-            temp=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty
+            temp=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+            frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
         )
         self._grammar = None
         if grammar is not None:

@@ -168,6 +168,7 @@ class GpuChatModel(ChatModel):
             temperature=temperature, top_k=DEFAULT_TOP_K if params.top_k is None else params.top_k,
             top_p=DEFAULT_TOP_P if params.top_p is None else params.top_p,
             min_p=DEFAULT_MIN_P if temperature > 0 else 0.0, seed=params.seed,
+            frequency_penalty=params.frequency_penalty or 0.0, presence_penalty=params.presence_penalty or 0.0,
             stop_token_ids=tuple(self.prompt.eos_ids),
         )
         if params.constraint is not None:

@@ -21,7 +21,7 @@ from hanlin.runtimes.gpu.layers import Ops, StepBatch
 from hanlin.runtimes.gpu.model import DecoderLM
 from hanlin.runtimes.gpu.scheduler import Scheduled, Scheduler
 from hanlin.runtimes.gpu.sequence import SamplingParams, Sequence, Status
-from hanlin.runtimes.sampling import new_generator, sample
+from hanlin.runtimes.sampling import new_generator, penalize, sample
 
 
 @dataclass(slots=True)
@@ -321,6 +321,9 @@ def _sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         if seq.params.temperature > 0 and seq.generator is None:
             seq.generator = new_generator(logits.device, seq.params.seed)
     ps = [seq.params for seq in seqs]
+    if any(p.frequency_penalty or p.presence_penalty for p in ps):
+        logits = penalize(logits, [seq.tokens[seq.prompt_len:] for seq in seqs], [p.frequency_penalty for p in ps],
+                 [p.presence_penalty for p in ps])
     return sample(logits, [p.temperature for p in ps], [p.top_k for p in ps], [p.top_p for p in ps],
                   [p.min_p for p in ps], [seq.generator for seq in seqs]).tolist()
 

@@ -20,6 +20,8 @@ class SamplingParams:
     top_p: float = 1.0
     min_p: float = 0.0  # drop tokens below min_p x the top token's probability
     seed: int | None = None
+    frequency_penalty: float = 0.0  # OpenAI's, over the tokens this sequence has written
+    presence_penalty: float = 0.0
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     grammar: Any = None  # an xgrammar CompiledGrammar: each step's logits are masked to what it allows
@@ -37,6 +39,9 @@ class SamplingParams:
             problems.append(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not 0 <= self.min_p < 1:
             problems.append(f"min_p must be in [0, 1), got {self.min_p!r}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2 <= getattr(self, name) <= 2:  # also catches NaN
+                problems.append(f"{name} must be in [-2, 2], got {getattr(self, name)!r}")
         if self.seed is not None and not isinstance(self.seed, int):
             problems.append(f"seed must be an integer or None, got {self.seed!r}")
         if problems:

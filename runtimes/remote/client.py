@@ -112,7 +112,7 @@ class RemoteChatModel(ChatModel):
     def _body(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.name, "messages": to_openai_messages(messages), "stream": True,
                                 "stream_options": {"include_usage": True}}
-        for key in ("max_tokens", "temperature", "top_p", "seed"):
+        for key in ("max_tokens", "temperature", "top_p", "seed", "frequency_penalty", "presence_penalty"):
             value = getattr(params, key)
             if value is not None:
                 body[key] = value

@@ -142,12 +142,13 @@ class TransformersChatModel(ChatModel):
         generator = torch.Generator().manual_seed(params.seed if params.seed is not None else random.randrange(2**31))
         reply = ReplyStream(self.tokenizer, params.stop, plan)
         finish = "length"
-        step, past = prompt, None
+        step, past, written = prompt, None, []
         # The lock is taken per forward step, not per call: each call owns its KV cache, so concurrent
         # callers interleave safely, and a consumer that stops reading a stream never blocks the others.
         for _ in range(max_tokens):
             logits, past = self._forward(step, past)
-            token = sample_token(logits, temperature, params.top_k, params.top_p, generator)
+            token = sample_token(logits, temperature, params.top_k, params.top_p, generator, written=written,
+                                 frequency_penalty=params.frequency_penalty, presence_penalty=params.presence_penalty)
             if token in self._eos:
                 finish = "stop"
                 break
@@ -156,6 +157,7 @@ class TransformersChatModel(ChatModel):
                 finish = "stop"
                 break
             step = [token]
+            written.append(token)
         usage = Usage(prompt_tokens=len(prompt), completion_tokens=reply.num_tokens,
                       prompt_tokens_evaluated=len(prompt), prompt_tokens_reused=0)
         yield from reply.close(finish, usage)

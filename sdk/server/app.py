@@ -183,7 +183,8 @@ def create_app(
         plan = plan_tools(req, model)
         params = GenerationParams(
             max_tokens=req.max_completion_tokens or req.max_tokens, temperature=req.temperature, top_p=req.top_p,
-            seed=req.seed, stop=req.stop or [], constraint=plan.constraint, tools=plan.tools,
+            seed=req.seed, frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty,
+            stop=req.stop or [], constraint=plan.constraint, tools=plan.tools,
             tool_choice=plan.tool_choice, parallel_tool_calls=req.parallel_tool_calls,
         )
         completion_id = "chatcmpl-" + uuid.uuid4().hex[:24]
@@ -243,7 +244,9 @@ def create_app(
         if agent is not None and req.model == agent_name:
             raise APIError(400, "agents are served through /v1/chat/completions", param="model")
         stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
-        params = GenerationParams(max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=stop)
+        params = GenerationParams(max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
+                                  frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty,
+                                  stop=stop)
         completion_id = "cmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
         slot = admission.admit()

@@ -35,8 +35,9 @@ from pathlib import Path
 import hanlin  # noqa: F401  (sets up the hanlin namespace and the OpenMP policy before torch loads)
 
 # The prompt stops at the colon. Byte-level BPE glues a word's leading space to the word (" return"), so a prompt that
-# ends in its indentation ends in a lone whitespace token the model has hardly seen: the 3m model answered
-# "def read_config(path):\n    " with "1):" and "def read_config(path):" with an indented docstring.
+# ends in its indentation ends in a lone whitespace token the model has hardly seen: through llama.cpp called directly
+# the 3m model answered "def read_config(path):\n    " with "1):" and "def read_config(path):" with an indented
+# docstring (hanlin's runtimes heal such a prompt: runtimes/token_healing.py; `complete()` below is llama.cpp alone).
 SIGNATURE = "def read_config(path):"
 # Greedy decoding of a model this small loops on one phrase ('"""Return a list of the list of the list of the');
 # OpenAI's frequency penalty, the same in llama.cpp and hanlin, lowers a token by 0.5 per time it was written.

@@ -52,13 +52,14 @@ class ReplyStream:
     call on is held too and parsed for calls at the end (``hanlin.runtimes.tool_calls``).
     """
 
-    def __init__(self, tokenizer: Any, stop: list[str], plan: Any = None) -> None:
+    def __init__(self, tokenizer: Any, stop: list[str], plan: Any = None, heal: str = "") -> None:
         from hanlin.runtimes.text_stream import StopScanner
         from hanlin.runtimes.tool_calls import ToolPlan
 
         self.scanner, self.text = StopScanner(list(stop)), Detokenizer(tokenizer)
         self.reply = (plan or ToolPlan()).reply()
         self.calls: list[Any] = []
+        self.healing = heal  # what is left of a healed prompt tail (see token_healing): written again, not shown
 
     @property
     def stopped(self) -> bool:
@@ -77,7 +78,11 @@ class ReplyStream:
 
     def add(self, token: int) -> Any:
         """Chunks for one more token (none while text is held back)."""
-        yield from self._emit(self.scanner.feed_text(self.text.add(token)))
+        delta = self.text.add(token)
+        if self.healing and delta:
+            cut = min(len(self.healing), len(delta))
+            self.healing, delta = self.healing[cut:], delta[cut:]
+        yield from self._emit(self.scanner.feed_text(delta))
 
     def close(self, finish: str, usage: Any) -> Any:
         """The held-back tail, the parsed rest of the reply, then the final chunk with usage and tool calls."""

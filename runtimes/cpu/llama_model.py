@@ -38,6 +38,7 @@ from hanlin.runtimes.cpu.sampling import GrammarFirstSampler, decode
 from hanlin.runtimes.prompt_guard import guarded_segments, tokenize_segments
 from hanlin.runtimes.scoring import pair_ids
 from hanlin.runtimes.text_stream import StopScanner
+from hanlin.runtimes.token_healing import healing_grammar, heals, whitespace_tail
 from hanlin.runtimes.tool_calls import ToolPlan, detect_format, plan_tools, repeats_a_call, trigger_start
 
 DEFAULT_MAX_TOKENS = 512
@@ -213,9 +214,18 @@ class LlamaChatModel(ChatModel):
         return self._stream_tokens(self.prompt_tokens(messages, plan.render_tools), params, plan)
 
     def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
-        return self._stream_tokens(self.tokenize(prompt), params, ToolPlan())
+        tokens = self.tokenize(prompt)
+        healed = whitespace_tail(tokens, self._token_text) if heals(params) else 0
+        if not healed:
+            return self._stream_tokens(tokens, params, ToolPlan())
+        tail = b"".join(self._token_text(t) for t in tokens[-healed:])
+        return self._stream_tokens(tokens[:-healed], params, ToolPlan(), heal=tail)
 
-    def _stream_tokens(self, tokens: list[int], params: GenerationParams, plan: ToolPlan) -> Iterator[Chunk]:
+    def _token_text(self, token: int) -> bytes:
+        return self._llm.detokenize([token], special=False)
+
+    def _stream_tokens(self, tokens: list[int], params: GenerationParams, plan: ToolPlan, *,
+                       heal: bytes = b"") -> Iterator[Chunk]:
         n_ctx = self._llm.n_ctx()
         if len(tokens) >= n_ctx:
             raise ContextOverflowError(
@@ -223,16 +233,16 @@ class LlamaChatModel(ChatModel):
                 "shorten the conversation, lower max_steps, or load the model with a larger n_ctx"
             )
         max_tokens = min(params.max_tokens or DEFAULT_MAX_TOKENS, n_ctx - len(tokens))
-        grammar = self._grammar(params, plan)
+        grammar = healing_grammar(heal.decode()) if heal else self._grammar(params, plan)
         if plan.lazy_grammar:
             self._check_grammar(plan.lazy_grammar)
         temperature = 0.0 if params.temperature is None else params.temperature
         with self._lock:
-            yield from self._decode(tokens, params, grammar, temperature, max_tokens, plan)
+            yield from self._decode(tokens, params, grammar, temperature, max_tokens, plan, heal)
 
     def _decode(
         self, tokens: list[int], params: GenerationParams, grammar: str | None, temperature: float, max_tokens: int,
-        plan: ToolPlan,
+        plan: ToolPlan, heal: bytes = b"",
     ) -> Iterator[Chunk]:
         import llama_cpp
 
@@ -251,16 +261,22 @@ class LlamaChatModel(ChatModel):
             min_p=0.05 if temperature > 0 else 0.0, repeat_penalty=self.repeat_penalty,
             frequency_penalty=params.frequency_penalty or 0.0, presence_penalty=params.presence_penalty or 0.0,
         )
-        sampled = decode(llm, sampler, tokens[reused:], max_tokens + 1)
-        generated, finish = 0, "length"
+        sampled = decode(llm, sampler, tokens[reused:], max_tokens + 1 + len(heal))
+        generated, finish, skip = 0, "length", len(heal)  # the healed prompt tail is written again, not shown
         try:
             for token in sampled:
                 if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                     finish = "stop"
                     break
-                generated += 1
                 # special=True keeps markers such as <tool_call> that the tool-call parser needs
                 piece = llm.detokenize([token], special=True)
+                if skip:
+                    piece, skip = piece[skip:], max(0, skip - len(piece))
+                    if not skip:
+                        sampler.deactivate()  # the prompt's own text is back: free decoding from here
+                    if not piece:
+                        continue
+                generated += 1
                 delta = scanner.feed(piece)
                 if delta and (shown := reply.feed(delta)):
                     yield Chunk(text=shown)

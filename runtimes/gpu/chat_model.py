@@ -36,6 +36,7 @@ from hanlin.runtimes.tool_calls import ToolPlan, plan_tools
 from hanlin.runtimes.scoring import pair_ids
 from hanlin.runtimes.reply_stream import ReplyStream
 from hanlin.runtimes.sampling import DEFAULT_MIN_P, DEFAULT_TOP_K, DEFAULT_TOP_P
+from hanlin.runtimes.token_healing import healing_grammar, heals, whitespace_tail
 
 DEFAULT_MAX_TOKENS = 512
 _DONE = object()
@@ -211,10 +212,19 @@ class GpuChatModel(ChatModel):
 
     def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
         ids = self.prompt.tokenize(prompt, templated=False)
-        return self._collect(self._submit(ids, params), params, ToolPlan())
+        healed = whitespace_tail(ids, self._token_text) if heals(params) else 0
+        if not healed:
+            return self._collect(self._submit(ids, params), params, ToolPlan())
+        tail = "".join(self._token_text(t) for t in ids[-healed:])
+        held = params.model_copy(update={"constraint": Constraint(grammar=healing_grammar(tail)),
+                                         "max_tokens": (params.max_tokens or DEFAULT_MAX_TOKENS) + healed})
+        return self._collect(self._submit(ids[:-healed], held), params, ToolPlan(), heal=tail)
 
-    def _collect(self, req: _Request, params: GenerationParams, plan: ToolPlan) -> Iterator[Chunk]:
-        reply = ReplyStream(self.prompt.tokenizer, params.stop, plan)
+    def _token_text(self, token: int) -> str:
+        return self.prompt.tokenizer.decode([token], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def _collect(self, req: _Request, params: GenerationParams, plan: ToolPlan, heal: str = "") -> Iterator[Chunk]:
+        reply = ReplyStream(self.prompt.tokenizer, params.stop, plan, heal=heal)
         finish, cached, done = "length", 0, False
         try:
             while True:

@@ -39,6 +39,7 @@ from hanlin.runtimes.gguf_convert import convert_gguf
 from hanlin.runtimes.tool_calls import ToolPlan, plan_tools
 from hanlin.runtimes.reply_stream import ReplyStream
 from hanlin.runtimes.sampling import sample_token
+from hanlin.runtimes.token_healing import TailMask, heals, whitespace_tail
 
 DEFAULT_MAX_TOKENS = 512
 DTYPES = ("float32", "bfloat16", "float16")
@@ -94,6 +95,7 @@ class TransformersChatModel(ChatModel):
         self._use_template = self.prompt.use_template
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         self._eos = self.prompt.eos_ids
+        self._healing_mask: TailMask | None = None
         self.capabilities = Capabilities(
             constraints=frozenset(), native_tools=self.prompt.native_tools, chat_template=self._use_template,
             context_length=self.context_length, logprobs=True,
@@ -119,11 +121,27 @@ class TransformersChatModel(ChatModel):
         return self._stream_tokens(self.prompt.prompt_ids(messages, plan.render_tools), params, plan)
 
     def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
-        return self._stream_tokens(self.tokenize(prompt, templated=False), params, ToolPlan())
+        ids = self.tokenize(prompt, templated=False)
+        healed = whitespace_tail(ids, self._token_text) if heals(params) else 0
+        if not healed:
+            return self._stream_tokens(ids, params, ToolPlan())
+        tail = "".join(self._token_text(t) for t in ids[-healed:])
+        longer = params.model_copy(update={"max_tokens": (params.max_tokens or DEFAULT_MAX_TOKENS) + healed})
+        return self._stream_tokens(ids[:-healed], longer, ToolPlan(), heal=tail)
 
-    def _stream_tokens(self, prompt: list[int], params: GenerationParams, plan: ToolPlan) -> Iterator[Chunk]:
+    def _token_text(self, token: int) -> str:
+        return self.tokenizer.decode([token], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def _tail_mask(self) -> TailMask:
+        """The vocabulary's texts, decoded once per model on the first healed prompt."""
+        if self._healing_mask is None:
+            self._healing_mask = TailMask([self._token_text(i) for i in range(len(self.tokenizer))])
+        return self._healing_mask
+
+    def _stream_tokens(self, prompt: list[int], params: GenerationParams, plan: ToolPlan, *,
+                       heal: str = "") -> Iterator[Chunk]:
         self._check_fits(len(prompt))  # raised by the stream() call itself, before any generator runs
-        return self._decode(prompt, params, plan)
+        return self._decode(prompt, params, plan, heal)
 
     def _forward(self, ids: list[int], past: Any) -> tuple[Any, Any]:
         """One model step: logits of the last position, and the grown KV cache."""
@@ -134,19 +152,22 @@ class TransformersChatModel(ChatModel):
             out = model(input_ids=torch.tensor([ids], device=self.device), past_key_values=past, use_cache=True)
         return out.logits[0, -1], out.past_key_values
 
-    def _decode(self, prompt: list[int], params: GenerationParams, plan: ToolPlan) -> Iterator[Chunk]:
+    def _decode(self, prompt: list[int], params: GenerationParams, plan: ToolPlan, heal: str = "") -> Iterator[Chunk]:
         import torch
 
         max_tokens = min(params.max_tokens or DEFAULT_MAX_TOKENS, self.context_length - len(prompt))
         temperature = 0.0 if params.temperature is None else params.temperature
         generator = torch.Generator().manual_seed(params.seed if params.seed is not None else random.randrange(2**31))
-        reply = ReplyStream(self.tokenizer, params.stop, plan)
+        reply = ReplyStream(self.tokenizer, params.stop, plan, heal=heal)
+        mask = self._tail_mask() if heal else None
         finish = "length"
         step, past, written = prompt, None, []
         # The lock is taken per forward step, not per call: each call owns its KV cache, so concurrent
         # callers interleave safely, and a consumer that stops reading a stream never blocks the others.
         for _ in range(max_tokens):
             logits, past = self._forward(step, past)
+            if reply.healing and mask is not None:
+                logits = mask.apply(logits, reply.healing)
             token = sample_token(logits, temperature, params.top_k, params.top_p, generator, written=written,
                                  frequency_penalty=params.frequency_penalty, presence_penalty=params.presence_penalty)
             if token in self._eos:

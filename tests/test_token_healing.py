@@ -1,0 +1,93 @@
+"""Token healing of raw prompts that end in whitespace (hanlin.runtimes.token_healing), on each local runtime.
+
+The claim each runtime must meet: the reply to "The capital of France is " is what the model writes after "The
+capital of France is" once it has written the space again, minus that space. Unhealed, SmolLM2 answers
+"21st-century Paris" (it has rarely seen a lone space token before a word)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from hanlin import GenerationParams
+from hanlin.runtimes.token_healing import heals, whitespace_tail
+from tests.conftest import requires_smollm2
+
+PROMPT = "The capital of France is "
+LONE = "The answer is 4 "  # SmolLM2 continues "The answer is 4" with "." (no space): healing must steer it
+
+
+def test_whitespace_tail_counts_only_trailing_whitespace_tokens() -> None:
+    texts = {1: b"def", 2: b"):", 3: b"\n", 4: b"    ", 5: b"", 6: b" x"}
+    assert whitespace_tail([1, 2, 3, 4], texts.get) == 2
+    assert whitespace_tail([1, 2, 6], texts.get) == 0  # a word with its space is not a tail
+    assert whitespace_tail([3, 4, 4], texts.get) == 2  # never the whole prompt
+    assert whitespace_tail([5, 3], texts.get) == 1
+    assert whitespace_tail([1] + [4] * 12, texts.get) == 8
+    assert whitespace_tail([1, 2, 3], {1: "a", 2: "\t", 3: " "}.get) == 2  # str texts (HF tokenizers) too
+
+
+def test_a_constraint_or_a_stop_string_that_starts_with_whitespace_turns_healing_off() -> None:
+    from hanlin import Constraint
+
+    assert heals(GenerationParams(stop=["END"]))
+    assert not heals(GenerationParams(stop=["\n\n"]))  # could start inside the rewritten tail
+    assert not heals(GenerationParams(constraint=Constraint(grammar='root ::= "a"')))
+
+
+def _text(model, prompt: str, **params) -> str:
+    return "".join(c.text for c in model.stream_prompt(prompt, max_tokens=6, temperature=0, **params))
+
+
+@requires_smollm2
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="pip install 'hanlin[cpu]'")
+def test_the_cpu_runtime_heals_like_llama_cpp_under_the_grammar(smollm2, raw_smollm2) -> None:
+    import llama_cpp
+
+    from hanlin.runtimes.token_healing import healing_grammar
+
+    ours = _text(smollm2, PROMPT)
+    grammar = llama_cpp.LlamaGrammar.from_string(healing_grammar(" "), verbose=False)
+    held = raw_smollm2.create_completion(PROMPT[:-1], max_tokens=10, temperature=0.0,
+                                         grammar=grammar)["choices"][0]["text"]
+    assert ours and held.startswith(" " + ours)
+    assert ours.startswith("Paris")
+    plain = raw_smollm2.create_completion(PROMPT, max_tokens=6, temperature=0.0)["choices"][0]["text"]
+    assert not plain.startswith("Paris")
+    assert _text(smollm2, PROMPT, stop=["\n"]) != ours  # a stop string starting with whitespace: not healed
+
+
+@requires_smollm2
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="pip install 'hanlin[transformers]'")
+def test_the_transformers_runtime_heals_with_a_token_mask(tf_model) -> None:
+    """After "The answer is 4" SmolLM2's own first choice is "." (no space), so the mask has to act: the healed
+    reply must begin with the best token that writes the space again, found here from the model's logits."""
+    import torch
+
+    assert not _text(tf_model, LONE[:-1]).startswith(" ")
+    ours = _text(tf_model, LONE)
+    ids = tf_model.tokenize(LONE[:-1], templated=False)
+    with torch.no_grad():
+        logits = tf_model._loaded()(torch.tensor([ids])).logits[0, -1]
+    texts = [tf_model.tokenizer.decode([i]) for i in range(logits.shape[0])]
+    best = max((i for i, t in enumerate(texts) if t.startswith(" ") and len(t) > 1), key=lambda i: logits[i])
+    assert (" " + ours).startswith(texts[best])
+    assert _text(tf_model, PROMPT).startswith("Paris")
+    assert _text(tf_model, PROMPT, stop=["\n"]) != _text(tf_model, PROMPT)  # unhealed, as SmolLM2 writes it
+
+
+@requires_smollm2
+@pytest.mark.skipif(importlib.util.find_spec("xgrammar") is None, reason="pip install 'hanlin[gpu]'")
+def test_the_gpu_runtime_heals_with_an_xgrammar_grammar(tf_cache, tf_model) -> None:
+    """The same replies as the transformers runtime (both fp32 on this machine), through a grammar instead of a
+    mask."""
+    from hanlin import load_model
+
+    gpu = load_model("smollm2", runtime="gpu", cache_dir=tf_cache, num_blocks=64, dtype="float32")
+    try:
+        for prompt in (PROMPT, LONE):
+            assert _text(gpu, prompt) == _text(tf_model, prompt)
+        assert _text(gpu, LONE) != _text(gpu, LONE, stop=["\n"])
+    finally:
+        gpu.close()

@@ -109,3 +109,25 @@ def test_the_gpu_runtime_heals_with_an_xgrammar_grammar(tf_cache, tf_model) -> N
         assert _text(gpu, "def add(a, b):\n    ", stop=["\n"]) == _text(tf_model, "def add(a, b):\n    ", stop=["\n"])
     finally:
         gpu.close()
+
+
+def test_next_line_tasks_end_in_the_first_statements_indentation() -> None:
+    from hanlin.runtimes.cpu.bench_healing import next_line_tasks
+
+    tasks = next_line_tasks(12)
+    assert len(tasks) == 12
+    for prompt, target in tasks:
+        indent = prompt[prompt.rindex("\n") + 1 :]
+        assert indent and indent.isspace() and target and not target[0].isspace()
+        assert prompt.lstrip().startswith(("def ", "@"))
+
+
+@requires_smollm2
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="pip install 'hanlin[cpu]'")
+def test_the_healing_bench_measures_both_decodings_on_the_same_tasks() -> None:
+    from hanlin.runtimes.cpu.bench_healing import bench_healing
+
+    table = bench_healing("smollm2-135m-instruct", n=12)
+    (_, healed_label, n1, healed, *_), (_, plain_label, n2, plain, *_) = table.rows
+    assert (healed_label, plain_label, n1, n2) == ("hanlin (healed)", "same runtime, not healed", 12, 12)
+    assert healed < plain and table.met  # SmolLM2 too indents past the block after a lone indentation token

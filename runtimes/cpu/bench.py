@@ -1,6 +1,6 @@
 """`hanlin bench cpu`: the cpu runtime beside raw llama-cpp-python, measured in the same run.
 
-Three tables:
+Four tables:
 1. speed — prompt and generation tok/s of hanlin's runtime vs raw llama-cpp-python, same model, settings
    and prompt, interleaved runs, median of each.
 2. reuse — a 6-step ReAct run (the model writes every step under the ReAct grammar, with the final answer
@@ -8,6 +8,7 @@ Three tables:
    prefix reuse. Evaluated prompt tokens per step and total wall time, side by side.
 3. validity — the tool-use prompts of tests/data/tool_use_prompts.jsonl as ReAct runs, with and without
    constrained decoding: the share of steps that are a valid call or answer, and of runs answered right.
+4. healing — next-line code completions with and without token healing (bench_healing.py).
 """
 
 from __future__ import annotations
@@ -254,12 +255,24 @@ def bench_validity(models: list[str], limit: int | None = None, max_steps: int =
     return table
 
 
+TABLES = ("speed", "reuse", "validity", "healing")
+
+
 def run_all(models: list[str] | None = None, limit: int | None = None, only: list[str] | None = None) -> Iterator[BenchTable]:
     """Yield each table as soon as it is measured."""
-    chosen = set(only or ["speed", "reuse", "validity"])
+    unknown = set(only or []) - set(TABLES)
+    if unknown:
+        from hanlin import ConfigurationError
+
+        raise ConfigurationError(f"--only {sorted(unknown)}: the tables are {', '.join(TABLES)}")
+    chosen = set(only or TABLES)
     if "speed" in chosen:
         yield bench_speed()
     if "reuse" in chosen:
         yield bench_reuse()
     if "validity" in chosen:
         yield bench_validity(models or ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"], limit=limit)
+    if "healing" in chosen:
+        from hanlin.runtimes.cpu.bench_healing import bench_healing
+
+        yield bench_healing((models or ["qwen2.5-coder-0.5b-instruct"])[-1])

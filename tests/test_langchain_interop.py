@@ -247,11 +247,12 @@ def test_tool_calls_round_trip_through_the_chat_model() -> None:
 # ---- HanlinChatModel: params, streaming, forced calls, structured output ----------------------------------
 def test_invoke_maps_params_usage_and_finish_reason() -> None:
     model = ScriptedModel(["Blue, red and green. More."], name="colours")
-    chat = HanlinChatModel(model=model, temperature=0, max_tokens=30, seed=3, stop=["More"])
-    answer = chat.invoke("Name colours.", stop=["green"], top_p=0.5)
+    chat = HanlinChatModel(model=model, temperature=0, max_tokens=30, seed=3, stop=["More"], frequency_penalty=0.5)
+    answer = chat.invoke("Name colours.", stop=["green"], top_p=0.5, presence_penalty=0.25)
     assert answer.content == "Blue, red and "
     params = model.calls[0][1]
     assert (params.temperature, params.max_tokens, params.seed, params.top_p) == (0, 30, 3, 0.5)
+    assert (params.frequency_penalty, params.presence_penalty) == (0.5, 0.25)
     assert params.stop == ["More", "green"]
     assert answer.usage_metadata["output_tokens"] > 0 and answer.usage_metadata["input_tokens"] > 0
     assert answer.response_metadata == {"finish_reason": "stop", "model_name": "colours", "model_provider": "hanlin"}

@@ -66,7 +66,7 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 # network client; a hanlin model is already loaded (a remote endpoint is configured through hanlin.load_model),
 # so they are accepted and have no effect.
 _CLIENT_KEYWORDS = frozenset({"api_key", "timeout", "max_retries"})
-_SAMPLING = ("temperature", "max_tokens", "top_p", "top_k", "seed")
+_SAMPLING = ("temperature", "max_tokens", "top_p", "top_k", "seed", "frequency_penalty", "presence_penalty")
 _CALL_OPTIONS = frozenset({*_SAMPLING, "tools", "tool_choice", "constraint", "model", "stream",
                            "ls_structured_output_format"})
 _ANY_JSON = Constraint(json_schema={"type": "object"})
@@ -179,6 +179,8 @@ class HanlinChatModel(BaseChatModel):
     top_p: float | None = None
     top_k: int | None = None
     seed: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
     stop: list[str] | None = None
     streaming: bool = False
     """LangChain's switch: ``invoke`` goes through the streaming path when true."""

@@ -6,6 +6,7 @@ capital of France is" once it has written the space again, minus that space. Unh
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import pytest
@@ -107,6 +108,8 @@ def test_the_gpu_runtime_heals_with_an_xgrammar_grammar(tf_cache, tf_model) -> N
             assert _text(gpu, prompt) == _text(tf_model, prompt)
         assert _text(gpu, LONE) != _unhealed(gpu, LONE)
         assert _text(gpu, "def add(a, b):\n    ", stop=["\n"]) == _text(tf_model, "def add(a, b):\n    ", stop=["\n"])
+        gpu.capabilities = dataclasses.replace(gpu.capabilities, constraints=frozenset())  # as without xgrammar
+        assert _text(gpu, LONE) == _unhealed(gpu, LONE)  # not healed, rather than failing to import it
     finally:
         gpu.close()
 

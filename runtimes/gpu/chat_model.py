@@ -212,7 +212,8 @@ class GpuChatModel(ChatModel):
 
     def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
         ids = self.prompt.tokenize(prompt, templated=False)
-        healed = whitespace_tail(ids, self._token_text) if heals(params) else 0
+        grammars = "grammar" in self.capabilities.constraints  # xgrammar installed: healing holds the tail with one
+        healed = whitespace_tail(ids, self._token_text) if grammars and heals(params) else 0
         if not healed:
             return self._collect(self._submit(ids, params), params, ToolPlan())
         tail = "".join(self._token_text(t) for t in ids[-healed:])

@@ -323,7 +323,7 @@ def _sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
     ps = [seq.params for seq in seqs]
     if any(p.frequency_penalty or p.presence_penalty for p in ps):
         logits = penalize(logits, [seq.tokens[seq.prompt_len:] for seq in seqs], [p.frequency_penalty for p in ps],
-                 [p.presence_penalty for p in ps])
+                          [p.presence_penalty for p in ps])
     return sample(logits, [p.temperature for p in ps], [p.top_k for p in ps], [p.top_p for p in ps],
                   [p.min_p for p in ps], [seq.generator for seq in seqs]).tolist()
 

@@ -75,7 +75,8 @@ step bench_throughput 300 "$PY" -m hanlin.cli bench throughput -m "$MODEL" --req
 step bench_quant 150 "$PY" -m hanlin.cli bench quant-gpu -m "$MODEL" --json
 step engine_tests 240 "${PYTEST[@]}" --junitxml="$WORK/engine_tests.xml" \
     tests/test_gpu_cuda.py tests/test_gpu_runtime.py tests/test_gpu_scheduler.py tests/test_sampling.py \
-    tests/test_gpu_serving.py -k "not test_hanlin_run_on_the_gpu_runtime"
+    tests/test_gpu_serving.py tests/test_penalties.py tests/test_token_healing.py \
+    -k "not test_hanlin_run_on_the_gpu_runtime"
 step finetune_tests 90 "${PYTEST[@]}" --junitxml="$WORK/finetune_tests.xml" tests/test_qlora_export.py
 
 "$PY" tests/gpu_check_summary.py "$WORK" "$SUMMARY" "$START"

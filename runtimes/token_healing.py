@@ -37,6 +37,16 @@ def heals(params: Any) -> bool:
     return params.constraint is None
 
 
+def split_tail(tokens: Sequence[int], text: Callable[[int], Any], params: Any) -> tuple[list[int], Any]:
+    """(the prompt's tokens without their whitespace tail, the tail's text joined as ``text`` gives it: str or
+    bytes), or (all the tokens, None) when there is nothing to heal or ``params`` rule it out."""
+    n = whitespace_tail(tokens, text) if heals(params) else 0
+    if not n:
+        return list(tokens), None
+    pieces = [text(t) for t in tokens[-n:]]
+    return list(tokens[:-n]), pieces[0][:0].join(pieces)
+
+
 def healing_grammar(tail: str) -> str:
     """GBNF (read by llama.cpp and xgrammar alike) for a reply that starts by writing ``tail`` again."""
     from hanlin.grammar import gbnf_literal

@@ -38,7 +38,7 @@ from hanlin.runtimes.cpu.sampling import GrammarFirstSampler, decode
 from hanlin.runtimes.prompt_guard import guarded_segments, tokenize_segments
 from hanlin.runtimes.scoring import pair_ids
 from hanlin.runtimes.text_stream import StopScanner
-from hanlin.runtimes.token_healing import healing_grammar, heals, whitespace_tail
+from hanlin.runtimes.token_healing import healing_grammar, split_tail
 from hanlin.runtimes.tool_calls import ToolPlan, detect_format, plan_tools, repeats_a_call, trigger_start
 
 DEFAULT_MAX_TOKENS = 512
@@ -214,12 +214,8 @@ class LlamaChatModel(ChatModel):
         return self._stream_tokens(self.prompt_tokens(messages, plan.render_tools), params, plan)
 
     def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
-        tokens = self.tokenize(prompt)
-        healed = whitespace_tail(tokens, self._token_text) if heals(params) else 0
-        if not healed:
-            return self._stream_tokens(tokens, params, ToolPlan())
-        tail = b"".join(self._token_text(t) for t in tokens[-healed:])
-        return self._stream_tokens(tokens[:-healed], params, ToolPlan(), heal=tail)
+        kept, tail = split_tail(self.tokenize(prompt), self._token_text, params)
+        return self._stream_tokens(kept, params, ToolPlan(), heal=tail or b"")
 
     def _token_text(self, token: int) -> bytes:
         return self._llm.detokenize([token], special=False)

@@ -36,7 +36,7 @@ from hanlin.runtimes.tool_calls import ToolPlan, plan_tools
 from hanlin.runtimes.scoring import pair_ids
 from hanlin.runtimes.reply_stream import ReplyStream
 from hanlin.runtimes.sampling import DEFAULT_MIN_P, DEFAULT_TOP_K, DEFAULT_TOP_P
-from hanlin.runtimes.token_healing import healing_grammar, heals, whitespace_tail
+from hanlin.runtimes.token_healing import healing_grammar, split_tail
 
 DEFAULT_MAX_TOKENS = 512
 _DONE = object()
@@ -212,14 +212,12 @@ class GpuChatModel(ChatModel):
 
     def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
         ids = self.prompt.tokenize(prompt, templated=False)
-        grammars = "grammar" in self.capabilities.constraints  # xgrammar installed: healing holds the tail with one
-        healed = whitespace_tail(ids, self._token_text) if grammars and heals(params) else 0
-        if not healed:
+        kept, tail = split_tail(ids, self._token_text, params)
+        if not tail or "grammar" not in self.capabilities.constraints:  # healing holds the tail with xgrammar
             return self._collect(self._submit(ids, params), params, ToolPlan())
-        tail = "".join(self._token_text(t) for t in ids[-healed:])
-        held = params.model_copy(update={"constraint": Constraint(grammar=healing_grammar(tail)),
-                                         "max_tokens": (params.max_tokens or DEFAULT_MAX_TOKENS) + healed})
-        return self._collect(self._submit(ids[:-healed], held), params, ToolPlan(), heal=tail)
+        budget = (params.max_tokens or DEFAULT_MAX_TOKENS) + len(ids) - len(kept)  # the tail is written again
+        held = params.model_copy(update={"constraint": Constraint(grammar=healing_grammar(tail)), "max_tokens": budget})
+        return self._collect(self._submit(kept, held), params, ToolPlan(), heal=tail)
 
     def _token_text(self, token: int) -> str:
         return self.prompt.tokenizer.decode([token], skip_special_tokens=True, clean_up_tokenization_spaces=False)

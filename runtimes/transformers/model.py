@@ -39,7 +39,7 @@ from hanlin.runtimes.gguf_convert import convert_gguf
 from hanlin.runtimes.tool_calls import ToolPlan, plan_tools
 from hanlin.runtimes.reply_stream import ReplyStream
 from hanlin.runtimes.sampling import sample_token
-from hanlin.runtimes.token_healing import TailMask, heals, whitespace_tail
+from hanlin.runtimes.token_healing import TailMask, split_tail
 
 DEFAULT_MAX_TOKENS = 512
 DTYPES = ("float32", "bfloat16", "float16")
@@ -122,12 +122,12 @@ class TransformersChatModel(ChatModel):
 
     def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
         ids = self.tokenize(prompt, templated=False)
-        healed = whitespace_tail(ids, self._token_text) if heals(params) else 0
-        if not healed:
+        kept, tail = split_tail(ids, self._token_text, params)
+        if not tail:
             return self._stream_tokens(ids, params, ToolPlan())
-        tail = "".join(self._token_text(t) for t in ids[-healed:])
-        longer = params.model_copy(update={"max_tokens": (params.max_tokens or DEFAULT_MAX_TOKENS) + healed})
-        return self._stream_tokens(ids[:-healed], longer, ToolPlan(), heal=tail)
+        budget = (params.max_tokens or DEFAULT_MAX_TOKENS) + len(ids) - len(kept)  # the tail is written again
+        longer = params.model_copy(update={"max_tokens": budget})
+        return self._stream_tokens(kept, longer, ToolPlan(), heal=tail)
 
     def _token_text(self, token: int) -> str:
         return self.tokenizer.decode([token], skip_special_tokens=True, clean_up_tokenization_spaces=False)

@@ -30,24 +30,56 @@ def new_generator(device: Any, seed: int | None) -> Any:
     return torch.Generator(device=device).manual_seed(seed if seed is not None else random.randrange(2**63))
 
 
-def penalize(logits: Any, written: Sequence[Sequence[int]], frequency: Sequence[float],
-             presence: Sequence[float]) -> Any:
+class ReplyCounts:
+    """How often a reply has written each token, kept on the logits' device for the penalties and brought up to
+    date with only the tokens written since the last step. Recounting the whole reply each step would send all of
+    it to the device again every token: quadratic traffic over a long reply."""
+
+    __slots__ = ("counts", "seen")
+
+    def __init__(self) -> None:
+        self.counts: Any = None
+        self.seen = 0  # tokens[:seen] are counted
+
+    def of(self, tokens: Sequence[int], start: int, vocab: int, device: Any) -> Any:
+        """The counts of ``tokens[start:]`` (the reply; ``tokens`` may hold the prompt before it), float32 [vocab]."""
+        import torch
+
+        with torch.inference_mode():  # the engine's tensors are inference tensors; keep this one updatable
+            if self.counts is None or self.counts.shape[0] != vocab or self.counts.device != torch.device(device) \
+                    or self.seen < start or self.seen > len(tokens):
+                self.counts, self.seen = torch.zeros(vocab, dtype=torch.float32, device=device), start
+            if self.seen < len(tokens):
+                new = torch.tensor(tokens[self.seen:], dtype=torch.long, device=device)
+                self.counts.index_add_(0, new, torch.ones(len(new), dtype=torch.float32, device=device))
+                self.seen = len(tokens)
+        return self.counts
+
+
+def token_counts(written: Sequence[int], vocab: int, device: Any = "cpu") -> Any:
+    """The counts of ``written`` from scratch (float32 [vocab]): for one-off use; a loop keeps a ReplyCounts."""
+    return ReplyCounts().of(written, 0, vocab, device)
+
+
+def penalize(logits: Any, counts: Sequence[Any], frequency: Sequence[float], presence: Sequence[float]) -> Any:
     """OpenAI's frequency and presence penalties: logits [rows, vocab] where a token's logit is lowered by
-    frequency x how often the row's reply has written it, plus presence once it has written it at all. Applied
-    before greedy or sampled choice alike (as llama.cpp and OpenAI do). A new tensor (the engine's logits are
-    inference tensors); rows without penalties keep their values."""
+    frequency x how often the row's reply has written it (``counts``: a float32 [vocab] tensor per row, or None),
+    plus presence once it has written it at all. Applied before greedy or sampled choice alike (as llama.cpp and
+    OpenAI do). A new tensor (the engine's logits are inference tensors); rows without penalties keep their values."""
     import torch
 
-    rows = [i for i in range(len(written)) if (frequency[i] or presence[i]) and written[i]]
+    rows = [i for i in range(len(counts)) if (frequency[i] or presence[i]) and counts[i] is not None]
     if not rows:
         return logits
-    penalty = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
-    for i in rows:
-        tokens = torch.tensor(written[i], dtype=torch.long, device=logits.device)
-        counts = torch.zeros(logits.shape[-1], dtype=torch.float32, device=logits.device)
-        counts.scatter_add_(0, tokens, torch.ones(len(written[i]), dtype=torch.float32, device=logits.device))
-        penalty[i] = frequency[i] * counts + presence[i] * (counts > 0).float()
-    return (logits.float() - penalty).to(logits.dtype)
+    written = torch.stack([counts[i] for i in rows])
+    f = torch.tensor([frequency[i] for i in rows], dtype=torch.float32, device=logits.device)[:, None]
+    penalty = f * written
+    if any(presence[i] for i in rows):
+        p = torch.tensor([presence[i] for i in rows], dtype=torch.float32, device=logits.device)[:, None]
+        penalty += p * (written > 0)
+    out = logits.to(torch.float32, copy=True)
+    out.index_add_(0, torch.tensor(rows, dtype=torch.long, device=logits.device), penalty, alpha=-1)
+    return out.to(logits.dtype)
 
 
 def sample(logits: Any, temperature: Sequence[float], top_k: Sequence[int], top_p: Sequence[float],
@@ -92,12 +124,14 @@ def sample(logits: Any, temperature: Sequence[float], top_k: Sequence[int], top_
 
 def sample_token(logits: Any, temperature: float, top_k: int | None, top_p: float | None, generator: Any, *,
                  written: Sequence[int] = (), frequency_penalty: float | None = None,
-                 presence_penalty: float | None = None) -> int:
+                 presence_penalty: float | None = None, counts: ReplyCounts | None = None) -> int:
     """One position's next token (1-D logits) with the default cuts for what is not given, drawn on the CPU with
     a CPU ``generator``: a seed gives the same tokens whatever device the model is on (the transformers runtime).
-    ``written``: the reply's tokens so far, for the penalties."""
+    ``written``: the reply's tokens so far, for the penalties; a decoding loop passes the same ``counts`` each
+    step so only the new tokens are counted."""
     if frequency_penalty or presence_penalty:
-        logits = penalize(logits[None], [written], [frequency_penalty or 0.0], [presence_penalty or 0.0])[0]
+        tally = (counts or ReplyCounts()).of(written, 0, logits.shape[-1], logits.device)
+        logits = penalize(logits[None], [tally], [frequency_penalty or 0.0], [presence_penalty or 0.0])[0]
     if temperature == 0:
         return int(logits.argmax())
     k = DEFAULT_TOP_K if top_k is None else top_k  # 0 means no top-k cut, as in llama.cpp

@@ -15,7 +15,7 @@ from tests.conftest import requires_smollm2
 torch = pytest.importorskip("torch")
 
 from hanlin import GenerationParams  # noqa: E402
-from hanlin.runtimes.sampling import penalize, sample_token  # noqa: E402
+from hanlin.runtimes.sampling import ReplyCounts, penalize, sample_token, token_counts  # noqa: E402
 
 
 class OpenAIPenalty:
@@ -33,10 +33,38 @@ class OpenAIPenalty:
 
 
 def test_the_formula_counts_only_what_each_row_wrote() -> None:
-    logits = penalize(torch.zeros(3, 8), [[2, 2, 5], [2], []], frequency=[0.5, 0.0, 1.0], presence=[0.25, 0.0, 1.0])
+    counts = [token_counts(w, 8) for w in ([2, 2, 5], [2], [])]
+    logits = penalize(torch.zeros(3, 8), counts, frequency=[0.5, 0.0, 1.0], presence=[0.25, 0.0, 1.0])
     want = torch.zeros(3, 8)
     want[0, 2], want[0, 5] = -(2 * 0.5 + 0.25), -(0.5 + 0.25)
     assert torch.equal(logits, want)  # row 1 has no penalty, row 2 has written nothing
+
+
+class _Reads(list):
+    """A token list that records which slices were read from it."""
+
+    def __init__(self, items: list[int]) -> None:
+        super().__init__(items)
+        self.reads: list[slice] = []
+
+    def __getitem__(self, key):  # type: ignore[no-untyped-def]
+        if isinstance(key, slice):
+            self.reads.append(key)
+        return super().__getitem__(key)
+
+
+def test_reply_counts_count_only_the_reply_and_only_what_is_new() -> None:
+    """A decoding loop's counts equal a count from scratch at every step, yet each step reads only the tokens
+    written since the last one (recounting the reply every token is quadratic host-to-device traffic)."""
+    prompt, reply = [7, 7, 7], [1, 4, 1, 1, 6, 4]
+    tokens, counts = _Reads(list(prompt)), ReplyCounts()
+    for n, token in enumerate(reply, start=1):
+        tokens.append(token)
+        tokens.reads.clear()
+        got = counts.of(tokens, len(prompt), 8, "cpu")
+        assert tokens.reads == [slice(len(prompt) + n - 1, None)]  # the new token alone
+        assert torch.equal(got, token_counts(reply[:n], 8))  # the prompt's 7s are not counted
+    assert counts.of([1, 2], 0, 8, "cpu").tolist() == token_counts([1, 2], 8).tolist()  # a shorter list: counted anew
 
 
 def test_a_penalty_turns_greedy_away_from_a_repeated_token() -> None:
@@ -110,6 +138,42 @@ def test_the_cpu_runtime_hands_the_penalties_to_llama_cpp(smollm2, raw_smollm2) 
     raw = raw_smollm2.create_completion(prompt, max_tokens=20, temperature=0.0, frequency_penalty=1.0)
     assert ours(frequency_penalty=1.0) == raw["choices"][0]["text"]
     assert ours() != raw["choices"][0]["text"]
+
+
+@requires_smollm2
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="pip install 'hanlin[cpu]'")
+def test_the_cpu_runtime_counts_the_whole_reply_like_the_torch_runtimes() -> None:
+    """The penalties mean the same on every runtime: greedy on llama.cpp's own logits, penalized by the torch
+    function over every token of the reply, writes what the cpu runtime writes. llama-cpp-python's default counts
+    only the last 64 tokens, which on this prompt changes the reply from its 25th token on. A model of its own: the
+    session's shared one reuses cached prefixes, and llama.cpp's logits move by a hair with the batch they came in,
+    enough to flip this prompt's near-ties."""
+    import llama_cpp
+    import numpy as np
+
+    from hanlin import load_model
+    from tests.conftest import smollm2_path
+
+    prompt, n, frequency = "1, 2, 1, 2, 1, 2,", 160, 0.2
+    model = load_model("smollm2-135m-instruct", runtime="cpu", n_ctx=512, n_threads=2)
+    try:
+        ours = "".join(c.text for c in model.stream_prompt(prompt, max_tokens=n, temperature=0,
+                                                           frequency_penalty=frequency))
+        prompt_ids = model.tokenize(prompt)
+    finally:
+        model.close()
+    llm = llama_cpp.Llama(model_path=str(smollm2_path()), n_ctx=512, n_threads=2, logits_all=True, verbose=False)
+    llm.eval(prompt_ids)
+    counts, reply = ReplyCounts(), []
+    for _ in range(n):
+        logits = torch.from_numpy(np.array(llm.scores[llm.n_tokens - 1]))
+        token = int(penalize(logits[None], [counts.of(reply, 0, len(logits), "cpu")], [frequency], [0.0])[0].argmax())
+        if token == llm.token_eos():
+            break
+        reply.append(token)
+        llm.eval([token])
+    assert len(reply) > 64
+    assert ours == llm.detokenize(reply).decode("utf-8", errors="replace")
 
 
 @requires_smollm2

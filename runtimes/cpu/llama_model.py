@@ -96,6 +96,9 @@ class LlamaChatModel(ChatModel):
                 n_threads=self._n_threads,
                 n_batch=n_batch,
                 seed=seed if seed is not None else llama_cpp.LLAMA_DEFAULT_SEED,
+                # the frequency/presence penalties count the whole reply, as the torch runtimes and OpenAI do
+                # (llama-cpp-python's default counts only the last 64 tokens written)
+                last_n_tokens_size=n_ctx,
                 verbose=verbose,
             )
         except ValueError as exc:

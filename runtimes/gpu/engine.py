@@ -21,7 +21,7 @@ from hanlin.runtimes.gpu.layers import Ops, StepBatch
 from hanlin.runtimes.gpu.model import DecoderLM
 from hanlin.runtimes.gpu.scheduler import Scheduled, Scheduler
 from hanlin.runtimes.gpu.sequence import SamplingParams, Sequence, Status
-from hanlin.runtimes.sampling import new_generator, penalize, sample
+from hanlin.runtimes.sampling import ReplyCounts, new_generator, penalize, sample
 
 
 @dataclass(slots=True)
@@ -322,10 +322,20 @@ def _sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
             seq.generator = new_generator(logits.device, seq.params.seed)
     ps = [seq.params for seq in seqs]
     if any(p.frequency_penalty or p.presence_penalty for p in ps):
-        logits = penalize(logits, [seq.tokens[seq.prompt_len:] for seq in seqs], [p.frequency_penalty for p in ps],
+        logits = penalize(logits, [_reply_counts(seq, logits) for seq in seqs], [p.frequency_penalty for p in ps],
                           [p.presence_penalty for p in ps])
     return sample(logits, [p.temperature for p in ps], [p.top_k for p in ps], [p.top_p for p in ps],
                   [p.min_p for p in ps], [seq.generator for seq in seqs]).tolist()
+
+
+def _reply_counts(seq: Sequence, logits: torch.Tensor) -> torch.Tensor | None:
+    """A penalized sequence's token counts on the device, kept with the sequence (across preemption too) and
+    brought up to date with the tokens written since its last step."""
+    if not (seq.params.frequency_penalty or seq.params.presence_penalty):
+        return None
+    if seq.reply_counts is None:
+        seq.reply_counts = ReplyCounts()
+    return seq.reply_counts.of(seq.tokens, seq.prompt_len, logits.shape[-1], logits.device)
 
 
 def _mask(logits: torch.Tensor, seqs: list[Sequence]) -> None:

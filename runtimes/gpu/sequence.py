@@ -69,6 +69,7 @@ class Sequence:
     finish_reason: str | None = None
     generator: torch.Generator | None = None
     matcher: Any = None  # the grammar's state, advanced by each generated token (kept across preemption)
+    reply_counts: Any = None  # a ReplyCounts of the written tokens, for the penalties (kept across preemption)
 
     @property
     def num_generated(self) -> int:

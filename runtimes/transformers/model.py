@@ -38,7 +38,7 @@ from hanlin.runtimes.scoring import ScoredIds, length_batches, pair_ids
 from hanlin.runtimes.gguf_convert import convert_gguf
 from hanlin.runtimes.tool_calls import ToolPlan, plan_tools
 from hanlin.runtimes.reply_stream import ReplyStream
-from hanlin.runtimes.sampling import sample_token
+from hanlin.runtimes.sampling import ReplyCounts, sample_token
 from hanlin.runtimes.token_healing import TailMask, split_tail
 
 DEFAULT_MAX_TOKENS = 512
@@ -161,7 +161,7 @@ class TransformersChatModel(ChatModel):
         reply = ReplyStream(self.tokenizer, params.stop, plan, heal=heal)
         mask = self._tail_mask() if heal else None
         finish = "length"
-        step, past, written = prompt, None, []
+        step, past, written, counts = prompt, None, [], ReplyCounts()
         # The lock is taken per forward step, not per call: each call owns its KV cache, so concurrent
         # callers interleave safely, and a consumer that stops reading a stream never blocks the others.
         for _ in range(max_tokens):
@@ -169,7 +169,8 @@ class TransformersChatModel(ChatModel):
             if reply.healing and mask is not None:
                 logits = mask.apply(logits, reply.healing)
             token = sample_token(logits, temperature, params.top_k, params.top_p, generator, written=written,
-                                 frequency_penalty=params.frequency_penalty, presence_penalty=params.presence_penalty)
+                                 frequency_penalty=params.frequency_penalty, presence_penalty=params.presence_penalty,
+                                 counts=counts)
             if token in self._eos:
                 finish = "stop"
                 break

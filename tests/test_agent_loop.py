@@ -578,6 +578,21 @@ def test_tools_protocol_runs_the_shown_code_beside_a_json_call_to_no_tool_and_re
     assert Agent(said, [python, add], protocol="tools").run("q").output == "There is no tool named count_s, so: 4."
 
 
+def test_tools_protocol_refuses_a_reply_that_repeats_the_note_on_a_repeated_call() -> None:
+    # python-10: the same call twice, then the repeat note given back as the answer
+    call = Completion(text="", tool_calls=[ToolCall(id="c1", name="python", arguments={"code": "print(1)"})])
+    again = Completion(text="", tool_calls=[ToolCall(id="c2", name="python", arguments={"code": "print(1)"})])
+    echo = "The same python call as in your previous step, so it was not run again; its result is above."
+    model = ScriptedModel([call, again, echo, "pear"])
+    result = Agent(model, [python], protocol="tools", max_steps=6).run("Which word comes last? Use Python.")
+    assert result.status == "answered" and result.output == "pear"
+    assert "that sentence was a note about your call, not an answer" in model.calls[3][0][-1].content
+    # a reply that only shares words with the note is an answer
+    model = ScriptedModel([call, again, "It was not run again, but the result above says pear."])
+    result = Agent(model, [python], protocol="tools", max_steps=6).run("Which word comes last? Use Python.")
+    assert result.output == "It was not run again, but the result above says pear."
+
+
 def test_tools_protocol_corrects_a_call_cut_off_at_the_token_limit() -> None:
     cut = Completion(text='{"name": "add", "arguments": {"a": 240, "b": 1' + "0" * 300, finish_reason="length")
     model = ScriptedModel([cut, "42"])
@@ -596,6 +611,9 @@ def test_tools_protocol_runs_python_code_the_model_showed_instead_of_calling_the
     assistant, observation = result.messages[1], result.messages[2]
     assert [(c.name, c.arguments) for c in assistant.tool_calls] == [("python", {"code": "print(2 + 3)"})]
     assert observation.tool_call_id == assistant.tool_calls[0].id and observation.content == "ran 'print(2 + 3)'"
+    # what the reply said after its block guessed at the output; the model's next step sees the reply up to the block
+    assert assistant.content == "To find out, you can use:\n```python\nprint(2 + 3)\n```"
+    assert [m.content for m in model.calls[1][0] if m.role == "assistant"] == [assistant.content]
 
     # a question that names the code tool is told a fenced block is a call, so a block after a result is the next call
     assert "you can write the code itself in a ```python block" in model.calls[0][0][0].content

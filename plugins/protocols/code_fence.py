@@ -33,6 +33,14 @@ def fenced_code(text: str) -> str | None:
     return blocks[0].strip("\n")
 
 
+def through_fenced_code(text: str) -> str:
+    """``text`` up to the end of its only ```python block (all of it for none or several). What a reply says after
+    code it did not run is a guess at the output: Qwen2.5-Coder-0.5B wrote "When you run this code, it will output:
+    evaluation", was shown the real result (noitaulave), and answered with its guess."""
+    matches = list(PYTHON_FENCE.finditer(text))
+    return text[: matches[0].end()] if len(matches) == 1 else text
+
+
 def unclosed_fenced_code(text: str) -> str | None:
     """The code after a ```python fence that nothing closes (None if ``text`` has any other backtick fence).
 

@@ -24,6 +24,9 @@ from hanlin.tools import Tool, ToolResult, _format_validation_error
 
 # After the tool results of the step before a run's last (see RunContext.last_step).
 LAST_CALL_NOTE = "\n[No tool calls are left in this run: answer the question now, from the results above.]"
+# appended to the earlier result when a call repeats one of the previous step's (the loop guard below)
+REPEAT_NOTE = ("\n[The same {name} call as in your previous step, so it was not run again; its result is above. Use "
+               "it: reply with the Final Answer.]")
 
 
 @dataclass(slots=True)
@@ -195,8 +198,7 @@ class RunContext:
         key = f"{call.name}\0{json.dumps(call.arguments, sort_keys=True, default=str)}"
         if outcome is None and (earlier := self._previous_calls.get(key)) is not None and not earlier.is_error:
             self._repeat_seen = True
-            note = (f"\n[The same {call.name} call as in your previous step, so it was not run again; its result is "
-                    "above. Use it: reply with the Final Answer.]")
+            note = REPEAT_NOTE.format(name=call.name)
             outcome = ToolOutcome(call, earlier.model_copy(update={"content": earlier.content + note}))
             self._step_calls[key] = earlier
         elif outcome is None:

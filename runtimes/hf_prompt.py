@@ -102,6 +102,10 @@ class HFPrompt:
         templated = self.use_template if templated is None else templated
         return self._encode(text, add_special_tokens=not templated, split_special_tokens=False)
 
+    def token_text(self, token: int) -> str:
+        """One token's own text (special tokens as nothing), as token healing reads a prompt's tail."""
+        return self.tokenizer.decode([token], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
     def _encode(self, text: str, **options: bool) -> list[int]:
         with self._encode_lock:
             return self.tokenizer(text, **options)["input_ids"]

@@ -212,15 +212,12 @@ class GpuChatModel(ChatModel):
 
     def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
         ids = self.prompt.tokenize(prompt, templated=False)
-        kept, tail = split_tail(ids, self._token_text, params)
+        kept, tail = split_tail(ids, self.prompt.token_text, params)
         if not tail or "grammar" not in self.capabilities.constraints:  # healing holds the tail with xgrammar
             return self._collect(self._submit(ids, params), params, ToolPlan())
         budget = (params.max_tokens or DEFAULT_MAX_TOKENS) + len(ids) - len(kept)  # the tail is written again
         held = params.model_copy(update={"constraint": Constraint(grammar=healing_grammar(tail)), "max_tokens": budget})
         return self._collect(self._submit(kept, held), params, ToolPlan(), heal=tail)
-
-    def _token_text(self, token: int) -> str:
-        return self.prompt.tokenizer.decode([token], skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def _collect(self, req: _Request, params: GenerationParams, plan: ToolPlan, heal: str = "") -> Iterator[Chunk]:
         reply = ReplyStream(self.prompt.tokenizer, params.stop, plan, heal=heal)

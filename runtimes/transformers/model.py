@@ -122,20 +122,17 @@ class TransformersChatModel(ChatModel):
 
     def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
         ids = self.tokenize(prompt, templated=False)
-        kept, tail = split_tail(ids, self._token_text, params)
+        kept, tail = split_tail(ids, self.prompt.token_text, params)
         if not tail:
             return self._stream_tokens(ids, params, ToolPlan())
         budget = (params.max_tokens or DEFAULT_MAX_TOKENS) + len(ids) - len(kept)  # the tail is written again
         longer = params.model_copy(update={"max_tokens": budget})
         return self._stream_tokens(kept, longer, ToolPlan(), heal=tail)
 
-    def _token_text(self, token: int) -> str:
-        return self.tokenizer.decode([token], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
     def _tail_mask(self) -> TailMask:
         """The vocabulary's texts, decoded once per model on the first healed prompt."""
         if self._healing_mask is None:
-            self._healing_mask = TailMask([self._token_text(i) for i in range(len(self.tokenizer))])
+            self._healing_mask = TailMask([self.prompt.token_text(i) for i in range(len(self.tokenizer))])
         return self._healing_mask
 
     def _stream_tokens(self, prompt: list[int], params: GenerationParams, plan: ToolPlan, *,

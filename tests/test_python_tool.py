@@ -197,6 +197,29 @@ def test_syntax_hints_split_only_real_headers_and_leave_modulo_alone() -> None:
     assert syntax_hint("rate = 4.5%\nprint(rate, 7 % 2)").fixed_code == "rate = (4.5 / 100)\nprint(rate, 7 % 2)"
 
 
+def test_a_number_the_cell_computed_and_printed_nowhere_is_shown_after_its_output(python) -> None:
+    """Under the tools protocol Qwen2.5-Coder-0.5B computed `days_difference` and printed a dict in its template's call
+    format instead (python-05, -09, -13, -14 of tooluse), then answered with a guess."""
+    cell = ("from datetime import datetime\nstart = datetime(2024, 1, 15)\nend = datetime(2024, 11, 3)\n"
+            "days_difference = (end - start).days\n"
+            "result = {'name': 'days_difference', 'arguments': {'start': str(start.date())}}\nprint(result)")
+    assert run(python, cell).content == ("{'name': 'days_difference', 'arguments': {'start': '2024-01-15'}}\n"
+                                         "(not printed: days_difference = 293)")
+    # a value the cell read again, or printed, or that is not a number, is not repeated
+    assert run(python, "n = 50\ntotal = sum(i * i for i in range(n + 1))\nprint(total)").content == "42925"
+    assert run(python, "k = 6 * 7\nprint('the answer is', 42)").content == "the answer is 42"
+    assert run(python, "rate, n = 0.3, -2\nprint('set')").content == "set"  # literals are inputs, not results
+    assert run(python, "label = 'x'\nflag = True\nprint('done')").content == "done"
+    # a total that a loop built and nothing printed; a global a function reads when called later is used
+    assert run(python, "acc = 0\nfor i in range(4):\n    acc += i\nprint('looped')").content == \
+        "looped\n(not printed: acc = 6)"
+    assert run(python, "def f():\n    return g * 2\ng = 4\nprint('defined')").content == "defined"
+    # a value the loop itself reads is an intermediate; what the loop computed last is shown
+    assert run(python, "acc = 0\nfor i in range(4):\n    acc += i\n    mean = acc / 4\nprint('looped')").content == \
+        "looped\n(not printed: mean = 1.5)"
+    assert run(python, "x = 1.5\nx").content == "1.5"  # the cell's value is its output
+
+
 def test_a_cell_that_prints_nothing_shows_the_variables_it_ended_by_setting(python) -> None:
     """Shown "(no output)" after `total += i**2` in a loop, Qwen2.5-Coder-0.5B answered with an invented number."""
     assert run(python, "total = 0\nfor i in range(1, 51):\n    total += i**2").content == "(no output; total = 42925)"

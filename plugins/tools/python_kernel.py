@@ -28,8 +28,8 @@ from typing import Any
 
 from hanlin import ToolResult
 from hanlin.errors import ToolError
-from hanlin.plugins.tools.python_hints import (RETURN_FIX, Hint, error_hint, no_output_text, returning_cell_fix,
-                                              shown_names)
+from hanlin.plugins.tools.python_hints import RETURN_FIX, Hint, error_hint, returning_cell_fix
+from hanlin.plugins.tools.python_shown import no_output_text, shown_names, unprinted_names, unprinted_text
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _LIVE: weakref.WeakSet[KernelSession] = weakref.WeakSet()
@@ -371,8 +371,9 @@ class KernelSession:
             after = (f"; no new kernel could be started: {failed}" if failed else
                      ", so the kernel was restarted: all variables and imports are gone, re-run what you need")
             return ToolResult.error(why + after)
-        if not (out["stdout"] or out["result"] is not None or out["images"] or out["error"] or out["timed_out"]):
-            out["values"] = self._values(shown_names(code))
+        quiet = not (out["stdout"] or out["result"] is not None or out["images"])
+        if not (out["error"] or out["timed_out"]):
+            out["values"] = self._values(shown_names(code) if quiet else unprinted_names(code))
         result = self._result(out, timeout, code)
         return result.model_copy(update={"content": ran_fix + result.content}) if ran_fix else result
 
@@ -408,4 +409,6 @@ class KernelSession:
                     self._fix_for = (code, hint)
             return ToolResult(content=cut(f"{text}\n{short}".strip(), self.max_output_chars), is_error=True,
                               artifacts=out["images"])
-        return ToolResult(content=(text or no_output_text(out.get("values", {}))) + argv_note, artifacts=out["images"])
+        values = out.get("values", {})
+        shown = text + unprinted_text(values, text) if text else no_output_text(values)
+        return ToolResult(content=shown + argv_note, artifacts=out["images"])

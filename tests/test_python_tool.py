@@ -218,6 +218,11 @@ def test_a_number_the_cell_computed_and_printed_nowhere_is_shown_after_its_outpu
     assert run(python, "acc = 0\nfor i in range(4):\n    acc += i\n    mean = acc / 4\nprint('looped')").content == \
         "looped\n(not printed: mean = 1.5)"
     assert run(python, "x = 1.5\nx").content == "1.5"  # the cell's value is its output
+    # only numbers are read back: an object the note would not show is never rendered (a big list, a frame)
+    cell = ("class Loud:\n    def __repr__(self):\n        open('repr_ran', 'w').close()\n        return 'L'\n"
+            "obj = Loud()\nprint(1)")
+    assert run(python, cell).content == "1"
+    assert run(python, "import os\nos.path.exists('repr_ran')").content == "False"
 
 
 def test_a_cell_that_prints_nothing_shows_the_variables_it_ended_by_setting(python) -> None:

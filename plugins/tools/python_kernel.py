@@ -373,15 +373,18 @@ class KernelSession:
             return ToolResult.error(why + after)
         quiet = not (out["stdout"] or out["result"] is not None or out["images"])
         if not (out["error"] or out["timed_out"]):
-            out["values"] = self._values(shown_names(code) if quiet else unprinted_names(code))
+            out["values"] = self._values(shown_names(code)) if quiet else self._values(unprinted_names(code),
+                                                                                      numbers_only=True)
         result = self._result(out, timeout, code)
         return result.model_copy(update={"content": ran_fix + result.content}) if ran_fix else result
 
-    def _values(self, names: list[str]) -> dict[str, str]:
-        """The reprs of ``names`` in the kernel, each by a silent cell kept out of the history (see shown_names)."""
+    def _values(self, names: list[str], *, numbers_only: bool = False) -> dict[str, str]:
+        """The reprs of ``names`` in the kernel, each by a silent cell kept out of the history (see python_shown).
+        ``numbers_only``: of ints and floats only, so a big list or frame the note would not show is never rendered."""
         values = {}
         for name in names:
-            got = self._run(name, 5.0, store_history=False)
+            probe = f"{name} if type({name}) in (int, float) else None" if numbers_only else name
+            got = self._run(probe, 5.0, store_history=False)
             if got["error"] is None and got["result"] is not None and not (got["timed_out"] or got["died"]):
                 values[name] = got["result"]
         return values

@@ -147,6 +147,45 @@ def test_gradient_accumulation_trains_as_the_larger_batch(tmp_path: Path, bpe_pa
     assert accumulated.losses == pytest.approx(whole.losses, rel=1e-4)
 
 
+def test_compiled_layers_train_as_the_eager_ones_and_save_the_same_keys(tmp_path: Path, bpe_packed: Path) -> None:
+    """--compile: each decoder layer goes through torch.compile (inductor writes C++ here), the varlen attention
+    stays out of the graph, and a run gives the eager run's losses with a checkpoint whose keys are the eager ones
+    (no ``_orig_mod.`` prefix that an exporter or a resume would trip on)."""
+    from hanlin.plugins.finetuners.pretrain import PretrainTrainer
+    from hanlin.plugins.finetuners.pretrain_config import load_pretrain_config
+
+    eager = PretrainTrainer(load_pretrain_config(None, **settings(tmp_path / "a", bpe_packed, max_steps=3)))
+    compiled = PretrainTrainer(load_pretrain_config(None, **settings(tmp_path / "b", bpe_packed, max_steps=3,
+                                                                     compile=True)))
+    layers = compiled.model.model.layers
+    assert eager.compiled_layers == 0 and compiled.compiled_layers == len(layers) == 2
+    assert all(layer._compiled_call_impl is not None for layer in layers)
+    assert compiled.model.state_dict().keys() == eager.model.state_dict().keys()
+    assert compiled.train().losses == pytest.approx(eager.train().losses, rel=1e-4)
+
+
+def test_compile_that_cannot_run_is_refused_with_the_reason(tmp_path: Path, bpe_packed: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from hanlin.cli import app
+    from hanlin.plugin_manager import plugins
+    from hanlin.plugins.finetuners import compile_layers
+    from hanlin.plugins.finetuners.pretrain import pretrain
+
+    plugins().add_commands(app)
+    out = CliRunner().invoke(app, ["pretrain", "--data", str(bpe_packed), "--max-steps", "1", "--compile",
+                                   "--nproc", "2", "--out", str(tmp_path / "d")])
+    assert out.exit_code == 2 and "compile: true is not supported with --nproc" in out.output, out.output
+    assert not (tmp_path / "d").exists()  # refused before torchrun started
+    monkeypatch.setenv("PATH", str(tmp_path))  # no c++, g++ or clang++ to be found
+    monkeypatch.delenv("CXX", raising=False)
+    assert compile_layers.cxx_compiler() is None
+    with pytest.raises(ConfigurationError, match="needs a C\\+\\+ compiler.*apt-get install g\\+\\+"):
+        pretrain(None, **settings(tmp_path / "c", bpe_packed, max_steps=1, compile=True))
+    assert not compile_layers.should_compile(False, "cpu")  # off by default: nothing to find
+
+
 @requires_llama
 @pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="pip install 'hanlin[tune]'")
 @requires_llama

@@ -27,7 +27,7 @@ def sharded_pretrainer(cfg: Any, ctx: RankContext, *, progress: Any = None, cach
     from hanlin.plugins.finetuners.pretrain import PretrainTrainer
 
     class DistributedPretrainTrainer(ShardedTraining, PretrainTrainer):
-        pass
+        sharded = True
 
     if cfg.max_minutes and not cfg.max_steps:
         raise ConfigurationError("max_minutes fits the step count to one timed step, which each of the --nproc "
@@ -79,6 +79,9 @@ def launch_pretrain(config: Any, settings: dict[str, Any], launch: Any, *, resum
     from hanlin.plugins.finetuners.launcher import launch_run
     from hanlin.plugins.finetuners.pretrain_config import load_pretrain_config
 
+    from hanlin.plugins.finetuners.compile_layers import should_compile
+
     cfg = load_pretrain_config(config, **settings)
+    should_compile(cfg.compile, "cpu", sharded=True)  # refused before torchrun starts, not on every rank
     job = {"config": cfg.model_dump(mode="json"), "resume": resume, "cache_dir": None}
     return launch_run("hanlin.plugins.finetuners.dist_pretrain:run_pretrain", job, launch, Path(cfg.output_dir))

@@ -41,6 +41,8 @@ def resolve_tokenizer_folder(name: str, cache_dir: Path | None = None) -> Path:
 class PretrainTrainer(Trainer):
     """trainer.Trainer over packed shards and a from-scratch (or continued) model."""
 
+    sharded = False  # True on a rank of an --nproc run (dist_pretrain.py)
+
     def __init__(self, config: PretrainConfig, *, progress: Progress | None = None, cache_dir: Path | None = None,
                  resume: bool = False) -> None:
         import torch
@@ -89,6 +91,10 @@ class PretrainTrainer(Trainer):
         self.base = base
         self.data = PackedRunData(tune, train, train_index, eval_source, eval_index)
         self.model = wrap_for_method(base, tune)
+        from hanlin.plugins.finetuners.compile_layers import compile_layers, should_compile
+
+        self.compiled_layers = compile_layers(self.model) if should_compile(config.compile, base.device,
+                                                                            sharded=self.sharded) else 0
         self.fused = tune.kernels == "triton" or (tune.kernels == "auto" and base.device.startswith("cuda"))
         self.autocast = base.device.startswith("cuda") and (
             config.dtype == "bfloat16" or (config.dtype == "auto" and torch.cuda.is_bf16_supported()))

@@ -12,9 +12,13 @@ llama for the same number of optimizer steps of ``batch_size`` rows of up to ``s
 - transformers Trainer, concatenated chunks (run_clm.py's ``group_texts``): no padding, but attention runs across
   document boundaries, which is a different (cheaper, less correct) computation, shown for reference.
 
-Tokens/s counts real tokens only (padding is work, not progress); the first step of each loop is left out of the
-clock (allocator and thread-pool start-up). MFU uses the same FLOPs per token and the same device peak for all
-three (pretrain_flops.py).
+A fourth row is hanlin's loop with ``--compile`` (each decoder layer through torch.compile, compile_layers.py).
+
+Tokens/s counts real tokens only (padding is work, not progress) over the timed steps' total time. The first step
+of each loop is left out of the clock (allocator and thread-pool start-up, and the compile). Not the median step:
+the padded Trainer's steps differ in work (each batch is padded to its own longest row). On 2 shared cores a loop's
+time moves by up to a quarter between runs: run the bench more than once before reading a ratio. MFU uses the same
+FLOPs per token and the same device peak for all rows (pretrain_flops.py).
 """
 
 from __future__ import annotations
@@ -62,12 +66,14 @@ def bench_pretrain(*, preset: str = "tiny", docs: int = 48, seq_len: int = 1024,
         tok = AutoTokenizer.from_pretrained(str(tok_folder))
         ids = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
         packed = _write_packed(Path(tmp) / "packed", tok_folder, ids, seq_len, tok)
-        hanlin_run = _hanlin(packed, tok_folder, Path(tmp) / "run", preset, batch_size, steps, threads)
+        hanlin_run = _hanlin(packed, tok_folder, Path(tmp) / "run", preset, batch_size, steps, threads, False)
+        compiled = _hanlin(packed, tok_folder, Path(tmp) / "run-compiled", preset, batch_size, steps, threads, True)
         fields, flops, peak, source = hanlin_run.pop("fields"), hanlin_run.pop("flops"), hanlin_run.pop("peak"), \
             hanlin_run.pop("peak_source")
         padded = _hf_trainer(fields, _per_document_rows(ids, seq_len), tok, batch_size, steps, Path(tmp) / "hf1")
         grouped = _hf_trainer(fields, _concatenated_rows(ids, seq_len), tok, batch_size, steps, Path(tmp) / "hf2")
     results = {"hanlin (packed, per-document attention)": hanlin_run,
+               "hanlin, --compile (the same, decoder layers through torch.compile)": compiled,
                "transformers Trainer, per-document rows (padded)": padded,
                "transformers Trainer, concatenated chunks (attention crosses documents)": grouped}
     base = hanlin_run["tokens_per_s"]
@@ -77,6 +83,7 @@ def bench_pretrain(*, preset: str = "tiny", docs: int = 48, seq_len: int = 1024,
         rows.append([name, r["timed_steps"], r["tokens"], f"{r['padding']:.0%}", f"{r['seconds']:.1f}",
                      f"{r['tokens_per_s']:.0f}", f"{100 * mfu:.1f}%", f"{base / r['tokens_per_s']:.2f}x"])
     ratio = base / padded["tokens_per_s"]
+    compiled_ratio = compiled["tokens_per_s"] / padded["tokens_per_s"]
     table = BenchTable(
         title=f"pre-training a {preset} llama ({fields['num_hidden_layers']} layers, hidden {fields['hidden_size']}, "
               f"vocab {fields['vocab_size']}) on {len(texts)} real documents, {steps} steps of {batch_size} x "
@@ -86,8 +93,9 @@ def bench_pretrain(*, preset: str = "tiny", docs: int = 48, seq_len: int = 1024,
         rows=rows,
         target="hanlin >= 1.3x the transformers Trainer's real tok/s on the same per-document computation",
         met=ratio >= 1.3,
-        notes=[f"hanlin / Trainer per-document = {ratio:.2f}x; MFU against {peak / 1e12:.3f} TFLOP/s ({source}), "
-               f"{flops / 1e6:.1f} MFLOP per token",
+        notes=[f"hanlin / Trainer per-document = {ratio:.2f}x; with --compile {compiled_ratio:.2f}x (its first step, "
+               f"compile included, took {compiled['first_step']:.1f} s; eager {hanlin_run['first_step']:.1f} s)",
+               f"MFU against {peak / 1e12:.3f} TFLOP/s ({source}), {flops / 1e6:.1f} MFLOP per token",
                "the concatenated-chunks row computes something else (tokens attend to the previous document); "
                "it is the speed of a loop without any boundary handling, for reference"],
     )
@@ -114,23 +122,30 @@ def _write_packed(folder: Path, tok_folder: Path, ids: list[list[int]], seq_len:
     return folder
 
 
+def _timing(stamps: list[float], tokens: int, steps: int) -> dict[str, Any]:
+    """Seconds and real tokens/s of the timed steps (2..steps) from the end-of-step stamps."""
+    timed = stamps[: steps]
+    seconds = timed[-1] - timed[0]
+    return {"timed_steps": len(timed) - 1, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+
+
 def _hanlin(packed: Path, tok_folder: Path, out: Path, preset: str, batch_size: int, steps: int,
-            threads: int | None) -> dict[str, Any]:
+            threads: int | None, compile_layers: bool) -> dict[str, Any]:
     from hanlin.plugins.finetuners.pretrain import PretrainTrainer
     from hanlin.plugins.finetuners.pretrain_config import load_pretrain_config
 
     cfg = load_pretrain_config(None, data=str(packed), tokenizer=str(tok_folder), preset=preset, output_dir=str(out),
                                batch_size=batch_size, max_steps=steps, learning_rate=1e-3, export=[],
-                               threads=threads, log_every=1000)
+                               threads=threads, log_every=1000, compile=compile_layers)
     stamps: list[float] = []
     trainer = PretrainTrainer(cfg, progress=lambda _: stamps.append(time.perf_counter()))
+    stamps.append(time.perf_counter())  # the first step's clock starts here: its time includes the compile
     trainer.train()
     rows = trainer.data.micro_batches(0)[1:steps]
     tokens = sum(len(r.input_ids) for batch in rows for r in batch)
-    seconds = stamps[-1] - stamps[0]
-    return {"timed_steps": steps - 1, "tokens": tokens, "padding": 0.0, "seconds": seconds,
-            "tokens_per_s": tokens / seconds, "fields": trainer.fields, "flops": trainer.flops_per_token,
-            "peak": trainer.peak, "peak_source": trainer.peak_source}
+    return {**_timing(stamps[1:], tokens, steps), "padding": 0.0, "first_step": stamps[1] - stamps[0],
+            "fields": trainer.fields, "flops": trainer.flops_per_token, "peak": trainer.peak,
+            "peak_source": trainer.peak_source}
 
 
 def _per_document_rows(ids: list[list[int]], seq_len: int) -> list[list[int]]:
@@ -178,6 +193,4 @@ def _hf_trainer(fields: dict[str, Any], rows: list[list[int]], tok: Any, batch_s
                       callbacks=[Clock()])
     trainer.train()
     tokens = sum(real[1:steps])
-    seconds = stamps[-1] - stamps[0]
-    return {"timed_steps": steps - 1, "tokens": tokens, "padding": 1 - tokens / max(1, sum(shapes[1:steps])),
-            "seconds": seconds, "tokens_per_s": tokens / seconds}
+    return {**_timing(stamps, tokens, steps), "padding": 1 - tokens / max(1, sum(shapes[1:steps]))}

@@ -77,11 +77,14 @@ def window_mask(length: int, sliding_window: int | None, device: Any) -> Any:
 def use_varlen_attention(model: Any) -> None:
     """Register the function (once per process) and switch ``model`` to it."""
     global _registered
+    import torch
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
     if not _registered:
-        AttentionInterface.register(NAME, varlen_attention)
+        # kept out of torch.compile graphs (compile_layers.py): its pieces change length with every packed row, and a
+        # traced loop over them would recompile for each new document layout
+        AttentionInterface.register(NAME, torch.compiler.disable(varlen_attention))
         ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, _no_mask)
         _registered = True
     model.set_attn_implementation(NAME)

@@ -233,6 +233,13 @@ def test_a_cell_that_prints_nothing_shows_the_variables_it_ended_by_setting(pyth
     assert run(python, "import math").content == "(no output)"  # nothing was set
     long = run(python, "s = 'y' * 1000").content
     assert long.startswith("(no output; s = 'yyy") and long.endswith("...)") and len(long) < 400
+    assert run(python, "d = {'b': 1, 'a': 2}").content == "(no output; d = {'b': 1, 'a': 2})"  # as repr shows it
+    # a big container is read as its size and first items: the items past them are never rendered
+    cell = ("class Loud:\n    def __repr__(self):\n        open('big_repr_ran', 'w').close()\n        return 'L'\n"
+            "xs = list(range(10**6)) + [Loud()]")
+    assert run(python, cell).content.startswith("(no output; xs = <list of 1000001 items> [0, 1, 2, 3, ")
+    assert run(python, "import os\nos.path.exists('big_repr_ran')").content == "False"
+    assert run(python, "ys = set(range(5000))").content.startswith("(no output; ys = <set of 5000 items> [0, 1, ")
     # the silent cells that read the values stay out of the history: the next cell's number follows on
     before = run(python, "get_ipython().execution_count").content
     run(python, "c = 3")

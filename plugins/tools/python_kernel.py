@@ -29,7 +29,8 @@ from typing import Any
 from hanlin import ToolResult
 from hanlin.errors import ToolError
 from hanlin.plugins.tools.python_hints import RETURN_FIX, Hint, error_hint, returning_cell_fix
-from hanlin.plugins.tools.python_shown import no_output_text, shown_names, unprinted_names, unprinted_text
+from hanlin.plugins.tools.python_shown import (bounded_repr_probe, no_output_text, shown_names, unprinted_names,
+                                               unprinted_text)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _LIVE: weakref.WeakSet[KernelSession] = weakref.WeakSet()
@@ -383,10 +384,13 @@ class KernelSession:
         ``numbers_only``: of ints and floats only, so a big list or frame the note would not show is never rendered."""
         values = {}
         for name in names:
-            probe = f"{name} if type({name}) in (int, float) else None" if numbers_only else name
+            probe = f"{name} if type({name}) in (int, float) else None" if numbers_only else bounded_repr_probe(name)
             got = self._run(probe, 5.0, store_history=False)
-            if got["error"] is None and got["result"] is not None and not (got["timed_out"] or got["died"]):
-                values[name] = got["result"]
+            if got["error"] is not None or got["timed_out"] or got["died"]:
+                continue
+            value = got["result"] if numbers_only else "".join(got["stdout"]).rstrip("\n") or None
+            if value is not None:
+                values[name] = value
         return values
 
     def _result(self, out: dict[str, Any], timeout: float, code: str) -> ToolResult:

@@ -17,6 +17,21 @@ import re
 
 MAX_SHOWN_NAMES = 3
 MAX_SHOWN_CHARS = 300
+# Read in the kernel, printed: a big list, tuple, dict or set is rendered as its size and its first items, a long
+# string as its start, never whole (the note shows 300 characters, and `xs = list(range(10**8))` would otherwise be
+# rendered and shipped as a gigabyte string); anything else, and a container of up to 300 items, as its repr.
+PREVIEW_ITEMS = 100
+BOUNDED_REPR = (
+    "(lambda v, _i=__import__('itertools').islice: repr(v[:2 * MAX]) if isinstance(v, (str, bytes)) "
+    "else repr(v) if not isinstance(v, (list, tuple, dict, set, frozenset)) or len(v) <= MAX "
+    "else f'<{type(v).__name__} of {len(v)} items> ' + repr(list(v[:PREVIEW]) if isinstance(v, (list, tuple)) "
+    "else dict(_i(v.items(), PREVIEW)) if isinstance(v, dict) else list(_i(v, PREVIEW))))"
+).replace("2 * MAX", str(2 * MAX_SHOWN_CHARS)).replace("MAX", str(MAX_SHOWN_CHARS)).replace("PREVIEW", str(PREVIEW_ITEMS))
+
+
+def bounded_repr_probe(name: str) -> str:
+    """The silent cell that prints ``name``'s value, bounded as BOUNDED_REPR says."""
+    return f"print({BOUNDED_REPR}({name}))"
 
 
 def shown_names(code: str) -> list[str]:

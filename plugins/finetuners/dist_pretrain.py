@@ -76,10 +76,9 @@ def run_pretrain(job: dict[str, Any], ctx: RankContext) -> dict[str, Any] | None
 
 def launch_pretrain(config: Any, settings: dict[str, Any], launch: Any, *, resume: bool = False) -> Any:
     """``hanlin pretrain ... --nproc N``: the config checked here, before any process starts."""
+    from hanlin.plugins.finetuners.compile_layers import should_compile
     from hanlin.plugins.finetuners.launcher import launch_run
     from hanlin.plugins.finetuners.pretrain_config import load_pretrain_config
-
-    from hanlin.plugins.finetuners.compile_layers import should_compile
 
     cfg = load_pretrain_config(config, **settings)
     should_compile(cfg.compile, "cpu", sharded=True)  # refused before torchrun starts, not on every rank

@@ -77,14 +77,21 @@ def window_mask(length: int, sliding_window: int | None, device: Any) -> Any:
 def use_varlen_attention(model: Any) -> None:
     """Register the function (once per process) and switch ``model`` to it."""
     global _registered
-    import torch
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
     if not _registered:
-        # kept out of torch.compile graphs (compile_layers.py): its pieces change length with every packed row, and a
-        # traced loop over them would recompile for each new document layout
-        AttentionInterface.register(NAME, torch.compiler.disable(varlen_attention))
+        AttentionInterface.register(NAME, varlen_attention)
         ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, _no_mask)
         _registered = True
     model.set_attn_implementation(NAME)
+
+
+def keep_out_of_compile() -> None:
+    """Register the function wrapped in ``torch.compiler.disable`` (compile_layers.py calls this before compiling):
+    its pieces change length with every packed row, and a traced loop over them would recompile for each new document
+    layout. Only then, because the wrapper's first use imports torch._dynamo (1.6 s here) into every packed run."""
+    import torch
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(NAME, torch.compiler.disable(varlen_attention))

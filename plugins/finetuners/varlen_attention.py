@@ -89,8 +89,10 @@ def use_varlen_attention(model: Any) -> None:
 
 def keep_out_of_compile() -> None:
     """Register the function wrapped in ``torch.compiler.disable`` (compile_layers.py calls this before compiling):
-    its pieces change length with every packed row, and a traced loop over them would recompile for each new document
-    layout. Only then, because the wrapper's first use imports torch._dynamo (1.6 s here) into every packed run."""
+    its pieces change length with every packed row, so it must never become part of a graph that a new document
+    layout would recompile (torch 2.13's dynamo already leaves it out, after the graph break in its loop; the wrapper
+    does not rely on that). Only then, because the wrapper's first use imports torch._dynamo (1.6 s here) into every
+    packed run."""
     import torch
     from transformers import AttentionInterface
 

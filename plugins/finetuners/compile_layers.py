@@ -26,10 +26,8 @@ from hanlin.errors import ConfigurationError
 
 def cxx_compiler() -> str | None:
     """The C++ compiler inductor would use on the CPU (``CXX`` or c++/g++/clang++ on PATH), or None."""
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
+    found = (shutil.which(name) for name in (os.environ.get("CXX"), "c++", "g++", "clang++") if name)
+    return next((path for path in found if path), None)
 
 
 def should_compile(setting: bool, device: str, *, sharded: bool = False) -> bool:
@@ -47,22 +45,10 @@ def should_compile(setting: bool, device: str, *, sharded: bool = False) -> bool
     return True
 
 
-def decoder_layers(model: Any) -> list[Any]:
-    """The repeated blocks of an HF causal LM (``model.model.layers``; through a PEFT wrapper too), or []."""
-    inner = model
-    for _ in range(4):  # PeftModel -> LoraModel -> LlamaForCausalLM -> LlamaModel
-        layers = getattr(inner, "layers", None)
-        if layers is not None and len(layers):
-            return list(layers)
-        inner = getattr(inner, "model", None) or getattr(inner, "base_model", None)
-        if inner is None:
-            break
-    return []
-
-
 def compile_layers(model: Any) -> int:
     """Compile each decoder layer in place (its state-dict keys do not change, so checkpoints and exports are the
     same as an eager run's). Returns how many layers were compiled."""
+    from hanlin.plugins.finetuners.distributed import decoder_layers
     from hanlin.plugins.finetuners.varlen_attention import keep_out_of_compile
 
     keep_out_of_compile()

@@ -69,8 +69,9 @@ def decoder_layers(model: Any) -> list[Any]:
     decoder = model.get_decoder()
     layers = getattr(decoder, "layers", None)
     if layers is None:
-        raise ConfigurationError(f"cannot find the decoder layers of {type(decoder).__name__} to shard; --nproc "
-                                 "supports models whose decoder keeps them in `.layers` (llama, qwen2, gemma...)")
+        raise ConfigurationError(f"cannot find the decoder layers of {type(decoder).__name__} to shard or compile; "
+                                 "--nproc and --compile support models whose decoder keeps them in `.layers` "
+                                 "(llama, qwen2, gemma...)")
     return list(layers)
 
 

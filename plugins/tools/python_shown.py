@@ -22,11 +22,12 @@ MAX_SHOWN_CHARS = 300
 # rendered and shipped as a gigabyte string); anything else, and a container of up to 300 items, as its repr.
 PREVIEW_ITEMS = 100
 BOUNDED_REPR = (
-    "(lambda v, _i=__import__('itertools').islice: repr(v[:2 * MAX]) if isinstance(v, (str, bytes)) "
-    "else repr(v) if not isinstance(v, (list, tuple, dict, set, frozenset)) or len(v) <= MAX "
-    "else f'<{type(v).__name__} of {len(v)} items> ' + repr(list(v[:PREVIEW]) if isinstance(v, (list, tuple)) "
-    "else dict(_i(v.items(), PREVIEW)) if isinstance(v, dict) else list(_i(v, PREVIEW))))"
-).replace("2 * MAX", str(2 * MAX_SHOWN_CHARS)).replace("MAX", str(MAX_SHOWN_CHARS)).replace("PREVIEW", str(PREVIEW_ITEMS))
+    f"(lambda v, _i=__import__('itertools').islice: repr(v[:{2 * MAX_SHOWN_CHARS}]) if isinstance(v, (str, bytes)) "
+    f"else repr(v) if not isinstance(v, (list, tuple, dict, set, frozenset)) or len(v) <= {MAX_SHOWN_CHARS} "
+    f"else f'<{{type(v).__name__}} of {{len(v)}} items> ' + repr(list(v[:{PREVIEW_ITEMS}]) "
+    f"if isinstance(v, (list, tuple)) else dict(_i(v.items(), {PREVIEW_ITEMS})) if isinstance(v, dict) "
+    f"else list(_i(v, {PREVIEW_ITEMS}))))"
+)
 
 
 def bounded_repr_probe(name: str) -> str:

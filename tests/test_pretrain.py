@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,6 +151,52 @@ def test_gradient_accumulation_trains_as_the_larger_batch(tmp_path: Path, bpe_pa
     assert accumulated.losses == pytest.approx(whole.losses, rel=1e-4)
 
 
+# In a fresh process: the allocator setting is process-wide and one-way. Trains two steps, then counts the page
+# faults of a buffer that every step of a loop allocates and frees (64 MiB, a 2048 x 8192 fp32 logits chunk).
+ALLOCATOR_PROBE = """
+import json, resource, sys
+import torch
+from hanlin.plugins.finetuners import cpu_allocator
+from hanlin.plugins.finetuners.pretrain import PretrainTrainer
+from hanlin.plugins.finetuners.pretrain_config import load_pretrain_config
+before = cpu_allocator.applied()
+PretrainTrainer(load_pretrain_config(None, **json.loads(sys.argv[1]))).train()
+torch.ones(16 * 2**20).sum()
+start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(8):
+    torch.ones(16 * 2**20).sum()
+print(json.dumps({"before": before, "after": cpu_allocator.applied(),
+                  "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start}))
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_a_cpu_run_keeps_freed_memory_so_each_step_faults_no_pages_in(tmp_path: Path, bpe_packed: Path) -> None:
+    """The loop raises glibc's thresholds when it starts on a CPU: a buffer freed by one step is reused by the next
+    instead of being unmapped and faulted in again (16,384 faults per 64 MiB); HANLIN_KEEP_FREED_MEMORY=0 leaves
+    the allocator as it was."""
+    def probe(name: str, **env: str) -> dict:
+        args = json.dumps(settings(tmp_path / name, bpe_packed, max_steps=2))
+        out = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE, args], capture_output=True, text=True,
+                             env={**os.environ, **env}, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.splitlines()[-1])
+
+    kept, plain = probe("kept"), probe("plain", HANLIN_KEEP_FREED_MEMORY="0")
+    assert (kept["before"], kept["after"], plain["after"]) == (False, True, False)
+    assert plain["faults"] > 8 * 10_000, plain  # each 64 MiB buffer mapped and faulted in anew
+    assert kept["faults"] < plain["faults"] / 20, (kept, plain)
+
+
+def test_the_allocator_is_left_alone_off_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hanlin.plugins.finetuners import cpu_allocator
+
+    monkeypatch.setattr(cpu_allocator, "_applied", None)
+    assert cpu_allocator.keep_freed_memory("cuda:0") is False and cpu_allocator._applied is None
+    monkeypatch.setenv("HANLIN_KEEP_FREED_MEMORY", "0")
+    assert cpu_allocator.keep_freed_memory("cpu") is False and cpu_allocator._applied is None
+
+
 def test_compiled_layers_train_as_the_eager_ones_and_save_the_same_keys(tmp_path: Path, bpe_packed: Path) -> None:
     """--compile: each decoder layer goes through torch.compile (inductor writes C++ here), the varlen attention
     stays out of the graph, and a run gives the eager run's losses with a checkpoint whose keys are the eager ones
@@ -197,8 +247,6 @@ def test_compile_that_cannot_run_is_refused_with_the_reason(tmp_path: Path, bpe_
     assert not compile_layers.should_compile(False, "cpu")  # off by default: nothing to find
 
 
-@requires_llama
-@pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="pip install 'hanlin[tune]'")
 @requires_llama
 @pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="pip install 'hanlin[tune]'")
 def test_the_export_tokenizes_and_generates_in_llama_cpp_as_in_torch(trained) -> None:

@@ -119,6 +119,9 @@ class PretrainTrainer(Trainer):
 
     def _fit_steps_to(self, seconds: float) -> None:
         """max_steps from one timed step (after a warm-up one), so the cosine schedule spans the time budget."""
+        from hanlin.plugins.finetuners.cpu_allocator import keep_freed_memory
+
+        keep_freed_memory(self.base.device)  # as the loop will run (trainer.py)
         batches = self.data.micro_batches(0)
         group = batches[0:1]
         timings = []

@@ -21,6 +21,7 @@ from typing import Any
 
 from hanlin.plugins.finetuners import checkpoint
 from hanlin.plugins.finetuners.config import TuneConfig
+from hanlin.plugins.finetuners.cpu_allocator import keep_freed_memory
 from hanlin.plugins.finetuners.data import RunData, prepare
 from hanlin.plugins.finetuners.losses import sequence_logprobs, token_loss_sum
 from hanlin.plugins.finetuners.master_weights import MasterWeights
@@ -166,6 +167,7 @@ class Trainer:
         import torch
 
         c = self.config
+        keep_freed_memory(self.base.device)  # no page faults for the buffers every step reallocates
         params = list(trainable_parameters(self.model).values())
         optimizer = MasterWeights(params, lambda ps: torch.optim.AdamW(ps, lr=c.learning_rate,
                                                                        weight_decay=c.weight_decay))

@@ -50,7 +50,7 @@ def bench_tune(model: str = "smollm2", *, samples: int = 32, max_length: int = 5
             job = {"config": name, "model": model, "data": str(data), "max_length": max_length,
                    "batch_size": batch_size, "threads": threads, "out": str(Path(tmp) / name.split()[-1]),
                    "seed": seed}
-            results[name] = _run_worker(job)
+            results[name] = run_worker(job)
     packed, unpacked = results[CONFIGS[0]], results[CONFIGS[1]]
     rows = []
     for name in CONFIGS:
@@ -75,14 +75,15 @@ def bench_tune(model: str = "smollm2", *, samples: int = 32, max_length: int = 5
     return [table]
 
 
-def _run_worker(job: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "hanlin.plugins.finetuners.bench", json.dumps(job)],
-                          capture_output=True, text=True)
+def run_worker(job: dict[str, Any], module: str = "hanlin.plugins.finetuners.bench",
+               what: str = "") -> dict[str, Any]:
+    """``python -m module JOB`` in a fresh process; the last JSON line it prints."""
+    proc = subprocess.run([sys.executable, "-m", module, json.dumps(job)], capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         from hanlin.errors import HanlinError
 
-        raise HanlinError(f"benchmark configuration {job['config']!r} failed:\n{proc.stderr[-2000:]}")
+        raise HanlinError(f"benchmark {what or 'configuration ' + repr(job['config'])} failed:\n{proc.stderr[-2000:]}")
     return json.loads(lines[-1])
 
 

@@ -87,13 +87,16 @@ def add_commands(cli: Any, typer: Any) -> None:
         tokenizer: str = typer.Option("train", "--tokenizer",
                                       help="'train' (an 8k BPE fitted to the documents), a folder or a model."),
         threads: int | None = typer.Option(None, "--threads"),
+        repeats: int = typer.Option(1, "--repeats", help="Run every loop this many times, in alternating order, "
+                                    "and report each loop's median (a shared machine drifts between loops)."),
         as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
     ) -> None:
         """Pre-training tokens/s and MFU: hanlin's loop vs a plain transformers Trainer, same model and data."""
         from hanlin.plugins.finetuners.pretrain_bench import bench_pretrain
 
         print_tables(lambda: bench_pretrain(preset=preset, docs=docs, seq_len=seq_len, batch_size=batch_size,
-                                            steps=steps, tokenizer=tokenizer, threads=threads), as_json)
+                                            steps=steps, tokenizer=tokenizer, threads=threads, repeats=repeats),
+                     as_json)
 
 
 def print_progress(record: dict[str, Any]) -> None:

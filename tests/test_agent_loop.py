@@ -587,6 +587,13 @@ def test_tools_protocol_refuses_a_reply_that_repeats_the_note_on_a_repeated_call
     result = Agent(model, [python], protocol="tools", max_steps=6).run("Which word comes last? Use Python.")
     assert result.status == "answered" and result.output == "pear"
     assert "that sentence was a note about your call, not an answer" in model.calls[3][0][-1].content
+    # the note again after the correction is no answer either (python-10 then ended "answered" with the note)
+    model = ScriptedModel([call, again, echo, echo, "pear"])
+    result = Agent(model, [python], protocol="tools", max_steps=6).run("Which word comes last? Use Python.")
+    assert result.status == "answered" and result.output == "pear"
+    result = Agent(ScriptedModel([call, again, echo, echo, echo]), [python], protocol="tools",
+                   max_steps=8).run("Which word comes last? Use Python.")
+    assert result.status == "gave_up" and "repeated the note on the tool result" in result.error
     # a reply that only shares words with the note is an answer
     model = ScriptedModel([call, again, "It was not run again, but the result above says pear."])
     result = Agent(model, [python], protocol="tools", max_steps=6).run("Which word comes last? Use Python.")

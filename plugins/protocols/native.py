@@ -107,19 +107,18 @@ def echoed_correction(text: str, ctx: RunContext) -> str | None:
     return hint if hint and hint[:60] in text else None
 
 
-# The loop guard's note on a repeated call (any tool's name), as it ends the result it was appended to.
-_REPEAT = re.compile(re.escape(REPEAT_NOTE).replace(re.escape("{name}"), r"[\w.-]+") + r"$")
+# The first sentence of the loop guard's note on a repeated call, for any tool's name.
+_REPEAT = re.compile(re.escape(REPEAT_NOTE.strip().lstrip("[").split(";")[0]).replace(re.escape("{name}"),
+                                                                                     r"[\w.-]+"))
 
 
 def echoed_note(text: str, ctx: RunContext) -> str | None:
-    """The loop guard's note on the last tool result, when the reply repeats it instead of answering: told its call
-    was a repeat ("[The same python call as in your previous step, so it was not run again; ...]"),
-    Qwen2.5-Coder-0.5B replied with that sentence, and it was taken for the answer (tooluse python-10)."""
-    last = ctx.messages[-1] if ctx.messages else None
-    if last is None or last.role != "tool" or (match := _REPEAT.search(last.content)) is None:
-        return None
-    note = match[0].strip().strip("[]")
-    return note if note[:60] in text else None
+    """The loop guard's note, when the reply repeats it instead of answering: told its call was a repeat ("[The same
+    python call as in your previous step, so it was not run again; ...]"), Qwen2.5-Coder-0.5B replied with that
+    sentence, and it was taken for the answer (tooluse python-10); corrected once, it replied with it again, and
+    that was taken. The note's own sentence is never an answer, wherever it comes."""
+    match = _REPEAT.search(text)
+    return match[0] if match else None
 
 
 class NativeTools(StepProtocol):

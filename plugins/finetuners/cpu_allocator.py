@@ -5,9 +5,9 @@ threshold that it raises on its own only up to 32 MiB), and gives back the top o
 is free. A training step allocates and frees the same activation, logit and gradient buffers every step, so with the
 defaults every step pays for fresh pages: measured on the ``tiny`` pre-training preset (4 x 1024 tokens a step,
 2 cores), 150,000 page faults and 0.35 s of system time a step, against 20,000 and 0.04 s with the thresholds raised
-(step 2.87 s -> 2.53-2.76 s). The same reason CPU training guides preload jemalloc or tcmalloc; ``mallopt`` does it
-from inside the process. Setting only the trim threshold is worse than nothing: it also freezes the mmap threshold
-at 128 KiB (five times the faults).
+(median step 2.76-2.87 s -> 2.47-2.76 s, four processes each). CPU training guides preload jemalloc or tcmalloc
+for the same reason; ``mallopt`` does it from inside the process. Setting only the trim threshold is worse than
+nothing: it also freezes the mmap threshold at 128 KiB (five times the faults).
 
 Process-wide and one-way (glibc has no call that brings its adaptive thresholds back), so it is applied when a
 training loop starts on a CPU, not at import. The process then keeps up to ``THRESHOLD`` of freed memory for reuse.

@@ -112,7 +112,7 @@ _REPEAT = re.compile(re.escape(REPEAT_NOTE.strip().lstrip("[").split(";")[0]).re
                                                                                      r"[\w.-]+"))
 
 
-def echoed_note(text: str, ctx: RunContext) -> str | None:
+def echoed_note(text: str) -> str | None:
     """The loop guard's note, when the reply repeats it instead of answering: told its call was a repeat ("[The same
     python call as in your previous step, so it was not run again; ...]"), Qwen2.5-Coder-0.5B replied with that
     sentence, and it was taken for the answer (tooluse python-10); corrected once, it replied with it again, and
@@ -218,7 +218,7 @@ class NativeTools(StepProtocol):
             # there is no tool named 'count_s'. ..."), and that was taken for its answer.
             raise ParseError("the model repeated the correction instead of answering",
                              hint="that was the message about your previous reply, not an answer. " + hint)
-        if echoed_note(text, ctx) is not None:
+        if echoed_note(text) is not None:
             raise ParseError("the model repeated the note on the tool result instead of answering",
                              hint="that sentence was a note about your call, not an answer. Reply with the answer to "
                                   "the question, taken from the tool result above.")

@@ -103,9 +103,10 @@ def hanlin(*args: str, check: bool = True) -> str:
     return proc.stdout + (proc.stderr if proc.returncode else "")
 
 
-def evaluate(model: str, out: Path, limit: int) -> dict:
+def evaluate(model: str, out: Path, limit: int, budget: tuple[str, ...] = ()) -> dict:
     """The tooluse scores of one model, as scores.json records them: {metric: {"value", "stderr", "n"}}."""
-    hanlin("eval", "-m", model, "-d", "tooluse", "--protocol", "react", "--limit", str(limit), "--out", str(out))
+    hanlin("eval", "-m", model, "-d", "tooluse", "--protocol", "react", "--limit", str(limit), *budget,
+           "--out", str(out))
     scores = json.loads((out / "scores.json").read_text())
     try:
         (entry,) = scores["models"].values()  # one model per folder
@@ -140,11 +141,14 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     n, steps, limit = (4, 2, 2) if args.quick else (args.tasks, None, args.limit)
+    # --quick: a model tuned for two steps may ramble to the token limit at every step (a python item took 2 of the
+    # 3.5 minutes of a quick run, 6 steps of 512 tokens each); 3 steps of 256 tokens still run every stage.
+    budget = ("--max-steps", "3", "--max-tokens", "256") if args.quick else ()
 
     traces = make_traces(args.out, n)
-    before = evaluate(BASE_MODEL, args.out / "eval-before", limit)
+    before = evaluate(BASE_MODEL, args.out / "eval-before", limit, budget)
     tuned = tune(traces, args.out, steps, args.epochs)
-    after = evaluate(tuned, args.out / "eval-after", limit)
+    after = evaluate(tuned, args.out / "eval-after", limit, budget)
     print("tooluse (react), before -> after:")
     for metric in ("accuracy", "valid_calls", "expected_tool", "steps"):
         print(f"  {metric:<14} {_value(before, metric):>7} -> {_value(after, metric)}")

@@ -263,10 +263,29 @@ def call_trigger(names: Sequence[str]) -> re.Pattern[str]:
     return re.compile(rf'{_MARKERS}|(?:\[\s*)?\{{\s*"name"\s*:\s*(?:{named})')
 
 
-def trigger_start(text: str, trigger: re.Pattern[str] | None = None) -> int | None:
-    """Where the first call begins in ``text`` (the grammar is fed the text from there), or None."""
-    match = (trigger or call_trigger(())).search(text)
-    return match.start() if match else None
+# A fence whose calls the trigger may start: JSON, a tool_call block, or one that names no language.
+_FENCE = re.compile(r"```([^\n`]*)")
+_CALL_FENCES = ("", "json", "tool_call")
+
+
+def _in_code_block(text: str, pos: int) -> bool:
+    """Whether ``pos`` lies inside a fenced block of code (```python, ```bash, ...) opened before it."""
+    language = None
+    for fence in _FENCE.finditer(text, 0, pos):
+        language = fence[1].strip().lower() if language is None else None  # fences alternate: open, close
+    return language is not None and language not in _CALL_FENCES
+
+
+def trigger_start(text: str, trigger: re.Pattern[str] | None = None, since: int = 0) -> int | None:
+    """Where the first call at or after ``since`` begins in ``text`` (the grammar is fed the text from there), or
+    None. Not inside a block of code: a dict literal in a ```python block is code, not a call. Qwen2.5-Coder-0.5B,
+    writing Python for a tooluse question, wrote ``{"type": "function", "function": {"name": "calculator", ...``
+    inside its block; the call grammar took over there and held it to a calculator call, whose expression ran into
+    zeros until the token limit, three replies in a row (python-03)."""
+    for match in (trigger or call_trigger(())).finditer(text, since):
+        if not _in_code_block(text, match.start()):
+            return match.start()
+    return None
 
 
 def normalize_tool_choice(choice: Any, tools: ToolSpecs) -> tuple[str, list[dict[str, Any]]]:

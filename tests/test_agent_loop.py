@@ -594,6 +594,13 @@ def test_tools_protocol_refuses_a_reply_that_repeats_the_note_on_a_repeated_call
     result = Agent(ScriptedModel([call, again, echo, echo, echo]), [python], protocol="tools",
                    max_steps=8).run("Which word comes last? Use Python.")
     assert result.status == "gave_up" and "repeated the note on the tool result" in result.error
+    # inside prose, with the tool's name capitalised (python-05: "...modify the code to run the same Python call as
+    # in your previous step, so it was not run again; ...")
+    prose = ("To fix this, modify the code to run the same Python call as in your previous step, so it was not run "
+             "again.")
+    model = ScriptedModel([call, again, prose, "pear"])
+    result = Agent(model, [python], protocol="tools", max_steps=6).run("Which word comes last? Use Python.")
+    assert result.status == "answered" and result.output == "pear"
     # a reply that only shares words with the note is an answer
     model = ScriptedModel([call, again, "It was not run again, but the result above says pear."])
     result = Agent(model, [python], protocol="tools", max_steps=6).run("Which word comes last? Use Python.")

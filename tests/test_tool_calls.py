@@ -190,9 +190,20 @@ def test_stream_filter_shows_text_and_holds_calls() -> None:
     ('[ {\n "name": "get_weather"', 0), ("[TOOL_CALLS]", 0), ("<|python_tag|>", 0),
     ('{"name": "get_weather_report"', None),  # not an offered tool (a longer name): left free, so it stays text
     ('{"name": "get_weathe', None), ("plain text {not json", None), ("```python\nprint(1)", None),
+    # inside a block of code a dict literal is code, not a call; after the block closes, calls start again
+    ('```python\nx = {"name": "calculate_roi"', None), ('```py\n<tool_call>', None),
+    ('```python\nx = 1\n```\n{"name": "get_weather"', 20), ('```\n{"name": "get_weather"', 4),
 ])
 def test_trigger_start(text: str, start: int | None) -> None:
     assert trigger_start(text, call_trigger(["get_weather", "calculate_roi"])) == start
+
+
+def test_trigger_start_looks_only_after_since_but_knows_the_blocks_before_it() -> None:
+    trigger = call_trigger(["get_weather"])
+    text = '{"name": "get_weather"} then ```python\n{"name": "get_weather"'
+    assert trigger_start(text, trigger) == 0
+    assert trigger_start(text, trigger, since=1) is None  # the second object is inside the python block
+    assert trigger_start(text + '\n```\n{"name": "get_weather"', trigger, since=1) == len(text) + 5
 
 
 def test_tool_choice_semantics() -> None:

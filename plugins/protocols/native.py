@@ -109,14 +109,16 @@ def echoed_correction(text: str, ctx: RunContext) -> str | None:
 
 # The first sentence of the loop guard's note on a repeated call, for any tool's name.
 _REPEAT = re.compile(re.escape(REPEAT_NOTE.strip().lstrip("[").split(";")[0]).replace(re.escape("{name}"),
-                                                                                     r"[\w.-]+"))
+                                                                                     r"[\w.-]+"), re.IGNORECASE)
 
 
 def echoed_note(text: str) -> str | None:
     """The loop guard's note, when the reply repeats it instead of answering: told its call was a repeat ("[The same
     python call as in your previous step, so it was not run again; ...]"), Qwen2.5-Coder-0.5B replied with that
     sentence, and it was taken for the answer (tooluse python-10); corrected once, it replied with it again, and
-    that was taken. The note's own sentence is never an answer, wherever it comes."""
+    that was taken; in python-05 it was the end of "...modify the code to run the same Python call as in your
+    previous step, so it was not run again" (the tool's name capitalised). The note's own sentence is never an
+    answer, wherever it comes and however it is capitalised."""
     match = _REPEAT.search(text)
     return match[0] if match else None
 

@@ -292,9 +292,9 @@ class LlamaChatModel(ChatModel):
                             lazy_on, searched = False, len(text)
                     elif not lazy_on and plan.lazy_grammar is not None:  # a call may be starting: constrain it
                         text = written.decode("utf-8", errors="ignore")
-                        start = trigger_start(text[searched:], plan.trigger)
+                        start = trigger_start(text, plan.trigger, since=searched)
                         if start is not None:
-                            lazy_on = sampler.activate(plan.lazy_grammar, self._tokenize_piece(text[searched + start:]))
+                            lazy_on = sampler.activate(plan.lazy_grammar, self._tokenize_piece(text[start:]))
                             searched = len(text) if not lazy_on else searched
                 if scanner.stopped:
                     finish = "stop"

@@ -342,14 +342,15 @@ def _other_name(g: Any, names: Sequence[str]) -> str:
 
 
 def call_grammar(tools: ToolSpecs, fmt: CallFormat, *, forced: bool, parallel: bool = True,
-                 max_string_chars: int | None = None) -> str:
+                 max_string_chars: int | None = None, item: bool = False) -> str:
     """GBNF for calls to ``tools``.
 
     ``forced`` (tool_choice required or named): the reply is calls in ``fmt`` from its first token. Otherwise the
     grammar is the *lazy* one, applied from a trigger on: its root accepts every shape a trigger can open (hermes
     tags, Mistral's array, InternLM2's plugin block, Llama's python tag, a bare object or array); the runtime
     switches it off again when a call is complete, so text and further calls may follow (parallel calls written
-    one fence after another). ``parallel=False`` allows exactly one call.
+    one fence after another). ``parallel=False`` allows exactly one call. ``item``: one call to an offered tool,
+    the next item of an array of calls (``call_count`` decides whether one follows and writes the array around it).
     """
     from hanlin.grammar import STEP_STRING_CHARS, GrammarBuilder
 
@@ -365,7 +366,7 @@ def call_grammar(tools: ToolSpecs, fmt: CallFormat, *, forced: bool, parallel: b
         args = g.schema(fn.get("parameters") or {"type": "object"}, f"args{i}")
         name = gbnf_literal(json.dumps(tool_name(spec)))
         options.append(f'"{{" sp "\\"name\\"" sp ":" sp {name} sp "," sp {key} sp ":" sp {args} sp "}}"')
-    if not forced:  # a call naming anything else is written freely and read back as text (the irrelevance case)
+    if not forced and not item:  # a call naming anything else is written freely and read back as text (irrelevance)
         other_args = g.schema({"type": "object"}, "other-args")
         options.append(f'"{{" sp "\\"name\\"" sp ":" sp {_other_name(g, [tool_name(t) for t in tools])} sp "," sp '
                        f'{key} sp ":" sp {other_args} sp "}}"')
@@ -393,7 +394,9 @@ def call_grammar(tools: ToolSpecs, fmt: CallFormat, *, forced: bool, parallel: b
     # multiple 0.66 -> 0.41 (a second, unasked call to another offered function) and overall 0.64 -> 0.59; decoding
     # the reply again from '[' gave multiple 0.54, overall 0.62. Both were dropped: an unasked call runs an action.
     g.add("fence", f'"```" ( "json" | "tool_call" ) [ \\t]* "\\n" sp {"calls" if parallel else "call"} sp "```"')
-    if forced:
+    if item:
+        g.add("root", "call")
+    elif forced:
         root = {"hermes": "hermes", "mistral": "mistral", "internlm2": "internlm", "llama3_json": "call"}[fmt.name]
         g.add("root", root)
     else:
@@ -456,6 +459,7 @@ class ToolPlan:
     lazy_grammar: str | None = None
     parallel: bool = True
     trigger: re.Pattern[str] | None = None  # where the lazy grammar switches on
+    more_calls: str | None = None  # auto with parallel calls: the grammar of one further call (see call_count)
 
 
     def reply(self) -> ToolReply:
@@ -487,4 +491,6 @@ def plan_tools(params: GenerationParams, fmt: CallFormat, capabilities: Capabili
     elif can_constrain:
         plan.lazy_grammar = call_grammar(callable_tools, fmt, forced=False, parallel=parallel)
         plan.trigger = call_trigger([tool_name(t) for t in callable_tools])
+        if parallel:
+            plan.more_calls = call_grammar(callable_tools, fmt, forced=False, item=True)
     return plan

@@ -256,6 +256,11 @@ def test_call_grammar_is_valid_gbnf_for_each_family() -> None:
                 sampler = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, text.encode(), b"root")
                 assert sampler, text
                 llama_cpp.llama_sampler_free(sampler)
+    item = call_grammar(tools, FORMATS["hermes"], forced=False, item=True)  # the next call of an array (call_count)
+    assert "root ::= call" in item and "other-args" not in item  # one call, to offered tools only
+    sampler = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, item.encode(), b"root")
+    assert sampler, item
+    llama_cpp.llama_sampler_free(sampler)
 
 
 def test_looks_like_call() -> None:

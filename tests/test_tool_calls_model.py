@@ -5,9 +5,11 @@ SmolLM2's template knows no tools, so these also prove the format table's instru
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from hanlin import load_model
+from hanlin import Message, load_model
 from tests.conftest import requires_llama
 
 pytestmark = [requires_llama, pytest.mark.slow, pytest.mark.model]
@@ -62,6 +64,7 @@ def test_required_and_named_always_yield_valid_calls(smollm2) -> None:
     assert not none.tool_calls and none.text
 
 
+
 @pytest.fixture(scope="module")
 def qwen():
     from hanlin.plugins.models import assemble
@@ -80,3 +83,23 @@ def test_default_model_calls_when_a_tool_fits_and_answers_when_none_does(qwen) -
     chunks = list(qwen.stream("Write a haiku about the sea.", tools=TOOLS, temperature=0, max_tokens=40))
     texts = [c.text for c in chunks if c.text]
     assert len(texts) > 3 and not chunks[-1].tool_calls and chunks[-1].finish_reason == "stop"
+
+
+def test_default_model_makes_as_many_calls_as_the_request_asks(qwen) -> None:
+    # Two items of the shipped function-calling set, asked as the evaluation asks them. Left to itself the model
+    # wrote one bare call for parallel-011 and stopped; asked after each call whether another item follows in an
+    # array of calls (runtimes/call_count.py), it writes the second conversion, and only where two were asked for.
+    from hanlin.plugins.evaluators.function_calling import SYSTEM, shipped_path
+
+    rows = {r["id"]: r for r in map(json.loads, shipped_path().read_text().splitlines())}
+
+    def calls(item: str) -> list:
+        ask = [Message(role="system", content=SYSTEM), Message(role="user", content=rows[item]["question"])]
+        reply = qwen.generate(ask, tools=rows[item]["functions"], temperature=0, max_tokens=256)
+        return [(c.name, c.arguments) for c in reply.tool_calls]
+
+    celsius = {"from_scale": "celsius", "to_scale": "fahrenheit"}  # "What are -40 Celsius and 100 Celsius in F?"
+    assert calls("parallel-011") == [("convert_temperature", {"value": -40, **celsius}),
+                                     ("convert_temperature", {"value": 100, **celsius})]
+    # "What's the standard deviation and the maximum of ...?": one call that asks for both
+    assert [name for name, _ in calls("multiple-011")] == ["compute_statistics"]

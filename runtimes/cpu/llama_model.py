@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hanlin import (
     Capabilities,
     ChatModel,
@@ -27,6 +29,7 @@ from hanlin import (
     Message,
     ModelError,
     ModelSpec,
+    ToolCall,
     Usage,
 )
 from hanlin.chat_model import ScoreRequest, check_score_requests
@@ -39,7 +42,10 @@ from hanlin.runtimes.prompt_guard import guarded_segments, tokenize_segments
 from hanlin.runtimes.scoring import pair_ids
 from hanlin.runtimes.text_stream import StopScanner
 from hanlin.runtimes.token_healing import healing_grammar, split_tail
-from hanlin.runtimes.tool_calls import ToolPlan, detect_format, plan_tools, repeats_a_call, trigger_start
+from hanlin.runtimes import call_count
+from hanlin.runtimes.tool_calls import (
+    ToolPlan, detect_format, parse_tool_calls, plan_tools, repeats_a_call, trigger_start,
+)
 
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_N_CTX = 4096
@@ -114,6 +120,7 @@ class LlamaChatModel(ChatModel):
         self._add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
         self._format = detect_format(self._template, spec.tool_call_style)
         self._valid_grammars: set[str] = set()
+        self._comma_mask: np.ndarray | None = None  # tokens that open another array item (call_count)
         self.capabilities = Capabilities(
             constraints=frozenset({"json_schema", "grammar"}),
             native_tools=self._template is not None,  # templates without tools get them as instructions
@@ -253,13 +260,7 @@ class LlamaChatModel(ChatModel):
         reply = plan.reply()  # holds back text that may be a tool call; parses it at the end
         written, searched, lazy_on = b"", 0, False  # the lazy call grammar's state (see tool_calls)
         eog = llm.token_eos()
-        sampler = GrammarFirstSampler(
-            llm, self._vocab, grammar, temperature=temperature,
-            top_k=params.top_k if params.top_k is not None else 40,
-            top_p=params.top_p if params.top_p is not None else 0.95,
-            min_p=0.05 if temperature > 0 else 0.0, repeat_penalty=self.repeat_penalty,
-            frequency_penalty=params.frequency_penalty or 0.0, presence_penalty=params.presence_penalty or 0.0,
-        )
+        sampler = self._sampler(params, grammar, temperature)
         sampled = decode(llm, sampler, tokens[reused:], max_tokens + 1 + len(heal))
         generated, finish, skip = 0, "length", len(heal)  # the healed prompt tail is written again, not shown
         try:
@@ -306,6 +307,10 @@ class LlamaChatModel(ChatModel):
             sampler.close()
         tail = reply.feed(scanner.finish())
         text, tool_calls = reply.finish()
+        if plan.more_calls is not None and tool_calls:
+            tool_calls, written_more = self._settle_call_count(tokens, tool_calls, plan, params, temperature,
+                                                               max_tokens - generated)
+            generated += written_more
         if tail + text:
             yield Chunk(text=tail + text)
         usage = Usage(
@@ -315,6 +320,55 @@ class LlamaChatModel(ChatModel):
             prompt_tokens_reused=reused,
         )
         yield Chunk(finish_reason="tool_calls" if tool_calls else finish, usage=usage, tool_calls=tool_calls)
+
+    def _sampler(self, params: GenerationParams, grammar: str | None, temperature: float) -> GrammarFirstSampler:
+        return GrammarFirstSampler(
+            self._llm, self._vocab, grammar, temperature=temperature,
+            top_k=params.top_k if params.top_k is not None else 40,
+            top_p=params.top_p if params.top_p is not None else 0.95,
+            min_p=0.05 if temperature > 0 else 0.0, repeat_penalty=self.repeat_penalty,
+            frequency_penalty=params.frequency_penalty or 0.0, presence_penalty=params.presence_penalty or 0.0,
+        )
+
+    def _settle_call_count(self, prompt: list[int], calls: list[ToolCall], plan: ToolPlan, params: GenerationParams,
+                           temperature: float, budget: int) -> tuple[list[ToolCall], int]:
+        """(the reply's calls, tokens generated for them): each further call only when the model means one
+        (call_count: asked after each call, the next written under a grammar of one offered call)."""
+        import llama_cpp
+
+        llm = self._llm
+        if self._comma_mask is None:
+            self._comma_mask = call_count.comma_mask(
+                [llm.detokenize([t], special=True).decode("utf-8", "ignore") for t in range(llm.n_vocab())])
+        generated = 0
+
+        def p_another(kept: list[ToolCall]) -> float:
+            probe = prompt + self._tokenize_piece(call_count.probe_text(kept))
+            llm.eval(probe[self._reuse_prefix(probe):])
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))
+            return call_count.continue_probability(logits, self._comma_mask)
+
+        def write_next(kept: list[ToolCall]) -> ToolCall | None:
+            nonlocal generated
+            start = prompt + self._tokenize_piece(call_count.continuation_text(kept))
+            sampler = self._sampler(params, self._check_grammar(plan.more_calls or ""), temperature)
+            written = b""
+            sampled = decode(llm, sampler, start[self._reuse_prefix(start):], max(0, budget - generated))
+            try:
+                for token in sampled:
+                    if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                        break
+                    written += llm.detokenize([token], special=True)
+                    generated += 1
+                    if sampler.complete(llm.token_eos()):
+                        break
+            finally:
+                sampled.close()
+                sampler.close()
+            found = parse_tool_calls(written.decode("utf-8", errors="ignore"), plan.callable_tools)[1]
+            return found[0] if found else None
+
+        return call_count.settle(calls, p_another, write_next), generated
 
     # ---- scoring -----------------------------------------------------------------------------
     def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:

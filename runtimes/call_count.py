@@ -66,16 +66,22 @@ def _key(call: ToolCall) -> str:
     return call.name + json.dumps(call.arguments, sort_keys=True, default=str)
 
 
-def settle(calls: Sequence[ToolCall], p_another: Callable[[list[ToolCall]], float],
+def settle(calls: Sequence[ToolCall], p_another: Callable[[list[ToolCall]], float | None],
            write_next: Callable[[list[ToolCall]], ToolCall | None]) -> list[ToolCall]:
     """The calls a reply makes, given the ones it wrote (at least one).
 
     ``p_another(kept)``: the model's probability that another call follows ``kept`` (``continue_probability`` after
-    ``probe_text``); ``write_next(kept)``: the next call decoded after ``continuation_text(kept)``, None when none
-    came. A repeated call ends the list (a small model loops on one call; it means it once).
+    ``probe_text``), None when it cannot be asked (no room left in the context: the reply's calls stand as written);
+    ``write_next(kept)``: the next call decoded after ``continuation_text(kept)``, None when none came. A repeated
+    call ends the list (a small model loops on one call; it means it once).
     """
     kept = list(calls[:1])
-    while len(kept) < MAX_CALLS and p_another(kept) >= CONTINUE_AT:
+    while len(kept) < MAX_CALLS:
+        p = p_another(kept)
+        if p is None:
+            return kept + [c for c in calls[len(kept):] if _key(c) not in {_key(k) for k in kept}]
+        if p < CONTINUE_AT:
+            break
         following = calls[len(kept)] if len(kept) < len(calls) else write_next(kept)
         if following is None or _key(following) in {_key(c) for c in kept}:
             break

@@ -39,12 +39,12 @@ def test_comma_mask_and_continue_probability() -> None:
 THIRD = ToolCall(name="convert", arguments={"value": 0, "unit": "°C"})
 
 
-def settle(written: list[ToolCall], answers: list[float], new: list[ToolCall | None]) -> tuple[list, list, int]:
+def settle(written: list[ToolCall], answers: list[float | None], new: list[ToolCall | None]) -> tuple[list, list, int]:
     """call_count.settle with scripted probe answers and decoded calls: (kept values, probes seen, calls decoded)."""
     probes: list[int] = []
     queue = list(new)
 
-    def p_another(kept: list[ToolCall]) -> float:
+    def p_another(kept: list[ToolCall]) -> float | None:
         probes.append(len(kept))
         return answers[len(probes) - 1]
 
@@ -69,6 +69,9 @@ def test_settle_asks_after_every_call() -> None:
     # the threshold itself continues; a repeated or missing call ends the list
     assert settle([FIRST], [call_count.CONTINUE_AT], [FIRST]) == ([-40], [1], 1)
     assert settle([FIRST], [0.9], [None]) == ([-40], [1], 1)
+    # no room left to ask (None): the reply's calls stand as written, nothing is decoded
+    assert settle([FIRST, SECOND], [None], [THIRD]) == ([-40, 100], [1], 0)
+    assert settle([FIRST, SECOND, THIRD], [0.9, None], []) == ([-40, 100, 0], [1, 2], 0)
     # a model that always means another call stops at MAX_CALLS
     many = [ToolCall(name="convert", arguments={"value": i}) for i in range(1, 20)]
     kept, probes, decoded = settle([FIRST], [0.99] * 20, many)

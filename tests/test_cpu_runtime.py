@@ -176,6 +176,21 @@ def test_over_long_prompt_is_a_clear_error() -> None:
         model.close()
 
 
+def test_a_context_size_llama_cpp_rounds_up_is_kept_as_asked() -> None:
+    # llama.cpp rounds n_ctx=300 up to 512, but llama-cpp-python keeps only 300 tokens: a prompt between the two was
+    # a ValueError from deep inside eval, and a reply could run past 300 the same way
+    model = load_model("smollm2", runtime="cpu", n_ctx=300)
+    try:
+        assert model._llm.n_ctx() > 300 and model.capabilities.context_length == 300
+        with pytest.raises(ContextOverflowError, match=r"the prompt is \d+ tokens .* context of 300"):
+            model.generate("word " * 320)
+        chunks = list(model.stream_prompt("word " * 250, max_tokens=200, temperature=0))  # goes on repeating
+        usage = chunks[-1].usage
+        assert chunks[-1].finish_reason == "length" and usage.prompt_tokens + usage.completion_tokens == 300
+    finally:
+        model.close()
+
+
 def test_corrupt_and_truncated_gguf_files(tmp_path) -> None:
     truncated = tmp_path / "truncated.gguf"
     with smollm2_path().open("rb") as src:

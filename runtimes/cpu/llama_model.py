@@ -125,9 +125,14 @@ class LlamaChatModel(ChatModel):
             constraints=frozenset({"json_schema", "grammar"}),
             native_tools=self._template is not None,  # templates without tools get them as instructions
             chat_template=self._template is not None,
-            context_length=self._llm.n_ctx(),
+            context_length=self._context_size(),
             logprobs=True,
         )
+
+    def _context_size(self) -> int:
+        """The tokens a reply's whole context may hold: llama.cpp rounds its context up (to a multiple of 256), but
+        llama-cpp-python keeps the tokens in an array of the size asked for, and eval past it raises ValueError."""
+        return min(self._llm.n_ctx(), len(self._llm.input_ids))
 
     # ---- prompt ------------------------------------------------------------------------------
     def _token_text(self, token: int) -> str:
@@ -232,7 +237,7 @@ class LlamaChatModel(ChatModel):
 
     def _stream_tokens(self, tokens: list[int], params: GenerationParams, plan: ToolPlan, *,
                        heal: bytes = b"") -> Iterator[Chunk]:
-        n_ctx = self._llm.n_ctx()
+        n_ctx = self._context_size()
         if len(tokens) >= n_ctx:
             raise ContextOverflowError(
                 f"the prompt is {len(tokens)} tokens but model '{self.name}' was loaded with a context of {n_ctx}; "
@@ -342,8 +347,10 @@ class LlamaChatModel(ChatModel):
                 [llm.detokenize([t], special=True).decode("utf-8", "ignore") for t in range(llm.n_vocab())])
         generated = 0
 
-        def p_another(kept: list[ToolCall]) -> float:
+        def p_another(kept: list[ToolCall]) -> float | None:
             probe = prompt + self._tokenize_piece(call_count.probe_text(kept))
+            if len(probe) >= self._context_size():  # no room left to ask: the reply's calls stand as written
+                return None
             llm.eval(probe[self._reuse_prefix(probe):])
             logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))
             return call_count.continue_probability(logits, self._comma_mask)
@@ -351,9 +358,12 @@ class LlamaChatModel(ChatModel):
         def write_next(kept: list[ToolCall]) -> ToolCall | None:
             nonlocal generated
             start = prompt + self._tokenize_piece(call_count.continuation_text(kept))
+            room = min(budget - generated, self._context_size() - len(start))
+            if room <= 0:
+                return None
             sampler = self._sampler(params, self._check_grammar(plan.more_calls or ""), temperature)
             written = b""
-            sampled = decode(llm, sampler, start[self._reuse_prefix(start):], max(0, budget - generated))
+            sampled = decode(llm, sampler, start[self._reuse_prefix(start):], room)
             try:
                 for token in sampled:
                     if llama_cpp.llama_vocab_is_eog(self._vocab, token):
@@ -380,7 +390,7 @@ class LlamaChatModel(ChatModel):
         if self._llm is None:
             raise ModelError(f"model '{self.name}' was closed; load it again with hanlin.load_model")
         pairs = [pair_ids(c, x, self.tokenize, self._tokenize_piece) for c, x in requests]
-        n_ctx = self._llm.n_ctx()
+        n_ctx = self._context_size()
         for i, p in enumerate(pairs):
             if len(p.ids) > n_ctx:
                 raise ContextOverflowError(f"score request {i} is {len(p.ids)} tokens but model '{self.name}' was "

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from hanlin import ToolCall
+from hanlin.runtimes.tool_calls import call_key
 
 FRAME = "```json\n[\n  "  # how the default model lays out an array of calls in a fence
 GAP = ",\n  "  # between two items of that array
@@ -62,13 +63,9 @@ def continue_probability(logits: np.ndarray, mask: np.ndarray) -> float:
     return float(probs[mask].sum() / probs.sum())
 
 
-def _key(call: ToolCall) -> str:
-    return call.name + json.dumps(call.arguments, sort_keys=True, default=str)
-
-
 def settle(calls: Sequence[ToolCall], p_another: Callable[[list[ToolCall]], float | None],
            write_next: Callable[[list[ToolCall]], ToolCall | None]) -> list[ToolCall]:
-    """The calls a reply makes, given the ones it wrote (at least one).
+    """The calls a reply makes, given the ones it wrote (at least one, no two the same: ``ToolReply.finish``).
 
     ``p_another(kept)``: the model's probability that another call follows ``kept`` (``continue_probability`` after
     ``probe_text``), None when it cannot be asked (no room left in the context: the reply's calls stand as written);
@@ -79,11 +76,11 @@ def settle(calls: Sequence[ToolCall], p_another: Callable[[list[ToolCall]], floa
     while len(kept) < MAX_CALLS:
         p = p_another(kept)
         if p is None:
-            return kept + [c for c in calls[len(kept):] if _key(c) not in {_key(k) for k in kept}]
+            return kept + list(calls[len(kept):])
         if p < CONTINUE_AT:
             break
         following = calls[len(kept)] if len(kept) < len(calls) else write_next(kept)
-        if following is None or _key(following) in {_key(c) for c in kept}:
+        if following is None or call_key(following) in {call_key(c) for c in kept}:
             break
         kept.append(following)
     return kept

@@ -407,13 +407,18 @@ def call_grammar(tools: ToolSpecs, fmt: CallFormat, *, forced: bool, parallel: b
 # ---- one call's plan ------------------------------------------------------------------------------------------------
 
 
+def call_key(call: ToolCall) -> str:
+    """What makes two calls the same call: name and arguments (not the id)."""
+    return call.name + json.dumps(call.arguments, sort_keys=True, default=str)
+
+
 def unique_calls(calls: list[ToolCall]) -> list[ToolCall]:
     """The calls without repeats (same name and arguments): a small model that loops on one call in a reply means
     it once, and running it N times would only repeat its result."""
     seen: set[str] = set()
     out = []
     for call in calls:
-        key = call.name + json.dumps(call.arguments, sort_keys=True, default=str)
+        key = call_key(call)
         if key not in seen:
             seen.add(key)
             out.append(call)

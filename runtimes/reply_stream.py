@@ -57,7 +57,8 @@ class ReplyStream:
         from hanlin.runtimes.tool_calls import ToolPlan
 
         self.scanner, self.text = StopScanner(list(stop)), Detokenizer(tokenizer)
-        self.reply = (plan or ToolPlan()).reply()
+        self.plan = plan or ToolPlan()
+        self.reply = self.plan.reply()
         self.calls: list[Any] = []
         self.healing = heal  # what is left of a healed prompt tail (see token_healing): written again, not shown
 
@@ -89,7 +90,8 @@ class ReplyStream:
         from hanlin import Chunk
 
         yield from self._emit(self.scanner.feed_text(self.text.flush()) + self.scanner.finish())
-        rest, self.calls = self.reply.finish()
+        rest, calls = self.reply.finish()
+        self.calls = self.plan.settle(calls)
         if rest:
             yield Chunk(text=rest)
         yield Chunk(finish_reason="tool_calls" if self.calls else finish, usage=usage, tool_calls=self.calls)

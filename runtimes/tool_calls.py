@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hanlin import Capabilities, ConfigurationError, GenerationParams, ToolCall
+from hanlin import Capabilities, ConfigurationError, GenerationParams, Message, ToolCall
 from hanlin.grammar import gbnf_literal
+from hanlin.runtimes.argument_grounding import Evidence, conversation_evidence, ground_calls
 
 ToolSpecs = Sequence[dict[str, Any]]  # OpenAI-style function specs
 
@@ -465,14 +466,23 @@ class ToolPlan:
     parallel: bool = True
     trigger: re.Pattern[str] | None = None  # where the lazy grammar switches on
     more_calls: str | None = None  # auto with parallel calls: the grammar of one further call (see call_count)
-
+    evidence: Evidence | None = None  # what the conversation mentions, for argument_grounding (None: calls as written)
 
     def reply(self) -> ToolReply:
         return ToolReply(self.callable_tools, self.parallel)
 
+    def settle(self, calls: list[ToolCall]) -> list[ToolCall]:
+        """The reply's final calls: optional arguments the conversation never mentions dropped (argument_grounding),
+        then once more without repeats (two calls may have differed only in a made-up argument)."""
+        if self.evidence is None or not calls:
+            return calls
+        return unique_calls(ground_calls(calls, self.callable_tools, self.evidence))
 
-def plan_tools(params: GenerationParams, fmt: CallFormat, capabilities: Capabilities) -> ToolPlan:
-    """The ToolPlan of ``params`` (tools, tool_choice, parallel_tool_calls) for a runtime with ``capabilities``.
+
+def plan_tools(params: GenerationParams, fmt: CallFormat, capabilities: Capabilities,
+               messages: Sequence[Message] = ()) -> ToolPlan:
+    """The ToolPlan of ``params`` (tools, tool_choice, parallel_tool_calls, ground_arguments) for a runtime with
+    ``capabilities``, answering ``messages``.
 
     A runtime that cannot constrain decoding (transformers) still reads calls; for ``tool_choice`` required or
     named it can only show the model the tools it must call, so there a call is likely, not certain. A caller's
@@ -485,6 +495,8 @@ def plan_tools(params: GenerationParams, fmt: CallFormat, capabilities: Capabili
         return ToolPlan()
     parallel = params.parallel_tool_calls is not False
     plan = ToolPlan(render_tools=list(params.tools), callable_tools=callable_tools, parallel=parallel)
+    if params.ground_arguments is not False and messages:
+        plan.evidence = conversation_evidence(messages)
     if params.constraint is not None:
         return plan
     can_constrain = "grammar" in capabilities.constraints

@@ -124,6 +124,15 @@ def test_streamed_tool_call_fragments_are_joined(endpoint) -> None:
     assert completion.finish_reason == "tool_calls"
     assert [(c.id, c.name, c.arguments) for c in completion.tool_calls] == [("c1", "calculator", {"expression": "6*7"})]
     assert server.requests[0]["tools"][0]["function"]["name"] == "calculator"
+    assert "parallel_tool_calls" not in server.requests[0] and "ground_arguments" not in server.requests[0]
+
+
+def test_tool_options_travel_to_the_endpoint(endpoint) -> None:
+    server = endpoint([(200, OK)])
+    model = load_model("m", runtime="remote", base_url=server.url)
+    model.generate("6*7?", tools=[{"type": "function", "function": {"name": "calculator", "parameters": {}}}],
+                   parallel_tool_calls=False, ground_arguments=False)
+    assert server.requests[0]["parallel_tool_calls"] is False and server.requests[0]["ground_arguments"] is False
 
 
 def test_unreachable_endpoint_and_missing_url() -> None:

@@ -397,6 +397,15 @@ def test_a_body_over_the_limit_is_413_in_openai_shape() -> None:
     assert fits.json()["choices"][0]["message"]["content"] == "echo: Name two colours."
 
 
+def test_ground_arguments_reaches_the_model() -> None:
+    # hanlin's own request field (the openai client sends it with extra_body): False returns calls as written
+    echo = EchoModel(native_tools=True)
+    with serving(create_app(echo, model_name="echo", api_key=KEY)) as own:
+        for extra, expected in (({"ground_arguments": False}, False), ({}, None)):
+            assert _chat(own, {"model": "echo", "messages": HELLO, "tools": [WEATHER_TOOL], **extra}).status_code == 200
+            assert echo.calls[-1][1].ground_arguments is expected
+
+
 NAMELESS_TOOL = {"type": "function", "function": {"parameters": {"type": "object"}}}
 
 

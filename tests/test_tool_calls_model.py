@@ -103,3 +103,17 @@ def test_default_model_makes_as_many_calls_as_the_request_asks(qwen) -> None:
                                      ("convert_temperature", {"value": 100, **celsius})]
     # "What's the standard deviation and the maximum of ...?": one call that asks for both
     assert [name for name, _ in calls("multiple-011")] == ["compute_statistics"]
+
+
+def test_default_model_keeps_only_the_optional_arguments_the_request_gives(qwen) -> None:
+    # multiple-031 of the shipped set asks to e-mail Tom and names no one to copy; the model copies a made-up
+    # admin@example.com anyway (kept with ground_arguments=False). Grounded, the call is what was asked.
+    from hanlin.plugins.evaluators.function_calling import SYSTEM, shipped_path
+
+    row = next(r for r in map(json.loads, shipped_path().read_text().splitlines()) if r["id"] == "multiple-031")
+    ask = [Message(role="system", content=SYSTEM), Message(role="user", content=row["question"])]
+    as_written = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256, ground_arguments=False)
+    assert [(c.name, c.arguments.get("cc")) for c in as_written.tool_calls] == [("send_email", ["admin@example.com"])]
+    grounded = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256)
+    assert [(c.name, c.arguments) for c in grounded.tool_calls] == [("send_email", {
+        "to": "tom@example.org", "subject": "Slides", "body": "The slides are attached."})]

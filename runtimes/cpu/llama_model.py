@@ -225,7 +225,7 @@ class LlamaChatModel(ChatModel):
 
     # ---- generation --------------------------------------------------------------------------
     def _stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Chunk]:
-        plan = plan_tools(params, self._format, self.capabilities)
+        plan = plan_tools(params, self._format, self.capabilities, messages)
         return self._stream_tokens(self.prompt_tokens(messages, plan.render_tools), params, plan)
 
     def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:
@@ -316,6 +316,7 @@ class LlamaChatModel(ChatModel):
             tool_calls, written_more = self._settle_call_count(tokens, tool_calls, plan, params, temperature,
                                                                max_tokens - generated)
             generated += written_more
+        tool_calls = plan.settle(tool_calls)
         if tail + text:
             yield Chunk(text=tail + text)
         usage = Usage(

@@ -204,7 +204,7 @@ class GpuChatModel(ChatModel):
     def _stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Chunk]:
         # Calls are read from the reply; tool_choice required/named is forced by the call grammar from the first token
         # (the lazy grammar of tool_choice auto needs a matcher switched on mid-request: not in the engine yet).
-        plan = plan_tools(params, self.prompt.format, self.capabilities)
+        plan = plan_tools(params, self.prompt.format, self.capabilities, messages)
         prompt = self.prompt.prompt_ids(messages, plan.render_tools)
         if plan.grammar is not None:
             params = params.model_copy(update={"constraint": Constraint(grammar=plan.grammar)})

@@ -122,6 +122,10 @@ class RemoteChatModel(ChatModel):
             body["tools"] = params.tools
             if params.tool_choice is not None:
                 body["tool_choice"] = params.tool_choice
+            if params.parallel_tool_calls is not None:
+                body["parallel_tool_calls"] = params.parallel_tool_calls
+            if params.ground_arguments is False:  # hanlin serve's own field; other servers ignore unknown fields
+                body["ground_arguments"] = False
         if params.constraint is not None:
             if params.constraint.json_schema is None:
                 raise ConfigurationError("the remote runtime supports JSON-schema constraints, not GBNF grammars")

@@ -117,7 +117,7 @@ class TransformersChatModel(ChatModel):
 
     # ---- generation --------------------------------------------------------------------------
     def _stream(self, messages: list[Message], params: GenerationParams) -> Iterator[Chunk]:
-        plan = plan_tools(params, self.prompt.format, self.capabilities)
+        plan = plan_tools(params, self.prompt.format, self.capabilities, messages)
         return self._stream_tokens(self.prompt.prompt_ids(messages, plan.render_tools), params, plan)
 
     def _stream_prompt(self, prompt: str, params: GenerationParams) -> Iterator[Chunk]:

@@ -186,6 +186,7 @@ def create_app(
             seed=req.seed, frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty,
             stop=req.stop or [], constraint=plan.constraint, tools=plan.tools,
             tool_choice=plan.tool_choice, parallel_tool_calls=req.parallel_tool_calls,
+            ground_arguments=req.ground_arguments,
         )
         completion_id = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())

@@ -78,6 +78,8 @@ class ChatRequest(BaseModel):
     tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    # hanlin's own (the openai client sends it with extra_body): False returns calls with every argument as written
+    ground_arguments: bool | None = None
 
     @field_validator("stop")
     @classmethod

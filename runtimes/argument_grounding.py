@@ -1,0 +1,128 @@
+"""Optional arguments the conversation never mentions are dropped from a reply's calls.
+
+A small model fills optional arguments it was not given: ``"cc": ["admin@example.com"]`` on an e-mail nobody asked
+to copy, ``"max_price": 1000`` on a product search, ``"mode": "heat"`` on a thermostat, ``"unit": "fahrenheit"`` for
+one city of three. Each of those makes the call wrong where leaving the argument out lets the function use its own
+default, which is what the caller meant by not saying. Asking the model whether an argument should follow did not
+separate the made-up ones from the asked-for ones (README, function calling), but the conversation does: a value
+the user, the system message or a tool result never mentioned was invented.
+
+So an optional argument stays when its value is grounded in the conversation, and goes otherwise:
+
+- strings: the value appears in the text, or each of its words does (case, ``_``/``-`` and a plural ``s`` aside);
+- numbers: the text writes the number, sign aside (digits, ``20%`` as 20 or 0.2, ``four``, ``a dozen``,
+  ``quarterly`` as 4 a year);
+- lists and objects: every element is grounded; an empty one says nothing and goes;
+- booleans always stay (a request implies them in words: "only in-stock ones"), as does the schema's own default.
+
+Required arguments are never touched (the call would no longer be valid), and neither is an argument the schema does
+not list. A caller turns this off with ``GenerationParams(ground_arguments=False)``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hanlin.messages import Message, ToolCall
+
+_UNITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+          "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
+_TENS = {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
+NUMBER_WORDS: dict[str, float] = {**{w: i for i, w in enumerate(_UNITS)}, **_TENS, "hundred": 100,
+                                  "thousand": 1000, "million": 1e6, "dozen": 12, "single": 1, "once": 1, "twice": 2,
+                                  "double": 2, "triple": 3, "half": 0.5, "pair": 2, "couple": 2}
+# how often a year: "compounded quarterly" is compounds_per_year = 4
+RATE_WORDS: dict[str, float] = {"daily": 365, "weekly": 52, "biweekly": 26, "fortnightly": 26, "monthly": 12,
+                                "quarterly": 4, "semi annually": 2, "biannually": 2, "twice a year": 2,
+                                "annually": 1, "yearly": 1}
+_NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(%?)")
+_WORD = re.compile(r"[^\W_]+")
+_STOPWORDS = frozenset({"a", "an", "the", "of", "and", "or", "in", "on", "at", "to", "for", "with", "by"})
+
+
+def _normalize(text: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", text.lower()).strip()
+
+
+def _stem(word: str) -> str:
+    return word[:-1] if len(word) > 3 and word.endswith("s") else word
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What a conversation mentions: its text, words and numbers, read once per request."""
+
+    text: str
+    words: frozenset[str]
+    numbers: frozenset[float]
+
+    @classmethod
+    def of(cls, texts: Iterable[str]) -> Evidence:
+        text = _normalize("\n".join(texts))
+        words = _WORD.findall(text)
+        numbers: set[float] = set()
+        for match in _NUMBER.finditer(text):  # magnitudes: the normalised text's hyphens are spaces, minus signs too
+            value = float(match.group(0).rstrip("%").replace(",", ""))
+            numbers.add(value)
+            if match.group(1):  # 20% is 20 to one function and 0.2 to another
+                numbers.add(value / 100)
+        numbers.update(NUMBER_WORDS[w] for w in words if w in NUMBER_WORDS)
+        numbers.update(n for phrase, n in RATE_WORDS.items() if re.search(rf"\b{phrase}\b", text))
+        return cls(text, frozenset(_stem(w) for w in words), frozenset(numbers))
+
+    def mentions(self, value: Any) -> bool:
+        """Whether ``value`` (an argument's JSON value) is grounded in the conversation."""
+        if isinstance(value, bool):
+            return True
+        if isinstance(value, (int, float)):
+            # the magnitude: "2x² - 7x" writes b = -7 with a space, and a sign the model got wrong is no invention
+            return any(math.isclose(abs(value), n, rel_tol=1e-9, abs_tol=1e-12) for n in self.numbers)
+        if isinstance(value, str):
+            norm = _normalize(value)
+            if not norm:
+                return False
+            if norm in self.text:
+                return True
+            words = [w for w in _WORD.findall(norm) if w not in _STOPWORDS]
+            return bool(words) and all(_stem(w) in self.words for w in words)
+        if isinstance(value, Mapping):
+            return bool(value) and all(self.mentions(v) for v in value.values())
+        if isinstance(value, Sequence):
+            return bool(value) and all(self.mentions(v) for v in value)
+        return False  # null: says nothing the default does not
+
+
+def conversation_evidence(messages: Sequence[Message]) -> Evidence:
+    """The evidence of a conversation: what the system, the user and the tools said (not the model's own turns,
+    where a made-up value would ground itself)."""
+    return Evidence.of(m.content for m in messages if m.role in ("system", "user", "tool") and m.content)
+
+
+def ground_call(call: ToolCall, parameters: Mapping[str, Any], evidence: Evidence) -> ToolCall:
+    """``call`` without its optional arguments that ``evidence`` does not ground."""
+    properties = parameters.get("properties") or {}
+    required = set(parameters.get("required") or ())
+    kept = {}
+    for name, value in call.arguments.items():
+        spec = properties.get(name)
+        optional = isinstance(spec, Mapping) and name not in required
+        if optional and not ("default" in spec and spec["default"] == value) and not evidence.mentions(value):
+            continue
+        kept[name] = value
+    if len(kept) == len(call.arguments):
+        return call
+    return call.model_copy(update={"arguments": kept})
+
+
+def ground_calls(calls: list[ToolCall], tools: Sequence[Mapping[str, Any]], evidence: Evidence) -> list[ToolCall]:
+    """Every call grounded against its tool's schema (``tools`` in OpenAI's shape); a call to a tool not offered
+    is returned as it is."""
+    schemas = {}
+    for tool in tools:
+        fn = tool.get("function", tool)
+        schemas[fn.get("name")] = fn.get("parameters") or {}
+    return [ground_call(c, schemas[c.name], evidence) if c.name in schemas else c for c in calls]

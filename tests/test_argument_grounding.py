@@ -1,0 +1,112 @@
+"""Optional call arguments that the conversation never mentions are dropped (runtimes/argument_grounding.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hanlin import Capabilities, GenerationParams, Message, ToolCall
+from hanlin.runtimes.argument_grounding import Evidence, conversation_evidence, ground_call, ground_calls
+from hanlin.runtimes.tool_calls import FORMATS, plan_tools
+
+FLIGHTS = {"type": "object", "required": ["origin", "destination"], "properties": {
+    "origin": {"type": "string"}, "destination": {"type": "string"},
+    "cabin": {"type": "string", "enum": ["economy", "premium_economy", "business"], "default": "economy"},
+    "passengers": {"type": "integer"}, "max_price": {"type": "number"}, "flexible": {"type": "boolean"},
+    "stops": {"type": "array", "items": {"type": "string"}}}}
+SEARCH = {"type": "function", "function": {"name": "search_flights", "parameters": FLIGHTS}}
+
+
+@pytest.mark.parametrize("text,value,expected", [
+    ("Fly me to New York", "new york", True),  # case
+    ("A premium economy seat, please", "premium_economy", True),  # underscores and hyphens are spaces
+    ("An economy seat, please", "premium_economy", False),  # one word of two is not the value
+    ("Two adults and three kids", "kids", True),
+    ("Find hotels near the station", "hotel", True),  # a plural s either way
+    ("What's the weather in Lima?", "fahrenheit", False),
+    ("Email tom@example.org", "admin@example.com", False),
+    ("Set the nursery to 22 degrees", "heat", False),
+    ("Up to 1,500 dollars", 1500, True),
+    ("Up to 1500 dollars", 1000, False),
+    ("Leave an 18% tip", 18, True),
+    ("Leave an 18% tip", 0.18, True),
+    ("There are four of us", 4, True),
+    ("Three coats, please", 3, True),
+    ("Compounded quarterly", 4, True),
+    ("Compounded semi-annually", 2, True),
+    ("Compounded monthly", 4, False),
+    ("Cost 3.2 million", 3.2, True),
+    ("From (3,-2) to (-1, 4)", [3, -2], True),  # a minus sign is no hyphen
+    ("Solve 2x^2 - 7x + 3 = 0", -7, True),
+    ("Around 3-4 people", 4, True),
+    ("Room 12", 1.2, False),
+    ("Any text at all", True, True),  # booleans: a request implies them in words
+    ("Any text at all", False, True),
+    ("Any text at all", None, False),  # nothing said is the default's to say
+    ("Any text at all", "", False),
+    ("Any text at all", [], False),
+    ("Any text at all", {}, False),
+    ("Stop in Rome and Vienna", ["Rome", "Vienna"], True),
+    ("Stop in Rome and Vienna", ["Rome", "Paris"], False),
+    ("Stop in Rome, 2 nights", {"city": "Rome", "nights": 2}, True),
+    ("Stop in Rome, 2 nights", {"city": "Rome", "nights": 3}, False),
+])
+def test_what_a_conversation_mentions(text, value, expected) -> None:
+    assert Evidence.of([text]).mentions(value) is expected
+
+
+def test_only_optional_arguments_without_grounding_go() -> None:
+    evidence = Evidence.of(["Book a flight from Oslo to a city I will name later, 2 passengers"])
+    call = ToolCall(name="search_flights", arguments={
+        "origin": "Oslo", "destination": "Paris",  # required: stays even made up (the call would be invalid)
+        "passengers": 2, "cabin": "economy",  # grounded; the schema's own default
+        "max_price": 1000, "flexible": True, "stops": [], "seat": "12A"})  # made up, boolean, empty, not in schema
+    grounded = ground_call(call, FLIGHTS, evidence)
+    assert grounded.arguments == {"origin": "Oslo", "destination": "Paris", "passengers": 2, "cabin": "economy",
+                                  "flexible": True, "seat": "12A"}
+    assert grounded.id == call.id and call.arguments["max_price"] == 1000  # a new call; the model's is untouched
+    unknown = ToolCall(name="book_hotel", arguments={"max_price": 1000})
+    assert ground_calls([unknown], [SEARCH], evidence) == [unknown]  # not an offered tool: as it came
+
+
+def test_the_conversation_is_what_the_system_the_user_and_the_tools_said() -> None:
+    messages = [Message.system("Today is 2025-03-08."), Message.user("Flights from Oslo to Rome"),
+                Message.assistant("I will look for business class."),  # the model's own words ground nothing
+                Message.tool("cheapest: 412 EUR", tool_call_id="c1", name="search_flights")]
+    evidence = conversation_evidence(messages)
+    assert evidence.mentions("2025-03-08") and evidence.mentions(412) and evidence.mentions("Rome")
+    assert not evidence.mentions("business")
+
+
+def test_the_plan_grounds_the_reply_calls_unless_asked_not_to() -> None:
+    ask = [Message.user("Flights from Oslo to Rome, please")]
+    made_up = [ToolCall(name="search_flights", arguments={"origin": "Oslo", "destination": "Rome", "max_price": 300}),
+               ToolCall(name="search_flights", arguments={"origin": "Oslo", "destination": "Rome", "max_price": 900})]
+    caps = Capabilities(constraints=frozenset({"grammar"}), native_tools=True)
+    plan = plan_tools(GenerationParams(tools=[SEARCH]), FORMATS["hermes"], caps, ask)
+    # two calls that differed only in a made-up price are one call
+    assert [c.arguments for c in plan.settle(made_up)] == [{"origin": "Oslo", "destination": "Rome"}]
+    as_written = plan_tools(GenerationParams(tools=[SEARCH], ground_arguments=False), FORMATS["hermes"], caps, ask)
+    assert as_written.settle(made_up) == made_up
+    assert plan_tools(GenerationParams(tools=[SEARCH]), FORMATS["hermes"], caps).settle(made_up) == made_up
+
+
+class CharTokenizer:
+    """One token per character: enough to drive the HF runtimes' shared reply stream without a model."""
+
+    def decode(self, ids, **_) -> str:
+        return "".join(map(chr, ids))
+
+
+def test_the_hf_runtimes_reply_stream_grounds_its_calls() -> None:
+    from hanlin.runtimes.reply_stream import ReplyStream
+
+    caps = Capabilities(constraints=frozenset({"grammar"}), native_tools=True)
+    plan = plan_tools(GenerationParams(tools=[SEARCH]), FORMATS["hermes"], caps, [Message.user("Oslo to Rome")])
+    reply = ReplyStream(CharTokenizer(), [], plan)
+    text = ('<tool_call>\n{"name": "search_flights", "arguments": {"origin": "Oslo", "destination": "Rome", '
+            '"max_price": 250}}\n</tool_call>')
+    for ch in text:
+        list(reply.add(ord(ch)))
+    last = list(reply.close("stop", None))[-1]
+    assert last.finish_reason == "tool_calls"
+    assert [c.arguments for c in last.tool_calls] == [{"origin": "Oslo", "destination": "Rome"}]

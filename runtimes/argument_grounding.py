@@ -13,7 +13,10 @@ So an optional argument stays when its value is grounded in the conversation, an
 - numbers: the text writes the number, sign aside (digits, ``20%`` as 20 or 0.2, ``four``, ``a dozen``,
   ``quarterly`` as 4 a year);
 - lists and objects: every element is grounded; an empty one says nothing and goes;
-- booleans always stay (a request implies them in words: "only in-stock ones"), as does the schema's own default.
+- a boolean's value is no word of the request ("only in-stock ones" is ``in_stock_only: true``), so its name is:
+  it stays when the conversation mentions a word of the argument's name (``include_hourly: true`` goes from "the
+  3-day forecast for Seattle");
+- the schema's own default always stays.
 
 Required arguments are never touched (the call would no longer be valid), and neither is an argument the schema does
 not list. A caller turns this off with ``GenerationParams(ground_arguments=False)``.
@@ -42,6 +45,9 @@ RATE_WORDS: dict[str, float] = {"daily": 365, "weekly": 52, "biweekly": 26, "for
 _NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(%?)")
 _WORD = re.compile(r"[^\W_]+")
 _STOPWORDS = frozenset({"a", "an", "the", "of", "and", "or", "in", "on", "at", "to", "for", "with", "by"})
+# words of a boolean's name that say nothing of what it switches ("is_public", "include_hourly", "use_cache")
+_NAME_FILLERS = _STOPWORDS | {"is", "has", "use", "enable", "enabled", "allow", "include", "only", "should", "do",
+                              "show", "get", "set", "flag"}
 
 
 def _normalize(text: str) -> str:
@@ -73,6 +79,14 @@ class Evidence:
         numbers.update(NUMBER_WORDS[w] for w in words if w in NUMBER_WORDS)
         numbers.update(n for phrase, n in RATE_WORDS.items() if re.search(rf"\b{phrase}\b", text))
         return cls(text, frozenset(_stem(w) for w in words), frozenset(numbers))
+
+    def grounds(self, name: str, value: Any) -> bool:
+        """Whether the conversation grounds the argument ``name`` set to ``value``: a boolean by a word of its name
+        (camelCase and snake_case split), anything else by its value."""
+        if isinstance(value, bool):
+            words = re.sub(r"([a-z])([A-Z])", r"\1 \2", name).lower().replace("_", " ").split()
+            return any(_stem(w) in self.words for w in words if w not in _NAME_FILLERS)
+        return self.mentions(value)
 
     def mentions(self, value: Any) -> bool:
         """Whether ``value`` (an argument's JSON value) is grounded in the conversation."""
@@ -110,7 +124,7 @@ def ground_call(call: ToolCall, parameters: Mapping[str, Any], evidence: Evidenc
     for name, value in call.arguments.items():
         spec = properties.get(name)
         optional = isinstance(spec, Mapping) and name not in required
-        if optional and not ("default" in spec and spec["default"] == value) and not evidence.mentions(value):
+        if optional and not ("default" in spec and spec["default"] == value) and not evidence.grounds(name, value):
             continue
         kept[name] = value
     if len(kept) == len(call.arguments):

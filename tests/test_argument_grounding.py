@@ -39,7 +39,7 @@ SEARCH = {"type": "function", "function": {"name": "search_flights", "parameters
     ("Solve 2x^2 - 7x + 3 = 0", -7, True),
     ("Around 3-4 people", 4, True),
     ("Room 12", 1.2, False),
-    ("Any text at all", True, True),  # booleans: a request implies them in words
+    ("Any text at all", True, True),  # a boolean is no word of the request: its name grounds it (below)
     ("Any text at all", False, True),
     ("Any text at all", None, False),  # nothing said is the default's to say
     ("Any text at all", "", False),
@@ -54,6 +54,19 @@ def test_what_a_conversation_mentions(text, value, expected) -> None:
     assert Evidence.of([text]).mentions(value) is expected
 
 
+@pytest.mark.parametrize("text,name,expected", [
+    ("Only the ones in stock, please", "in_stock_only", True),
+    ("Business days between March 3 and March 28", "business_days_only", True),
+    ("With the hourly breakdown", "includeHourly", True),  # camelCase
+    ("The 3-day forecast for Seattle", "include_hourly", False),
+    ("Is it raining in the city I include here?", "is_include", False),  # filler words ground nothing
+])
+def test_a_boolean_is_grounded_by_its_name(text, name, expected) -> None:
+    evidence = Evidence.of([text])
+    assert evidence.grounds(name, True) is expected and evidence.grounds(name, False) is expected
+    assert evidence.grounds("days", 3) is evidence.mentions(3)  # other values by their value
+
+
 def test_only_optional_arguments_without_grounding_go() -> None:
     evidence = Evidence.of(["Book a flight from Oslo to a city I will name later, 2 passengers"])
     call = ToolCall(name="search_flights", arguments={
@@ -62,7 +75,9 @@ def test_only_optional_arguments_without_grounding_go() -> None:
         "max_price": 1000, "flexible": True, "stops": [], "seat": "12A"})  # made up, boolean, empty, not in schema
     grounded = ground_call(call, FLIGHTS, evidence)
     assert grounded.arguments == {"origin": "Oslo", "destination": "Paris", "passengers": 2, "cabin": "economy",
-                                  "flexible": True, "seat": "12A"}
+                                  "seat": "12A"}
+    flexible = Evidence.of(["Oslo to Paris, my dates are flexible"])
+    assert ground_call(call, FLIGHTS, flexible).arguments["flexible"] is True
     assert grounded.id == call.id and call.arguments["max_price"] == 1000  # a new call; the model's is untouched
     unknown = ToolCall(name="book_hotel", arguments={"max_price": 1000})
     assert ground_calls([unknown], [SEARCH], evidence) == [unknown]  # not an offered tool: as it came

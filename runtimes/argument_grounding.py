@@ -1,4 +1,4 @@
-"""Optional arguments the conversation never mentions are dropped from a reply's calls.
+"""Call arguments the conversation never gave: optional ones are dropped, and a call made up whole is withheld.
 
 A small model fills optional arguments it was not given: ``"cc": ["admin@example.com"]`` on an e-mail nobody asked
 to copy, ``"max_price": 1000`` on a product search, ``"mode": "heat"`` on a thermostat, ``"unit": "fahrenheit"`` for
@@ -18,12 +18,15 @@ So an optional argument stays when its value is grounded in the conversation, an
   3-day forecast for Seattle");
 - the schema's own default always stays.
 
-Required arguments are never touched (the call would no longer be valid), and neither is an argument the schema does
-not list. A caller turns this off with ``GenerationParams(ground_arguments=False)``.
+Required arguments are never dropped (the call would no longer be valid), and neither is an argument the schema does
+not list. But a call whose required arguments were all made up, a number or an id among them (see ``invented``), is
+withheld: the reply says what the call needs instead. A caller turns all this off with
+``GenerationParams(ground_arguments=False)``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -44,6 +47,7 @@ RATE_WORDS: dict[str, float] = {"daily": 365, "weekly": 52, "biweekly": 26, "for
                                 "annually": 1, "yearly": 1}
 _NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(%?)")
 _WORD = re.compile(r"[^\W_]+")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/\-]*")
 _STOPWORDS = frozenset({"a", "an", "the", "of", "and", "or", "in", "on", "at", "to", "for", "with", "by"})
 # words of a boolean's name that say nothing of what it switches ("is_public", "include_hourly", "use_cache")
 _NAME_FILLERS = _STOPWORDS | {"is", "has", "use", "enable", "enabled", "allow", "include", "only", "should", "do",
@@ -111,9 +115,13 @@ class Evidence:
 
 
 def conversation_evidence(messages: Sequence[Message]) -> Evidence:
-    """The evidence of a conversation: what the system, the user and the tools said (not the model's own turns,
-    where a made-up value would ground itself)."""
-    return Evidence.of(m.content for m in messages if m.role in ("system", "user", "tool") and m.content)
+    """The evidence of a conversation: what the system, the user and the tools said, and the arguments of the
+    model's earlier calls as the transcript keeps them (already grounded: an agent refers back to a node id or a
+    file name it chose itself). Not the model's own words, where a made-up value would ground itself."""
+    texts = [m.content for m in messages if m.role in ("system", "user", "tool") and m.content]
+    texts += [json.dumps(c.arguments, ensure_ascii=False) for m in messages if m.role == "assistant"
+              for c in m.tool_calls]
+    return Evidence.of(texts)
 
 
 def ground_call(call: ToolCall, parameters: Mapping[str, Any], evidence: Evidence) -> ToolCall:
@@ -132,11 +140,55 @@ def ground_call(call: ToolCall, parameters: Mapping[str, Any], evidence: Evidenc
     return call.model_copy(update={"arguments": kept})
 
 
-def ground_calls(calls: list[ToolCall], tools: Sequence[Mapping[str, Any]], evidence: Evidence) -> list[ToolCall]:
-    """Every call grounded against its tool's schema (``tools`` in OpenAI's shape); a call to a tool not offered
-    is returned as it is."""
+def invented(call: ToolCall, parameters: Mapping[str, Any], evidence: Evidence) -> list[str]:
+    """The required arguments of ``call`` when the model made up every one of them and at least one is a number or
+    an id (a short string with a digit: ``12345``, ``E-2291``, ``2023-01-01``); else []. Such a call would act on a
+    record nobody named: asked "Who is the current chancellor of Germany?", the default model called
+    ``get_employee_info`` with ``"employee_id": "12345"``. Words alone never make a call invented: a model may turn
+    "Microsoft" into a ticker or "Tokyo time" into ``Asia/Tokyo``, which no text matches. Nor does a call with free
+    text among its required values (three words or more: a question, a message, code), which the model writes
+    itself: the research planner's ``add_node("n1", "Which toolkit is FastAPI built on?")``."""
+    required = [name for name in parameters.get("required") or () if name in call.arguments]
+    values = [call.arguments[name] for name in required]
+    if (required and any(map(_concrete, values)) and not any(map(_free_text, values))
+            and not any(map(evidence.mentions, values))):
+        return required
+    return []
+
+
+def _free_text(value: Any) -> bool:
+    return isinstance(value, str) and len(value.split()) >= 3
+
+
+def _concrete(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    return isinstance(value, str) and len(value) <= 40 and bool(_ID.fullmatch(value)) and any(c.isdigit() for c in value)
+
+
+def withheld_note(call: ToolCall, names: Sequence[str]) -> str:
+    """What the reply says in place of an invented call: what the call needs, so the user can give it."""
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return f"To call {call.name} I need {listed}, which the conversation does not give."
+
+
+def ground_calls(calls: list[ToolCall], tools: Sequence[Mapping[str, Any]], evidence: Evidence, *,
+                 withhold: bool = True) -> tuple[list[ToolCall], list[str]]:
+    """(the calls, each grounded against its tool's schema (``tools`` in OpenAI's shape), the notes of the calls
+    withheld as invented; none with ``withhold`` False: tool_choice required or named promises a call). A call to a
+    tool not offered is returned as it is."""
     schemas = {}
     for tool in tools:
         fn = tool.get("function", tool)
         schemas[fn.get("name")] = fn.get("parameters") or {}
-    return [ground_call(c, schemas[c.name], evidence) if c.name in schemas else c for c in calls]
+    kept, notes = [], []
+    for call in calls:
+        if call.name not in schemas:
+            kept.append(call)
+        elif withhold and (names := invented(call, schemas[call.name], evidence)):
+            notes.append(withheld_note(call, names))
+        else:
+            kept.append(ground_call(call, schemas[call.name], evidence))
+    return kept, notes

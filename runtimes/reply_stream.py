@@ -91,7 +91,8 @@ class ReplyStream:
 
         yield from self._emit(self.scanner.feed_text(self.text.flush()) + self.scanner.finish())
         rest, calls = self.reply.finish()
-        self.calls = self.plan.settle(calls)
+        self.calls, withheld = self.plan.settle(calls)
+        rest = self.reply.add_note(rest, withheld)
         if rest:
             yield Chunk(text=rest)
         yield Chunk(finish_reason="tool_calls" if self.calls else finish, usage=usage, tool_calls=self.calls)

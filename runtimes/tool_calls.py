@@ -438,10 +438,18 @@ class ToolReply:
     def __init__(self, tools: ToolSpecs, parallel: bool = True) -> None:
         self.tools, self.parallel = list(tools), parallel
         self.filter = CallStreamFilter() if self.tools else None
+        self.shown = False  # whether any text has been shown yet
 
     def feed(self, delta: str) -> str:
         """The part of ``delta`` that may be shown now."""
-        return self.filter.feed(delta) if self.filter is not None else delta
+        shown = self.filter.feed(delta) if self.filter is not None else delta
+        self.shown = self.shown or bool(shown)
+        return shown
+
+    def add_note(self, text: str, note: str) -> str:
+        """``text`` (the reply's rest) followed by ``note`` (lines that each start with a newline), the newline
+        left out when the reply has said nothing before it."""
+        return text + note if (self.shown or text.strip()) else text + note.lstrip("\n")
 
     def finish(self) -> tuple[str, list[ToolCall]]:
         """(the held text that is not a call, the calls)."""
@@ -467,16 +475,19 @@ class ToolPlan:
     trigger: re.Pattern[str] | None = None  # where the lazy grammar switches on
     more_calls: str | None = None  # auto with parallel calls: the grammar of one further call (see call_count)
     evidence: Evidence | None = None  # what the conversation mentions, for argument_grounding (None: calls as written)
+    forced: bool = False  # tool_choice required or named: the caller asked for a call, so none is withheld
 
     def reply(self) -> ToolReply:
         return ToolReply(self.callable_tools, self.parallel)
 
-    def settle(self, calls: list[ToolCall]) -> list[ToolCall]:
-        """The reply's final calls: optional arguments the conversation never mentions dropped (argument_grounding),
-        then once more without repeats (two calls may have differed only in a made-up argument)."""
+    def settle(self, calls: list[ToolCall]) -> tuple[list[ToolCall], str]:
+        """(the reply's final calls, text to add to the reply): optional arguments the conversation never mentions
+        dropped and invented calls withheld, with a note that says what they need (argument_grounding); then once
+        more without repeats (two calls may have differed only in a made-up argument)."""
         if self.evidence is None or not calls:
-            return calls
-        return unique_calls(ground_calls(calls, self.callable_tools, self.evidence))
+            return calls, ""
+        kept, notes = ground_calls(calls, self.callable_tools, self.evidence, withhold=not self.forced)
+        return unique_calls(kept), "".join("\n" + note for note in notes)
 
 
 def plan_tools(params: GenerationParams, fmt: CallFormat, capabilities: Capabilities,
@@ -494,7 +505,8 @@ def plan_tools(params: GenerationParams, fmt: CallFormat, capabilities: Capabili
     if mode == "none":
         return ToolPlan()
     parallel = params.parallel_tool_calls is not False
-    plan = ToolPlan(render_tools=list(params.tools), callable_tools=callable_tools, parallel=parallel)
+    plan = ToolPlan(render_tools=list(params.tools), callable_tools=callable_tools, parallel=parallel,
+                    forced=mode in ("required", "named"))
     if params.ground_arguments is not False and messages:
         plan.evidence = conversation_evidence(messages)
     if params.constraint is not None:

@@ -117,3 +117,17 @@ def test_default_model_keeps_only_the_optional_arguments_the_request_gives(qwen)
     grounded = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256)
     assert [(c.name, c.arguments) for c in grounded.tool_calls] == [("send_email", {
         "to": "tom@example.org", "subject": "Slides", "body": "The slides are attached."})]
+
+
+def test_default_model_makes_no_call_it_had_to_invent_an_id_for(qwen) -> None:
+    # irrelevance-030: "Who is the current chancellor of Germany?" offered only get_employee_info; the model calls
+    # it for employee "12345" (kept with ground_arguments=False). Withheld, the reply says what the call would need.
+    from hanlin.plugins.evaluators.function_calling import SYSTEM, shipped_path
+
+    row = next(r for r in map(json.loads, shipped_path().read_text().splitlines()) if r["id"] == "irrelevance-030")
+    ask = [Message(role="system", content=SYSTEM), Message(role="user", content=row["question"])]
+    as_written = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256, ground_arguments=False)
+    assert [(c.name, c.arguments["employee_id"]) for c in as_written.tool_calls] == [("get_employee_info", "12345")]
+    withheld = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256)
+    assert not withheld.tool_calls and withheld.finish_reason == "stop"
+    assert withheld.text == "To call get_employee_info I need employee_id, which the conversation does not give."

@@ -316,9 +316,10 @@ class LlamaChatModel(ChatModel):
             tool_calls, written_more = self._settle_call_count(tokens, tool_calls, plan, params, temperature,
                                                                max_tokens - generated)
             generated += written_more
-        tool_calls = plan.settle(tool_calls)
-        if tail + text:
-            yield Chunk(text=tail + text)
+        tool_calls, withheld = plan.settle(tool_calls)
+        text = reply.add_note(tail + text, withheld)
+        if text:
+            yield Chunk(text=text)
         usage = Usage(
             prompt_tokens=len(tokens),
             completion_tokens=generated,

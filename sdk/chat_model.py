@@ -72,7 +72,8 @@ class GenerationParams(BaseModel):
     tool_choice: str | dict[str, Any] | None = None  # OpenAI's: "auto" (default), "none", "required", a function
     parallel_tool_calls: bool | None = None  # False: at most one call per reply
     # Optional call arguments whose values the conversation never mentions are dropped (the function's default
-    # over a small model's invention, hanlin.runtimes.argument_grounding); False returns the calls as written.
+    # over a small model's invention), and a call whose required values were all made up is withheld
+    # (hanlin.runtimes.argument_grounding); False returns the calls as written.
     ground_arguments: bool | None = None
 
 

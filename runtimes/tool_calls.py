@@ -26,7 +26,7 @@ from typing import Any
 
 from hanlin import Capabilities, ConfigurationError, GenerationParams, Message, ToolCall
 from hanlin.grammar import gbnf_literal
-from hanlin.runtimes.argument_grounding import Evidence, conversation_evidence, ground_calls
+from hanlin.runtimes.argument_grounding import conversation_evidence, ground_calls
 
 ToolSpecs = Sequence[dict[str, Any]]  # OpenAI-style function specs
 
@@ -474,7 +474,7 @@ class ToolPlan:
     parallel: bool = True
     trigger: re.Pattern[str] | None = None  # where the lazy grammar switches on
     more_calls: str | None = None  # auto with parallel calls: the grammar of one further call (see call_count)
-    evidence: Evidence | None = None  # what the conversation mentions, for argument_grounding (None: calls as written)
+    conversation: Sequence[Message] | None = None  # what calls are grounded in (argument_grounding; None: as written)
     forced: bool = False  # tool_choice required or named: the caller asked for a call, so none is withheld
 
     def reply(self) -> ToolReply:
@@ -484,9 +484,10 @@ class ToolPlan:
         """(the reply's final calls, text to add to the reply): optional arguments the conversation never mentions
         dropped and invented calls withheld, with a note that says what they need (argument_grounding); then once
         more without repeats (two calls may have differed only in a made-up argument)."""
-        if self.evidence is None or not calls:
+        if self.conversation is None or not calls:
             return calls, ""
-        kept, notes = ground_calls(calls, self.callable_tools, self.evidence, withhold=not self.forced)
+        evidence = conversation_evidence(self.conversation)  # read only for a reply with calls, most have none
+        kept, notes = ground_calls(calls, self.callable_tools, evidence, withhold=not self.forced)
         return unique_calls(kept), "".join("\n" + note for note in notes)
 
 
@@ -508,7 +509,7 @@ def plan_tools(params: GenerationParams, fmt: CallFormat, capabilities: Capabili
     plan = ToolPlan(render_tools=list(params.tools), callable_tools=callable_tools, parallel=parallel,
                     forced=mode in ("required", "named"))
     if params.ground_arguments is not False and messages:
-        plan.evidence = conversation_evidence(messages)
+        plan.conversation = messages
     if params.constraint is not None:
         return plan
     can_constrain = "grammar" in capabilities.constraints

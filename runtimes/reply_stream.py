@@ -91,7 +91,7 @@ class ReplyStream:
 
         yield from self._emit(self.scanner.feed_text(self.text.flush()) + self.scanner.finish())
         rest, calls = self.reply.finish()
-        self.calls, withheld = self.plan.settle(calls)
+        rest, self.calls, withheld = self.plan.settle(rest, calls)
         rest = self.reply.add_note(rest, withheld)
         if rest:
             yield Chunk(text=rest)

@@ -26,7 +26,7 @@ from typing import Any
 
 from hanlin import Capabilities, ConfigurationError, GenerationParams, Message, ToolCall
 from hanlin.grammar import gbnf_literal
-from hanlin.runtimes.argument_grounding import conversation_evidence, ground_calls
+from hanlin.runtimes.argument_grounding import Evidence, conversation_evidence, ground_calls
 
 ToolSpecs = Sequence[dict[str, Any]]  # OpenAI-style function specs
 
@@ -477,18 +477,35 @@ class ToolPlan:
     conversation: Sequence[Message] | None = None  # what calls are grounded in (argument_grounding; None: as written)
     forced: bool = False  # tool_choice required or named: the caller asked for a call, so none is withheld
 
+    evidence: Evidence | None = None  # read from the conversation when a reply first needs it, most never do
+
     def reply(self) -> ToolReply:
         return ToolReply(self.callable_tools, self.parallel)
 
-    def settle(self, calls: list[ToolCall]) -> tuple[list[ToolCall], str]:
-        """(the reply's final calls, text to add to the reply): optional arguments the conversation never mentions
-        dropped and invented calls withheld, with a note that says what they need (argument_grounding); then once
+    def _evidence(self) -> Evidence:
+        if self.evidence is None:
+            self.evidence = conversation_evidence(self.conversation or ())
+        return self.evidence
+
+    def settle(self, text: str, calls: list[ToolCall]) -> tuple[str, list[ToolCall], str]:
+        """(the reply's text, its final calls, text to add to the reply).
+
+        A reply with no call whose calls to names nobody offered are all labels for one offered tool
+        (labelled_calls) has those calls. Then optional arguments the conversation never mentions are dropped and
+        invented calls withheld, with a note that says what they need (argument_grounding); then the calls once
         more without repeats (two calls may have differed only in a made-up argument)."""
-        if self.conversation is None or not calls:
-            return calls, ""
-        evidence = conversation_evidence(self.conversation)  # read only for a reply with calls, most have none
-        kept, notes = ground_calls(calls, self.callable_tools, evidence, withhold=not self.forced)
-        return unique_calls(kept), "".join("\n" + note for note in notes)
+        if self.conversation is None:
+            return text, calls, ""
+        if not calls and not self.forced and '"name"' in text:
+            from hanlin.runtimes.labelled_calls import labelled_calls  # it reads calls with this module's parser
+
+            text, calls = labelled_calls(text, self.callable_tools, self._evidence())
+            if not self.parallel:
+                calls = calls[:1]
+        if not calls:
+            return text, calls, ""
+        kept, notes = ground_calls(calls, self.callable_tools, self._evidence(), withhold=not self.forced)
+        return text, unique_calls(kept), "".join("\n" + note for note in notes)
 
 
 def plan_tools(params: GenerationParams, fmt: CallFormat, capabilities: Capabilities,

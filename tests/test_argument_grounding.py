@@ -122,7 +122,7 @@ def test_an_invented_call_is_withheld_with_a_note_of_what_it_needs() -> None:
     for choice in ("required", {"type": "function", "function": {"name": "get_employee_info"}}):
         plan = plan_tools(GenerationParams(tools=tools, tool_choice=choice), FORMATS["hermes"], caps,
                           [Message.user("Hotels in Paris")])
-        assert plan.settle(calls[:1]) == (calls[:1], "")
+        assert plan.settle("", calls[:1]) == ("", calls[:1], "")
 
 
 def test_the_conversation_is_what_the_system_the_user_and_the_tools_said() -> None:
@@ -143,11 +143,12 @@ def test_the_plan_grounds_the_reply_calls_unless_asked_not_to() -> None:
     caps = Capabilities(constraints=frozenset({"grammar"}), native_tools=True)
     plan = plan_tools(GenerationParams(tools=[SEARCH]), FORMATS["hermes"], caps, ask)
     # two calls that differed only in a made-up price are one call
-    calls, note = plan.settle(made_up)
+    _, calls, note = plan.settle("", made_up)
     assert [c.arguments for c in calls] == [{"origin": "Oslo", "destination": "Rome"}] and note == ""
     as_written = plan_tools(GenerationParams(tools=[SEARCH], ground_arguments=False), FORMATS["hermes"], caps, ask)
-    assert as_written.settle(made_up) == (made_up, "")
-    assert plan_tools(GenerationParams(tools=[SEARCH]), FORMATS["hermes"], caps).settle(made_up) == (made_up, "")
+    assert as_written.settle("", made_up) == ("", made_up, "")
+    unheard = plan_tools(GenerationParams(tools=[SEARCH]), FORMATS["hermes"], caps)  # no conversation given
+    assert unheard.settle("", made_up) == ("", made_up, "")
 
 
 class CharTokenizer:

@@ -131,3 +131,17 @@ def test_default_model_makes_no_call_it_had_to_invent_an_id_for(qwen) -> None:
     withheld = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256)
     assert not withheld.tool_calls and withheld.finish_reason == "stop"
     assert withheld.text == "To call get_employee_info I need employee_id, which the conversation does not give."
+
+
+def test_default_model_call_named_after_its_subject_reaches_the_tool_it_fits(qwen) -> None:
+    # simple-031: asked for a vegetarian chickpea and spinach recipe, the model names its find_recipes call
+    # "vegetarian_chickpeas_spinach", which, as written, stays text (no call). Its arguments fit find_recipes alone.
+    from hanlin.plugins.evaluators.function_calling import SYSTEM, shipped_path
+
+    row = next(r for r in map(json.loads, shipped_path().read_text().splitlines()) if r["id"] == "simple-031")
+    ask = [Message(role="system", content=SYSTEM), Message(role="user", content=row["question"])]
+    as_written = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256, ground_arguments=False)
+    assert not as_written.tool_calls and '"name": "vegetarian_chickpeas_spinach"' in as_written.text
+    read = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256)
+    assert [c.name for c in read.tool_calls] == ["find_recipes"] and read.finish_reason == "tool_calls"
+    assert set(read.tool_calls[0].arguments["ingredients"]) == {"chickpeas", "spinach"} and read.text == ""

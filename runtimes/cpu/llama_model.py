@@ -316,8 +316,8 @@ class LlamaChatModel(ChatModel):
             tool_calls, written_more = self._settle_call_count(tokens, tool_calls, plan, params, temperature,
                                                                max_tokens - generated)
             generated += written_more
-        tool_calls, withheld = plan.settle(tool_calls)
-        text = reply.add_note(tail + text, withheld)
+        text, tool_calls, withheld = plan.settle(tail + text, tool_calls)
+        text = reply.add_note(text, withheld)
         if text:
             yield Chunk(text=text)
         usage = Usage(

@@ -185,7 +185,7 @@ def test_off_topic_questions_are_rejected_at_the_tuned_threshold(index_dir, tmp_
     for question, source, _ in PARAPHRASES:
         result = tool.invoke({"query": question})
         assert result.data["found"] is True and result.data["hits"][0]["source"] == source
-        assert f"[1] {source}" in result.content
+        assert f"[1] {source}" in result.content or f"({source}" in result.content  # passages, or their lines
     # an explicit threshold wins over the tuned one
     assert KnowledgeBaseToolkit(index=copy, threshold=0.99).lookup(PARAPHRASES[0][0]).found is False
 
@@ -198,6 +198,10 @@ def test_bm25_backend_retrieves_and_rejects(bm25, tmp_path) -> None:
         assert best.chunk.source == source and heading in best.chunk.heading, (question, best.chunk.where)
     toolkit = KnowledgeBaseToolkit(index=bm25)
     assert toolkit.lookup("In what year did the Berlin Wall fall?").found is False  # no word in common: score 0
+    # lines are ranked by the query words they hold: the one line with both 'fridge' and 'feeding' is shown
+    lines = toolkit.lookup("sourdough starter in the fridge: how often is the feeding?").focus
+    assert [s.text for s in lines] == ["A starter kept in the fridge only needs a feeding once a week; take it out a "
+                                       "day before baking."]
     loaded = KnowledgeIndex.load(bm25.save(tmp_path / "bm25-index"))
     question = PARAPHRASES[0][0]
     before, after = bm25.search(question, 4), loaded.search(question, 4)
@@ -340,7 +344,7 @@ def test_agent_answers_from_the_retrieved_chunk(index_dir) -> None:
             return ('Thought: the knowledge base should know\nAction: knowledge_base\n'
                     'Action Input: {"query": "To what temperature do I preheat the oven for sourdough?"}')
         observation = messages[-1].content  # answer only from what the tool returned
-        source = re.search(r"\[1\] (.+?) \(score", observation).group(1)
+        source = re.search(r"^- .+ \((.+?)\)$", observation, re.M).group(1)
         temperature = re.search(r"\b(\d+) °C", observation).group(1)
         return f"Thought: found it\nFinal Answer: Preheat to {temperature} °C (source: {source})."
 
@@ -352,3 +356,20 @@ def test_agent_answers_from_the_retrieved_chunk(index_dir) -> None:
     tool_message = next(m for m in result.messages if m.role == "tool")
     assert not tool_message.is_error and "sourdough.md › Sourdough bread › Baking the loaf" in tool_message.content
     assert result.output == "Preheat to 250 °C (source: sourdough.md › Sourdough bread › Baking the loaf)."
+    # the tool shows the line that answers, not the section's other temperatures and times
+    assert "230 °C" not in tool_message.content and "Preheat the oven" in tool_message.content
+
+
+@requires_minilm
+def test_the_tool_shows_the_lines_that_answer_and_whole_passages_when_asked(index_dir) -> None:
+    question = "How often do I feed a sourdough starter kept in the fridge?"
+    focused = KnowledgeBaseToolkit(index=index_dir).lookup(question)
+    assert [s.text for s in focused.focus][:1] == ["A starter kept in the fridge only needs a feeding once a week; "
+                                                   "take it out a day before baking."]
+    shown = focused.render()
+    assert shown.startswith(f"From the knowledge base for {question!r}, the lines that match it best:\n- ")
+    assert "(sourdough.md › Sourdough bread › Feeding schedule)" in shown and "Dutch oven" not in shown
+    assert focused.as_dict()["focus"][0]["where"] == "sourdough.md › Sourdough bread › Feeding schedule"
+    whole = KnowledgeBaseToolkit(index=index_dir, focus=False).lookup(question)
+    assert whole.focus == [] and "[1] sourdough.md › Sourdough bread › Feeding schedule (score" in whole.render()
+    assert "Feed the starter every 12 hours" in whole.render()

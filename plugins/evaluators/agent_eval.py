@@ -282,6 +282,8 @@ def _evaluate_protocol(model: ChatModel, dataset: ToolUseDataset, items: list[Ev
     by_name = {t.name: t for t in tools}
     kb = next((t.toolkit for t in tools if t.name == "knowledge_base"), None)
     backend = kb.index.meta.get("backend") if kb is not None else None
+    # what a look-up returns: a cached run that was shown whole passages is not a run shown the lines that answer
+    shown = None if kb is None else [backend, "lines" if kb.focus else "passages"]
     identity = model_identity(model)
     specs = [t.to_openai() for t in tools]
     fingerprint = dataset.fingerprint()
@@ -289,7 +291,7 @@ def _evaluate_protocol(model: ChatModel, dataset: ToolUseDataset, items: list[Ev
     lock = threading.Lock()
 
     def key(item: EvalItem) -> str:
-        prompt = {"agent": protocol, "question": item.question, "tools": specs, "data": fingerprint, "kb": backend}
+        prompt = {"agent": protocol, "question": item.question, "tools": specs, "data": fingerprint, "kb": shown}
         return PredictionCache.key(identity, prompt, {k: v for k, v in params.items() if v is not None})
 
     def run(item: EvalItem) -> tuple[dict[str, Any], bool]:

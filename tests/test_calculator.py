@@ -250,12 +250,12 @@ def test_reading_percentages_changes_no_valid_python(text: str) -> None:
 
 
 @pytest.mark.parametrize(("expression", "expected"), [
-    ("19:00 - 07:30", "11:30 (690 minutes)"),  # the default model's expression for an office's weekday hours
-    ("(19:00) - (7:30)", "11:30 (690 minutes)"),
-    ("02:00 - 22:00", "4:00 (240 minutes; 02:00 is taken as the next day)"),
-    ("17:45:30 - 9:15", "8:30:30 (510.5 minutes)"),
-    ("19:00 - 07:30 = 690", "11:30 (690 minutes)"),
-    ("19:00 - 07:30 = 700", "11:30 (690 minutes; not 700: the result written after '=' was wrong and is ignored)"),
+    ("19:00 - 07:30", "690 minutes (11:30)"),  # the default model's expression for an office's weekday hours
+    ("(19:00) - (7:30)", "690 minutes (11:30)"),
+    ("02:00 - 22:00", "240 minutes (4:00; 02:00 is taken as the next day)"),
+    ("17:45:30 - 9:15", "510.5 minutes (8:30:30)"),
+    ("19:00 - 07:30 = 690", "690 minutes (11:30)"),
+    ("19:00 - 07:30 = 700", "690 minutes (11:30; not 700: the result written after '=' was wrong and is ignored)"),
 ])
 def test_one_clock_time_minus_another_is_the_time_between(expression: str, expected: str) -> None:
     assert evaluate(expression) == expected

@@ -23,7 +23,7 @@ Decisions, because models write arithmetic the way people do:
 - A sum or product written with an ellipsis ("1 + 2 + ... + 250") is the series it shows (calculator_series).
 - A percentage is a fraction: "17% of 2350" is 0.17 * 2350, "12.5%" is 0.125; "10 % 3" is still the remainder
   (percentages).
-- One clock time minus another ("19:00 - 07:30") is the time between them, "11:30 (690 minutes)"
+- One clock time minus another ("19:00 - 07:30") is the time between them, "690 minutes (11:30)"
   (calculator_times).
 """
 

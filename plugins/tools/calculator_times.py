@@ -3,8 +3,9 @@
 Asked how many minutes an office open "from 07:30 to 19:00" is open, Qwen2.5-Coder-0.5B sent the calculator
 "19:00 - 07:30", was told Python's "leading zeros in decimal integer literals are not permitted; use an 0o prefix for
 octal integers", and answered with the expression. What it meant is not in doubt, so one clock time minus another
-is answered as the span between them, in hours and minutes and in minutes (a later time minus an earlier one; an
-end before the start crosses midnight). Clock times anywhere else in an expression are refused with a way to write
+is answered as the span between them, in minutes and as hours:minutes (a later time minus an earlier one; an end
+before the start crosses midnight). Minutes first: shown "11:30 (690 minutes)", the model answered "11:30" to a
+question that asked for minutes. Clock times anywhere else in an expression are refused with a way to write
 them: whether "07:30 * 2" means hours or minutes is a guess the calculator does not make.
 """
 
@@ -55,4 +56,4 @@ def time_between(expression: str) -> str | None:
     claimed = claimed.strip()
     if claimed and claimed not in (shown, in_minutes):
         note += f"; not {claimed}: the result written after '=' was wrong and is ignored"
-    return f"{shown} ({in_minutes} minutes{note})"
+    return f"{in_minutes} minutes ({shown}{note})"

@@ -20,7 +20,8 @@ So an optional argument stays when its value is grounded in the conversation, an
 
 Required arguments are never dropped (the call would no longer be valid), and neither is an argument the schema does
 not list. But a call whose required arguments were all made up, a number or an id among them (see ``invented``), is
-withheld: the reply says what the call needs instead. A caller turns all this off with
+withheld: the reply says what the call needs instead; so is a call with a required choice (an ``enum``) that the
+conversation never made (``named_choices``). A caller turns all this off with
 ``GenerationParams(ground_arguments=False)``.
 """
 
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hanlin.messages import Message, ToolCall
+from hanlin.runtimes.named_choices import guessed_choices, guessed_note
 
 _UNITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
           "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
@@ -189,6 +191,8 @@ def ground_calls(calls: list[ToolCall], tools: Sequence[Mapping[str, Any]], evid
             kept.append(call)
         elif withhold and (names := invented(call, schemas[call.name], evidence)):
             notes.append(withheld_note(call, names))
+        elif withhold and (guessed := guessed_choices(call.arguments, schemas[call.name], evidence)):
+            notes.append(guessed_note(call.name, call.arguments, guessed))
         else:
             kept.append(ground_call(call, schemas[call.name], evidence))
     return kept, notes

@@ -27,6 +27,7 @@ from typing import Any
 from hanlin import Capabilities, ConfigurationError, GenerationParams, Message, ToolCall
 from hanlin.grammar import gbnf_literal
 from hanlin.runtimes.argument_grounding import Evidence, conversation_evidence, ground_calls
+from hanlin.runtimes.named_choices import narrowed_tools
 
 ToolSpecs = Sequence[dict[str, Any]]  # OpenAI-style function specs
 
@@ -530,14 +531,18 @@ def plan_tools(params: GenerationParams, fmt: CallFormat, capabilities: Capabili
     if params.constraint is not None:
         return plan
     can_constrain = "grammar" in capabilities.constraints
+    if mode in ("required", "named") and not can_constrain:
+        plan.render_tools = callable_tools
+        return plan
+    if not can_constrain:
+        return plan
+    # the grammar offers only the choices the conversation names, where it names some (named_choices)
+    grammar_tools = callable_tools if plan.conversation is None else narrowed_tools(callable_tools, plan._evidence())
     if mode in ("required", "named"):
-        if not can_constrain:
-            plan.render_tools = callable_tools
-            return plan
-        plan.grammar = call_grammar(callable_tools, fmt, forced=True, parallel=parallel)
-    elif can_constrain:
-        plan.lazy_grammar = call_grammar(callable_tools, fmt, forced=False, parallel=parallel)
+        plan.grammar = call_grammar(grammar_tools, fmt, forced=True, parallel=parallel)
+    else:
+        plan.lazy_grammar = call_grammar(grammar_tools, fmt, forced=False, parallel=parallel)
         plan.trigger = call_trigger([tool_name(t) for t in callable_tools])
         if parallel:
-            plan.more_calls = call_grammar(callable_tools, fmt, forced=False, item=True)
+            plan.more_calls = call_grammar(grammar_tools, fmt, forced=False, item=True)
     return plan

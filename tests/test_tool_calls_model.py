@@ -39,6 +39,14 @@ def valid(call) -> bool:
     return True
 
 
+def shipped_item(item_id: str) -> tuple[dict, list[Message]]:
+    """An item of the shipped function-calling set and the messages the evaluation asks it with."""
+    from hanlin.plugins.evaluators.function_calling import SYSTEM, shipped_path
+
+    row = next(r for r in map(json.loads, shipped_path().read_text().splitlines()) if r["id"] == item_id)
+    return row, [Message(role="system", content=SYSTEM), Message(role="user", content=row["question"])]
+
+
 def test_lazy_grammar_turns_a_started_call_into_a_valid_one(smollm2) -> None:
     # Asked to write a call with an argument the schema does not have: once the reply reaches {"name" the call
     # grammar takes over, so what comes back is a valid call (without the grammar: {"town": 5}).
@@ -108,10 +116,7 @@ def test_default_model_makes_as_many_calls_as_the_request_asks(qwen) -> None:
 def test_default_model_keeps_only_the_optional_arguments_the_request_gives(qwen) -> None:
     # multiple-031 of the shipped set asks to e-mail Tom and names no one to copy; the model copies a made-up
     # admin@example.com anyway (kept with ground_arguments=False). Grounded, the call is what was asked.
-    from hanlin.plugins.evaluators.function_calling import SYSTEM, shipped_path
-
-    row = next(r for r in map(json.loads, shipped_path().read_text().splitlines()) if r["id"] == "multiple-031")
-    ask = [Message(role="system", content=SYSTEM), Message(role="user", content=row["question"])]
+    row, ask = shipped_item("multiple-031")
     as_written = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256, ground_arguments=False)
     assert [(c.name, c.arguments.get("cc")) for c in as_written.tool_calls] == [("send_email", ["admin@example.com"])]
     grounded = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256)
@@ -122,10 +127,7 @@ def test_default_model_keeps_only_the_optional_arguments_the_request_gives(qwen)
 def test_default_model_makes_no_call_it_had_to_invent_an_id_for(qwen) -> None:
     # irrelevance-030: "Who is the current chancellor of Germany?" offered only get_employee_info; the model calls
     # it for employee "12345" (kept with ground_arguments=False). Withheld, the reply says what the call would need.
-    from hanlin.plugins.evaluators.function_calling import SYSTEM, shipped_path
-
-    row = next(r for r in map(json.loads, shipped_path().read_text().splitlines()) if r["id"] == "irrelevance-030")
-    ask = [Message(role="system", content=SYSTEM), Message(role="user", content=row["question"])]
+    row, ask = shipped_item("irrelevance-030")
     as_written = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256, ground_arguments=False)
     assert [(c.name, c.arguments["employee_id"]) for c in as_written.tool_calls] == [("get_employee_info", "12345")]
     withheld = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256)
@@ -133,13 +135,23 @@ def test_default_model_makes_no_call_it_had_to_invent_an_id_for(qwen) -> None:
     assert withheld.text == "To call get_employee_info I need employee_id, which the conversation does not give."
 
 
+def test_default_model_makes_no_call_that_guesses_a_required_choice(qwen) -> None:
+    # irrelevance-015: "Fire employee E-2291 effective today." offered get_employee_info and request_time_off; the
+    # model files time off for E-2291 as leave_type "vacation", a choice the request never made. Withheld, the reply
+    # names the guess and the choices.
+    row, ask = shipped_item("irrelevance-015")
+    as_written = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256, ground_arguments=False)
+    assert [(c.name, c.arguments["leave_type"]) for c in as_written.tool_calls] == [("request_time_off", "vacation")]
+    withheld = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256)
+    assert not withheld.tool_calls and withheld.finish_reason == "stop"
+    assert withheld.text.endswith('Not calling request_time_off: the conversation does not name leave_type "vacation" '
+                                  "(one of vacation, sick, parental or unpaid).")
+
+
 def test_default_model_call_named_after_its_subject_reaches_the_tool_it_fits(qwen) -> None:
     # simple-031: asked for a vegetarian chickpea and spinach recipe, the model names its find_recipes call
     # "vegetarian_chickpeas_spinach", which, as written, stays text (no call). Its arguments fit find_recipes alone.
-    from hanlin.plugins.evaluators.function_calling import SYSTEM, shipped_path
-
-    row = next(r for r in map(json.loads, shipped_path().read_text().splitlines()) if r["id"] == "simple-031")
-    ask = [Message(role="system", content=SYSTEM), Message(role="user", content=row["question"])]
+    row, ask = shipped_item("simple-031")
     as_written = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256, ground_arguments=False)
     assert not as_written.tool_calls and '"name": "vegetarian_chickpeas_spinach"' in as_written.text
     read = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256)

@@ -36,6 +36,7 @@ from typing import Any
 
 from hanlin.messages import Message, ToolCall
 from hanlin.runtimes.named_choices import guessed_choices, guessed_note
+from hanlin.runtimes.user_spelling import as_user_spelled
 
 _UNITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
           "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
@@ -127,7 +128,8 @@ def conversation_evidence(messages: Sequence[Message]) -> Evidence:
 
 
 def ground_call(call: ToolCall, parameters: Mapping[str, Any], evidence: Evidence) -> ToolCall:
-    """``call`` without its optional arguments that ``evidence`` does not ground."""
+    """``call`` without its optional arguments that ``evidence`` does not ground, and with the names it respelled
+    as the conversation spells them (user_spelling)."""
     properties = parameters.get("properties") or {}
     required = set(parameters.get("required") or ())
     kept = {}
@@ -137,7 +139,8 @@ def ground_call(call: ToolCall, parameters: Mapping[str, Any], evidence: Evidenc
         if optional and not ("default" in spec and spec["default"] == value) and not evidence.grounds(name, value):
             continue
         kept[name] = value
-    if len(kept) == len(call.arguments):
+    kept = as_user_spelled(kept, parameters, evidence)  # "Lisboa" for the user's "Lisbon" is "Lisbon"
+    if kept == call.arguments:
         return call
     return call.model_copy(update={"arguments": kept})
 

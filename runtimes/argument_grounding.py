@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hanlin.messages import Message, ToolCall
-from hanlin.runtimes.named_choices import guessed_choices, guessed_note
+from hanlin.runtimes.named_choices import guessed_choices, guessed_note, names_value
 from hanlin.runtimes.user_spelling import as_user_spelled
 
 _UNITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
@@ -136,8 +136,9 @@ def ground_call(call: ToolCall, parameters: Mapping[str, Any], evidence: Evidenc
     for name, value in call.arguments.items():
         spec = properties.get(name)
         optional = isinstance(spec, Mapping) and name not in required
-        if optional and not ("default" in spec and spec["default"] == value) and not evidence.grounds(name, value):
-            continue
+        if optional and not ("default" in spec and spec["default"] == value) and not evidence.grounds(name, value) \
+                and not ("enum" in spec and names_value(evidence, value, abbreviations=False)):
+            continue  # (a listed value counts in its usual forms: "cycle" grounds "mode": "cycling")
         kept[name] = value
     kept = as_user_spelled(kept, parameters, evidence)  # "Lisboa" for the user's "Lisbon" is "Lisbon"
     if kept == call.arguments:

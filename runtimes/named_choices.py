@@ -81,8 +81,8 @@ def _written_words(text: str) -> set[str]:
 
 
 def same_word(a: str, b: str, *, abbreviations: bool = True) -> bool:
-    """Whether two words are one word in different forms: spelling (metre/meter), plural, a unit symbol (km), a
-    prefix of three letters or more (swim/swimming, max/maximum), or, with ``abbreviations``, a short word whose
+    """Whether two words are one word in different forms: spelling (metre/meter), plural, ``-ing`` (cycle/cycling),
+    a unit symbol (km), a prefix of three letters or more (swim/swimming, max/maximum), or, with ``abbreviations``, a short word whose
     letters occur in order in the other (std/standard, avg/average; also atm/amsterdam, which is why it can be off)."""
     a, b = _base(a), _base(b)
     if a == b:
@@ -105,6 +105,8 @@ def _base(word: str) -> str:
         word = word[:-1]
     if len(word) > 4 and word.endswith("tre"):  # metre, litre, centre
         word = word[:-3] + "ter"
+    if len(word) > 4 and word.endswith("e"):  # "cycle" is then a prefix of "cycling", "drive" of "driving"
+        word = word[:-1]
     return word
 
 

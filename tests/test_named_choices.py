@@ -8,7 +8,7 @@ import json
 import pytest
 
 from hanlin import Capabilities, GenerationParams, Message, ToolCall
-from hanlin.runtimes.argument_grounding import Evidence, ground_calls
+from hanlin.runtimes.argument_grounding import Evidence, ground_call, ground_calls
 from hanlin.runtimes.named_choices import guessed_choices, names_value, narrowed_tools, same_word
 from hanlin.runtimes.tool_calls import FORMATS, plan_tools
 
@@ -30,6 +30,7 @@ LENGTH = {"type": "function", "function": {
     ("meter", "metre"), ("kilometer", "kilometres"), ("kilometer", "km"), ("foot", "feet"), ("std", "standard"),
     ("swimming", "swim"), ("max", "maximum"), ("tablespoon", "tbsp"), ("liter", "litres"), ("pound", "lbs"),
     ("cup", "cups"), ("strawberry", "strawberries"), ("heating", "heat"),
+    ("cycling", "cycle"), ("driving", "drive"), ("swimming", "swims"),
 ])
 def test_the_usual_forms_of_a_word_are_that_word(a, b) -> None:
     assert same_word(a, b) and same_word(b, a)
@@ -72,6 +73,18 @@ def test_a_required_choice_the_request_never_made_is_a_guess() -> None:
     assert guessed_choices(call, optional, evidence) == []
     fixed = {"properties": {"kind": {"enum": ["vacation"]}}, "required": ["kind"]}
     assert guessed_choices({"kind": "vacation"}, fixed, evidence) == []
+
+
+def test_an_optional_choice_stays_when_named_in_any_usual_form() -> None:
+    # multiple-028: "How long does it take to cycle from the Rijksmuseum to Amsterdam Centraal?" -> "mode": "cycling"
+    params = {"properties": {"origin": {"type": "string"}, "destination": {"type": "string"}, "mode": {
+        "type": "string", "enum": ["driving", "walking", "cycling", "transit"]}}, "required": ["origin", "destination"]}
+    evidence = Evidence.of(["How long does it take to cycle from the Rijksmuseum to Amsterdam Centraal?"])
+    route = {"origin": "Rijksmuseum", "destination": "Amsterdam Centraal"}
+    assert ground_call(ToolCall(name="get_route", arguments={**route, "mode": "cycling"}), params, evidence
+                       ).arguments == {**route, "mode": "cycling"}
+    assert ground_call(ToolCall(name="get_route", arguments={**route, "mode": "driving"}), params, evidence
+                       ).arguments == route
 
 
 def test_a_list_of_choices_is_named_item_by_item() -> None:

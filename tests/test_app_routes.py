@@ -108,6 +108,12 @@ def test_research_whole_result_without_stream(docs: Path) -> None:
         assert got.status_code == 200, body
         assert body["status"] == "answered" and body["answer"].startswith("Ada wrote alpha [1]")
         assert body["events"][0]["type"] == "research_started" and body["events"][-1]["type"] == "final"
+        # the plan starts from one split of the question unless the request turns it off (this script splits nothing)
+        notes = [e["text"] for e in body["events"] if e["type"] == "planner_note"]
+        assert "the question was not split; the planner plans from scratch" in notes
+        unsplit = httpx.post(f"{url}/v1/research", timeout=60, json={
+            "question": "Where was the author of alpha born?", "protocol": "tools", "stream": False, "decompose": False})
+        assert not any("split" in e.get("text", "") for e in unsplit.json()["events"])
 
 
 @pytest.mark.parametrize(("body", "what"), [

@@ -14,6 +14,7 @@ import pytest
 
 from hanlin import Completion, ConfigurationError, Message, ModelError, ScriptedModel, ToolCall
 from hanlin.plugins.apps.research.citations import Ledger, Passage, cited, remap
+from hanlin.plugins.apps.research.decompose import SYSTEM as DECOMPOSE_SYSTEM
 from hanlin.plugins.apps.research.events import load_trace
 from hanlin.plugins.apps.research.graph import PlanError, PlanGraph
 from hanlin.plugins.apps.research.grounding import sentences
@@ -55,6 +56,8 @@ def scripted(planner: list[Completion | str], answers: dict[str, str] | None = N
     lock = threading.Lock()
 
     def reply(messages: list[Message], params: Any) -> Completion | str:
+        if messages[0].content == DECOMPOSE_SYSTEM:
+            return "{}"  # no split: the scripted planner plans, as it does when a test turns the split off
         if PLANNER_MARK in messages[0].content:
             with lock:
                 return next(plan)
@@ -80,6 +83,7 @@ def quoting(messages: list[Message], answer: str) -> str:
 
 def run(model: ScriptedModel, backend: Any = None, **options: Any) -> Any:
     options.setdefault("planner_protocol", "tools")
+    options.setdefault("decompose", False)  # these scripts start at the planner agent; the split has its own tests
     options.setdefault("searcher_protocol", "tools")
     research = Research(model, backend or Corpus(DOCS), **options)
     return research.run("Where was the author of alpha born?")

@@ -29,11 +29,10 @@ def test_two_hop_question_with_citations_that_check_out(tmp_path: Path) -> None:
     corpus = build_package_corpus(tmp_path / "corpus", ["fastapi", "starlette", "uvicorn", "httpx", "click", "typer"])
     model = load_model("qwen2.5-coder-0.5b-instruct", n_threads=2)
     try:
-        # decompose: the plan starts from one constrained split of the question. Without it, on a fresh machine
-        # (2026-12-07; llama.cpp's numerics differ by machine) the planner's first call was {"name": "FastAPI",
-        # "arguments": {"ASGI toolkit": ...}}, then one node held the whole question and only its second hop was
-        # answered; the default planner path on this question is an open item (see the session note).
-        research = Research(model, f"local:{corpus}", max_nodes=2, max_parallel=2, max_tokens=120, decompose=True,
+        # the default configuration: the plan starts from one constrained split of the question (without it, on a
+        # fresh machine, 2026-12-07, the planner's first call was {"name": "FastAPI", "arguments": {...}}, then one
+        # node held the whole question and only its second hop was answered)
+        research = Research(model, f"local:{corpus}", max_nodes=2, max_parallel=2, max_tokens=120,
                             planner_max_steps=6, searcher_max_steps=2)
         result = research.run("FastAPI is built on which ASGI toolkit, and what is the test client of that "
                               "toolkit built on?")

@@ -226,13 +226,15 @@ def test_a_searcher_that_only_searches_is_answered_from_what_it_read() -> None:
 
 
 def test_the_measured_configuration_is_a_dataset_variant() -> None:
-    """`hanlin eval -d research:decompose` (the CLI passes a subset, not options) runs the seeded plan."""
+    """`hanlin eval -d research` runs the seeded plan, as `hanlin research` does; `research:unsplit` the planner agent
+    alone (the CLI passes a subset, not options)."""
     from hanlin import ConfigurationError
     from hanlin.plugins.evaluators.datasets import open_dataset
 
     assert open_dataset("research:decompose").decompose is True
-    assert open_dataset("research").decompose is False
-    with pytest.raises(ConfigurationError, match="research:decompose"):
+    assert open_dataset("research").decompose is True
+    assert open_dataset("research:unsplit").decompose is False
+    with pytest.raises(ConfigurationError, match="research:unsplit"):
         open_dataset("research:mindsearch")
 
 

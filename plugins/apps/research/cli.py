@@ -76,7 +76,9 @@ def add_research_command(cli: Any) -> None:
         protocol: str = typer.Option("react", help="Agent protocol of the searchers."),
         planner_protocol: str = typer.Option("tools", help="Agent protocol of the planner."),
         max_tokens: int = typer.Option(160, help="Most tokens per model reply."),
-        decompose: bool = typer.Option(False, help="Seed the plan with one constrained split of the question."),
+        decompose: bool = typer.Option(True, "--decompose/--no-decompose",
+                                       help="Seed the plan with one constrained split of the question (--no-decompose: "
+                                            "the planner agent plans from scratch)."),
         json_out: bool = typer.Option(False, "--json", help="Print each event as a JSON line."),
         trace: Path | None = typer.Option(None, help="Save the run's events as JSONL (replayable)."),
     ) -> None:

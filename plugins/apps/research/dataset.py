@@ -4,7 +4,9 @@ Both systems search the same index with the same numbered ``search`` tool and ar
 ``evaluate.py``): answer correctness (one phrase of every answer group in the answer), citation validity (each
 shown reference's passage is verbatim in the document it names) and recall of the documents the question needs.
 Metrics are named ``research_*`` and ``react_*`` so one table shows the two side by side, in the same run.
-``-d research:decompose`` seeds each plan with a constrained split of the question (``decompose=True``). Options
+Each plan is seeded with a constrained split of the question, as `hanlin research` does by default;
+``-d research:unsplit`` leaves the planner agent to plan from scratch (``decompose=False``; ``research:decompose``
+is the default, named). Options
 of the factory (Python): ``search`` (``packages`` by default, or ``local:DIR``), ``max_parallel``,
 ``max_nodes``, ``protocol`` (the searchers' protocol, ``react`` by default), ``decompose`` (seed the plan with a
 constrained split), ``systems`` (``research,react``).
@@ -31,10 +33,11 @@ class ResearchDataset(Dataset):
 
     def __init__(self, subset: str | None = None, search: str = "packages", max_parallel: int | str = 1,
                  max_nodes: int | str = 4, systems: str = "research,react", protocol: str = "react",
-                 decompose: bool | str = False) -> None:
+                 decompose: bool | str = True) -> None:
         super().__init__()
-        if subset not in (None, "decompose"):
-            raise ConfigurationError(f"dataset 'research' has one variant, research:decompose (the plan seeded by a "
+        if subset not in (None, "decompose", "unsplit"):
+            raise ConfigurationError(f"dataset 'research' has the variants research:unsplit (the planner agent plans "
+                                     f"from scratch) and research:decompose (the default: the plan seeded by a "
                                      f"constrained split of the question); got {subset!r}")
         chosen = tuple(s.strip() for s in systems.split(",") if s.strip())
         unknown = [s for s in chosen if s not in SYSTEMS]
@@ -42,7 +45,7 @@ class ResearchDataset(Dataset):
             raise ConfigurationError(f"systems={systems!r}: choose from {', '.join(SYSTEMS)} (comma-separated)")
         self.search, self.systems, self.protocol = search, chosen, protocol
         self.decompose = decompose if isinstance(decompose, bool) else decompose.lower() in ("1", "true", "yes")
-        self.decompose = self.decompose or subset == "decompose"  # `hanlin eval -d research:decompose`
+        self.decompose = (self.decompose or subset == "decompose") and subset != "unsplit"
         try:
             self.max_parallel, self.max_nodes = int(max_parallel), int(max_nodes)
         except ValueError:

@@ -45,6 +45,7 @@ class ResearchRequest(BaseModel):
     max_depth: int = Field(default=3, ge=1, le=4)
     max_parallel: int = Field(default=1, ge=1, le=4)
     protocol: str = Field(default="react", description="The searchers' agent protocol.")
+    decompose: bool = Field(default=True, description="Seed the plan with one constrained split of the question.")
     stream: bool = True
 
 
@@ -78,7 +79,7 @@ def add_research_routes(app: FastAPI, context: ServerContext) -> None:
                            param="protocol")
         try:
             return Research(context.model, await backend.get(), max_nodes=req.max_nodes, max_depth=req.max_depth,
-                            max_parallel=req.max_parallel, searcher_protocol=req.protocol)
+                            max_parallel=req.max_parallel, searcher_protocol=req.protocol, decompose=req.decompose)
         except HanlinError as exc:
             raise APIError(400, str(exc), code="invalid_parameter") from None
 

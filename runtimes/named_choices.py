@@ -6,7 +6,8 @@ valid one, so the call looks right and is not: asked to "Convert 3 hours into mi
 converters offered, the default model called ``convert_length`` from ``millimeter`` to ``meter``; asked to "Fire
 employee E-2291 effective today", it filed ``request_time_off`` as ``vacation``. The usual advice to a function-calling
 model is the same rule: do not guess the values to plug in, ask. So such a call is withheld with a note that lists
-the choices (``argument_grounding.ground_calls``).
+the choices (``argument_grounding.ground_calls``). Where the request names some of the values, the call grammar offers
+only those (``narrowed_tools``).
 
 A value is named when the conversation writes it in any usual form, because a request rarely spells an enum the way
 the schema does: ``kilometres`` and ``km`` name ``kilometer``, ``metre`` names ``meter``, ``feet`` names ``foot``,
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -70,21 +72,28 @@ def names_value(evidence: Evidence, value: Any, *, abbreviations: bool = True) -
     wanted = [w for w in _WORD.findall(value.lower()) if w not in _FUNCTION_WORDS]
     if not wanted:
         return False
-    written = _written_words(evidence.text)
-    return all(any(same_word(w, t, abbreviations=abbreviations) for t in written) for w in wanted)
+    written = _written_bases(evidence.text)
+    return all(any(_same_base(_base(w), t, abbreviations) for t in written) for w in wanted)
 
 
-def _written_words(text: str) -> set[str]:
+@lru_cache(maxsize=16)
+def _written_bases(text: str) -> frozenset[str]:
+    """The base forms of the conversation's words, once per conversation (every listed value of every tool is
+    looked up in them)."""
     words = {w for w in _WORD.findall(text) if len(w) > 1 and w not in _FUNCTION_WORDS}
     words.update(m.group(1) for m in _UNIT_SYMBOL.finditer(text))
-    return words
+    return frozenset(map(_base, words))
 
 
 def same_word(a: str, b: str, *, abbreviations: bool = True) -> bool:
-    """Whether two words are one word in different forms: spelling (metre/meter), plural, ``-ing`` (cycle/cycling),
-    a unit symbol (km), a prefix of three letters or more (swim/swimming, max/maximum), or, with ``abbreviations``, a short word whose
-    letters occur in order in the other (std/standard, avg/average; also atm/amsterdam, which is why it can be off)."""
-    a, b = _base(a), _base(b)
+    """Whether two words are one word in different forms: spelling (metre/meter), plural, a unit symbol (km), a
+    prefix of three letters or more once a final e is gone (swim/swimming, cycle/cycling, max/maximum), or, with
+    ``abbreviations``, a short word whose letters occur in order in the other (std/standard, avg/average; also
+    atm/amsterdam, which is why it can be off)."""
+    return _same_base(_base(a), _base(b), abbreviations)
+
+
+def _same_base(a: str, b: str, abbreviations: bool) -> bool:
     if a == b:
         return True
     short, long = sorted((a, b), key=len)

@@ -88,8 +88,9 @@ def test_an_optional_choice_stays_when_named_in_any_usual_form() -> None:
 
 
 def test_a_list_of_choices_is_named_item_by_item() -> None:
-    params = {"properties": {"numbers": {"type": "array"}, "measures": {"type": "array", "items": {
-        "type": "string", "enum": ["mean", "median", "mode", "std", "min", "max"]}}}, "required": ["numbers", "measures"]}
+    measures = {"type": "string", "enum": ["mean", "median", "mode", "std", "min", "max"]}
+    params = {"properties": {"numbers": {"type": "array"}, "measures": {"type": "array", "items": measures}},
+              "required": ["numbers", "measures"]}
     evidence = Evidence.of(["What's the standard deviation and the maximum of 4.2, 5.1 and 3.9?"])
     assert guessed_choices({"numbers": [4.2, 5.1, 3.9], "measures": ["std", "max"]}, params, evidence) == []
     assert [n for n, _ in guessed_choices({"numbers": [4.2], "measures": ["std", "median"]}, params, evidence)] \

@@ -302,6 +302,11 @@ def test_cli_build_query_tune_with_bm25(tmp_path) -> None:
     answer = json.loads(found.stdout)
     assert answer["found"] is True and len(answer["hits"]) == 2 and answer["hits"][0]["source"] == "it/vpn.md"
     assert "port 4443" in answer["hits"][0]["text"]
+    shown = hanlin("kb", "query", str(out), "Which port does the VPN use?", "--top-k", "2")
+    assert shown.returncode == 0, shown.stderr
+    best = shown.stdout.split("the lines that answer it best (what an agent is shown):\n")[1]
+    assert best.startswith("   Connect to the gateway vpn.harborview.example on port 4443 and sign in with your "
+                           "employee ID. (it/vpn.md › ")
     missing = hanlin("kb", "query", str(out), "Who painted the Mona Lisa?")
     assert missing.returncode == 1 and "not in the knowledge base: best score 0.000 is below the threshold" in missing.stdout
     tuned = hanlin("kb", "tune", str(out), str(LABELLED), "--write")

@@ -82,6 +82,10 @@ def _kb_app(typer: Any) -> Any:
                 mark = "+" if id(hit) in kept else "-"
                 preview = " ".join(hit.chunk.text.split())
                 typer.echo(f"{hit.rank}. {mark} {hit.score:.3f}  {hit.chunk.where}\n   {preview[:240]}")
+            if answer.focus:  # what the knowledge_base tool shows an agent in place of the whole passages
+                typer.echo("the lines that answer it best (what an agent is shown):")
+                for line in answer.focus:
+                    typer.echo(f"   {line.text} ({line.where})")
             if not answer.found:
                 typer.echo(f"not in the knowledge base: best score {answer.hits[0].score:.3f} is below the "
                            f"threshold {answer.threshold:.3f}")

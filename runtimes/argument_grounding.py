@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hanlin.messages import Message, ToolCall
-from hanlin.runtimes.named_choices import guessed_choices, guessed_note, names_value
+from hanlin.runtimes.named_choices import guessed_choices, guessed_note, listed_values, names_value
 from hanlin.runtimes.user_spelling import as_user_spelled
 
 _UNITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
@@ -137,7 +137,7 @@ def ground_call(call: ToolCall, parameters: Mapping[str, Any], evidence: Evidenc
         spec = properties.get(name)
         optional = isinstance(spec, Mapping) and name not in required
         if optional and not ("default" in spec and spec["default"] == value) and not evidence.grounds(name, value) \
-                and not ("enum" in spec and names_value(evidence, value, abbreviations=False)):
+                and not (listed_values(spec) and names_value(evidence, value, abbreviations=False)):
             continue  # (a listed value counts in its usual forms: "cycle" grounds "mode": "cycling")
         kept[name] = value
     kept = as_user_spelled(kept, parameters, evidence)  # "Lisboa" for the user's "Lisbon" is "Lisbon"

@@ -40,6 +40,15 @@ _ABBREVIATIONS = {"km": "kilometer", "cm": "centimeter", "mm": "millimeter", "kg
                   "feet": "foot"}
 
 
+def listed_values(spec: Any) -> list[Any] | None:
+    """The values an argument's schema lists (``enum``, or its items' ``enum`` for a list of choices), or None."""
+    if not isinstance(spec, Mapping):
+        return None
+    holder = spec if "enum" in spec else spec.get("items")
+    values = holder.get("enum") if isinstance(holder, Mapping) else None
+    return values if isinstance(values, list) else None
+
+
 def guessed_choices(call_arguments: Mapping[str, Any], parameters: Mapping[str, Any], evidence: Evidence,
                     ) -> list[tuple[str, list[Any]]]:
     """(name, choices) of each required argument whose schema lists its values (two or more) and whose value in the
@@ -47,13 +56,8 @@ def guessed_choices(call_arguments: Mapping[str, Any], parameters: Mapping[str, 
     properties = parameters.get("properties") or {}
     guessed = []
     for name in parameters.get("required") or ():
-        spec = properties.get(name)
-        if name not in call_arguments or not isinstance(spec, Mapping):
-            continue
-        choices = spec.get("enum")
-        if choices is None and isinstance(spec.get("items"), Mapping):  # a list of choices ("measures": ["std"])
-            choices = spec["items"].get("enum")
-        if not isinstance(choices, list) or len(choices) < 2:
+        choices = listed_values(properties.get(name))
+        if name not in call_arguments or choices is None or len(choices) < 2:
             continue
         value = call_arguments[name]
         values = value if isinstance(value, list) else [value]
@@ -137,15 +141,14 @@ def narrowed_tools(tools: list[dict[str, Any]], evidence: Evidence) -> list[dict
         properties = (fn.get("parameters") or {}).get("properties")
         cut = {}
         for name, spec in (properties or {}).items():
-            holder = spec.get("items") if isinstance(spec, Mapping) and "enum" not in spec else spec
-            choices = holder.get("enum") if isinstance(holder, Mapping) else None
-            if not isinstance(choices, list) or len(choices) < 2:
+            choices = listed_values(spec)
+            if choices is None or len(choices) < 2:
                 continue
             named = [c for c in choices if names_value(evidence, c)]
             surely = [c for c in choices if names_value(evidence, c, abbreviations=False)]
             if named and named == surely and len(named) < len(choices):
-                cut[name] = ({**spec, "enum": named} if holder is spec
-                             else {**spec, "items": {**holder, "enum": named}})
+                cut[name] = ({**spec, "enum": named} if "enum" in spec
+                             else {**spec, "items": {**spec["items"], "enum": named}})
         if not cut:
             narrowed.append(tool)
             continue

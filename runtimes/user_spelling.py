@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from hanlin.runtimes.named_choices import listed_values
+
 if TYPE_CHECKING:
     from hanlin.runtimes.argument_grounding import Evidence
 
@@ -29,8 +31,7 @@ def as_user_spelled(arguments: Mapping[str, Any], parameters: Mapping[str, Any],
     words = {w for w in _WORD.findall(evidence.text) if len(w) >= _MIN_LETTERS}
     out = dict(arguments)
     for name, value in arguments.items():
-        spec = properties.get(name)
-        if isinstance(spec, Mapping) and ("enum" in spec or "enum" in (spec.get("items") or {})):
+        if listed_values(properties.get(name)) is not None:
             continue
         if isinstance(value, str):
             out[name] = _respelled(value, words, evidence)

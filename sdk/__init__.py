@@ -51,7 +51,7 @@ from hanlin.plugin_manager import plugins as get_plugin_manager  # `hanlin.plugi
 from hanlin.protocols import AgentProtocol, RunContext, StepProtocol
 from hanlin.scripted import ScriptedModel
 from hanlin.specs import ComponentSpec, ModelSpec, RuntimeSpec, ToolSpec
-from hanlin.tools import Tool, Toolkit, ToolResult, current_session, tool, tool_session
+from hanlin.tools import Tool, Toolkit, ToolResult, current_session, current_task, tool, tool_session, tool_task
 
 __version__ = "0.1.0"
 
@@ -63,5 +63,6 @@ __all__ = [
     "RuntimeSpec", "ScriptedModel", "StepProtocol", "StepStarted", "TokenDelta", "Tool", "ToolCall",
     "ToolCallEvent", "ToolError", "ToolInputError", "ToolResult", "ToolResultEvent", "ToolSpec", "Toolkit", "Usage",
     "hookimpl", "load_model", "load_protocol", "load_tool", "load_tools", "load_traces", "parse_event",
-    "current_session", "get_plugin_manager", "resolve_model", "tool", "tool_session", "tune",
+    "current_session", "current_task", "get_plugin_manager", "resolve_model", "tool", "tool_session", "tool_task",
+    "tune",
 ]

@@ -28,7 +28,7 @@ from hanlin.messages import Message, Usage, to_messages
 from hanlin.protocols.base import AgentProtocol
 from hanlin.protocols.context import RunContext, RunOptions
 from hanlin.sync_bridge import iterate_sync, run_sync
-from hanlin.tools import Tool, as_tools, tool_session
+from hanlin.tools import Tool, as_tools, tool_session, tool_task
 
 
 class RunResult(BaseModel):
@@ -318,9 +318,10 @@ class Agent:
                 ctx.emit(ErrorEvent(step=ctx.step, kind="model", message=error, recoverable=False))
             await events.put(None)
 
-        # Tool calls of this run belong to its session; a run without one gets its own, ended with the run.
+        # Tool calls of this run belong to its session; a run without one gets its own, ended with the run. They
+        # also see the run's request (hanlin.tools.current_task).
         tool_key = session_id or f"run-{uuid.uuid4().hex[:12]}"
-        with tool_session(tool_key):
+        with tool_session(tool_key), tool_task(message.content or None):
             task_handle = asyncio.ensure_future(drive())  # the task copies the context, session included
         try:
             while (event := await events.get()) is not None:

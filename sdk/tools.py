@@ -19,7 +19,7 @@ import json
 import re
 import traceback
 import types
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -45,14 +45,34 @@ def current_session() -> str | None:
     return _session.get()
 
 
-@contextlib.contextmanager
-def tool_session(session_id: str | None) -> Any:
+def tool_session(session_id: str | None) -> contextlib.AbstractContextManager[None]:
     """Make tool calls inside the block belong to ``session_id`` (the Agent does this around each run)."""
-    token = _session.set(session_id)
+    return _bound(_session, session_id)
+
+
+# The request the running agent was given (the run's user message). A tool may read it to make sense of a terse
+# argument: small models write look-up queries that drop what the user asked ("Lumen Harbor" for the minimum
+# password length), and the knowledge base reads its query together with the request (see knowledge_base).
+_task: contextvars.ContextVar[str | None] = contextvars.ContextVar("hanlin_tool_task", default=None)
+
+
+def current_task() -> str | None:
+    """The request of the agent run the running tool call belongs to (None outside an agent run)."""
+    return _task.get()
+
+
+def tool_task(task: str | None) -> contextlib.AbstractContextManager[None]:
+    """Make tool calls inside the block belong to a run whose request is ``task`` (the Agent does this per run)."""
+    return _bound(_task, task)
+
+
+@contextlib.contextmanager
+def _bound(var: contextvars.ContextVar[str | None], value: str | None) -> Iterator[None]:
+    token = var.set(value)
     try:
         yield
     finally:
-        _session.reset(token)
+        var.reset(token)
 
 
 class ToolResult(BaseModel):

@@ -8,7 +8,7 @@ import time
 import pytest
 from pydantic import BaseModel
 
-from hanlin import Agent, ScriptedModel, ToolResult, load_tool, tool
+from hanlin import Agent, ScriptedModel, ToolResult, current_task, load_tool, tool
 from hanlin.errors import ParseError
 from hanlin.events import ToolCallEvent, ToolResultEvent
 from hanlin.plugins.protocols.code import (FAILED_AFTER_RETURNS, NO_OUTPUT_NOTE, REPEATED_CELL_NOTE,
@@ -126,6 +126,19 @@ def passages(query: str) -> ToolResult:
     """
     return ToolResult(content=f"1 passage for {query!r}: the guest network is HarborGuest",
                       data={"question": query, "hits": [{"text": "the guest network is HarborGuest"}]})
+
+
+@tool
+def request_seen() -> str:
+    """The request of the agent run this call belongs to."""
+    return str(current_task())
+
+
+def test_a_tool_called_from_the_cell_sees_the_runs_request() -> None:
+    # the cell's calls reach the host on the kernel's reader thread, outside the run's context: the bridge carries it
+    result, _, _ = run([cell("print(request_seen())"), cell("final_answer('done')")], tools=[request_seen])
+    assert observations(result)[0] == "the task"
+    assert current_task() is None  # and only inside the run
 
 
 def test_a_tool_whose_stub_says_str_gives_its_text_not_its_data() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from hanlin import Tool, ToolCall, ToolResult
+from hanlin import Tool, ToolCall, ToolResult, current_task, tool_task
 from hanlin.events import ToolCallEvent, ToolResultEvent
 from hanlin.protocols import RunContext
 
@@ -226,6 +226,7 @@ class Bridge:
 
     def __init__(self, ctx: RunContext, tools: dict[str, Tool], loop: asyncio.AbstractEventLoop) -> None:
         self.ctx, self.tools, self.loop = ctx, tools, loop
+        self.task = current_task()  # made inside the run; the cell's calls come in on the kernel's reader thread
         self.final: str | None = None
         self.calls: list[ToolCall] = []
         self.returned: list[tuple[ToolCall, ToolResult]] = []  # the calls that succeeded, with what they gave back
@@ -272,7 +273,8 @@ class Bridge:
         elif outcome is not None:
             result = outcome.result
         else:
-            result = self.tools[call.name].invoke(call.arguments)
+            with tool_task(self.task):
+                result = self.tools[call.name].invoke(call.arguments)
         self._emit(ToolResultEvent(step=self.ctx.step, call_id=call.id, name=call.name, content=result.content,
                                    is_error=result.is_error, duration_s=time.perf_counter() - started))
         if result.is_error:

@@ -261,9 +261,16 @@ class KnowledgeIndex:
         tuned = self.meta.get("threshold")
         return float(tuned) if tuned is not None else DEFAULT_THRESHOLDS[self.meta["backend"]]
 
-    def search(self, query: str, top_k: int = 3) -> list[Hit]:
+    def search(self, query: str, top_k: int = 3, context: str | None = None) -> list[Hit]:
+        """The ``top_k`` best chunks for ``query``. With ``context`` (the request the query was written for; see
+        knowledge_base), ranked by the mean of the two similarities, and each hit scored by the better of that mean
+        and its query's own score, so the context never turns a found answer into "not in the knowledge base"."""
         scores = self.backend.scores(query)
-        order = sorted(range(len(self.chunks)), key=lambda i: -float(scores[i]))[: max(1, top_k)]
+        order_by = scores
+        if context is not None:
+            order_by = (scores + self.backend.scores(context)) / 2
+            scores = [max(float(a), float(b)) for a, b in zip(scores, order_by)]
+        order = sorted(range(len(self.chunks)), key=lambda i: -float(order_by[i]))[: max(1, top_k)]
         return [Hit(rank, float(scores[i]), self.chunks[i]) for rank, i in enumerate(order, 1)]
 
     def save(self, folder: str | Path) -> Path:

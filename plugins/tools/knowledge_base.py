@@ -6,6 +6,14 @@ answer from it, so saying nothing relevant was found is the useful observation. 
 ``hanlin kb tune`` (written into the index), else the backend's default; ``threshold=`` overrides both. A query
 that singles out a line or two of the passages gets just those lines (kb_focus; ``focus=False`` turns it off).
 
+Inside an agent run the query is read together with the run's request (``hanlin.current_task``): passages and
+lines are ranked by the mean of their similarity to the two. A small model's query drops what the user asked:
+Qwen2.5-Coder-0.5B looked up "Lumen Harbor" for the minimum password length and "Lumen Harbor travel policy" for
+four hotel nights, and got the company's description or three whole passages; read with the request, the same
+queries find "Every Lumen Harbor account password must be at least 14 characters long." and the hotel limit
+(history-aware retrieval, as chat assistants rewrite a follow-up question with its conversation). Embeddings only:
+BM25 scores a long request far above its query, so there the query is used alone. ``with_task=False`` turns it off.
+
 The index work lives in ``kb_index``, the tuning in ``kb_tuning`` and the ``hanlin kb`` commands in ``kb_cli``;
 the first two (and numpy, torch) are imported only when a tool is built, so registering this plugin costs nothing.
 """
@@ -13,16 +21,18 @@ the first two (and numpy, torch) are imported only when a tool is built, so regi
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field
 
-from hanlin import ConfigurationError, Tool, ToolResult, ToolSpec, Toolkit, hookimpl, tool
+from hanlin import ConfigurationError, Tool, ToolResult, ToolSpec, Toolkit, current_task, hookimpl, tool
 
 INDEX_ENV = "HANLIN_KB_INDEX"  # lets `hanlin run --tool knowledge_base` find an index without tool options
-OPTIONS = ("index", "docs", "top_k", "threshold", "backend", "max_chars", "overlap", "description", "focus")
+OPTIONS = ("index", "docs", "top_k", "threshold", "backend", "max_chars", "overlap", "description", "focus",
+           "with_task")
 
 
 @dataclass(slots=True)
@@ -70,7 +80,7 @@ class KnowledgeBaseToolkit(Toolkit):
 
     def __init__(self, index: str | Path | Any | None = None, docs: str | Path | None = None, top_k: int = 3,
                  threshold: float | None = None, backend: str = "auto", max_chars: int = 800, overlap: int = 100,
-                 description: str | None = None, focus: bool = True) -> None:
+                 description: str | None = None, focus: bool = True, with_task: bool = True) -> None:
         from hanlin.plugins.tools.kb_index import KnowledgeIndex
 
         if index is None and docs is None and os.environ.get(INDEX_ENV):
@@ -93,22 +103,30 @@ class KnowledgeBaseToolkit(Toolkit):
         self._threshold = threshold
         self.about = description
         self.focus = focus
+        self.with_task = with_task
 
     @property
     def threshold(self) -> float:
         return self._threshold if self._threshold is not None else self.index.threshold
 
-    def lookup(self, question: str, top_k: int | None = None) -> Answer:
+    def lookup(self, question: str, top_k: int | None = None, task: str | None = None) -> Answer:
+        """The answer to ``question``, read together with ``task`` (the request it was asked for) where that says
+        more than the question itself and the backend's scores allow it (see the module's docstring)."""
         from hanlin.plugins.tools.kb_index import accepts
 
-        hits = self.index.search(question, top_k or self.top_k)
+        backend = self.index.backend
+        context = task if self.with_task and backend.kind == "embeddings" and _says_more(task, question) else None
+        hits = self.index.search(question, top_k or self.top_k, context=context)
         answer = Answer(question, self.threshold, hits, accepts(hits[0].score, self.threshold))
         if answer.found and self.focus:
             from hanlin.plugins.tools.kb_focus import best_sentences
 
-            backend = self.index.backend
-            answer.focus = best_sentences(question, [h.chunk for h in answer.passages], backend.rank,
-                                          backend.focus_margin)
+            rank = backend.rank
+            if context is not None:
+                def rank(query: str, texts: list[str]) -> Any:
+                    return (backend.rank(query, texts) + backend.rank(context, texts)) / 2
+
+            answer.focus = best_sentences(question, [h.chunk for h in answer.passages], rank, backend.focus_margin)
         return answer
 
     @tool
@@ -118,7 +136,7 @@ class KnowledgeBaseToolkit(Toolkit):
         Args:
             query: the one fact you need, as a short question in your own words (not the whole task).
         """
-        answer = self.lookup(query)
+        answer = self.lookup(query, task=current_task())
         return ToolResult(content=answer.render(), data=answer.as_dict())
 
     def tools(self) -> list[Tool]:
@@ -129,6 +147,15 @@ class KnowledgeBaseToolkit(Toolkit):
         for item in made:
             item.description = f"{item.description}{about} Sources: {shown}."
         return made
+
+
+def _says_more(task: str | None, question: str) -> bool:
+    """Whether the run's request holds words the query does not (a query that is the request, or part of it, gains
+    nothing from it)."""
+    if not task:
+        return False
+    words = set(re.findall(r"\w+", question.lower()))
+    return any(w not in words for w in re.findall(r"\w+", task.lower()))
 
 
 def make_knowledge_base(**config: Any) -> list[Tool]:

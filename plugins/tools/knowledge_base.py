@@ -20,6 +20,7 @@ the first two (and numpy, torch) are imported only when a tool is built, so regi
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -121,7 +122,7 @@ class KnowledgeBaseToolkit(Toolkit):
         if answer.found and self.focus:
             from hanlin.plugins.tools.kb_focus import best_sentences
 
-            rank = backend.rank if context is None else _read_with(backend, context)
+            rank = backend.rank if context is None else functools.partial(backend.rank, context=context)
             answer.focus = best_sentences(question, [h.chunk for h in answer.passages], rank, backend.focus_margin)
         return answer
 
@@ -143,14 +144,6 @@ class KnowledgeBaseToolkit(Toolkit):
         for item in made:
             item.description = f"{item.description}{about} Sources: {shown}."
         return made
-
-
-def _read_with(backend: Any, context: str) -> Any:
-    """``backend.rank`` for a query read together with ``context``: the mean of the two similarities."""
-    def rank(query: str, texts: list[str]) -> Any:
-        return (backend.rank(query, texts) + backend.rank(context, texts)) / 2
-
-    return rank
 
 
 def _says_more(task: str | None, question: str) -> bool:

@@ -55,7 +55,7 @@ class ErrorEvent(_Event):
 
     type: Literal["error"] = "error"
     kind: Literal["parse", "unknown_tool", "invalid_arguments", "tool_failed", "output_invalid", "example_answer",
-                  "model", "max_steps"]
+                  "model", "max_steps", "runaway"]
     message: str
     recoverable: bool = True
 

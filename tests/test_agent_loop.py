@@ -609,10 +609,10 @@ def test_tools_protocol_refuses_a_reply_that_repeats_the_note_on_a_repeated_call
 
 def test_tools_protocol_corrects_a_call_cut_off_at_the_token_limit() -> None:
     cut = Completion(text='{"name": "add", "arguments": {"a": 240, "b": 1' + "0" * 300, finish_reason="length")
-    model = ScriptedModel([cut, "42"])
+    model = ScriptedModel([cut, cut, "42"])  # a loop of zeros: decoded again with a penalty first (test_runaway)
     result = Agent(model, [add], protocol="tools").run("sum")
     assert result.status == "answered" and result.output == "42"
-    assert "cut off at the length limit" in model.calls[1][0][-1].content
+    assert model.calls[1][1].frequency_penalty and "cut off at the length limit" in model.calls[2][0][-1].content
     words = Completion(text="The sum of the numbers is forty-two, as", finish_reason="length")  # text cut off: an answer
     assert Agent(ScriptedModel([words]), [add], protocol="tools").run("sum").status == "answered"
 

@@ -25,6 +25,8 @@ Decisions, because models write arithmetic the way people do:
   (percentages).
 - One clock time minus another ("19:00 - 07:30") is the time between them, "690 minutes (11:30)"
   (calculator_times).
+- Inside an agent run the call is checked against the run's request: parentheses the copy dropped, a greatest
+  common divisor computed without gcd (calculator_request).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from hanlin import ToolInputError, ToolSpec, hookimpl, tool
+from hanlin import ToolInputError, ToolSpec, current_task, hookimpl, tool
+from hanlin.plugins.tools.calculator_request import missing_function, read_with_request
 from hanlin.plugins.tools.calculator_series import SeriesError, expand_series
 from hanlin.plugins.tools.calculator_times import ClockTimeError, time_between
 from hanlin.plugins.tools.percentages import as_fractions
@@ -422,7 +425,10 @@ def calculator(expression: str) -> str:
     Args:
         expression: The arithmetic to evaluate, e.g. "37 * 91 + 5" or "sqrt(2) * 10".
     """
-    return evaluate(expression)
+    request = current_task()  # inside an agent run: the call is checked against what was asked (calculator_request)
+    if (why := missing_function(expression, request)) is not None:
+        raise CalculatorError(why)
+    return read_with_request(expression, evaluate(expression), request, evaluate)
 
 
 @hookimpl

@@ -1,0 +1,77 @@
+"""The calculator checks a call against the run's request: dropped parentheses, gcd/lcm computed without the function.
+
+The cases are the calls Qwen2.5-Coder-0.5B made on the tooluse set (calculator_request's docstring)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hanlin import Agent, ScriptedModel, load_tool, tool_task
+
+calc = load_tool("calculator")
+
+ASKED = "What is (1234 - 567) * 89? Use the calculator."
+
+
+def run(expression: str, request: str | None):
+    with tool_task(request):
+        return calc.invoke({"expression": expression})
+
+
+def test_parentheses_the_call_dropped_are_the_requests() -> None:
+    result = run("1234 - 567 * 89", ASKED)
+    assert not result.is_error
+    assert result.content == ("59363: (1234 - 567) * 89, as the request writes it with its parentheses; the call as "
+                              "sent, '1234 - 567 * 89', is not what was asked.")
+    assert "-49229" not in result.content  # shown, the call's own value was the number the model answered with
+    # moved rather than dropped, and with other spacing: the same
+    assert run("1234 - (567 * 89)", ASKED).content.startswith("59363:")
+
+
+@pytest.mark.parametrize(("expression", "request_text", "expected"), [
+    ("(1234 - 567) * 89", ASKED, "59363"),                      # the request's own grouping
+    ("(1234-567)*89", ASKED, "59363"),                          # spacing is not grouping
+    ("1234 - 567 * 89", None, "-49229"),                        # no agent run: no request to read
+    ("1234 - 567 * 89", "What is 1234 - 567 * 89?", "-49229"),  # the request has no parentheses
+    ("2 + 3 * 4", "Compare (2 + 3) * 4 with 2 + 3 * 4.", "14"),  # the request writes both groupings
+    ("1234 - 567 * 88", ASKED, "-48662"),                       # other numbers: another calculation
+    ("2 * (3 + 4)", "What is 2 * (3 + 4)? Add 1 later.", "14"),
+])
+def test_a_call_the_request_does_not_contradict_is_left_alone(expression, request_text, expected) -> None:
+    assert run(expression, request_text).content == expected
+
+
+@pytest.mark.parametrize(("expression", "request_text", "expected"), [
+    ("1071 % 462", "What is the greatest common divisor of 1071 and 462? Use the calculator.",
+     "21: gcd(1071, 462), the greatest common divisor the request asks for; the call as sent, '1071 % 462', is not "
+     "what was asked."),
+    ("12 * 18 * 30", "What is the least common multiple of 12, 18 and 30? Use the calculator.",
+     "180: lcm(12, 18, 30), the least common multiple the request asks for; the call as sent, '12 * 18 * 30', is "
+     "not what was asked."),
+    ("4 * 6", "What's the LCM of 6 and 4?", "12: lcm(6, 4), the least common multiple the request asks for; the call "
+                                           "as sent, '4 * 6', is not what was asked."),
+    ("gcd(1071, 462)", "What is the greatest common divisor of 1071 and 462?", "21"),  # the function was used
+    ("1071 % 462", "What is 1071 % 462?", "147"),                                      # no function named
+])
+def test_a_gcd_or_lcm_request_reads_the_calls_numbers_with_the_function(expression, request_text, expected) -> None:
+    assert run(expression, request_text).content == expected
+
+
+@pytest.mark.parametrize(("expression", "request_text", "name"), [
+    ("48 / 4", "Find the highest common factor of 48 and 36.", "gcd"),   # not the request's numbers
+    ("12 * 18", "What is the least common multiple of 12, 18 and 30?", "lcm"),
+    ("1.5 * 2", "What is the lcm of 1.5 and 2?", "lcm"),                 # no whole numbers to take
+])
+def test_a_gcd_or_lcm_request_with_other_numbers_is_not_run(expression, request_text, name) -> None:
+    result = run(expression, request_text)
+    assert result.is_error and "not run" in result.content and repr(expression) in result.content
+    assert f"The calculator has {name}(a, b, ...)" in result.content
+
+
+def test_an_agent_run_gives_the_calculator_its_request() -> None:
+    model = ScriptedModel(['Thought: compute\nAction: calculator\nAction Input: {"expression": "1234 - 567 * 89"}',
+                           "Thought: done\nFinal Answer: 59363"])
+    agent = Agent(model, [calc])
+    result = agent.run(ASKED)
+    observation = next(m for m in result.messages if m.role == "tool").content
+    assert observation.startswith("59363: (1234 - 567) * 89, as the request writes it")

@@ -58,7 +58,7 @@ def test_a_gcd_or_lcm_request_reads_the_calls_numbers_with_the_function(expressi
 
 
 @pytest.mark.parametrize(("expression", "request_text", "name"), [
-    ("48 / 4", "Find the highest common factor of 48 and 36.", "gcd"),   # not the request's numbers
+    ("48 - 36", "Find the highest common factor of 48 and 36 and 60.", "gcd"),  # some of the request's numbers
     ("12 * 18", "What is the least common multiple of 12, 18 and 30?", "lcm"),
     ("1.5 * 2", "What is the lcm of 1.5 and 2?", "lcm"),                 # no whole numbers to take
 ])
@@ -66,6 +66,15 @@ def test_a_gcd_or_lcm_request_with_other_numbers_is_not_run(expression, request_
     result = run(expression, request_text)
     assert result.is_error and "not run" in result.content and repr(expression) in result.content
     assert f"The calculator has {name}(a, b, ...)" in result.content
+
+
+@pytest.mark.parametrize(("expression", "expected"), [
+    ("12 * 3", "36"),   # the LCM of 4 and 6 in hand: a later step
+    ("48 / 5", "9.6"),  # a number the request does not hold
+])
+def test_a_call_with_a_number_the_request_does_not_hold_runs_as_written(expression, expected) -> None:
+    request = "Take the least common multiple of 4 and 6, then multiply it by 3."
+    assert run(expression, request).content == expected
 
 
 def test_an_agent_run_gives_the_calculator_its_request() -> None:

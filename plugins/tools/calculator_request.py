@@ -13,10 +13,12 @@ answers. Outside an agent run there is no request and nothing here applies.
   (2 + 3) * 4 with 2 + 3 * 4") leaves either call alone.
 - Functions no operator can write: a request that names a greatest common divisor or a least common multiple, and a
   call that does not use ``gcd``/``lcm``: when the call's numbers are the request's ("1071 % 462"), the result is the
-  function of them; with other numbers the call is not run, and the error
-  names the function to write (told so, the model sent "1071 % 462" five times more and answered 462: it does not
-  write a call it was described, so the calculator reads the one it meant). Square roots, powers and factorials are
-  left alone: ``1849 ** 0.5`` and ``7 * 6 * 5 * 4 * 3 * 2 * 1`` are right answers written without the function.
+  function of them (told to write ``gcd(a, b)``, the model sent "1071 % 462" five times more and answered 462: it
+  does not write a call it was described, so the calculator reads the one it meant). A call over some of the
+  request's numbers only ("12 * 18" for 12, 18 and 30) is not run, and the error names the function to write; a call
+  with a number the request does not hold is a later step ("12 * 3" with the LCM of 4 and 6 in hand) and runs as
+  written. Square roots, powers and factorials are left alone: ``1849 ** 0.5`` and ``7 * 6 * 5 * 4 * 3 * 2 * 1``
+  are right answers written without the function.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Callable
 
 # A stretch of the request that is arithmetic: starts with a digit or '(' and ends with a digit or ')'.
 _ARITHMETIC = re.compile(r"[\d(][\d\s.+\-*/%^×÷()]*[\d)]")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _WHOLE_NUMBER = re.compile(r"(?<![\w.])\d+(?![\w.]*\d)")
 _OPERATOR = re.compile(r"\d\s*[+\-*/%^×÷]\s*[\d(]|\)\s*[+\-*/%^×÷]")
 
@@ -39,9 +42,13 @@ _NAMED_FUNCTIONS = (
 
 def missing_function(expression: str, request: str | None) -> str | None:
     """Why ``expression`` cannot answer ``request``: the request names gcd or lcm, the call uses neither, and the call's
-    numbers are not the request's (when they are, ``read_with_request`` computes the function of them). Else None."""
+    numbers are some of the request's but not all (all of them: ``read_with_request`` computes the function of them;
+    one the request does not hold: a later step, computing with a result). Else None."""
     asked = _asked_function(expression, request)
     if asked is None or _function_call(expression, request or "", asked[0]) is not None:
+        return None
+    used = set(_NUMBER.findall(expression))
+    if not used or not used <= set(_NUMBER.findall(request or "")):
         return None
     name, what = asked
     return (f"not run: the request asks for {what}, and {expression.strip()!r} does not compute it. "
@@ -101,7 +108,7 @@ def _asked_function(expression: str, request: str | None) -> tuple[str, str] | N
 def _function_call(expression: str, request: str, name: str) -> str | None:
     """``name(a, b, ...)`` over the request's whole numbers, in the request's order, when the call uses exactly them."""
     asked = list(dict.fromkeys(_WHOLE_NUMBER.findall(request)))
-    used = set(re.findall(r"\d+(?:\.\d+)?", expression))
+    used = set(_NUMBER.findall(expression))
     if len(asked) < 2 or used != set(asked):
         return None
     return f"{name}({', '.join(asked)})"

@@ -145,22 +145,18 @@ class RunContext:
             if parallel_tool_calls is not None:
                 update["parallel_tool_calls"] = parallel_tool_calls
         params = self.params.model_copy(update=update)
-        completion = await self._complete(messages, params)
-        self._check_context(completion)
+        completion = await self._complete(messages, params, tools)
         if is_runaway(completion, params):  # greedy, the same loop would come back on every retry (runaway)
             self.emit(ErrorEvent(step=self.step, kind="runaway", recoverable=True, message=(
                 f"the reply looped (one piece written over and over) until it was cut off; decoded again with "
                 f"frequency_penalty={RUNAWAY_PENALTY}")))
-            completion = await self._complete(messages, penalised(params))
-        self.model_view = {
-            "messages": [m.model_dump(mode="json", exclude_defaults=True)
-                         for m in [*messages, completion.to_message()]],
-            "tools": tools,
-        }
-        self._check_context(completion)
+            completion = await self._complete(messages, penalised(params), tools)
         return completion
 
-    async def _complete(self, messages: list[Message], params: GenerationParams) -> Completion:
+    async def _complete(self, messages: list[Message], params: GenerationParams,
+                        tools: list[dict[str, Any]] | None) -> Completion:
+        """One model call: streamed out as token events, counted, kept as the run's model view, checked for a full
+        context (which raises)."""
         chunks = []
         async for chunk in self.model.astream(messages, params):
             if chunk.text:
@@ -168,6 +164,12 @@ class RunContext:
             chunks.append(chunk)
         completion = completion_from_chunks(chunks)
         self.usage = self.usage + completion.usage
+        self.model_view = {
+            "messages": [m.model_dump(mode="json", exclude_defaults=True)
+                         for m in [*messages, completion.to_message()]],
+            "tools": tools,
+        }
+        self._check_context(completion)
         return completion
 
     def _check_context(self, completion: Completion) -> None:

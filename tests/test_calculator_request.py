@@ -1,4 +1,5 @@
-"""The calculator checks a call against the run's request: dropped parentheses, gcd/lcm computed without the function.
+"""The calculator checks a call against the run's request: dropped parentheses, gcd/lcm computed without the function,
+a range sum written as its two ends.
 
 The cases are the calls Qwen2.5-Coder-0.5B made on the tooluse set (calculator_request's docstring)."""
 
@@ -75,6 +76,27 @@ def test_a_gcd_or_lcm_request_with_other_numbers_is_not_run(expression, request_
 def test_a_call_with_a_number_the_request_does_not_hold_runs_as_written(expression, expected) -> None:
     request = "Take the least common multiple of 4 and 6, then multiply it by 3."
     assert run(expression, request).content == expected
+
+
+RANGE_SUM = "What is the sum of all the integers from 1 to 250? Use the calculator."
+
+
+@pytest.mark.parametrize(("expression", "request_text", "expected"), [
+    ("1 + 250", RANGE_SUM, "31375: 1 + 2 + ... + 250, the sum of the integers from 1 to 250 the request asks for; the "
+                           "call as sent, '1 + 250', is not what was asked."),
+    ("250+1", RANGE_SUM, "31375: 1 + 2 + ... + 250, the sum of the integers from 1 to 250 the request asks for; the "
+                         "call as sent, '250+1', is not what was asked."),
+    ("1 * 10", "What is the product of the numbers from 1 through 10?",
+     "3628800: 1 * 2 * ... * 10, the product of the integers from 1 to 10 the request asks for; the call as sent, "
+     "'1 * 10', is not what was asked."),
+    ("1 + 2 + ... + 250", RANGE_SUM, "31375"),  # the range written out
+    ("250 * 251 / 2", RANGE_SUM, "31375"),      # Gauss's formula
+    ("1 * 250", RANGE_SUM, "250"),              # not the ends added: another calculation
+    ("1 + 250", "What is the sum of 1 and 250?", "251"),
+    ("3 + 4", "What is the sum of the integers from 3 to 4?", "7"),  # the ends are the whole range
+])
+def test_a_range_sum_read_from_the_calls_two_ends(expression, request_text, expected) -> None:
+    assert run(expression, request_text).content == expected
 
 
 def test_an_agent_run_gives_the_calculator_its_request() -> None:

@@ -13,6 +13,7 @@ from hanlin.errors import ParseError
 from hanlin.events import ToolCallEvent, ToolResultEvent
 from hanlin.plugins.protocols.code import (FAILED_AFTER_RETURNS, NO_OUTPUT_NOTE, REPEATED_CELL_NOTE,
                                           REPEATED_FAILURE_NOTE, RETURNS_NOTE, STOP, code_grammar, parse_code_step)
+from hanlin.plugins.protocols.code_bridge import _number_or_text
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("jupyter_client") is None or importlib.util.find_spec("ipykernel") is None,
@@ -101,11 +102,11 @@ def test_structured_answers_are_json_checked_against_the_output_type() -> None:
 def test_a_tool_called_from_the_cell_returns_its_value() -> None:
     result, model, _ = run(
         [cell("x = calculator('37 * 91 + 5')\nprint(type(x).__name__, x)\nsum(word_lengths(text='a bb ccc'))"),
-         cell("final_answer(int(x) + 1)")],
+         cell("final_answer(x + 1)")],
         tools=[load_tool("calculator"), word_lengths],
     )
     assert result.status == "answered" and result.output == "3373"
-    assert observations(result)[0] == "str 3372\n6"  # a list comes back as a list, a str as a str
+    assert observations(result)[0] == "int 3372\n6"  # a list comes back as a list, a number as a number
     # the bridged calls are tool calls in the trace, between the cell's call and its result
     events = [e for e in result.events if isinstance(e, (ToolCallEvent, ToolResultEvent))]
     names = [(type(e).__name__, e.call.name if isinstance(e, ToolCallEvent) else e.name) for e in events]
@@ -115,6 +116,23 @@ def test_a_tool_called_from_the_cell_returns_its_value() -> None:
     assert events[1].call.arguments == {"expression": "37 * 91 + 5"} and events[2].content == "3372"
     system = model.calls[0][0][0].content
     assert "def calculator(expression: str) -> str:" in system and "def word_lengths(text: str) -> list[int]:" in system
+
+
+def test_a_result_that_is_one_number_is_used_as_a_number() -> None:
+    # measured: calculator("1234 - 567") * 89 repeated the text "667" 89 times when the result came back as a str
+    code = ("a = calculator('1234 - 567') * 89\nb = calculator('7 / 2')\nc = calculator('19:00 - 07:30')\n"
+            "print(a, repr(b), repr(c))")
+    result, _, _ = run([cell(code), cell("final_answer(a)")], tools=[load_tool("calculator")])
+    assert result.status == "answered" and result.output == "59363"
+    assert observations(result)[0] == "59363 3.5 '690 minutes (11:30)'"  # text with words in it stays text
+
+
+@pytest.mark.parametrize(("text", "value"), [("3372", 3372), ("-3", -3), ("0.5", 0.5), ("1e+20", 1e20), (" 42\n", 42),
+                                             ("007", "007"), ("3,000", "3,000"), ("inf", "inf"), ("1e999", "1e999"),
+                                             ("12 apples", "12 apples"), ("", "")])
+def test_only_a_plain_number_becomes_a_number(text: str, value: object) -> None:
+    got = _number_or_text(text)
+    assert got == value and type(got) is type(value)
 
 
 @tool

@@ -107,6 +107,26 @@ def test_a_code_tools_step_takes_its_code_from_the_fenced_block_after_it() -> No
     assert [s.depends_on for s in commented] == [set(), {1}]
 
 
+def test_a_blocks_last_line_in_the_plans_notation_is_the_cells_value() -> None:
+    """python-21: the count was written as the plan's `#E2 = count_vowels(...)`, a comment to Python, so the step
+    returned nothing; read as the cell's last expression, the cell returns the count."""
+    counted = parse_plan('#E1 = python\n```python\ndef count(w):\n    return sum(c in "aeiou" for c in w)\n\n'
+                         '#E2 = count("encyclopaedia")\n```', TOOLS)
+    assert counted[0].arguments["code"].splitlines()[-1] == 'count("encyclopaedia")'
+
+    def last_line(block: str) -> str:
+        return parse_plan(f"#E1 = python\n```python\n{block}\n```", TOOLS)[0].arguments["code"].splitlines()[-1]
+
+    assert last_line("x = 2**100\n#E2 = sum(map(int, str(x)))") == "sum(map(int, str(x)))"
+    kept = ['#E3 = sum_numbers[{"a": "#E2", "b": "#E1"}]',  # a step of the plan written into the block
+            "#E2 = python",                                   # a tool's name
+            "#E2 = the digit sum",                            # no Python expression
+            "#E2 == 5",                                       # a comparison, commented out
+            "for c in 'ab':\n    #E2 = len(c)"]              # indented: no value of the cell
+    for block in kept:
+        assert last_line(block) == block.splitlines()[-1]
+
+
 def test_too_many_steps() -> None:
     text = "\n".join(f'#E{i} = calculator[{{"expression": "{i}"}}]' for i in range(1, 6))
     with pytest.raises(ParseError, match="at most 3"):
@@ -153,6 +173,23 @@ def test_substitute() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "string"}, "c": {"type": "array", "items": {"type": "string"}},
                                                "d": {"type": "integer"}}}
     assert substitute({"a": "#E1", "c": ["#E1"], "d": "#E1"}, evidence, schema) == {"a": "12", "c": ["12"], "d": 12}
+
+
+LOOKED_UP = ("From the knowledge base for '240 km trip reimbursed', the lines that match it best:\n- Private car: "
+             "mileage is reimbursed at 0.30 euros per kilometre. (travel_policy.md › Lumen Harbor travel policy)")
+TWO_VALUES = ("From the knowledge base for 'battery', the lines that match it best:\n- Battery life: 36 hours on a "
+              "full charge; charging from empty takes 90 minutes. (orbit7_sensor.md › Orbit 7 sensor)")
+
+
+def test_a_reference_in_arithmetic_takes_the_one_number_its_evidence_states() -> None:
+    """kb-08: "#E2 * 240" after a look-up that returned a sentence; the calculator had refused the sentence whole."""
+    evidence = {1: LOOKED_UP, 2: TWO_VALUES, 3: "12"}
+    assert substitute({"expression": "#E1 * 240"}, evidence) == {"expression": "0.30 * 240"}
+    assert substitute({"expression": "(#E3 + #E1) / 2"}, evidence) == {"expression": "(12 + 0.30) / 2"}
+    assert substitute({"expression": "#E2 * 6"}, evidence) == {"expression": TWO_VALUES + " * 6"}  # which? left whole
+    assert substitute({"query": "rate in #E1"}, evidence) == {"query": "rate in " + LOOKED_UP}  # not arithmetic
+    assert substitute({"expression": "#E1"}, evidence, {"properties": {"expression": {"type": "string"}}}) == {
+        "expression": LOOKED_UP}  # a whole-string reference keeps its text, as before
 
 
 @settings(max_examples=300, deadline=None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import keyword
+import math
 import re
 import time
 from typing import Any
@@ -207,8 +208,10 @@ def _value(result: ToolResult, tool: Tool | None = None) -> Any:
     carries: the knowledge base handed back its hits as a dict, and Qwen2.5-Coder-0.5B, told it had a str, called
     .split() and .find() on it, failed, and repeated the cell until the run gave up."""
     data = result.data
-    if data is None or (tool is not None and _returns(tool) == "str" and not isinstance(data, str)):
-        return result.content
+    if isinstance(data, str):
+        return _number_or_text(data)
+    if data is None or (tool is not None and _returns(tool) == "str"):
+        return _number_or_text(result.content)
     if isinstance(data, BaseModel):
         data = data.model_dump(mode="json")
     try:
@@ -216,6 +219,24 @@ def _value(result: ToolResult, tool: Tool | None = None) -> Any:
     except (TypeError, ValueError):
         return result.content
     return data
+
+
+# A number as a tool writes one: no sign but a minus, no leading zero (an id such as "007" stays text), no grouping.
+_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def _number_or_text(text: str) -> Any:
+    """A text result that is one number comes back as that number (int, or float where it has a point or an
+    exponent), anything else as the text. A function called from Python that computes a number is used as one:
+    Qwen2.5-Coder-0.5B wrote ``calculator("1234 - 567") * 89`` for "(1234 - 567) * 89", and with the text "667"
+    back Python repeated the string 89 times; the model answered with the 267 digits (tooluse calc-06)."""
+    stripped = text.strip()
+    if not _NUMBER.fullmatch(stripped):
+        return text
+    if any(c in stripped for c in ".eE"):
+        value = float(stripped)
+        return value if math.isfinite(value) else text
+    return int(stripped)
 
 
 class Bridge:

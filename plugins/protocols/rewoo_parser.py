@@ -142,7 +142,32 @@ def _fenced_block(lines: list[str], index: int, step_id: int, tool: str, tools: 
     code = "\n".join(lines[start:end]).strip("\n")
     if not code.strip():
         raise ParseError(f"step #E{step_id} has an empty code block", hint="Write the code in the block.", text=text)
-    return code, end + 1
+    return _result_line(code, tools), end + 1
+
+
+_RESULT_LINE = re.compile(r"#E\d+\s*=\s*(?!=)(.+)")
+_PLAN_CALL = re.compile(r"\s*[A-Za-z_][\w-]*\s*\[\s*\{")  # name[{...}]: a step written in the block
+
+
+def _result_line(code: str, tools: Mapping[str, Any] | None) -> str:
+    """``code`` with a last line in the plan's own notation, ``#E2 = count_vowels("encyclopaedia")``, read as what
+    it says: the step's result is that expression, so it becomes the cell's last expression, whose value the cell
+    returns. To Python the line is a comment: the function was defined, never called, and the step returned
+    nothing (tooluse python-21; the solver then guessed 3 vowels). A line that is still plan notation, a step
+    (``#E3 = sum_numbers[{"a": "#E2"}]``) or a tool's name (``#E2 = python``), or no Python expression at all,
+    stays a comment."""
+    lines = code.rstrip().splitlines()
+    last = lines[-1] if lines else ""
+    match = _RESULT_LINE.fullmatch(last)  # unindented only: inside a block it is no value of the cell
+    if match is None or _REF.search(match.group(1)) or _PLAN_CALL.match(match.group(1)):
+        return code
+    if match.group(1).strip() in (tools or {}):
+        return code
+    try:
+        compile(match.group(1), "<plan step>", "eval")
+    except (SyntaxError, ValueError):
+        return code
+    return "\n".join([*lines[:-1], match.group(1).strip()])
 
 
 def without_cut_line(text: str) -> str:
@@ -200,6 +225,9 @@ def substitute(value: Any, evidence: Mapping[int, str], schema: Mapping[str, Any
                 return json.loads(text)
             except (json.JSONDecodeError, ValueError):
                 return text
+        if _ARITHMETIC.fullmatch(_REF.sub("1", value)):  # "#E2 * 240": each reference stands for a number
+            return _REF.sub(lambda m: _as_number(evidence[int(m.group(1))]) if int(m.group(1)) in evidence
+                            else m.group(0), value)
         return _REF.sub(lambda m: evidence.get(int(m.group(1)), m.group(0)), value)
     if isinstance(value, dict):
         properties = schema.get("properties", {})
@@ -208,3 +236,23 @@ def substitute(value: Any, evidence: Mapping[int, str], schema: Mapping[str, Any
         return [substitute(v, evidence, schema.get("items") if isinstance(schema.get("items"), dict) else None)
                 for v in value]
     return value
+
+
+_ARITHMETIC = re.compile(r"[\d\s.+\-*/%^()]+")
+_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")  # the query a tool echoes back, a name
+_ASIDE = re.compile(r"\([^()\n]*\)")  # "(travel_policy.md › Limits)": a source, not a value
+_STATED = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.]*\d)")
+
+
+def _as_number(text: str) -> str:
+    """A step's evidence as it goes into arithmetic: the one number the text states, else the text. A plan computes
+    with a look-up's result, "#E2 * 240", but the look-up returns a sentence ("From the knowledge base for '240 km
+    trip reimbursed' ...: - Private car: mileage is reimbursed at 0.30 euros per kilometre. (travel_policy.md ›
+    Limits)"), and the calculator refused it whole (tooluse kb-08). Numbers in quotes (the query echoed back) and in
+    parentheses (a source) are not stated values; a text that states several numbers is left whole, since which
+    one the plan meant is a guess, and the tool then says what it could not read."""
+    stripped = text.strip()
+    if _STATED.fullmatch(stripped):
+        return stripped
+    stated = set(_STATED.findall(_ASIDE.sub(" ", _QUOTED.sub(" ", stripped))))
+    return stated.pop() if len(stated) == 1 else text

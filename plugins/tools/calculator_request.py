@@ -19,6 +19,9 @@ answers. Outside an agent run there is no request and nothing here applies.
   with a number the request does not hold is a later step ("12 * 3" with the LCM of 4 and 6 in hand) and runs as
   written. Square roots, powers and factorials are left alone: ``1849 ** 0.5`` and ``7 * 6 * 5 * 4 * 3 * 2 * 1``
   are right answers written without the function.
+- A sum or product over a range: a request for the sum (product) of the integers from a to b, and a call that adds
+  (multiplies) only the two ends, "1 + 250" for "the sum of all the integers from 1 to 250" (the code and ReWOO
+  protocols sent that and answered 251), is read as the whole range, "1 + 2 + ... + 250".
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ def _request_reading(expression: str, request: str | None) -> tuple[str, str] | 
     """(the expression the request means, why) where the call is a garbled copy of it, else None."""
     if (grouped := request_grouping(expression, request)) is not None:
         return grouped, "as the request writes it with its parentheses"
+    if (series := range_ends(expression, request)) is not None:
+        return series
     if (asked := _asked_function(expression, request)) is not None:
         name, what = asked
         if (call := _function_call(expression, request or "", name)) is not None:
@@ -93,6 +98,25 @@ def request_grouping(expression: str, request: str | None) -> str | None:
         return None
     same = [w for w in written if "(" in w and _bare(w) == _bare(expression)]
     return same[0] if len(same) == 1 else None
+
+
+# "the sum of all the integers from 1 to 250", "the product of the numbers from 1 to 12"
+_RANGE = re.compile(r"\b(sum|product) of (?:all )?(?:the )?(?:(?:positive|natural|whole) )?(?:integers|numbers) "
+                    r"from (\d+) (?:to|through) (\d+)\b", re.I)
+
+
+def range_ends(expression: str, request: str | None) -> tuple[str, str] | None:
+    """(the range written out, why) when the request asks for the sum or product of the integers from a to b and the
+    call only adds or multiplies a and b."""
+    match = _RANGE.search(request or "")
+    if match is None:
+        return None
+    kind, low, high = match.group(1).lower(), int(match.group(2)), int(match.group(3))
+    op = "+" if kind == "sum" else "*"
+    if high - low < 2 or _squeezed(expression) not in (f"{low}{op}{high}", f"{high}{op}{low}"):
+        return None
+    return (f"{low} {op} {low + 1} {op} ... {op} {high}",
+            f"the {kind} of the integers from {low} to {high} the request asks for")
 
 
 def _asked_function(expression: str, request: str | None) -> tuple[str, str] | None:

@@ -88,6 +88,27 @@ def test_final_answer_ends_the_cell() -> None:
     assert observations(result)[0] == "(no output)"  # nothing printed after it, and no traceback for the exit
 
 
+def test_a_final_answer_the_cell_defines_computes_the_answer() -> None:
+    """python-04, as the default model wrote it: its own final_answer shadowed the one that ends the run, so the cell
+    only showed 75025 and the next step answered 25."""
+    fib = ("def fibonacci(n: int) -> int:\n    a, b = 1, 1\n    for _ in range(2, n):\n        a, b = b, a + b\n"
+           "    return b\n\ndef final_answer(n: int) -> int:\n    return fibonacci(n)\n")
+    result, _, _ = run([cell(fib + "\nfinal_answer(25)")])
+    assert result.status == "answered" and result.output == "75025"
+    # defined in one cell and called in a later one (python-20), still the model's own
+    result, _, _ = run([cell(fib), cell("final_answer(40)")])
+    assert result.status == "answered" and result.output == "102334155"
+    # one that prints the answer and returns nothing answers with what it was given
+    result, _, _ = run([cell("def final_answer(x):\n    print('The answer is', x)\n\nfinal_answer(7)")])
+    assert result.status == "answered" and result.output == "7"
+    # calling final_answer inside it ends the run with that value, and no recursion
+    result, _, _ = run([cell("def final_answer(x):\n    return final_answer(x + 1)\n\nfinal_answer(1)")])
+    assert result.status == "answered" and result.output == "2"
+    # the answer is one argument
+    result, _, _ = run([cell("final_answer(1, 2)"), cell("final_answer(3)")])
+    assert result.output == "3" and "final_answer() takes one argument" in observations(result)[0]
+
+
 def test_structured_answers_are_json_checked_against_the_output_type() -> None:
     class Answer(BaseModel):
         value: int

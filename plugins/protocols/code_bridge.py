@@ -31,9 +31,14 @@ MARK = "\x00hanlin-bridge\x00"  # the prompt of a bridge request; a prompt witho
 # Runs in the kernel before each cell. `_hanlin_install` is removed again, so the user namespace gains only the tool
 # functions, final_answer and ToolCallError. builtins.input is made to fail at once in the model's code (the kernel
 # allows stdin for the bridge's sake, and nobody is there to type); the bridge itself uses kernel.raw_input.
+# A cell that defines its own final_answer does not replace the one that ends the run: Qwen2.5-Coder-0.5B wrote
+# `def final_answer(n): return fibonacci(n)` and called `final_answer(25)`, which shadowed the bridge's function, so
+# the cell only showed 75025 and the run went on; its next cell, `final_answer(25)`, then answered 25 (tooluse
+# python-04, -20). The model's function is kept under another name, and final_answer(x) answers with what it returns
+# (or with x, where it returns None: it printed the answer), in that cell and the ones after it.
 KERNEL_SETUP = r'''
 def _hanlin_install(specs, mark):
-    import builtins, inspect, json, types
+    import ast, builtins, inspect, json, types
     from IPython.core.error import StdinNotImplementedError
     ip = get_ipython()
     ns = ip.user_ns
@@ -68,8 +73,18 @@ def _hanlin_install(specs, mark):
     def _pre_run(*_):
         builtins.input = _no_input
 
+    class _OwnFinalAnswer(ast.NodeTransformer):
+        """A cell's own top-level `def final_answer` is kept under another name, which final_answer calls."""
+
+        def visit_Module(self, node):
+            for stmt in node.body:
+                if isinstance(stmt, ast.FunctionDef) and stmt.name == "final_answer":
+                    stmt.name = "_hanlin_own_final_answer"
+            return node
+
     if not getattr(ip, "_hanlin_bridge", False):
         ip.events.register("pre_run_cell", _pre_run)
+        ip.ast_transformers.append(_OwnFinalAnswer())
         ip._hanlin_bridge = True
 
     class _Unset:
@@ -115,9 +130,27 @@ def _hanlin_install(specs, mark):
             pass
         return stub
 
-    def final_answer(answer):
+    def given(args, kwargs):
+        if len(args) + len(kwargs) != 1:
+            raise ToolArgumentError("final_answer() takes one argument, the answer: final_answer(answer)")
+        return args[0] if args else next(iter(kwargs.values()))
+
+    busy = []
+
+    def final_answer(*args, **kwargs):
         """End the task with `answer` as the final answer."""
         __tracebackhide__ = True
+        own = ns.get("_hanlin_own_final_answer")
+        if callable(own) and not busy:  # the model's own final_answer computes the answer (see KERNEL_SETUP's note)
+            busy.append(own)
+            try:
+                answer = own(*args, **kwargs)
+            finally:
+                busy.clear()
+            if answer is None:  # it printed the answer, or did nothing: the answer is what it was given
+                answer = given(args, kwargs)
+        else:
+            answer = given(args, kwargs)
         if isinstance(answer, str):
             text = answer
         else:

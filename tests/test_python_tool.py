@@ -187,6 +187,25 @@ def test_a_function_looked_for_in_the_wrong_module_is_imported_from_the_right_on
     assert error_hint("AttributeError", nowhere, "math.nothing_has_this()") is None
 
 
+def test_a_name_imported_from_the_wrong_module_is_imported_from_the_right_one(python) -> None:
+    """`from math import divisors` (python-17, code protocol; the model then tried `pip install math` until the run
+    gave up): sympy has divisors."""
+    from hanlin.plugins.tools.python_hints import error_hint
+
+    cell = "from math import divisors\nprint(len(divisors(360)))"
+    first = run(python, cell)
+    assert first.is_error
+    assert first.content.endswith("Hint: math has no divisors; sympy has one:\nfrom sympy import divisors")
+    assert run(python, cell).content == "[run with 'from sympy import divisors', as the hint said]\n24"
+    several = error_hint("ImportError", "cannot import name 'mean' from 'math' (unknown location)",
+                         "import os\n    from math import sqrt, mean as m  # both\nprint(m([1, 2]), sqrt(4))")
+    assert several.fixed_code == ("import os\n    from math import sqrt\n    from statistics import mean as m\n"
+                                  "print(m([1, 2]), sqrt(4))")
+    nowhere = "cannot import name 'nothing_has_this' from 'math'"
+    assert error_hint("ImportError", nowhere, "from math import nothing_has_this") is None
+    assert error_hint("ImportError", "cannot import name 'mean' from 'math'", "import math") is None  # no such line
+
+
 def test_syntax_hints_split_only_real_headers_and_leave_modulo_alone() -> None:
     from hanlin.plugins.tools.python_syntax_hints import syntax_hint
 

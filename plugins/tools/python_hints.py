@@ -28,6 +28,7 @@ from dataclasses import dataclass
 _BINDING = {"for", "as", "def", "class", "import", "from", "global", "nonlocal", "del", "lambda"}
 _UNDEFINED = re.compile(r"name '(?P<name>\w+)' is not defined")
 _NO_ATTRIBUTE = re.compile(r"module '(?P<module>\w+)' has no attribute '(?P<name>\w+)'")
+_CANNOT_IMPORT = re.compile(r"cannot import name '(?P<name>\w+)' from '(?P<module>\w+)'")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,8 @@ def error_hint(error_name: str, error_value: str, code: str) -> Hint | None:
         return syntax_hint(code)
     if error_name == "AttributeError" and (missing := _NO_ATTRIBUTE.search(error_value)):
         return _elsewhere_hint(missing["module"], missing["name"], code)
+    if error_name == "ImportError" and (missing := _CANNOT_IMPORT.search(error_value)):
+        return _imported_elsewhere_hint(missing["module"], missing["name"], code)
     if error_name != "NameError":
         return None
     match = _UNDEFINED.search(error_value)
@@ -108,6 +111,33 @@ def _elsewhere_hint(module_name: str, name: str, code: str) -> Hint | None:
             text = f"Hint: {module_name} has no {name}; {candidate} has one:\n{statement}\nthen call {name}(...)"
             return Hint(text, f"'{statement}'", f"{statement}\n{use.sub(name, code)}")
     return None
+
+
+def _imported_elsewhere_hint(module_name: str, name: str, code: str) -> Hint | None:
+    """The same mistake as an import: ``from math import divisors`` (Qwen2.5-Coder-0.5B, python-17, code protocol;
+    it then tried ``pip install math`` until the run gave up). The fix imports the name from the module that has it;
+    the other names of that import stay where they were."""
+    line = re.compile(rf"^(?P<indent>[ \t]*)from[ \t]+{re.escape(module_name)}[ \t]+import[ \t]+(?P<names>[^\n#(]+?)"
+                      r"[ \t]*(?:#[^\n]*)?$", re.M)
+    match = next((m for m in line.finditer(code) if name in _imported_names(m["names"])), None)
+    if match is None:
+        return None
+    for candidate in (*IMPORTED_FROM, "sympy"):
+        if candidate != module_name and callable(getattr(_module(candidate), name, None)):
+            parts = [p.strip() for p in match["names"].split(",") if p.strip()]
+            moved = next(p for p in parts if p.split()[0] == name)  # "mean as m" keeps its alias
+            statement = f"from {candidate} import {moved}"
+            others = [p for p in parts if p != moved]
+            kept = f"{match['indent']}from {module_name} import {', '.join(others)}\n" if others else ""
+            fixed = code[:match.start()] + kept + match["indent"] + statement + code[match.end():]
+            text = f"Hint: {module_name} has no {name}; {candidate} has one:\n{statement}"
+            return Hint(text, f"'{statement}'", fixed)
+    return None
+
+
+def _imported_names(names: str) -> list[str]:
+    """The names an import binds from its list: "a, b as c" -> ["a", "b"] (the names looked up in the module)."""
+    return [part.split()[0] for part in names.split(",") if part.split()]
 
 
 def _module(name: str) -> object | None:

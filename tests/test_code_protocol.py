@@ -109,6 +109,18 @@ def test_a_final_answer_the_cell_defines_computes_the_answer() -> None:
     assert result.output == "3" and "final_answer() takes one argument" in observations(result)[0]
 
 
+def test_a_final_answer_one_run_defined_is_not_the_next_runs(tmp_path) -> None:
+    python = load_tool("python", workdir=tmp_path)
+    script = [cell("def final_answer(n):\n    return n * 10\n\nfinal_answer(4)"), cell("final_answer(4)")]
+    agent = Agent(ScriptedModel(script), [python], protocol="code")
+    try:
+        first = agent.run("times ten", session_id="s")
+        second = agent.run("just four", session_id="s")  # same kernel: its variables persist, that function does not
+    finally:
+        agent.close()
+    assert first.output == "40" and second.output == "4"
+
+
 def test_structured_answers_are_json_checked_against_the_output_type() -> None:
     class Answer(BaseModel):
         value: int

@@ -19,6 +19,7 @@ import json
 import re
 import textwrap
 import threading
+import uuid
 from typing import Any
 
 from hanlin import Completion, Constraint, Message, ParseError, ProtocolError, StepProtocol, Tool, ToolCall, hookimpl
@@ -262,12 +263,13 @@ class CodeAgent(StepProtocol):
                 self._own = kit
             return self._own, True
 
-    async def run_cell(self, ctx: RunContext, kit: Any, call: ToolCall) -> tuple[Message, str | None]:
-        """Run one cell with the tools bridged in; (its observation, the final answer if it gave one)."""
+    async def run_cell(self, ctx: RunContext, kit: Any, call: ToolCall, run: str = "") -> tuple[Message, str | None]:
+        """Run one cell with the tools bridged in; (its observation, the final answer if it gave one). ``run``
+        names the agent run the cell belongs to (see Bridge)."""
         from hanlin.plugins.tools.python_kernel import cut
 
         ctx.emit(ToolCallEvent(step=ctx.step, call=call))
-        bridge = Bridge(ctx, self.functions(ctx), asyncio.get_running_loop())
+        bridge = Bridge(ctx, self.functions(ctx), asyncio.get_running_loop(), run=run)
         started = asyncio.get_running_loop().time()
         result = await asyncio.to_thread(kit.run_code, call.arguments["code"], on_input=bridge.handle,
                                          setup=bridge.setup_code())
@@ -291,7 +293,7 @@ class CodeAgent(StepProtocol):
     async def run(self, ctx: RunContext) -> None:
         kit, own = await asyncio.to_thread(self._python, ctx)
         try:
-            await self._loop(ctx, kit)
+            await self._loop(ctx, kit, uuid.uuid4().hex)
         finally:
             from hanlin import current_session
 
@@ -301,7 +303,7 @@ class CodeAgent(StepProtocol):
             if own and (session is None or session.startswith("run-")):
                 await asyncio.to_thread(kit.end_session, session or "default")
 
-    async def _loop(self, ctx: RunContext, kit: Any) -> None:
+    async def _loop(self, ctx: RunContext, kit: Any, run: str) -> None:
         previous: tuple[str, bool] | None = None  # the last cell's code and whether it failed
         while ctx.steps_left:
             parsed = await self.next_step(ctx)
@@ -310,7 +312,7 @@ class CodeAgent(StepProtocol):
                     return
                 continue
             assert isinstance(parsed, Action)
-            observation, final = await self.run_cell(ctx, kit, parsed.calls[0])
+            observation, final = await self.run_cell(ctx, kit, parsed.calls[0], run)
             code = parsed.calls[0].arguments["code"]
             if final is None and previous is not None and previous[0].strip() == code.strip():
                 # Qwen2.5-Coder-0.5B re-sent a failing cell unchanged until the run gave up (3 of 14 look-up items).

@@ -37,7 +37,7 @@ MARK = "\x00hanlin-bridge\x00"  # the prompt of a bridge request; a prompt witho
 # python-04, -20). The model's function is kept under another name, and final_answer(x) answers with what it returns
 # (or with x, where it returns None: it printed the answer), in that cell and the ones after it.
 KERNEL_SETUP = r'''
-def _hanlin_install(specs, mark):
+def _hanlin_install(specs, mark, run):
     import ast, builtins, inspect, json, types
     from IPython.core.error import StdinNotImplementedError
     ip = get_ipython()
@@ -86,6 +86,9 @@ def _hanlin_install(specs, mark):
         ip.events.register("pre_run_cell", _pre_run)
         ip.ast_transformers.append(_OwnFinalAnswer())
         ip._hanlin_bridge = True
+    if getattr(ip, "_hanlin_run", None) != run:  # a later run in the session starts without the last one's
+        ns.pop("_hanlin_own_final_answer", None)
+        ip._hanlin_run = run
 
     class _Unset:
         def __repr__(self):
@@ -278,8 +281,9 @@ class Bridge:
     ``handle`` runs on the kernel-driving worker thread; events go to the run's loop thread-safely.
     """
 
-    def __init__(self, ctx: RunContext, tools: dict[str, Tool], loop: asyncio.AbstractEventLoop) -> None:
-        self.ctx, self.tools, self.loop = ctx, tools, loop
+    def __init__(self, ctx: RunContext, tools: dict[str, Tool], loop: asyncio.AbstractEventLoop, run: str = "") -> None:
+        """``run`` names the agent run: a final_answer the model defined in one run's cell is not the next run's."""
+        self.ctx, self.tools, self.loop, self.run = ctx, tools, loop, run
         self.task = current_task()  # made inside the run; the cell's calls come in on the kernel's reader thread
         self.final: str | None = None
         self.calls: list[ToolCall] = []
@@ -291,7 +295,8 @@ class Bridge:
             params, required, defaults = _params(tool)
             specs.append({"name": tool.name, "pyname": python_name(tool.name), "params": params, "required": required,
                           "defaults": defaults, "doc": tool.description})
-        return (f"{KERNEL_SETUP}\n_hanlin_install(__import__('json').loads({json.dumps(specs)!r}), {MARK!r})\n"
+        return (f"{KERNEL_SETUP}\n_hanlin_install(__import__('json').loads({json.dumps(specs)!r}), {MARK!r}, "
+                f"{self.run!r})\n"
                 "del _hanlin_install\n")
 
     def _emit(self, event: Any) -> None:

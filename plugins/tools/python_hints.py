@@ -105,12 +105,18 @@ def _elsewhere_hint(module_name: str, name: str, code: str) -> Hint | None:
     use = re.compile(rf"\b{re.escape(module_name)}\.{re.escape(name)}\b")
     if not use.search(code):
         return None
-    for candidate in (*IMPORTED_FROM, "sympy"):
-        if candidate != module_name and callable(getattr(_module(candidate), name, None)):
-            statement = f"from {candidate} import {name}"
-            text = f"Hint: {module_name} has no {name}; {candidate} has one:\n{statement}\nthen call {name}(...)"
-            return Hint(text, f"'{statement}'", f"{statement}\n{use.sub(name, code)}")
-    return None
+    candidate = _module_with(name, besides=module_name)
+    if candidate is None:
+        return None
+    statement = f"from {candidate} import {name}"
+    text = f"Hint: {module_name} has no {name}; {candidate} has one:\n{statement}\nthen call {name}(...)"
+    return Hint(text, f"'{statement}'", f"{statement}\n{use.sub(name, code)}")
+
+
+def _module_with(name: str, besides: str) -> str | None:
+    """The first common module (or sympy) other than ``besides`` with a callable ``name``."""
+    return next((m for m in (*IMPORTED_FROM, "sympy") if m != besides and callable(getattr(_module(m), name, None))),
+                None)
 
 
 def _imported_elsewhere_hint(module_name: str, name: str, code: str) -> Hint | None:
@@ -122,17 +128,16 @@ def _imported_elsewhere_hint(module_name: str, name: str, code: str) -> Hint | N
     match = next((m for m in line.finditer(code) if name in _imported_names(m["names"])), None)
     if match is None:
         return None
-    for candidate in (*IMPORTED_FROM, "sympy"):
-        if candidate != module_name and callable(getattr(_module(candidate), name, None)):
-            parts = [p.strip() for p in match["names"].split(",") if p.strip()]
-            moved = next(p for p in parts if p.split()[0] == name)  # "mean as m" keeps its alias
-            statement = f"from {candidate} import {moved}"
-            others = [p for p in parts if p != moved]
-            kept = f"{match['indent']}from {module_name} import {', '.join(others)}\n" if others else ""
-            fixed = code[:match.start()] + kept + match["indent"] + statement + code[match.end():]
-            text = f"Hint: {module_name} has no {name}; {candidate} has one:\n{statement}"
-            return Hint(text, f"'{statement}'", fixed)
-    return None
+    candidate = _module_with(name, besides=module_name)
+    if candidate is None:
+        return None
+    parts = [p.strip() for p in match["names"].split(",") if p.strip()]
+    moved = next(p for p in parts if p.split()[0] == name)  # "mean as m" keeps its alias
+    statement = f"from {candidate} import {moved}"
+    others = [p for p in parts if p != moved]
+    kept = f"{match['indent']}from {module_name} import {', '.join(others)}\n" if others else ""
+    fixed = code[:match.start()] + kept + match["indent"] + statement + code[match.end():]
+    return Hint(f"Hint: {module_name} has no {name}; {candidate} has one:\n{statement}", f"'{statement}'", fixed)
 
 
 def _imported_names(names: str) -> list[str]:

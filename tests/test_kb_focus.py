@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 from hanlin.plugins.tools.kb_docs import Chunk
-from hanlin.plugins.tools.kb_focus import best_sentences, sentences
+from hanlin.plugins.tools.kb_focus import best_sentences, query_parts, sentences
 
 POLICY = """# Travel policy
 
@@ -45,3 +47,20 @@ def test_lines_within_the_margin_of_the_best_are_kept_best_first_unless_too_many
     seen: list[str] = []
     best_sentences("q", chunks[:1], lambda q, texts: seen.extend(texts) or [0.0] * len(texts), margin=0.0)
     assert seen[0] == "Travel policy: Hotels: at most 140 euros per night."
+
+
+def test_a_query_for_two_things_gets_the_best_line_of_each_side() -> None:
+    """kb-09: "floors and desks per floor" showed only the desks line, 0.101 below it the floors line."""
+    def words(query: str, texts: list[str]) -> list[float]:
+        return overlap(re.sub(r"[^\w ]", "", query), [re.sub(r"[^\w ]", "", t) for t in texts])
+
+    office = [Chunk("office.md", "", "The office has 3 floors. Each floor has 28 desks. Parking has 12 spaces.")]
+    assert query_parts("how many floors and desks per floor?") == ["how many floors", "desks per floor"]
+    both = best_sentences("how many floors and desks per floor?", office, words, margin=0.5)
+    assert [s.text for s in both] == ["Each floor has 28 desks.", "The office has 3 floors."]
+    assert [s.text for s in best_sentences("how many floors desks per floor?", office, words, margin=0.5)] == [
+        "Each floor has 28 desks."]  # no "and": the margin alone decides
+    assert [s.text for s in best_sentences("how many floors and desks per floor?", office, words, margin=0.2)] == [
+        "Each floor has 28 desks."]  # a side's line further than twice the margin below the best stays out
+    assert query_parts("floors and desks per floor") == []  # a side of one word
+    assert query_parts("hotels and meals for 3 nights and 4 days") == []  # more than two sides: a task, not a pair

@@ -267,8 +267,47 @@ def test_a_cell_that_prints_nothing_shows_the_variables_it_ended_by_setting(pyth
 
 def test_timeout_interrupts_and_keeps_state(python) -> None:
     result = run(python, "kept = 'yes'\nimport time\nwhile True:\n    time.sleep(0.05)")
-    assert result.is_error and "timed out after 3 s" in result.content
+    assert result.is_error and result.content.endswith("timed out after 3 s and was interrupted; variables defined "
+                                                       "before that are kept")  # no hint: no fix keeps its meaning
     assert run(python, "kept").content == "'yes'"
+
+
+def test_a_function_that_calls_itself_twice_runs_again_with_a_cache_after_a_timeout(python) -> None:
+    """The textbook recursive fibonacci(40) (python-20, react and rewoo) took 20 to 40 s, and after a timeout the
+    model re-sent the same cell until the run gave up; shown the fix, it answered with a number of its own."""
+    define = ("def fibonacci(n):\n    if n <= 2:\n        return 1\n    else:\n"
+              "        return fibonacci(n-1) + fibonacci(n-2)\n\n")
+    at_once = run(python, define + "print(fibonacci(40))")
+    assert not at_once.is_error
+    assert at_once.content == "[timed out after 3 s; run again with @functools.cache on fibonacci]\n102334155"
+    looped = define.replace("fibonacci", "fib") + "for n in [36, 40]:\n    print(n, fib(n))"  # a loop may print twice
+    first = run(python, looped)
+    assert first.is_error and "timed out after 3 s" in first.content
+    assert first.content.endswith("Hint: fib calls itself twice in each call, so the work multiplies with every step "
+                                  "of its argument. With @functools.cache on it each result is computed once:\n"
+                                  "import functools\n@functools.cache\n" + looped)
+    again = run(python, looped)
+    assert again.content == "[run with @functools.cache on fib, as the hint said]\n36 14930352\n40 102334155"
+
+
+def test_the_cache_hint_leaves_single_and_cached_recursion_alone() -> None:
+    from hanlin.plugins.tools.python_timeout_hints import reruns_safely, timeout_hint
+
+    assert timeout_hint("def f(n):\n    return 1 if n < 2 else n * f(n - 1)\nf(5000)") is None  # one call: linear
+    cached = "import functools\n@functools.lru_cache(None)\ndef f(n):\n    return n if n < 2 else f(n-1) + f(n-2)"
+    assert timeout_hint(cached) is None
+    assert timeout_hint("while True:\n    pass") is None and timeout_hint("def (") is None
+    assert reruns_safely("import math\nx: int = 2\ndef f():\n    pass\nclass C: pass\nprint(f())")
+    assert not reruns_safely("total = []\nfor i in range(9):\n    total.append(i)") and not reruns_safely("x += 1")
+    nested = timeout_hint("class C:\n    def paths(self, n):\n        return 1 if n < 2 else "
+                          "self.paths(n-1) + paths(n-2)\n\n    @staticmethod\n    def walk(n):\n"
+                          "        return 0 if n < 1 else walk(n-1) + walk(n-2) + walk(n-3)\n")
+    assert nested.fix == "@functools.cache on walk"  # self.paths is an attribute call: not counted, left alone
+    assert "    @staticmethod\n    @functools.cache\n    def walk(n):" in nested.fixed_code
+    assert "walk calls itself three times" in nested.text
+    long = timeout_hint("x = 1\n" * 40 + "class A:\n    def f(self, n):\n        return n if n < 2 else f(n-1) + f(n-2)")
+    assert long.text.endswith("once:\nimport functools\n    @functools.cache\n    def f(self, n):\n"
+                              "        return n if n < 2 else f(n-1) + f(n-2)")  # a long cell: its function only
 
 
 def test_input_fails_fast(python) -> None:

@@ -68,6 +68,11 @@ def best_sentences(query: str, passages: Sequence[Chunk], score: Callable[[str, 
     limits") asked about the section, not a line: cut to its best three lines, the firmware version the model was
     after was not among them, so then the caller shows the passages whole.
 
+    A query for two things joined by one "and" also gets each side's best line, where that is within twice the
+    margin of the best: for "Lumen Harbor office has how many floors and desks per floor?" MiniLM put "The Harbor
+    office has 3 floors." 0.101 below "Each floor has 28 desks, ...", just past the margin, though it is the best
+    line for "Lumen Harbor office has how many floors" alone (kb-09; no other query of four protocols' runs changed).
+
     Each sentence is scored under its passage's heading: "Weight: 212 grams." alone says nothing about a sensor,
     and MiniLM ranked "The Orbit 7 measures PM2.5 ..." above it for "Orbit 7 sensor weight"; as "Orbit 7 sensor:
     product sheet: Weight: 212 grams." it ranks first (0.80 against 0.64).
@@ -76,7 +81,27 @@ def best_sentences(query: str, passages: Sequence[Chunk], score: Callable[[str, 
              for chunk in passages for s in sentences(chunk.text)]
     if not found:
         return []
-    scores = [float(x) for x in score(query, [scored for _, scored in found])]
+    texts = [scored for _, scored in found]
+    scores = [float(x) for x in score(query, texts)]
     order = sorted(range(len(found)), key=lambda i: -scores[i])
-    close = [found[i][0] for i in order if scores[i] >= scores[order[0]] - margin]
-    return close if len(close) <= limit else []
+    close = [i for i in order if scores[i] >= scores[order[0]] - margin]
+    if len(close) > limit:
+        return []
+    for part in query_parts(query):  # "floors and desks per floor": each part's best line, if near the best
+        part_scores = [float(x) for x in score(part, texts)]
+        best = max(range(len(found)), key=lambda i: part_scores[i])
+        if best not in close and scores[best] >= scores[order[0]] - PART_MARGIN * margin:
+            close.append(best)
+    return [found[i][0] for i in sorted(close, key=lambda i: -scores[i])]
+
+
+PART_MARGIN = 2.0  # a part's best line is shown within twice the margin of the whole query's best
+_AND = re.compile(r"\s+and\s+", re.I)
+_WORD = re.compile(r"[^\W\d_]{3,}")
+
+
+def query_parts(query: str) -> list[str]:
+    """The two sides of a query that asks for two things joined by one "and", each holding two or more words of three
+    letters or more; none otherwise (a longer query, such as a whole task, is no pair of facts)."""
+    parts = [p.strip(" ?.") for p in _AND.split(query)]
+    return parts if len(parts) == 2 and all(len(_WORD.findall(p)) >= 2 for p in parts) else []

@@ -31,6 +31,7 @@ from hanlin.errors import ToolError
 from hanlin.plugins.tools.python_hints import RETURN_FIX, Hint, error_hint, returning_cell_fix
 from hanlin.plugins.tools.python_shown import (bounded_repr_probe, no_output_text, shown_names, unprinted_names,
                                                unprinted_text)
+from hanlin.plugins.tools.python_timeout_hints import reruns_safely, timeout_hint
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _LIVE: weakref.WeakSet[KernelSession] = weakref.WeakSet()
@@ -361,6 +362,13 @@ class KernelSession:
             code, ran_fix = fixed, f"[run with {RETURN_FIX}: a cell cannot return]\n"
         self._fix_for = None
         out = self._run(code, timeout, on_input)
+        if (out["timed_out"] and not (out["died"] or out["stuck"] or out["stdout"] or self._closed)
+                and (hint := timeout_hint(code)) is not None and reruns_safely(code)):
+            # A recursion that branches, in a cell that only defines, assigns and prints: it runs again at once
+            # with the cache the hint names (see python_timeout_hints), as a cell that cannot compile does.
+            ran_fix += f"[timed out after {timeout:g} s; run again with {hint.fix}]\n"
+            code = hint.fixed_code or code
+            out = self._run(code, timeout, on_input)
         if self._closed:
             self._stop()
             return ToolResult.error("this Python session was ended while the code ran; its kernel is shut down")
@@ -403,6 +411,9 @@ class KernelSession:
         argv_note = f"\n{ARGV_NOTE}" if ARGV_USE.search(code) else ""
         if out["timed_out"]:
             note = f"timed out after {timeout:g} s and was interrupted; variables defined before that are kept"
+            if hint := timeout_hint(code):
+                note += "\n" + hint.text
+                self._fix_for = (code, hint)
             return ToolResult(content=(text + "\n" if text else "") + note, is_error=True, artifacts=out["images"])
         if out["error"] is not None:
             name, value, trace = out["error"]

@@ -305,7 +305,8 @@ def test_the_cache_hint_leaves_single_and_cached_recursion_alone() -> None:
     assert nested.fix == "@functools.cache on walk"  # self.paths is an attribute call: not counted, left alone
     assert "    @staticmethod\n    @functools.cache\n    def walk(n):" in nested.fixed_code
     assert "walk calls itself three times" in nested.text
-    long = timeout_hint("x = 1\n" * 40 + "class A:\n    def f(self, n):\n        return n if n < 2 else f(n-1) + f(n-2)")
+    method = "class A:\n    def f(self, n):\n        return n if n < 2 else f(n-1) + f(n-2)"
+    long = timeout_hint("x = 1\n" * 40 + method)
     assert long.text.endswith("once:\nimport functools\n    @functools.cache\n    def f(self, n):\n"
                               "        return n if n < 2 else f(n-1) + f(n-2)")  # a long cell: its function only
 

@@ -78,6 +78,25 @@ def test_after_a_repeat_the_grammar_offers_only_the_unused_requested_tools() -> 
                 "calculator" in g.split("action ::=")[-1] if "action ::=" in g else False) for g in grammars]
     # the first step offers the knowledge base only: the question names it before the calculator ("..., then")
     assert offered == [(True, False), (True, True), (False, True), (True, True), (False, False)]
+    # after the repeated look-up the calculator is the only way on: no Final Answer (kb-13 had answered 45)
+    roots = [g.split("root ::=")[1].split("\n")[0] for g in grammars]
+    assert ["final" in r for r in roots] == [True, True, False, True, True]
+
+
+def test_a_call_back_to_an_earlier_tool_of_the_plan_is_followed_by_what_the_last_one_gave() -> None:
+    """kb-13: after computing 270 the model looked the meal limit up again and, shown it, answered 45."""
+    model = ScriptedModel([LOOKUP, COMPUTE, LOOKUP.replace("daily meal limit", "meal limit"),
+                           "Thought: done\nFinal Answer: 270"])
+    result = Agent(model, [calculator, knowledge_base]).run(QUESTION)
+    assert result.output_text == "270"
+    assert model.calls[3][0][-1].content == (
+        "Observation: Meals: at most 45 euros per day.\nThe question was: " + QUESTION + "\nYou have used the tools "
+        "it asks for; calculator, the last of them, gave 270.\nIf that answers the question, reply with it as the "
+        "Final Answer.")
+    # after the last tool itself, the nudge stays as it was
+    assert model.calls[2][0][-1].content.endswith("the last one gave the result above.\n"
+                                                  "If this result answers the question, reply with it as the Final "
+                                                  "Answer.")
 
 
 def test_on_a_question_naming_several_tools_earlier_steps_are_shown_without_their_thought() -> None:

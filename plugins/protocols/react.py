@@ -19,7 +19,8 @@ from hanlin.protocols import Action, Final, ParsedStep, RunContext
 from hanlin.protocols.example_guard import just_sent_back
 from hanlin.plugins.protocols.code_fence import MAX_CODE_LINES, add_code_block, is_code_tool
 from hanlin.plugins.protocols.react_parser import parse_react
-from hanlin.plugins.protocols.tool_plan import by_question, in_plan_order, pending_tools, requested_tools
+from hanlin.plugins.protocols.tool_plan import (by_question, in_plan_order, pending_tools, planned_order,
+                                                requested_tools)
 
 CORRECTION = "Observation: Error: "  # how a malformed step is answered (a user turn, but not a new question)
 STOP = ["\nObservation:"]  # not a bare "Observation:": a reply that starts with one would be cut to nothing
@@ -37,6 +38,11 @@ OBSERVATION_NUDGE = "The question was: {question}\nIf this answers the question,
 PENDING_NUDGE = "The question was: {question}\nIt asks you to use {pending}, which you have not used yet."
 DONE_NUDGE = ("The question was: {question}\nYou have used the tools it asks for; the last one gave the result above.\n"
               "If this result answers the question, reply with it as the Final Answer.")
+# After the plan's last tool has given its result, the model went back to the first ("find the meal limit") and, shown
+# that fact again under DONE_NUDGE, answered with it (45 for a 6-day trip after computing 270): so a call to an
+# earlier tool of the plan is followed by what the plan's last tool gave.
+DONE_EARLIER_NUDGE = ("The question was: {question}\nYou have used the tools it asks for; {tool}, the last of them, "
+                      "gave {result}.\nIf that answers the question, reply with it as the Final Answer.")
 # Worked examples use invented tools, never ones a run offers (the example is left out if a real tool has one of
 # these names). The example looks facts up and then computes with a tool: a looked-up fact is not yet the answer.
 EXAMPLE_TOOL = "lookup_population"
@@ -128,10 +134,21 @@ class ReAct(StepProtocol):
 
     def render(self, ctx: RunContext) -> list[Message]:
         out = [Message.system(self.system_prompt(ctx))]
+        last_results: dict[str, str] = {}  # the latest successful result of each tool since the question
+        asked = ""
         for m, question, used in by_question(ctx.messages):
+            if question != asked:
+                asked, last_results = question, {}
             if m.role == "tool":
                 prefix = "Error: " if m.is_error else ""
                 nudge = observation_nudge(question, ctx.tools, used)
+                order = planned_order(question, ctx.tools)
+                if (order and m.name in order[:-1] and set(requested_tools(question, ctx.tools)) <= used
+                        and (result := last_results.get(order[-1]))):
+                    nudge = DONE_EARLIER_NUDGE.format(question=" ".join(question.split()), tool=order[-1],
+                                                      result=result)
+                if not m.is_error and m.name:
+                    last_results[m.name] = m.content.split("\n")[0].strip()[:200]
                 out.append(Message.user(f"Observation: {prefix}{m.content}\n{nudge}"))
             elif m.role == "system":
                 continue  # the app's instructions are part of our own system prompt
@@ -174,6 +191,12 @@ class ReAct(StepProtocol):
         # same Final Answer again (python-18: "2000" twice, with 717897987691852588770249 from its cell), so the
         # step after offers the tools only.
         final = not (offered and just_sent_back(ctx.messages))
+        # Re-issuing a look-up while a tool the question names is unused: only that tool is left, no answer (the
+        # model had answered with the looked-up fact, 45 euros a day for a 6-day trip's meals). Alone this moved no
+        # item: the model computed 270, looked the limit up again and answered 45; with DONE_EARLIER_NUDGE it
+        # answers 270 (kb-13). The loop guard's note still says "reply with the Final Answer" (see RunContext).
+        if ctx.repeated and offered and not ctx.last_step:
+            final = False
         return Constraint(grammar=react_grammar(ctx, self.max_string_chars, offered, final=final),
                           max_tokens=STEP_MAX_TOKENS)
 

@@ -81,6 +81,18 @@ def test_after_a_repeat_the_grammar_offers_only_the_unused_requested_tools() -> 
     # after the repeated look-up the calculator is the only way on: no Final Answer (kb-13 had answered 45)
     roots = [g.split("root ::=")[1].split("\n")[0] for g in grammars]
     assert ["final" in r for r in roots] == [True, True, False, True, True]
+    # tools named as alternatives are no sequence: after a repeat the answer stays open beside the unused one
+    either: list[str] = []
+    steps = [COMPUTE, COMPUTE, "Thought: done\nFinal Answer: 270"]
+
+    def reply_either(messages, params):
+        either.append(params.constraint.grammar)
+        return steps[len(either) - 1]
+
+    answered = Agent(ScriptedModel(reply_either), [calculator, knowledge_base]).run(
+        "What are 6 days of meals at 45 euros? Use the calculator or the knowledge base.")
+    assert answered.output_text == "270"
+    assert "final" in either[2].split("root ::=")[1].split("\n")[0] and "knowledge_base" in either[2]
 
 
 def test_a_call_back_to_an_earlier_tool_of_the_plan_is_followed_by_what_the_last_one_gave() -> None:

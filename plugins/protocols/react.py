@@ -19,8 +19,8 @@ from hanlin.protocols import Action, Final, ParsedStep, RunContext
 from hanlin.protocols.example_guard import just_sent_back
 from hanlin.plugins.protocols.code_fence import MAX_CODE_LINES, add_code_block, is_code_tool
 from hanlin.plugins.protocols.react_parser import parse_react
-from hanlin.plugins.protocols.tool_plan import (by_question, in_plan_order, pending_tools, planned_order,
-                                                requested_tools)
+from hanlin.plugins.protocols.tool_plan import (by_question, current_question, in_plan_order, pending_tools,
+                                                planned_order, requested_tools)
 
 CORRECTION = "Observation: Error: "  # how a malformed step is answered (a user turn, but not a new question)
 STOP = ["\nObservation:"]  # not a bare "Observation:": a reply that starts with one would be cut to nothing
@@ -191,11 +191,14 @@ class ReAct(StepProtocol):
         # same Final Answer again (python-18: "2000" twice, with 717897987691852588770249 from its cell), so the
         # step after offers the tools only.
         final = not (offered and just_sent_back(ctx.messages))
-        # Re-issuing a look-up while a tool the question names is unused: only that tool is left, no answer (the
-        # model had answered with the looked-up fact, 45 euros a day for a 6-day trip's meals). Alone this moved no
-        # item: the model computed 270, looked the limit up again and answered 45; with DONE_EARLIER_NUDGE it
-        # answers 270 (kb-13). The loop guard's note still says "reply with the Final Answer" (see RunContext).
-        if ctx.repeated and offered and not ctx.last_step:
+        # Re-issuing a look-up while a tool of the question's sequence ("..., then use the calculator") is unused:
+        # only that tool is left, no answer (the model had answered with the looked-up fact, 45 euros a day for a
+        # 6-day trip's meals). Alone this moved no item: the model computed 270, looked the limit up again and
+        # answered 45; with DONE_EARLIER_NUDGE it answers 270 (kb-13). Tools named as alternatives ("use the
+        # calculator or Python") are no sequence: the answer stays open. The loop guard's note still says "reply
+        # with the Final Answer" (see RunContext).
+        if (ctx.repeated and offered and not ctx.last_step
+                and set(offered) <= set(planned_order(current_question(ctx)[0], ctx.tools))):
             final = False
         return Constraint(grammar=react_grammar(ctx, self.max_string_chars, offered, final=final),
                           max_tokens=STEP_MAX_TOKENS)

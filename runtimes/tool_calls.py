@@ -28,6 +28,7 @@ from hanlin import Capabilities, ConfigurationError, GenerationParams, Message, 
 from hanlin.grammar import gbnf_literal
 from hanlin.runtimes.argument_grounding import Evidence, conversation_evidence, ground_calls
 from hanlin.runtimes.named_choices import narrowed_tools
+from hanlin.runtimes.undated_calls import undated_note
 
 ToolSpecs = Sequence[dict[str, Any]]  # OpenAI-style function specs
 
@@ -493,8 +494,9 @@ class ToolPlan:
 
         A reply with no call whose calls to names nobody offered are all labels for one offered tool
         (labelled_calls) has those calls. Then optional arguments the conversation never mentions are dropped and
-        invented calls withheld, with a note that says what they need (argument_grounding); then the calls once
-        more without repeats (two calls may have differed only in a made-up argument)."""
+        invented calls withheld, with a note that says what they need (argument_grounding), and calls that drop the
+        date a request is about withheld too (undated_calls); then the calls once more without repeats (two calls
+        may have differed only in a made-up argument)."""
         if self.conversation is None:
             return text, calls, ""
         if not calls and not self.forced and '"name"' in text:
@@ -506,6 +508,8 @@ class ToolPlan:
         if not calls:
             return text, calls, ""
         kept, notes = ground_calls(calls, self.callable_tools, self._evidence(), withhold=not self.forced)
+        if not self.forced and (note := undated_note(kept, self.callable_tools, self.conversation)) is not None:
+            kept, notes = [], [*notes, note]  # a dated request, a function that takes no date (undated_calls)
         return text, unique_calls(kept), "".join("\n" + note for note in notes)
 
 

@@ -47,6 +47,13 @@ def shipped_item(item_id: str) -> tuple[dict, list[Message]]:
     return row, [Message(role="system", content=SYSTEM), Message(role="user", content=row["question"])]
 
 
+def written_and_grounded(model, item_id: str):
+    """The model's reply to an item of the shipped set as written (ground_arguments=False) and as hanlin returns it."""
+    row, ask = shipped_item(item_id)
+    as_written = model.generate(ask, tools=row["functions"], temperature=0, max_tokens=256, ground_arguments=False)
+    return as_written, model.generate(ask, tools=row["functions"], temperature=0, max_tokens=256)
+
+
 def test_lazy_grammar_turns_a_started_call_into_a_valid_one(smollm2) -> None:
     # Asked to write a call with an argument the schema does not have: once the reply reaches {"name" the call
     # grammar takes over, so what comes back is a valid call (without the grammar: {"town": 5}).
@@ -116,10 +123,8 @@ def test_default_model_makes_as_many_calls_as_the_request_asks(qwen) -> None:
 def test_default_model_keeps_only_the_optional_arguments_the_request_gives(qwen) -> None:
     # multiple-031 of the shipped set asks to e-mail Tom and names no one to copy; the model copies a made-up
     # admin@example.com anyway (kept with ground_arguments=False). Grounded, the call is what was asked.
-    row, ask = shipped_item("multiple-031")
-    as_written = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256, ground_arguments=False)
+    as_written, grounded = written_and_grounded(qwen, "multiple-031")
     assert [(c.name, c.arguments.get("cc")) for c in as_written.tool_calls] == [("send_email", ["admin@example.com"])]
-    grounded = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256)
     assert [(c.name, c.arguments) for c in grounded.tool_calls] == [("send_email", {
         "to": "tom@example.org", "subject": "Slides", "body": "The slides are attached."})]
 
@@ -127,10 +132,8 @@ def test_default_model_keeps_only_the_optional_arguments_the_request_gives(qwen)
 def test_default_model_makes_no_call_it_had_to_invent_an_id_for(qwen) -> None:
     # irrelevance-030: "Who is the current chancellor of Germany?" offered only get_employee_info; the model calls
     # it for employee "12345" (kept with ground_arguments=False). Withheld, the reply says what the call would need.
-    row, ask = shipped_item("irrelevance-030")
-    as_written = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256, ground_arguments=False)
+    as_written, withheld = written_and_grounded(qwen, "irrelevance-030")
     assert [(c.name, c.arguments["employee_id"]) for c in as_written.tool_calls] == [("get_employee_info", "12345")]
-    withheld = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256)
     assert not withheld.tool_calls and withheld.finish_reason == "stop"
     assert withheld.text == "To call get_employee_info I need employee_id, which the conversation does not give."
 
@@ -139,10 +142,8 @@ def test_default_model_makes_no_call_that_guesses_a_required_choice(qwen) -> Non
     # irrelevance-015: "Fire employee E-2291 effective today." offered get_employee_info and request_time_off; the
     # model files time off for E-2291 as leave_type "vacation", a choice the request never made. Withheld, the reply
     # names the guess and the choices.
-    row, ask = shipped_item("irrelevance-015")
-    as_written = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256, ground_arguments=False)
+    as_written, withheld = written_and_grounded(qwen, "irrelevance-015")
     assert [(c.name, c.arguments["leave_type"]) for c in as_written.tool_calls] == [("request_time_off", "vacation")]
-    withheld = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256)
     assert not withheld.tool_calls and withheld.finish_reason == "stop"
     assert withheld.text.endswith('Not calling request_time_off: the conversation does not name leave_type "vacation" '
                                   "(one of vacation, sick, parental or unpaid).")
@@ -151,9 +152,17 @@ def test_default_model_makes_no_call_that_guesses_a_required_choice(qwen) -> Non
 def test_default_model_call_named_after_its_subject_reaches_the_tool_it_fits(qwen) -> None:
     # simple-031: asked for a vegetarian chickpea and spinach recipe, the model names its find_recipes call
     # "vegetarian_chickpeas_spinach", which, as written, stays text (no call). Its arguments fit find_recipes alone.
-    row, ask = shipped_item("simple-031")
-    as_written = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256, ground_arguments=False)
+    as_written, read = written_and_grounded(qwen, "simple-031")
     assert not as_written.tool_calls and '"name": "vegetarian_chickpeas_spinach"' in as_written.text
-    read = qwen.generate(ask, tools=row["functions"], temperature=0, max_tokens=256)
     assert [c.name for c in read.tool_calls] == ["find_recipes"] and read.finish_reason == "tool_calls"
     assert set(read.tool_calls[0].arguments["ingredients"]) == {"chickpeas", "spinach"} and read.text == ""
+
+
+def test_default_model_makes_no_call_that_drops_the_date_asked_about(qwen) -> None:
+    # irrelevance-003: "What was the weather like in London on 1 January 1900?" offered get_current_weather(city,
+    # unit) only; the model calls it for London, whose result would be today's weather. Withheld, the reply says why.
+    as_written, withheld = written_and_grounded(qwen, "irrelevance-003")
+    assert [(c.name, c.arguments["city"]) for c in as_written.tool_calls] == [("get_current_weather", "London")]
+    assert not withheld.tool_calls and withheld.finish_reason == "stop"
+    assert withheld.text == ("Not calling get_current_weather: the request is about 1 January 1900, and "
+                             "get_current_weather takes no date.")

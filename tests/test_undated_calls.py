@@ -1,0 +1,91 @@
+"""A request about a date answered by a function that takes none is withheld (runtimes/undated_calls.py); calls
+that carry the date, could take it, serve a later step, or write free text stand."""
+
+from __future__ import annotations
+
+import pytest
+
+from hanlin import Capabilities, GenerationParams, Message, ToolCall
+from hanlin.runtimes.tool_calls import FORMATS, plan_tools
+from hanlin.runtimes.undated_calls import named_dates, takes_a_date, undated_note
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_current_weather", "description": "Current weather conditions for a city.",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "description": "City name."},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}}
+FORECAST = {"type": "function", "function": {
+    "name": "get_weather_forecast", "description": "Weather forecast for a city.",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}, "days": {"type": "integer", "description": "How many days ahead."}},
+        "required": ["city"]}}}
+EMAIL = {"type": "function", "function": {
+    "name": "send_email", "description": "Send an e-mail.",
+    "parameters": {"type": "object", "properties": {"to": {"type": "string"}, "body": {"type": "string"}},
+                   "required": ["to", "body"]}}}
+LONDON_1900 = "What was the weather like in London on 1 January 1900?"
+
+
+def ask(text: str) -> list[Message]:
+    return [Message(role="system", content="You have functions."), Message(role="user", content=text)]
+
+
+def weather(city: str = "London", **more) -> ToolCall:
+    return ToolCall(name="get_current_weather", arguments={"city": city, **more})
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (LONDON_1900, [("1 January 1900", "1900")]),
+    ("Book it on 2025-04-09, not on March 3, 2021 or in June 1998",
+     [("2025-04-09", "2025"), ("March 3, 2021", "2021"), ("June 1998", "1998")]),
+    ("the 21st of Sept. 2003", [("21st of Sept. 2003", "2003")]),
+    # no calendar date with a year: a bare year, a number, a version, a date without its year
+    ("Who won the World Cup in 1986?", []), ("Buy 2025 shares", []), ("Python 3.12 on 5 May", []),
+    ("order 2025-13-40", []),
+])
+def test_named_dates_are_calendar_dates_with_their_year(text, expected) -> None:
+    assert named_dates(text) == expected
+
+
+def test_a_function_takes_a_date_by_a_parameter_about_when() -> None:
+    assert not takes_a_date(WEATHER["function"]["parameters"])
+    assert takes_a_date(FORECAST["function"]["parameters"])  # "days"
+    assert takes_a_date({"properties": {"checkIn": {"type": "string", "description": "Arrival."}, "startDate": {}}})
+    assert takes_a_date({"properties": {"at": {"type": "string", "format": "date-time"}}})
+    assert not takes_a_date({"properties": {"from_unit": {"type": "string"}, "update": {"type": "boolean"}}})
+
+
+def test_a_call_that_drops_the_date_asked_about_is_withheld() -> None:
+    note = undated_note([weather()], [WEATHER], ask(LONDON_1900))
+    assert note == ("Not calling get_current_weather: the request is about 1 January 1900, and get_current_weather "
+                    "takes no date.")
+    # parallel calls of that one function alike
+    assert undated_note([weather(), weather("Paris")], [WEATHER], ask("Weather in London and Paris on 2020-05-01?"))
+
+
+@pytest.mark.parametrize(("calls", "tools", "messages"), [
+    ([weather()], [WEATHER], ask("What is the weather like in London?")),  # no date
+    ([weather("London, 1 January 1900")], [WEATHER], ask(LONDON_1900)),  # the call carries the year
+    ([ToolCall(name="get_weather_forecast", arguments={"city": "Oslo"})], [FORECAST],
+     ask("Will it rain in Oslo on 2026-12-09?")),  # the function takes a date; the model left it out
+    ([ToolCall(name="send_email", arguments={"to": "a@b.org", "body": "See you at the usual place"})], [EMAIL],
+     ask("E-mail a@b.org that I'll see them on 2025-03-01")),  # free text: the model chose what to write
+    ([weather(), ToolCall(name="send_email", arguments={"to": "a@b.org", "body": "hi"})], [WEATHER, EMAIL],
+     ask("Weather in London now, and e-mail a@b.org about 2025-03-01")),  # two functions: either may serve the date
+    ([weather()], [WEATHER], [*ask(LONDON_1900), Message(role="assistant", content="", tool_calls=[weather("Kew")]),
+                              Message(role="tool", content="12 C", tool_call_id="x", name="get_current_weather")]),
+])
+def test_calls_that_carry_or_could_take_the_date_stand(calls, tools, messages) -> None:
+    assert undated_note(calls, tools, messages) is None
+
+
+def test_the_runtime_reply_keeps_the_note_in_place_of_the_call_unless_a_call_was_required() -> None:
+    def settle(**params):
+        plan = plan_tools(GenerationParams(tools=[WEATHER], **params), FORMATS["hermes"], Capabilities(),
+                          ask(LONDON_1900))
+        return plan.settle("", [weather()])
+
+    text, calls, note = settle()
+    assert calls == [] and note.startswith("\nNot calling get_current_weather: the request is about 1 January 1900")
+    assert [c.name for c in settle(tool_choice="required")[1]] == ["get_current_weather"]  # a call was asked for
+    assert [c.name for c in settle(ground_arguments=False)[1]] == ["get_current_weather"]

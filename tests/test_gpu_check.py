@@ -35,11 +35,14 @@ def test_its_pytest_selections_collect_here() -> None:
     runs = _pytest_selections()
     assert len(runs) == 3 and any("tests/test_kernels.py" in r for r in runs) and any("tests/test_gpu_cuda.py" in r
                                                                                           for r in runs)
-    for args in runs:
-        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only", *args],
-                             capture_output=True, text=True, cwd=ROOT, timeout=300)
-        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-        assert re.search(r"\d+(/\d+)? tests? collected", out.stdout), out.stdout[-500:]
+    # side by side: each is mostly imports (torch, triton), one after another they took ~50 s of the suite
+    procs = [subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only",
+                               *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+             for args in runs]
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stdout[-2000:] + stderr[-2000:]
+        assert re.search(r"\d+(/\d+)? tests? collected", stdout), stdout[-500:]
 
 
 def test_it_refuses_a_machine_without_cuda(tmp_path) -> None:

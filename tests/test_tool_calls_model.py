@@ -165,4 +165,4 @@ def test_default_model_makes_no_call_that_drops_the_date_asked_about(qwen) -> No
     assert [(c.name, c.arguments["city"]) for c in as_written.tool_calls] == [("get_current_weather", "London")]
     assert not withheld.tool_calls and withheld.finish_reason == "stop"
     assert withheld.text == ("Not calling get_current_weather: the request is about 1 January 1900, and "
-                             "get_current_weather takes no date.")
+                             "get_current_weather takes no date (it gives the present).")

@@ -1,28 +1,29 @@
-"""A request about a date answered by a function that takes none is withheld (runtimes/undated_calls.py); calls
-that carry the date, could take it, serve a later step, or write free text stand."""
+"""A request about a date answered by a function that gives only the present is withheld
+(runtimes/undated_calls.py); calls that carry the date, could take it, say nothing of when, serve a later step, or
+write free text stand."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 import pytest
 
 from hanlin import Capabilities, GenerationParams, Message, ToolCall
 from hanlin.runtimes.tool_calls import FORMATS, plan_tools
-from hanlin.runtimes.undated_calls import named_dates, takes_a_date, undated_note
+from hanlin.runtimes.undated_calls import gives_the_present, named_dates, takes_a_date, undated_note
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_current_weather", "description": "Current weather conditions for a city.",
-    "parameters": {"type": "object", "properties": {
-        "city": {"type": "string", "description": "City name."},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}}
-FORECAST = {"type": "function", "function": {
-    "name": "get_weather_forecast", "description": "Weather forecast for a city.",
-    "parameters": {"type": "object", "properties": {
-        "city": {"type": "string"}, "days": {"type": "integer", "description": "How many days ahead."}},
-        "required": ["city"]}}}
-EMAIL = {"type": "function", "function": {
-    "name": "send_email", "description": "Send an e-mail.",
-    "parameters": {"type": "object", "properties": {"to": {"type": "string"}, "body": {"type": "string"}},
-                   "required": ["to", "body"]}}}
+
+def function(name: str, description: str, **properties) -> dict:
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": {
+        "type": "object", "properties": properties, "required": list(properties)[:1]}}}
+
+
+WEATHER = function("get_current_weather", "Current weather conditions for a city.", city={"type": "string"},
+                   unit={"type": "string", "enum": ["celsius", "fahrenheit"]})
+FORECAST = function("get_weather_forecast", "Current forecast for a city.", city={"type": "string"},
+                    days={"type": "integer", "description": "How many days ahead."})
+TRACK = function("track_order", "Shipping status of an order.", order_id={"type": "string"})
+NOTIFY = function("post_live_update", "Post a message to the live channel.", message={"type": "string"})
 LONDON_1900 = "What was the weather like in London on 1 January 1900?"
 
 
@@ -39,12 +40,15 @@ def weather(city: str = "London", **more) -> ToolCall:
     ("Book it on 2025-04-09, not on March 3, 2021 or in June 1998",
      [("2025-04-09", "2025"), ("March 3, 2021", "2021"), ("June 1998", "1998")]),
     ("the 21st of Sept. 2003", [("21st of Sept. 2003", "2003")]),
-    # no calendar date with a year: a bare year, a number, a version, a date without its year
+    # no calendar date with a year: a bare year, a number, a version, a date without its year, no such month
     ("Who won the World Cup in 1986?", []), ("Buy 2025 shares", []), ("Python 3.12 on 5 May", []),
     ("order 2025-13-40", []),
+    # today, in any form, is the present
+    ("Weather today, 2026-12-07? Or on 7 December 2026, or in December 2026", []),
+    ("And on 2026-12-08 or 6 Dec 2026?", [("2026-12-08", "2026"), ("6 Dec 2026", "2026")]),
 ])
-def test_named_dates_are_calendar_dates_with_their_year(text, expected) -> None:
-    assert named_dates(text) == expected
+def test_named_dates_are_calendar_dates_with_their_year_other_than_today(text, expected) -> None:
+    assert named_dates(text, today=dt.date(2026, 12, 7)) == expected
 
 
 def test_a_function_takes_a_date_by_a_parameter_about_when() -> None:
@@ -55,23 +59,37 @@ def test_a_function_takes_a_date_by_a_parameter_about_when() -> None:
     assert not takes_a_date({"properties": {"from_unit": {"type": "string"}, "update": {"type": "boolean"}}})
 
 
+@pytest.mark.parametrize(("name", "description", "expected"), [
+    ("get_current_weather", "", True), ("get_stock_price", "Latest trading price of a listed stock.", True),
+    ("check_flight_status", "Live status of a flight.", True), ("getNowPlaying", "", True),
+    ("apply_coupon", "Apply a discount code to the current cart.", False),  # "current" is not what it gives
+    ("convert_currency", "Convert money at today's rate.", False), ("track_order", "Shipping status.", False),
+])
+def test_a_function_gives_the_present_by_its_name_or_the_opening_of_its_description(name, description,
+                                                                                     expected) -> None:
+    assert gives_the_present({"name": name, "description": description}) is expected
+
+
 def test_a_call_that_drops_the_date_asked_about_is_withheld() -> None:
     note = undated_note([weather()], [WEATHER], ask(LONDON_1900))
     assert note == ("Not calling get_current_weather: the request is about 1 January 1900, and get_current_weather "
-                    "takes no date.")
+                    "takes no date (it gives the present).")
     # parallel calls of that one function alike
     assert undated_note([weather(), weather("Paris")], [WEATHER], ask("Weather in London and Paris on 2020-05-01?"))
 
 
 @pytest.mark.parametrize(("calls", "tools", "messages"), [
     ([weather()], [WEATHER], ask("What is the weather like in London?")),  # no date
+    ([weather()], [WEATHER], ask(f"What is the weather like in London on {dt.date.today().isoformat()}?")),  # today
     ([weather("London, 1 January 1900")], [WEATHER], ask(LONDON_1900)),  # the call carries the year
     ([ToolCall(name="get_weather_forecast", arguments={"city": "Oslo"})], [FORECAST],
      ask("Will it rain in Oslo on 2026-12-09?")),  # the function takes a date; the model left it out
-    ([ToolCall(name="send_email", arguments={"to": "a@b.org", "body": "See you at the usual place"})], [EMAIL],
-     ask("E-mail a@b.org that I'll see them on 2025-03-01")),  # free text: the model chose what to write
-    ([weather(), ToolCall(name="send_email", arguments={"to": "a@b.org", "body": "hi"})], [WEATHER, EMAIL],
-     ask("Weather in London now, and e-mail a@b.org about 2025-03-01")),  # two functions: either may serve the date
+    ([ToolCall(name="track_order", arguments={"order_id": "4471"})], [TRACK],
+     ask("My order 4471 of 2025-01-02 has not come. Where is it?")),  # a date in passing: it says nothing of when
+    ([ToolCall(name="post_live_update", arguments={"message": "Match moved to the afternoon"})], [NOTIFY],
+     ask("Post that the match of 2025-03-01 moved")),  # free text: the model chose what to write
+    ([weather(), ToolCall(name="post_live_update", arguments={"message": "Hi"})], [WEATHER, NOTIFY],
+     ask("Weather in London now, and post Hi as of 2025-03-01")),  # two functions: either may serve the date
     ([weather()], [WEATHER], [*ask(LONDON_1900), Message(role="assistant", content="", tool_calls=[weather("Kew")]),
                               Message(role="tool", content="12 C", tool_call_id="x", name="get_current_weather")]),
 ])

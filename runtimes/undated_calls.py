@@ -8,14 +8,15 @@ for the answer to a question about 1900. The same holds for a share price or a m
 a function that gives the latest one.
 
 So where the request names a calendar date with its year (``2025-04-09``, ``1 January 1900``, ``March 3, 2021``,
-``June 1998``) other than today, and the reply's calls, all to one function, carry that year in no argument, the
-calls are withheld with a note when the function says it gives the present (its name holds ``current``, ``latest``,
-``live``, ``now`` or ``today``, or its description opens with one: "Current weather conditions", "Latest trading
-price", "Live status") and has no parameter about dates or times. A function that says nothing of when (``track_order``,
-"Shipping status of an order.") keeps its call: a request mentions dates in passing ("my order of 2025-01-02 has not
-come"). Only a first answer to the request is judged (the conversation ends with the user's message): later in an
-agent's run a call may serve a step of the work, not the dated question itself. A call with free text among its
-values (a message, code: three words or more) is left alone, since the model chose what to write there.
+``June 1998``) other than today (give or take a day, for time zones), and the reply's calls, all to one function,
+carry that year in no argument, the calls are withheld with a note when the function says it gives the present (its
+name holds ``current``, ``latest``, ``live``, ``now`` or ``today``, or its description opens with one: "Current
+weather conditions", "Latest trading price", "Live status") and has no parameter about dates or times. A function
+that says nothing of when (``track_order``, "Shipping status of an order.") keeps its call: a request mentions dates
+in passing ("my order of 2025-01-02 has not come"). Only a first answer to the request is judged (the conversation
+ends with the user's message): later in an agent's run a call may serve a step of the work, not the dated question
+itself. A call with free text among its values (a message, code: three words or more) is left alone, since the model
+chose what to write there.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def _words(name: str) -> list[str]:
 
 
 def named_dates(text: str, today: dt.date | None = None) -> list[tuple[str, str]]:
-    """(the date as written, its year) of each calendar date with a year in ``text`` that is not ``today`` (a month
-    named with its year alone: not today's month), in order, each once."""
+    """(the date as written, its year) of each calendar date with a year in ``text`` that is not ``today``, give or
+    take a day (see _is_present), in order, each once."""
     today = today or dt.date.today()
     found: dict[int, tuple[str, str]] = {}
     for pattern in _DATES:
@@ -66,11 +67,22 @@ def named_dates(text: str, today: dt.date | None = None) -> list[tuple[str, str]
             groups = match.groupdict()
             month = int(groups["num"]) if groups.get("num") else _MONTH_NAMES.index(
                 next(m for m in _MONTH_NAMES if m.startswith(groups["month"].lower()[:3]))) + 1
-            now = (int(match["year"]), month) == (today.year, today.month)
-            if now and (groups.get("day") is None or int(groups["day"]) == today.day):
+            if _is_present(int(match["year"]), month, groups.get("day"), today):
                 continue
             found[match.start()] = (match[0], match["year"])
     return [found[start] for start in sorted(found)]
+
+
+def _is_present(year: int, month: int, day: str | None, today: dt.date) -> bool:
+    """Whether a named date is today, give or take a day (the user's time zone may be a day off the machine's); a
+    month named with its year alone, whether it is the month of one of those days."""
+    near = (today - dt.timedelta(days=1), today, today + dt.timedelta(days=1))
+    if day is None:
+        return any((d.year, d.month) == (year, month) for d in near)
+    try:
+        return dt.date(year, month, int(day)) in near
+    except ValueError:  # 2025-02-30: no such day, so not today
+        return False
 
 
 def takes_a_date(parameters: Mapping[str, Any]) -> bool:

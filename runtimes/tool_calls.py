@@ -509,7 +509,7 @@ class ToolPlan:
             return text, calls, ""
         kept, notes = ground_calls(calls, self.callable_tools, self._evidence(), withhold=not self.forced)
         if not self.forced and (note := undated_note(kept, self.callable_tools, self.conversation)) is not None:
-            kept, notes = [], [*notes, note]  # a dated request, a function that takes no date (undated_calls)
+            kept, notes = [], [*notes, note]  # a dated request, a function that gives only the present (undated_calls)
         return text, unique_calls(kept), "".join("\n" + note for note in notes)
 
 

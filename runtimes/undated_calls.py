@@ -33,6 +33,7 @@ _MONTH_NAMES = ["january", "february", "march", "april", "may", "june", "july", 
                 "november", "december"]
 _MONTHS = "|".join(_MONTH_NAMES + ["jan", "feb", "mar", "apr", "jun", "jul", "aug", "sept", "sep", "oct", "nov",
                                    "dec"])
+_MONTH_NUMBER = {name[:3]: number for number, name in enumerate(_MONTH_NAMES, 1)}  # every form starts with these
 _YEAR = r"(?P<year>1\d{3}|20\d{2})"
 _DAY = r"(?P<day>[12]\d|3[01]|0?[1-9])(?:st|nd|rd|th)?"
 # an ISO date, "1 January 1900", "March 3, 2021", "June 1998": each binds the year, the month and (but the last) the day
@@ -65,8 +66,7 @@ def named_dates(text: str, today: dt.date | None = None) -> list[tuple[str, str]
             if any(start <= match.start() < start + len(seen) for start, (seen, _) in found.items()):
                 continue
             groups = match.groupdict()
-            month = int(groups["num"]) if groups.get("num") else _MONTH_NAMES.index(
-                next(m for m in _MONTH_NAMES if m.startswith(groups["month"].lower()[:3]))) + 1
+            month = int(groups["num"]) if groups.get("num") else _MONTH_NUMBER[groups["month"].lower()[:3]]
             if _is_present(int(match["year"]), month, groups.get("day"), today):
                 continue
             found[match.start()] = (match[0], match["year"])
